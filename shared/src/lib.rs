@@ -1,0 +1,22 @@
+//! Arena's shared core: the game rules and the netcode that the server, the bots and the browser
+//! all run. Sans-IO: no sockets, no tokio, no clock. Time and bytes come in as values, bytes and
+//! events go out, so every module here is tested without a network and builds for `wasm32`.
+//!
+//! # Layout
+//! - [`protocol`]: every message on the wire, reliable-stream framing, the protocol version, and
+//!   the one codec module (`protocol::codec`) that turns messages into bytes and back.
+//! - [`sim`]: the game rules as pure, deterministic functions: player movement with acceleration,
+//!   friction, a speed cap, and collision against the map.
+//! - [`map`]: the arena's bounds and rectangular obstacles, generated from a seed.
+//! - [`quant`]: quantization of what crosses the wire (movement direction, aim angle).
+//! - [`token`]: connect tokens, signed with HMAC-SHA256, issued by the HTTP side, checked at `Hello`.
+//! - [`rng`]: a small seeded generator, so maps and NPCs are the same on every platform.
+
+pub mod map;
+pub mod protocol;
+pub mod quant;
+pub mod rng;
+pub mod sim;
+pub mod token;
+
+pub use glam::Vec2;

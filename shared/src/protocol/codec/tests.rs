@@ -1,0 +1,214 @@
+//! Codec tests: round trips for every message, totality on arbitrary bytes, and golden bytes
+//! that fail when a dependency bump changes what goes on the wire.
+
+use glam::Vec2;
+use proptest::prelude::*;
+
+use super::*;
+use crate::map::{Map, Rect};
+use crate::protocol::{
+    Buttons, Disconnect, DisconnectReason, EntityKind, Input, Ping, Pong, Reject, RejectReason,
+    Welcome,
+};
+use crate::quant::{Aim, MoveDir};
+
+fn hello() -> Hello {
+    Hello { protocol_version: PROTOCOL_VERSION, token: "tok".into(), name: "ana".into() }
+}
+
+fn one_frame(bytes: &[u8]) -> Vec<u8> {
+    let mut r = FrameReader::new();
+    r.push(bytes);
+    let body = r.next_frame().unwrap().expect("a whole frame");
+    assert_eq!(r.pending(), 0);
+    body
+}
+
+fn every_client_msg() -> Vec<ClientMsg> {
+    vec![
+        ClientMsg::Input(Input {
+            seq: 9,
+            tick: 1234,
+            movement: MoveDir { x: -127, y: 64 },
+            aim: Aim(40000),
+            buttons: Buttons(Buttons::FIRE),
+        }),
+        ClientMsg::Ping(Ping { nonce: 77 }),
+    ]
+}
+
+fn every_server_msg() -> Vec<ServerMsg> {
+    let mut map = Map::open(4096.0, 2048.0);
+    map.obstacles.push(Rect::new(Vec2::new(1.0, 2.0), Vec2::new(3.0, 4.0)));
+    let reasons = [
+        RejectReason::ProtocolVersion { server: 1 },
+        RejectReason::NotArena,
+        RejectReason::MalformedHello,
+        RejectReason::TokenMissing,
+        RejectReason::TokenMalformed,
+        RejectReason::TokenForged,
+        RejectReason::TokenExpired,
+        RejectReason::TokenWrongServer,
+        RejectReason::ServerFull,
+        RejectReason::HandshakeTimeout,
+        RejectReason::ShuttingDown,
+    ];
+    let disconnects = [
+        DisconnectReason::ServerShutdown,
+        DisconnectReason::MalformedFrame,
+        DisconnectReason::FrameTooLarge,
+        DisconnectReason::UnexpectedDatagram,
+        DisconnectReason::StreamClosed,
+        DisconnectReason::SimulationUnavailable,
+    ];
+    let mut all = vec![
+        ServerMsg::Welcome(Welcome { client_id: 5, entity: 12, tick_rate: 30, server_tick: 99, map }),
+        ServerMsg::Pong(Pong { nonce: 77, server_tick: 100 }),
+    ];
+    all.extend(reasons.map(|reason| ServerMsg::Reject(Reject { reason, message: "why".into() })));
+    all.extend(disconnects.map(|reason| ServerMsg::Disconnect(Disconnect { reason, message: "bye".into() })));
+    all
+}
+
+fn entities(n: u32) -> Vec<EntityState> {
+    (0..n)
+        .map(|i| EntityState {
+            id: i * 3 + 1,
+            kind: if i % 10 == 0 { EntityKind::Player } else { EntityKind::Npc },
+            pos: Vec2::new(i as f32 * 4.5, 4000.0 - i as f32),
+            vel: Vec2::new((i % 7) as f32 * 10.0 - 30.0, 12.5),
+        })
+        .collect()
+}
+
+#[test]
+fn every_message_round_trips() {
+    let mut out = Vec::new();
+    encode_hello(&hello(), &mut out).unwrap();
+    assert_eq!(decode_hello(&one_frame(&out)), Ok(hello()));
+    for msg in every_client_msg() {
+        let mut out = Vec::new();
+        encode_client(&msg, &mut out).unwrap();
+        assert_eq!(decode_client(&one_frame(&out)), Ok(msg));
+    }
+    for msg in every_server_msg() {
+        let mut out = Vec::new();
+        encode_server(&msg, &mut out).unwrap();
+        assert_eq!(decode_server(&one_frame(&out)), Ok(msg));
+    }
+    let snap = ServerDatagram::Snapshot(Snapshot { tick: 3, part: 0, parts: 1, entities: entities(5) });
+    assert_eq!(decode_datagram(&encode_datagram(&snap)), Ok(snap));
+}
+
+#[test]
+fn reject_and_disconnect_codes_are_distinct() {
+    let mut codes: Vec<u32> = every_server_msg()
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::Reject(r) => Some(r.reason.code()),
+            ServerMsg::Disconnect(d) => Some(d.reason.code()),
+            _ => None,
+        })
+        .collect();
+    let n = codes.len();
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), n);
+}
+
+#[test]
+fn hello_version_is_read_before_the_body() {
+    let mut body = HELLO_MAGIC.to_vec();
+    body.extend_from_slice(&2u16.to_le_bytes());
+    body.extend_from_slice(b"\xff\xff whatever a future version sends");
+    assert_eq!(decode_hello(&body), Err(HelloError::Version(2)));
+    assert_eq!(decode_hello(b"GET / HTTP/1.1"), Err(HelloError::NotArena));
+    for name in ["", "a\nb", &"x".repeat(MAX_NAME_LEN + 1)] {
+        let mut out = Vec::new();
+        encode_hello(&Hello { name: name.into(), ..hello() }, &mut out).unwrap();
+        assert_eq!(decode_hello(&one_frame(&out)), Err(HelloError::Malformed), "name {name:?}");
+    }
+}
+
+#[test]
+fn frames_reassemble_across_any_split_and_oversize_is_refused_from_the_header() {
+    let mut stream = Vec::new();
+    for msg in every_client_msg() {
+        encode_client(&msg, &mut stream).unwrap();
+    }
+    for split in 0..stream.len() {
+        let mut r = FrameReader::new();
+        let mut got = Vec::new();
+        for piece in [&stream[..split], &stream[split..]] {
+            r.push(piece);
+            while let Some(body) = r.next_frame().unwrap() {
+                got.push(decode_client(&body).unwrap());
+            }
+        }
+        assert_eq!(got, every_client_msg());
+    }
+    let mut r = FrameReader::new();
+    r.push(&((MAX_FRAME_LEN as u32 + 1).to_le_bytes()));
+    assert_eq!(r.next_frame(), Err(FrameError::TooLarge { len: MAX_FRAME_LEN + 1, max: MAX_FRAME_LEN }));
+    let big = ClientMsg::Ping(Ping { nonce: 1 });
+    let mut out = Vec::new();
+    assert!(encode_client(&big, &mut out).is_ok());
+}
+
+#[test]
+fn snapshot_parts_fit_the_datagram_and_carry_every_entity_once() {
+    for (n, max) in [(0u32, 1200usize), (1, 1200), (1000, 1350), (1000, 1162), (3000, 1211)] {
+        let all = entities(n);
+        let parts = encode_snapshot_parts(42, &all, max);
+        assert!(!parts.is_empty());
+        let mut seen = Vec::new();
+        for (i, bytes) in parts.iter().enumerate() {
+            assert!(bytes.len() <= max, "part {i} is {} > {max}", bytes.len());
+            let ServerDatagram::Snapshot(s) = decode_datagram(bytes).unwrap();
+            assert_eq!((s.tick, s.part as usize, s.parts as usize), (42, i, parts.len()));
+            seen.extend(s.entities);
+        }
+        assert_eq!(seen, all);
+    }
+    assert!(encode_snapshot_parts(1, &entities(3), 8).is_empty(), "nothing fits 8 bytes");
+}
+
+/// Golden bytes: if this fails after a dependency bump, the wire format changed. Bump
+/// PROTOCOL_VERSION, update PROTOCOL.md, then update these bytes.
+#[test]
+fn golden_bytes() {
+    let mut out = Vec::new();
+    encode_client(&every_client_msg()[0], &mut out).unwrap();
+    let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, GOLDEN_INPUT);
+    let mut out = Vec::new();
+    encode_hello(&hello(), &mut out).unwrap();
+    let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, GOLDEN_HELLO);
+}
+
+const GOLDEN_INPUT: &str = "0b00000000040902d2048140409c01";
+const GOLDEN_HELLO: &str = "0e00000041524e41010003746f6b03616e61";
+
+proptest! {
+    #[test]
+    fn decoders_are_total_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_client(&bytes);
+        let _ = decode_server(&bytes);
+        let _ = decode_datagram(&bytes);
+        let _ = decode_hello(&bytes);
+        let mut r = FrameReader::new();
+        r.push(&bytes);
+        while let Ok(Some(body)) = r.next_frame() {
+            let _ = decode_client(&body);
+        }
+    }
+
+    #[test]
+    fn inputs_round_trip(seq in any::<u32>(), tick in any::<u32>(), x in any::<i8>(), y in any::<i8>(), aim in any::<u16>(), b in any::<u8>()) {
+        let msg = ClientMsg::Input(Input { seq, tick, movement: MoveDir { x, y }, aim: Aim(aim), buttons: Buttons(b) });
+        let mut out = Vec::new();
+        encode_client(&msg, &mut out).unwrap();
+        prop_assert_eq!(decode_client(&one_frame(&out)), Ok(msg));
+    }
+}

@@ -1,0 +1,248 @@
+//! Every message Arena puts on the wire, and the rules around them.
+//!
+//! - One bidirectional QUIC stream per session, opened by the client, carries length-prefixed
+//!   frames both ways: the client's `Hello`, then [`ClientMsg`]s; the server's [`ServerMsg`]s.
+//! - Unreliable QUIC datagrams carry [`ServerDatagram`]s (snapshots) from server to client.
+//!   In protocol version 1 the client sends no datagrams.
+//! - [`codec`] is the only module that turns these types into bytes or back.
+//!
+//! PROTOCOL.md at the repository root is the specification; this module must agree with it.
+
+pub mod codec;
+
+use bitcode::{Decode, Encode};
+use glam::Vec2;
+
+use crate::map::Map;
+use crate::quant::{Aim, MoveDir};
+
+/// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
+/// from "an Arena client of another version".
+pub const HELLO_MAGIC: [u8; 4] = *b"ARNA";
+
+/// Hard maximum of one reliable frame's body, both directions. A peer announcing more is
+/// closed at once, before anything is buffered.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Longest player name, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// The client's first frame. Encoded specially (see [`codec::encode_hello`]): the version is
+/// read before anything else, so any server can tell an old client why it is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol_version: u16,
+    pub token: String,
+    pub name: String,
+}
+
+/// Client → server, on the reliable stream, after `Hello`.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum ClientMsg {
+    Input(Input),
+    Ping(Ping),
+}
+
+/// Buttons held during an input, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Encode, Decode)]
+pub struct Buttons(pub u8);
+
+impl Buttons {
+    pub const FIRE: u8 = 1 << 0;
+
+    pub fn fire(self) -> bool {
+        self.0 & Self::FIRE != 0
+    }
+}
+
+/// One tick's worth of player intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct Input {
+    /// Increases by one per input a client sends; the server echoes the newest it applied.
+    pub seq: u32,
+    /// The client's estimate of the server tick this input is meant for.
+    pub tick: u32,
+    pub movement: MoveDir,
+    pub aim: Aim,
+    pub buttons: Buttons,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct Ping {
+    /// Echoed in the `Pong`, so the client can match them up.
+    pub nonce: u32,
+}
+
+/// Server → client, on the reliable stream.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum ServerMsg {
+    Welcome(Welcome),
+    Reject(Reject),
+    Disconnect(Disconnect),
+    Pong(Pong),
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Welcome {
+    pub client_id: u64,
+    /// The client's own entity in snapshots.
+    pub entity: u32,
+    pub tick_rate: u16,
+    pub server_tick: u32,
+    pub map: Map,
+}
+
+/// The handshake failed; the server closes the session after sending it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Reject {
+    pub reason: RejectReason,
+    /// For people reading logs; clients act on `reason`.
+    pub message: String,
+}
+
+/// The server ends a session that had been welcomed.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Disconnect {
+    pub reason: DisconnectReason,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct Pong {
+    pub nonce: u32,
+    pub server_tick: u32,
+}
+
+/// Why a handshake was refused. The code is also the QUIC application close code, which any
+/// client version can read even if it cannot decode this message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum RejectReason {
+    /// The client speaks another protocol version; `server` is the one this server speaks.
+    ProtocolVersion { server: u16 },
+    /// The first frame was not an Arena `Hello`.
+    NotArena,
+    /// The `Hello` did not decode, or its name is empty, too long or not printable.
+    MalformedHello,
+    TokenMissing,
+    TokenMalformed,
+    TokenForged,
+    TokenExpired,
+    TokenWrongServer,
+    /// `--max-clients` sessions are already playing.
+    ServerFull,
+    /// No `Hello` arrived in time.
+    HandshakeTimeout,
+    /// The server is shutting down and admits no one.
+    ShuttingDown,
+}
+
+impl RejectReason {
+    pub fn code(self) -> u32 {
+        match self {
+            Self::ProtocolVersion { .. } => 0x101,
+            Self::NotArena => 0x102,
+            Self::MalformedHello => 0x103,
+            Self::TokenMissing => 0x104,
+            Self::TokenMalformed => 0x105,
+            Self::TokenForged => 0x106,
+            Self::TokenExpired => 0x107,
+            Self::TokenWrongServer => 0x108,
+            Self::ServerFull => 0x109,
+            Self::HandshakeTimeout => 0x10A,
+            Self::ShuttingDown => 0x10B,
+        }
+    }
+
+    /// A stable snake_case name, for logs, reports and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProtocolVersion { .. } => "protocol_version",
+            Self::NotArena => "not_arena",
+            Self::MalformedHello => "malformed_hello",
+            Self::TokenMissing => "token_missing",
+            Self::TokenMalformed => "token_malformed",
+            Self::TokenForged => "token_forged",
+            Self::TokenExpired => "token_expired",
+            Self::TokenWrongServer => "token_wrong_server",
+            Self::ServerFull => "server_full",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Why a welcomed session ended. The code is also the QUIC application close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum DisconnectReason {
+    ServerShutdown,
+    /// A reliable frame's body did not decode as a `ClientMsg`.
+    MalformedFrame,
+    /// A reliable frame announced a body over [`MAX_FRAME_LEN`].
+    FrameTooLarge,
+    /// The client sent a datagram (none are defined for clients in this version).
+    UnexpectedDatagram,
+    /// The client finished its stream in the middle of a frame, or before leaving.
+    StreamClosed,
+    /// The simulation could not take the client (it is shutting down).
+    SimulationUnavailable,
+}
+
+impl DisconnectReason {
+    pub fn code(self) -> u32 {
+        match self {
+            Self::ServerShutdown => 0x201,
+            Self::MalformedFrame => 0x202,
+            Self::FrameTooLarge => 0x203,
+            Self::UnexpectedDatagram => 0x204,
+            Self::StreamClosed => 0x205,
+            Self::SimulationUnavailable => 0x206,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServerShutdown => "server_shutdown",
+            Self::MalformedFrame => "malformed_frame",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::UnexpectedDatagram => "unexpected_datagram",
+            Self::StreamClosed => "stream_closed",
+            Self::SimulationUnavailable => "simulation_unavailable",
+        }
+    }
+}
+
+/// Application close code a client uses when it leaves on purpose.
+pub const CLOSE_CLIENT_LEFT: u32 = 0;
+
+/// Server → client, as one QUIC datagram each.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum ServerDatagram {
+    Snapshot(Snapshot),
+}
+
+/// One part of the world at one tick. The full state is split into `parts` datagrams, each
+/// small enough for the connection's maximum datagram size and each useful on its own.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Snapshot {
+    pub tick: u32,
+    pub part: u16,
+    pub parts: u16,
+    pub entities: Vec<EntityState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum EntityKind {
+    Player,
+    Npc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
+pub struct EntityState {
+    pub id: u32,
+    pub kind: EntityKind,
+    pub pos: Vec2,
+    pub vel: Vec2,
+}

@@ -1,0 +1,1 @@
+//! Owner of the workspace's cross-crate tests and benches.
