@@ -1,1 +1,28 @@
+//! Arena's authoritative game server.
+//!
+//! # Layout
+//! - [`config`]: every flag and bound, with its default.
+//! - [`net`]: the WebTransport endpoint and one task per session: the only code with sockets.
+//!   It decodes client frames, admits or rejects a `Hello` before anything is allocated, and
+//!   moves inputs into the simulation's inbox and snapshots out of the session's outbox.
+//! - [`game`]: the bevy_ecs world and its fixed-tick schedule, run on its own OS thread.
+//!   Systems call `arena_shared::sim` to move anything.
+//! - [`replication`]: what each client is sent each tick (today: the full state, in datagrams
+//!   sized to the connection). The one seam the delta/interest work replaces.
+//! - [`http`]: the axum side: `/healthz`, `/api/connect` (connect tokens).
+//! - [`stats`]: counters and gauges the server keeps about itself, read by tests and the log.
+//!
+//! [`Server::bind`] binds both sockets (port 0 works) and returns the bound addresses;
+//! [`Server::run`] serves until the cancellation token fires, then drains and returns.
 
+pub mod config;
+pub mod game;
+pub mod http;
+pub mod net;
+pub mod replication;
+pub mod stats;
+
+mod server;
+
+pub use config::Config;
+pub use server::{Server, ServerError};

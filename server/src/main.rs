@@ -1,1 +1,71 @@
-fn main() {}
+//! `arena-server`: flags, logging, signals. Everything else lives in the library.
+
+use arena_server::{Config, Server};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|e| {
+        eprintln!("bad --log filter {:?}: {e}; using \"info\"", config.log);
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "server failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), arena_server::ServerError> {
+    let server = Server::bind(config).await?;
+    let http = server.http_addr();
+    info!(
+        "WebTransport on {} (UDP), HTTP on http://{http} -- next: cargo run --release -p arena-client-sim -- --server http://{http} --bots 50",
+        server.wt_addr()
+    );
+    if let Some(hash) = server.cert_sha256() {
+        info!(cert_sha256 = hash, "self-signed certificate (13 days); clients pin it by this hash");
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    server.run(shutdown).await
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn signal_shutdown(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+                    _ = term.recv() => info!("SIGTERM: shutting down"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                info!("SIGINT: shutting down");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

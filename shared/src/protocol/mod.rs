@@ -137,6 +137,10 @@ pub enum RejectReason {
     HandshakeTimeout,
     /// The server is shutting down and admits no one.
     ShuttingDown,
+    /// A session with this token's client id is already playing.
+    TokenInUse,
+    /// The client's QUIC stack does not accept datagrams, which carry every snapshot.
+    DatagramsUnsupported,
 }
 
 impl RejectReason {
@@ -153,6 +157,8 @@ impl RejectReason {
             Self::ServerFull => 0x109,
             Self::HandshakeTimeout => 0x10A,
             Self::ShuttingDown => 0x10B,
+            Self::TokenInUse => 0x10C,
+            Self::DatagramsUnsupported => 0x10D,
         }
     }
 
@@ -170,6 +176,8 @@ impl RejectReason {
             Self::ServerFull => "server_full",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::ShuttingDown => "shutting_down",
+            Self::TokenInUse => "token_in_use",
+            Self::DatagramsUnsupported => "datagrams_unsupported",
         }
     }
 }

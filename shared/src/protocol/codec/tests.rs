@@ -52,6 +52,8 @@ fn every_server_msg() -> Vec<ServerMsg> {
         RejectReason::ServerFull,
         RejectReason::HandshakeTimeout,
         RejectReason::ShuttingDown,
+        RejectReason::TokenInUse,
+        RejectReason::DatagramsUnsupported,
     ];
     let disconnects = [
         DisconnectReason::ServerShutdown,

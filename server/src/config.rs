@@ -1,0 +1,141 @@
+//! Every setting of the server, with its flag and its default. Every bound the server keeps
+//! (queues, frames, rates, connections) is named here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Arena's authoritative game server: WebTransport (HTTP/3) for play, HTTP for the page,
+/// connect tokens and health.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "arena-server", version, about, long_about = None)]
+pub struct Config {
+    /// UDP address of the WebTransport endpoint (port 0 picks a free port; the bound address
+    /// is logged).
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    pub wt_bind: SocketAddr,
+
+    /// TCP address of the HTTP side (/healthz, /api/connect).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_bind: SocketAddr,
+
+    /// The WebTransport URL that /api/connect hands out, e.g. https://play.example.com:4433/.
+    /// Set it whenever clients reach the server by another address than --wt-bind (NAT,
+    /// containers, load balancers). When absent: https://<bound WT address>/, or with an
+    /// unspecified bind address, the HTTP request's host with the WT port.
+    #[arg(long)]
+    pub public_url: Option<String>,
+
+    /// PEM certificate chain for WebTransport. Without --cert/--key a self-signed ECDSA P-256
+    /// certificate valid for 13 days is made at start, pinned by browsers through its hash.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key matching --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Simulation ticks per second (snapshots are sent every tick).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..=240))]
+    pub tick_rate: u16,
+
+    /// Wandering NPC entities spawned at start.
+    #[arg(long, default_value_t = 1000)]
+    pub npcs: u32,
+
+    /// Side of the square world, in world units.
+    #[arg(long, default_value_t = 4096.0)]
+    pub world_size: f32,
+
+    /// Rectangular obstacles the map generator places.
+    #[arg(long, default_value_t = 48)]
+    pub obstacles: u32,
+
+    /// Seed of the map and of NPC behaviour.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Most sessions playing at once; the next Hello gets Reject(ServerFull).
+    #[arg(long, default_value_t = 5000)]
+    pub max_clients: usize,
+
+    /// tracing filter, e.g. "info" or "arena_server=debug,wtransport=warn".
+    #[arg(long, default_value = "info")]
+    pub log: String,
+
+    /// How long a connect token from /api/connect stays valid.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+
+    /// Time a new connection has to finish the QUIC/HTTP3 handshake and send its Hello.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// QUIC idle timeout: a client silent this long is dropped (keep-alives run at a third of it).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Capacity of the channel from all sessions to the simulation (inputs, joins, leaves).
+    /// Inputs that find it full are dropped and counted.
+    #[arg(long, default_value_t = 65_536)]
+    pub inbox_capacity: usize,
+
+    /// Inputs the simulation keeps queued per player (one is applied per tick; the oldest is
+    /// dropped beyond this).
+    #[arg(long, default_value_t = 8)]
+    pub input_queue: usize,
+
+    /// Snapshots waiting per session to be sent; the oldest is dropped beyond this (the client
+    /// is slow, and a newer snapshot supersedes it).
+    #[arg(long, default_value_t = 4)]
+    pub outbox_snapshots: usize,
+
+    /// Secret that signs connect tokens (hex or text). Without it a random secret is made per run,
+    /// so tokens from a previous run are refused.
+    #[arg(long, env = "ARENA_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::parse_from(["arena-server"])
+    }
+}
+
+impl Config {
+    /// Fixed simulation step, in seconds.
+    pub fn dt(&self) -> f32 {
+        1.0 / f32::from(self.tick_rate)
+    }
+
+    /// Keep-alive interval derived from the idle timeout.
+    pub fn keep_alive(&self) -> Duration {
+        self.idle_timeout / 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.wt_bind, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(c.http_bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!((c.tick_rate, c.npcs, c.world_size), (30, 1000, 4096.0));
+        assert!(c.cert.is_none() && c.public_url.is_none());
+    }
+
+    #[test]
+    fn cert_needs_key_and_tick_rate_is_bounded() {
+        assert!(Config::try_parse_from(["arena-server", "--cert", "c.pem"]).is_err());
+        assert!(Config::try_parse_from(["arena-server", "--tick-rate", "0"]).is_err());
+        let c = Config::try_parse_from(["arena-server", "--wt-bind", "127.0.0.1:0", "--token-ttl", "2m"])
+            .unwrap();
+        assert_eq!(c.wt_bind.port(), 0);
+        assert_eq!(c.token_ttl, Duration::from_secs(120));
+    }
+}

@@ -1,0 +1,101 @@
+//! Components and resources of the simulation world.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use arena_shared::map::Map;
+use arena_shared::protocol::{EntityKind, Input};
+use arena_shared::quant::MoveDir;
+use arena_shared::rng::SplitMix64;
+use arena_shared::sim::Body;
+use bevy_ecs::prelude::*;
+
+use super::SimCommand;
+use crate::net::outbox::Outbox;
+use crate::stats::Stats;
+
+/// The id clients see in snapshots. Allocated by [`NetIds`], never reused within a run, and
+/// independent of bevy's `Entity` bits so that replays and clients do not depend on ECS
+/// internals.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetId(pub u32);
+
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind(pub EntityKind);
+
+/// Position and velocity, moved only by `arena_shared::sim::step`.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Default)]
+pub struct Motion(pub Body);
+
+/// The movement intent applied this tick.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MoveIntent(pub MoveDir);
+
+/// A connected player.
+#[derive(Component, Debug, Clone)]
+pub struct Player {
+    pub client_id: u64,
+    pub name: String,
+}
+
+/// Inputs received and not yet applied, one applied per tick. When empty the last input is
+/// repeated (the client's packet was late or lost; holding a key should keep moving).
+#[derive(Component, Debug, Default)]
+pub struct InputQueue {
+    pub pending: VecDeque<Input>,
+    pub last: Input,
+}
+
+/// An NPC's random walk: a direction held for a while, then another.
+#[derive(Component, Debug, Clone)]
+pub struct Wander {
+    pub rng: SplitMix64,
+    pub ticks_left: u32,
+}
+
+/// The tick being simulated; it becomes the snapshot's tick.
+#[derive(Resource, Debug, Default, Clone, Copy)]
+pub struct Tick(pub u32);
+
+/// Settings the systems read.
+#[derive(Resource, Debug, Clone)]
+pub struct SimSettings {
+    pub dt: f32,
+    pub tick_rate: u16,
+    pub input_queue: usize,
+}
+
+#[derive(Resource, Debug, Clone)]
+pub struct MapRes(pub Arc<Map>);
+
+/// Commands drained from the network this tick, in arrival order.
+#[derive(Resource, Default)]
+pub struct Inbox(pub Vec<SimCommand>);
+
+/// Where each connected client's entity is and where its snapshots go.
+#[derive(Resource, Default)]
+pub struct Clients(pub HashMap<u64, ClientLink>);
+
+pub struct ClientLink {
+    pub entity: Entity,
+    pub outbox: Arc<Outbox>,
+}
+
+#[derive(Resource, Debug, Default)]
+pub struct NetIds {
+    next: u32,
+}
+
+impl NetIds {
+    pub fn allocate(&mut self) -> NetId {
+        self.next += 1;
+        NetId(self.next)
+    }
+}
+
+/// The world's own generator (spawn points); NPCs carry their own.
+#[derive(Resource, Debug)]
+pub struct WorldRng(pub SplitMix64);
+
+#[derive(Resource, Debug, Clone)]
+pub struct StatsRes(pub Arc<Stats>);

@@ -1,0 +1,118 @@
+//! The systems of one tick. Each is small and says in its parameters what it reads and writes.
+
+use arena_shared::protocol::EntityKind;
+use arena_shared::quant::MoveDir;
+use arena_shared::sim::{self, Body};
+use bevy_ecs::prelude::*;
+use glam::Vec2;
+use tracing::{debug, warn};
+
+use super::components::*;
+use super::{JoinAck, SimCommand};
+use crate::stats::Stats;
+
+/// Applies what the network delivered: joins spawn players, leaves despawn them, inputs queue.
+pub fn apply_inbox(
+    mut commands: Commands,
+    mut inbox: ResMut<Inbox>,
+    mut clients: ResMut<Clients>,
+    mut ids: ResMut<NetIds>,
+    mut rng: ResMut<WorldRng>,
+    mut queues: Query<&mut InputQueue>,
+    map: Res<MapRes>,
+    tick: Res<Tick>,
+    settings: Res<SimSettings>,
+    stats: Res<StatsRes>,
+) {
+    for cmd in inbox.0.drain(..) {
+        match cmd {
+            SimCommand::Join(join) => {
+                if clients.0.contains_key(&join.client_id) {
+                    // The network layer refuses a second session for a client id; if one
+                    // slips through, the first keeps its entity and this one gets nothing.
+                    warn!(client_id = join.client_id, "join for a client already in the world");
+                    continue;
+                }
+                let net_id = ids.allocate();
+                let pos = map.0.random_free_point(&mut rng.0, sim::PLAYER.radius);
+                let entity = commands
+                    .spawn((
+                        net_id,
+                        Kind(EntityKind::Player),
+                        Motion(Body { pos, vel: Vec2::ZERO }),
+                        MoveIntent::default(),
+                        Player { client_id: join.client_id, name: join.name },
+                        InputQueue::default(),
+                    ))
+                    .id();
+                clients.0.insert(join.client_id, super::components::ClientLink { entity, outbox: join.outbox });
+                // The session may have gone already; then its Leave follows and cleans up.
+                let _ = join.reply.send(JoinAck { entity: net_id.0, server_tick: tick.0 });
+                debug!(client_id = join.client_id, entity = net_id.0, "player spawned");
+            }
+            SimCommand::Leave { client_id } => {
+                if let Some(link) = clients.0.remove(&client_id) {
+                    commands.entity(link.entity).despawn();
+                    debug!(client_id, "player despawned");
+                }
+            }
+            SimCommand::Input { client_id, input } => {
+                let Some(link) = clients.0.get(&client_id) else { continue };
+                let Ok(mut queue) = queues.get_mut(link.entity) else { continue };
+                if queue.pending.len() >= settings.input_queue {
+                    queue.pending.pop_front();
+                    Stats::add(&stats.0.inputs_dropped_queue_full, 1);
+                }
+                queue.pending.push_back(input);
+            }
+        }
+    }
+}
+
+/// One queued input per player per tick; the last one repeats when none is queued.
+pub fn player_intent(mut players: Query<(&mut InputQueue, &mut MoveIntent)>) {
+    for (mut queue, mut intent) in &mut players {
+        if let Some(input) = queue.pending.pop_front() {
+            queue.last = input;
+        }
+        intent.0 = queue.last.movement;
+    }
+}
+
+/// NPCs hold a random direction (or stand still) for 0.5–3 s, then pick another.
+pub fn npc_wander(mut npcs: Query<(&mut Wander, &mut MoveIntent)>, settings: Res<SimSettings>) {
+    let rate = u32::from(settings.tick_rate);
+    for (mut wander, mut intent) in &mut npcs {
+        if wander.ticks_left > 0 {
+            wander.ticks_left -= 1;
+            continue;
+        }
+        let w = &mut *wander;
+        w.ticks_left = rate / 2 + w.rng.below(rate * 5 / 2 + 1);
+        intent.0 = if w.rng.below(5) == 0 {
+            MoveDir::default()
+        } else {
+            MoveDir::from_vec2(Vec2::new(w.rng.range_f32(-1.0, 1.0), w.rng.range_f32(-1.0, 1.0)))
+        };
+    }
+}
+
+/// Moves every body through the shared rules.
+pub fn movement(mut bodies: Query<(&mut Motion, &MoveIntent, &Kind)>, map: Res<MapRes>, settings: Res<SimSettings>) {
+    for (mut motion, intent, kind) in &mut bodies {
+        let params = match kind.0 {
+            EntityKind::Player => &sim::PLAYER,
+            EntityKind::Npc => &sim::NPC,
+        };
+        motion.0 = sim::step(motion.0, intent.0, &map.0, params, settings.dt);
+    }
+}
+
+/// Publishes gauges and moves to the next tick.
+pub fn end_tick(mut tick: ResMut<Tick>, stats: Res<StatsRes>, players: Query<(), With<Player>>, all: Query<(), With<NetId>>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    stats.0.players.store(players.iter().count() as u64, Relaxed);
+    stats.0.entities.store(all.iter().count() as u64, Relaxed);
+    stats.0.tick.store(u64::from(tick.0), Relaxed);
+    tick.0 = tick.0.wrapping_add(1);
+}

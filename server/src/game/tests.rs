@@ -1,0 +1,128 @@
+//! The simulation without sockets or clocks: commands in, ticks called directly, snapshots out.
+
+use std::sync::Arc;
+
+use arena_shared::map::{Map, MapParams};
+use arena_shared::protocol::codec::decode_datagram;
+use arena_shared::protocol::{EntityKind, Input, ServerDatagram};
+use arena_shared::quant::MoveDir;
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+use crate::net::outbox::Outbox;
+
+struct Harness {
+    sim: Simulation,
+    tx: mpsc::Sender<SimCommand>,
+    stats: Arc<Stats>,
+}
+
+fn harness(npcs: u32) -> Harness {
+    let config = config(&["--npcs", &npcs.to_string(), "--obstacles", "0"]);
+    let map = Arc::new(Map::generate(MapParams { seed: 1, width: 4096.0, height: 4096.0, obstacles: 0 }));
+    let (tx, rx) = mpsc::channel(1024);
+    let stats = Arc::new(Stats::default());
+    Harness { sim: Simulation::new(&config, map, rx, stats.clone()), tx, stats }
+}
+
+fn config(args: &[&str]) -> Config {
+    use clap::Parser;
+    Config::try_parse_from(std::iter::once("arena-server").chain(args.iter().copied())).unwrap()
+}
+
+fn join(h: &mut Harness, client_id: u64) -> (Arc<Outbox>, JoinAck) {
+    let outbox = Arc::new(Outbox::new(4, 1200));
+    let (reply, mut rx) = oneshot::channel();
+    h.tx.try_send(SimCommand::Join(JoinRequest { client_id, name: "p".into(), outbox: outbox.clone(), reply }))
+        .unwrap();
+    h.sim.tick();
+    (outbox, rx.try_recv().expect("joined within one tick"))
+}
+
+fn own_state(outbox: &Outbox, entity: u32) -> arena_shared::protocol::EntityState {
+    let snaps = outbox.drain();
+    let last = snaps.last().expect("a snapshot this tick");
+    last.iter()
+        .flat_map(|d| match decode_datagram(d).unwrap() {
+            ServerDatagram::Snapshot(s) => s.entities,
+        })
+        .find(|e| e.id == entity)
+        .expect("own entity in the full snapshot")
+}
+
+#[test]
+fn a_joined_player_moves_the_way_its_inputs_push_and_leaves_cleanly() {
+    let mut h = harness(10);
+    let (outbox, ack) = join(&mut h, 7);
+    let start = own_state(&outbox, ack.entity);
+    assert_eq!(start.kind, EntityKind::Player);
+    for seq in 0..30 {
+        let input = Input { seq, tick: 0, movement: MoveDir { x: 127, y: 0 }, ..Default::default() };
+        h.tx.try_send(SimCommand::Input { client_id: 7, input }).unwrap();
+        h.sim.tick();
+    }
+    let end = own_state(&outbox, ack.entity);
+    assert!(end.pos.x > start.pos.x + 100.0, "moved right: {:?} -> {:?}", start.pos, end.pos);
+    assert_eq!(end.pos.y, start.pos.y);
+    assert_eq!(Stats::get(&h.stats.players), 1);
+    assert_eq!(Stats::get(&h.stats.entities), 11);
+
+    h.tx.try_send(SimCommand::Leave { client_id: 7 }).unwrap();
+    h.sim.tick();
+    assert_eq!(Stats::get(&h.stats.players), 0);
+    assert_eq!(Stats::get(&h.stats.entities), 10, "no entity leaks after leaving");
+}
+
+#[test]
+fn a_missing_input_repeats_the_last_one_and_the_queue_is_bounded() {
+    let mut h = harness(0);
+    let (outbox, ack) = join(&mut h, 1);
+    let input = Input { seq: 1, movement: MoveDir { x: 0, y: 127 }, ..Default::default() };
+    h.tx.try_send(SimCommand::Input { client_id: 1, input }).unwrap();
+    h.sim.tick();
+    let a = own_state(&outbox, ack.entity);
+    h.sim.tick(); // no input: keeps pushing down
+    let b = own_state(&outbox, ack.entity);
+    assert!(b.vel.y > a.vel.y);
+
+    for seq in 0..20 {
+        h.tx.try_send(SimCommand::Input { client_id: 1, input: Input { seq, ..input } }).unwrap();
+    }
+    h.sim.tick();
+    assert_eq!(Stats::get(&h.stats.inputs_dropped_queue_full), 20 - 8);
+}
+
+#[test]
+fn npcs_wander_deterministically_from_the_seed() {
+    fn positions(h: &Harness) -> Vec<(u32, u32, u32)> {
+        let world = h.sim.world();
+        let mut v: Vec<_> = world
+            .try_query::<(&components::NetId, &components::Motion)>()
+            .unwrap()
+            .iter(world)
+            .map(|(id, m)| (id.0, m.0.pos.x.to_bits(), m.0.pos.y.to_bits()))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+    let run = || {
+        let mut h = harness(50);
+        let spawn = positions(&h);
+        for _ in 0..90 {
+            h.sim.tick();
+        }
+        (spawn, positions(&h))
+    };
+    let (spawn, a) = run();
+    let (_, b) = run();
+    assert_eq!(a, b, "same seed, same world after 3 s");
+    let moved = spawn.iter().zip(&a).filter(|(s, e)| s != e).count();
+    assert!(moved >= 40, "only {moved} of 50 NPCs moved in 3 s");
+}
+
+#[test]
+fn the_schedule_has_no_ambiguous_systems() {
+    // Building runs the ambiguity check configured as an error.
+    let mut h = harness(1);
+    h.sim.schedule.initialize(&mut h.sim.world).expect("no ambiguities");
+}

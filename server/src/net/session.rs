@@ -1,0 +1,369 @@
+//! One client's session: handshake, then the play loop.
+//!
+//! Handshake (bounded by `--handshake-timeout` from the first packet): QUIC + HTTP/3 CONNECT,
+//! the client opens one bidirectional stream and sends `Hello`. The server checks, in order:
+//! magic and protocol version, name, token (signature, expiry, audience), a live session with
+//! the same client id, capacity, shutdown. Only then does it allocate anything for the client:
+//! a session slot, an outbox, a player entity. A refused client gets `Reject` and a connection
+//! close whose code says the same.
+//!
+//! Play: frames in (inputs to the simulation inbox, pings answered), snapshots out (one
+//! datagram per part). Any malformed frame, oversized frame or client datagram ends the
+//! session with a `Disconnect` naming the reason; it never panics and never reaches the world.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arena_shared::protocol::codec::{self, FrameReader, HelloError};
+use arena_shared::protocol::{
+    ClientMsg, Disconnect, DisconnectReason, PROTOCOL_VERSION, Pong, Reject, RejectReason, ServerMsg,
+    Welcome,
+};
+use arena_shared::token::{self, TokenError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, field, info, info_span, warn};
+use wtransport::endpoint::IncomingSession;
+use wtransport::error::SendDatagramError;
+use wtransport::{Connection, RecvStream, SendStream, VarInt};
+
+use super::NetContext;
+use super::outbox::Outbox;
+use crate::game::{JoinAck, JoinRequest, SimCommand};
+use crate::stats::Stats;
+
+/// Frames the server may have queued for one client's stream before it stops adding pongs.
+const RELIABLE_QUEUE: usize = 64;
+/// How long a refused or disconnected client gets to read the reason before the close.
+const LINGER: Duration = Duration::from_secs(1);
+/// Bytes read from the stream at a time.
+const READ_CHUNK: usize = 4096;
+
+/// Runs one session from its first packet to its end, in a span naming the peer.
+pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: CancellationToken) {
+    let remote = incoming.remote_address();
+    let span = info_span!("session", %remote, client_id = field::Empty);
+    async move {
+        let deadline = Instant::now() + ctx.config.handshake_timeout;
+        let conn = match tokio::time::timeout_at(deadline, accept(incoming)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
+            Err(_) => return debug!("QUIC/HTTP3 handshake timed out"),
+        };
+        let stream = tokio::time::timeout_at(deadline, conn.accept_bi()).await;
+        let (send, mut recv) = match stream {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return debug!(error = %e, "connection ended before its stream opened"),
+            Err(_) => {
+                conn.close(VarInt::from_u32(RejectReason::HandshakeTimeout.code()), b"no stream opened");
+                return debug!("no stream opened in time");
+            }
+        };
+        let mut reader = FrameReader::new();
+        let writer = Writer::spawn(send);
+        let checked = match tokio::time::timeout_at(deadline, read_frame(&mut recv, &mut reader)).await {
+            Err(_) => Err((RejectReason::HandshakeTimeout, "no Hello in time".to_string())),
+            Ok(Err(ReadEnd::TooLarge)) => Err((RejectReason::NotArena, "first frame too large".to_string())),
+            Ok(Err(_)) => return debug!("stream ended before Hello"),
+            Ok(Ok(body)) => admit(&ctx, &conn, &body, &shutdown),
+        };
+        let slot = match checked {
+            Ok(slot) => slot,
+            Err((reason, message)) => {
+                Stats::add(&ctx.stats.sessions_rejected, 1);
+                info!(reason = reason.as_str(), %message, "session rejected");
+                writer.send(&ServerMsg::Reject(Reject { reason, message: message.clone() }));
+                close(&conn, writer, reason.code(), &message).await;
+                return;
+            }
+        };
+        tracing::Span::current().record("client_id", slot.client_id);
+        let outbox = Arc::new(Outbox::new(ctx.config.outbox_snapshots, slot.max_datagram));
+        let Some(ack) = join(&ctx, &slot, outbox.clone()).await else {
+            let reason = DisconnectReason::SimulationUnavailable;
+            writer.send(&ServerMsg::Disconnect(Disconnect { reason, message: "try again".into() }));
+            close(&conn, writer, reason.code(), "simulation unavailable").await;
+            return;
+        };
+        info!(entity = ack.entity, "session started");
+        writer.send(&ServerMsg::Welcome(Welcome {
+            client_id: slot.client_id,
+            entity: ack.entity,
+            tick_rate: ctx.config.tick_rate,
+            server_tick: ack.server_tick,
+            map: (*ctx.map).clone(),
+        }));
+        let session = Session { ctx: ctx.clone(), conn, recv, reader, writer, outbox, client_id: slot.client_id };
+        let reason = session.play(&shutdown).await;
+        // The player leaves the world before the slot is given back (on drop, below), so a
+        // reconnect with the same id never meets its old entity.
+        let _ = ctx.inbox.send(SimCommand::Leave { client_id: slot.client_id }).await;
+        info!(reason, "session ended");
+        drop(slot);
+    }
+    .instrument(span)
+    .await
+}
+
+async fn accept(incoming: IncomingSession) -> Result<Connection, wtransport::error::ConnectionError> {
+    let request = incoming.await?;
+    request.accept().await
+}
+
+/// Reads until one whole frame is buffered. `Err` when the stream ends or fails first.
+async fn read_frame(recv: &mut RecvStream, reader: &mut FrameReader) -> Result<Vec<u8>, ReadEnd> {
+    let mut buf = [0u8; READ_CHUNK];
+    loop {
+        match reader.next_frame() {
+            Ok(Some(body)) => return Ok(body),
+            Ok(None) => {}
+            Err(_) => return Err(ReadEnd::TooLarge),
+        }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => reader.push(&buf[..n]),
+            Ok(None) => return Err(ReadEnd::Finished),
+            Err(_) => return Err(ReadEnd::Failed),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ReadEnd {
+    TooLarge,
+    Finished,
+    Failed,
+}
+
+/// A session slot and a client id, held from admission until the session ends: dropping it
+/// gives both back, whatever path the session took out.
+struct Slot {
+    ctx: Arc<NetContext>,
+    client_id: u64,
+    name: String,
+    max_datagram: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.ctx.active_clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.client_id);
+        self.ctx.stats.close_session();
+    }
+}
+
+/// Every check on `Hello`, cheapest first; nothing is allocated until all have passed.
+fn admit(
+    ctx: &Arc<NetContext>,
+    conn: &Connection,
+    body: &[u8],
+    shutdown: &CancellationToken,
+) -> Result<Slot, (RejectReason, String)> {
+    let hello = codec::decode_hello(body).map_err(|e| match e {
+        HelloError::NotArena => (RejectReason::NotArena, e.to_string()),
+        HelloError::Version(v) => (
+            RejectReason::ProtocolVersion { server: PROTOCOL_VERSION },
+            format!("client speaks protocol {v}, this server speaks {PROTOCOL_VERSION}"),
+        ),
+        HelloError::Malformed => (RejectReason::MalformedHello, e.to_string()),
+    })?;
+    if hello.token.is_empty() {
+        return Err((RejectReason::TokenMissing, "Hello carries no token; get one from /api/connect".into()));
+    }
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let claims = token::verify(&ctx.token_secret, &hello.token, now_ms, &ctx.token_audience).map_err(|e| {
+        let reason = match e {
+            TokenError::Malformed => RejectReason::TokenMalformed,
+            TokenError::Forged => RejectReason::TokenForged,
+            TokenError::Expired => RejectReason::TokenExpired,
+            TokenError::WrongServer => RejectReason::TokenWrongServer,
+        };
+        (reason, e.to_string())
+    })?;
+    let Some(max_datagram) = conn.max_datagram_size() else {
+        return Err((RejectReason::DatagramsUnsupported, "snapshots travel as datagrams".into()));
+    };
+    if shutdown.is_cancelled() {
+        return Err((RejectReason::ShuttingDown, "server is shutting down".into()));
+    }
+    let mut active = ctx.active_clients.lock().unwrap_or_else(|e| e.into_inner());
+    if active.contains(&claims.client_id) {
+        return Err((RejectReason::TokenInUse, "a session with this client id is playing".into()));
+    }
+    if !ctx.stats.try_open_session(ctx.config.max_clients) {
+        return Err((RejectReason::ServerFull, format!("{} players already", ctx.config.max_clients)));
+    }
+    active.insert(claims.client_id);
+    drop(active);
+    // The token's name is the one the issuer vouched for; Hello's is a fallback.
+    let name = if claims.name.is_empty() { hello.name } else { claims.name };
+    Ok(Slot { ctx: ctx.clone(), client_id: claims.client_id, name, max_datagram })
+}
+
+/// Asks the simulation for an entity. `None` if it is gone or does not answer in time.
+async fn join(ctx: &NetContext, slot: &Slot, outbox: Arc<Outbox>) -> Option<JoinAck> {
+    let (reply, ack) = oneshot::channel();
+    let request = JoinRequest { client_id: slot.client_id, name: slot.name.clone(), outbox, reply };
+    let wait = ctx.config.handshake_timeout;
+    tokio::time::timeout(wait, ctx.inbox.send(SimCommand::Join(request))).await.ok()?.ok()?;
+    tokio::time::timeout(wait, ack).await.ok()?.ok()
+}
+
+/// Writes frames to the client's stream from its own task, so the session loop never waits on
+/// a slow reader. Bounded: when the queue is full, the frame is not queued (counted by caller).
+struct Writer {
+    tx: mpsc::Sender<Vec<u8>>,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    fn spawn(mut send: SendStream) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(RELIABLE_QUEUE);
+        let task = tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if send.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+            let _ = send.finish().await;
+        });
+        Self { tx, task }
+    }
+
+    /// Queues a message; false if the queue is full or the stream is gone.
+    fn send(&self, msg: &ServerMsg) -> bool {
+        let mut frame = Vec::new();
+        if codec::encode_server(msg, &mut frame).is_err() {
+            warn!("server message over the frame limit was not sent");
+            return false;
+        }
+        self.tx.try_send(frame).is_ok()
+    }
+
+    /// Flushes what is queued and finishes the stream, waiting at most `LINGER`.
+    async fn finish(self) {
+        drop(self.tx);
+        let _ = tokio::time::timeout(LINGER, self.task).await;
+    }
+}
+
+/// Flushes the writer, gives the client `LINGER` to read and close on its own, then closes
+/// the connection with `code` (which any client version can read) and `reason`.
+async fn close(conn: &Connection, writer: Writer, code: u32, reason: &str) {
+    writer.finish().await;
+    let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+/// A welcomed session.
+struct Session {
+    ctx: Arc<NetContext>,
+    conn: Connection,
+    recv: RecvStream,
+    reader: FrameReader,
+    writer: Writer,
+    outbox: Arc<Outbox>,
+    client_id: u64,
+}
+
+/// How a session ended, for the log.
+type EndReason = &'static str;
+
+impl Session {
+    /// Runs until the client leaves, misbehaves, or the server shuts down.
+    async fn play(mut self, shutdown: &CancellationToken) -> EndReason {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    return self.disconnect(DisconnectReason::ServerShutdown, "server shutting down").await;
+                }
+                _ = self.outbox.ready() => {
+                    if let Err(reason) = self.send_snapshots() {
+                        return reason;
+                    }
+                }
+                read = self.recv.read(&mut buf) => match read {
+                    Ok(Some(n)) => {
+                        self.reader.push(&buf[..n]);
+                        if let Err((reason, message)) = self.handle_frames() {
+                            return self.disconnect(reason, &message).await;
+                        }
+                    }
+                    Ok(None) if self.reader.pending() > 0 => {
+                        return self.disconnect(DisconnectReason::StreamClosed, "stream ended inside a frame").await;
+                    }
+                    Ok(None) => {
+                        return self.disconnect(DisconnectReason::StreamClosed, "stream finished").await;
+                    }
+                    Err(_) => return "connection lost",
+                },
+                datagram = self.conn.receive_datagram() => match datagram {
+                    Ok(_) => {
+                        let reason = DisconnectReason::UnexpectedDatagram;
+                        return self.disconnect(reason, "clients send no datagrams in protocol 1").await;
+                    }
+                    Err(_) => return "connection lost",
+                },
+            }
+        }
+    }
+
+    /// Decodes every whole frame buffered; inputs go to the simulation, pings are answered.
+    fn handle_frames(&mut self) -> Result<(), (DisconnectReason, String)> {
+        loop {
+            let body = match self.reader.next_frame() {
+                Ok(Some(body)) => body,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err((DisconnectReason::FrameTooLarge, e.to_string())),
+            };
+            match codec::decode_client(&body) {
+                Ok(ClientMsg::Input(input)) => {
+                    let cmd = SimCommand::Input { client_id: self.client_id, input };
+                    if self.ctx.inbox.try_send(cmd).is_err() {
+                        Stats::add(&self.ctx.stats.inputs_dropped_inbox_full, 1);
+                    }
+                }
+                Ok(ClientMsg::Ping(ping)) => {
+                    let server_tick = self.ctx.stats.tick.load(Ordering::Relaxed) as u32;
+                    // A client that does not read its stream loses pongs, nothing else.
+                    self.writer.send(&ServerMsg::Pong(Pong { nonce: ping.nonce, server_tick }));
+                }
+                Err(e) => return Err((DisconnectReason::MalformedFrame, e.to_string())),
+            }
+        }
+    }
+
+    /// Sends every queued snapshot, one datagram per part.
+    fn send_snapshots(&mut self) -> Result<(), EndReason> {
+        if let Some(max) = self.conn.max_datagram_size() {
+            self.outbox.set_max_datagram(max);
+        }
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for snapshot in self.outbox.drain() {
+            for datagram in snapshot.iter() {
+                match self.conn.send_datagram(datagram) {
+                    Ok(()) => {
+                        count += 1;
+                        bytes += datagram.len() as u64;
+                    }
+                    // The path shrank under a snapshot built for the old size: the next one is
+                    // built for the new size.
+                    Err(SendDatagramError::TooLarge) => {}
+                    Err(SendDatagramError::NotConnected) => return Err("connection lost"),
+                    Err(SendDatagramError::UnsupportedByPeer) => return Err("peer stopped accepting datagrams"),
+                }
+            }
+        }
+        Stats::add(&self.ctx.stats.datagrams_sent, count);
+        Stats::add(&self.ctx.stats.datagram_bytes_sent, bytes);
+        Ok(())
+    }
+
+    async fn disconnect(self, reason: DisconnectReason, message: &str) -> EndReason {
+        self.writer.send(&ServerMsg::Disconnect(Disconnect { reason, message: message.to_string() }));
+        close(&self.conn, self.writer, reason.code(), message).await;
+        reason.as_str()
+    }
+}

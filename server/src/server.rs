@@ -1,0 +1,227 @@
+//! Wiring: binds the sockets, starts the simulation thread, the WebTransport endpoint and the
+//! HTTP side, and shuts them down in order.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use arena_shared::map::{Map, MapParams};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use wtransport::endpoint::endpoint_side::Server as ServerSide;
+use wtransport::{Endpoint, ServerConfig};
+
+use crate::config::Config;
+use crate::game::Simulation;
+use crate::http::{self, HttpState};
+use crate::net::{self, NetContext, identity};
+use crate::stats::Stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error("binding WebTransport on {addr}: {source}")]
+    BindWt { addr: SocketAddr, source: std::io::Error },
+    #[error("binding HTTP on {addr}: {source}")]
+    BindHttp { addr: SocketAddr, source: std::io::Error },
+    #[error("invalid idle timeout {0:?}")]
+    IdleTimeout(std::time::Duration),
+    #[error("no randomness for the token secret: {0}")]
+    Random(String),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+    #[error("the simulation thread panicked")]
+    SimulationPanicked,
+}
+
+/// A server with its sockets bound, ready to [`run`](Server::run).
+pub struct Server {
+    config: Arc<Config>,
+    endpoint: Endpoint<ServerSide>,
+    http: tokio::net::TcpListener,
+    wt_addr: SocketAddr,
+    http_addr: SocketAddr,
+    cert_sha256: Option<String>,
+    token_secret: Arc<[u8]>,
+    token_audience: String,
+    map: Arc<Map>,
+    stats: Arc<Stats>,
+}
+
+impl Server {
+    /// Makes or loads the certificate and binds both sockets (port 0 picks free ports).
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let extra_names: Vec<String> = config
+            .public_url
+            .as_deref()
+            .and_then(url_host)
+            .into_iter()
+            .collect();
+        let ident = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => identity::load(cert, key).await?,
+            _ => identity::self_signed(&extra_names)?,
+        };
+        let wt_config = ServerConfig::builder()
+            .with_bind_address(config.wt_bind)
+            .with_identity(ident.identity)
+            .keep_alive_interval(Some(config.keep_alive()))
+            .max_idle_timeout(Some(config.idle_timeout))
+            .map_err(|_| ServerError::IdleTimeout(config.idle_timeout))?
+            .build();
+        let endpoint = Endpoint::server(wt_config)
+            .map_err(|source| ServerError::BindWt { addr: config.wt_bind, source })?;
+        let wt_addr = endpoint
+            .local_addr()
+            .map_err(|source| ServerError::BindWt { addr: config.wt_bind, source })?;
+        let http = tokio::net::TcpListener::bind(config.http_bind)
+            .await
+            .map_err(|source| ServerError::BindHttp { addr: config.http_bind, source })?;
+        let http_addr = http
+            .local_addr()
+            .map_err(|source| ServerError::BindHttp { addr: config.http_bind, source })?;
+
+        let token_secret: Arc<[u8]> = match &config.token_secret {
+            Some(s) => Arc::from(s.as_bytes()),
+            None => {
+                let mut secret = [0u8; 32];
+                getrandom::fill(&mut secret).map_err(|e| ServerError::Random(e.to_string()))?;
+                info!("no token secret configured: using a random one for this run");
+                Arc::from(&secret[..])
+            }
+        };
+        let token_audience = config.public_url.clone().unwrap_or_else(|| format!("https://{wt_addr}/"));
+        let map = Arc::new(Map::generate(MapParams {
+            seed: config.seed,
+            width: config.world_size,
+            height: config.world_size,
+            obstacles: config.obstacles,
+        }));
+        Ok(Self {
+            config: Arc::new(config),
+            endpoint,
+            http,
+            wt_addr,
+            http_addr,
+            cert_sha256: ident.cert_sha256,
+            token_secret,
+            token_audience,
+            map,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    pub fn wt_addr(&self) -> SocketAddr {
+        self.wt_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Base64 SHA-256 of the self-signed certificate; `None` with `--cert`.
+    pub fn cert_sha256(&self) -> Option<&str> {
+        self.cert_sha256.as_deref()
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    pub fn map(&self) -> Arc<Map> {
+        self.map.clone()
+    }
+
+    /// The secret that signs connect tokens (for a login service, or a test minting its own).
+    pub fn token_secret(&self) -> Arc<[u8]> {
+        self.token_secret.clone()
+    }
+
+    /// The `server` claim this server requires in tokens.
+    pub fn token_audience(&self) -> &str {
+        &self.token_audience
+    }
+
+    /// Serves until `shutdown` fires, then: stops accepting, tells every session why it ends,
+    /// waits for them, stops the simulation, stops HTTP.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let (inbox_tx, inbox_rx) = mpsc::channel(self.config.inbox_capacity.max(1));
+        let sim_stop = CancellationToken::new();
+        let sim = Simulation::new(&self.config, self.map.clone(), inbox_rx, self.stats.clone());
+        let sim_thread = {
+            let stop = sim_stop.clone();
+            std::thread::Builder::new()
+                .name("arena-sim".into())
+                .spawn(move || sim.run(stop))
+                .map_err(|e| ServerError::Random(e.to_string()))?
+        };
+
+        let ctx = Arc::new(NetContext {
+            config: self.config.clone(),
+            token_secret: self.token_secret.clone(),
+            token_audience: self.token_audience.clone(),
+            map: self.map.clone(),
+            inbox: inbox_tx,
+            stats: self.stats.clone(),
+            active_clients: Mutex::new(Default::default()),
+        });
+        let mut first_id = [0u8; 4];
+        getrandom::fill(&mut first_id).map_err(|e| ServerError::Random(e.to_string()))?;
+        let http_state = Arc::new(HttpState {
+            token_secret: self.token_secret.clone(),
+            token_audience: self.token_audience.clone(),
+            public_url: self.config.public_url.clone(),
+            wt_addr: self.wt_addr,
+            cert_sha256: self.cert_sha256.clone(),
+            token_ttl: self.config.token_ttl,
+            // Ids differ across runs, so a stale client id never collides with a new one.
+            next_client_id: AtomicU64::new(u64::from(u32::from_le_bytes(first_id)) << 32 | 1),
+            stats: self.stats.clone(),
+        });
+        let http = axum::serve(self.http, http::router(http_state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let http_task = tokio::spawn(async move { http.await });
+
+        info!(wt = %self.wt_addr, http = %self.http_addr, "Arena serving");
+        net::serve(self.endpoint, ctx, shutdown, TaskTracker::new()).await;
+
+        sim_stop.cancel();
+        let sim_result = tokio::task::spawn_blocking(move || sim_thread.join()).await;
+        let http_result = http_task.await;
+        if !matches!(sim_result, Ok(Ok(()))) {
+            return Err(ServerError::SimulationPanicked);
+        }
+        match http_result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ServerError::Http(e)),
+            Err(e) => warn!(error = %e, "HTTP task ended abnormally"),
+        }
+        info!("Arena stopped");
+        Ok(())
+    }
+}
+
+/// The host part of a URL like `https://host:port/path`, for the certificate's names.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_host_reads_names_and_ip_literals() {
+        assert_eq!(super::url_host("https://play.example.com:4433/").as_deref(), Some("play.example.com"));
+        assert_eq!(super::url_host("https://[::1]:4433/").as_deref(), Some("::1"));
+        assert_eq!(super::url_host("https://10.1.2.3/").as_deref(), Some("10.1.2.3"));
+        assert_eq!(super::url_host("https:///"), None);
+    }
+}
