@@ -133,8 +133,14 @@ mod tests {
     fn cert_needs_key_and_tick_rate_is_bounded() {
         assert!(Config::try_parse_from(["arena-server", "--cert", "c.pem"]).is_err());
         assert!(Config::try_parse_from(["arena-server", "--tick-rate", "0"]).is_err());
-        let c = Config::try_parse_from(["arena-server", "--wt-bind", "127.0.0.1:0", "--token-ttl", "2m"])
-            .unwrap();
+        let c = Config::try_parse_from([
+            "arena-server",
+            "--wt-bind",
+            "127.0.0.1:0",
+            "--token-ttl",
+            "2m",
+        ])
+        .unwrap();
         assert_eq!(c.wt_bind.port(), 0);
         assert_eq!(c.token_ttl, Duration::from_secs(120));
     }

@@ -14,7 +14,10 @@ fn main() -> std::process::ExitCode {
     });
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");
@@ -38,7 +41,10 @@ async fn serve(config: Config) -> Result<(), arena_server::ServerError> {
         server.wt_addr()
     );
     if let Some(hash) = server.cert_sha256() {
-        info!(cert_sha256 = hash, "self-signed certificate (13 days); clients pin it by this hash");
+        info!(
+            cert_sha256 = hash,
+            "self-signed certificate (13 days); clients pin it by this hash"
+        );
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));

@@ -24,9 +24,15 @@ pub enum ServerError {
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
     #[error("binding WebTransport on {addr}: {source}")]
-    BindWt { addr: SocketAddr, source: std::io::Error },
+    BindWt {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("binding HTTP on {addr}: {source}")]
-    BindHttp { addr: SocketAddr, source: std::io::Error },
+    BindHttp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("invalid idle timeout {0:?}")]
     IdleTimeout(std::time::Duration),
     #[error("no randomness for the token secret: {0}")]
@@ -71,17 +77,26 @@ impl Server {
             .max_idle_timeout(Some(config.idle_timeout))
             .map_err(|_| ServerError::IdleTimeout(config.idle_timeout))?
             .build();
-        let endpoint = Endpoint::server(wt_config)
-            .map_err(|source| ServerError::BindWt { addr: config.wt_bind, source })?;
+        let endpoint = Endpoint::server(wt_config).map_err(|source| ServerError::BindWt {
+            addr: config.wt_bind,
+            source,
+        })?;
         let wt_addr = endpoint
             .local_addr()
-            .map_err(|source| ServerError::BindWt { addr: config.wt_bind, source })?;
+            .map_err(|source| ServerError::BindWt {
+                addr: config.wt_bind,
+                source,
+            })?;
         let http = tokio::net::TcpListener::bind(config.http_bind)
             .await
-            .map_err(|source| ServerError::BindHttp { addr: config.http_bind, source })?;
-        let http_addr = http
-            .local_addr()
-            .map_err(|source| ServerError::BindHttp { addr: config.http_bind, source })?;
+            .map_err(|source| ServerError::BindHttp {
+                addr: config.http_bind,
+                source,
+            })?;
+        let http_addr = http.local_addr().map_err(|source| ServerError::BindHttp {
+            addr: config.http_bind,
+            source,
+        })?;
 
         let token_secret: Arc<[u8]> = match &config.token_secret {
             Some(s) => Arc::from(s.as_bytes()),
@@ -92,7 +107,10 @@ impl Server {
                 Arc::from(&secret[..])
             }
         };
-        let token_audience = config.public_url.clone().unwrap_or_else(|| format!("https://{wt_addr}/"));
+        let token_audience = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{wt_addr}/"));
         let map = Arc::new(Map::generate(MapParams {
             seed: config.seed,
             width: config.world_size,
@@ -219,9 +237,18 @@ fn url_host(url: &str) -> Option<String> {
 mod tests {
     #[test]
     fn url_host_reads_names_and_ip_literals() {
-        assert_eq!(super::url_host("https://play.example.com:4433/").as_deref(), Some("play.example.com"));
-        assert_eq!(super::url_host("https://[::1]:4433/").as_deref(), Some("::1"));
-        assert_eq!(super::url_host("https://10.1.2.3/").as_deref(), Some("10.1.2.3"));
+        assert_eq!(
+            super::url_host("https://play.example.com:4433/").as_deref(),
+            Some("play.example.com")
+        );
+        assert_eq!(
+            super::url_host("https://[::1]:4433/").as_deref(),
+            Some("::1")
+        );
+        assert_eq!(
+            super::url_host("https://10.1.2.3/").as_deref(),
+            Some("10.1.2.3")
+        );
         assert_eq!(super::url_host("https:///"), None);
     }
 }

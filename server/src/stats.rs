@@ -13,7 +13,7 @@ pub struct Stats {
     pub sessions_opened: AtomicU64,
     pub sessions_rejected: AtomicU64,
     pub sessions_closed: AtomicU64,
-    pub players: AtomicU64,
+    players: watch::Sender<u64>,
     pub entities: AtomicU64,
     pub tick: AtomicU64,
     pub inputs_dropped_inbox_full: AtomicU64,
@@ -31,7 +31,7 @@ impl Default for Stats {
             sessions_opened: AtomicU64::new(0),
             sessions_rejected: AtomicU64::new(0),
             sessions_closed: AtomicU64::new(0),
-            players: AtomicU64::new(0),
+            players: watch::Sender::new(0),
             entities: AtomicU64::new(0),
             tick: AtomicU64::new(0),
             inputs_dropped_inbox_full: AtomicU64::new(0),
@@ -53,6 +53,21 @@ impl Stats {
     /// A receiver to await a session count (`wait_for(|n| *n == 0)`).
     pub fn watch_sessions(&self) -> watch::Receiver<usize> {
         self.sessions.subscribe()
+    }
+
+    /// Player entities in the world at the end of the last tick.
+    pub fn players(&self) -> u64 {
+        *self.players.borrow()
+    }
+
+    /// A receiver to await a player count, e.g. zero once everyone has left.
+    pub fn watch_players(&self) -> watch::Receiver<u64> {
+        self.players.subscribe()
+    }
+
+    pub(crate) fn set_players(&self, n: u64) {
+        self.players
+            .send_if_modified(|p| std::mem::replace(p, n) != n);
     }
 
     /// Takes a session slot if fewer than `max` are in use.

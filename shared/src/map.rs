@@ -31,7 +31,10 @@ impl Rect {
 
     /// A square of half-size `r` around `c`.
     pub fn around(c: Vec2, r: f32) -> Self {
-        Self { min: c - Vec2::splat(r), max: c + Vec2::splat(r) }
+        Self {
+            min: c - Vec2::splat(r),
+            max: c + Vec2::splat(r),
+        }
     }
 }
 
@@ -74,8 +77,10 @@ impl Map {
                     rng.range_f32(MIN_SIDE, MAX_SIDE).round(),
                 );
                 let min = Vec2::new(
-                    rng.range_f32(EDGE_MARGIN, params.width - EDGE_MARGIN - size.x).round(),
-                    rng.range_f32(EDGE_MARGIN, params.height - EDGE_MARGIN - size.y).round(),
+                    rng.range_f32(EDGE_MARGIN, params.width - EDGE_MARGIN - size.x)
+                        .round(),
+                    rng.range_f32(EDGE_MARGIN, params.height - EDGE_MARGIN - size.y)
+                        .round(),
                 );
                 let rect = Rect::new(min, min + size);
                 // Leave a corridor between obstacles so nothing gets boxed in.
@@ -85,12 +90,20 @@ impl Map {
                 }
             }
         }
-        Self { width: params.width, height: params.height, obstacles }
+        Self {
+            width: params.width,
+            height: params.height,
+            obstacles,
+        }
     }
 
     /// An empty map of the given size (tests, and studios that want an open arena).
     pub fn open(width: f32, height: f32) -> Self {
-        Self { width, height, obstacles: Vec::new() }
+        Self {
+            width,
+            height,
+            obstacles: Vec::new(),
+        }
     }
 
     /// True when a square body of half-size `radius` at `pos` is inside the bounds and clear
@@ -129,7 +142,12 @@ mod tests {
     use super::*;
 
     fn params(seed: u64) -> MapParams {
-        MapParams { seed, width: 4096.0, height: 4096.0, obstacles: 48 }
+        MapParams {
+            seed,
+            width: 4096.0,
+            height: 4096.0,
+            obstacles: 48,
+        }
     }
 
     #[test]
@@ -137,7 +155,11 @@ mod tests {
         let a = Map::generate(params(42));
         assert_eq!(a, Map::generate(params(42)));
         assert_ne!(a, Map::generate(params(43)));
-        assert!(a.obstacles.len() >= 30, "only {} obstacles placed", a.obstacles.len());
+        assert!(
+            a.obstacles.len() >= 30,
+            "only {} obstacles placed",
+            a.obstacles.len()
+        );
         for (i, o) in a.obstacles.iter().enumerate() {
             assert!(o.min.x >= EDGE_MARGIN && o.max.x <= a.width - EDGE_MARGIN);
             assert!(o.min.y >= EDGE_MARGIN && o.max.y <= a.height - EDGE_MARGIN);
@@ -158,7 +180,12 @@ mod tests {
 
     #[test]
     fn a_map_too_small_for_obstacles_is_open() {
-        let map = Map::generate(MapParams { seed: 1, width: 300.0, height: 300.0, obstacles: 10 });
+        let map = Map::generate(MapParams {
+            seed: 1,
+            width: 300.0,
+            height: 300.0,
+            obstacles: 10,
+        });
         assert!(map.obstacles.is_empty());
     }
 }

@@ -23,9 +23,16 @@ impl MoveDir {
     /// Quantizes a direction; NaN counts as no movement, magnitudes above 1 are normalised.
     pub fn from_vec2(v: Vec2) -> Self {
         let v = if v.is_finite() { v } else { Vec2::ZERO };
-        let v = if v.length_squared() > 1.0 { v.normalize() } else { v };
+        let v = if v.length_squared() > 1.0 {
+            v.normalize()
+        } else {
+            v
+        };
         let q = |c: f32| (c * Self::STEPS).round().clamp(-127.0, 127.0) as i8;
-        Self { x: q(v.x), y: q(v.y) }
+        Self {
+            x: q(v.x),
+            y: q(v.y),
+        }
     }
 
     /// The direction the simulation uses. Whatever the bytes, the result has length <= 1
@@ -69,7 +76,10 @@ mod tests {
         assert_eq!(MoveDir::from_vec2(Vec2::X).to_vec2(), Vec2::X);
         assert_eq!(MoveDir::from_vec2(-Vec2::Y).to_vec2(), -Vec2::Y);
         assert_eq!(MoveDir::from_vec2(Vec2::NAN), MoveDir::default());
-        assert_eq!(MoveDir::from_vec2(Vec2::new(10.0, 0.0)), MoveDir { x: 127, y: 0 });
+        assert_eq!(
+            MoveDir::from_vec2(Vec2::new(10.0, 0.0)),
+            MoveDir { x: 127, y: 0 }
+        );
     }
 
     proptest! {

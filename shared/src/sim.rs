@@ -37,12 +37,22 @@ pub struct MoveParams {
 }
 
 /// Players: reach full speed in about 0.2 s, stop in about 0.3 s.
-pub const PLAYER: MoveParams =
-    MoveParams { accel: 3200.0, friction: 8.0, stop_speed: 100.0, max_speed: 320.0, radius: 16.0 };
+pub const PLAYER: MoveParams = MoveParams {
+    accel: 3200.0,
+    friction: 8.0,
+    stop_speed: 100.0,
+    max_speed: 320.0,
+    radius: 16.0,
+};
 
 /// NPCs: slower than players, so a player can always get away.
-pub const NPC: MoveParams =
-    MoveParams { accel: 1600.0, friction: 6.0, stop_speed: 60.0, max_speed: 200.0, radius: 16.0 };
+pub const NPC: MoveParams = MoveParams {
+    accel: 1600.0,
+    friction: 6.0,
+    stop_speed: 60.0,
+    max_speed: 200.0,
+    radius: 16.0,
+};
 
 /// Advances one body by `dt` seconds under a movement intent.
 ///
@@ -115,7 +125,11 @@ fn move_axis(pos: Vec2, delta: f32, axis: Axis, map: &Map, r: f32) -> (f32, bool
             Axis::Y => (o.min.y, o.max.y),
         };
         // Stop at the face we came from; with several obstacles the nearest face wins.
-        to = if delta > 0.0 { to.min(lo - r) } else { to.max(hi + r) };
+        to = if delta > 0.0 {
+            to.min(lo - r)
+        } else {
+            to.max(hi + r)
+        };
         hit = true;
     }
     if to < r {
@@ -151,9 +165,20 @@ mod tests {
     fn accelerates_to_max_speed_then_stops_by_friction() {
         let map = Map::open(4096.0, 4096.0);
         let push = vec![MoveDir { x: 127, y: 0 }; 30];
-        let trail = run(&map, Body { pos: Vec2::splat(2048.0), vel: Vec2::ZERO }, &push);
+        let trail = run(
+            &map,
+            Body {
+                pos: Vec2::splat(2048.0),
+                vel: Vec2::ZERO,
+            },
+            &push,
+        );
         let last = *trail.last().unwrap();
-        assert!((last.vel.x - PLAYER.max_speed).abs() < 1e-3, "vel {:?}", last.vel);
+        assert!(
+            (last.vel.x - PLAYER.max_speed).abs() < 1e-3,
+            "vel {:?}",
+            last.vel
+        );
         assert!(last.pos.x > 2048.0 + 250.0);
         let stop = run(&map, last, &[MoveDir::default(); 30]);
         assert_eq!(stop.last().unwrap().vel, Vec2::ZERO);
@@ -162,14 +187,34 @@ mod tests {
     #[test]
     fn walls_and_obstacles_stop_the_body_on_that_axis_only() {
         let mut map = Map::open(1000.0, 1000.0);
-        map.obstacles.push(Rect::new(Vec2::new(500.0, 0.0), Vec2::new(600.0, 1000.0)));
+        map.obstacles
+            .push(Rect::new(Vec2::new(500.0, 0.0), Vec2::new(600.0, 1000.0)));
         let diag = vec![MoveDir { x: 90, y: 90 }; 180];
-        let trail = run(&map, Body { pos: Vec2::new(400.0, 100.0), vel: Vec2::ZERO }, &diag);
+        let trail = run(
+            &map,
+            Body {
+                pos: Vec2::new(400.0, 100.0),
+                vel: Vec2::ZERO,
+            },
+            &diag,
+        );
         let last = *trail.last().unwrap();
-        assert_eq!(last.pos.x, 500.0 - PLAYER.radius, "stopped at the obstacle's face");
-        assert_eq!(last.pos.y, 1000.0 - PLAYER.radius, "slid along it to the wall");
+        assert_eq!(
+            last.pos.x,
+            500.0 - PLAYER.radius,
+            "stopped at the obstacle's face"
+        );
+        assert_eq!(
+            last.pos.y,
+            1000.0 - PLAYER.radius,
+            "slid along it to the wall"
+        );
         for b in &trail {
-            assert!(map.is_free(b.pos, PLAYER.radius), "inside an obstacle at {:?}", b.pos);
+            assert!(
+                map.is_free(b.pos, PLAYER.radius),
+                "inside an obstacle at {:?}",
+                b.pos
+            );
         }
     }
 

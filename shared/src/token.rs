@@ -66,7 +66,9 @@ pub fn verify(secret: &[u8], token: &str, now_ms: u64, server: &str) -> Result<C
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| TokenError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| TokenError::Malformed)?;
     if bytes.len() <= TAG_LEN {
         return Err(TokenError::Malformed);
     }
@@ -93,14 +95,22 @@ mod tests {
     const SERVER: &str = "https://127.0.0.1:4433/";
 
     fn claims() -> Claims {
-        Claims { client_id: 7, name: "ana".into(), expires_at_ms: 10_000, server: SERVER.into() }
+        Claims {
+            client_id: 7,
+            name: "ana".into(),
+            expires_at_ms: 10_000,
+            server: SERVER.into(),
+        }
     }
 
     #[test]
     fn a_signed_token_verifies_until_it_expires() {
         let t = sign(b"secret", &claims());
         assert_eq!(verify(b"secret", &t, 9_999, SERVER), Ok(claims()));
-        assert_eq!(verify(b"secret", &t, 10_000, SERVER), Err(TokenError::Expired));
+        assert_eq!(
+            verify(b"secret", &t, 10_000, SERVER),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -109,10 +119,19 @@ mod tests {
         assert_eq!(verify(b"other", &t, 0, SERVER), Err(TokenError::Forged));
         let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
         raw[0] ^= 1;
-        assert_eq!(verify(b"secret", &URL_SAFE_NO_PAD.encode(raw), 0, SERVER), Err(TokenError::Forged));
-        assert_eq!(verify(b"secret", &t, 0, "https://10.0.0.1:4433/"), Err(TokenError::WrongServer));
+        assert_eq!(
+            verify(b"secret", &URL_SAFE_NO_PAD.encode(raw), 0, SERVER),
+            Err(TokenError::Forged)
+        );
+        assert_eq!(
+            verify(b"secret", &t, 0, "https://10.0.0.1:4433/"),
+            Err(TokenError::WrongServer)
+        );
         assert_eq!(verify(b"secret", "", 0, SERVER), Err(TokenError::Malformed));
-        assert_eq!(verify(b"secret", &"A".repeat(MAX_TOKEN_LEN + 1), 0, SERVER), Err(TokenError::Malformed));
+        assert_eq!(
+            verify(b"secret", &"A".repeat(MAX_TOKEN_LEN + 1), 0, SERVER),
+            Err(TokenError::Malformed)
+        );
     }
 
     proptest! {

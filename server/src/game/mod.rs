@@ -36,8 +36,13 @@ use components::*;
 pub enum SimCommand {
     /// A client passed the handshake; the reply carries its entity.
     Join(JoinRequest),
-    Input { client_id: u64, input: Input },
-    Leave { client_id: u64 },
+    Input {
+        client_id: u64,
+        input: Input,
+    },
+    Leave {
+        client_id: u64,
+    },
 }
 
 pub struct JoinRequest {
@@ -79,7 +84,12 @@ pub struct Simulation {
 }
 
 impl Simulation {
-    pub fn new(config: &Config, map: Arc<Map>, inbox: mpsc::Receiver<SimCommand>, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        config: &Config,
+        map: Arc<Map>,
+        inbox: mpsc::Receiver<SimCommand>,
+        stats: Arc<Stats>,
+    ) -> Self {
         let mut world = World::new();
         let mut rng = SplitMix64::new(config.seed);
         let mut ids = NetIds::default();
@@ -88,9 +98,15 @@ impl Simulation {
             world.spawn((
                 ids.allocate(),
                 Kind(EntityKind::Npc),
-                Motion(Body { pos, vel: Vec2::ZERO }),
+                Motion(Body {
+                    pos,
+                    vel: Vec2::ZERO,
+                }),
                 MoveIntent::default(),
-                Wander { rng: SplitMix64::new(rng.next_u64()), ticks_left: 0 },
+                Wander {
+                    rng: SplitMix64::new(rng.next_u64()),
+                    ticks_left: 0,
+                },
             ));
         }
         world.insert_resource(ids);
@@ -140,7 +156,10 @@ impl Simulation {
     /// and beyond that skips ahead and counts an overrun.
     pub fn run(mut self, shutdown: CancellationToken) {
         let stats = self.world.resource::<StatsRes>().0.clone();
-        info!(tick_rate = 1.0 / self.tick_interval.as_secs_f64(), "simulation running");
+        info!(
+            tick_interval_ms = self.tick_interval.as_secs_f64() * 1e3,
+            "simulation running"
+        );
         let mut next = Instant::now();
         while !shutdown.is_cancelled() {
             let now = Instant::now();
@@ -154,14 +173,20 @@ impl Simulation {
                 self.tick();
                 let took = started.elapsed();
                 if took > self.tick_interval {
-                    warn!(took_ms = took.as_secs_f64() * 1e3, "tick took longer than its interval");
+                    warn!(
+                        took_ms = took.as_secs_f64() * 1e3,
+                        "tick took longer than its interval"
+                    );
                 }
                 next += self.tick_interval;
                 ran += 1;
             }
             if Instant::now() >= next {
                 let behind = Instant::now() - next;
-                warn!(behind_ms = behind.as_secs_f64() * 1e3, "simulation fell behind; skipping ahead");
+                warn!(
+                    behind_ms = behind.as_secs_f64() * 1e3,
+                    "simulation fell behind; skipping ahead"
+                );
                 Stats::add(&stats.tick_overruns, 1);
                 next = Instant::now() + self.tick_interval;
             }
@@ -177,10 +202,24 @@ fn build_schedule() -> Schedule {
         ambiguity_detection: LogLevel::Error,
         ..Default::default()
     });
-    schedule.configure_sets((Phase::Receive, Phase::Simulate, Phase::Replicate, Phase::End).chain());
+    schedule.configure_sets(
+        (
+            Phase::Receive,
+            Phase::Simulate,
+            Phase::Replicate,
+            Phase::End,
+        )
+            .chain(),
+    );
     schedule.add_systems((
         systems::apply_inbox.in_set(Phase::Receive),
-        (systems::player_intent, systems::npc_wander, systems::movement).chain().in_set(Phase::Simulate),
+        (
+            systems::player_intent,
+            systems::npc_wander,
+            systems::movement,
+        )
+            .chain()
+            .in_set(Phase::Simulate),
         replication::replicate.in_set(Phase::Replicate),
         systems::end_tick.in_set(Phase::End),
     ));

@@ -30,7 +30,10 @@ pub fn apply_inbox(
                 if clients.0.contains_key(&join.client_id) {
                     // The network layer refuses a second session for a client id; if one
                     // slips through, the first keeps its entity and this one gets nothing.
-                    warn!(client_id = join.client_id, "join for a client already in the world");
+                    warn!(
+                        client_id = join.client_id,
+                        "join for a client already in the world"
+                    );
                     continue;
                 }
                 let net_id = ids.allocate();
@@ -39,16 +42,35 @@ pub fn apply_inbox(
                     .spawn((
                         net_id,
                         Kind(EntityKind::Player),
-                        Motion(Body { pos, vel: Vec2::ZERO }),
+                        Motion(Body {
+                            pos,
+                            vel: Vec2::ZERO,
+                        }),
                         MoveIntent::default(),
-                        Player { client_id: join.client_id, name: join.name },
+                        Player {
+                            client_id: join.client_id,
+                            name: join.name,
+                        },
                         InputQueue::default(),
                     ))
                     .id();
-                clients.0.insert(join.client_id, super::components::ClientLink { entity, outbox: join.outbox });
+                clients.0.insert(
+                    join.client_id,
+                    super::components::ClientLink {
+                        entity,
+                        outbox: join.outbox,
+                    },
+                );
                 // The session may have gone already; then its Leave follows and cleans up.
-                let _ = join.reply.send(JoinAck { entity: net_id.0, server_tick: tick.0 });
-                debug!(client_id = join.client_id, entity = net_id.0, "player spawned");
+                let _ = join.reply.send(JoinAck {
+                    entity: net_id.0,
+                    server_tick: tick.0,
+                });
+                debug!(
+                    client_id = join.client_id,
+                    entity = net_id.0,
+                    "player spawned"
+                );
             }
             SimCommand::Leave { client_id } => {
                 if let Some(link) = clients.0.remove(&client_id) {
@@ -57,8 +79,12 @@ pub fn apply_inbox(
                 }
             }
             SimCommand::Input { client_id, input } => {
-                let Some(link) = clients.0.get(&client_id) else { continue };
-                let Ok(mut queue) = queues.get_mut(link.entity) else { continue };
+                let Some(link) = clients.0.get(&client_id) else {
+                    continue;
+                };
+                let Ok(mut queue) = queues.get_mut(link.entity) else {
+                    continue;
+                };
                 if queue.pending.len() >= settings.input_queue {
                     queue.pending.pop_front();
                     Stats::add(&stats.0.inputs_dropped_queue_full, 1);
@@ -92,13 +118,20 @@ pub fn npc_wander(mut npcs: Query<(&mut Wander, &mut MoveIntent)>, settings: Res
         intent.0 = if w.rng.below(5) == 0 {
             MoveDir::default()
         } else {
-            MoveDir::from_vec2(Vec2::new(w.rng.range_f32(-1.0, 1.0), w.rng.range_f32(-1.0, 1.0)))
+            MoveDir::from_vec2(Vec2::new(
+                w.rng.range_f32(-1.0, 1.0),
+                w.rng.range_f32(-1.0, 1.0),
+            ))
         };
     }
 }
 
 /// Moves every body through the shared rules.
-pub fn movement(mut bodies: Query<(&mut Motion, &MoveIntent, &Kind)>, map: Res<MapRes>, settings: Res<SimSettings>) {
+pub fn movement(
+    mut bodies: Query<(&mut Motion, &MoveIntent, &Kind)>,
+    map: Res<MapRes>,
+    settings: Res<SimSettings>,
+) {
     for (mut motion, intent, kind) in &mut bodies {
         let params = match kind.0 {
             EntityKind::Player => &sim::PLAYER,
@@ -109,9 +142,14 @@ pub fn movement(mut bodies: Query<(&mut Motion, &MoveIntent, &Kind)>, map: Res<M
 }
 
 /// Publishes gauges and moves to the next tick.
-pub fn end_tick(mut tick: ResMut<Tick>, stats: Res<StatsRes>, players: Query<(), With<Player>>, all: Query<(), With<NetId>>) {
+pub fn end_tick(
+    mut tick: ResMut<Tick>,
+    stats: Res<StatsRes>,
+    players: Query<(), With<Player>>,
+    all: Query<(), With<NetId>>,
+) {
     use std::sync::atomic::Ordering::Relaxed;
-    stats.0.players.store(players.iter().count() as u64, Relaxed);
+    stats.0.set_players(players.iter().count() as u64);
     stats.0.entities.store(all.iter().count() as u64, Relaxed);
     stats.0.tick.store(u64::from(tick.0), Relaxed);
     tick.0 = tick.0.wrapping_add(1);

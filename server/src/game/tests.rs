@@ -19,10 +19,19 @@ struct Harness {
 
 fn harness(npcs: u32) -> Harness {
     let config = config(&["--npcs", &npcs.to_string(), "--obstacles", "0"]);
-    let map = Arc::new(Map::generate(MapParams { seed: 1, width: 4096.0, height: 4096.0, obstacles: 0 }));
+    let map = Arc::new(Map::generate(MapParams {
+        seed: 1,
+        width: 4096.0,
+        height: 4096.0,
+        obstacles: 0,
+    }));
     let (tx, rx) = mpsc::channel(1024);
     let stats = Arc::new(Stats::default());
-    Harness { sim: Simulation::new(&config, map, rx, stats.clone()), tx, stats }
+    Harness {
+        sim: Simulation::new(&config, map, rx, stats.clone()),
+        tx,
+        stats,
+    }
 }
 
 fn config(args: &[&str]) -> Config {
@@ -33,8 +42,13 @@ fn config(args: &[&str]) -> Config {
 fn join(h: &mut Harness, client_id: u64) -> (Arc<Outbox>, JoinAck) {
     let outbox = Arc::new(Outbox::new(4, 1200));
     let (reply, mut rx) = oneshot::channel();
-    h.tx.try_send(SimCommand::Join(JoinRequest { client_id, name: "p".into(), outbox: outbox.clone(), reply }))
-        .unwrap();
+    h.tx.try_send(SimCommand::Join(JoinRequest {
+        client_id,
+        name: "p".into(),
+        outbox: outbox.clone(),
+        reply,
+    }))
+    .unwrap();
     h.sim.tick();
     (outbox, rx.try_recv().expect("joined within one tick"))
 }
@@ -57,28 +71,54 @@ fn a_joined_player_moves_the_way_its_inputs_push_and_leaves_cleanly() {
     let start = own_state(&outbox, ack.entity);
     assert_eq!(start.kind, EntityKind::Player);
     for seq in 0..30 {
-        let input = Input { seq, tick: 0, movement: MoveDir { x: 127, y: 0 }, ..Default::default() };
-        h.tx.try_send(SimCommand::Input { client_id: 7, input }).unwrap();
+        let input = Input {
+            seq,
+            tick: 0,
+            movement: MoveDir { x: 127, y: 0 },
+            ..Default::default()
+        };
+        h.tx.try_send(SimCommand::Input {
+            client_id: 7,
+            input,
+        })
+        .unwrap();
         h.sim.tick();
     }
     let end = own_state(&outbox, ack.entity);
-    assert!(end.pos.x > start.pos.x + 100.0, "moved right: {:?} -> {:?}", start.pos, end.pos);
+    assert!(
+        end.pos.x > start.pos.x + 100.0,
+        "moved right: {:?} -> {:?}",
+        start.pos,
+        end.pos
+    );
     assert_eq!(end.pos.y, start.pos.y);
-    assert_eq!(Stats::get(&h.stats.players), 1);
+    assert_eq!(h.stats.players(), 1);
     assert_eq!(Stats::get(&h.stats.entities), 11);
 
     h.tx.try_send(SimCommand::Leave { client_id: 7 }).unwrap();
     h.sim.tick();
-    assert_eq!(Stats::get(&h.stats.players), 0);
-    assert_eq!(Stats::get(&h.stats.entities), 10, "no entity leaks after leaving");
+    assert_eq!(h.stats.players(), 0);
+    assert_eq!(
+        Stats::get(&h.stats.entities),
+        10,
+        "no entity leaks after leaving"
+    );
 }
 
 #[test]
 fn a_missing_input_repeats_the_last_one_and_the_queue_is_bounded() {
     let mut h = harness(0);
     let (outbox, ack) = join(&mut h, 1);
-    let input = Input { seq: 1, movement: MoveDir { x: 0, y: 127 }, ..Default::default() };
-    h.tx.try_send(SimCommand::Input { client_id: 1, input }).unwrap();
+    let input = Input {
+        seq: 1,
+        movement: MoveDir { x: 0, y: 127 },
+        ..Default::default()
+    };
+    h.tx.try_send(SimCommand::Input {
+        client_id: 1,
+        input,
+    })
+    .unwrap();
     h.sim.tick();
     let a = own_state(&outbox, ack.entity);
     h.sim.tick(); // no input: keeps pushing down
@@ -86,7 +126,11 @@ fn a_missing_input_repeats_the_last_one_and_the_queue_is_bounded() {
     assert!(b.vel.y > a.vel.y);
 
     for seq in 0..20 {
-        h.tx.try_send(SimCommand::Input { client_id: 1, input: Input { seq, ..input } }).unwrap();
+        h.tx.try_send(SimCommand::Input {
+            client_id: 1,
+            input: Input { seq, ..input },
+        })
+        .unwrap();
     }
     h.sim.tick();
     assert_eq!(Stats::get(&h.stats.inputs_dropped_queue_full), 20 - 8);
@@ -124,5 +168,8 @@ fn npcs_wander_deterministically_from_the_seed() {
 fn the_schedule_has_no_ambiguous_systems() {
     // Building runs the ambiguity check configured as an error.
     let mut h = harness(1);
-    h.sim.schedule.initialize(&mut h.sim.world).expect("no ambiguities");
+    h.sim
+        .schedule
+        .initialize(&mut h.sim.world)
+        .expect("no ambiguities");
 }

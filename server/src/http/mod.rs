@@ -67,12 +67,16 @@ async fn connect(
     headers: HeaderMap,
 ) -> Response {
     let client_id = state.next_client_id.fetch_add(1, Ordering::Relaxed);
-    let name = query.name.unwrap_or_else(|| format!("guest-{}", client_id & 0xFFFF_FFFF));
+    let name = query
+        .name
+        .unwrap_or_else(|| format!("guest-{}", client_id & 0xFFFF_FFFF));
     if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
         let msg = format!("name must be 1 to {MAX_NAME_LEN} bytes with no control characters");
         return (StatusCode::BAD_REQUEST, msg).into_response();
     }
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let claims = Claims {
         client_id,
         name,
@@ -80,7 +84,10 @@ async fn connect(
         server: state.token_audience.clone(),
     };
     let info = ConnectInfo {
-        url: connect_url(&state, headers.get(header::HOST).and_then(|h| h.to_str().ok())),
+        url: connect_url(
+            &state,
+            headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+        ),
         cert_sha256: state.cert_sha256.clone(),
         token: token::sign(&state.token_secret, &claims),
     };
@@ -126,12 +133,24 @@ mod tests {
     #[test]
     fn the_public_url_wins_then_the_bound_address_then_the_request_host() {
         let s = state(Some("https://play.example.com:443/"), "0.0.0.0:4433");
-        assert_eq!(connect_url(&s, Some("10.0.0.1:8080")), "https://play.example.com:443/");
+        assert_eq!(
+            connect_url(&s, Some("10.0.0.1:8080")),
+            "https://play.example.com:443/"
+        );
         let s = state(None, "127.0.0.1:4433");
-        assert_eq!(connect_url(&s, Some("localhost:8080")), "https://127.0.0.1:4433/");
+        assert_eq!(
+            connect_url(&s, Some("localhost:8080")),
+            "https://127.0.0.1:4433/"
+        );
         let s = state(None, "0.0.0.0:4433");
-        assert_eq!(connect_url(&s, Some("192.0.2.7:8080")), "https://192.0.2.7:4433/");
-        assert_eq!(connect_url(&s, Some("[2001:db8::1]:8080")), "https://[2001:db8::1]:4433/");
+        assert_eq!(
+            connect_url(&s, Some("192.0.2.7:8080")),
+            "https://192.0.2.7:4433/"
+        );
+        assert_eq!(
+            connect_url(&s, Some("[2001:db8::1]:8080")),
+            "https://[2001:db8::1]:4433/"
+        );
         assert_eq!(connect_url(&s, None), "https://localhost:4433/");
     }
 }

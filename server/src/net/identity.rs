@@ -21,7 +21,11 @@ pub const SELF_SIGNED_BACKDATE: Duration = Duration::from_secs(3600);
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("loading certificate {cert} / key {key}: {source}")]
-    Pem { cert: String, key: String, source: wtransport::tls::error::PemLoadError },
+    Pem {
+        cert: String,
+        key: String,
+        source: wtransport::tls::error::PemLoadError,
+    },
     #[error("making a self-signed certificate: {0}")]
     SelfSigned(#[from] wtransport::tls::error::InvalidSan),
 }
@@ -34,26 +38,42 @@ pub struct ServerIdentity {
 }
 
 pub async fn load(cert: &Path, key: &Path) -> Result<ServerIdentity, IdentityError> {
-    let identity = Identity::load_pemfiles(cert, key).await.map_err(|source| IdentityError::Pem {
-        cert: cert.display().to_string(),
-        key: key.display().to_string(),
-        source,
-    })?;
-    Ok(ServerIdentity { identity, cert_sha256: None })
+    let identity =
+        Identity::load_pemfiles(cert, key)
+            .await
+            .map_err(|source| IdentityError::Pem {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+                source,
+            })?;
+    Ok(ServerIdentity {
+        identity,
+        cert_sha256: None,
+    })
 }
 
 /// Makes an ECDSA P-256 certificate for loopback names plus `extra_names` (the public host).
 pub fn self_signed(extra_names: &[String]) -> Result<ServerIdentity, IdentityError> {
     let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
-    names.extend(extra_names.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
-    let not_before = OffsetDateTime::now_utc() - TimeDuration::seconds(SELF_SIGNED_BACKDATE.as_secs() as i64);
+    names.extend(
+        extra_names
+            .iter()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let not_before =
+        OffsetDateTime::now_utc() - TimeDuration::seconds(SELF_SIGNED_BACKDATE.as_secs() as i64);
     let not_after = not_before + TimeDuration::seconds(SELF_SIGNED_VALIDITY.as_secs() as i64);
     let identity = Identity::self_signed_builder()
         .subject_alt_names(names)
         .validity_period(not_before, not_after)
         .build()?;
     let hash = STANDARD.encode(identity.certificate_chain().as_slice()[0].hash().as_ref());
-    Ok(ServerIdentity { identity, cert_sha256: Some(hash) })
+    Ok(ServerIdentity {
+        identity,
+        cert_sha256: Some(hash),
+    })
 }
 
 #[cfg(test)]

@@ -61,7 +61,10 @@ pub async fn serve(
     // the close frames to leave.
     tracker.close();
     tracker.wait().await;
-    if tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle())
+        .await
+        .is_err()
+    {
         warn!("connections still open after the drain timeout");
     }
 }

@@ -49,7 +49,11 @@ impl Outbox {
 
     /// Takes everything queued, oldest first.
     pub fn drain(&self) -> Vec<SnapshotDatagrams> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
     }
 
     /// Resolves when something was pushed since the last drain (or is still queued).

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arena_shared::protocol::codec::{self, FrameReader, HelloError};
 use arena_shared::protocol::{
-    ClientMsg, Disconnect, DisconnectReason, PROTOCOL_VERSION, Pong, Reject, RejectReason, ServerMsg,
-    Welcome,
+    CLOSE_CLIENT_LEFT, ClientMsg, Disconnect, DisconnectReason, PROTOCOL_VERSION, Pong, Reject,
+    RejectReason, ServerMsg, Welcome,
 };
 use arena_shared::token::{self, TokenError};
 use tokio::sync::{mpsc, oneshot};
@@ -58,24 +58,42 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return debug!(error = %e, "connection ended before its stream opened"),
             Err(_) => {
-                conn.close(VarInt::from_u32(RejectReason::HandshakeTimeout.code()), b"no stream opened");
+                conn.close(
+                    VarInt::from_u32(RejectReason::HandshakeTimeout.code()),
+                    b"no stream opened",
+                );
                 return debug!("no stream opened in time");
             }
         };
         let mut reader = FrameReader::new();
         let writer = Writer::spawn(send);
-        let checked = match tokio::time::timeout_at(deadline, read_frame(&mut recv, &mut reader)).await {
-            Err(_) => Err((RejectReason::HandshakeTimeout, "no Hello in time".to_string())),
-            Ok(Err(ReadEnd::TooLarge)) => Err((RejectReason::NotArena, "first frame too large".to_string())),
-            Ok(Err(_)) => return debug!("stream ended before Hello"),
-            Ok(Ok(body)) => admit(&ctx, &conn, &body, &shutdown),
-        };
+        let checked =
+            match tokio::time::timeout_at(deadline, read_frame(&mut recv, &mut reader)).await {
+                Err(_) => Err((
+                    RejectReason::HandshakeTimeout,
+                    "no Hello in time".to_string(),
+                )),
+                Ok(Err(ReadEnd::TooLarge)) => {
+                    Err((RejectReason::NotArena, "first frame too large".to_string()))
+                }
+                Ok(Err(_)) => {
+                    conn.close(
+                        VarInt::from_u32(RejectReason::MalformedHello.code()),
+                        b"stream ended before Hello",
+                    );
+                    return debug!("stream ended before Hello");
+                }
+                Ok(Ok(body)) => admit(&ctx, &conn, &body, &shutdown),
+            };
         let slot = match checked {
             Ok(slot) => slot,
             Err((reason, message)) => {
                 Stats::add(&ctx.stats.sessions_rejected, 1);
                 info!(reason = reason.as_str(), %message, "session rejected");
-                writer.send(&ServerMsg::Reject(Reject { reason, message: message.clone() }));
+                writer.send(&ServerMsg::Reject(Reject {
+                    reason,
+                    message: message.clone(),
+                }));
                 close(&conn, writer, reason.code(), &message).await;
                 return;
             }
@@ -84,7 +102,10 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
         let outbox = Arc::new(Outbox::new(ctx.config.outbox_snapshots, slot.max_datagram));
         let Some(ack) = join(&ctx, &slot, outbox.clone()).await else {
             let reason = DisconnectReason::SimulationUnavailable;
-            writer.send(&ServerMsg::Disconnect(Disconnect { reason, message: "try again".into() }));
+            writer.send(&ServerMsg::Disconnect(Disconnect {
+                reason,
+                message: "try again".into(),
+            }));
             close(&conn, writer, reason.code(), "simulation unavailable").await;
             return;
         };
@@ -96,11 +117,24 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             server_tick: ack.server_tick,
             map: (*ctx.map).clone(),
         }));
-        let session = Session { ctx: ctx.clone(), conn, recv, reader, writer, outbox, client_id: slot.client_id };
+        let session = Session {
+            ctx: ctx.clone(),
+            conn,
+            recv,
+            reader,
+            writer,
+            outbox,
+            client_id: slot.client_id,
+        };
         let reason = session.play(&shutdown).await;
         // The player leaves the world before the slot is given back (on drop, below), so a
         // reconnect with the same id never meets its old entity.
-        let _ = ctx.inbox.send(SimCommand::Leave { client_id: slot.client_id }).await;
+        let _ = ctx
+            .inbox
+            .send(SimCommand::Leave {
+                client_id: slot.client_id,
+            })
+            .await;
         info!(reason, "session ended");
         drop(slot);
     }
@@ -108,7 +142,9 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
     .await
 }
 
-async fn accept(incoming: IncomingSession) -> Result<Connection, wtransport::error::ConnectionError> {
+async fn accept(
+    incoming: IncomingSession,
+) -> Result<Connection, wtransport::error::ConnectionError> {
     let request = incoming.await?;
     request.accept().await
 }
@@ -148,7 +184,11 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.ctx.active_clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.client_id);
+        self.ctx
+            .active_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.client_id);
         self.ctx.stats.close_session();
     }
 }
@@ -163,50 +203,84 @@ fn admit(
     let hello = codec::decode_hello(body).map_err(|e| match e {
         HelloError::NotArena => (RejectReason::NotArena, e.to_string()),
         HelloError::Version(v) => (
-            RejectReason::ProtocolVersion { server: PROTOCOL_VERSION },
+            RejectReason::ProtocolVersion {
+                server: PROTOCOL_VERSION,
+            },
             format!("client speaks protocol {v}, this server speaks {PROTOCOL_VERSION}"),
         ),
         HelloError::Malformed => (RejectReason::MalformedHello, e.to_string()),
     })?;
     if hello.token.is_empty() {
-        return Err((RejectReason::TokenMissing, "Hello carries no token; get one from /api/connect".into()));
+        return Err((
+            RejectReason::TokenMissing,
+            "Hello carries no token; get one from /api/connect".into(),
+        ));
     }
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let claims = token::verify(&ctx.token_secret, &hello.token, now_ms, &ctx.token_audience).map_err(|e| {
-        let reason = match e {
-            TokenError::Malformed => RejectReason::TokenMalformed,
-            TokenError::Forged => RejectReason::TokenForged,
-            TokenError::Expired => RejectReason::TokenExpired,
-            TokenError::WrongServer => RejectReason::TokenWrongServer,
-        };
-        (reason, e.to_string())
-    })?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let claims = token::verify(&ctx.token_secret, &hello.token, now_ms, &ctx.token_audience)
+        .map_err(|e| {
+            let reason = match e {
+                TokenError::Malformed => RejectReason::TokenMalformed,
+                TokenError::Forged => RejectReason::TokenForged,
+                TokenError::Expired => RejectReason::TokenExpired,
+                TokenError::WrongServer => RejectReason::TokenWrongServer,
+            };
+            (reason, e.to_string())
+        })?;
     let Some(max_datagram) = conn.max_datagram_size() else {
-        return Err((RejectReason::DatagramsUnsupported, "snapshots travel as datagrams".into()));
+        return Err((
+            RejectReason::DatagramsUnsupported,
+            "snapshots travel as datagrams".into(),
+        ));
     };
     if shutdown.is_cancelled() {
         return Err((RejectReason::ShuttingDown, "server is shutting down".into()));
     }
     let mut active = ctx.active_clients.lock().unwrap_or_else(|e| e.into_inner());
     if active.contains(&claims.client_id) {
-        return Err((RejectReason::TokenInUse, "a session with this client id is playing".into()));
+        return Err((
+            RejectReason::TokenInUse,
+            "a session with this client id is playing".into(),
+        ));
     }
     if !ctx.stats.try_open_session(ctx.config.max_clients) {
-        return Err((RejectReason::ServerFull, format!("{} players already", ctx.config.max_clients)));
+        return Err((
+            RejectReason::ServerFull,
+            format!("{} players already", ctx.config.max_clients),
+        ));
     }
     active.insert(claims.client_id);
     drop(active);
     // The token's name is the one the issuer vouched for; Hello's is a fallback.
-    let name = if claims.name.is_empty() { hello.name } else { claims.name };
-    Ok(Slot { ctx: ctx.clone(), client_id: claims.client_id, name, max_datagram })
+    let name = if claims.name.is_empty() {
+        hello.name
+    } else {
+        claims.name
+    };
+    Ok(Slot {
+        ctx: ctx.clone(),
+        client_id: claims.client_id,
+        name,
+        max_datagram,
+    })
 }
 
 /// Asks the simulation for an entity. `None` if it is gone or does not answer in time.
 async fn join(ctx: &NetContext, slot: &Slot, outbox: Arc<Outbox>) -> Option<JoinAck> {
     let (reply, ack) = oneshot::channel();
-    let request = JoinRequest { client_id: slot.client_id, name: slot.name.clone(), outbox, reply };
+    let request = JoinRequest {
+        client_id: slot.client_id,
+        name: slot.name.clone(),
+        outbox,
+        reply,
+    };
     let wait = ctx.config.handshake_timeout;
-    tokio::time::timeout(wait, ctx.inbox.send(SimCommand::Join(request))).await.ok()?.ok()?;
+    tokio::time::timeout(wait, ctx.inbox.send(SimCommand::Join(request)))
+        .await
+        .ok()?
+        .ok()?;
     tokio::time::timeout(wait, ack).await.ok()?.ok()
 }
 
@@ -256,6 +330,20 @@ async fn close(conn: &Connection, writer: Writer, code: u32, reason: &str) {
     conn.close(VarInt::from_u32(code), reason.as_bytes());
 }
 
+/// Why a connection ended, when the client ended it.
+async fn ended(conn: &Connection) -> EndReason {
+    use wtransport::error::ConnectionError as E;
+    match conn.closed().await {
+        E::ApplicationClosed(c) if c.code().into_inner() == u64::from(CLOSE_CLIENT_LEFT) => {
+            "client left"
+        }
+        E::ApplicationClosed(_) => "client closed with an error code",
+        E::TimedOut => "idle timeout",
+        E::LocallyClosed => "closed by server",
+        _ => "connection lost",
+    }
+}
+
 /// A welcomed session.
 struct Session {
     ctx: Arc<NetContext>,
@@ -297,14 +385,14 @@ impl Session {
                     Ok(None) => {
                         return self.disconnect(DisconnectReason::StreamClosed, "stream finished").await;
                     }
-                    Err(_) => return "connection lost",
+                    Err(_) => return ended(&self.conn).await,
                 },
                 datagram = self.conn.receive_datagram() => match datagram {
                     Ok(_) => {
                         let reason = DisconnectReason::UnexpectedDatagram;
                         return self.disconnect(reason, "clients send no datagrams in protocol 1").await;
                     }
-                    Err(_) => return "connection lost",
+                    Err(_) => return ended(&self.conn).await,
                 },
             }
         }
@@ -320,7 +408,10 @@ impl Session {
             };
             match codec::decode_client(&body) {
                 Ok(ClientMsg::Input(input)) => {
-                    let cmd = SimCommand::Input { client_id: self.client_id, input };
+                    let cmd = SimCommand::Input {
+                        client_id: self.client_id,
+                        input,
+                    };
                     if self.ctx.inbox.try_send(cmd).is_err() {
                         Stats::add(&self.ctx.stats.inputs_dropped_inbox_full, 1);
                     }
@@ -328,7 +419,10 @@ impl Session {
                 Ok(ClientMsg::Ping(ping)) => {
                     let server_tick = self.ctx.stats.tick.load(Ordering::Relaxed) as u32;
                     // A client that does not read its stream loses pongs, nothing else.
-                    self.writer.send(&ServerMsg::Pong(Pong { nonce: ping.nonce, server_tick }));
+                    self.writer.send(&ServerMsg::Pong(Pong {
+                        nonce: ping.nonce,
+                        server_tick,
+                    }));
                 }
                 Err(e) => return Err((DisconnectReason::MalformedFrame, e.to_string())),
             }
@@ -351,8 +445,12 @@ impl Session {
                     // The path shrank under a snapshot built for the old size: the next one is
                     // built for the new size.
                     Err(SendDatagramError::TooLarge) => {}
-                    Err(SendDatagramError::NotConnected) => return Err("connection lost"),
-                    Err(SendDatagramError::UnsupportedByPeer) => return Err("peer stopped accepting datagrams"),
+                    Err(SendDatagramError::NotConnected) => {
+                        return Err("connection lost while sending");
+                    }
+                    Err(SendDatagramError::UnsupportedByPeer) => {
+                        return Err("peer stopped accepting datagrams");
+                    }
                 }
             }
         }
@@ -362,7 +460,10 @@ impl Session {
     }
 
     async fn disconnect(self, reason: DisconnectReason, message: &str) -> EndReason {
-        self.writer.send(&ServerMsg::Disconnect(Disconnect { reason, message: message.to_string() }));
+        self.writer.send(&ServerMsg::Disconnect(Disconnect {
+            reason,
+            message: message.to_string(),
+        }));
         close(&self.conn, self.writer, reason.code(), message).await;
         reason.as_str()
     }

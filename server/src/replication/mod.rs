@@ -56,7 +56,8 @@ pub fn replicate(
         let datagrams = match rep.encoded.iter().find(|(size, _)| *size == max) {
             Some((_, d)) => d.clone(),
             None => {
-                let d: SnapshotDatagrams = Arc::new(encode_snapshot_parts(tick.0, &rep.entities, max));
+                let d: SnapshotDatagrams =
+                    Arc::new(encode_snapshot_parts(tick.0, &rep.entities, max));
                 rep.encoded.push((max, d.clone()));
                 d
             }

@@ -49,7 +49,10 @@ struct HelloBody {
 
 fn push_frame(out: &mut Vec<u8>, body: &[u8]) -> Result<(), FrameError> {
     if body.len() > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { len: body.len(), max: MAX_FRAME_LEN });
+        return Err(FrameError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME_LEN,
+        });
     }
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(body);
@@ -78,14 +81,18 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, HelloError> {
     if protocol_version != PROTOCOL_VERSION {
         return Err(HelloError::Version(protocol_version));
     }
-    let HelloBody { token, name } = bitcode::decode(&body[6..]).map_err(|_| HelloError::Malformed)?;
-    let name_ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && !name.chars().any(char::is_control);
+    let HelloBody { token, name } =
+        bitcode::decode(&body[6..]).map_err(|_| HelloError::Malformed)?;
+    let name_ok =
+        !name.is_empty() && name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control);
     if !name_ok || token.len() > MAX_TOKEN_LEN {
         return Err(HelloError::Malformed);
     }
-    Ok(Hello { protocol_version, token, name })
+    Ok(Hello {
+        protocol_version,
+        token,
+        name,
+    })
 }
 
 /// Appends one framed client message.
@@ -187,7 +194,10 @@ impl FrameReader {
         }
         let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_FRAME_LEN,
+            });
         }
         if self.buf.len() < FRAME_HEADER_LEN + len {
             return Ok(None);

@@ -121,7 +121,9 @@ pub struct Pong {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum RejectReason {
     /// The client speaks another protocol version; `server` is the one this server speaks.
-    ProtocolVersion { server: u16 },
+    ProtocolVersion {
+        server: u16,
+    },
     /// The first frame was not an Arena `Hello`.
     NotArena,
     /// The `Hello` did not decode, or its name is empty, too long or not printable.

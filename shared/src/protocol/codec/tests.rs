@@ -13,7 +13,11 @@ use crate::protocol::{
 use crate::quant::{Aim, MoveDir};
 
 fn hello() -> Hello {
-    Hello { protocol_version: PROTOCOL_VERSION, token: "tok".into(), name: "ana".into() }
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        token: "tok".into(),
+        name: "ana".into(),
+    }
 }
 
 fn one_frame(bytes: &[u8]) -> Vec<u8> {
@@ -39,7 +43,8 @@ fn every_client_msg() -> Vec<ClientMsg> {
 
 fn every_server_msg() -> Vec<ServerMsg> {
     let mut map = Map::open(4096.0, 2048.0);
-    map.obstacles.push(Rect::new(Vec2::new(1.0, 2.0), Vec2::new(3.0, 4.0)));
+    map.obstacles
+        .push(Rect::new(Vec2::new(1.0, 2.0), Vec2::new(3.0, 4.0)));
     let reasons = [
         RejectReason::ProtocolVersion { server: 1 },
         RejectReason::NotArena,
@@ -64,11 +69,30 @@ fn every_server_msg() -> Vec<ServerMsg> {
         DisconnectReason::SimulationUnavailable,
     ];
     let mut all = vec![
-        ServerMsg::Welcome(Welcome { client_id: 5, entity: 12, tick_rate: 30, server_tick: 99, map }),
-        ServerMsg::Pong(Pong { nonce: 77, server_tick: 100 }),
+        ServerMsg::Welcome(Welcome {
+            client_id: 5,
+            entity: 12,
+            tick_rate: 30,
+            server_tick: 99,
+            map,
+        }),
+        ServerMsg::Pong(Pong {
+            nonce: 77,
+            server_tick: 100,
+        }),
     ];
-    all.extend(reasons.map(|reason| ServerMsg::Reject(Reject { reason, message: "why".into() })));
-    all.extend(disconnects.map(|reason| ServerMsg::Disconnect(Disconnect { reason, message: "bye".into() })));
+    all.extend(reasons.map(|reason| {
+        ServerMsg::Reject(Reject {
+            reason,
+            message: "why".into(),
+        })
+    }));
+    all.extend(disconnects.map(|reason| {
+        ServerMsg::Disconnect(Disconnect {
+            reason,
+            message: "bye".into(),
+        })
+    }));
     all
 }
 
@@ -76,7 +100,11 @@ fn entities(n: u32) -> Vec<EntityState> {
     (0..n)
         .map(|i| EntityState {
             id: i * 3 + 1,
-            kind: if i % 10 == 0 { EntityKind::Player } else { EntityKind::Npc },
+            kind: if i % 10 == 0 {
+                EntityKind::Player
+            } else {
+                EntityKind::Npc
+            },
             pos: Vec2::new(i as f32 * 4.5, 4000.0 - i as f32),
             vel: Vec2::new((i % 7) as f32 * 10.0 - 30.0, 12.5),
         })
@@ -98,7 +126,12 @@ fn every_message_round_trips() {
         encode_server(&msg, &mut out).unwrap();
         assert_eq!(decode_server(&one_frame(&out)), Ok(msg));
     }
-    let snap = ServerDatagram::Snapshot(Snapshot { tick: 3, part: 0, parts: 1, entities: entities(5) });
+    let snap = ServerDatagram::Snapshot(Snapshot {
+        tick: 3,
+        part: 0,
+        parts: 1,
+        entities: entities(5),
+    });
     assert_eq!(decode_datagram(&encode_datagram(&snap)), Ok(snap));
 }
 
@@ -127,8 +160,19 @@ fn hello_version_is_read_before_the_body() {
     assert_eq!(decode_hello(b"GET / HTTP/1.1"), Err(HelloError::NotArena));
     for name in ["", "a\nb", &"x".repeat(MAX_NAME_LEN + 1)] {
         let mut out = Vec::new();
-        encode_hello(&Hello { name: name.into(), ..hello() }, &mut out).unwrap();
-        assert_eq!(decode_hello(&one_frame(&out)), Err(HelloError::Malformed), "name {name:?}");
+        encode_hello(
+            &Hello {
+                name: name.into(),
+                ..hello()
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            decode_hello(&one_frame(&out)),
+            Err(HelloError::Malformed),
+            "name {name:?}"
+        );
     }
 }
 
@@ -151,7 +195,13 @@ fn frames_reassemble_across_any_split_and_oversize_is_refused_from_the_header() 
     }
     let mut r = FrameReader::new();
     r.push(&((MAX_FRAME_LEN as u32 + 1).to_le_bytes()));
-    assert_eq!(r.next_frame(), Err(FrameError::TooLarge { len: MAX_FRAME_LEN + 1, max: MAX_FRAME_LEN }));
+    assert_eq!(
+        r.next_frame(),
+        Err(FrameError::TooLarge {
+            len: MAX_FRAME_LEN + 1,
+            max: MAX_FRAME_LEN
+        })
+    );
     let big = ClientMsg::Ping(Ping { nonce: 1 });
     let mut out = Vec::new();
     assert!(encode_client(&big, &mut out).is_ok());
@@ -159,7 +209,13 @@ fn frames_reassemble_across_any_split_and_oversize_is_refused_from_the_header() 
 
 #[test]
 fn snapshot_parts_fit_the_datagram_and_carry_every_entity_once() {
-    for (n, max) in [(0u32, 1200usize), (1, 1200), (1000, 1350), (1000, 1162), (3000, 1211)] {
+    for (n, max) in [
+        (0u32, 1200usize),
+        (1, 1200),
+        (1000, 1350),
+        (1000, 1162),
+        (3000, 1211),
+    ] {
         let all = entities(n);
         let parts = encode_snapshot_parts(42, &all, max);
         assert!(!parts.is_empty());
@@ -167,12 +223,18 @@ fn snapshot_parts_fit_the_datagram_and_carry_every_entity_once() {
         for (i, bytes) in parts.iter().enumerate() {
             assert!(bytes.len() <= max, "part {i} is {} > {max}", bytes.len());
             let ServerDatagram::Snapshot(s) = decode_datagram(bytes).unwrap();
-            assert_eq!((s.tick, s.part as usize, s.parts as usize), (42, i, parts.len()));
+            assert_eq!(
+                (s.tick, s.part as usize, s.parts as usize),
+                (42, i, parts.len())
+            );
             seen.extend(s.entities);
         }
         assert_eq!(seen, all);
     }
-    assert!(encode_snapshot_parts(1, &entities(3), 8).is_empty(), "nothing fits 8 bytes");
+    assert!(
+        encode_snapshot_parts(1, &entities(3), 8).is_empty(),
+        "nothing fits 8 bytes"
+    );
 }
 
 /// Golden bytes: if this fails after a dependency bump, the wire format changed. Bump

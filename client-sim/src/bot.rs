@@ -1,0 +1,330 @@
+//! One bot's life: connect, play for a while, leave, and say what it saw.
+//!
+//! While playing it sends one `Input` per server tick on its reliable stream, a `Ping` every
+//! [`PING_INTERVAL`], and reads snapshot datagrams. A snapshot counts when every part of its
+//! tick arrived. It records where its own entity was at the first and the last snapshot, and
+//! the sum of the movement it asked for, so a test can check that the server moved it that way.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use arena_shared::protocol::codec::{self, FrameReader};
+use arena_shared::protocol::{
+    Buttons, CLOSE_CLIENT_LEFT, ClientMsg, Input, Ping, ServerDatagram, ServerMsg,
+};
+use arena_shared::quant::{Aim, MoveDir};
+use arena_shared::rng::SplitMix64;
+use glam::Vec2;
+use hdrhistogram::Histogram;
+use wtransport::VarInt;
+
+use crate::client::{self, ClientError, Transport};
+
+/// How often a bot measures its round trip.
+pub const PING_INTERVAL: Duration = Duration::from_millis(250);
+/// Pings older than this without a pong are forgotten (bounds the bot's memory).
+const MAX_PINGS_IN_FLIGHT: usize = 64;
+
+/// How a bot chooses its movement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Behaviour {
+    /// A random walk: a direction (or standing still) held for 0.5–2 s, then another.
+    Wander,
+    /// Always push this way (tests use it to check the server moved the bot as asked).
+    Heading(Vec2),
+}
+
+#[derive(Debug, Clone)]
+pub struct BotConfig {
+    /// The server's HTTP side, `http://HOST:PORT`.
+    pub server: String,
+    pub name: String,
+    pub play_for: Duration,
+    pub behaviour: Behaviour,
+    pub seed: u64,
+    pub idle_timeout: Duration,
+}
+
+/// What one bot saw.
+#[derive(Debug, Clone)]
+pub struct BotOutcome {
+    pub name: String,
+    /// `Err` if it never got a `Welcome`.
+    pub connect: Result<Duration, String>,
+    /// Failure or disconnect kind, for counting.
+    pub error_kind: Option<String>,
+    /// Set when the session ended before the bot meant to leave.
+    pub disconnected: Option<String>,
+    pub played: Duration,
+    pub entity: Option<u32>,
+    pub tick_rate: u16,
+    /// Ticks for which every part arrived.
+    pub snapshots: u64,
+    pub datagrams: u64,
+    pub down_bytes: u64,
+    pub up_bytes: u64,
+    pub inputs_sent: u64,
+    /// Round trips in microseconds.
+    pub rtt_us: Histogram<u64>,
+    pub first_pos: Option<Vec2>,
+    pub last_pos: Option<Vec2>,
+    /// Sum of the movement directions sent.
+    pub input_sum: Vec2,
+}
+
+impl BotOutcome {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            connect: Err("not attempted".into()),
+            error_kind: None,
+            disconnected: None,
+            played: Duration::ZERO,
+            entity: None,
+            tick_rate: 0,
+            snapshots: 0,
+            datagrams: 0,
+            down_bytes: 0,
+            up_bytes: 0,
+            inputs_sent: 0,
+            rtt_us: new_rtt_histogram(),
+            first_pos: None,
+            last_pos: None,
+            input_sum: Vec2::ZERO,
+        }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connect.is_ok()
+    }
+}
+
+/// RTTs from 1 µs to 60 s at 3 significant figures.
+pub fn new_rtt_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
+}
+
+/// Runs one bot to the end. Never panics on anything the server sends.
+pub async fn run(config: BotConfig) -> BotOutcome {
+    let mut out = BotOutcome::new(config.name.clone());
+    let started = Instant::now();
+    let (mut transport, mut reader, welcome) = match connect(&config, &mut out).await {
+        Ok(t) => t,
+        Err(e) => {
+            out.error_kind = Some(e.kind());
+            out.connect = Err(e.to_string());
+            return out;
+        }
+    };
+    out.connect = Ok(started.elapsed());
+    out.entity = Some(welcome.entity);
+    out.tick_rate = welcome.tick_rate;
+    let play_started = Instant::now();
+    if let Err(e) = play(
+        &config,
+        &mut transport,
+        &mut reader,
+        welcome.entity,
+        welcome.tick_rate,
+        &mut out,
+    )
+    .await
+    {
+        out.error_kind = Some(e.kind());
+        out.disconnected = Some(e.to_string());
+    }
+    out.played = play_started.elapsed();
+    transport
+        .conn
+        .close(VarInt::from_u32(CLOSE_CLIENT_LEFT), b"bot done");
+    // Let the close frame leave before the endpoint is dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(1), transport.endpoint.wait_idle()).await;
+    out
+}
+
+async fn connect(
+    config: &BotConfig,
+    out: &mut BotOutcome,
+) -> Result<(Transport, FrameReader, arena_shared::protocol::Welcome), ClientError> {
+    let info = client::fetch_connect_info(&config.server, &config.name).await?;
+    let mut transport = client::open(&info, config.idle_timeout).await?;
+    let mut reader = FrameReader::new();
+    let welcome = transport
+        .handshake(&info.token, &config.name, &mut reader)
+        .await?;
+    out.up_bytes += (info.token.len() + config.name.len() + 16) as u64;
+    Ok((transport, reader, welcome))
+}
+
+/// Tracks snapshot parts per tick, to count complete snapshots. Bounded: only the newest few
+/// ticks are kept.
+#[derive(Default)]
+struct Assembly {
+    ticks: HashMap<u32, (u16, u16)>,
+    newest: u32,
+}
+
+impl Assembly {
+    const WINDOW: u32 = 8;
+
+    /// Returns true when this part completes its tick.
+    fn part(&mut self, tick: u32, parts: u16) -> bool {
+        if tick + Self::WINDOW < self.newest {
+            return false;
+        }
+        self.newest = self.newest.max(tick);
+        let newest = self.newest;
+        self.ticks.retain(|t, _| t + Self::WINDOW >= newest);
+        let entry = self.ticks.entry(tick).or_insert((0, parts));
+        entry.0 += 1;
+        entry.0 == entry.1
+    }
+}
+
+async fn play(
+    config: &BotConfig,
+    t: &mut Transport,
+    reader: &mut FrameReader,
+    entity: u32,
+    tick_rate: u16,
+    out: &mut BotOutcome,
+) -> Result<(), ClientError> {
+    let deadline = tokio::time::Instant::now() + config.play_for;
+    let mut input_timer =
+        tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(tick_rate.max(1))));
+    input_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping_timer = tokio::time::interval(PING_INTERVAL);
+    ping_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rng = SplitMix64::new(config.seed);
+    let mut walk = Walk::default();
+    let mut seq = 0u32;
+    let mut server_tick = 0u32;
+    let mut pings: HashMap<u32, Instant> = HashMap::new();
+    let mut nonce = 0u32;
+    let mut assembly = Assembly::default();
+    let mut buf = [0u8; 4096];
+
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Ok(()),
+            _ = input_timer.tick() => {
+                let dir = match config.behaviour {
+                    Behaviour::Heading(d) => d,
+                    Behaviour::Wander => walk.next(&mut rng, tick_rate),
+                };
+                let movement = MoveDir::from_vec2(dir);
+                out.input_sum += movement.to_vec2();
+                seq = seq.wrapping_add(1);
+                let input = Input {
+                    seq,
+                    tick: server_tick.wrapping_add(1),
+                    movement,
+                    aim: Aim::from_radians(dir.y.atan2(dir.x)),
+                    buttons: Buttons::default(),
+                };
+                out.up_bytes += t.send_msg(&ClientMsg::Input(input)).await? as u64;
+                out.inputs_sent += 1;
+            }
+            _ = ping_timer.tick() => {
+                nonce = nonce.wrapping_add(1);
+                if pings.len() >= MAX_PINGS_IN_FLIGHT {
+                    pings.clear();
+                }
+                pings.insert(nonce, Instant::now());
+                out.up_bytes += t.send_msg(&ClientMsg::Ping(Ping { nonce })).await? as u64;
+            }
+            read = t.recv.read(&mut buf) => match read {
+                Ok(Some(n)) => {
+                    out.down_bytes += n as u64;
+                    reader.push(&buf[..n]);
+                    while let Some(body) = reader.next_frame().map_err(|_| ClientError::BadFrame)? {
+                        match codec::decode_server(&body).map_err(|_| ClientError::BadFrame)? {
+                            ServerMsg::Pong(p) => {
+                                if let Some(sent) = pings.remove(&p.nonce) {
+                                    out.rtt_us.saturating_record(sent.elapsed().as_micros().max(1) as u64);
+                                }
+                            }
+                            ServerMsg::Disconnect(d) => {
+                                return Err(ClientError::Disconnected { reason: d.reason, message: d.message });
+                            }
+                            ServerMsg::Welcome(_) | ServerMsg::Reject(_) => return Err(ClientError::BadFrame),
+                        }
+                    }
+                }
+                Ok(None) => return Err(ClientError::Closed("server finished its stream".into())),
+                Err(_) => return Err(client::close_error(t.conn.closed().await)),
+            },
+            datagram = t.conn.receive_datagram() => {
+                let datagram = datagram.map_err(client::close_error)?;
+                out.datagrams += 1;
+                out.down_bytes += datagram.payload().len() as u64;
+                let ServerDatagram::Snapshot(snap) =
+                    codec::decode_datagram(&datagram.payload()).map_err(|_| ClientError::BadFrame)?;
+                server_tick = server_tick.max(snap.tick);
+                if assembly.part(snap.tick, snap.parts) {
+                    out.snapshots += 1;
+                }
+                if let Some(me) = snap.entities.iter().find(|e| e.id == entity) {
+                    out.first_pos.get_or_insert(me.pos);
+                    out.last_pos = Some(me.pos);
+                }
+            }
+        }
+    }
+}
+
+/// The random walk of [`Behaviour::Wander`].
+#[derive(Default)]
+struct Walk {
+    dir: Vec2,
+    ticks_left: u32,
+}
+
+impl Walk {
+    fn next(&mut self, rng: &mut SplitMix64, tick_rate: u16) -> Vec2 {
+        if self.ticks_left == 0 {
+            let rate = u32::from(tick_rate.max(1));
+            self.ticks_left = rate / 2 + rng.below(rate * 3 / 2 + 1);
+            self.dir = if rng.below(6) == 0 {
+                Vec2::ZERO
+            } else {
+                Vec2::new(rng.range_f32(-1.0, 1.0), rng.range_f32(-1.0, 1.0)).normalize_or_zero()
+            };
+        }
+        self.ticks_left -= 1;
+        self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_counts_once_all_its_parts_arrive_and_old_ticks_are_forgotten() {
+        let mut a = Assembly::default();
+        assert!(!a.part(10, 2));
+        assert!(a.part(10, 2));
+        assert!(a.part(11, 1));
+        assert!(!a.part(12, 3));
+        assert!(!a.part(12, 3));
+        assert!(a.part(12, 3));
+        a.part(100, 2);
+        assert!(!a.part(12, 3), "ticks far behind the newest are ignored");
+        assert!(a.ticks.len() <= Assembly::WINDOW as usize + 1);
+    }
+
+    #[test]
+    fn the_random_walk_is_seeded_and_bounded() {
+        let walk = |seed| {
+            let mut rng = SplitMix64::new(seed);
+            let mut w = Walk::default();
+            (0..300).map(|_| w.next(&mut rng, 30)).collect::<Vec<_>>()
+        };
+        let a = walk(1);
+        assert_eq!(a, walk(1));
+        assert_ne!(a, walk(2));
+        assert!(a.iter().all(|d| d.length() <= 1.0 + 1e-6));
+    }
+}

@@ -1,0 +1,238 @@
+//! One Arena connection, step by step: ask the HTTP side for a token, connect over
+//! WebTransport pinning the certificate by the hash it gave (never by turning verification
+//! off), send `Hello`, read `Welcome` or `Reject`.
+
+use std::time::Duration;
+
+use arena_shared::protocol::codec::{self, FrameReader};
+use arena_shared::protocol::{
+    ClientMsg, DisconnectReason, Hello, PROTOCOL_VERSION, RejectReason, ServerMsg, Welcome,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use wtransport::tls::Sha256Digest;
+use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
+
+use crate::http::{self, HttpError};
+
+/// Body of the server's `/api/connect`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnectInfo {
+    pub url: String,
+    pub cert_sha256: Option<String>,
+    pub token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("fetching /api/connect: {0}")]
+    Http(#[from] HttpError),
+    #[error("/api/connect returned bad JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cert_sha256 is not a base64 SHA-256")]
+    BadCertHash,
+    #[error("WebTransport connect: {0}")]
+    Connect(String),
+    #[error("rejected: {reason:?} ({message})")]
+    Rejected {
+        reason: RejectReason,
+        message: String,
+    },
+    #[error("disconnected: {reason:?} ({message})")]
+    Disconnected {
+        reason: DisconnectReason,
+        message: String,
+    },
+    #[error("connection closed: {0}")]
+    Closed(String),
+    #[error("server sent a frame that does not decode")]
+    BadFrame,
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+impl ClientError {
+    /// A short stable label, for counting failures by kind in reports.
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Http(_) | Self::Json(_) => "http".into(),
+            Self::BadCertHash => "bad_cert_hash".into(),
+            Self::Connect(_) => "connect".into(),
+            Self::Rejected { reason, .. } => format!("rejected_{}", reason.as_str()),
+            Self::Disconnected { reason, .. } => format!("disconnected_{}", reason.as_str()),
+            Self::Closed(_) => "closed".into(),
+            Self::BadFrame => "bad_frame".into(),
+            Self::Timeout(_) => "timeout".into(),
+        }
+    }
+}
+
+/// How long each handshake step may take.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET /api/connect?name=NAME` on the server's HTTP side (`http://HOST:PORT`).
+pub async fn fetch_connect_info(server: &str, name: &str) -> Result<ConnectInfo, ClientError> {
+    let body = http::get(
+        server,
+        &format!("/api/connect?name={}", url_encode(name)),
+        STEP_TIMEOUT,
+    )
+    .await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An open WebTransport session with its one bidirectional stream, before `Hello`.
+pub struct Transport {
+    pub endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
+    pub conn: Connection,
+    pub send: SendStream,
+    pub recv: RecvStream,
+}
+
+/// Connects to `info.url`, pinning `info.cert_sha256` when given (else the system's roots).
+pub async fn open(info: &ConnectInfo, idle_timeout: Duration) -> Result<Transport, ClientError> {
+    let builder = ClientConfig::builder().with_bind_default();
+    let config = match &info.cert_sha256 {
+        Some(hash) => {
+            let bytes: [u8; 32] = STANDARD
+                .decode(hash)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or(ClientError::BadCertHash)?;
+            builder.with_server_certificate_hashes([Sha256Digest::new(bytes)])
+        }
+        None => builder.with_native_certs(),
+    };
+    let config = config
+        .keep_alive_interval(Some(idle_timeout / 3))
+        .max_idle_timeout(Some(idle_timeout))
+        .map_err(|e| ClientError::Connect(e.to_string()))?
+        .build();
+    let endpoint = Endpoint::client(config).map_err(|e| ClientError::Connect(e.to_string()))?;
+    let conn = tokio::time::timeout(STEP_TIMEOUT, endpoint.connect(&info.url))
+        .await
+        .map_err(|_| ClientError::Timeout("connect"))?
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let opening = tokio::time::timeout(STEP_TIMEOUT, conn.open_bi())
+        .await
+        .map_err(|_| ClientError::Timeout("open stream"))?
+        .map_err(|e| ClientError::Closed(e.to_string()))?;
+    let (send, recv) = tokio::time::timeout(STEP_TIMEOUT, opening)
+        .await
+        .map_err(|_| ClientError::Timeout("open stream"))?
+        .map_err(|e| ClientError::Closed(e.to_string()))?;
+    Ok(Transport {
+        endpoint,
+        conn,
+        send,
+        recv,
+    })
+}
+
+impl Transport {
+    /// Writes raw bytes on the stream (tests use this to send garbage).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+
+    pub async fn send_hello(&mut self, hello: &Hello) -> Result<usize, ClientError> {
+        let mut frame = Vec::new();
+        codec::encode_hello(hello, &mut frame).map_err(|_| ClientError::BadFrame)?;
+        self.write_raw(&frame).await?;
+        Ok(frame.len())
+    }
+
+    pub async fn send_msg(&mut self, msg: &ClientMsg) -> Result<usize, ClientError> {
+        let mut frame = Vec::new();
+        codec::encode_client(msg, &mut frame).map_err(|_| ClientError::BadFrame)?;
+        self.write_raw(&frame).await?;
+        Ok(frame.len())
+    }
+
+    /// Reads the next server message. A connection closed with an application code gives the
+    /// matching `Rejected`/`Disconnected` error when the code is known.
+    pub async fn read_msg(
+        &mut self,
+        reader: &mut FrameReader,
+    ) -> Result<(ServerMsg, usize), ClientError> {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        loop {
+            match reader.next_frame() {
+                Ok(Some(body)) => {
+                    let msg = codec::decode_server(&body).map_err(|_| ClientError::BadFrame)?;
+                    return Ok((msg, read));
+                }
+                Ok(None) => {}
+                Err(_) => return Err(ClientError::BadFrame),
+            }
+            match self.recv.read(&mut buf).await {
+                Ok(Some(n)) => {
+                    read += n;
+                    reader.push(&buf[..n]);
+                }
+                Ok(None) => return Err(ClientError::Closed("server finished its stream".into())),
+                Err(_) => return Err(close_error(self.conn.closed().await)),
+            }
+        }
+    }
+
+    /// Sends `Hello` and waits for `Welcome`; a `Reject` becomes [`ClientError::Rejected`].
+    pub async fn handshake(
+        &mut self,
+        token: &str,
+        name: &str,
+        reader: &mut FrameReader,
+    ) -> Result<Welcome, ClientError> {
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: token.into(),
+            name: name.into(),
+        };
+        self.send_hello(&hello).await?;
+        let (msg, _) = tokio::time::timeout(STEP_TIMEOUT, self.read_msg(reader))
+            .await
+            .map_err(|_| ClientError::Timeout("welcome"))??;
+        match msg {
+            ServerMsg::Welcome(w) => Ok(w),
+            ServerMsg::Reject(r) => Err(ClientError::Rejected {
+                reason: r.reason,
+                message: r.message,
+            }),
+            ServerMsg::Disconnect(d) => Err(ClientError::Disconnected {
+                reason: d.reason,
+                message: d.message,
+            }),
+            ServerMsg::Pong(_) => Err(ClientError::BadFrame),
+        }
+    }
+}
+
+/// What a closed connection says, as an error.
+pub fn close_error(e: wtransport::error::ConnectionError) -> ClientError {
+    match e {
+        wtransport::error::ConnectionError::ApplicationClosed(close) => {
+            ClientError::Closed(format!(
+                "code {:#x}: {}",
+                close.code().into_inner(),
+                String::from_utf8_lossy(close.reason())
+            ))
+        }
+        other => ClientError::Closed(other.to_string()),
+    }
+}

@@ -1,0 +1,151 @@
+//! The handshake refuses what it must, with the reason, before allocating anything.
+
+use arena_client_sim::client::{ClientError, close_error};
+use arena_shared::protocol::codec::FrameReader;
+use arena_shared::protocol::{Hello, PROTOCOL_VERSION, RejectReason};
+use arena_shared::token;
+use wtransport::error::ConnectionError;
+
+use crate::common::{self, TestServer, WAIT};
+
+/// Connects with `token` (and `version`), expects a `Reject` with `want`, and a connection
+/// close carrying the same code.
+async fn expect_reject(server: &TestServer, token: &str, version: u16, want: RejectReason) {
+    let info = server.connect_info("tester").await;
+    let mut t = server.open(&info).await;
+    let mut reader = FrameReader::new();
+    let hello = Hello {
+        protocol_version: version,
+        token: token.into(),
+        name: "tester".into(),
+    };
+    t.send_hello(&hello).await.expect("hello sent");
+    let got = t.read_msg(&mut reader).await;
+    match got {
+        Ok((arena_shared::protocol::ServerMsg::Reject(r), _)) => {
+            assert_eq!(r.reason, want, "{}", r.message)
+        }
+        other => panic!("expected Reject({want:?}), got {other:?}"),
+    }
+    let closed = tokio::time::timeout(WAIT, t.conn.closed())
+        .await
+        .expect("server closes");
+    match closed {
+        ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.code().into_inner(), u64::from(want.code()))
+        }
+        other => panic!(
+            "expected an application close, got {:?}",
+            close_error(other)
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_expired_missing_and_foreign_tokens_and_wrong_versions_are_rejected() {
+    let server = common::start(&[]).await;
+    let good = server.mint(1, 60_000);
+
+    let forged = token::sign(
+        b"not the server's secret",
+        &token::Claims {
+            client_id: 2,
+            name: "mallory".into(),
+            expires_at_ms: u64::MAX,
+            server: server.audience.clone(),
+        },
+    );
+    expect_reject(
+        &server,
+        &forged,
+        PROTOCOL_VERSION,
+        RejectReason::TokenForged,
+    )
+    .await;
+    expect_reject(
+        &server,
+        &server.mint(3, -1_000),
+        PROTOCOL_VERSION,
+        RejectReason::TokenExpired,
+    )
+    .await;
+    expect_reject(&server, "", PROTOCOL_VERSION, RejectReason::TokenMissing).await;
+    expect_reject(
+        &server,
+        "not-base64!",
+        PROTOCOL_VERSION,
+        RejectReason::TokenMalformed,
+    )
+    .await;
+    let foreign = token::sign(
+        &server.secret,
+        &token::Claims {
+            client_id: 4,
+            name: "x".into(),
+            expires_at_ms: u64::MAX,
+            server: "https://elsewhere.example:4433/".into(),
+        },
+    );
+    expect_reject(
+        &server,
+        &foreign,
+        PROTOCOL_VERSION,
+        RejectReason::TokenWrongServer,
+    )
+    .await;
+    let want = RejectReason::ProtocolVersion {
+        server: PROTOCOL_VERSION,
+    };
+    expect_reject(&server, &good, PROTOCOL_VERSION + 1, want).await;
+    expect_reject(&server, &good, 0, want).await;
+
+    assert_eq!(server.stats.sessions(), 0, "nothing was admitted");
+    assert_eq!(server.stats.players(), 0);
+    assert_eq!(
+        arena_server::stats::Stats::get(&server.stats.sessions_rejected),
+        7
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_and_one_session_per_client_id_are_enforced() {
+    let server = common::start(&["--max-clients", "2"]).await;
+    let mut kept = Vec::new();
+    for id in [10, 11] {
+        let info = server.connect_info("p").await;
+        let mut t = server.open(&info).await;
+        let token = server.mint(id, 60_000);
+        t.handshake(&token, "p", &mut FrameReader::new())
+            .await
+            .expect("welcome");
+        kept.push((t, token));
+    }
+    server.sessions_reach(2).await;
+    // The same client id again: refused even before capacity is considered.
+    let dup = kept[0].1.clone();
+    expect_reject(&server, &dup, PROTOCOL_VERSION, RejectReason::TokenInUse).await;
+    expect_reject(
+        &server,
+        &server.mint(12, 60_000),
+        PROTOCOL_VERSION,
+        RejectReason::ServerFull,
+    )
+    .await;
+
+    // A slot frees when a player leaves.
+    let (t, _) = kept.pop().expect("two kept");
+    t.conn.close(wtransport::VarInt::from_u32(0), b"bye");
+    server.sessions_reach(1).await;
+    let info = server.connect_info("late").await;
+    let mut t = server.open(&info).await;
+    let welcome = t
+        .handshake(&server.mint(13, 60_000), "late", &mut FrameReader::new())
+        .await;
+    assert!(
+        welcome.is_ok(),
+        "{:?}",
+        welcome.err().map(|e: ClientError| e.to_string())
+    );
+    server.stop().await;
+}

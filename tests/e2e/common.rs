@@ -1,0 +1,121 @@
+//! Starting and stopping a real server for a test.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arena_client_sim::client::{self, ConnectInfo, Transport};
+use arena_server::stats::Stats;
+use arena_server::{Config, Server, ServerError};
+use arena_shared::token::{self, Claims};
+use clap::Parser;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Long enough for a loaded CI machine, short enough that a hang fails the test.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`
+    pub http: String,
+    pub stats: Arc<Stats>,
+    pub secret: Arc<[u8]>,
+    pub audience: String,
+    pub cert_sha256: Option<String>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+/// Starts a server on loopback port 0 with a small world; `extra` flags override.
+pub async fn start(extra: &[&str]) -> TestServer {
+    let mut args = vec![
+        "arena-server",
+        "--wt-bind",
+        "127.0.0.1:0",
+        "--http-bind",
+        "127.0.0.1:0",
+        "--npcs",
+        "50",
+        "--log",
+        "warn",
+    ];
+    args.extend_from_slice(extra);
+    let config = Config::try_parse_from(args).expect("valid test flags");
+    let server = Server::bind(config)
+        .await
+        .expect("server binds on loopback");
+    let shutdown = CancellationToken::new();
+    let t = TestServer {
+        http: format!("http://{}", server.http_addr()),
+        stats: server.stats(),
+        secret: server.token_secret(),
+        audience: server.token_audience().to_string(),
+        cert_sha256: server.cert_sha256().map(String::from),
+        shutdown: shutdown.clone(),
+        task: tokio::spawn(server.run(shutdown)),
+    };
+    t
+}
+
+impl TestServer {
+    /// Cancels and waits for a clean stop.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("server stops in time");
+        result
+            .expect("server task did not panic")
+            .expect("server stopped cleanly");
+    }
+
+    /// Waits until the server counts `n` live sessions.
+    pub async fn sessions_reach(&self, n: usize) {
+        let mut rx = self.stats.watch_sessions();
+        tokio::time::timeout(WAIT, rx.wait_for(|s| *s == n))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("sessions never reached {n} (now {})", self.stats.sessions())
+            })
+            .expect("stats live as long as the server");
+    }
+
+    /// Waits until the world holds `n` players.
+    pub async fn players_reach(&self, n: u64) {
+        let mut rx = self.stats.watch_players();
+        tokio::time::timeout(WAIT, rx.wait_for(|p| *p == n))
+            .await
+            .unwrap_or_else(|_| panic!("players never reached {n} (now {})", self.stats.players()))
+            .expect("stats live as long as the server");
+    }
+
+    /// A token signed with the server's own secret, for claims a test chooses.
+    pub fn mint(&self, client_id: u64, expires_in_ms: i64) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        token::sign(
+            &self.secret,
+            &Claims {
+                client_id,
+                name: "minted".into(),
+                expires_at_ms: (now + expires_in_ms).max(0) as u64,
+                server: self.audience.clone(),
+            },
+        )
+    }
+
+    /// Connect info from the real `/api/connect`.
+    pub async fn connect_info(&self, name: &str) -> ConnectInfo {
+        client::fetch_connect_info(&self.http, name)
+            .await
+            .expect("/api/connect answers")
+    }
+
+    /// An open WebTransport session (before `Hello`).
+    pub async fn open(&self, info: &ConnectInfo) -> Transport {
+        client::open(info, Duration::from_secs(10))
+            .await
+            .expect("QUIC connect on loopback")
+    }
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real server in-process on loopback port 0, real WebTransport clients.
+//! One test binary (modules below) so the workspace links it once.
+
+mod admission;
+mod common;
+mod misbehaving;
+mod play;

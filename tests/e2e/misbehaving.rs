@@ -1,0 +1,139 @@
+//! A client that sends garbage loses its own session, and nobody else notices.
+
+use std::time::Duration;
+
+use arena_client_sim::client::Transport;
+use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig};
+use arena_shared::protocol::codec::FrameReader;
+use arena_shared::protocol::{DisconnectReason, MAX_FRAME_LEN, RejectReason, ServerMsg};
+use arena_shared::rng::SplitMix64;
+use wtransport::error::ConnectionError;
+
+use crate::common::{self, TestServer, WAIT};
+
+fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// A welcomed session, ready to misbehave.
+async fn welcomed(server: &TestServer, name: &str) -> (Transport, FrameReader) {
+    let info = server.connect_info(name).await;
+    let mut t = server.open(&info).await;
+    let mut reader = FrameReader::new();
+    t.handshake(&info.token, name, &mut reader)
+        .await
+        .expect("welcome");
+    (t, reader)
+}
+
+/// Reads until the server's `Disconnect`, then checks the close code matches it.
+async fn expect_disconnect(t: &mut Transport, reader: &mut FrameReader) -> DisconnectReason {
+    let reason = loop {
+        match tokio::time::timeout(WAIT, t.read_msg(reader))
+            .await
+            .expect("server answers")
+        {
+            Ok((ServerMsg::Disconnect(d), _)) => break d.reason,
+            Ok((ServerMsg::Pong(_), _)) => continue,
+            other => panic!("expected a Disconnect, got {other:?}"),
+        }
+    };
+    match tokio::time::timeout(WAIT, t.conn.closed())
+        .await
+        .expect("server closes")
+    {
+        ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.code().into_inner(), u64::from(reason.code()))
+        }
+        other => panic!("expected an application close, got {other}"),
+    }
+    reason
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_frames_and_datagrams_close_only_that_session() {
+    let server = common::start(&[]).await;
+    let bystanders = tokio::spawn(swarm::run(SwarmConfig {
+        server: server.http.clone(),
+        bots: 5,
+        ramp_per_s: 100.0,
+        play_for: Duration::from_secs(4),
+        seed: 3,
+        behaviour: SwarmBehaviour::Wander,
+        idle_timeout: Duration::from_secs(10),
+    }));
+    server.sessions_reach(5).await;
+
+    // A well-framed body of random bytes.
+    let (mut t, mut reader) = welcomed(&server, "garbler").await;
+    let body = random_bytes(1, 200);
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    t.write_raw(&frame).await.expect("written");
+    assert_eq!(
+        expect_disconnect(&mut t, &mut reader).await,
+        DisconnectReason::MalformedFrame
+    );
+
+    // Random bytes as a datagram.
+    let (mut t, mut reader) = welcomed(&server, "datagrammer").await;
+    t.conn
+        .send_datagram(random_bytes(2, 300))
+        .expect("datagram sent");
+    assert_eq!(
+        expect_disconnect(&mut t, &mut reader).await,
+        DisconnectReason::UnexpectedDatagram
+    );
+
+    // A header announcing more than the frame limit.
+    let (mut t, mut reader) = welcomed(&server, "bloater").await;
+    t.write_raw(&(MAX_FRAME_LEN as u32 + 1).to_le_bytes())
+        .await
+        .expect("written");
+    assert_eq!(
+        expect_disconnect(&mut t, &mut reader).await,
+        DisconnectReason::FrameTooLarge
+    );
+
+    // Random bytes, header and all, then the end of the stream, instead of a Hello.
+    let info = server.connect_info("stranger").await;
+    let mut t = server.open(&info).await;
+    t.write_raw(&random_bytes(3, 256)).await.expect("written");
+    let _ = t.send.finish().await;
+    match tokio::time::timeout(WAIT, t.conn.closed())
+        .await
+        .expect("server closes")
+    {
+        ConnectionError::ApplicationClosed(c) => {
+            let refused =
+                [RejectReason::NotArena, RejectReason::MalformedHello].map(|r| u64::from(r.code()));
+            assert!(
+                refused.contains(&c.code().into_inner()),
+                "closed with {:#x}",
+                c.code().into_inner()
+            );
+        }
+        other => panic!("expected an application close, got {other}"),
+    }
+
+    let result = tokio::time::timeout(WAIT, bystanders)
+        .await
+        .expect("swarm ends")
+        .expect("swarm task");
+    let r = &result.report;
+    assert_eq!(
+        (r.bots_connected, r.bots_failed, r.bots_disconnected),
+        (5, 0, 0),
+        "{}",
+        r.table()
+    );
+    assert!(
+        r.snapshots_per_bot_hz >= 27.0,
+        "bystanders kept their snapshots: {}",
+        r.table()
+    );
+    server.sessions_reach(0).await;
+    server.players_reach(0).await;
+    server.stop().await;
+}

@@ -1,0 +1,147 @@
+//! Bots play over real QUIC: they connect, receive snapshots at the tick rate, move the way
+//! their inputs push them, and leave without leaving anything behind.
+
+use std::time::Duration;
+
+use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig, heading};
+use arena_shared::protocol::codec::FrameReader;
+use arena_shared::protocol::{DisconnectReason, ServerMsg};
+
+use crate::common::{self, WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_bots_play_for_three_seconds() {
+    // No obstacles: a bot pushing one way must get there, whatever its spawn point.
+    let server = common::start(&["--obstacles", "0"]).await;
+    let swarm = tokio::spawn(swarm::run(SwarmConfig {
+        server: server.http.clone(),
+        bots: 20,
+        ramp_per_s: 200.0,
+        play_for: Duration::from_secs(3),
+        seed: 7,
+        behaviour: SwarmBehaviour::Headings,
+        idle_timeout: Duration::from_secs(10),
+    }));
+    server.sessions_reach(20).await;
+    server.players_reach(20).await;
+    let result = tokio::time::timeout(WAIT, swarm)
+        .await
+        .expect("swarm ends")
+        .expect("swarm task");
+
+    let r = &result.report;
+    assert_eq!(
+        (r.bots_connected, r.bots_failed, r.bots_disconnected),
+        (20, 0, 0),
+        "{}",
+        r.table()
+    );
+    for (i, bot) in result.bots.iter().enumerate() {
+        let rate = bot.snapshots as f64 / bot.played.as_secs_f64();
+        assert!(
+            rate >= 0.9 * 30.0,
+            "{}: {rate:.1} snapshots/s at 30 Hz",
+            bot.name
+        );
+        let (first, last) = (
+            bot.first_pos.expect("saw itself"),
+            bot.last_pos.expect("saw itself"),
+        );
+        let moved = last - first;
+        let asked = heading(i as u32);
+        assert!(
+            moved.dot(asked) > 100.0,
+            "{} asked to go {asked:?} but moved {moved:?} (from {first:?})",
+            bot.name
+        );
+        assert!(bot.rtt_us.len() >= 5, "{} measured its RTT", bot.name);
+    }
+    assert!(
+        r.rtt_ms_p50 > 0.0 && r.down_bytes_per_bot_per_s > 0.0 && r.up_bytes_per_bot_per_s > 0.0
+    );
+
+    server.sessions_reach(0).await;
+    server.players_reach(0).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_connected_players_why_and_stops_cleanly() {
+    let server = common::start(&[]).await;
+    let info = server.connect_info("stayer").await;
+    assert_eq!(
+        info.cert_sha256, server.cert_sha256,
+        "/api/connect hands out the certificate's hash"
+    );
+    let mut t = server.open(&info).await;
+    let mut reader = FrameReader::new();
+    t.handshake(&info.token, "stayer", &mut reader)
+        .await
+        .expect("welcome");
+    server.sessions_reach(1).await;
+
+    let stats = server.stats.clone();
+    let stopping = tokio::spawn(server.stop());
+    let reason = loop {
+        match t
+            .read_msg(&mut reader)
+            .await
+            .expect("a frame before the close")
+        {
+            (ServerMsg::Disconnect(d), _) => break d.reason,
+            (ServerMsg::Pong(_), _) => continue,
+            (other, _) => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(reason, DisconnectReason::ServerShutdown);
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("stops in time")
+        .expect("clean stop");
+    assert_eq!(stats.sessions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_certificate_from_pem_files_is_served_and_no_hash_is_handed_out() {
+    let dir = std::env::temp_dir().join(format!("arena-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let identity = wtransport::Identity::self_signed(["localhost", "127.0.0.1"]).unwrap();
+    identity
+        .certificate_chain()
+        .store_pemfile(&cert)
+        .await
+        .unwrap();
+    identity
+        .private_key()
+        .store_secret_pemfile(&key)
+        .await
+        .unwrap();
+    let hash = base64_sha256(identity.certificate_chain().as_slice()[0].hash().as_ref());
+
+    let server = common::start(&[
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let mut info = server.connect_info("real").await;
+    assert_eq!(
+        info.cert_sha256, None,
+        "a real certificate is verified the usual way, not pinned"
+    );
+    // This one is not in any root store, so pin it here to prove the server presents it.
+    info.cert_sha256 = Some(hash);
+    let mut t = server.open(&info).await;
+    t.handshake(&info.token, "real", &mut FrameReader::new())
+        .await
+        .expect("welcome over the PEM certificate");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn base64_sha256(bytes: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
