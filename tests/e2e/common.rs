@@ -44,7 +44,7 @@ pub async fn start(extra: &[&str]) -> TestServer {
         .await
         .expect("server binds on loopback");
     let shutdown = CancellationToken::new();
-    let t = TestServer {
+    TestServer {
         http: format!("http://{}", server.http_addr()),
         stats: server.stats(),
         secret: server.token_secret(),
@@ -52,8 +52,7 @@ pub async fn start(extra: &[&str]) -> TestServer {
         cert_sha256: server.cert_sha256().map(String::from),
         shutdown: shutdown.clone(),
         task: tokio::spawn(server.run(shutdown)),
-    };
-    t
+    }
 }
 
 impl TestServer {

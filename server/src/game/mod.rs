@@ -212,7 +212,7 @@ fn build_schedule() -> Schedule {
             .chain(),
     );
     schedule.add_systems((
-        systems::apply_inbox.in_set(Phase::Receive),
+        (systems::admit_and_release, systems::route_inputs).chain().in_set(Phase::Receive),
         (
             systems::player_intent,
             systems::npc_wander,

@@ -11,29 +11,25 @@ use super::components::*;
 use super::{JoinAck, SimCommand};
 use crate::stats::Stats;
 
-/// Applies what the network delivered: joins spawn players, leaves despawn them, inputs queue.
-pub fn apply_inbox(
+/// Applies joins and leaves, in arrival order: joins spawn players, leaves despawn them.
+/// Inputs stay in the inbox for [`route_inputs`], which runs after the spawns are applied.
+pub fn admit_and_release(
     mut commands: Commands,
     mut inbox: ResMut<Inbox>,
     mut clients: ResMut<Clients>,
     mut ids: ResMut<NetIds>,
     mut rng: ResMut<WorldRng>,
-    mut queues: Query<&mut InputQueue>,
     map: Res<MapRes>,
     tick: Res<Tick>,
-    settings: Res<SimSettings>,
-    stats: Res<StatsRes>,
 ) {
+    let mut inputs = Vec::with_capacity(inbox.0.len());
     for cmd in inbox.0.drain(..) {
         match cmd {
             SimCommand::Join(join) => {
                 if clients.0.contains_key(&join.client_id) {
                     // The network layer refuses a second session for a client id; if one
                     // slips through, the first keeps its entity and this one gets nothing.
-                    warn!(
-                        client_id = join.client_id,
-                        "join for a client already in the world"
-                    );
+                    warn!(client_id = join.client_id, "join for a client already in the world");
                     continue;
                 }
                 let net_id = ids.allocate();
@@ -42,35 +38,16 @@ pub fn apply_inbox(
                     .spawn((
                         net_id,
                         Kind(EntityKind::Player),
-                        Motion(Body {
-                            pos,
-                            vel: Vec2::ZERO,
-                        }),
+                        Motion(Body { pos, vel: Vec2::ZERO }),
                         MoveIntent::default(),
-                        Player {
-                            client_id: join.client_id,
-                            name: join.name,
-                        },
+                        Player { client_id: join.client_id, name: join.name },
                         InputQueue::default(),
                     ))
                     .id();
-                clients.0.insert(
-                    join.client_id,
-                    super::components::ClientLink {
-                        entity,
-                        outbox: join.outbox,
-                    },
-                );
+                clients.0.insert(join.client_id, ClientLink { entity, outbox: join.outbox });
                 // The session may have gone already; then its Leave follows and cleans up.
-                let _ = join.reply.send(JoinAck {
-                    entity: net_id.0,
-                    server_tick: tick.0,
-                });
-                debug!(
-                    client_id = join.client_id,
-                    entity = net_id.0,
-                    "player spawned"
-                );
+                let _ = join.reply.send(JoinAck { entity: net_id.0, server_tick: tick.0 });
+                debug!(client_id = join.client_id, entity = net_id.0, "player spawned");
             }
             SimCommand::Leave { client_id } => {
                 if let Some(link) = clients.0.remove(&client_id) {
@@ -78,20 +55,29 @@ pub fn apply_inbox(
                     debug!(client_id, "player despawned");
                 }
             }
-            SimCommand::Input { client_id, input } => {
-                let Some(link) = clients.0.get(&client_id) else {
-                    continue;
-                };
-                let Ok(mut queue) = queues.get_mut(link.entity) else {
-                    continue;
-                };
-                if queue.pending.len() >= settings.input_queue {
-                    queue.pending.pop_front();
-                    Stats::add(&stats.0.inputs_dropped_queue_full, 1);
-                }
-                queue.pending.push_back(input);
-            }
+            input @ SimCommand::Input { .. } => inputs.push(input),
         }
+    }
+    inbox.0 = inputs;
+}
+
+/// Queues each input on its player, dropping the oldest beyond `--input-queue`.
+pub fn route_inputs(
+    mut inbox: ResMut<Inbox>,
+    clients: Res<Clients>,
+    mut queues: Query<&mut InputQueue>,
+    settings: Res<SimSettings>,
+    stats: Res<StatsRes>,
+) {
+    for cmd in inbox.0.drain(..) {
+        let SimCommand::Input { client_id, input } = cmd else { continue };
+        let Some(link) = clients.0.get(&client_id) else { continue };
+        let Ok(mut queue) = queues.get_mut(link.entity) else { continue };
+        if queue.pending.len() >= settings.input_queue {
+            queue.pending.pop_front();
+            Stats::add(&stats.0.inputs_dropped_queue_full, 1);
+        }
+        queue.pending.push_back(input);
     }
 }
 
