@@ -8,7 +8,8 @@
 //! - [`sim`]: the game rules as pure, deterministic functions: player movement with acceleration,
 //!   friction, a speed cap, and collision against the map.
 //! - [`map`]: the arena's bounds and rectangular obstacles, generated from a seed.
-//! - [`quant`]: quantization of what crosses the wire (movement direction, aim angle).
+//! - [`quant`]: quantization of what crosses the wire (positions, velocities, movement, aim).
+//! - [`snapshot`]: delta snapshots against acknowledged baselines, and the client's receiver.
 //! - [`token`]: connect tokens, signed with HMAC-SHA256, issued by the HTTP side, checked at `Hello`.
 //! - [`rng`]: a small seeded generator, so maps and NPCs are the same on every platform.
 
@@ -17,6 +18,7 @@ pub mod protocol;
 pub mod quant;
 pub mod rng;
 pub mod sim;
+pub mod snapshot;
 pub mod token;
 
 pub use glam::Vec2;

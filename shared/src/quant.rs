@@ -1,14 +1,56 @@
 //! Quantization of what crosses the wire.
 //!
-//! Invariant: the server simulates from the quantized value, never from the float the client
-//! had, so a client that quantizes its own input the same way predicts exactly what the server
-//! computes. Precision:
+//! Invariant: the server simulates from the quantized value, never from the float it had, so
+//! what a client reconstructs from the wire is exactly the state the server steps from.
+//! Precision:
+//! - position: 1/16 world unit ([`POS_STEPS`] per unit), as `i32`;
+//! - velocity: 1/16 world unit per second ([`VEL_STEPS`]), as `i32`;
 //! - movement direction: each axis in `-127..=127` (1/127 of full deflection), clamped to the
 //!   unit disc when turned back into a vector;
 //! - aim: a `u16` turn fraction, 2π/65536 rad (≈ 0.0055°) per step.
+//!
+//! Round trips are exact: `dequantize(quantize(x))` is a multiple of 1/16, and quantizing it
+//! again gives the same integer (all such values are exact in `f32` below 2^24 / 16 = 1,048,576
+//! units, far beyond any world size the server accepts).
 
 use bitcode::{Decode, Encode};
 use glam::Vec2;
+
+/// Position steps per world unit.
+pub const POS_STEPS: f32 = 16.0;
+/// Velocity steps per world unit per second.
+pub const VEL_STEPS: f32 = 16.0;
+
+/// Quantizes a coordinate (NaN and infinities become 0, which the simulation never produces).
+pub fn quantize_pos(x: f32) -> i32 {
+    quantize(x, POS_STEPS)
+}
+
+pub fn dequantize_pos(q: i32) -> f32 {
+    q as f32 / POS_STEPS
+}
+
+pub fn quantize_vel(v: f32) -> i32 {
+    quantize(v, VEL_STEPS)
+}
+
+pub fn dequantize_vel(q: i32) -> f32 {
+    q as f32 / VEL_STEPS
+}
+
+fn quantize(x: f32, steps: f32) -> i32 {
+    if x.is_finite() { (x * steps).round().clamp(-(1 << 24) as f32, (1 << 24) as f32) as i32 } else { 0 }
+}
+
+/// Snaps a vector to the position grid.
+pub fn snap_pos(v: Vec2) -> Vec2 {
+    Vec2::new(dequantize_pos(quantize_pos(v.x)), dequantize_pos(quantize_pos(v.y)))
+}
+
+/// Snaps a vector to the velocity grid.
+pub fn snap_vel(v: Vec2) -> Vec2 {
+    Vec2::new(dequantize_vel(quantize_vel(v.x)), dequantize_vel(quantize_vel(v.y)))
+}
 
 /// A movement intent: a direction with magnitude at most 1, one signed byte per axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Encode, Decode)]
@@ -28,11 +70,18 @@ impl MoveDir {
         } else {
             v
         };
-        let q = |c: f32| (c * Self::STEPS).round().clamp(-127.0, 127.0) as i8;
-        Self {
-            x: q(v.x),
-            y: q(v.y),
+        let q = |c: f32| (c * Self::STEPS).round().clamp(-127.0, 127.0) as i32;
+        let (mut x, mut y) = (q(v.x), q(v.y));
+        // Rounding can land just outside the unit disc; step back in, so that what we send is
+        // exactly what the simulation uses (and requantizing it is stable).
+        while x * x + y * y > 127 * 127 {
+            if x.abs() >= y.abs() {
+                x -= x.signum();
+            } else {
+                y -= y.signum();
+            }
         }
+        Self { x: x as i8, y: y as i8 }
     }
 
     /// The direction the simulation uses. Whatever the bytes, the result has length <= 1
@@ -83,6 +132,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn positions_and_velocities_round_trip_exactly(x in -70_000.0f32..70_000.0, v in -1000.0f32..1000.0) {
+            let q = quantize_pos(x);
+            prop_assert!((dequantize_pos(q) - x).abs() <= 0.5 / POS_STEPS);
+            prop_assert_eq!(quantize_pos(dequantize_pos(q)), q);
+            let s = snap_pos(Vec2::new(x, x));
+            prop_assert_eq!(snap_pos(s), s);
+            let qv = quantize_vel(v);
+            prop_assert_eq!(quantize_vel(dequantize_vel(qv)), qv);
+        }
+
         #[test]
         fn any_bytes_give_a_direction_inside_the_unit_disc(x in any::<i8>(), y in any::<i8>()) {
             let v = MoveDir { x, y }.to_vec2();

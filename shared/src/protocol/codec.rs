@@ -10,7 +10,7 @@
 use bitcode::{Decode, Encode};
 
 use super::{
-    ClientMsg, EntityState, HELLO_MAGIC, Hello, MAX_FRAME_LEN, MAX_NAME_LEN, PROTOCOL_VERSION,
+    ClientDatagram, ClientMsg, EntityState, HELLO_MAGIC, Hello, MAX_FRAME_LEN, MAX_NAME_LEN, PROTOCOL_VERSION,
     ServerDatagram, ServerMsg, Snapshot,
 };
 use crate::token::MAX_TOKEN_LEN;
@@ -111,6 +111,14 @@ pub fn encode_server(msg: &ServerMsg, out: &mut Vec<u8>) -> Result<(), FrameErro
 
 pub fn decode_server(body: &[u8]) -> Result<ServerMsg, DecodeError> {
     bitcode::decode(body).map_err(|_| DecodeError::Malformed)
+}
+
+pub fn encode_client_datagram(msg: &ClientDatagram) -> Vec<u8> {
+    bitcode::encode(msg)
+}
+
+pub fn decode_client_datagram(bytes: &[u8]) -> Result<ClientDatagram, DecodeError> {
+    bitcode::decode(bytes).map_err(|_| DecodeError::Malformed)
 }
 
 pub fn encode_datagram(msg: &ServerDatagram) -> Vec<u8> {

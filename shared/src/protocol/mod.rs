@@ -2,8 +2,8 @@
 //!
 //! - One bidirectional QUIC stream per session, opened by the client, carries length-prefixed
 //!   frames both ways: the client's `Hello`, then [`ClientMsg`]s; the server's [`ServerMsg`]s.
-//! - Unreliable QUIC datagrams carry [`ServerDatagram`]s (snapshots) from server to client.
-//!   In protocol version 1 the client sends no datagrams.
+//! - Unreliable QUIC datagrams carry [`ServerDatagram`]s (snapshots) from server to client,
+//!   and [`ClientDatagram`]s (snapshot acknowledgements) from client to server.
 //! - [`codec`] is the only module that turns these types into bytes or back.
 //!
 //! PROTOCOL.md at the repository root is the specification; this module must agree with it.
@@ -15,9 +15,10 @@ use glam::Vec2;
 
 use crate::map::Map;
 use crate::quant::{Aim, MoveDir};
+use crate::snapshot::{Ack, DeltaSnapshot};
 
 /// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
 /// from "an Arena client of another version".
@@ -192,8 +193,8 @@ pub enum DisconnectReason {
     MalformedFrame,
     /// A reliable frame announced a body over [`MAX_FRAME_LEN`].
     FrameTooLarge,
-    /// The client sent a datagram (none are defined for clients in this version).
-    UnexpectedDatagram,
+    /// A client datagram did not decode as a `ClientDatagram`.
+    MalformedDatagram,
     /// The client finished its stream in the middle of a frame, or before leaving.
     StreamClosed,
     /// The simulation could not take the client (it is shutting down).
@@ -206,7 +207,7 @@ impl DisconnectReason {
             Self::ServerShutdown => 0x201,
             Self::MalformedFrame => 0x202,
             Self::FrameTooLarge => 0x203,
-            Self::UnexpectedDatagram => 0x204,
+            Self::MalformedDatagram => 0x204,
             Self::StreamClosed => 0x205,
             Self::SimulationUnavailable => 0x206,
         }
@@ -217,7 +218,7 @@ impl DisconnectReason {
             Self::ServerShutdown => "server_shutdown",
             Self::MalformedFrame => "malformed_frame",
             Self::FrameTooLarge => "frame_too_large",
-            Self::UnexpectedDatagram => "unexpected_datagram",
+            Self::MalformedDatagram => "malformed_datagram",
             Self::StreamClosed => "stream_closed",
             Self::SimulationUnavailable => "simulation_unavailable",
         }
@@ -230,11 +231,23 @@ pub const CLOSE_CLIENT_LEFT: u32 = 0;
 /// Server → client, as one QUIC datagram each.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum ServerDatagram {
+    /// The client's view at a tick, as a delta against a view it acknowledged. The normal mode.
+    Delta(DeltaSnapshot),
+    /// Part of the full state of the world (`--replication full`, kept for comparison).
     Snapshot(Snapshot),
 }
 
-/// One part of the world at one tick. The full state is split into `parts` datagrams, each
-/// small enough for the connection's maximum datagram size and each useful on its own.
+/// Client → server, as one QUIC datagram each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum ClientDatagram {
+    /// The snapshots the client reconstructed: the server encodes the next one against the
+    /// newest of them.
+    Ack(Ack),
+}
+
+/// One part of the world at one tick (`--replication full`). The full state is split into
+/// `parts` datagrams, each small enough for the connection's maximum datagram size and each
+/// useful on its own.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Snapshot {
     pub tick: u32,

@@ -1,0 +1,433 @@
+//! Delta snapshots against acknowledged baselines.
+//!
+//! A client's knowledge of the world at a tick is a [`View`]: the entities it knows, each with
+//! the quantized state it was last sent and the tick that state belongs to. A
+//! [`DeltaSnapshot`] turns the view at its `baseline` tick (one the client acknowledged) into
+//! the view at its `tick`:
+//! - `removed`: entities that left the client's interest (or the world);
+//! - `entered`: entities new to the client, with their full state;
+//! - `changed`: entities whose state differs from what the client would *predict* from its
+//!   baseline record (dead reckoning: position advanced by the recorded velocity). Each field
+//!   is coded as "as predicted", a small residual (`i8`) or a large one (`i32`).
+//!
+//! Entities of the baseline that are not mentioned keep their record unchanged: either they
+//! moved exactly as predicted, or the server's byte budget left them for a later tick. Either
+//! way the client renders them from the record. Ids are sorted and sent as gaps; every list is
+//! a column, which bitcode packs (residuals of a few steps cost a few bits).
+//!
+//! Invariant: [`encode`] returns the view the client will compute with [`apply`], bit for bit;
+//! the server stores that view as the next baseline. Both are pure and total.
+
+use bitcode::{Decode, Encode};
+use glam::Vec2;
+
+use crate::protocol::EntityKind;
+use crate::quant::{dequantize_pos, dequantize_vel};
+
+/// Quantized fields per entity: position x, y (1/16 unit), velocity x, y (1/16 unit/s).
+pub const FIELDS: usize = 4;
+/// Snapshots a client and the server each keep to serve as baselines.
+pub const BASELINE_RING: usize = 32;
+/// Dead reckoning never extrapolates further than this many ticks (a record that old is sent
+/// as a large residual instead).
+pub const MAX_PREDICT_TICKS: u32 = 64;
+
+/// One entity as a client knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntityRecord {
+    pub id: u32,
+    pub kind: EntityKind,
+    pub fields: [i32; FIELDS],
+    /// The tick `fields` describe.
+    pub tick: u32,
+}
+
+impl EntityRecord {
+    /// The fields dead reckoning expects at `tick`: position advanced by velocity, integer
+    /// arithmetic only, so both ends compute the same numbers on every platform.
+    pub fn predict(&self, tick: u32, tick_rate: u16) -> [i32; FIELDS] {
+        let [px, py, vx, vy] = self.fields;
+        let dt = i64::from(tick.saturating_sub(self.tick).min(MAX_PREDICT_TICKS));
+        let rate = i64::from(tick_rate.max(1));
+        // pos steps = vel steps * ticks / rate (POS_STEPS == VEL_STEPS), rounded to nearest.
+        let advance = |p: i32, v: i32| -> i32 {
+            let num = i64::from(v) * dt;
+            let q = (2 * num + rate).div_euclid(2 * rate);
+            (i64::from(p) + q).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+        };
+        [advance(px, vx), advance(py, vy), vx, vy]
+    }
+
+    pub fn pos(&self) -> Vec2 {
+        Vec2::new(dequantize_pos(self.fields[0]), dequantize_pos(self.fields[1]))
+    }
+
+    pub fn vel(&self) -> Vec2 {
+        Vec2::new(dequantize_vel(self.fields[2]), dequantize_vel(self.fields[3]))
+    }
+
+    /// Position extrapolated to `tick` (what a client renders for a stale record).
+    pub fn pos_at(&self, tick: u32, tick_rate: u16) -> Vec2 {
+        let p = self.predict(tick, tick_rate);
+        Vec2::new(dequantize_pos(p[0]), dequantize_pos(p[1]))
+    }
+}
+
+/// What a client knows at `tick`, sorted by id, ids unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    pub tick: u32,
+    pub entities: Vec<EntityRecord>,
+}
+
+impl View {
+    pub fn get(&self, id: u32) -> Option<&EntityRecord> {
+        self.entities.binary_search_by_key(&id, |e| e.id).ok().map(|i| &self.entities[i])
+    }
+}
+
+/// The wire form of a delta snapshot. Each `Vec` is a column.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct DeltaSnapshot {
+    pub tick: u32,
+    /// The view this applies to; 0 means the empty view (a full snapshot). Ticks start at 1.
+    pub baseline: u32,
+    /// Reference point of `entered` positions (the receiver's own position), so they are
+    /// small numbers.
+    pub origin: [i32; 2],
+    /// Id gaps: first id, then differences (all > 0).
+    pub removed: Vec<u32>,
+    pub entered: Vec<u32>,
+    pub entered_kind: Vec<EntityKind>,
+    /// `FIELDS` per entered entity; positions relative to `origin`.
+    pub entered_fields: Vec<i32>,
+    pub changed: Vec<u32>,
+    /// Two bits per field, field 0 lowest: 0 as predicted, 1 in `small`, 2 in `large`.
+    pub changed_mask: Vec<u8>,
+    pub small: Vec<i8>,
+    pub large: Vec<i32>,
+}
+
+const AS_PREDICTED: u8 = 0;
+const SMALL: u8 = 1;
+const LARGE: u8 = 2;
+
+/// Why a snapshot cannot be applied. None of these can happen to a snapshot the server built
+/// against a view the client really has; they mean loss of the baseline or a hostile sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("baseline {0} is not the view given")]
+    BaselineMismatch(u32),
+    #[error("ids are not strictly increasing")]
+    BadIds,
+    #[error("column lengths do not agree")]
+    BadLengths,
+    #[error("a field code is not 0, 1 or 2")]
+    BadMask,
+    #[error("removed or changed an entity the baseline does not have")]
+    UnknownEntity,
+    #[error("entered an entity the baseline already has")]
+    DuplicateEntity,
+}
+
+/// An entity's state at the snapshot's tick, as the server wants the client to have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Update {
+    pub id: u32,
+    pub kind: EntityKind,
+    pub fields: [i32; FIELDS],
+}
+
+fn push_gaps(ids: impl Iterator<Item = u32>, out: &mut Vec<u32>) {
+    let mut prev = 0u32;
+    for id in ids {
+        out.push(id.wrapping_sub(prev));
+        prev = id;
+    }
+}
+
+/// Decodes gap-coded ids; they must be strictly increasing (the first may be 0 only as id 0).
+fn read_gaps(gaps: &[u32]) -> Result<Vec<u32>, SnapshotError> {
+    let mut ids = Vec::with_capacity(gaps.len());
+    let mut prev: Option<u32> = None;
+    for &g in gaps {
+        let id = match prev {
+            None => g,
+            Some(p) => {
+                if g == 0 {
+                    return Err(SnapshotError::BadIds);
+                }
+                p.checked_add(g).ok_or(SnapshotError::BadIds)?
+            }
+        };
+        ids.push(id);
+        prev = Some(id);
+    }
+    Ok(ids)
+}
+
+/// Builds the snapshot that takes a client from `baseline` (or nothing) to `tick`.
+///
+/// `removed` must be sorted ids of the baseline; `updates` sorted ids not in `removed`, each
+/// either in the baseline (sent as a change against its prediction; omitted if exactly as
+/// predicted) or not (sent in full). Returns the wire form and the view the client will have.
+pub fn encode(
+    tick: u32,
+    tick_rate: u16,
+    baseline: Option<&View>,
+    origin: [i32; 2],
+    removed: &[u32],
+    updates: &[Update],
+) -> (DeltaSnapshot, View) {
+    let empty = View::default();
+    let base = baseline.unwrap_or(&empty);
+    let mut snap = DeltaSnapshot {
+        tick,
+        baseline: baseline.map_or(0, |b| b.tick),
+        origin,
+        ..DeltaSnapshot::default()
+    };
+    push_gaps(removed.iter().copied(), &mut snap.removed);
+
+    let mut view = View { tick, entities: Vec::with_capacity(base.entities.len() + updates.len()) };
+    let (mut entered, mut changed) = (Vec::new(), Vec::new());
+    let mut b = base.entities.iter().peekable();
+    let mut r = removed.iter().peekable();
+    let mut u = updates.iter().peekable();
+    loop {
+        let next_base = b.peek().map(|e| e.id);
+        let next_update = u.peek().map(|e| e.id);
+        let step = match (next_base, next_update) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(bid), Some(uid)) => bid.cmp(&uid),
+        };
+        match step {
+            std::cmp::Ordering::Less => {
+                let rec = *b.next().unwrap_or_else(|| unreachable!());
+                let bid = rec.id;
+                while r.peek().is_some_and(|&&x| x < bid) {
+                    r.next();
+                }
+                if r.peek() == Some(&&bid) {
+                    r.next();
+                } else {
+                    view.entities.push(rec);
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                let rec = *b.next().unwrap_or_else(|| unreachable!());
+                let up = *u.next().unwrap_or_else(|| unreachable!());
+                let uid = up.id;
+                let predicted = rec.predict(tick, tick_rate);
+                if predicted == up.fields {
+                    view.entities.push(rec);
+                    continue;
+                }
+                let mut mask = 0u8;
+                for f in 0..FIELDS {
+                    let residual = i64::from(up.fields[f]) - i64::from(predicted[f]);
+                    let code = if residual == 0 {
+                        AS_PREDICTED
+                    } else if let Ok(small) = i8::try_from(residual) {
+                        snap.small.push(small);
+                        SMALL
+                    } else {
+                        snap.large.push(up.fields[f].wrapping_sub(predicted[f]));
+                        LARGE
+                    };
+                    mask |= code << (2 * f);
+                }
+                changed.push(uid);
+                snap.changed_mask.push(mask);
+                view.entities.push(EntityRecord { id: uid, kind: rec.kind, fields: up.fields, tick });
+            }
+            std::cmp::Ordering::Greater => {
+                let up = *u.next().unwrap_or_else(|| unreachable!());
+                let uid = up.id;
+                entered.push(uid);
+                snap.entered_kind.push(up.kind);
+                let [px, py, vx, vy] = up.fields;
+                snap.entered_fields.extend_from_slice(&[
+                    px.wrapping_sub(origin[0]),
+                    py.wrapping_sub(origin[1]),
+                    vx,
+                    vy,
+                ]);
+                view.entities.push(EntityRecord { id: uid, kind: up.kind, fields: up.fields, tick });
+            }
+        }
+    }
+    push_gaps(entered.into_iter(), &mut snap.entered);
+    push_gaps(changed.into_iter(), &mut snap.changed);
+    (snap, view)
+}
+
+/// Applies a snapshot to the view it names as baseline (`None` for a full snapshot).
+pub fn apply(snap: &DeltaSnapshot, baseline: Option<&View>, tick_rate: u16) -> Result<View, SnapshotError> {
+    let empty = View::default();
+    let base = match (snap.baseline, baseline) {
+        (0, _) => &empty,
+        (b, Some(v)) if v.tick == b => v,
+        (b, _) => return Err(SnapshotError::BaselineMismatch(b)),
+    };
+    let removed = read_gaps(&snap.removed)?;
+    let entered = read_gaps(&snap.entered)?;
+    let changed = read_gaps(&snap.changed)?;
+    if snap.entered_kind.len() != entered.len()
+        || snap.entered_fields.len() != entered.len() * FIELDS
+        || snap.changed_mask.len() != changed.len()
+    {
+        return Err(SnapshotError::BadLengths);
+    }
+    let (mut small, mut large) = (snap.small.iter(), snap.large.iter());
+
+    let mut out = Vec::with_capacity(base.entities.len() + entered.len());
+    let (mut r, mut c, mut e) = (0usize, 0usize, 0usize);
+    let push_entered_below = |limit: Option<u32>, out: &mut Vec<EntityRecord>, e: &mut usize| {
+        while *e < entered.len() && limit.is_none_or(|l| entered[*e] < l) {
+            let f = &snap.entered_fields[*e * FIELDS..(*e + 1) * FIELDS];
+            out.push(EntityRecord {
+                id: entered[*e],
+                kind: snap.entered_kind[*e],
+                fields: [
+                    f[0].wrapping_add(snap.origin[0]),
+                    f[1].wrapping_add(snap.origin[1]),
+                    f[2],
+                    f[3],
+                ],
+                tick: snap.tick,
+            });
+            *e += 1;
+        }
+    };
+    for rec in &base.entities {
+        push_entered_below(Some(rec.id), &mut out, &mut e);
+        if e < entered.len() && entered[e] == rec.id {
+            return Err(SnapshotError::DuplicateEntity);
+        }
+        if r < removed.len() && removed[r] < rec.id || c < changed.len() && changed[c] < rec.id {
+            return Err(SnapshotError::UnknownEntity);
+        }
+        if r < removed.len() && removed[r] == rec.id {
+            r += 1;
+            if c < changed.len() && changed[c] == rec.id {
+                return Err(SnapshotError::UnknownEntity);
+            }
+            continue;
+        }
+        if c < changed.len() && changed[c] == rec.id {
+            let mask = snap.changed_mask[c];
+            let mut fields = rec.predict(snap.tick, tick_rate);
+            for (f, field) in fields.iter_mut().enumerate() {
+                match (mask >> (2 * f)) & 3 {
+                    AS_PREDICTED => {}
+                    SMALL => *field = field.wrapping_add(i32::from(*small.next().ok_or(SnapshotError::BadLengths)?)),
+                    LARGE => *field = field.wrapping_add(*large.next().ok_or(SnapshotError::BadLengths)?),
+                    _ => return Err(SnapshotError::BadMask),
+                }
+            }
+            c += 1;
+            out.push(EntityRecord { id: rec.id, kind: rec.kind, fields, tick: snap.tick });
+        } else {
+            out.push(*rec);
+        }
+    }
+    push_entered_below(None, &mut out, &mut e);
+    if r != removed.len() || c != changed.len() {
+        return Err(SnapshotError::UnknownEntity);
+    }
+    if small.next().is_some() || large.next().is_some() {
+        return Err(SnapshotError::BadLengths);
+    }
+    Ok(View { tick: snap.tick, entities: out })
+}
+
+/// The client's side: a ring of the views it reconstructed, and what it acknowledges.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    tick_rate: u16,
+    ring: Vec<Option<View>>,
+    newest: Option<u32>,
+}
+
+/// What a client acknowledges: the newest snapshot tick it reconstructed, and bit `i` set when
+/// it also has tick `newest - 1 - i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct Ack {
+    pub newest: u32,
+    pub bits: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiveError {
+    /// The baseline is not (or no longer) in the ring: the client cannot use this snapshot.
+    #[error("baseline {0} is not held")]
+    MissingBaseline(u32),
+    /// Older than everything the ring can hold, or already received.
+    #[error("stale or duplicate snapshot")]
+    Stale,
+    #[error(transparent)]
+    Invalid(#[from] SnapshotError),
+}
+
+impl Receiver {
+    pub fn new(tick_rate: u16) -> Self {
+        Self { tick_rate, ring: vec![None; BASELINE_RING], newest: None }
+    }
+
+    fn slot(tick: u32) -> usize {
+        tick as usize % BASELINE_RING
+    }
+
+    /// The view at `tick`, if held.
+    pub fn view(&self, tick: u32) -> Option<&View> {
+        self.ring[Self::slot(tick)].as_ref().filter(|v| v.tick == tick)
+    }
+
+    /// The newest view reconstructed.
+    pub fn latest(&self) -> Option<&View> {
+        self.newest.and_then(|t| self.view(t))
+    }
+
+    /// Reconstructs the view of `snap` and keeps it. Older snapshots that arrive late are
+    /// still kept (they can serve as baselines) but do not replace the latest view.
+    pub fn receive(&mut self, snap: &DeltaSnapshot) -> Result<&View, ReceiveError> {
+        if snap.tick == 0 || self.view(snap.tick).is_some() {
+            return Err(ReceiveError::Stale);
+        }
+        if let Some(n) = self.newest {
+            if snap.tick.saturating_add(BASELINE_RING as u32) <= n {
+                return Err(ReceiveError::Stale);
+            }
+        }
+        let base = match snap.baseline {
+            0 => None,
+            b => Some(self.view(b).ok_or(ReceiveError::MissingBaseline(b))?),
+        };
+        let view = apply(snap, base, self.tick_rate)?;
+        let slot = Self::slot(snap.tick);
+        self.ring[slot] = Some(view);
+        if self.newest.is_none_or(|n| snap.tick > n) {
+            self.newest = Some(snap.tick);
+        }
+        Ok(self.ring[slot].as_ref().unwrap_or_else(|| unreachable!()))
+    }
+
+    /// The acknowledgement to send now (`None` before the first snapshot).
+    pub fn ack(&self) -> Option<Ack> {
+        let newest = self.newest?;
+        let mut bits = 0u32;
+        for i in 0..32u32 {
+            let Some(t) = newest.checked_sub(1 + i) else { break };
+            if self.view(t).is_some() {
+                bits |= 1 << i;
+            }
+        }
+        Some(Ack { newest, bits })
+    }
+}
+
+#[cfg(test)]
+mod tests;
