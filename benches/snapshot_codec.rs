@@ -17,7 +17,11 @@ fn world(n: u32) -> Vec<EntityState> {
     (1..=n)
         .map(|id| EntityState {
             id,
-            kind: if id % 20 == 0 { EntityKind::Player } else { EntityKind::Npc },
+            kind: if id % 20 == 0 {
+                EntityKind::Player
+            } else {
+                EntityKind::Npc
+            },
             pos: Vec2::new(rng.range_f32(16.0, 4080.0), rng.range_f32(16.0, 4080.0)),
             vel: Vec2::new(rng.range_f32(-200.0, 200.0), rng.range_f32(-200.0, 200.0)),
         })

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
-    Buttons, CLOSE_CLIENT_LEFT, ClientMsg, Input, Ping, ServerDatagram, ServerMsg,
+    Buttons, CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Input, Ping, ServerDatagram, ServerMsg,
 };
 use arena_shared::quant::{Aim, MoveDir};
 use arena_shared::rng::SplitMix64;
+use arena_shared::snapshot::{ReceiveError, Receiver, View};
 use glam::Vec2;
 use hdrhistogram::Histogram;
 use wtransport::VarInt;
@@ -70,6 +71,14 @@ pub struct BotOutcome {
     pub last_pos: Option<Vec2>,
     /// Sum of the movement directions sent.
     pub input_sum: Vec2,
+    /// Sizes of snapshot datagrams (delta mode) or of whole snapshots (full mode), bytes.
+    pub snapshot_bytes: Histogram<u64>,
+    /// Entities in the bot's view, one sample per snapshot.
+    pub in_view: Histogram<u64>,
+    /// Delta snapshots that could not be decoded for want of their baseline.
+    pub baseline_misses: u64,
+    /// The newest view the bot reconstructed (delta mode).
+    pub last_view: Option<View>,
 }
 
 impl BotOutcome {
@@ -91,6 +100,10 @@ impl BotOutcome {
             first_pos: None,
             last_pos: None,
             input_sum: Vec2::ZERO,
+            snapshot_bytes: new_count_histogram(),
+            in_view: new_count_histogram(),
+            baseline_misses: 0,
+            last_view: None,
         }
     }
 
@@ -102,6 +115,12 @@ impl BotOutcome {
 /// RTTs from 1 µs to 60 s at 3 significant figures.
 pub fn new_rtt_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
+}
+
+/// Counts and sizes from 1 to 10^7 at 3 significant figures.
+pub fn new_count_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 10_000_000, 3)
         .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
 }
 
@@ -203,11 +222,16 @@ async fn play(
     let mut pings: HashMap<u32, Instant> = HashMap::new();
     let mut nonce = 0u32;
     let mut assembly = Assembly::default();
+    let mut part_bytes = 0u64;
+    let mut receiver = Receiver::new(tick_rate);
     let mut buf = [0u8; 4096];
 
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Ok(()),
+            _ = tokio::time::sleep_until(deadline) => {
+                out.last_view = receiver.latest().cloned();
+                return Ok(());
+            }
             _ = input_timer.tick() => {
                 let dir = match config.behaviour {
                     Behaviour::Heading(d) => d,
@@ -257,17 +281,49 @@ async fn play(
             },
             datagram = t.conn.receive_datagram() => {
                 let datagram = datagram.map_err(client::close_error)?;
+                let payload = datagram.payload();
                 out.datagrams += 1;
-                out.down_bytes += datagram.payload().len() as u64;
-                let ServerDatagram::Snapshot(snap) =
-                    codec::decode_datagram(&datagram.payload()).map_err(|_| ClientError::BadFrame)?;
-                server_tick = server_tick.max(snap.tick);
-                if assembly.part(snap.tick, snap.parts) {
-                    out.snapshots += 1;
-                }
-                if let Some(me) = snap.entities.iter().find(|e| e.id == entity) {
-                    out.first_pos.get_or_insert(me.pos);
-                    out.last_pos = Some(me.pos);
+                out.down_bytes += payload.len() as u64;
+                match codec::decode_datagram(&payload).map_err(|_| ClientError::BadFrame)? {
+                    ServerDatagram::Delta(snap) => {
+                        out.snapshot_bytes.saturating_record(payload.len() as u64);
+                        match receiver.receive(&snap) {
+                            Ok(view) => {
+                                out.snapshots += 1;
+                                out.in_view.saturating_record(view.entities.len() as u64);
+                                if let Some(me) = view.get(entity) {
+                                    let pos = me.pos_at(view.tick, tick_rate);
+                                    out.first_pos.get_or_insert(pos);
+                                    out.last_pos = Some(pos);
+                                }
+                            }
+                            Err(ReceiveError::MissingBaseline(_)) => out.baseline_misses += 1,
+                            Err(ReceiveError::Stale) => {}
+                            Err(ReceiveError::Invalid(_)) => return Err(ClientError::BadFrame),
+                        }
+                        if let Some(latest) = receiver.latest() {
+                            server_tick = server_tick.max(latest.tick);
+                        }
+                        if let Some(ack) = receiver.ack() {
+                            let bytes = codec::encode_client_datagram(&ClientDatagram::Ack(ack));
+                            out.up_bytes += bytes.len() as u64;
+                            // A lost or refused ack costs only a slightly older baseline.
+                            let _ = t.conn.send_datagram(bytes);
+                        }
+                    }
+                    ServerDatagram::Snapshot(snap) => {
+                        server_tick = server_tick.max(snap.tick);
+                        part_bytes += payload.len() as u64;
+                        if assembly.part(snap.tick, snap.parts) {
+                            out.snapshots += 1;
+                            out.snapshot_bytes.saturating_record(part_bytes);
+                            part_bytes = 0;
+                        }
+                        if let Some(me) = snap.entities.iter().find(|e| e.id == entity) {
+                            out.first_pos.get_or_insert(me.pos);
+                            out.last_pos = Some(me.pos);
+                        }
+                    }
                 }
             }
         }

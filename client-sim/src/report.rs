@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bot::{BotOutcome, new_rtt_histogram};
+use crate::bot::{BotOutcome, new_count_histogram, new_rtt_histogram};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
@@ -30,6 +30,11 @@ pub struct Report {
     pub connect_ms_p99: f64,
     pub datagrams_per_bot_hz: f64,
     pub inputs_per_bot_hz: f64,
+    pub snapshot_bytes_p50: f64,
+    pub snapshot_bytes_p99: f64,
+    pub entities_in_view_p50: f64,
+    /// Delta snapshots bots could not decode for want of a baseline (0 without loss).
+    pub baseline_misses: u64,
     /// Failures and disconnects by kind (e.g. `rejected_server_full`).
     pub errors: BTreeMap<String, u64>,
 }
@@ -40,7 +45,10 @@ impl Report {
         let mut rtt = new_rtt_histogram();
         let mut connect = new_rtt_histogram();
         let mut errors = BTreeMap::new();
+        let (mut sizes, mut in_view) = (new_count_histogram(), new_count_histogram());
         for b in bots {
+            let _ = sizes.add(&b.snapshot_bytes);
+            let _ = in_view.add(&b.in_view);
             // Histograms of equal bounds always add.
             let _ = rtt.add(&b.rtt_us);
             if let Ok(d) = b.connect {
@@ -60,13 +68,14 @@ impl Report {
                 .sum();
             sum / connected.len() as f64
         };
-        let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| {
+        let at = |h: &hdrhistogram::Histogram<u64>, q: f64| {
             if h.is_empty() {
                 0.0
             } else {
-                h.value_at_quantile(q) as f64 / 1000.0
+                h.value_at_quantile(q) as f64
             }
         };
+        let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| at(h, q) / 1000.0;
         Self {
             bots_requested: requested,
             bots_connected: connected.len() as u64,
@@ -86,6 +95,10 @@ impl Report {
             connect_ms_p99: ms(&connect, 0.99),
             datagrams_per_bot_hz: per_bot(&|b| b.datagrams),
             inputs_per_bot_hz: per_bot(&|b| b.inputs_sent),
+            snapshot_bytes_p50: at(&sizes, 0.5),
+            snapshot_bytes_p99: at(&sizes, 0.99),
+            entities_in_view_p50: at(&in_view, 0.5),
+            baseline_misses: bots.iter().map(|b| b.baseline_misses).sum(),
             errors,
         }
     }
@@ -93,7 +106,7 @@ impl Report {
     /// A table a person reads at the end of a run.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let rows: [(&str, String); 12] = [
+        let rows: [(&str, String); 15] = [
             (
                 "bots connected",
                 format!("{} / {}", self.bots_connected, self.bots_requested),
@@ -118,6 +131,18 @@ impl Report {
                 format!("{:.2} kB/s", self.up_bytes_per_bot_per_s / 1000.0),
             ),
             ("inputs / bot", format!("{:.1} Hz", self.inputs_per_bot_hz)),
+            (
+                "snapshot p50 / p99",
+                format!(
+                    "{:.0} / {:.0} B",
+                    self.snapshot_bytes_p50, self.snapshot_bytes_p99
+                ),
+            ),
+            (
+                "entities in view p50",
+                format!("{:.0}", self.entities_in_view_p50),
+            ),
+            ("baseline misses", self.baseline_misses.to_string()),
             (
                 "RTT p50 / p99",
                 format!("{:.2} / {:.2} ms", self.rtt_ms_p50, self.rtt_ms_p99),
@@ -161,6 +186,12 @@ mod tests {
             "up_bytes_per_bot_per_s",
             "rtt_ms_p50",
             "rtt_ms_p99",
+            "connect_ms_p50",
+            "connect_ms_p99",
+            "snapshot_bytes_p50",
+            "snapshot_bytes_p99",
+            "entities_in_view_p50",
+            "baseline_misses",
         ] {
             assert!(v.get(key).is_some_and(|x| x.is_number()), "missing {key}");
         }

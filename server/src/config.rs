@@ -10,7 +10,7 @@ use clap::Parser;
 /// Arena's authoritative game server: WebTransport (HTTP/3) for play, HTTP for the page,
 /// connect tokens and health.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "arena-server", version, about, long_about = None)]
+#[command(name = "arena-server", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// UDP address of the WebTransport endpoint (port 0 picks a free port; the bound address
     /// is logged).
@@ -91,6 +91,35 @@ pub struct Config {
     /// is slow, and a newer snapshot supersedes it).
     #[arg(long, default_value_t = 4)]
     pub outbox_snapshots: usize,
+
+    /// How snapshots are built: `delta` (acknowledged baselines, interest, budget) or `full`
+    /// (every entity to every client every tick; for comparison).
+    #[arg(long, value_enum, default_value = "delta")]
+    pub replication: crate::replication::Mode,
+
+    /// Radius of a client's area of interest around its own entity, world units. Entities
+    /// further away are never sent to it.
+    #[arg(long, default_value_t = 600.0)]
+    pub aoi_radius: f32,
+
+    /// An entity in a client's interest leaves it only beyond aoi-radius + this, so entities
+    /// on the border do not flicker in and out.
+    #[arg(long, default_value_t = 60.0)]
+    pub aoi_hysteresis: f32,
+
+    /// Per-client downstream budget for snapshots, kilobits per second (divided per tick; also
+    /// capped by the connection's maximum datagram size).
+    #[arg(long, default_value_t = 64)]
+    pub client_kbps: u32,
+
+    /// Most entities in one client's interest set (the nearest are kept): bounds the memory of
+    /// its baseline ring (32 views of at most this many entities).
+    #[arg(long, default_value_t = 1024)]
+    pub max_view: usize,
+
+    /// Period of the stats line in the log (0 turns it off).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stats_interval: Duration,
 
     /// Secret that signs connect tokens (hex or text). Without it a random secret is made per run,
     /// so tokens from a previous run are refused.

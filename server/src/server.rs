@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use arena_shared::map::{Map, MapParams};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -17,6 +17,10 @@ use crate::config::Config;
 use crate::game::Simulation;
 use crate::http::{self, HttpState};
 use crate::net::{self, NetContext, identity};
+use crate::replication::frame::WorldFrame;
+
+/// Frames the tap holds for a slow subscriber before it starts skipping.
+const FRAME_TAP_CAPACITY: usize = 256;
 use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,7 @@ pub struct Server {
     token_audience: String,
     map: Arc<Map>,
     stats: Arc<Stats>,
+    frame_tap: broadcast::Sender<Arc<WorldFrame>>,
 }
 
 impl Server {
@@ -128,6 +133,7 @@ impl Server {
             token_audience,
             map,
             stats: Arc::new(Stats::default()),
+            frame_tap: broadcast::channel(FRAME_TAP_CAPACITY).0,
         })
     }
 
@@ -157,6 +163,12 @@ impl Server {
         self.token_secret.clone()
     }
 
+    /// Every tick's quantized world frame (delta mode), for tests and tools that compare what
+    /// clients see with the truth. Costs a copy of the frame per tick only while subscribed.
+    pub fn frame_tap(&self) -> broadcast::Receiver<Arc<WorldFrame>> {
+        self.frame_tap.subscribe()
+    }
+
     /// The `server` claim this server requires in tokens.
     pub fn token_audience(&self) -> &str {
         &self.token_audience
@@ -167,7 +179,13 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let (inbox_tx, inbox_rx) = mpsc::channel(self.config.inbox_capacity.max(1));
         let sim_stop = CancellationToken::new();
-        let sim = Simulation::new(&self.config, self.map.clone(), inbox_rx, self.stats.clone());
+        let sim = Simulation::new(
+            &self.config,
+            self.map.clone(),
+            inbox_rx,
+            self.stats.clone(),
+            Some(self.frame_tap.clone()),
+        );
         let sim_thread = {
             let stop = sim_stop.clone();
             std::thread::Builder::new()
@@ -202,6 +220,13 @@ impl Server {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let http_task = tokio::spawn(async move { http.await });
 
+        if !self.config.stats_interval.is_zero() {
+            tokio::spawn(crate::stats::log_periodically(
+                self.stats.clone(),
+                self.config.stats_interval,
+                shutdown.clone(),
+            ));
+        }
         info!(wt = %self.wt_addr, http = %self.http_addr, "Arena serving");
         net::serve(self.endpoint, ctx, shutdown, TaskTracker::new()).await;
 

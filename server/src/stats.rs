@@ -3,7 +3,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Live counters. `sessions` is a watch channel so tests and drain logic can await a value
 /// instead of polling.
@@ -22,6 +26,21 @@ pub struct Stats {
     pub datagrams_sent: AtomicU64,
     pub datagram_bytes_sent: AtomicU64,
     pub tick_overruns: AtomicU64,
+    /// Time spent in ticks and in replication, summed (divide by ticks for an average).
+    pub tick_us: AtomicU64,
+    pub ticks: AtomicU64,
+    pub replication_us: AtomicU64,
+    pub snapshots_built: AtomicU64,
+    /// Snapshots built without a baseline (full).
+    pub snapshots_full: AtomicU64,
+    pub snapshot_bytes: AtomicU64,
+    pub entities_sent: AtomicU64,
+    pub entities_in_view: AtomicU64,
+    /// Entities that needed sending but waited for budget.
+    pub entities_deferred: AtomicU64,
+    pub acks_received: AtomicU64,
+    /// Acknowledgements for ticks the server has not reached (ignored).
+    pub acks_ignored: AtomicU64,
 }
 
 impl Default for Stats {
@@ -40,6 +59,17 @@ impl Default for Stats {
             datagrams_sent: AtomicU64::new(0),
             datagram_bytes_sent: AtomicU64::new(0),
             tick_overruns: AtomicU64::new(0),
+            tick_us: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            replication_us: AtomicU64::new(0),
+            snapshots_built: AtomicU64::new(0),
+            snapshots_full: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(0),
+            entities_sent: AtomicU64::new(0),
+            entities_in_view: AtomicU64::new(0),
+            entities_deferred: AtomicU64::new(0),
+            acks_received: AtomicU64::new(0),
+            acks_ignored: AtomicU64::new(0),
         }
     }
 }
@@ -97,6 +127,78 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters that the periodic log line reports as rates.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sample {
+    ticks: u64,
+    tick_us: u64,
+    replication_us: u64,
+    snapshots: u64,
+    full: u64,
+    bytes: u64,
+    sent: u64,
+    in_view: u64,
+    deferred: u64,
+    dropped: u64,
+    overruns: u64,
+}
+
+impl Sample {
+    fn read(s: &Stats) -> Self {
+        Self {
+            ticks: Stats::get(&s.ticks),
+            tick_us: Stats::get(&s.tick_us),
+            replication_us: Stats::get(&s.replication_us),
+            snapshots: Stats::get(&s.snapshots_built),
+            full: Stats::get(&s.snapshots_full),
+            bytes: Stats::get(&s.snapshot_bytes),
+            sent: Stats::get(&s.entities_sent),
+            in_view: Stats::get(&s.entities_in_view),
+            deferred: Stats::get(&s.entities_deferred),
+            dropped: Stats::get(&s.snapshots_dropped_slow_consumer),
+            overruns: Stats::get(&s.tick_overruns),
+        }
+    }
+}
+
+/// Logs one line of server health every `every` until `shutdown`: tick and replication time,
+/// bytes and entities per snapshot, full vs delta snapshots, drops. (Prometheus comes later.)
+pub async fn log_periodically(stats: Arc<Stats>, every: Duration, shutdown: CancellationToken) {
+    let mut prev = Sample::read(&stats);
+    let mut timer = tokio::time::interval(every);
+    timer.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        let now = Sample::read(&stats);
+        let ticks = (now.ticks - prev.ticks).max(1) as f64;
+        let snaps = (now.snapshots - prev.snapshots).max(1) as f64;
+        let clients = stats.sessions();
+        tracing::info!(
+            clients,
+            entities = Stats::get(&stats.entities),
+            tick_ms = (now.tick_us - prev.tick_us) as f64 / ticks / 1e3,
+            replication_ms = (now.replication_us - prev.replication_us) as f64 / ticks / 1e3,
+            bytes_per_snapshot = (now.bytes - prev.bytes) as f64 / snaps,
+            down_kbps_per_client = (now.bytes - prev.bytes) as f64 * 8.0
+                / 1e3
+                / every.as_secs_f64()
+                / clients.max(1) as f64,
+            entities_per_snapshot = (now.sent - prev.sent) as f64 / snaps,
+            in_view_per_snapshot = (now.in_view - prev.in_view) as f64 / snaps,
+            deferred_per_snapshot = (now.deferred - prev.deferred) as f64 / snaps,
+            full_snapshots = now.full - prev.full,
+            delta_snapshots = (now.snapshots - prev.snapshots) - (now.full - prev.full),
+            dropped_slow_consumer = now.dropped - prev.dropped,
+            tick_overruns = now.overruns - prev.overruns,
+            "stats"
+        );
+        prev = now;
     }
 }
 

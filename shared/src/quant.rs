@@ -39,17 +39,29 @@ pub fn dequantize_vel(q: i32) -> f32 {
 }
 
 fn quantize(x: f32, steps: f32) -> i32 {
-    if x.is_finite() { (x * steps).round().clamp(-(1 << 24) as f32, (1 << 24) as f32) as i32 } else { 0 }
+    if x.is_finite() {
+        (x * steps)
+            .round()
+            .clamp(-(1 << 24) as f32, (1 << 24) as f32) as i32
+    } else {
+        0
+    }
 }
 
 /// Snaps a vector to the position grid.
 pub fn snap_pos(v: Vec2) -> Vec2 {
-    Vec2::new(dequantize_pos(quantize_pos(v.x)), dequantize_pos(quantize_pos(v.y)))
+    Vec2::new(
+        dequantize_pos(quantize_pos(v.x)),
+        dequantize_pos(quantize_pos(v.y)),
+    )
 }
 
 /// Snaps a vector to the velocity grid.
 pub fn snap_vel(v: Vec2) -> Vec2 {
-    Vec2::new(dequantize_vel(quantize_vel(v.x)), dequantize_vel(quantize_vel(v.y)))
+    Vec2::new(
+        dequantize_vel(quantize_vel(v.x)),
+        dequantize_vel(quantize_vel(v.y)),
+    )
 }
 
 /// A movement intent: a direction with magnitude at most 1, one signed byte per axis.
@@ -81,7 +93,10 @@ impl MoveDir {
                 y -= y.signum();
             }
         }
-        Self { x: x as i8, y: y as i8 }
+        Self {
+            x: x as i8,
+            y: y as i8,
+        }
     }
 
     /// The direction the simulation uses. Whatever the bytes, the result has length <= 1

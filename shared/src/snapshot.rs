@@ -43,27 +43,38 @@ pub struct EntityRecord {
 }
 
 impl EntityRecord {
-    /// The fields dead reckoning expects at `tick`: position advanced by velocity, integer
-    /// arithmetic only, so both ends compute the same numbers on every platform.
+    /// The fields dead reckoning expects at `tick`: each tick, position advances by velocity
+    /// per tick rounded half away from zero, as the simulation's snapped step does, so a body
+    /// moving at constant velocity is predicted exactly. Integer arithmetic only, so both ends
+    /// compute the same numbers on every platform.
     pub fn predict(&self, tick: u32, tick_rate: u16) -> [i32; FIELDS] {
         let [px, py, vx, vy] = self.fields;
-        let dt = i64::from(tick.saturating_sub(self.tick).min(MAX_PREDICT_TICKS));
+        let ticks = i64::from(tick.saturating_sub(self.tick).min(MAX_PREDICT_TICKS));
         let rate = i64::from(tick_rate.max(1));
-        // pos steps = vel steps * ticks / rate (POS_STEPS == VEL_STEPS), rounded to nearest.
+        // Velocity is in position steps per second (POS_STEPS == VEL_STEPS).
+        let per_tick = |v: i32| -> i64 {
+            let v = i64::from(v);
+            v.signum() * ((2 * v.abs() + rate) / (2 * rate))
+        };
         let advance = |p: i32, v: i32| -> i32 {
-            let num = i64::from(v) * dt;
-            let q = (2 * num + rate).div_euclid(2 * rate);
-            (i64::from(p) + q).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+            (i64::from(p) + ticks * per_tick(v)).clamp(i64::from(i32::MIN), i64::from(i32::MAX))
+                as i32
         };
         [advance(px, vx), advance(py, vy), vx, vy]
     }
 
     pub fn pos(&self) -> Vec2 {
-        Vec2::new(dequantize_pos(self.fields[0]), dequantize_pos(self.fields[1]))
+        Vec2::new(
+            dequantize_pos(self.fields[0]),
+            dequantize_pos(self.fields[1]),
+        )
     }
 
     pub fn vel(&self) -> Vec2 {
-        Vec2::new(dequantize_vel(self.fields[2]), dequantize_vel(self.fields[3]))
+        Vec2::new(
+            dequantize_vel(self.fields[2]),
+            dequantize_vel(self.fields[3]),
+        )
     }
 
     /// Position extrapolated to `tick` (what a client renders for a stale record).
@@ -82,7 +93,10 @@ pub struct View {
 
 impl View {
     pub fn get(&self, id: u32) -> Option<&EntityRecord> {
-        self.entities.binary_search_by_key(&id, |e| e.id).ok().map(|i| &self.entities[i])
+        self.entities
+            .binary_search_by_key(&id, |e| e.id)
+            .ok()
+            .map(|i| &self.entities[i])
     }
 }
 
@@ -189,7 +203,10 @@ pub fn encode(
     };
     push_gaps(removed.iter().copied(), &mut snap.removed);
 
-    let mut view = View { tick, entities: Vec::with_capacity(base.entities.len() + updates.len()) };
+    let mut view = View {
+        tick,
+        entities: Vec::with_capacity(base.entities.len() + updates.len()),
+    };
     let (mut entered, mut changed) = (Vec::new(), Vec::new());
     let mut b = base.entities.iter().peekable();
     let mut r = removed.iter().peekable();
@@ -226,22 +243,27 @@ pub fn encode(
                     continue;
                 }
                 let mut mask = 0u8;
-                for f in 0..FIELDS {
-                    let residual = i64::from(up.fields[f]) - i64::from(predicted[f]);
+                for (f, (&truth, &guess)) in up.fields.iter().zip(&predicted).enumerate() {
+                    let residual = i64::from(truth) - i64::from(guess);
                     let code = if residual == 0 {
                         AS_PREDICTED
                     } else if let Ok(small) = i8::try_from(residual) {
                         snap.small.push(small);
                         SMALL
                     } else {
-                        snap.large.push(up.fields[f].wrapping_sub(predicted[f]));
+                        snap.large.push(truth.wrapping_sub(guess));
                         LARGE
                     };
                     mask |= code << (2 * f);
                 }
                 changed.push(uid);
                 snap.changed_mask.push(mask);
-                view.entities.push(EntityRecord { id: uid, kind: rec.kind, fields: up.fields, tick });
+                view.entities.push(EntityRecord {
+                    id: uid,
+                    kind: rec.kind,
+                    fields: up.fields,
+                    tick,
+                });
             }
             std::cmp::Ordering::Greater => {
                 let up = *u.next().unwrap_or_else(|| unreachable!());
@@ -255,7 +277,12 @@ pub fn encode(
                     vx,
                     vy,
                 ]);
-                view.entities.push(EntityRecord { id: uid, kind: up.kind, fields: up.fields, tick });
+                view.entities.push(EntityRecord {
+                    id: uid,
+                    kind: up.kind,
+                    fields: up.fields,
+                    tick,
+                });
             }
         }
     }
@@ -265,7 +292,11 @@ pub fn encode(
 }
 
 /// Applies a snapshot to the view it names as baseline (`None` for a full snapshot).
-pub fn apply(snap: &DeltaSnapshot, baseline: Option<&View>, tick_rate: u16) -> Result<View, SnapshotError> {
+pub fn apply(
+    snap: &DeltaSnapshot,
+    baseline: Option<&View>,
+    tick_rate: u16,
+) -> Result<View, SnapshotError> {
     let empty = View::default();
     let base = match (snap.baseline, baseline) {
         (0, _) => &empty,
@@ -323,13 +354,24 @@ pub fn apply(snap: &DeltaSnapshot, baseline: Option<&View>, tick_rate: u16) -> R
             for (f, field) in fields.iter_mut().enumerate() {
                 match (mask >> (2 * f)) & 3 {
                     AS_PREDICTED => {}
-                    SMALL => *field = field.wrapping_add(i32::from(*small.next().ok_or(SnapshotError::BadLengths)?)),
-                    LARGE => *field = field.wrapping_add(*large.next().ok_or(SnapshotError::BadLengths)?),
+                    SMALL => {
+                        *field = field.wrapping_add(i32::from(
+                            *small.next().ok_or(SnapshotError::BadLengths)?,
+                        ))
+                    }
+                    LARGE => {
+                        *field = field.wrapping_add(*large.next().ok_or(SnapshotError::BadLengths)?)
+                    }
                     _ => return Err(SnapshotError::BadMask),
                 }
             }
             c += 1;
-            out.push(EntityRecord { id: rec.id, kind: rec.kind, fields, tick: snap.tick });
+            out.push(EntityRecord {
+                id: rec.id,
+                kind: rec.kind,
+                fields,
+                tick: snap.tick,
+            });
         } else {
             out.push(*rec);
         }
@@ -341,7 +383,10 @@ pub fn apply(snap: &DeltaSnapshot, baseline: Option<&View>, tick_rate: u16) -> R
     if small.next().is_some() || large.next().is_some() {
         return Err(SnapshotError::BadLengths);
     }
-    Ok(View { tick: snap.tick, entities: out })
+    Ok(View {
+        tick: snap.tick,
+        entities: out,
+    })
 }
 
 /// The client's side: a ring of the views it reconstructed, and what it acknowledges.
@@ -374,7 +419,11 @@ pub enum ReceiveError {
 
 impl Receiver {
     pub fn new(tick_rate: u16) -> Self {
-        Self { tick_rate, ring: vec![None; BASELINE_RING], newest: None }
+        Self {
+            tick_rate,
+            ring: vec![None; BASELINE_RING],
+            newest: None,
+        }
     }
 
     fn slot(tick: u32) -> usize {
@@ -383,7 +432,9 @@ impl Receiver {
 
     /// The view at `tick`, if held.
     pub fn view(&self, tick: u32) -> Option<&View> {
-        self.ring[Self::slot(tick)].as_ref().filter(|v| v.tick == tick)
+        self.ring[Self::slot(tick)]
+            .as_ref()
+            .filter(|v| v.tick == tick)
     }
 
     /// The newest view reconstructed.
@@ -397,10 +448,11 @@ impl Receiver {
         if snap.tick == 0 || self.view(snap.tick).is_some() {
             return Err(ReceiveError::Stale);
         }
-        if let Some(n) = self.newest {
-            if snap.tick.saturating_add(BASELINE_RING as u32) <= n {
-                return Err(ReceiveError::Stale);
-            }
+        if self
+            .newest
+            .is_some_and(|n| snap.tick.saturating_add(BASELINE_RING as u32) <= n)
+        {
+            return Err(ReceiveError::Stale);
         }
         let base = match snap.baseline {
             0 => None,
@@ -420,7 +472,9 @@ impl Receiver {
         let newest = self.newest?;
         let mut bits = 0u32;
         for i in 0..32u32 {
-            let Some(t) = newest.checked_sub(1 + i) else { break };
+            let Some(t) = newest.checked_sub(1 + i) else {
+                break;
+            };
             if self.view(t).is_some() {
                 bits |= 1 << i;
             }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arena_client_sim::client::{self, ConnectInfo, Transport};
+use arena_server::replication::frame::WorldFrame;
 use arena_server::stats::Stats;
 use arena_server::{Config, Server, ServerError};
 use arena_shared::token::{self, Claims};
@@ -21,6 +22,8 @@ pub struct TestServer {
     pub secret: Arc<[u8]>,
     pub audience: String,
     pub cert_sha256: Option<String>,
+    /// Every tick's world frame, subscribed before the server started.
+    pub frames: Option<tokio::sync::broadcast::Receiver<Arc<WorldFrame>>>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -50,6 +53,7 @@ pub async fn start(extra: &[&str]) -> TestServer {
         secret: server.token_secret(),
         audience: server.token_audience().to_string(),
         cert_sha256: server.cert_sha256().map(String::from),
+        frames: Some(server.frame_tap()),
         shutdown: shutdown.clone(),
         task: tokio::spawn(server.run(shutdown)),
     }

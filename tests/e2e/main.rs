@@ -5,3 +5,4 @@ mod admission;
 mod common;
 mod misbehaving;
 mod play;
+mod replication;

@@ -83,7 +83,7 @@ async fn garbage_frames_and_datagrams_close_only_that_session() {
         .expect("datagram sent");
     assert_eq!(
         expect_disconnect(&mut t, &mut reader).await,
-        DisconnectReason::UnexpectedDatagram
+        DisconnectReason::MalformedDatagram
     );
 
     // A header announcing more than the frame limit.

@@ -78,7 +78,9 @@ pub struct Clients(pub HashMap<u64, ClientLink>);
 
 pub struct ClientLink {
     pub entity: Entity,
+    pub net_id: u32,
     pub outbox: Arc<Outbox>,
+    pub replicator: crate::replication::client::ClientReplicator,
 }
 
 #[derive(Resource, Debug, Default)]

@@ -89,6 +89,7 @@ impl Simulation {
         map: Arc<Map>,
         inbox: mpsc::Receiver<SimCommand>,
         stats: Arc<Stats>,
+        frame_tap: Option<tokio::sync::broadcast::Sender<Arc<replication::frame::WorldFrame>>>,
     ) -> Self {
         let mut world = World::new();
         let mut rng = SplitMix64::new(config.seed);
@@ -112,7 +113,8 @@ impl Simulation {
         world.insert_resource(ids);
         world.insert_resource(WorldRng(rng));
         world.insert_resource(MapRes(map));
-        world.insert_resource(Tick(0));
+        // Tick 0 means "no baseline" on the wire; the first tick is 1.
+        world.insert_resource(Tick(1));
         world.insert_resource(SimSettings {
             dt: config.dt(),
             tick_rate: config.tick_rate,
@@ -121,7 +123,12 @@ impl Simulation {
         world.insert_resource(Inbox::default());
         world.insert_resource(Clients::default());
         world.insert_resource(StatsRes(stats));
-        world.insert_resource(replication::Replicator::default());
+        world.insert_resource(replication::Replicator::new(
+            config.replication,
+            replication::settings(config),
+            config.world_size,
+            frame_tap,
+        ));
 
         Self {
             world,
@@ -172,6 +179,8 @@ impl Simulation {
                 let started = Instant::now();
                 self.tick();
                 let took = started.elapsed();
+                Stats::add(&stats.tick_us, took.as_micros() as u64);
+                Stats::add(&stats.ticks, 1);
                 if took > self.tick_interval {
                     warn!(
                         took_ms = took.as_secs_f64() * 1e3,
@@ -212,7 +221,9 @@ fn build_schedule() -> Schedule {
             .chain(),
     );
     schedule.add_systems((
-        (systems::admit_and_release, systems::route_inputs).chain().in_set(Phase::Receive),
+        (systems::admit_and_release, systems::route_inputs)
+            .chain()
+            .in_set(Phase::Receive),
         (
             systems::player_intent,
             systems::npc_wander,

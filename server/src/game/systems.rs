@@ -1,7 +1,7 @@
 //! The systems of one tick. Each is small and says in its parameters what it reads and writes.
 
 use arena_shared::protocol::EntityKind;
-use arena_shared::quant::MoveDir;
+use arena_shared::quant::{self, MoveDir};
 use arena_shared::sim::{self, Body};
 use bevy_ecs::prelude::*;
 use glam::Vec2;
@@ -29,7 +29,10 @@ pub fn admit_and_release(
                 if clients.0.contains_key(&join.client_id) {
                     // The network layer refuses a second session for a client id; if one
                     // slips through, the first keeps its entity and this one gets nothing.
-                    warn!(client_id = join.client_id, "join for a client already in the world");
+                    warn!(
+                        client_id = join.client_id,
+                        "join for a client already in the world"
+                    );
                     continue;
                 }
                 let net_id = ids.allocate();
@@ -38,16 +41,35 @@ pub fn admit_and_release(
                     .spawn((
                         net_id,
                         Kind(EntityKind::Player),
-                        Motion(Body { pos, vel: Vec2::ZERO }),
+                        Motion(Body {
+                            pos,
+                            vel: Vec2::ZERO,
+                        }),
                         MoveIntent::default(),
-                        Player { client_id: join.client_id, name: join.name },
+                        Player {
+                            client_id: join.client_id,
+                            name: join.name,
+                        },
                         InputQueue::default(),
                     ))
                     .id();
-                clients.0.insert(join.client_id, ClientLink { entity, outbox: join.outbox });
+                let link = ClientLink {
+                    entity,
+                    net_id: net_id.0,
+                    outbox: join.outbox,
+                    replicator: Default::default(),
+                };
+                clients.0.insert(join.client_id, link);
                 // The session may have gone already; then its Leave follows and cleans up.
-                let _ = join.reply.send(JoinAck { entity: net_id.0, server_tick: tick.0 });
-                debug!(client_id = join.client_id, entity = net_id.0, "player spawned");
+                let _ = join.reply.send(JoinAck {
+                    entity: net_id.0,
+                    server_tick: tick.0,
+                });
+                debug!(
+                    client_id = join.client_id,
+                    entity = net_id.0,
+                    "player spawned"
+                );
             }
             SimCommand::Leave { client_id } => {
                 if let Some(link) = clients.0.remove(&client_id) {
@@ -70,9 +92,15 @@ pub fn route_inputs(
     stats: Res<StatsRes>,
 ) {
     for cmd in inbox.0.drain(..) {
-        let SimCommand::Input { client_id, input } = cmd else { continue };
-        let Some(link) = clients.0.get(&client_id) else { continue };
-        let Ok(mut queue) = queues.get_mut(link.entity) else { continue };
+        let SimCommand::Input { client_id, input } = cmd else {
+            continue;
+        };
+        let Some(link) = clients.0.get(&client_id) else {
+            continue;
+        };
+        let Ok(mut queue) = queues.get_mut(link.entity) else {
+            continue;
+        };
         if queue.pending.len() >= settings.input_queue {
             queue.pending.pop_front();
             Stats::add(&stats.0.inputs_dropped_queue_full, 1);
@@ -88,6 +116,18 @@ pub fn player_intent(mut players: Query<(&mut InputQueue, &mut MoveIntent)>) {
             queue.last = input;
         }
         intent.0 = queue.last.movement;
+    }
+}
+
+/// Snaps every body to the wire's grid, so the state the next tick starts from is exactly
+/// what clients reconstruct (see `arena_shared::quant`).
+pub fn quantize(mut bodies: Query<&mut Motion>) {
+    for mut motion in &mut bodies {
+        let b = motion.0;
+        motion.0 = Body {
+            pos: quant::snap_pos(b.pos),
+            vel: quant::snap_vel(b.vel),
+        };
     }
 }
 

@@ -18,7 +18,15 @@ struct Harness {
 }
 
 fn harness(npcs: u32) -> Harness {
-    let config = config(&["--npcs", &npcs.to_string(), "--obstacles", "0"]);
+    // Full-state replication: these tests read their player's state straight from the outbox.
+    let config = config(&[
+        "--npcs",
+        &npcs.to_string(),
+        "--obstacles",
+        "0",
+        "--replication",
+        "full",
+    ]);
     let map = Arc::new(Map::generate(MapParams {
         seed: 1,
         width: 4096.0,
@@ -28,7 +36,7 @@ fn harness(npcs: u32) -> Harness {
     let (tx, rx) = mpsc::channel(1024);
     let stats = Arc::new(Stats::default());
     Harness {
-        sim: Simulation::new(&config, map, rx, stats.clone()),
+        sim: Simulation::new(&config, map, rx, stats.clone(), None),
         tx,
         stats,
     }
@@ -57,8 +65,9 @@ fn own_state(outbox: &Outbox, entity: u32) -> arena_shared::protocol::EntityStat
     let snaps = outbox.drain();
     let last = snaps.last().expect("a snapshot this tick");
     last.iter()
-        .flat_map(|d| match decode_datagram(d).unwrap() {
-            ServerDatagram::Snapshot(s) => s.entities,
+        .flat_map(|d| match decode_datagram(d) {
+            Ok(ServerDatagram::Snapshot(s)) => s.entities,
+            other => panic!("expected a full-state part, got {other:?}"),
         })
         .find(|e| e.id == entity)
         .expect("own entity in the full snapshot")

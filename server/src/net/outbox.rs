@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -20,6 +20,8 @@ pub struct Outbox {
     /// The connection's current maximum datagram size, kept fresh by the session task so the
     /// simulation sizes snapshots for this path.
     max_datagram: AtomicUsize,
+    /// Newest snapshot tick the client acknowledged (0: none yet).
+    acked: AtomicU32,
 }
 
 impl Outbox {
@@ -29,6 +31,7 @@ impl Outbox {
             capacity: capacity.max(1),
             notify: Notify::new(),
             max_datagram: AtomicUsize::new(max_datagram),
+            acked: AtomicU32::new(0),
         }
     }
 
@@ -67,6 +70,18 @@ impl Outbox {
 
     pub fn set_max_datagram(&self, size: usize) {
         self.max_datagram.store(size, Ordering::Relaxed);
+    }
+
+    /// Records an acknowledgement (the newest wins; acks can arrive out of order).
+    pub fn record_ack(&self, tick: u32) {
+        self.acked.fetch_max(tick, Ordering::Relaxed);
+    }
+
+    pub fn acked(&self) -> Option<u32> {
+        match self.acked.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
     }
 }
 

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arena_shared::protocol::codec::{self, FrameReader, HelloError};
 use arena_shared::protocol::{
-    CLOSE_CLIENT_LEFT, ClientMsg, Disconnect, DisconnectReason, PROTOCOL_VERSION, Pong, Reject,
-    RejectReason, ServerMsg, Welcome,
+    CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Disconnect, DisconnectReason, PROTOCOL_VERSION,
+    Pong, Reject, RejectReason, ServerMsg, Welcome,
 };
 use arena_shared::token::{self, TokenError};
 use tokio::sync::{mpsc, oneshot};
@@ -388,10 +388,12 @@ impl Session {
                     Err(_) => return ended(&self.conn).await,
                 },
                 datagram = self.conn.receive_datagram() => match datagram {
-                    Ok(_) => {
-                        let reason = DisconnectReason::UnexpectedDatagram;
-                        return self.disconnect(reason, "clients send no datagrams in protocol 1").await;
-                    }
+                    Ok(d) => match codec::decode_client_datagram(&d.payload()) {
+                        Ok(ClientDatagram::Ack(ack)) => self.on_ack(ack.newest),
+                        Err(e) => {
+                            return self.disconnect(DisconnectReason::MalformedDatagram, &e.to_string()).await;
+                        }
+                    },
                     Err(_) => return ended(&self.conn).await,
                 },
             }
@@ -427,6 +429,18 @@ impl Session {
                 Err(e) => return Err((DisconnectReason::MalformedFrame, e.to_string())),
             }
         }
+    }
+
+    /// An acknowledgement for a tick the server has not reached is a lie or a bug: ignored
+    /// and counted (it could only make this client's own snapshots full).
+    fn on_ack(&self, tick: u32) {
+        let now = self.ctx.stats.tick.load(Ordering::Relaxed) as u32;
+        if tick == 0 || tick > now.saturating_add(1) {
+            Stats::add(&self.ctx.stats.acks_ignored, 1);
+            return;
+        }
+        Stats::add(&self.ctx.stats.acks_received, 1);
+        self.outbox.record_ack(tick);
     }
 
     /// Sends every queued snapshot, one datagram per part.

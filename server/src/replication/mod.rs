@@ -1,45 +1,97 @@
 //! Replication: what each client is sent at the end of each tick.
 //!
-//! Today every client gets the full state of every entity, split into datagrams that fit its
-//! connection's maximum datagram size ([`arena_shared::protocol::codec::encode_snapshot_parts`]).
-//! Clients on paths with the same maximum share one encoding. This module is the one seam
-//! where per-client deltas, interest management and byte budgets replace the broadcast: it
-//! reads the world and each client's outbox, and nothing else depends on how it decides.
+//! Two modes (`--replication`):
+//! - `delta` (default): per client, a delta snapshot against the newest view it acknowledged,
+//!   limited to its area of interest and its byte budget, chosen by priority. The decisions
+//!   live in [`client::ClientReplicator`] (sans-IO); the quantized [`frame::WorldFrame`] and
+//!   the interest [`grid::Grid`] are built once per tick and shared by every client.
+//! - `full`: every client gets every entity every tick, split into datagrams of the path's
+//!   size. Kept as the baseline that benchmarks compare against.
+
+pub mod client;
+pub mod frame;
+pub mod grid;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arena_shared::protocol::EntityState;
 use arena_shared::protocol::codec::encode_snapshot_parts;
+use arena_shared::sim;
 use bevy_ecs::prelude::*;
+use clap::ValueEnum;
+use tokio::sync::broadcast;
 
 use crate::game::components::{Clients, Kind, Motion, NetId, StatsRes, Tick};
 use crate::net::outbox::SnapshotDatagrams;
 use crate::stats::Stats;
+use client::RepSettings;
+use frame::WorldFrame;
+use grid::Grid;
 
-/// Scratch space kept between ticks so replication does not reallocate every tick.
-#[derive(Resource, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Deltas against acknowledged views, interest management, byte budget.
+    Delta,
+    /// The full state of every entity to every client every tick.
+    Full,
+}
+
+/// Replication's state kept between ticks.
+#[derive(Resource)]
 pub struct Replicator {
-    entities: Vec<EntityState>,
-    /// Encodings of this tick's snapshot, by maximum datagram size.
+    pub mode: Mode,
+    pub settings: RepSettings,
+    pub world_size: f32,
+    pub frame: WorldFrame,
+    pub grid: Grid,
+    /// Full mode: the encodings of this tick, by maximum datagram size.
     encoded: Vec<(usize, SnapshotDatagrams)>,
+    full_state: Vec<EntityState>,
+    /// Where each tick's frame is published when someone listens (tests, tools).
+    tap: Option<broadcast::Sender<Arc<WorldFrame>>>,
 }
 
-/// The full state of the world, ordered by entity id.
-pub fn collect_full_state(bodies: &Query<(&NetId, &Kind, &Motion)>, out: &mut Vec<EntityState>) {
-    out.clear();
-    out.extend(bodies.iter().map(|(id, kind, motion)| EntityState {
-        id: id.0,
-        kind: kind.0,
-        pos: motion.0.pos,
-        vel: motion.0.vel,
-    }));
-    out.sort_unstable_by_key(|e| e.id);
+impl Replicator {
+    pub fn new(
+        mode: Mode,
+        settings: RepSettings,
+        world_size: f32,
+        tap: Option<broadcast::Sender<Arc<WorldFrame>>>,
+    ) -> Self {
+        Self {
+            mode,
+            settings,
+            world_size,
+            frame: WorldFrame::default(),
+            grid: Grid::default(),
+            encoded: Vec::new(),
+            full_state: Vec::new(),
+            tap,
+        }
+    }
 }
 
-/// Builds this tick's snapshot and queues it in every client's outbox.
+/// Settings derived from the config.
+pub fn settings(config: &crate::Config) -> RepSettings {
+    let per_tick = f64::from(config.client_kbps) * 1000.0 / 8.0 / f64::from(config.tick_rate);
+    RepSettings {
+        tick_rate: config.tick_rate,
+        aoi_radius: config.aoi_radius,
+        aoi_hysteresis: config.aoi_hysteresis,
+        budget_bytes: per_tick as usize,
+        max_view: config.max_view.max(1),
+        max_speed: sim::PLAYER.max_speed,
+    }
+}
+
+/// Builds this tick's snapshot for every client and queues it in the client's outbox.
 pub fn replicate(
     bodies: Query<(&NetId, &Kind, &Motion)>,
-    clients: Res<Clients>,
+    mut clients: ResMut<Clients>,
     tick: Res<Tick>,
     stats: Res<StatsRes>,
     mut rep: ResMut<Replicator>,
@@ -47,22 +99,78 @@ pub fn replicate(
     if clients.0.is_empty() {
         return;
     }
+    let started = Instant::now();
     let rep = &mut *rep;
-    collect_full_state(&bodies, &mut rep.entities);
-    rep.encoded.clear();
-    let mut dropped = 0;
-    for link in clients.0.values() {
-        let max = link.outbox.max_datagram();
-        let datagrams = match rep.encoded.iter().find(|(size, _)| *size == max) {
-            Some((_, d)) => d.clone(),
-            None => {
-                let d: SnapshotDatagrams =
-                    Arc::new(encode_snapshot_parts(tick.0, &rep.entities, max));
-                rep.encoded.push((max, d.clone()));
-                d
+    let (mut dropped, mut bytes, mut full, mut sent, mut in_view, mut deferred) =
+        (0, 0, 0, 0, 0, 0);
+    match rep.mode {
+        Mode::Full => {
+            rep.full_state.clear();
+            rep.full_state
+                .extend(bodies.iter().map(|(id, kind, m)| EntityState {
+                    id: id.0,
+                    kind: kind.0,
+                    pos: m.0.pos,
+                    vel: m.0.vel,
+                }));
+            rep.full_state.sort_unstable_by_key(|e| e.id);
+            rep.encoded.clear();
+            for link in clients.0.values() {
+                let max = link.outbox.max_datagram();
+                let datagrams = match rep.encoded.iter().find(|(size, _)| *size == max) {
+                    Some((_, d)) => d.clone(),
+                    None => {
+                        let d: SnapshotDatagrams =
+                            Arc::new(encode_snapshot_parts(tick.0, &rep.full_state, max));
+                        rep.encoded.push((max, d.clone()));
+                        d
+                    }
+                };
+                bytes += datagrams.iter().map(Vec::len).sum::<usize>();
+                full += 1;
+                sent += rep.full_state.len();
+                dropped += link.outbox.push(datagrams);
             }
-        };
-        dropped += link.outbox.push(datagrams);
+        }
+        Mode::Delta => {
+            rep.frame.rebuild(
+                tick.0,
+                bodies
+                    .iter()
+                    .map(|(id, kind, m)| (id.0, kind.0, m.0.pos, m.0.vel)),
+            );
+            rep.grid
+                .rebuild(&rep.frame, rep.world_size, rep.settings.aoi_radius / 2.0);
+            if let Some(tap) = rep.tap.as_ref().filter(|t| t.receiver_count() > 0) {
+                let _ = tap.send(Arc::new(rep.frame.clone()));
+            }
+            for link in clients.0.values_mut() {
+                if let Some(acked) = link.outbox.acked() {
+                    link.replicator.on_ack(acked);
+                }
+                let built = link.replicator.build(
+                    &rep.frame,
+                    &rep.grid,
+                    link.net_id,
+                    &rep.settings,
+                    link.outbox.max_datagram(),
+                );
+                bytes += built.bytes.len();
+                full += usize::from(built.full);
+                sent += built.sent;
+                in_view += built.in_view;
+                deferred += built.deferred;
+                dropped += link.outbox.push(Arc::new(vec![built.bytes]));
+            }
+        }
     }
-    Stats::add(&stats.0.snapshots_dropped_slow_consumer, dropped as u64);
+    let s = &stats.0;
+    Stats::add(&s.snapshots_dropped_slow_consumer, dropped as u64);
+    Stats::add(&s.snapshots_built, clients.0.len() as u64);
+    Stats::add(&s.snapshots_full, full as u64);
+    Stats::add(&s.snapshot_bytes, bytes as u64);
+    Stats::add(&s.entities_sent, sent as u64);
+    Stats::add(&s.entities_in_view, in_view as u64);
+    Stats::add(&s.entities_deferred, deferred as u64);
+    Stats::add(&s.replication_us, started.elapsed().as_micros() as u64);
 }

@@ -10,8 +10,8 @@
 use bitcode::{Decode, Encode};
 
 use super::{
-    ClientDatagram, ClientMsg, EntityState, HELLO_MAGIC, Hello, MAX_FRAME_LEN, MAX_NAME_LEN, PROTOCOL_VERSION,
-    ServerDatagram, ServerMsg, Snapshot,
+    ClientDatagram, ClientMsg, EntityState, HELLO_MAGIC, Hello, MAX_FRAME_LEN, MAX_NAME_LEN,
+    PROTOCOL_VERSION, ServerDatagram, ServerMsg, Snapshot,
 };
 use crate::token::MAX_TOKEN_LEN;
 

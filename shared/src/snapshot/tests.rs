@@ -8,7 +8,13 @@ use super::*;
 const RATE: u16 = 30;
 
 fn arb_fields() -> impl Strategy<Value = [i32; FIELDS]> {
-    (0..65_536i32, 0..65_536i32, -5_120..5_120i32, -5_120..5_120i32).prop_map(|(a, b, c, d)| [a, b, c, d])
+    (
+        0..65_536i32,
+        0..65_536i32,
+        -5_120..5_120i32,
+        -5_120..5_120i32,
+    )
+        .prop_map(|(a, b, c, d)| [a, b, c, d])
 }
 
 fn arb_kind() -> impl Strategy<Value = EntityKind> {
@@ -17,13 +23,19 @@ fn arb_kind() -> impl Strategy<Value = EntityKind> {
 
 /// A baseline view at tick 100 whose records were last sent at ticks 70..=100.
 fn arb_view() -> impl Strategy<Value = View> {
-    proptest::collection::btree_map(1u32..400, (arb_kind(), arb_fields(), 70u32..=100), 0..60).prop_map(|m| View {
-        tick: 100,
-        entities: m
-            .into_iter()
-            .map(|(id, (kind, fields, tick))| EntityRecord { id, kind, fields, tick })
-            .collect(),
-    })
+    proptest::collection::btree_map(1u32..400, (arb_kind(), arb_fields(), 70u32..=100), 0..60)
+        .prop_map(|m| View {
+            tick: 100,
+            entities: m
+                .into_iter()
+                .map(|(id, (kind, fields, tick))| EntityRecord {
+                    id,
+                    kind,
+                    fields,
+                    tick,
+                })
+                .collect(),
+        })
 }
 
 /// What happens to one baseline entity by the next snapshot.
@@ -46,7 +58,8 @@ fn arb_edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
-fn scenario() -> impl Strategy<Value = (View, Vec<Edit>, Vec<(u32, EntityKind, [i32; FIELDS])>, u32)> {
+fn scenario() -> impl Strategy<Value = (View, Vec<Edit>, Vec<(u32, EntityKind, [i32; FIELDS])>, u32)>
+{
     arb_view().prop_flat_map(|view| {
         let n = view.entities.len();
         (
@@ -58,7 +71,12 @@ fn scenario() -> impl Strategy<Value = (View, Vec<Edit>, Vec<(u32, EntityKind, [
     })
 }
 
-fn build(view: &View, edits: &[Edit], new: &[(u32, EntityKind, [i32; FIELDS])], tick: u32) -> (Vec<u32>, Vec<Update>) {
+fn build(
+    view: &View,
+    edits: &[Edit],
+    new: &[(u32, EntityKind, [i32; FIELDS])],
+    tick: u32,
+) -> (Vec<u32>, Vec<Update>) {
     let mut removed = Vec::new();
     let mut updates = Vec::new();
     for (rec, edit) in view.entities.iter().zip(edits) {
@@ -70,12 +88,23 @@ fn build(view: &View, edits: &[Edit], new: &[(u32, EntityKind, [i32; FIELDS])], 
                 for (f, e) in fields.iter_mut().zip(d) {
                     *f += e;
                 }
-                updates.push(Update { id: rec.id, kind: rec.kind, fields });
+                updates.push(Update {
+                    id: rec.id,
+                    kind: rec.kind,
+                    fields,
+                });
             }
-            Edit::Teleport(fields) => updates.push(Update { id: rec.id, kind: rec.kind, fields: *fields }),
+            Edit::Teleport(fields) => updates.push(Update {
+                id: rec.id,
+                kind: rec.kind,
+                fields: *fields,
+            }),
         }
     }
-    let mut fresh: Vec<_> = new.iter().map(|&(id, kind, fields)| Update { id, kind, fields }).collect();
+    let mut fresh: Vec<_> = new
+        .iter()
+        .map(|&(id, kind, fields)| Update { id, kind, fields })
+        .collect();
     fresh.sort_by_key(|u| u.id);
     fresh.dedup_by_key(|u| u.id);
     updates.extend(fresh);
@@ -140,16 +169,34 @@ proptest! {
 
 #[test]
 fn steady_movers_cost_nothing_and_small_errors_cost_bits() {
-    let rec = |id| EntityRecord { id, kind: EntityKind::Npc, fields: [1000, 1000, 160, -32], tick: 10 };
-    let view = View { tick: 10, entities: (1..=100).map(rec).collect() };
-    let steady: Vec<Update> =
-        view.entities.iter().map(|r| Update { id: r.id, kind: r.kind, fields: r.predict(11, RATE) }).collect();
+    let rec = |id| EntityRecord {
+        id,
+        kind: EntityKind::Npc,
+        fields: [1000, 1000, 160, -32],
+        tick: 10,
+    };
+    let view = View {
+        tick: 10,
+        entities: (1..=100).map(rec).collect(),
+    };
+    let steady: Vec<Update> = view
+        .entities
+        .iter()
+        .map(|r| Update {
+            id: r.id,
+            kind: r.kind,
+            fields: r.predict(11, RATE),
+        })
+        .collect();
     let (snap, next) = encode(11, RATE, Some(&view), [0, 0], &[], &steady);
     assert!(snap.changed.is_empty(), "all as predicted");
     assert_eq!(next.entities, view.entities, "records unchanged");
     let nudged: Vec<Update> = steady
         .iter()
-        .map(|u| Update { fields: [u.fields[0] + 1, u.fields[1] - 1, u.fields[2], u.fields[3]], ..*u })
+        .map(|u| Update {
+            fields: [u.fields[0] + 1, u.fields[1] - 1, u.fields[2], u.fields[3]],
+            ..*u
+        })
         .collect();
     let (snap, _) = encode(11, RATE, Some(&view), [0, 0], &[], &nudged);
     let bytes = bitcode::encode(&snap).len();
@@ -158,7 +205,12 @@ fn steady_movers_cost_nothing_and_small_errors_cost_bits() {
 
 #[test]
 fn prediction_advances_position_by_velocity_and_is_capped() {
-    let r = EntityRecord { id: 1, kind: EntityKind::Npc, fields: [0, 0, 480, -480], tick: 0 };
+    let r = EntityRecord {
+        id: 1,
+        kind: EntityKind::Npc,
+        fields: [0, 0, 480, -480],
+        tick: 0,
+    };
     // 480 steps/s = 30 u/s; one tick at 30 Hz = 1 unit = 16 steps.
     assert_eq!(r.predict(1, 30), [16, -16, 480, -480]);
     assert_eq!(r.predict(0, 30), r.fields);
@@ -169,17 +221,48 @@ fn prediction_advances_position_by_velocity_and_is_capped() {
 fn the_receiver_acks_what_it_holds_and_refuses_what_it_cannot_decode() {
     let mut rx = Receiver::new(RATE);
     assert_eq!(rx.ack(), None);
-    let u = |id| Update { id, kind: EntityKind::Npc, fields: [id as i32, 0, 0, 0] };
+    let u = |id| Update {
+        id,
+        kind: EntityKind::Npc,
+        fields: [id as i32, 0, 0, 0],
+    };
     let (s1, v1) = encode(1, RATE, None, [0, 0], &[], &[u(1), u(2)]);
     assert_eq!(rx.receive(&s1).unwrap(), &v1);
     let (s3, v3) = encode(3, RATE, Some(&v1), [0, 0], &[1], &[u(3)]);
     let (s2, _) = encode(2, RATE, Some(&v1), [0, 0], &[], &[u(4)]);
     assert_eq!(rx.receive(&s3).unwrap(), &v3);
-    assert_eq!(rx.ack(), Some(Ack { newest: 3, bits: 0b10 }), "has 1, not 2");
+    assert_eq!(
+        rx.ack(),
+        Some(Ack {
+            newest: 3,
+            bits: 0b10
+        }),
+        "has 1, not 2"
+    );
     rx.receive(&s2).unwrap();
-    assert_eq!(rx.ack(), Some(Ack { newest: 3, bits: 0b11 }));
-    assert_eq!(rx.latest(), Some(&v3), "a late snapshot does not replace the latest view");
+    assert_eq!(
+        rx.ack(),
+        Some(Ack {
+            newest: 3,
+            bits: 0b11
+        })
+    );
+    assert_eq!(
+        rx.latest(),
+        Some(&v3),
+        "a late snapshot does not replace the latest view"
+    );
     assert_eq!(rx.receive(&s3), Err(ReceiveError::Stale), "duplicate");
-    let (orphan, _) = encode(5, RATE, Some(&View { tick: 4, entities: vec![] }), [0, 0], &[], &[]);
+    let (orphan, _) = encode(
+        5,
+        RATE,
+        Some(&View {
+            tick: 4,
+            entities: vec![],
+        }),
+        [0, 0],
+        &[],
+        &[],
+    );
     assert_eq!(rx.receive(&orphan), Err(ReceiveError::MissingBaseline(4)));
 }

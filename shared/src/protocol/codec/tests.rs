@@ -156,7 +156,10 @@ fn hello_version_is_read_before_the_body() {
     let mut body = HELLO_MAGIC.to_vec();
     body.extend_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
     body.extend_from_slice(b"\xff\xff whatever a future version sends");
-    assert_eq!(decode_hello(&body), Err(HelloError::Version(PROTOCOL_VERSION + 1)));
+    assert_eq!(
+        decode_hello(&body),
+        Err(HelloError::Version(PROTOCOL_VERSION + 1))
+    );
     assert_eq!(decode_hello(b"GET / HTTP/1.1"), Err(HelloError::NotArena));
     for name in ["", "a\nb", &"x".repeat(MAX_NAME_LEN + 1)] {
         let mut out = Vec::new();
@@ -222,7 +225,9 @@ fn snapshot_parts_fit_the_datagram_and_carry_every_entity_once() {
         let mut seen = Vec::new();
         for (i, bytes) in parts.iter().enumerate() {
             assert!(bytes.len() <= max, "part {i} is {} > {max}", bytes.len());
-            let Ok(ServerDatagram::Snapshot(s)) = decode_datagram(bytes) else { panic!("part {i} decodes") };
+            let Ok(ServerDatagram::Snapshot(s)) = decode_datagram(bytes) else {
+                panic!("part {i} decodes")
+            };
             assert_eq!(
                 (s.tick, s.part as usize, s.parts as usize),
                 (42, i, parts.len())
@@ -249,20 +254,45 @@ fn golden_bytes() {
     encode_hello(&hello(), &mut out).unwrap();
     let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, GOLDEN_HELLO);
-    let u = |id| crate::snapshot::Update { id, kind: EntityKind::Npc, fields: [id as i32 * 16, 32, -48, 0] };
+    let u = |id| crate::snapshot::Update {
+        id,
+        kind: EntityKind::Npc,
+        fields: [id as i32 * 16, 32, -48, 0],
+    };
     let (base, view) = crate::snapshot::encode(9, 30, None, [0, 0], &[], &[u(1), u(5), u(6)]);
-    let moved = [crate::snapshot::Update { fields: [17, 33, -48, 0], ..u(1) }, u(7)];
+    let moved = [
+        crate::snapshot::Update {
+            fields: [17, 33, -48, 0],
+            ..u(1)
+        },
+        u(7),
+    ];
     let (delta, _) = crate::snapshot::encode(10, 30, Some(&view), [0, 0], &[5], &moved);
-    let hex: String = encode_datagram(&ServerDatagram::Delta(delta)).iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(hex, GOLDEN_DELTA, "full: {:?}", encode_datagram(&ServerDatagram::Delta(base)).len());
-    let ack = ClientDatagram::Ack(crate::snapshot::Ack { newest: 10, bits: 3 });
-    let hex: String = encode_client_datagram(&ack).iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = encode_datagram(&ServerDatagram::Delta(delta))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        hex,
+        GOLDEN_DELTA,
+        "full: {:?}",
+        encode_datagram(&ServerDatagram::Delta(base)).len()
+    );
+    let ack = ClientDatagram::Ack(crate::snapshot::Ack {
+        newest: 10,
+        bits: 3,
+    });
+    let hex: String = encode_client_datagram(&ack)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(hex, GOLDEN_ACK);
 }
 
 const GOLDEN_INPUT: &str = "0b00000000040902d2048140409c01";
 const GOLDEN_HELLO: &str = "0e00000041524e41020003746f6b03616e61";
-const GOLDEN_DELTA: &str = "00040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
+const GOLDEN_DELTA: &str =
+    "00040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
 const GOLDEN_ACK: &str = "040a0403";
 
 proptest! {

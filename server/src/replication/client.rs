@@ -1,0 +1,369 @@
+//! One client's replication state, sans-IO: what it is interested in, what it was sent, what
+//! it acknowledged, and how its next snapshot is chosen.
+//!
+//! Each tick [`ClientReplicator::build`]:
+//! 1. updates the interest set from the grid: entities within `aoi_radius` of the client's
+//!    own entity enter; members leave only beyond `aoi_radius + aoi_hysteresis`, so an entity
+//!    on the border does not flicker. At most `max_view` nearest entities are kept;
+//! 2. picks the baseline: the newest view the client acknowledged that is still in the ring
+//!    (else none, and the snapshot is full);
+//! 3. classifies: baseline entities out of interest are removed; interest members the client
+//!    does not have must enter; members it has are up to date when its dead-reckoning
+//!    prediction equals the truth, and otherwise need a change;
+//! 4. raises the priority of every entity that needs sending (closer and faster gain more;
+//!    the client's own entity always goes first), takes them in priority order until the byte
+//!    budget (`min(--client-kbps per tick, max datagram size)`) is met, and resets the
+//!    priority of those sent; the rest keep theirs, so nothing starves;
+//! 5. encodes the delta, shrinking the selection until it fits, and keeps the resulting view.
+//!
+//! Invariant: the ring holds exactly the views the client computes from what it was sent, so
+//! a snapshot built against an acknowledged view always decodes on the client.
+
+use arena_shared::protocol::ServerDatagram;
+use arena_shared::protocol::codec::encode_datagram;
+use arena_shared::snapshot::{self, BASELINE_RING, Update, View};
+use glam::Vec2;
+
+use super::frame::WorldFrame;
+use super::grid::Grid;
+
+/// Settings every client shares.
+#[derive(Debug, Clone, Copy)]
+pub struct RepSettings {
+    pub tick_rate: u16,
+    pub aoi_radius: f32,
+    pub aoi_hysteresis: f32,
+    /// Byte budget per snapshot from `--client-kbps`.
+    pub budget_bytes: usize,
+    pub max_view: usize,
+    /// Speeds are scaled by this in the priority gain.
+    pub max_speed: f32,
+}
+
+impl RepSettings {
+    pub fn exit_radius(&self) -> f32 {
+        self.aoi_radius + self.aoi_hysteresis
+    }
+}
+
+/// Estimated bytes of one entity in a snapshot; the encoder then checks the real size.
+const ENTER_COST: usize = 9;
+const CHANGE_COST: usize = 2;
+const SMALL_FIELD_COST: usize = 1;
+const LARGE_FIELD_COST: usize = 3;
+const REMOVE_COST: usize = 2;
+/// Tag, ticks, origin and column lengths.
+const HEADER_COST: usize = 20;
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    id: u32,
+    priority: f32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    id: u32,
+    frame_index: u32,
+    priority: f32,
+    cost: u16,
+}
+
+/// What one build produced, for the caller's metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Built {
+    pub bytes: Vec<u8>,
+    /// No acknowledged baseline was available.
+    pub full: bool,
+    /// Entities in the client's interest set.
+    pub in_view: usize,
+    /// Entities that needed sending but did not fit this tick.
+    pub deferred: usize,
+    /// Entities sent (entered or changed).
+    pub sent: usize,
+}
+
+#[derive(Debug)]
+pub struct ClientReplicator {
+    ring: Vec<View>,
+    acked: Option<u32>,
+    interest: Vec<Member>,
+    // Scratch, reused every tick.
+    near: Vec<(u32, u32, f32)>,
+    next_interest: Vec<Member>,
+    candidates: Vec<Candidate>,
+    removed: Vec<u32>,
+    updates: Vec<Update>,
+    last_center: Vec2,
+}
+
+impl Default for ClientReplicator {
+    fn default() -> Self {
+        Self {
+            ring: vec![View::default(); BASELINE_RING],
+            acked: None,
+            interest: Vec::new(),
+            near: Vec::new(),
+            next_interest: Vec::new(),
+            candidates: Vec::new(),
+            removed: Vec::new(),
+            updates: Vec::new(),
+            last_center: Vec2::ZERO,
+        }
+    }
+}
+
+impl ClientReplicator {
+    fn slot(tick: u32) -> usize {
+        tick as usize % BASELINE_RING
+    }
+
+    fn held(&self, tick: u32) -> Option<&View> {
+        let v = &self.ring[Self::slot(tick)];
+        (tick != 0 && v.tick == tick).then_some(v)
+    }
+
+    /// The client says it reconstructed `newest`. Ignored unless that view is held and newer
+    /// than the current baseline; older views are then released (never used again).
+    pub fn on_ack(&mut self, newest: u32) {
+        if self.acked.is_some_and(|a| newest <= a) || self.held(newest).is_none() {
+            return;
+        }
+        self.acked = Some(newest);
+        for v in &mut self.ring {
+            if v.tick < newest {
+                v.tick = 0;
+                v.entities.clear();
+            }
+        }
+    }
+
+    pub fn acked(&self) -> Option<u32> {
+        self.acked
+    }
+
+    /// Builds this tick's snapshot for the client whose own entity is `own`.
+    pub fn build(
+        &mut self,
+        frame: &WorldFrame,
+        grid: &Grid,
+        own: u32,
+        s: &RepSettings,
+        max_datagram: usize,
+    ) -> Built {
+        let t = frame.tick;
+        let own_index = frame.index_of(own);
+        let center = own_index.map_or(self.last_center, |i| frame.entities[i].pos);
+        self.last_center = center;
+        self.update_interest(frame, grid, center, own, s);
+
+        // The baseline: the newest acknowledged view still held, if recent enough.
+        let base_tick = self
+            .acked
+            .filter(|&a| t.saturating_sub(a) < BASELINE_RING as u32 && self.held(a).is_some());
+        if base_tick.is_none() {
+            self.acked = None;
+        }
+        let base_slot = base_tick.map(Self::slot);
+        let base = base_slot.map(|i| &self.ring[i]);
+
+        // Classify: removed, up to date, or candidate.
+        self.removed.clear();
+        self.candidates.clear();
+        let empty: &[snapshot::EntityRecord] = &[];
+        let base_entities = base.map_or(empty, |b| b.entities.as_slice());
+        let mut bi = 0;
+        let exit = s.exit_radius();
+        for m in &mut self.interest {
+            while bi < base_entities.len() && base_entities[bi].id < m.id {
+                self.removed.push(base_entities[bi].id);
+                bi += 1;
+            }
+            let Some(fi) = frame.index_of(m.id) else {
+                continue;
+            };
+            let e = &frame.entities[fi];
+            let cost = if bi < base_entities.len() && base_entities[bi].id == m.id {
+                let rec = &base_entities[bi];
+                bi += 1;
+                let predicted = rec.predict(t, s.tick_rate);
+                if predicted == e.fields {
+                    m.priority = 0.0;
+                    continue;
+                }
+                CHANGE_COST
+                    + predicted
+                        .iter()
+                        .zip(&e.fields)
+                        .filter(|(p, f)| p != f)
+                        .map(|(p, f)| {
+                            if (f - p).unsigned_abs() < 128 {
+                                SMALL_FIELD_COST
+                            } else {
+                                LARGE_FIELD_COST
+                            }
+                        })
+                        .sum::<usize>()
+            } else {
+                ENTER_COST
+            };
+            if m.id == own {
+                m.priority = f32::INFINITY;
+            } else {
+                let closeness = 1.0 - (e.pos.distance(center) / exit).min(1.0);
+                let speed = (e.speed / s.max_speed).min(1.0);
+                // Gain in [1, 2.5]: nearer and faster entities are refreshed up to 2.5 times
+                // as often as far, still ones, and nobody's wait grows without bound.
+                m.priority += 1.0 + closeness + 0.5 * speed;
+            }
+            self.candidates.push(Candidate {
+                id: m.id,
+                frame_index: fi as u32,
+                priority: m.priority,
+                cost: cost as u16,
+            });
+        }
+        self.removed
+            .extend(base_entities[bi..].iter().map(|r| r.id));
+
+        // Select in priority order within the budget.
+        let limit = s.budget_bytes.min(max_datagram);
+        self.candidates
+            .sort_unstable_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
+        let mut spent = HEADER_COST;
+        let keep_removed = self
+            .removed
+            .len()
+            .min(limit.saturating_sub(spent) / REMOVE_COST);
+        self.removed.truncate(keep_removed);
+        spent += keep_removed * REMOVE_COST;
+        let mut chosen = 0;
+        for i in 0..self.candidates.len() {
+            let c = self.candidates[i];
+            if spent + c.cost as usize <= limit || c.id == own {
+                spent += c.cost as usize;
+                self.candidates.swap(chosen, i);
+                chosen += 1;
+            }
+        }
+
+        // Encode, shrinking the selection if the estimate was short. The first `chosen`
+        // candidates are in priority order, so truncating drops the least urgent.
+        let origin = own_index.map_or([0, 0], |i| {
+            [frame.entities[i].fields[0], frame.entities[i].fields[1]]
+        });
+        let (bytes, view) = loop {
+            self.updates.clear();
+            self.updates
+                .extend(self.candidates[..chosen].iter().map(|c| {
+                    let e = &frame.entities[c.frame_index as usize];
+                    Update {
+                        id: e.id,
+                        kind: e.kind,
+                        fields: e.fields,
+                    }
+                }));
+            self.updates.sort_unstable_by_key(|u| u.id);
+            let (snap, view) =
+                snapshot::encode(t, s.tick_rate, base, origin, &self.removed, &self.updates);
+            let bytes = encode_datagram(&ServerDatagram::Delta(snap));
+            if bytes.len() <= limit || (chosen <= 1 && self.removed.is_empty()) {
+                break (bytes, view);
+            }
+            if chosen > 1 {
+                chosen -= (chosen / 8).max(1);
+            } else {
+                self.removed.truncate(self.removed.len() / 2);
+            }
+        };
+
+        // Those sent start accumulating again from zero.
+        for c in &self.candidates[..chosen] {
+            if let Ok(i) = self.interest.binary_search_by_key(&c.id, |m| m.id) {
+                self.interest[i].priority = 0.0;
+            }
+        }
+        let built = Built {
+            full: base_tick.is_none(),
+            in_view: self.interest.len(),
+            deferred: self.candidates.len() - chosen,
+            sent: chosen,
+            bytes,
+        };
+        let slot = Self::slot(t);
+        self.ring[slot] = view;
+        built
+    }
+
+    /// Rebuilds the interest set around `center`, carrying priorities of members that stay.
+    fn update_interest(
+        &mut self,
+        frame: &WorldFrame,
+        grid: &Grid,
+        center: Vec2,
+        own: u32,
+        s: &RepSettings,
+    ) {
+        let (enter2, exit) = (s.aoi_radius * s.aoi_radius, s.exit_radius());
+        let exit2 = exit * exit;
+        self.near.clear();
+        grid.query(center, exit, |i| {
+            let e = &frame.entities[i];
+            let d2 = e.pos.distance_squared(center);
+            if d2 <= exit2 {
+                self.near.push((e.id, i as u32, d2));
+            }
+        });
+        if let Some(i) = frame
+            .index_of(own)
+            .filter(|_| !self.near.iter().any(|n| n.0 == own))
+        {
+            self.near.push((own, i as u32, 0.0));
+        }
+        self.near.sort_unstable_by_key(|n| n.0);
+        self.next_interest.clear();
+        let mut old = self.interest.iter().peekable();
+        for &(id, _, d2) in &self.near {
+            while old.peek().is_some_and(|m| m.id < id) {
+                old.next();
+            }
+            let was = old.peek().filter(|m| m.id == id).map(|m| m.priority);
+            if d2 <= enter2 || was.is_some() || id == own {
+                self.next_interest.push(Member {
+                    id,
+                    priority: was.unwrap_or(0.0),
+                });
+            }
+        }
+        if self.next_interest.len() > s.max_view {
+            // Keep the nearest (and always the client's own entity).
+            let mut by_distance: Vec<(f32, u32)> = self
+                .next_interest
+                .iter()
+                .map(|m| {
+                    let d2 = self
+                        .near
+                        .binary_search_by_key(&m.id, |n| n.0)
+                        .map_or(f32::MAX, |i| self.near[i].2);
+                    (if m.id == own { -1.0 } else { d2 }, m.id)
+                })
+                .collect();
+            by_distance.select_nth_unstable_by(s.max_view - 1, |a, b| a.0.total_cmp(&b.0));
+            let mut keep: Vec<u32> = by_distance[..s.max_view].iter().map(|x| x.1).collect();
+            keep.sort_unstable();
+            self.next_interest
+                .retain(|m| keep.binary_search(&m.id).is_ok());
+        }
+        std::mem::swap(&mut self.interest, &mut self.next_interest);
+    }
+}
+
+#[cfg(test)]
+impl ClientReplicator {
+    pub(crate) fn debug_priority(&self, id: u32) -> Option<f32> {
+        self.interest
+            .binary_search_by_key(&id, |m| m.id)
+            .ok()
+            .map(|i| self.interest[i].priority)
+    }
+}

@@ -1,0 +1,133 @@
+//! A uniform spatial grid over the frame, rebuilt every tick with a counting sort (O(n), no
+//! allocation once warm). Cells are half the interest radius, so a query touches at most 5x5
+//! cells.
+
+use glam::Vec2;
+
+use super::frame::WorldFrame;
+
+#[derive(Debug, Default)]
+pub struct Grid {
+    cell: f32,
+    cols: usize,
+    rows: usize,
+    /// `starts[c]..starts[c + 1]` indexes `items` for cell `c`.
+    starts: Vec<u32>,
+    /// Indices into the frame's entities, grouped by cell.
+    items: Vec<u32>,
+    cell_of: Vec<u32>,
+}
+
+impl Grid {
+    /// Rebuilds over `frame` for a world of `world_size` with cells of `cell` units.
+    pub fn rebuild(&mut self, frame: &WorldFrame, world_size: f32, cell: f32) {
+        self.cell = cell.max(1.0);
+        self.cols = ((world_size / self.cell).ceil() as usize).max(1);
+        self.rows = self.cols;
+        let n_cells = self.cols * self.rows;
+        self.starts.clear();
+        self.starts.resize(n_cells + 1, 0);
+        self.cell_of.clear();
+        for e in &frame.entities {
+            let c = self.cell_index(e.pos);
+            self.cell_of.push(c as u32);
+            self.starts[c + 1] += 1;
+        }
+        for c in 0..n_cells {
+            self.starts[c + 1] += self.starts[c];
+        }
+        self.items.clear();
+        self.items.resize(frame.entities.len(), 0);
+        let mut fill = self.starts.clone();
+        for (i, &c) in self.cell_of.iter().enumerate() {
+            let slot = &mut fill[c as usize];
+            self.items[*slot as usize] = i as u32;
+            *slot += 1;
+        }
+    }
+
+    fn clamp_col(&self, x: f32) -> usize {
+        ((x / self.cell).floor().max(0.0) as usize).min(self.cols - 1)
+    }
+
+    fn clamp_row(&self, y: f32) -> usize {
+        ((y / self.cell).floor().max(0.0) as usize).min(self.rows - 1)
+    }
+
+    fn cell_index(&self, p: Vec2) -> usize {
+        let p = if p.is_finite() { p } else { Vec2::ZERO };
+        self.clamp_row(p.y) * self.cols + self.clamp_col(p.x)
+    }
+
+    /// Calls `f` with the frame index of every entity in the cells overlapping the square of
+    /// half-side `radius` around `center` (a superset of the circle; callers test distance).
+    pub fn query(&self, center: Vec2, radius: f32, mut f: impl FnMut(usize)) {
+        if self.cols == 0 {
+            return;
+        }
+        let (c0, c1) = (
+            self.clamp_col(center.x - radius),
+            self.clamp_col(center.x + radius),
+        );
+        let (r0, r1) = (
+            self.clamp_row(center.y - radius),
+            self.clamp_row(center.y + radius),
+        );
+        for row in r0..=r1 {
+            let first = row * self.cols + c0;
+            let last = row * self.cols + c1;
+            // Cells of one row are contiguous in `items`.
+            let (a, b) = (self.starts[first] as usize, self.starts[last + 1] as usize);
+            for &i in &self.items[a..b] {
+                f(i as usize);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arena_shared::protocol::EntityKind;
+    use arena_shared::rng::SplitMix64;
+
+    #[test]
+    fn a_query_finds_exactly_the_entities_within_the_radius_after_a_distance_test() {
+        let mut rng = SplitMix64::new(5);
+        let mut frame = WorldFrame::default();
+        let bodies: Vec<_> = (1..=3000)
+            .map(|id| {
+                (
+                    id,
+                    EntityKind::Npc,
+                    Vec2::new(rng.range_f32(0.0, 4096.0), rng.range_f32(0.0, 4096.0)),
+                    Vec2::ZERO,
+                )
+            })
+            .collect();
+        frame.rebuild(1, bodies.into_iter());
+        let mut grid = Grid::default();
+        grid.rebuild(&frame, 4096.0, 300.0);
+        for center in [
+            Vec2::new(10.0, 10.0),
+            Vec2::new(2048.0, 2048.0),
+            Vec2::new(4090.0, 100.0),
+        ] {
+            let r = 600.0;
+            let mut found = Vec::new();
+            grid.query(center, r, |i| {
+                if frame.entities[i].pos.distance_squared(center) <= r * r {
+                    found.push(frame.entities[i].id)
+                }
+            });
+            found.sort_unstable();
+            let expected: Vec<u32> = frame
+                .entities
+                .iter()
+                .filter(|e| e.pos.distance_squared(center) <= r * r)
+                .map(|e| e.id)
+                .collect();
+            assert_eq!(found, expected);
+        }
+    }
+}
