@@ -38,6 +38,8 @@ pub struct Stats {
     pub entities_in_view: AtomicU64,
     /// Entities that needed sending but waited for budget.
     pub entities_deferred: AtomicU64,
+    /// Snapshot encodings, summed: above `snapshots_built` when estimates ran short.
+    pub encode_passes: AtomicU64,
     pub acks_received: AtomicU64,
     /// Acknowledgements for ticks the server has not reached (ignored).
     pub acks_ignored: AtomicU64,
@@ -68,6 +70,7 @@ impl Default for Stats {
             entities_sent: AtomicU64::new(0),
             entities_in_view: AtomicU64::new(0),
             entities_deferred: AtomicU64::new(0),
+            encode_passes: AtomicU64::new(0),
             acks_received: AtomicU64::new(0),
             acks_ignored: AtomicU64::new(0),
         }
@@ -142,6 +145,7 @@ struct Sample {
     sent: u64,
     in_view: u64,
     deferred: u64,
+    passes: u64,
     dropped: u64,
     overruns: u64,
 }
@@ -158,6 +162,7 @@ impl Sample {
             sent: Stats::get(&s.entities_sent),
             in_view: Stats::get(&s.entities_in_view),
             deferred: Stats::get(&s.entities_deferred),
+            passes: Stats::get(&s.encode_passes),
             dropped: Stats::get(&s.snapshots_dropped_slow_consumer),
             overruns: Stats::get(&s.tick_overruns),
         }
@@ -192,6 +197,7 @@ pub async fn log_periodically(stats: Arc<Stats>, every: Duration, shutdown: Canc
             entities_per_snapshot = (now.sent - prev.sent) as f64 / snaps,
             in_view_per_snapshot = (now.in_view - prev.in_view) as f64 / snaps,
             deferred_per_snapshot = (now.deferred - prev.deferred) as f64 / snaps,
+            encode_passes_per_snapshot = (now.passes - prev.passes) as f64 / snaps,
             full_snapshots = now.full - prev.full,
             delta_snapshots = (now.snapshots - prev.snapshots) - (now.full - prev.full),
             dropped_slow_consumer = now.dropped - prev.dropped,

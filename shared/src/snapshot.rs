@@ -193,6 +193,23 @@ pub fn encode(
     removed: &[u32],
     updates: &[Update],
 ) -> (DeltaSnapshot, View) {
+    let mut view = View::default();
+    let snap = encode_into(
+        tick, tick_rate, baseline, origin, removed, updates, &mut view,
+    );
+    (snap, view)
+}
+
+/// [`encode`], writing the client's next view into `view` (its allocation is reused).
+pub fn encode_into(
+    tick: u32,
+    tick_rate: u16,
+    baseline: Option<&View>,
+    origin: [i32; 2],
+    removed: &[u32],
+    updates: &[Update],
+    view: &mut View,
+) -> DeltaSnapshot {
     let empty = View::default();
     let base = baseline.unwrap_or(&empty);
     let mut snap = DeltaSnapshot {
@@ -203,10 +220,9 @@ pub fn encode(
     };
     push_gaps(removed.iter().copied(), &mut snap.removed);
 
-    let mut view = View {
-        tick,
-        entities: Vec::with_capacity(base.entities.len() + updates.len()),
-    };
+    view.tick = tick;
+    view.entities.clear();
+    view.entities.reserve(base.entities.len() + updates.len());
     let (mut entered, mut changed) = (Vec::new(), Vec::new());
     let mut b = base.entities.iter().peekable();
     let mut r = removed.iter().peekable();
@@ -288,7 +304,7 @@ pub fn encode(
     }
     push_gaps(entered.into_iter(), &mut snap.entered);
     push_gaps(changed.into_iter(), &mut snap.changed);
-    (snap, view)
+    snap
 }
 
 /// Applies a snapshot to the view it names as baseline (`None` for a full snapshot).

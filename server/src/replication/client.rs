@@ -58,6 +58,8 @@ const HEADER_COST: usize = 20;
 #[derive(Debug, Clone, Copy)]
 struct Member {
     id: u32,
+    /// Index of the entity in this tick's frame.
+    frame_index: u32,
     priority: f32,
 }
 
@@ -81,6 +83,8 @@ pub struct Built {
     pub deferred: usize,
     /// Entities sent (entered or changed).
     pub sent: usize,
+    /// Times the snapshot was encoded before it fit (1 when the estimate was right).
+    pub encode_passes: usize,
 }
 
 #[derive(Debug)]
@@ -95,6 +99,8 @@ pub struct ClientReplicator {
     removed: Vec<u32>,
     updates: Vec<Update>,
     last_center: Vec2,
+    /// Real bytes per estimated byte, learned from this client's recent snapshots.
+    cost_scale: f32,
 }
 
 impl Default for ClientReplicator {
@@ -109,6 +115,7 @@ impl Default for ClientReplicator {
             removed: Vec::new(),
             updates: Vec::new(),
             last_center: Vec2::ZERO,
+            cost_scale: 1.0,
         }
     }
 }
@@ -157,6 +164,10 @@ impl ClientReplicator {
         self.last_center = center;
         self.update_interest(frame, grid, center, own, s);
 
+        // This tick's view is written into the slot it will occupy, reusing its allocation.
+        // (The baseline is at least one tick older and less than a ring away: another slot.)
+        let mut next_view = std::mem::take(&mut self.ring[Self::slot(t)]);
+
         // The baseline: the newest acknowledged view still held, if recent enough.
         let base_tick = self
             .acked
@@ -179,9 +190,7 @@ impl ClientReplicator {
                 self.removed.push(base_entities[bi].id);
                 bi += 1;
             }
-            let Some(fi) = frame.index_of(m.id) else {
-                continue;
-            };
+            let fi = m.frame_index as usize;
             let e = &frame.entities[fi];
             let cost = if bi < base_entities.len() && base_entities[bi].id == m.id {
                 let rec = &base_entities[bi];
@@ -237,11 +246,17 @@ impl ClientReplicator {
             .min(limit.saturating_sub(spent) / REMOVE_COST);
         self.removed.truncate(keep_removed);
         spent += keep_removed * REMOVE_COST;
+        // Aim a little under the limit: estimates are averages, and an overshoot costs a
+        // second encoding.
+        let fill = limit * 15 / 16;
         let mut chosen = 0;
+        let mut estimated = 0usize;
         for i in 0..self.candidates.len() {
             let c = self.candidates[i];
-            if spent + c.cost as usize <= limit || c.id == own {
-                spent += c.cost as usize;
+            let cost = (f32::from(c.cost) * self.cost_scale).ceil() as usize;
+            if spent + cost <= fill || c.id == own {
+                spent += cost;
+                estimated += usize::from(c.cost);
                 self.candidates.swap(chosen, i);
                 chosen += 1;
             }
@@ -252,7 +267,8 @@ impl ClientReplicator {
         let origin = own_index.map_or([0, 0], |i| {
             [frame.entities[i].fields[0], frame.entities[i].fields[1]]
         });
-        let (bytes, view) = loop {
+        let mut passes = 1;
+        let bytes = loop {
             self.updates.clear();
             self.updates
                 .extend(self.candidates[..chosen].iter().map(|c| {
@@ -264,18 +280,37 @@ impl ClientReplicator {
                     }
                 }));
             self.updates.sort_unstable_by_key(|u| u.id);
-            let (snap, view) =
-                snapshot::encode(t, s.tick_rate, base, origin, &self.removed, &self.updates);
+            let snap = snapshot::encode_into(
+                t,
+                s.tick_rate,
+                base,
+                origin,
+                &self.removed,
+                &self.updates,
+                &mut next_view,
+            );
             let bytes = encode_datagram(&ServerDatagram::Delta(snap));
             if bytes.len() <= limit || (chosen <= 1 && self.removed.is_empty()) {
-                break (bytes, view);
+                break bytes;
             }
+            passes += 1;
             if chosen > 1 {
-                chosen -= (chosen / 8).max(1);
+                // Shrink in proportion to the excess, at least by one.
+                let keep = chosen * limit / bytes.len();
+                chosen = keep.clamp(1, chosen - 1);
             } else {
                 self.removed.truncate(self.removed.len() / 2);
             }
         };
+
+        // Learn how far the estimates are from bitcode's real sizes for this client's traffic,
+        // so that next tick's selection fills the budget in one pass.
+        if estimated > 0 {
+            let overhead = HEADER_COST + self.removed.len() * REMOVE_COST;
+            let actual = bytes.len().saturating_sub(overhead).max(1) as f32;
+            let ratio = actual / estimated as f32;
+            self.cost_scale = (0.7 * self.cost_scale + 0.3 * ratio).clamp(0.25, 4.0);
+        }
 
         // Those sent start accumulating again from zero.
         for c in &self.candidates[..chosen] {
@@ -287,11 +322,11 @@ impl ClientReplicator {
             full: base_tick.is_none(),
             in_view: self.interest.len(),
             deferred: self.candidates.len() - chosen,
+            encode_passes: passes,
             sent: chosen,
             bytes,
         };
-        let slot = Self::slot(t);
-        self.ring[slot] = view;
+        self.ring[Self::slot(t)] = next_view;
         built
     }
 
@@ -323,7 +358,7 @@ impl ClientReplicator {
         self.near.sort_unstable_by_key(|n| n.0);
         self.next_interest.clear();
         let mut old = self.interest.iter().peekable();
-        for &(id, _, d2) in &self.near {
+        for &(id, frame_index, d2) in &self.near {
             while old.peek().is_some_and(|m| m.id < id) {
                 old.next();
             }
@@ -331,6 +366,7 @@ impl ClientReplicator {
             if d2 <= enter2 || was.is_some() || id == own {
                 self.next_interest.push(Member {
                     id,
+                    frame_index,
                     priority: was.unwrap_or(0.0),
                 });
             }

@@ -103,6 +103,7 @@ pub fn replicate(
     let rep = &mut *rep;
     let (mut dropped, mut bytes, mut full, mut sent, mut in_view, mut deferred) =
         (0, 0, 0, 0, 0, 0);
+    let mut passes = 0;
     match rep.mode {
         Mode::Full => {
             rep.full_state.clear();
@@ -160,6 +161,7 @@ pub fn replicate(
                 sent += built.sent;
                 in_view += built.in_view;
                 deferred += built.deferred;
+                passes += built.encode_passes;
                 dropped += link.outbox.push(Arc::new(vec![built.bytes]));
             }
         }
@@ -172,5 +174,6 @@ pub fn replicate(
     Stats::add(&s.entities_sent, sent as u64);
     Stats::add(&s.entities_in_view, in_view as u64);
     Stats::add(&s.entities_deferred, deferred as u64);
+    Stats::add(&s.encode_passes, passes as u64);
     Stats::add(&s.replication_us, started.elapsed().as_micros() as u64);
 }
