@@ -261,13 +261,20 @@ fn bench(c: &mut Criterion) {
         // 1 client, 1,000 entities around it all changing every tick.
         ("1000", Box::new(|| clusters(1, 1, 1000, Motion::Jitter, 0))),
     ];
+    // `cargo test --all-targets` runs each benchmark once as a smoke test (no `--bench` flag):
+    // keep that quick.
+    let (warm_up, measured) = if std::env::args().any(|a| a == "--bench") {
+        (150, 60)
+    } else {
+        (10, 2)
+    };
     for (name, make) in cases {
         let mut s = make();
         // Warm up: views filled, baselines acknowledged.
-        for _ in 0..150 {
+        for _ in 0..warm_up {
             s.tick();
         }
-        s.report(name, 60);
+        s.report(name, measured);
         let clients = s.clients.len();
         // Times only replication (frame, grid and every client's snapshot), not the world step.
         group.bench_function(format!("{name}/tick_{clients}_clients"), |b| {
