@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arena_client_sim::client::{self, ConnectInfo, Transport};
+use arena_client_sim::swarm::{SwarmBehaviour, SwarmConfig};
 use arena_server::replication::frame::WorldFrame;
 use arena_server::stats::Stats;
 use arena_server::{Config, Server, ServerError};
@@ -11,6 +12,25 @@ use arena_shared::token::{self, Claims};
 use clap::Parser;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// A swarm of `bots` bots playing for `secs` seconds against `server`.
+pub fn swarm(
+    server: &TestServer,
+    bots: u32,
+    secs: u64,
+    behaviour: SwarmBehaviour,
+    seed: u64,
+) -> SwarmConfig {
+    SwarmConfig {
+        server: server.http.clone(),
+        bots,
+        ramp_per_s: 200.0,
+        play_for: Duration::from_secs(secs),
+        seed,
+        behaviour,
+        idle_timeout: Duration::from_secs(10),
+    }
+}
 
 /// Long enough for a loaded CI machine, short enough that a hang fails the test.
 pub const WAIT: Duration = Duration::from_secs(20);

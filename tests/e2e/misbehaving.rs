@@ -1,9 +1,8 @@
 //! A client that sends garbage loses its own session, and nobody else notices.
 
-use std::time::Duration;
 
 use arena_client_sim::client::Transport;
-use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig};
+use arena_client_sim::swarm::{self, SwarmBehaviour};
 use arena_shared::protocol::codec::FrameReader;
 use arena_shared::protocol::{DisconnectReason, MAX_FRAME_LEN, RejectReason, ServerMsg};
 use arena_shared::rng::SplitMix64;
@@ -54,15 +53,13 @@ async fn expect_disconnect(t: &mut Transport, reader: &mut FrameReader) -> Disco
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_frames_and_datagrams_close_only_that_session() {
     let server = common::start(&[]).await;
-    let bystanders = tokio::spawn(swarm::run(SwarmConfig {
-        server: server.http.clone(),
-        bots: 5,
-        ramp_per_s: 100.0,
-        play_for: Duration::from_secs(4),
-        seed: 3,
-        behaviour: SwarmBehaviour::Wander,
-        idle_timeout: Duration::from_secs(10),
-    }));
+    let bystanders = tokio::spawn(swarm::run(common::swarm(
+        &server,
+        5,
+        4,
+        SwarmBehaviour::Wander,
+        3,
+    )));
     server.sessions_reach(5).await;
 
     // A well-framed body of random bytes.

@@ -1,9 +1,8 @@
 //! Bots play over real QUIC: they connect, receive snapshots at the tick rate, move the way
 //! their inputs push them, and leave without leaving anything behind.
 
-use std::time::Duration;
 
-use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig, heading};
+use arena_client_sim::swarm::{self, SwarmBehaviour, heading};
 use arena_shared::protocol::codec::FrameReader;
 use arena_shared::protocol::{DisconnectReason, ServerMsg};
 
@@ -13,15 +12,13 @@ use crate::common::{self, WAIT};
 async fn twenty_bots_play_for_three_seconds() {
     // No obstacles: a bot pushing one way must get there, whatever its spawn point.
     let server = common::start(&["--obstacles", "0"]).await;
-    let swarm = tokio::spawn(swarm::run(SwarmConfig {
-        server: server.http.clone(),
-        bots: 20,
-        ramp_per_s: 200.0,
-        play_for: Duration::from_secs(3),
-        seed: 7,
-        behaviour: SwarmBehaviour::Headings,
-        idle_timeout: Duration::from_secs(10),
-    }));
+    let swarm = tokio::spawn(swarm::run(common::swarm(
+        &server,
+        20,
+        3,
+        SwarmBehaviour::Headings,
+        7,
+    )));
     server.sessions_reach(20).await;
     server.players_reach(20).await;
     let result = tokio::time::timeout(WAIT, swarm)

@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig};
+use arena_client_sim::swarm::{self, SwarmBehaviour};
 use arena_server::replication::frame::WorldFrame;
 
 use crate::common::{self, WAIT};
@@ -39,15 +38,7 @@ async fn twenty_bots_among_two_thousand_npcs_see_exactly_the_server_state_of_the
     };
     let result = tokio::time::timeout(
         WAIT,
-        swarm::run(SwarmConfig {
-            server: server.http.clone(),
-            bots: 20,
-            ramp_per_s: 200.0,
-            play_for: Duration::from_secs(3),
-            seed: 11,
-            behaviour: SwarmBehaviour::Wander,
-            idle_timeout: Duration::from_secs(10),
-        }),
+        swarm::run(common::swarm(&server, 20, 3, SwarmBehaviour::Wander, 11)),
     )
     .await
     .expect("swarm ends");
