@@ -7,6 +7,7 @@
 //!   the one codec module (`protocol::codec`) that turns messages into bytes and back.
 //! - [`sim`]: the game rules as pure, deterministic functions: player movement with acceleration,
 //!   friction, a speed cap, and collision against the map.
+//! - [`predict`]: client prediction of its own entity and reconciliation with the server.
 //! - [`map`]: the arena's bounds and rectangular obstacles, generated from a seed.
 //! - [`quant`]: quantization of what crosses the wire (positions, velocities, movement, aim).
 //! - [`snapshot`]: delta snapshots against acknowledged baselines, and the client's receiver.
@@ -14,6 +15,7 @@
 //! - [`rng`]: a small seeded generator, so maps and NPCs are the same on every platform.
 
 pub mod map;
+pub mod predict;
 pub mod protocol;
 pub mod quant;
 pub mod rng;

@@ -90,6 +90,17 @@ pub fn step(body: Body, input: MoveDir, map: &Map, params: &MoveParams, dt: f32)
     Body { pos, vel }
 }
 
+/// One tick of a body as the server computes it: [`step`], then snap position and velocity
+/// to the wire grid (see [`crate::quant`]). Predictors must use this, not `step` alone.
+#[must_use]
+pub fn tick_body(body: Body, input: MoveDir, map: &Map, params: &MoveParams, dt: f32) -> Body {
+    let b = step(body, input, map, params, dt);
+    Body {
+        pos: crate::quant::snap_pos(b.pos),
+        vel: crate::quant::snap_vel(b.vel),
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Axis {
     X,

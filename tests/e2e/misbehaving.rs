@@ -1,6 +1,5 @@
 //! A client that sends garbage loses its own session, and nobody else notices.
 
-
 use arena_client_sim::client::Transport;
 use arena_client_sim::swarm::{self, SwarmBehaviour};
 use arena_shared::protocol::codec::FrameReader;

@@ -1,7 +1,6 @@
 //! Bots play over real QUIC: they connect, receive snapshots at the tick rate, move the way
 //! their inputs push them, and leave without leaving anything behind.
 
-
 use arena_client_sim::swarm::{self, SwarmBehaviour, heading};
 use arena_shared::protocol::codec::FrameReader;
 use arena_shared::protocol::{DisconnectReason, ServerMsg};

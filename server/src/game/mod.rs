@@ -228,6 +228,7 @@ fn build_schedule() -> Schedule {
             systems::player_intent,
             systems::npc_wander,
             systems::movement,
+            systems::quantize,
         )
             .chain()
             .in_set(Phase::Simulate),

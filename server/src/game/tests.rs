@@ -182,3 +182,46 @@ fn the_schedule_has_no_ambiguous_systems() {
         .initialize(&mut h.sim.world)
         .expect("no ambiguities");
 }
+
+#[test]
+fn the_server_moves_a_player_exactly_as_the_client_predicts() {
+    use arena_shared::predict::Predictor;
+    use arena_shared::rng::SplitMix64;
+    let mut h = harness(0);
+    let map = h.sim.world().resource::<components::MapRes>().0.clone();
+    let (_outbox, _ack) = join(&mut h, 3);
+    let body = |h: &Harness| {
+        let world = h.sim.world();
+        world
+            .try_query::<&components::Motion>()
+            .unwrap()
+            .iter(world)
+            .next()
+            .unwrap()
+            .0
+    };
+    let mut predictor = Predictor::new(body(&h), arena_shared::sim::PLAYER, 30);
+    let mut rng = SplitMix64::new(4);
+    for seq in 1..=300u32 {
+        let movement = MoveDir {
+            x: rng.below(255) as i8,
+            y: rng.below(255) as i8,
+        };
+        h.tx.try_send(SimCommand::Input {
+            client_id: 3,
+            input: Input {
+                seq,
+                movement,
+                ..Default::default()
+            },
+        })
+        .unwrap();
+        h.sim.tick();
+        let predicted = predictor.apply(seq, movement, &map);
+        assert_eq!(
+            body(&h),
+            predicted,
+            "tick {seq}: the ECS path and shared::predict agree bit for bit"
+        );
+    }
+}
