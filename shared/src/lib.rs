@@ -7,6 +7,8 @@
 //!   the one codec module (`protocol::codec`) that turns messages into bytes and back.
 //! - [`sim`]: the game rules as pure, deterministic functions: player movement with acceleration,
 //!   friction, a speed cap, and collision against the map.
+//! - [`clock`]: the client's estimate of the server tick, the RTT, and its own input lead.
+//! - [`interp`]: interpolation buffer for remote entities.
 //! - [`predict`]: client prediction of its own entity and reconciliation with the server.
 //! - [`map`]: the arena's bounds and rectangular obstacles, generated from a seed.
 //! - [`quant`]: quantization of what crosses the wire (positions, velocities, movement, aim).
@@ -14,6 +16,8 @@
 //! - [`token`]: connect tokens, signed with HMAC-SHA256, issued by the HTTP side, checked at `Hello`.
 //! - [`rng`]: a small seeded generator, so maps and NPCs are the same on every platform.
 
+pub mod clock;
+pub mod interp;
 pub mod map;
 pub mod predict;
 pub mod protocol;

@@ -1,0 +1,291 @@
+//! Clock synchronisation: the client's estimate of the server's tick, the round-trip time,
+//! and the client's own simulation tick, kept just far enough ahead of the server that its
+//! input for tick T arrives before the server simulates T.
+//!
+//! Inputs (all with `now` in milliseconds of the client's monotonic clock, passed in):
+//! - [`ClockSync::on_rtt`]: a round trip measured with ping/pong;
+//! - [`ClockSync::on_server_tick`]: a snapshot of server tick T arrived now;
+//! - [`ClockSync::on_input_report`]: the server's count of this client's late inputs.
+//!
+//! The server-tick estimate takes, over the last second of snapshots, the sample that arrived
+//! with the least delay (a max filter: a late packet looks older, never newer), then follows it
+//! smoothly. The client tick targets `estimate + one-way delay + margin`, where the margin is
+//! one tick plus twice the RTT variation (the jitter) plus an adaptive extra that grows when the
+//! server reports late inputs and shrinks slowly while none are. Once synced the client tick is
+//! never moved by more than a small speed change (±10%), unless it is off by more than
+//! [`SNAP_TICKS`], when it jumps.
+
+use std::collections::VecDeque;
+
+/// An error larger than this (ticks) is corrected by a jump, not by speeding up or slowing down.
+pub const SNAP_TICKS: f64 = 8.0;
+/// How long the max filter remembers a server-tick sample.
+pub const WINDOW_MS: f64 = 1000.0;
+/// Most the client clock runs fast or slow to converge.
+pub const MAX_SKEW: f64 = 0.10;
+
+#[derive(Debug, Clone)]
+pub struct ClockSync {
+    tick_ms: f64,
+    srtt: Option<f64>,
+    rttvar: f64,
+    samples: VecDeque<(f64, f64)>,
+    offset: Option<f64>,
+    client_tick: Option<f64>,
+    last_now: f64,
+    extra_margin: f64,
+    last_late: Option<u32>,
+    calm_since: f64,
+}
+
+impl ClockSync {
+    pub fn new(tick_rate: u16) -> Self {
+        Self {
+            tick_ms: 1000.0 / f64::from(tick_rate.max(1)),
+            srtt: None,
+            rttvar: 0.0,
+            samples: VecDeque::new(),
+            offset: None,
+            client_tick: None,
+            last_now: 0.0,
+            extra_margin: 0.0,
+            last_late: None,
+            calm_since: 0.0,
+        }
+    }
+
+    /// A round trip of `rtt_ms` (RFC 6298 smoothing).
+    pub fn on_rtt(&mut self, rtt_ms: f64) {
+        let rtt = rtt_ms.max(0.0);
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2.0;
+            }
+            Some(s) => {
+                self.rttvar = 0.75 * self.rttvar + 0.25 * (s - rtt).abs();
+                self.srtt = Some(0.875 * s + 0.125 * rtt);
+            }
+        }
+    }
+
+    /// A snapshot of server tick `tick` arrived at `now_ms`.
+    pub fn on_server_tick(&mut self, tick: u32, now_ms: f64) {
+        let one_way = self.srtt.unwrap_or(0.0) / 2.0;
+        let sample = f64::from(tick) + one_way / self.tick_ms - now_ms / self.tick_ms;
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(t, _)| t < now_ms - WINDOW_MS)
+        {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now_ms, sample));
+        let best = self
+            .samples
+            .iter()
+            .map(|&(_, s)| s)
+            .fold(f64::MIN, f64::max);
+        self.offset = Some(match self.offset {
+            Some(o) if (best - o).abs() <= SNAP_TICKS => o + 0.2 * (best - o),
+            _ => best,
+        });
+    }
+
+    /// The server's cumulative count of this client's inputs that arrived too late. More late
+    /// inputs widen the margin at once; a calm second narrows it a little.
+    pub fn on_input_report(&mut self, late_total: u32, now_ms: f64) {
+        let before = self.last_late.replace(late_total);
+        match before {
+            Some(b) if late_total > b => {
+                self.extra_margin = (self.extra_margin + 0.5).min(10.0);
+                self.calm_since = now_ms;
+            }
+            _ if now_ms - self.calm_since > 1000.0 => {
+                self.extra_margin = (self.extra_margin - 0.1).max(0.0);
+                self.calm_since = now_ms;
+            }
+            _ => {}
+        }
+    }
+
+    pub fn rtt_ms(&self) -> Option<f64> {
+        self.srtt
+    }
+
+    /// The server tick being simulated at `now_ms` (fractional), once a snapshot has arrived.
+    pub fn server_tick(&self, now_ms: f64) -> Option<f64> {
+        self.offset.map(|o| now_ms / self.tick_ms + o)
+    }
+
+    /// Ticks the client runs ahead of the server: one-way delay, one tick, jitter, extra.
+    pub fn lead_ticks(&self) -> f64 {
+        let one_way = self.srtt.unwrap_or(0.0) / 2.0;
+        (one_way + 2.0 * self.rttvar) / self.tick_ms + 1.0 + self.extra_margin
+    }
+
+    /// Where the client's simulation tick should be at `now_ms`.
+    pub fn target_tick(&self, now_ms: f64) -> Option<f64> {
+        self.server_tick(now_ms).map(|s| s + self.lead_ticks())
+    }
+
+    /// Advances the client clock to `now_ms`; returns the client ticks that became due, in
+    /// order (usually zero or one per call; none before the first snapshot).
+    pub fn advance(&mut self, now_ms: f64) -> std::ops::RangeInclusive<u32> {
+        let empty = 1..=0;
+        let Some(target) = self.target_tick(now_ms) else {
+            self.last_now = now_ms;
+            return empty;
+        };
+        let elapsed = ((now_ms - self.last_now) / self.tick_ms).max(0.0);
+        self.last_now = now_ms;
+        let (old, new) = match self.client_tick {
+            Some(c) if (target - (c + elapsed)).abs() <= SNAP_TICKS => {
+                let error = target - (c + elapsed);
+                let speed = 1.0 + (error * 0.05).clamp(-MAX_SKEW, MAX_SKEW);
+                (c, c + elapsed * speed)
+            }
+            // First sync, or too far off: jump.
+            Some(c) => (c, target),
+            None => (target.floor() - 1.0, target),
+        };
+        self.client_tick = Some(new);
+        let (from, to) = (old.floor() as i64 + 1, new.floor() as i64);
+        if to < from || to < 1 {
+            return empty;
+        }
+        (from.max(1) as u32)..=(to as u32)
+    }
+
+    /// The client's current simulation tick.
+    pub fn client_tick(&self) -> Option<u32> {
+        self.client_tick.map(|c| c.max(0.0).floor() as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    const RATE: u16 = 30;
+    const TICK_MS: f64 = 1000.0 / 30.0;
+
+    /// A virtual server ticking at 30 Hz from time 0 and a client whose clock reads
+    /// `skew_ms` ahead; snapshots and pings cross a path of `latency` ms ± `jitter` ms.
+    /// Returns (error of the server-tick estimate after 2 s, fraction of inputs that arrive
+    /// after the server simulated their tick, measured after 2 s).
+    fn run(latency: f64, jitter: f64, skew_ms: f64, seconds: f64) -> (f64, f64) {
+        let mut rng = SplitMix64::new(3);
+        let delay = |rng: &mut SplitMix64| latency + jitter * f64::from(rng.next_f32());
+        let mut clock = ClockSync::new(RATE);
+        // Events: (arrival time at the client in true ms, kind).
+        let mut arrivals: Vec<(f64, u32)> = Vec::new();
+        let end = seconds * 1000.0;
+        let mut tick = 0u32;
+        while f64::from(tick) * TICK_MS < end {
+            arrivals.push((f64::from(tick) * TICK_MS + delay(&mut rng), tick));
+            tick += 1;
+        }
+        arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (mut late, mut sent) = (0u32, 0u32);
+        let mut est_error = 0.0;
+        let mut next_ping = 0.0;
+        let mut a = 0;
+        // The client wakes every 4 ms (a frame loop).
+        let mut now = 0.0;
+        while now < end {
+            if now >= next_ping {
+                let rtt = delay(&mut rng) + delay(&mut rng);
+                clock.on_rtt(rtt);
+                next_ping = now + 250.0;
+            }
+            while a < arrivals.len() && arrivals[a].0 <= now {
+                clock.on_server_tick(arrivals[a].1, now + skew_ms);
+                a += 1;
+            }
+            for t in clock.advance(now + skew_ms) {
+                // The input for client tick t leaves now; the server simulates t at t * TICK_MS.
+                if now >= 2000.0 {
+                    sent += 1;
+                    if now + delay(&mut rng) > f64::from(t) * TICK_MS {
+                        late += 1;
+                    }
+                }
+            }
+            if (now - 2000.0).abs() < 2.0 {
+                est_error = (clock.server_tick(now + skew_ms).unwrap() - now / TICK_MS).abs();
+            }
+            now += 4.0;
+        }
+        (est_error, f64::from(late) / f64::from(sent.max(1)))
+    }
+
+    #[test]
+    fn converges_from_a_wrong_start_within_two_seconds_and_keeps_inputs_on_time() {
+        // The first snapshot arrives 500 ms late (a stalled path), then the path is 50 ± 20 ms.
+        let mut clock = ClockSync::new(RATE);
+        clock.on_server_tick(0, 500.0);
+        let wrong = clock.server_tick(500.0).unwrap() - 500.0 / TICK_MS;
+        assert!(wrong.abs() > 10.0, "starts {wrong:.1} ticks off");
+        let (error, late) = run(50.0, 20.0, 0.0, 10.0);
+        assert!(error < 1.0, "estimate {error:.2} ticks off after 2 s");
+        assert!(
+            late < 0.01,
+            "{:.1}% of inputs late at 20 ms jitter",
+            late * 100.0
+        );
+    }
+
+    #[test]
+    fn a_client_clock_far_off_the_server_still_converges() {
+        // The client's own clock reads 500 ms ahead: only differences matter.
+        let (error, late) = run(50.0, 20.0, 500.0, 10.0);
+        assert!(
+            error < 1.0 && late < 0.01,
+            "error {error:.2} ticks, {late:.3} late"
+        );
+    }
+
+    #[test]
+    fn the_client_tick_moves_smoothly_once_synced() {
+        let mut clock = ClockSync::new(RATE);
+        clock.on_rtt(100.0);
+        let mut last = None;
+        let mut now = 0.0;
+        for tick in 0..300u32 {
+            now = f64::from(tick) * TICK_MS + 50.0;
+            clock.on_server_tick(tick, now);
+            let due: Vec<u32> = clock.advance(now).collect();
+            if let (Some(l), Some(&first)) = (last, due.first()) {
+                assert_eq!(first, l + 1, "no tick skipped or repeated");
+            }
+            if let Some(&l) = due.last() {
+                last = Some(l);
+            }
+            assert!(due.len() <= 2, "at most a small catch-up per frame");
+        }
+        let lead = f64::from(clock.client_tick().unwrap()) - clock.server_tick(now).unwrap();
+        assert!(
+            (1.0..8.0).contains(&lead),
+            "client runs {lead:.1} ticks ahead"
+        );
+    }
+
+    #[test]
+    fn late_inputs_widen_the_margin_and_calm_narrows_it() {
+        let mut clock = ClockSync::new(RATE);
+        clock.on_rtt(20.0);
+        let base = clock.lead_ticks();
+        clock.on_input_report(0, 0.0);
+        clock.on_input_report(3, 100.0);
+        assert!(clock.lead_ticks() > base);
+        for s in 2..30 {
+            clock.on_input_report(3, f64::from(s) * 1000.0);
+        }
+        assert!(
+            (clock.lead_ticks() - base).abs() < 1e-9,
+            "back to the base margin"
+        );
+    }
+}

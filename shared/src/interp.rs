@@ -1,0 +1,227 @@
+//! Interpolation of remote entities: they are shown at `render tick = estimated server tick −
+//! delay`, blended between the two snapshots around it.
+//!
+//! The delay starts at two snapshot intervals and adapts to the jitter and loss of snapshot
+//! arrivals (two intervals plus twice the mean deviation of arrival gaps from one interval,
+//! capped). When the buffer runs
+//! dry (render time past the newest snapshot) an entity is extrapolated along its velocity for
+//! at most [`MAX_EXTRAPOLATE_TICKS`], then held; each dry spell counts one underrun.
+
+use std::collections::VecDeque;
+
+use glam::Vec2;
+
+use crate::snapshot::View;
+
+/// Snapshots kept (about a second at 30 Hz).
+pub const BUFFER: usize = 32;
+/// Longest extrapolation past the newest snapshot.
+pub const MAX_EXTRAPOLATE_TICKS: f64 = 3.0;
+/// Most the delay changes per snapshot, ticks.
+const DELAY_SLEW: f64 = 0.02;
+/// Largest adaptive delay, ticks.
+pub const MAX_DELAY_TICKS: f64 = 8.0;
+
+#[derive(Debug, Clone)]
+pub struct Interpolator {
+    tick_rate: u16,
+    views: VecDeque<View>,
+    delay: f64,
+    last_arrival: Option<f64>,
+    gap_dev: f64,
+    dry: bool,
+    underruns: u64,
+}
+
+impl Interpolator {
+    pub fn new(tick_rate: u16) -> Self {
+        Self {
+            tick_rate,
+            views: VecDeque::with_capacity(BUFFER),
+            delay: 2.0,
+            last_arrival: None,
+            gap_dev: 0.0,
+            dry: false,
+            underruns: 0,
+        }
+    }
+
+    /// A newly reconstructed view arrived at `now_ms`. Older-than-newest views are ignored.
+    pub fn push(&mut self, view: &View, now_ms: f64) {
+        if self.views.back().is_some_and(|v| v.tick >= view.tick) {
+            return;
+        }
+        let interval = 1000.0 / f64::from(self.tick_rate.max(1));
+        if let Some(last) = self.last_arrival {
+            // A lost snapshot widens the gap like jitter does: both call for more delay.
+            let deviation = ((now_ms - last) - interval).abs();
+            self.gap_dev = 0.9 * self.gap_dev + 0.1 * deviation;
+            let target = (2.0 + 2.0 * self.gap_dev / interval).min(MAX_DELAY_TICKS);
+            // Move slowly (2% of time per snapshot at most) so shown motion never jumps.
+            self.delay += (target - self.delay).clamp(-DELAY_SLEW, DELAY_SLEW);
+        }
+        self.last_arrival = Some(now_ms);
+        if self.views.len() == BUFFER {
+            self.views.pop_front();
+        }
+        self.views.push_back(view.clone());
+    }
+
+    /// Ticks behind the server estimate that entities are shown.
+    pub fn delay_ticks(&self) -> f64 {
+        self.delay
+    }
+
+    pub fn underruns(&self) -> u64 {
+        self.underruns
+    }
+
+    /// Where entity `id` is drawn at `render_tick` (fractional server tick), if known.
+    pub fn position(&self, id: u32, render_tick: f64) -> Option<Vec2> {
+        let rate = self.tick_rate;
+        let newest = self.views.back()?;
+        if render_tick >= f64::from(newest.tick) {
+            let rec = newest.get(id)?;
+            let ahead = (render_tick - f64::from(newest.tick)).min(MAX_EXTRAPOLATE_TICKS);
+            let at = rec.pos_at(newest.tick, rate);
+            return Some(at + rec.vel() * (ahead / f64::from(rate)) as f32);
+        }
+        // The newest view at or before the render tick, and the one after it.
+        let i = self
+            .views
+            .iter()
+            .rposition(|v| f64::from(v.tick) <= render_tick)?;
+        let (a, b) = (&self.views[i], &self.views[i + 1]);
+        let (pa, pb) = (
+            a.get(id)?.pos_at(a.tick, rate),
+            b.get(id).map(|r| r.pos_at(b.tick, rate)),
+        );
+        let Some(pb) = pb else { return Some(pa) };
+        let t = ((render_tick - f64::from(a.tick)) / f64::from(b.tick - a.tick)) as f32;
+        Some(pa.lerp(pb, t))
+    }
+
+    /// Call once per rendered frame: notes whether the buffer ran dry at `render_tick`.
+    pub fn frame(&mut self, render_tick: f64) {
+        let dry = self
+            .views
+            .back()
+            .is_none_or(|v| render_tick > f64::from(v.tick));
+        if dry && !self.dry {
+            self.underruns += 1;
+        }
+        self.dry = dry;
+    }
+
+    /// Ids in the newest view.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.views
+            .back()
+            .into_iter()
+            .flat_map(|v| v.entities.iter().map(|e| e.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::EntityKind;
+    use crate::quant::{quantize_pos, quantize_vel};
+    use crate::rng::SplitMix64;
+    use crate::snapshot::EntityRecord;
+
+    const RATE: u16 = 30;
+    const TICK_MS: f64 = 1000.0 / 30.0;
+
+    /// A remote entity circling at 200 u/s, as the server would send it each tick.
+    fn view(tick: u32) -> View {
+        let t = f64::from(tick) / f64::from(RATE);
+        let (s, c) = ((t * 0.8).sin() as f32, (t * 0.8).cos() as f32);
+        let pos = Vec2::new(1000.0 + 250.0 * c, 1000.0 + 250.0 * s);
+        let vel = Vec2::new(-200.0 * s, 200.0 * c);
+        let fields = [
+            quantize_pos(pos.x),
+            quantize_pos(pos.y),
+            quantize_vel(vel.x),
+            quantize_vel(vel.y),
+        ];
+        View {
+            tick,
+            entities: vec![EntityRecord {
+                id: 7,
+                kind: EntityKind::Npc,
+                fields,
+                tick,
+            }],
+        }
+    }
+
+    #[test]
+    fn positions_stay_continuous_through_ten_percent_snapshot_loss() {
+        let mut rng = SplitMix64::new(8);
+        let mut interp = Interpolator::new(RATE);
+        let frame_ms = 1000.0 / 60.0;
+        let max_step = (200.0 * frame_ms / 1000.0) as f32;
+        let mut last: Option<Vec2> = None;
+        let mut worst = 0.0f32;
+        let mut next_tick = 0u32;
+        // Snapshots arrive 40 ms after their tick, ±10 ms; 10% are lost.
+        let mut now = 0.0;
+        while now < 20_000.0 {
+            while f64::from(next_tick) * TICK_MS + 50.0 <= now {
+                if rng.below(10) != 0 {
+                    let jitter = 10.0 * f64::from(rng.next_f32());
+                    interp.push(
+                        &view(next_tick),
+                        f64::from(next_tick) * TICK_MS + 40.0 + jitter,
+                    );
+                }
+                next_tick += 1;
+            }
+            let server_now = now / TICK_MS;
+            let render = server_now - interp.delay_ticks() - 40.0 / TICK_MS;
+            interp.frame(render);
+            if let Some(p) = interp.position(7, render) {
+                if let Some(l) = last {
+                    worst = worst.max(p.distance(l));
+                }
+                last = Some(p);
+            }
+            now += frame_ms;
+        }
+        // Quantization (1/16 unit) and lerp between quantized points add a hair.
+        assert!(
+            worst <= max_step * 1.05 + 0.1,
+            "jump of {worst:.2} > {max_step:.2} per frame"
+        );
+        // Two losses in a row (1% of ticks) can still run the buffer dry for a moment.
+        assert!(
+            interp.underruns() < 20,
+            "{} underruns in 600 snapshots",
+            interp.underruns()
+        );
+    }
+
+    #[test]
+    fn a_dry_buffer_extrapolates_a_little_then_holds_and_counts_one_underrun() {
+        let mut interp = Interpolator::new(RATE);
+        interp.push(&view(10), 0.0);
+        interp.push(&view(11), TICK_MS);
+        let at = |t: f64, i: &Interpolator| i.position(7, t).unwrap();
+        let p11 = at(11.0, &interp);
+        let p12 = at(12.0, &interp);
+        assert!(p12.distance(p11) > 5.0, "extrapolates along velocity");
+        assert_eq!(
+            at(20.0, &interp),
+            at(11.0 + MAX_EXTRAPOLATE_TICKS, &interp),
+            "then holds"
+        );
+        interp.frame(12.0);
+        interp.frame(13.0);
+        assert_eq!(interp.underruns(), 1);
+        interp.push(&view(14), 4.0 * TICK_MS);
+        interp.frame(13.5);
+        interp.frame(14.5);
+        assert_eq!(interp.underruns(), 2);
+    }
+}
