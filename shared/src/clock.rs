@@ -131,8 +131,8 @@ impl ClockSync {
 
     /// Advances the client clock to `now_ms`; returns the client ticks that became due, in
     /// order (usually zero or one per call; none before the first snapshot).
-    pub fn advance(&mut self, now_ms: f64) -> std::ops::RangeInclusive<u32> {
-        let empty = 1..=0;
+    pub fn advance(&mut self, now_ms: f64) -> std::ops::Range<u32> {
+        let empty = 0..0;
         let Some(target) = self.target_tick(now_ms) else {
             self.last_now = now_ms;
             return empty;
@@ -154,7 +154,7 @@ impl ClockSync {
         if to < from || to < 1 {
             return empty;
         }
-        (from.max(1) as u32)..=(to as u32)
+        (from.max(1) as u32)..(to as u32 + 1)
     }
 
     /// The client's current simulation tick.
