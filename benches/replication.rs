@@ -146,7 +146,14 @@ impl Scenario {
     fn replicate(&mut self) -> (usize, usize, usize) {
         let (mut bytes, mut sent, mut in_view) = (0, 0, 0);
         for (own, client) in &mut self.clients {
-            let built = client.build(&self.frame, &self.grid, *own, &self.settings, MAX_DATAGRAM);
+            let built = client.build(
+                &self.frame,
+                &self.grid,
+                *own,
+                &self.settings,
+                MAX_DATAGRAM,
+                Default::default(),
+            );
             client.on_ack(self.tick);
             bytes += built.bytes.len();
             sent += built.sent;

@@ -8,12 +8,19 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use arena_shared::clock::ClockSync;
+use arena_shared::interp::Interpolator;
+use arena_shared::map::Map;
+use arena_shared::predict::Predictor;
 use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
-    Buttons, CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Input, Ping, ServerDatagram, ServerMsg,
+    Buttons, CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Input, InputStatus, Ping,
+    ServerDatagram, ServerMsg, Welcome,
 };
 use arena_shared::quant::{Aim, MoveDir};
 use arena_shared::rng::SplitMix64;
+use arena_shared::sim::{self, Body};
+use arena_shared::snapshot::DeltaSnapshot;
 use arena_shared::snapshot::{ReceiveError, Receiver, View};
 use glam::Vec2;
 use hdrhistogram::Histogram;
@@ -79,6 +86,16 @@ pub struct BotOutcome {
     pub baseline_misses: u64,
     /// The newest view the bot reconstructed (delta mode).
     pub last_view: Option<View>,
+    /// Predictions the server's state corrected, after the warm-up.
+    pub prediction_corrections: u64,
+    /// Largest of those corrections, world units.
+    pub prediction_max_error: f32,
+    /// The server's count of this bot's inputs that arrived too late, after the warm-up.
+    pub inputs_late: u64,
+    /// Times the interpolation buffer ran dry.
+    pub interp_underruns: u64,
+    /// Error of the server-tick estimate at each snapshot after the warm-up, microseconds.
+    pub clock_error_us: Histogram<u64>,
 }
 
 impl BotOutcome {
@@ -104,6 +121,11 @@ impl BotOutcome {
             in_view: new_count_histogram(),
             baseline_misses: 0,
             last_view: None,
+            prediction_corrections: 0,
+            prediction_max_error: 0.0,
+            inputs_late: 0,
+            interp_underruns: 0,
+            clock_error_us: new_rtt_histogram(),
         }
     }
 
@@ -140,16 +162,7 @@ pub async fn run(config: BotConfig) -> BotOutcome {
     out.entity = Some(welcome.entity);
     out.tick_rate = welcome.tick_rate;
     let play_started = Instant::now();
-    if let Err(e) = play(
-        &config,
-        &mut transport,
-        &mut reader,
-        welcome.entity,
-        welcome.tick_rate,
-        &mut out,
-    )
-    .await
-    {
+    if let Err(e) = play(&config, &mut transport, &mut reader, &welcome, &mut out).await {
         out.error_kind = Some(e.kind());
         out.disconnected = Some(e.to_string());
     }
@@ -201,62 +214,203 @@ impl Assembly {
     }
 }
 
+/// Time after the first snapshot before prediction, lateness and clock figures count: the
+/// clock needs a few round trips to settle.
+pub const WARM_UP: Duration = Duration::from_secs(1);
+
+/// Everything one bot tracks while it plays.
+struct Play<'a> {
+    config: &'a BotConfig,
+    entity: u32,
+    tick_rate: u16,
+    map: Map,
+    started: Instant,
+    clock: ClockSync,
+    receiver: Receiver,
+    interp: Interpolator,
+    predictor: Option<Predictor>,
+    rng: SplitMix64,
+    walk: Walk,
+    seq: u32,
+    pings: HashMap<u32, Instant>,
+    nonce: u32,
+    assembly: Assembly,
+    part_bytes: u64,
+    /// When the first snapshot arrived, and the server's late count then.
+    warm_from: Option<(Instant, Option<u32>)>,
+    late_total: u32,
+}
+
+impl Play<'_> {
+    fn now_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
+    }
+
+    fn warm(&self) -> bool {
+        self.warm_from.is_some_and(|(t, _)| t.elapsed() >= WARM_UP)
+    }
+
+    /// Inputs for every client tick that became due: predicted at once, then sent.
+    async fn frame(&mut self, t: &mut Transport, out: &mut BotOutcome) -> Result<(), ClientError> {
+        let now = self.now_ms();
+        for tick in self.clock.advance(now) {
+            let dir = match self.config.behaviour {
+                Behaviour::Heading(d) => d,
+                Behaviour::Wander => self.walk.next(&mut self.rng, self.tick_rate),
+            };
+            let movement = MoveDir::from_vec2(dir);
+            out.input_sum += movement.to_vec2();
+            self.seq = self.seq.wrapping_add(1);
+            if let Some(p) = &mut self.predictor {
+                p.apply(self.seq, movement, &self.map);
+            }
+            let input = Input {
+                seq: self.seq,
+                tick,
+                movement,
+                aim: Aim::from_radians(dir.y.atan2(dir.x)),
+                buttons: Buttons::default(),
+            };
+            out.up_bytes += t.send_msg(&ClientMsg::Input(input)).await? as u64;
+            out.inputs_sent += 1;
+        }
+        if let Some(p) = &mut self.predictor {
+            p.advance_render(1.0 / (2.0 * f32::from(self.tick_rate)));
+        }
+        if let Some(server) = self.clock.server_tick(now) {
+            let render = server - self.interp.delay_ticks();
+            self.interp.frame(render);
+            out.interp_underruns = self.interp.underruns();
+        }
+        Ok(())
+    }
+
+    fn on_pong(&mut self, nonce: u32, out: &mut BotOutcome) {
+        if let Some(sent) = self.pings.remove(&nonce) {
+            let rtt = sent.elapsed();
+            out.rtt_us.saturating_record(rtt.as_micros().max(1) as u64);
+            self.clock.on_rtt(rtt.as_secs_f64() * 1000.0);
+        }
+    }
+
+    fn on_delta(
+        &mut self,
+        input: InputStatus,
+        snap: &DeltaSnapshot,
+        size: usize,
+        out: &mut BotOutcome,
+    ) {
+        out.snapshot_bytes.saturating_record(size as u64);
+        let now = self.now_ms();
+        let view = match self.receiver.receive(snap) {
+            Ok(view) => view.clone(),
+            Err(ReceiveError::MissingBaseline(_)) => {
+                out.baseline_misses += 1;
+                return;
+            }
+            Err(_) => return,
+        };
+        out.snapshots += 1;
+        out.in_view.saturating_record(view.entities.len() as u64);
+        if self.receiver.latest().is_some_and(|l| l.tick == view.tick) {
+            if self.warm() {
+                // How far the estimate was from the tick this snapshot proves, one way later.
+                if let (Some(est), Some(rtt)) = (self.clock.server_tick(now), self.clock.rtt_ms()) {
+                    let truth =
+                        f64::from(view.tick) + rtt / 2.0 / (1000.0 / f64::from(self.tick_rate));
+                    let err_ms = (est - truth).abs() * 1000.0 / f64::from(self.tick_rate);
+                    out.clock_error_us
+                        .saturating_record((err_ms * 1000.0).max(1.0) as u64);
+                }
+            }
+            self.clock.on_server_tick(view.tick, now);
+            self.clock.on_input_report(input.late, now);
+            self.interp.push(&view, now);
+        }
+        self.late_total = input.late;
+        let warm_from = self.warm_from.get_or_insert((Instant::now(), None));
+        if warm_from.0.elapsed() >= WARM_UP && warm_from.1.is_none() {
+            warm_from.1 = Some(input.late);
+        }
+        if let Some(base) = warm_from.1 {
+            out.inputs_late = u64::from(self.late_total.saturating_sub(base));
+        }
+        let Some(me) = view.get(self.entity) else {
+            return;
+        };
+        let pos = me.pos_at(view.tick, self.tick_rate);
+        out.first_pos.get_or_insert(pos);
+        out.last_pos = Some(pos);
+        let server = Body { pos, vel: me.vel() };
+        match &mut self.predictor {
+            None => self.predictor = Some(Predictor::new(server, sim::PLAYER, self.tick_rate)),
+            Some(p)
+                if input.last_seq != 0
+                    && self.receiver.latest().is_some_and(|l| l.tick == view.tick) =>
+            {
+                if let Some(c) = p.reconcile(input.last_seq, server, &self.map) {
+                    if self.warm() {
+                        out.prediction_corrections += 1;
+                        out.prediction_max_error = out.prediction_max_error.max(c.error);
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 async fn play(
     config: &BotConfig,
     t: &mut Transport,
     reader: &mut FrameReader,
-    entity: u32,
-    tick_rate: u16,
+    welcome: &Welcome,
     out: &mut BotOutcome,
 ) -> Result<(), ClientError> {
+    let tick_rate = welcome.tick_rate.max(1);
     let deadline = tokio::time::Instant::now() + config.play_for;
-    let mut input_timer =
-        tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(tick_rate.max(1))));
-    input_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Frames at twice the tick rate: the clock decides which ticks are due.
+    let mut frame_timer =
+        tokio::time::interval(Duration::from_secs_f64(0.5 / f64::from(tick_rate)));
+    frame_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ping_timer = tokio::time::interval(PING_INTERVAL);
     ping_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rng = SplitMix64::new(config.seed);
-    let mut walk = Walk::default();
-    let mut seq = 0u32;
-    let mut server_tick = 0u32;
-    let mut pings: HashMap<u32, Instant> = HashMap::new();
-    let mut nonce = 0u32;
-    let mut assembly = Assembly::default();
-    let mut part_bytes = 0u64;
-    let mut receiver = Receiver::new(tick_rate);
+    let mut s = Play {
+        config,
+        entity: welcome.entity,
+        tick_rate,
+        map: welcome.map.clone(),
+        started: Instant::now(),
+        clock: ClockSync::new(tick_rate),
+        receiver: Receiver::new(tick_rate),
+        interp: Interpolator::new(tick_rate),
+        predictor: None,
+        rng: SplitMix64::new(config.seed),
+        walk: Walk::default(),
+        seq: 0,
+        pings: HashMap::new(),
+        nonce: 0,
+        assembly: Assembly::default(),
+        part_bytes: 0,
+        warm_from: None,
+        late_total: 0,
+    };
     let mut buf = [0u8; 4096];
 
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
-                out.last_view = receiver.latest().cloned();
+                out.last_view = s.receiver.latest().cloned();
                 return Ok(());
             }
-            _ = input_timer.tick() => {
-                let dir = match config.behaviour {
-                    Behaviour::Heading(d) => d,
-                    Behaviour::Wander => walk.next(&mut rng, tick_rate),
-                };
-                let movement = MoveDir::from_vec2(dir);
-                out.input_sum += movement.to_vec2();
-                seq = seq.wrapping_add(1);
-                let input = Input {
-                    seq,
-                    tick: server_tick.wrapping_add(1),
-                    movement,
-                    aim: Aim::from_radians(dir.y.atan2(dir.x)),
-                    buttons: Buttons::default(),
-                };
-                out.up_bytes += t.send_msg(&ClientMsg::Input(input)).await? as u64;
-                out.inputs_sent += 1;
-            }
+            _ = frame_timer.tick() => s.frame(t, out).await?,
             _ = ping_timer.tick() => {
-                nonce = nonce.wrapping_add(1);
-                if pings.len() >= MAX_PINGS_IN_FLIGHT {
-                    pings.clear();
+                s.nonce = s.nonce.wrapping_add(1);
+                if s.pings.len() >= MAX_PINGS_IN_FLIGHT {
+                    s.pings.clear();
                 }
-                pings.insert(nonce, Instant::now());
-                out.up_bytes += t.send_msg(&ClientMsg::Ping(Ping { nonce })).await? as u64;
+                s.pings.insert(s.nonce, Instant::now());
+                out.up_bytes += t.send_msg(&ClientMsg::Ping(Ping { nonce: s.nonce })).await? as u64;
             }
             read = t.recv.read(&mut buf) => match read {
                 Ok(Some(n)) => {
@@ -264,11 +418,7 @@ async fn play(
                     reader.push(&buf[..n]);
                     while let Some(body) = reader.next_frame().map_err(|_| ClientError::BadFrame)? {
                         match codec::decode_server(&body).map_err(|_| ClientError::BadFrame)? {
-                            ServerMsg::Pong(p) => {
-                                if let Some(sent) = pings.remove(&p.nonce) {
-                                    out.rtt_us.saturating_record(sent.elapsed().as_micros().max(1) as u64);
-                                }
-                            }
+                            ServerMsg::Pong(p) => s.on_pong(p.nonce, out),
                             ServerMsg::Disconnect(d) => {
                                 return Err(ClientError::Disconnected { reason: d.reason, message: d.message });
                             }
@@ -285,26 +435,9 @@ async fn play(
                 out.datagrams += 1;
                 out.down_bytes += payload.len() as u64;
                 match codec::decode_datagram(&payload).map_err(|_| ClientError::BadFrame)? {
-                    ServerDatagram::Delta(snap) => {
-                        out.snapshot_bytes.saturating_record(payload.len() as u64);
-                        match receiver.receive(&snap) {
-                            Ok(view) => {
-                                out.snapshots += 1;
-                                out.in_view.saturating_record(view.entities.len() as u64);
-                                if let Some(me) = view.get(entity) {
-                                    let pos = me.pos_at(view.tick, tick_rate);
-                                    out.first_pos.get_or_insert(pos);
-                                    out.last_pos = Some(pos);
-                                }
-                            }
-                            Err(ReceiveError::MissingBaseline(_)) => out.baseline_misses += 1,
-                            Err(ReceiveError::Stale) => {}
-                            Err(ReceiveError::Invalid(_)) => return Err(ClientError::BadFrame),
-                        }
-                        if let Some(latest) = receiver.latest() {
-                            server_tick = server_tick.max(latest.tick);
-                        }
-                        if let Some(ack) = receiver.ack() {
+                    ServerDatagram::Delta(input, snap) => {
+                        s.on_delta(input, &snap, payload.len(), out);
+                        if let Some(ack) = s.receiver.ack() {
                             let bytes = codec::encode_client_datagram(&ClientDatagram::Ack(ack));
                             out.up_bytes += bytes.len() as u64;
                             // A lost or refused ack costs only a slightly older baseline.
@@ -312,14 +445,16 @@ async fn play(
                         }
                     }
                     ServerDatagram::Snapshot(snap) => {
-                        server_tick = server_tick.max(snap.tick);
-                        part_bytes += payload.len() as u64;
-                        if assembly.part(snap.tick, snap.parts) {
+                        // Full mode (comparison only): no prediction; the clock still follows.
+                        s.part_bytes += payload.len() as u64;
+                        if s.assembly.part(snap.tick, snap.parts) {
                             out.snapshots += 1;
-                            out.snapshot_bytes.saturating_record(part_bytes);
-                            part_bytes = 0;
+                            out.snapshot_bytes.saturating_record(s.part_bytes);
+                            s.part_bytes = 0;
+                            let now = s.now_ms();
+                            s.clock.on_server_tick(snap.tick, now);
                         }
-                        if let Some(me) = snap.entities.iter().find(|e| e.id == entity) {
+                        if let Some(me) = snap.entities.iter().find(|e| e.id == s.entity) {
                             out.first_pos.get_or_insert(me.pos);
                             out.last_pos = Some(me.pos);
                         }

@@ -35,6 +35,15 @@ pub struct Report {
     pub entities_in_view_p50: f64,
     /// Delta snapshots bots could not decode for want of a baseline (0 without loss).
     pub baseline_misses: u64,
+    /// Prediction corrections after each bot's first second (0 without impairment).
+    pub prediction_corrections: u64,
+    /// Largest correction, world units.
+    pub prediction_max_error: f64,
+    /// Inputs the server found late, after each bot's first second (0 without impairment).
+    pub inputs_late: u64,
+    pub interp_underruns: u64,
+    /// 99th percentile of the server-tick estimate's error, milliseconds.
+    pub clock_offset_ms_p99: f64,
     /// Failures and disconnects by kind (e.g. `rejected_server_full`).
     pub errors: BTreeMap<String, u64>,
 }
@@ -46,7 +55,9 @@ impl Report {
         let mut connect = new_rtt_histogram();
         let mut errors = BTreeMap::new();
         let (mut sizes, mut in_view) = (new_count_histogram(), new_count_histogram());
+        let mut clock = new_rtt_histogram();
         for b in bots {
+            let _ = clock.add(&b.clock_error_us);
             let _ = sizes.add(&b.snapshot_bytes);
             let _ = in_view.add(&b.in_view);
             // Histograms of equal bounds always add.
@@ -99,6 +110,14 @@ impl Report {
             snapshot_bytes_p99: at(&sizes, 0.99),
             entities_in_view_p50: at(&in_view, 0.5),
             baseline_misses: bots.iter().map(|b| b.baseline_misses).sum(),
+            prediction_corrections: bots.iter().map(|b| b.prediction_corrections).sum(),
+            prediction_max_error: bots
+                .iter()
+                .map(|b| f64::from(b.prediction_max_error))
+                .fold(0.0, f64::max),
+            inputs_late: bots.iter().map(|b| b.inputs_late).sum(),
+            interp_underruns: bots.iter().map(|b| b.interp_underruns).sum(),
+            clock_offset_ms_p99: ms(&clock, 0.99),
             errors,
         }
     }
@@ -106,7 +125,7 @@ impl Report {
     /// A table a person reads at the end of a run.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let rows: [(&str, String); 15] = [
+        let rows: [(&str, String); 19] = [
             (
                 "bots connected",
                 format!("{} / {}", self.bots_connected, self.bots_requested),
@@ -143,6 +162,19 @@ impl Report {
                 format!("{:.0}", self.entities_in_view_p50),
             ),
             ("baseline misses", self.baseline_misses.to_string()),
+            (
+                "corrections",
+                format!(
+                    "{} (max {:.2} u)",
+                    self.prediction_corrections, self.prediction_max_error
+                ),
+            ),
+            ("inputs late", self.inputs_late.to_string()),
+            ("interp underruns", self.interp_underruns.to_string()),
+            (
+                "clock error p99",
+                format!("{:.2} ms", self.clock_offset_ms_p99),
+            ),
             (
                 "RTT p50 / p99",
                 format!("{:.2} / {:.2} ms", self.rtt_ms_p50, self.rtt_ms_p99),
@@ -192,6 +224,11 @@ mod tests {
             "snapshot_bytes_p99",
             "entities_in_view_p50",
             "baseline_misses",
+            "prediction_corrections",
+            "prediction_max_error",
+            "inputs_late",
+            "interp_underruns",
+            "clock_offset_ms_p99",
         ] {
             assert!(v.get(key).is_some_and(|x| x.is_number()), "missing {key}");
         }

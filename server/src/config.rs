@@ -82,10 +82,10 @@ pub struct Config {
     #[arg(long, default_value_t = 65_536)]
     pub inbox_capacity: usize,
 
-    /// Inputs the simulation keeps queued per player (one is applied per tick; the oldest is
-    /// dropped beyond this).
-    #[arg(long, default_value_t = 8)]
-    pub input_queue: usize,
+    /// How many ticks ahead of the simulation a player's input may be (the input buffer holds
+    /// at most this many per player; inputs further ahead are refused and counted).
+    #[arg(long, default_value_t = 32)]
+    pub input_window: u32,
 
     /// Snapshots waiting per session to be sent; the oldest is dropped beyond this (the client
     /// is slow, and a newer snapshot supersedes it).

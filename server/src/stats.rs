@@ -21,7 +21,12 @@ pub struct Stats {
     pub entities: AtomicU64,
     pub tick: AtomicU64,
     pub inputs_dropped_inbox_full: AtomicU64,
-    pub inputs_dropped_queue_full: AtomicU64,
+    /// Inputs for ticks already simulated.
+    pub inputs_too_old: AtomicU64,
+    /// Inputs more than `--input-window` ticks ahead.
+    pub inputs_too_far: AtomicU64,
+    /// Ticks a player's input had not arrived for (the last one was repeated).
+    pub inputs_late: AtomicU64,
     pub snapshots_dropped_slow_consumer: AtomicU64,
     pub datagrams_sent: AtomicU64,
     pub datagram_bytes_sent: AtomicU64,
@@ -56,7 +61,9 @@ impl Default for Stats {
             entities: AtomicU64::new(0),
             tick: AtomicU64::new(0),
             inputs_dropped_inbox_full: AtomicU64::new(0),
-            inputs_dropped_queue_full: AtomicU64::new(0),
+            inputs_too_old: AtomicU64::new(0),
+            inputs_too_far: AtomicU64::new(0),
+            inputs_late: AtomicU64::new(0),
             snapshots_dropped_slow_consumer: AtomicU64::new(0),
             datagrams_sent: AtomicU64::new(0),
             datagram_bytes_sent: AtomicU64::new(0),

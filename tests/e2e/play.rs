@@ -55,6 +55,11 @@ async fn twenty_bots_play_for_three_seconds() {
     assert!(
         r.rtt_ms_p50 > 0.0 && r.down_bytes_per_bot_per_s > 0.0 && r.up_bytes_per_bot_per_s > 0.0
     );
+    // Prediction and clock sync: after each bot's first second, the server applied every input
+    // at the tick the client predicted it for, so no prediction needed correcting.
+    assert_eq!(r.inputs_late, 0, "{}", r.table());
+    assert_eq!(r.prediction_corrections, 0, "{}", r.table());
+    assert!(r.clock_offset_ms_p99 < 3.0 * 33.4, "{}", r.table());
 
     server.sessions_reach(0).await;
     server.players_reach(0).await;

@@ -1,6 +1,6 @@
 //! Components and resources of the simulation world.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arena_shared::map::Map;
@@ -38,12 +38,21 @@ pub struct Player {
     pub name: String,
 }
 
-/// Inputs received and not yet applied, one applied per tick. When empty the last input is
-/// repeated (the client's packet was late or lost; holding a key should keep moving).
+/// A player's inputs keyed by the tick they are meant for. At tick T the input for T is
+/// applied; if it has not arrived the last one is repeated (holding a key keeps moving) and the
+/// miss is counted as late. Inputs for ticks already simulated are dropped; inputs more than
+/// `--input-window` ticks ahead are refused. Both are counted; the buffer never holds more
+/// than the window.
 #[derive(Component, Debug, Default)]
-pub struct InputQueue {
-    pub pending: VecDeque<Input>,
+pub struct InputBuffer {
+    pub pending: BTreeMap<u32, Input>,
     pub last: Input,
+    /// Seq of the input applied at the last tick (repeated inputs keep their seq).
+    pub last_seq: u32,
+    /// Ticks whose input had not arrived in time, since the first input arrived.
+    pub late: u32,
+    /// Whether any input arrived yet (no lateness is counted before).
+    pub started: bool,
 }
 
 /// An NPC's random walk: a direction held for a while, then another.
@@ -62,7 +71,8 @@ pub struct Tick(pub u32);
 pub struct SimSettings {
     pub dt: f32,
     pub tick_rate: u16,
-    pub input_queue: usize,
+    /// How far ahead of the simulated tick an input may be.
+    pub input_window: u32,
 }
 
 #[derive(Resource, Debug, Clone)]

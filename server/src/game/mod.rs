@@ -118,7 +118,7 @@ impl Simulation {
         world.insert_resource(SimSettings {
             dt: config.dt(),
             tick_rate: config.tick_rate,
-            input_queue: config.input_queue.max(1),
+            input_window: config.input_window.max(1),
         });
         world.insert_resource(Inbox::default());
         world.insert_resource(Clients::default());

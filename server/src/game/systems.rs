@@ -50,7 +50,7 @@ pub fn admit_and_release(
                             client_id: join.client_id,
                             name: join.name,
                         },
-                        InputQueue::default(),
+                        InputBuffer::default(),
                     ))
                     .id();
                 let link = ClientLink {
@@ -83,11 +83,13 @@ pub fn admit_and_release(
     inbox.0 = inputs;
 }
 
-/// Queues each input on its player, dropping the oldest beyond `--input-queue`.
+/// Files each input under its tick: too old (already simulated) and too far ahead
+/// (`--input-window`) are dropped and counted; the first input for a tick wins.
 pub fn route_inputs(
     mut inbox: ResMut<Inbox>,
     clients: Res<Clients>,
-    mut queues: Query<&mut InputQueue>,
+    mut buffers: Query<&mut InputBuffer>,
+    tick: Res<Tick>,
     settings: Res<SimSettings>,
     stats: Res<StatsRes>,
 ) {
@@ -98,24 +100,48 @@ pub fn route_inputs(
         let Some(link) = clients.0.get(&client_id) else {
             continue;
         };
-        let Ok(mut queue) = queues.get_mut(link.entity) else {
+        let Ok(mut buffer) = buffers.get_mut(link.entity) else {
             continue;
         };
-        if queue.pending.len() >= settings.input_queue {
-            queue.pending.pop_front();
-            Stats::add(&stats.0.inputs_dropped_queue_full, 1);
+        if input.tick < tick.0 {
+            Stats::add(&stats.0.inputs_too_old, 1);
+        } else if input.tick - tick.0 > settings.input_window {
+            Stats::add(&stats.0.inputs_too_far, 1);
+        } else {
+            buffer.started = true;
+            buffer.pending.entry(input.tick).or_insert(input);
         }
-        queue.pending.push_back(input);
     }
 }
 
-/// One queued input per player per tick; the last one repeats when none is queued.
-pub fn player_intent(mut players: Query<(&mut InputQueue, &mut MoveIntent)>) {
-    for (mut queue, mut intent) in &mut players {
-        if let Some(input) = queue.pending.pop_front() {
-            queue.last = input;
+/// Applies each player's input for this tick, or repeats the last one and counts it late.
+pub fn player_intent(
+    mut players: Query<(&mut InputBuffer, &mut MoveIntent)>,
+    tick: Res<Tick>,
+    stats: Res<StatsRes>,
+) {
+    for (mut buffer, mut intent) in &mut players {
+        let buffer = &mut *buffer;
+        // Nothing older than this tick can still be applied.
+        while buffer
+            .pending
+            .first_key_value()
+            .is_some_and(|(&t, _)| t < tick.0)
+        {
+            buffer.pending.pop_first();
         }
-        intent.0 = queue.last.movement;
+        match buffer.pending.remove(&tick.0) {
+            Some(input) => {
+                buffer.last = input;
+                buffer.last_seq = input.seq;
+            }
+            None if buffer.started => {
+                buffer.late += 1;
+                Stats::add(&stats.0.inputs_late, 1);
+            }
+            None => {}
+        }
+        intent.0 = buffer.last.movement;
     }
 }
 

@@ -61,6 +61,11 @@ fn join(h: &mut Harness, client_id: u64) -> (Arc<Outbox>, JoinAck) {
     (outbox, rx.try_recv().expect("joined within one tick"))
 }
 
+/// The tick the next `tick()` will simulate.
+fn now(h: &Harness) -> u32 {
+    h.sim.world().resource::<components::Tick>().0
+}
+
 fn own_state(outbox: &Outbox, entity: u32) -> arena_shared::protocol::EntityState {
     let snaps = outbox.drain();
     let last = snaps.last().expect("a snapshot this tick");
@@ -82,7 +87,7 @@ fn a_joined_player_moves_the_way_its_inputs_push_and_leaves_cleanly() {
     for seq in 0..30 {
         let input = Input {
             seq,
-            tick: 0,
+            tick: now(&h),
             movement: MoveDir { x: 127, y: 0 },
             ..Default::default()
         };
@@ -115,34 +120,56 @@ fn a_joined_player_moves_the_way_its_inputs_push_and_leaves_cleanly() {
 }
 
 #[test]
-fn a_missing_input_repeats_the_last_one_and_the_queue_is_bounded() {
+fn inputs_apply_at_their_tick_a_missing_one_repeats_and_counts_late_and_bounds_hold() {
     let mut h = harness(0);
     let (outbox, ack) = join(&mut h, 1);
-    let input = Input {
+    let down = Input {
         seq: 1,
+        tick: now(&h),
         movement: MoveDir { x: 0, y: 127 },
         ..Default::default()
     };
     h.tx.try_send(SimCommand::Input {
         client_id: 1,
-        input,
+        input: down,
     })
     .unwrap();
     h.sim.tick();
     let a = own_state(&outbox, ack.entity);
-    h.sim.tick(); // no input: keeps pushing down
+    h.sim.tick(); // no input for this tick: the last one repeats, counted late
     let b = own_state(&outbox, ack.entity);
-    assert!(b.vel.y > a.vel.y);
+    assert!(b.vel.y > a.vel.y, "kept pushing down");
+    assert_eq!(Stats::get(&h.stats.inputs_late), 1);
 
-    for seq in 0..20 {
+    let t = now(&h);
+    let window = 32;
+    for (seq, tick) in [(10, t - 1), (11, t + window + 1), (12, t + window)] {
         h.tx.try_send(SimCommand::Input {
             client_id: 1,
-            input: Input { seq, ..input },
+            input: Input { seq, tick, ..down },
         })
         .unwrap();
     }
     h.sim.tick();
-    assert_eq!(Stats::get(&h.stats.inputs_dropped_queue_full), 20 - 8);
+    assert_eq!(
+        Stats::get(&h.stats.inputs_too_old),
+        1,
+        "a tick already simulated"
+    );
+    assert_eq!(
+        Stats::get(&h.stats.inputs_too_far),
+        1,
+        "beyond --input-window"
+    );
+    // The one at the edge of the window waits for its tick; the buffer holds at most the window.
+    let world = h.sim.world();
+    let held: Vec<usize> = world
+        .try_query::<&components::InputBuffer>()
+        .unwrap()
+        .iter(world)
+        .map(|b| b.pending.len())
+        .collect();
+    assert_eq!(held, vec![1]);
 }
 
 #[test]
@@ -211,6 +238,7 @@ fn the_server_moves_a_player_exactly_as_the_client_predicts() {
             client_id: 3,
             input: Input {
                 seq,
+                tick: now(&h),
                 movement,
                 ..Default::default()
             },

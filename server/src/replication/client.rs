@@ -19,8 +19,8 @@
 //! Invariant: the ring holds exactly the views the client computes from what it was sent, so
 //! a snapshot built against an acknowledged view always decodes on the client.
 
-use arena_shared::protocol::ServerDatagram;
 use arena_shared::protocol::codec::encode_datagram;
+use arena_shared::protocol::{InputStatus, ServerDatagram};
 use arena_shared::snapshot::{self, BASELINE_RING, Update, View};
 use glam::Vec2;
 
@@ -157,6 +157,7 @@ impl ClientReplicator {
         own: u32,
         s: &RepSettings,
         max_datagram: usize,
+        input: InputStatus,
     ) -> Built {
         let t = frame.tick;
         let own_index = frame.index_of(own);
@@ -289,7 +290,7 @@ impl ClientReplicator {
                 &self.updates,
                 &mut next_view,
             );
-            let bytes = encode_datagram(&ServerDatagram::Delta(snap));
+            let bytes = encode_datagram(&ServerDatagram::Delta(input, snap));
             if bytes.len() <= limit || (chosen <= 1 && self.removed.is_empty()) {
                 break bytes;
             }
@@ -391,15 +392,5 @@ impl ClientReplicator {
                 .retain(|m| keep.binary_search(&m.id).is_ok());
         }
         std::mem::swap(&mut self.interest, &mut self.next_interest);
-    }
-}
-
-#[cfg(test)]
-impl ClientReplicator {
-    pub(crate) fn debug_priority(&self, id: u32) -> Option<f32> {
-        self.interest
-            .binary_search_by_key(&id, |m| m.id)
-            .ok()
-            .map(|i| self.interest[i].priority)
     }
 }

@@ -18,14 +18,14 @@ mod tests;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arena_shared::protocol::EntityState;
 use arena_shared::protocol::codec::encode_snapshot_parts;
+use arena_shared::protocol::{EntityState, InputStatus};
 use arena_shared::sim;
 use bevy_ecs::prelude::*;
 use clap::ValueEnum;
 use tokio::sync::broadcast;
 
-use crate::game::components::{Clients, Kind, Motion, NetId, StatsRes, Tick};
+use crate::game::components::{Clients, InputBuffer, Kind, Motion, NetId, StatsRes, Tick};
 use crate::net::outbox::SnapshotDatagrams;
 use crate::stats::Stats;
 use client::RepSettings;
@@ -91,6 +91,7 @@ pub fn settings(config: &crate::Config) -> RepSettings {
 /// Builds this tick's snapshot for every client and queues it in the client's outbox.
 pub fn replicate(
     bodies: Query<(&NetId, &Kind, &Motion)>,
+    inputs: Query<&InputBuffer>,
     mut clients: ResMut<Clients>,
     tick: Res<Tick>,
     stats: Res<StatsRes>,
@@ -149,12 +150,20 @@ pub fn replicate(
                 if let Some(acked) = link.outbox.acked() {
                     link.replicator.on_ack(acked);
                 }
+                let input =
+                    inputs
+                        .get(link.entity)
+                        .map_or(InputStatus::default(), |b| InputStatus {
+                            last_seq: b.last_seq,
+                            late: b.late,
+                        });
                 let built = link.replicator.build(
                     &rep.frame,
                     &rep.grid,
                     link.net_id,
                     &rep.settings,
                     link.outbox.max_datagram(),
+                    input,
                 );
                 bytes += built.bytes.len();
                 full += usize::from(built.full);

@@ -95,7 +95,7 @@ fn settings(budget_bytes: usize) -> RepSettings {
 
 fn delta(bytes: &[u8]) -> arena_shared::snapshot::DeltaSnapshot {
     match decode_datagram(bytes) {
-        Ok(ServerDatagram::Delta(d)) => d,
+        Ok(ServerDatagram::Delta(_, d)) => d,
         other => panic!("expected a delta snapshot, got {other:?}"),
     }
 }
@@ -186,7 +186,7 @@ fn thirty_percent_loss_and_reordering_converges_within_one_acknowledged_round_tr
         for acked in up.deliver(now) {
             server.on_ack(acked);
         }
-        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM);
+        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM, Default::default());
         assert!(built.bytes.len() <= MAX_DATAGRAM);
         frames.insert(now, frame.clone());
         let lossy = now <= lossy_until;
@@ -254,7 +254,7 @@ fn an_entity_is_only_sent_inside_the_radius_enters_within_a_tick_and_leaves_afte
         world.bodies[1].2 = Vec2::new(300.0, 0.0);
         world.step(&mut frame);
         grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
-        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM);
+        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM, Default::default());
         let view = client.receive(&delta(&built.bytes)).unwrap().clone();
         server.on_ack(view.tick);
         let center = Vec2::splat(2000.0);
@@ -329,7 +329,7 @@ fn a_crowd_of_ten_thousand_stays_within_budget_and_nobody_starves() {
     for _ in 0..fill + MAX_STALE + 100 {
         world.step(&mut frame);
         grid.rebuild(&frame, 4096.0, s.aoi_radius / 2.0);
-        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM);
+        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM, Default::default());
         assert!(
             built.bytes.len() <= budget,
             "snapshot of {} bytes over the {budget}-byte budget",
@@ -367,7 +367,7 @@ fn a_client_that_never_acknowledges_gets_full_snapshots_and_the_ring_stays_bound
     for _ in 0..100 {
         world.step(&mut frame);
         grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
-        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM);
+        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM, Default::default());
         assert!(built.full);
         assert_eq!(delta(&built.bytes).baseline, 0);
     }

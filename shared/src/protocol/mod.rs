@@ -18,7 +18,7 @@ use crate::quant::{Aim, MoveDir};
 use crate::snapshot::{Ack, DeltaSnapshot};
 
 /// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
 /// from "an Arena client of another version".
@@ -231,10 +231,22 @@ pub const CLOSE_CLIENT_LEFT: u32 = 0;
 /// Server → client, as one QUIC datagram each.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum ServerDatagram {
-    /// The client's view at a tick, as a delta against a view it acknowledged. The normal mode.
-    Delta(DeltaSnapshot),
+    /// The client's view at a tick, as a delta against a view it acknowledged, and how the
+    /// server used the client's inputs up to that tick. The normal mode.
+    Delta(InputStatus, DeltaSnapshot),
     /// Part of the full state of the world (`--replication full`, kept for comparison).
     Snapshot(Snapshot),
+}
+
+/// How the server used a client's inputs, as of a snapshot's tick: what prediction reconciles
+/// against and what clock sync adjusts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct InputStatus {
+    /// Seq of the input applied at the snapshot's tick (a repeated input keeps its seq);
+    /// 0 before the first.
+    pub last_seq: u32,
+    /// Ticks, since the client's first input, for which its input had not arrived in time.
+    pub late: u32,
 }
 
 /// Client → server, as one QUIC datagram each.

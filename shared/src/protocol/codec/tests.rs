@@ -133,6 +133,26 @@ fn every_message_round_trips() {
         entities: entities(5),
     });
     assert_eq!(decode_datagram(&encode_datagram(&snap)), Ok(snap));
+    let u = |id| crate::snapshot::Update {
+        id,
+        kind: EntityKind::Npc,
+        fields: [id as i32, 2, 3, 4],
+    };
+    let (delta, _) = crate::snapshot::encode(9, 30, None, [1, 2], &[], &[u(1), u(5)]);
+    let status = crate::protocol::InputStatus {
+        last_seq: 4,
+        late: 1,
+    };
+    let delta = ServerDatagram::Delta(status, delta);
+    assert_eq!(decode_datagram(&encode_datagram(&delta)), Ok(delta));
+    let ack = ClientDatagram::Ack(crate::snapshot::Ack {
+        newest: 77,
+        bits: 0xF0F0,
+    });
+    assert_eq!(
+        decode_client_datagram(&encode_client_datagram(&ack)),
+        Ok(ack)
+    );
 }
 
 #[test]
@@ -268,7 +288,11 @@ fn golden_bytes() {
         u(7),
     ];
     let (delta, _) = crate::snapshot::encode(10, 30, Some(&view), [0, 0], &[5], &moved);
-    let hex: String = encode_datagram(&ServerDatagram::Delta(delta))
+    let status = crate::protocol::InputStatus {
+        last_seq: 9,
+        late: 2,
+    };
+    let hex: String = encode_datagram(&ServerDatagram::Delta(status, delta))
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
@@ -276,7 +300,7 @@ fn golden_bytes() {
         hex,
         GOLDEN_DELTA,
         "full: {:?}",
-        encode_datagram(&ServerDatagram::Delta(base)).len()
+        encode_datagram(&ServerDatagram::Delta(status, base)).len()
     );
     let ack = ClientDatagram::Ack(crate::snapshot::Ack {
         newest: 10,
