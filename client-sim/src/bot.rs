@@ -348,11 +348,12 @@ impl Play<'_> {
                 if input.last_seq != 0
                     && self.receiver.latest().is_some_and(|l| l.tick == view.tick) =>
             {
-                if let Some(c) = p.reconcile(input.last_seq, server, &self.map) {
-                    if self.warm() {
-                        out.prediction_corrections += 1;
-                        out.prediction_max_error = out.prediction_max_error.max(c.error);
-                    }
+                let correction = p.reconcile(input.last_seq, server, &self.map);
+                if let Some(c) = correction
+                    .filter(|_| self.warm_from.is_some_and(|(t, _)| t.elapsed() >= WARM_UP))
+                {
+                    out.prediction_corrections += 1;
+                    out.prediction_max_error = out.prediction_max_error.max(c.error);
                 }
             }
             Some(_) => {}
