@@ -27,6 +27,7 @@ use hdrhistogram::Histogram;
 use wtransport::VarInt;
 
 use crate::client::{self, ClientError, Transport};
+use crate::impair::{DelayLine, Direction, ImpairConfig, Impairment};
 
 /// How often a bot measures its round trip.
 pub const PING_INTERVAL: Duration = Duration::from_millis(250);
@@ -51,6 +52,8 @@ pub struct BotConfig {
     pub behaviour: Behaviour,
     pub seed: u64,
     pub idle_timeout: Duration,
+    /// Network impairment applied to what this bot sends and receives (none by default).
+    pub impair: ImpairConfig,
 }
 
 /// What one bot saw.
@@ -239,6 +242,12 @@ struct Play<'a> {
     /// When the first snapshot arrived, and the server's late count then.
     warm_from: Option<(Instant, Option<u32>)>,
     late_total: u32,
+    /// Impairment, when configured, and what it holds back each way.
+    imp: Option<Impairment>,
+    out_stream: DelayLine<Vec<u8>>,
+    out_dgram: DelayLine<Vec<u8>>,
+    in_stream: DelayLine<Vec<u8>>,
+    in_dgram: DelayLine<Vec<u8>>,
 }
 
 impl Play<'_> {
@@ -271,16 +280,142 @@ impl Play<'_> {
                 aim: Aim::from_radians(dir.y.atan2(dir.x)),
                 buttons: Buttons::default(),
             };
-            out.up_bytes += t.send_msg(&ClientMsg::Input(input)).await? as u64;
+            self.send_msg(t, &ClientMsg::Input(input), out).await?;
             out.inputs_sent += 1;
         }
         if let Some(p) = &mut self.predictor {
             p.advance_render(1.0 / (2.0 * f32::from(self.tick_rate)));
         }
-        if let Some(server) = self.clock.server_tick(now) {
-            let render = server - self.interp.delay_ticks();
+        if let Some(render) = self.clock.render_tick(now, self.interp.delay_ticks()) {
             self.interp.frame(render);
             out.interp_underruns = self.interp.underruns();
+        }
+        Ok(())
+    }
+
+    /// Sends a reliable message now, or after the impairment's delay.
+    async fn send_msg(
+        &mut self,
+        t: &mut Transport,
+        msg: &ClientMsg,
+        out: &mut BotOutcome,
+    ) -> Result<(), ClientError> {
+        let mut frame = Vec::new();
+        codec::encode_client(msg, &mut frame).map_err(|_| ClientError::BadFrame)?;
+        out.up_bytes += frame.len() as u64;
+        match &mut self.imp {
+            Some(imp) => {
+                let at = imp.stream(tokio::time::Instant::now(), Direction::Up);
+                self.out_stream.push(at, frame);
+                Ok(())
+            }
+            None => t.write_raw(&frame).await,
+        }
+    }
+
+    /// Sends a datagram now, or as the impairment decides (maybe never, maybe twice).
+    fn send_datagram(&mut self, t: &Transport, bytes: Vec<u8>, out: &mut BotOutcome) {
+        out.up_bytes += bytes.len() as u64;
+        match &mut self.imp {
+            Some(imp) => {
+                for at in imp.datagram(tokio::time::Instant::now()) {
+                    self.out_dgram.push(at, bytes.clone());
+                }
+            }
+            // A lost or refused ack costs only a slightly older baseline.
+            None => drop(t.conn.send_datagram(bytes)),
+        }
+    }
+
+    /// The earliest item any delay line holds.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        [
+            &self.out_stream,
+            &self.out_dgram,
+            &self.in_stream,
+            &self.in_dgram,
+        ]
+        .iter()
+        .filter_map(|l| l.next_due())
+        .min()
+    }
+
+    /// Bytes of the server's stream: frames decoded and handled.
+    fn on_stream_bytes(
+        &mut self,
+        bytes: &[u8],
+        reader: &mut FrameReader,
+        out: &mut BotOutcome,
+    ) -> Result<(), ClientError> {
+        reader.push(bytes);
+        while let Some(body) = reader.next_frame().map_err(|_| ClientError::BadFrame)? {
+            match codec::decode_server(&body).map_err(|_| ClientError::BadFrame)? {
+                ServerMsg::Pong(p) => self.on_pong(p.nonce, out),
+                ServerMsg::Disconnect(d) => {
+                    return Err(ClientError::Disconnected {
+                        reason: d.reason,
+                        message: d.message,
+                    });
+                }
+                ServerMsg::Welcome(_) | ServerMsg::Reject(_) => return Err(ClientError::BadFrame),
+            }
+        }
+        Ok(())
+    }
+
+    /// One datagram from the server.
+    fn on_datagram(
+        &mut self,
+        t: &Transport,
+        payload: &[u8],
+        out: &mut BotOutcome,
+    ) -> Result<(), ClientError> {
+        match codec::decode_datagram(payload).map_err(|_| ClientError::BadFrame)? {
+            ServerDatagram::Delta(input, snap) => {
+                self.on_delta(input, &snap, payload.len(), out);
+                if let Some(ack) = self.receiver.ack() {
+                    let bytes = codec::encode_client_datagram(&ClientDatagram::Ack(ack));
+                    self.send_datagram(t, bytes, out);
+                }
+            }
+            ServerDatagram::Snapshot(snap) => {
+                // Full mode (comparison only): no prediction; the clock still follows.
+                self.part_bytes += payload.len() as u64;
+                if self.assembly.part(snap.tick, snap.parts) {
+                    out.snapshots += 1;
+                    out.snapshot_bytes.saturating_record(self.part_bytes);
+                    self.part_bytes = 0;
+                    let now = self.now_ms();
+                    self.clock.on_server_tick(snap.tick, now);
+                }
+                if let Some(me) = snap.entities.iter().find(|e| e.id == self.entity) {
+                    out.first_pos.get_or_insert(me.pos);
+                    out.last_pos = Some(me.pos);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases everything the impairment held back that is now due, both ways.
+    async fn release_due(
+        &mut self,
+        t: &mut Transport,
+        reader: &mut FrameReader,
+        out: &mut BotOutcome,
+    ) -> Result<(), ClientError> {
+        let now = tokio::time::Instant::now();
+        while let Some(frame) = self.out_stream.pop_due(now) {
+            t.write_raw(&frame).await?;
+        }
+        while let Some(bytes) = self.out_dgram.pop_due(now) {
+            let _ = t.conn.send_datagram(bytes);
+        }
+        while let Some(bytes) = self.in_stream.pop_due(now) {
+            self.on_stream_bytes(&bytes, reader, out)?;
+        }
+        while let Some(payload) = self.in_dgram.pop_due(now) {
+            self.on_datagram(t, &payload, out)?;
         }
         Ok(())
     }
@@ -348,7 +483,19 @@ impl Play<'_> {
                 if input.last_seq != 0
                     && self.receiver.latest().is_some_and(|l| l.tick == view.tick) =>
             {
+                let pending = p.pending();
                 let correction = p.reconcile(input.last_seq, server, &self.map);
+                if let Some(c) = correction {
+                    tracing::debug!(
+                        seq = input.last_seq,
+                        my_seq = self.seq,
+                        pending,
+                        tick = view.tick,
+                        client_tick = ?self.clock.client_tick(),
+                        error = c.error,
+                        "prediction corrected"
+                    );
+                }
                 if let Some(c) = correction
                     .filter(|_| self.warm_from.is_some_and(|(t, _)| t.elapsed() >= WARM_UP))
                 {
@@ -395,10 +542,17 @@ async fn play(
         part_bytes: 0,
         warm_from: None,
         late_total: 0,
+        imp: (!config.impair.is_none())
+            .then(|| Impairment::new(config.impair, config.seed ^ 0x1A9A_1A9A)),
+        out_stream: DelayLine::default(),
+        out_dgram: DelayLine::default(),
+        in_stream: DelayLine::default(),
+        in_dgram: DelayLine::default(),
     };
     let mut buf = [0u8; 4096];
 
     loop {
+        let due = s.next_due();
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
                 out.last_view = s.receiver.latest().cloned();
@@ -411,20 +565,21 @@ async fn play(
                     s.pings.clear();
                 }
                 s.pings.insert(s.nonce, Instant::now());
-                out.up_bytes += t.send_msg(&ClientMsg::Ping(Ping { nonce: s.nonce })).await? as u64;
+                let nonce = s.nonce;
+                s.send_msg(t, &ClientMsg::Ping(Ping { nonce }), out).await?;
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or(deadline)), if due.is_some() => {
+                s.release_due(t, reader, out).await?;
             }
             read = t.recv.read(&mut buf) => match read {
                 Ok(Some(n)) => {
                     out.down_bytes += n as u64;
-                    reader.push(&buf[..n]);
-                    while let Some(body) = reader.next_frame().map_err(|_| ClientError::BadFrame)? {
-                        match codec::decode_server(&body).map_err(|_| ClientError::BadFrame)? {
-                            ServerMsg::Pong(p) => s.on_pong(p.nonce, out),
-                            ServerMsg::Disconnect(d) => {
-                                return Err(ClientError::Disconnected { reason: d.reason, message: d.message });
-                            }
-                            ServerMsg::Welcome(_) | ServerMsg::Reject(_) => return Err(ClientError::BadFrame),
+                    match &mut s.imp {
+                        Some(imp) => {
+                            let at = imp.stream(tokio::time::Instant::now(), Direction::Down);
+                            s.in_stream.push(at, buf[..n].to_vec());
                         }
+                        None => s.on_stream_bytes(&buf[..n], reader, out)?,
                     }
                 }
                 Ok(None) => return Err(ClientError::Closed("server finished its stream".into())),
@@ -435,31 +590,13 @@ async fn play(
                 let payload = datagram.payload();
                 out.datagrams += 1;
                 out.down_bytes += payload.len() as u64;
-                match codec::decode_datagram(&payload).map_err(|_| ClientError::BadFrame)? {
-                    ServerDatagram::Delta(input, snap) => {
-                        s.on_delta(input, &snap, payload.len(), out);
-                        if let Some(ack) = s.receiver.ack() {
-                            let bytes = codec::encode_client_datagram(&ClientDatagram::Ack(ack));
-                            out.up_bytes += bytes.len() as u64;
-                            // A lost or refused ack costs only a slightly older baseline.
-                            let _ = t.conn.send_datagram(bytes);
+                match &mut s.imp {
+                    Some(imp) => {
+                        for at in imp.datagram(tokio::time::Instant::now()) {
+                            s.in_dgram.push(at, payload.to_vec());
                         }
                     }
-                    ServerDatagram::Snapshot(snap) => {
-                        // Full mode (comparison only): no prediction; the clock still follows.
-                        s.part_bytes += payload.len() as u64;
-                        if s.assembly.part(snap.tick, snap.parts) {
-                            out.snapshots += 1;
-                            out.snapshot_bytes.saturating_record(s.part_bytes);
-                            s.part_bytes = 0;
-                            let now = s.now_ms();
-                            s.clock.on_server_tick(snap.tick, now);
-                        }
-                        if let Some(me) = snap.entities.iter().find(|e| e.id == s.entity) {
-                            out.first_pos.get_or_insert(me.pos);
-                            out.last_pos = Some(me.pos);
-                        }
-                    }
+                    None => s.on_datagram(t, &payload, out)?,
                 }
             }
         }

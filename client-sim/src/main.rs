@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use arena_client_sim::impair::ImpairConfig;
 use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -24,7 +25,22 @@ struct Args {
     /// How long each bot plays once connected (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Seed of the bots' random walks.
+    /// Probability each datagram is lost, each way (e.g. 0.05).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// One-way delay added to everything each bot sends and receives (e.g. 50ms).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// Extra one-way delay, uniform between 0 and this (e.g. 10ms).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    jitter: Duration,
+    /// Probability each datagram is delivered twice.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate: f64,
+    /// Probability each datagram is held back one more latency (reordered).
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Seed of the bots' random walks and of the impairment.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// QUIC idle timeout of each bot's connection.
@@ -61,6 +77,13 @@ fn main() -> ExitCode {
         seed: args.seed,
         behaviour: SwarmBehaviour::Wander,
         idle_timeout: args.idle_timeout,
+        impair: ImpairConfig {
+            loss: args.loss.clamp(0.0, 1.0),
+            latency: args.latency,
+            jitter: args.jitter,
+            duplicate: args.duplicate.clamp(0.0, 1.0),
+            reorder: args.reorder.clamp(0.0, 1.0),
+        },
     };
     eprintln!(
         "arena-bots: {} bots against {} for {:?} (ramp {}/s)",

@@ -18,6 +18,8 @@ pub struct SwarmConfig {
     pub seed: u64,
     pub behaviour: SwarmBehaviour,
     pub idle_timeout: Duration,
+    /// Network impairment applied to every bot (each with its own seed).
+    pub impair: crate::impair::ImpairConfig,
 }
 
 /// What the bots do.
@@ -62,6 +64,7 @@ pub async fn run(config: SwarmConfig) -> SwarmResult {
                 .wrapping_mul(0x9E37_79B9)
                 .wrapping_add(u64::from(i)),
             idle_timeout: config.idle_timeout,
+            impair: config.impair,
         };
         set.spawn(bot::run(bot));
     }

@@ -11,9 +11,10 @@
 //! with the least delay (a max filter: a late packet looks older, never newer), then follows it
 //! smoothly. The client tick targets `estimate + one-way delay + margin`, where the margin is
 //! one tick plus twice the RTT variation (the jitter) plus an adaptive extra that grows when the
-//! server reports late inputs and shrinks slowly while none are. Once synced the client tick is
-//! never moved by more than a small speed change (±10%), unless it is off by more than
-//! [`SNAP_TICKS`], when it jumps.
+//! server reports late inputs and shrinks slowly while none are. Once synced, a client tick that
+//! is ahead is slowed by at most 10% (never jumps unless [`SNAP_TICKS`] ahead); one that falls
+//! more than a tick behind catches up at once, producing every tick it skipped, because a late
+//! input costs a correction and a skipped one does not.
 
 use std::collections::VecDeque;
 
@@ -118,6 +119,14 @@ impl ClockSync {
         self.offset.map(|o| now_ms / self.tick_ms + o)
     }
 
+    /// The tick to draw remote entities at: the newest snapshot the client can have (the
+    /// server tick one one-way delay ago) minus the interpolation delay.
+    pub fn render_tick(&self, now_ms: f64, interp_delay_ticks: f64) -> Option<f64> {
+        let one_way = self.srtt.unwrap_or(0.0) / 2.0 / self.tick_ms;
+        self.server_tick(now_ms)
+            .map(|s| s - one_way - interp_delay_ticks)
+    }
+
     /// Ticks the client runs ahead of the server: one-way delay, one tick, jitter, extra.
     pub fn lead_ticks(&self) -> f64 {
         let one_way = self.srtt.unwrap_or(0.0) / 2.0;
@@ -133,19 +142,23 @@ impl ClockSync {
     /// order (usually zero or one per call; none before the first snapshot).
     pub fn advance(&mut self, now_ms: f64) -> std::ops::Range<u32> {
         let empty = 0..0;
-        let Some(target) = self.target_tick(now_ms) else {
+        // Not before a snapshot and a round trip: without the RTT every input would be late.
+        let Some(target) = self.target_tick(now_ms).filter(|_| self.srtt.is_some()) else {
             self.last_now = now_ms;
             return empty;
         };
         let elapsed = ((now_ms - self.last_now) / self.tick_ms).max(0.0);
         self.last_now = now_ms;
         let (old, new) = match self.client_tick {
-            Some(c) if (target - (c + elapsed)).abs() <= SNAP_TICKS => {
+            // Ahead, or behind by less than a tick: converge by running a little slow or fast.
+            Some(c) if (-SNAP_TICKS..=1.0).contains(&(target - (c + elapsed))) => {
                 let error = target - (c + elapsed);
                 let speed = 1.0 + (error * 0.05).clamp(-MAX_SKEW, MAX_SKEW);
                 (c, c + elapsed * speed)
             }
-            // First sync, or too far off: jump.
+            // Behind by more than a tick: inputs would arrive late, so catch up at once (the
+            // caller sends an input for every tick in the range, so the server sees no gap).
+            // Far ahead: jump back.
             Some(c) => (c, target),
             None => (target.floor() - 1.0, target),
         };

@@ -29,6 +29,7 @@ pub fn swarm(
         seed,
         behaviour,
         idle_timeout: Duration::from_secs(10),
+        impair: Default::default(),
     }
 }
 

@@ -103,12 +103,13 @@ pub fn route_inputs(
         let Ok(mut buffer) = buffers.get_mut(link.entity) else {
             continue;
         };
+        // The client is sending: from now on a tick without its input counts as late.
+        buffer.started = true;
         if input.tick < tick.0 {
             Stats::add(&stats.0.inputs_too_old, 1);
         } else if input.tick - tick.0 > settings.input_window {
             Stats::add(&stats.0.inputs_too_far, 1);
         } else {
-            buffer.started = true;
             buffer.pending.entry(input.tick).or_insert(input);
         }
     }
