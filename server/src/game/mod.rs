@@ -240,3 +240,5 @@ fn build_schedule() -> Schedule {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod virtual_play;
