@@ -459,7 +459,7 @@ impl Play<'_> {
                 }
             }
             self.clock.on_server_tick(view.tick, now);
-            self.clock.on_input_report(input.late, now);
+            self.clock.on_input_report(input.late, input.lead, now);
             self.interp.push(&view, now);
         }
         self.late_total = input.late;

@@ -93,16 +93,17 @@ impl ClockSync {
         });
     }
 
-    /// The server's cumulative count of this client's inputs that arrived too late. More late
-    /// inputs widen the margin at once; a calm second narrows it a little.
-    pub fn on_input_report(&mut self, late_total: u32, now_ms: f64) {
+    /// The server's cumulative count of this client's inputs that arrived too late, and how
+    /// many ticks early the newest one arrived. More late inputs widen the margin at once; a
+    /// calm second with more than two ticks of slack narrows it a little.
+    pub fn on_input_report(&mut self, late_total: u32, lead: i8, now_ms: f64) {
         let before = self.last_late.replace(late_total);
         match before {
             Some(b) if late_total > b => {
                 self.extra_margin = (self.extra_margin + 0.5).min(10.0);
                 self.calm_since = now_ms;
             }
-            _ if now_ms - self.calm_since > 1000.0 => {
+            _ if now_ms - self.calm_since > 1000.0 && lead > 2 => {
                 self.extra_margin = (self.extra_margin - 0.1).max(0.0);
                 self.calm_since = now_ms;
             }
@@ -290,11 +291,11 @@ mod tests {
         let mut clock = ClockSync::new(RATE);
         clock.on_rtt(20.0);
         let base = clock.lead_ticks();
-        clock.on_input_report(0, 0.0);
-        clock.on_input_report(3, 100.0);
+        clock.on_input_report(0, 5, 0.0);
+        clock.on_input_report(3, 5, 100.0);
         assert!(clock.lead_ticks() > base);
         for s in 2..30 {
-            clock.on_input_report(3, f64::from(s) * 1000.0);
+            clock.on_input_report(3, 5, f64::from(s) * 1000.0);
         }
         assert!(
             (clock.lead_ticks() - base).abs() < 1e-9,

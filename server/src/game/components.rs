@@ -53,6 +53,8 @@ pub struct InputBuffer {
     pub late: u32,
     /// Whether any input arrived yet (no lateness is counted before).
     pub started: bool,
+    /// Ticks before its tick the newest input arrived (negative: after).
+    pub lead: i8,
 }
 
 /// An NPC's random walk: a direction held for a while, then another.

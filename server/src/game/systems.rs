@@ -105,6 +105,7 @@ pub fn route_inputs(
         };
         // The client is sending: from now on a tick without its input counts as late.
         buffer.started = true;
+        buffer.lead = (i64::from(input.tick) - i64::from(tick.0)).clamp(-128, 127) as i8;
         if input.tick < tick.0 {
             Stats::add(&stats.0.inputs_too_old, 1);
         } else if input.tick - tick.0 > settings.input_window {

@@ -191,7 +191,7 @@ fn play(path: Path, seconds: f64, seed: u64) -> Outcome {
                     let newest = receiver.latest().is_some_and(|l| l.tick == view.tick);
                     if newest {
                         clock.on_server_tick(view.tick, now_ms);
-                        clock.on_input_report(status.late, now_ms);
+                        clock.on_input_report(status.late, status.lead, now_ms);
                         interp.push(&view, now_ms);
                         out.late = status.late;
                     }

@@ -156,6 +156,7 @@ pub fn replicate(
                         .map_or(InputStatus::default(), |b| InputStatus {
                             last_seq: b.last_seq,
                             late: b.late,
+                            lead: b.lead,
                         });
                 let built = link.replicator.build(
                     &rep.frame,

@@ -247,6 +247,8 @@ pub struct InputStatus {
     pub last_seq: u32,
     /// Ticks, since the client's first input, for which its input had not arrived in time.
     pub late: u32,
+    /// How many ticks before its tick the newest input arrived (negative: after), clamped.
+    pub lead: i8,
 }
 
 /// Client → server, as one QUIC datagram each.

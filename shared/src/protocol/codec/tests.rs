@@ -142,6 +142,7 @@ fn every_message_round_trips() {
     let status = crate::protocol::InputStatus {
         last_seq: 4,
         late: 1,
+        lead: -2,
     };
     let delta = ServerDatagram::Delta(status, delta);
     assert_eq!(decode_datagram(&encode_datagram(&delta)), Ok(delta));
@@ -291,6 +292,7 @@ fn golden_bytes() {
     let status = crate::protocol::InputStatus {
         last_seq: 9,
         late: 2,
+        lead: 3,
     };
     let hex: String = encode_datagram(&ServerDatagram::Delta(status, delta))
         .iter()
@@ -315,7 +317,7 @@ fn golden_bytes() {
 
 const GOLDEN_INPUT: &str = "0b00000000040902d2048140409c01";
 const GOLDEN_HELLO: &str = "0e00000041524e41030003746f6b03616e61";
-const GOLDEN_DELTA: &str = "0004090402040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
+const GOLDEN_DELTA: &str = "000409040203040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
 const GOLDEN_ACK: &str = "040a0403";
 
 proptest! {
