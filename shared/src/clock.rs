@@ -13,13 +13,16 @@
 //! one tick plus twice the RTT variation (the jitter) plus an adaptive extra that grows when the
 //! server reports late inputs and shrinks slowly while none are. Once synced, a client tick that
 //! is ahead is slowed by at most 10% (never jumps unless [`SNAP_TICKS`] ahead); one that falls
-//! more than a tick behind catches up at once, producing every tick it skipped, because a late
-//! input costs a correction and a skipped one does not.
+//! more than [`CATCH_UP_TICKS`] behind catches up at once, producing every tick it skipped,
+//! because its inputs are then arriving late and each late input costs a correction.
 
 use std::collections::VecDeque;
 
 /// An error larger than this (ticks) is corrected by a jump, not by speeding up or slowing down.
 pub const SNAP_TICKS: f64 = 8.0;
+/// Behind by more than this (ticks), the client's inputs are already arriving late: it catches
+/// up at once instead of by speeding up.
+pub const CATCH_UP_TICKS: f64 = 2.0;
 /// How long the max filter remembers a server-tick sample.
 pub const WINDOW_MS: f64 = 1000.0;
 /// Most the client clock runs fast or slow to converge.
@@ -151,13 +154,14 @@ impl ClockSync {
         let elapsed = ((now_ms - self.last_now) / self.tick_ms).max(0.0);
         self.last_now = now_ms;
         let (old, new) = match self.client_tick {
-            // Ahead, or behind by less than a tick: converge by running a little slow or fast.
-            Some(c) if (-SNAP_TICKS..=1.0).contains(&(target - (c + elapsed))) => {
+            // Ahead, or behind by less than CATCH_UP_TICKS: converge by running a little slow or
+            // fast.
+            Some(c) if (-SNAP_TICKS..=CATCH_UP_TICKS).contains(&(target - (c + elapsed))) => {
                 let error = target - (c + elapsed);
                 let speed = 1.0 + (error * 0.05).clamp(-MAX_SKEW, MAX_SKEW);
                 (c, c + elapsed * speed)
             }
-            // Behind by more than a tick: inputs would arrive late, so catch up at once (the
+            // Further behind: inputs are arriving late, a large error, so catch up at once (the
             // caller sends an input for every tick in the range, so the server sees no gap).
             // Far ahead: jump back.
             Some(c) => (c, target),
