@@ -10,7 +10,7 @@
 //! The server-tick estimate takes, over the last second of snapshots, the sample that arrived
 //! with the least delay (a max filter: a late packet looks older, never newer), then follows it
 //! smoothly. The client tick targets `estimate + one-way delay + margin`, where the margin is
-//! one tick plus twice the RTT variation (the jitter) plus an adaptive extra that grows when the
+//! [`BASE_MARGIN_TICKS`] plus twice the RTT variation (the jitter) plus an adaptive extra that grows when the
 //! server reports late inputs and shrinks slowly while none are. Once synced, a client tick that
 //! is ahead is slowed by at most 10% (never jumps unless [`SNAP_TICKS`] ahead); one that falls
 //! more than [`CATCH_UP_TICKS`] behind catches up at once, producing every tick it skipped,
@@ -23,6 +23,9 @@ pub const SNAP_TICKS: f64 = 8.0;
 /// Behind by more than this (ticks), the client's inputs are already arriving late: it catches
 /// up at once instead of by speeding up.
 pub const CATCH_UP_TICKS: f64 = 2.0;
+/// Ticks of margin beyond one-way delay and jitter: one for the client's frame loop (an input
+/// leaves up to a frame after its tick comes due) and scheduling hiccups, one for safety.
+pub const BASE_MARGIN_TICKS: f64 = 2.0;
 /// How long the max filter remembers a server-tick sample.
 pub const WINDOW_MS: f64 = 1000.0;
 /// Most the client clock runs fast or slow to converge.
@@ -131,10 +134,10 @@ impl ClockSync {
             .map(|s| s - one_way - interp_delay_ticks)
     }
 
-    /// Ticks the client runs ahead of the server: one-way delay, one tick, jitter, extra.
+    /// Ticks the client runs ahead of the server: one-way delay, base margin, jitter, extra.
     pub fn lead_ticks(&self) -> f64 {
         let one_way = self.srtt.unwrap_or(0.0) / 2.0;
-        (one_way + 2.0 * self.rttvar) / self.tick_ms + 1.0 + self.extra_margin
+        (one_way + 2.0 * self.rttvar) / self.tick_ms + BASE_MARGIN_TICKS + self.extra_margin
     }
 
     /// Where the client's simulation tick should be at `now_ms`.

@@ -51,7 +51,7 @@ pub struct InputBuffer {
     pub last_seq: u32,
     /// Ticks whose input had not arrived in time, since the first input arrived.
     pub late: u32,
-    /// Whether any input arrived yet (no lateness is counted before).
+    /// Whether an input was applied (or one arrived too late) yet; no lateness before.
     pub started: bool,
     /// Ticks before its tick the newest input arrived (negative: after).
     pub lead: i8,

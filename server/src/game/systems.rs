@@ -103,10 +103,10 @@ pub fn route_inputs(
         let Ok(mut buffer) = buffers.get_mut(link.entity) else {
             continue;
         };
-        // The client is sending: from now on a tick without its input counts as late.
-        buffer.started = true;
         buffer.lead = (i64::from(input.tick) - i64::from(tick.0)).clamp(-128, 127) as i8;
         if input.tick < tick.0 {
+            // The client is sending, late: from now on a tick without its input counts.
+            buffer.started = true;
             Stats::add(&stats.0.inputs_too_old, 1);
         } else if input.tick - tick.0 > settings.input_window {
             Stats::add(&stats.0.inputs_too_far, 1);
@@ -136,6 +136,8 @@ pub fn player_intent(
             Some(input) => {
                 buffer.last = input;
                 buffer.last_seq = input.seq;
+                // Ticks before the client's first input are not late: it was not playing yet.
+                buffer.started = true;
             }
             None if buffer.started => {
                 buffer.late += 1;
