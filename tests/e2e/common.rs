@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arena_client_sim::client::{self, ConnectInfo, Transport};
+use arena_client_sim::report::Report;
 use arena_client_sim::swarm::{SwarmBehaviour, SwarmConfig};
 use arena_server::replication::frame::WorldFrame;
 use arena_server::stats::Stats;
@@ -31,6 +32,16 @@ pub fn swarm(
         idle_timeout: Duration::from_secs(10),
         impair: Default::default(),
     }
+}
+
+/// Every one of `n` bots connected and none lost its session.
+pub fn assert_all_played(r: &Report, n: u64) {
+    assert_eq!(
+        (r.bots_connected, r.bots_failed, r.bots_disconnected),
+        (n, 0, 0),
+        "{}",
+        r.table()
+    );
 }
 
 /// Long enough for a loaded CI machine, short enough that a hang fails the test.

@@ -26,12 +26,7 @@ async fn twenty_bots_play_for_three_seconds() {
         .expect("swarm task");
 
     let r = &result.report;
-    assert_eq!(
-        (r.bots_connected, r.bots_failed, r.bots_disconnected),
-        (20, 0, 0),
-        "{}",
-        r.table()
-    );
+    common::assert_all_played(r, 20);
     for (i, bot) in result.bots.iter().enumerate() {
         let rate = bot.snapshots as f64 / bot.played.as_secs_f64();
         assert!(

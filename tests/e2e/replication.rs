@@ -43,12 +43,7 @@ async fn twenty_bots_among_two_thousand_npcs_see_exactly_the_server_state_of_the
     .await
     .expect("swarm ends");
     let r = &result.report;
-    assert_eq!(
-        (r.bots_connected, r.bots_failed, r.bots_disconnected),
-        (20, 0, 0),
-        "{}",
-        r.table()
-    );
+    common::assert_all_played(r, 20);
     assert_eq!(
         r.baseline_misses, 0,
         "no loss on loopback: every baseline was held"
