@@ -139,6 +139,16 @@ impl Config {
         1.0 / f32::from(self.tick_rate)
     }
 
+    /// The map these settings generate (the same on every call: it is seeded).
+    pub fn map(&self) -> arena_shared::map::Map {
+        arena_shared::map::Map::generate(arena_shared::map::MapParams {
+            seed: self.seed,
+            width: self.world_size,
+            height: self.world_size,
+            obstacles: self.obstacles,
+        })
+    }
+
     /// Keep-alive interval derived from the idle timeout.
     pub fn keep_alive(&self) -> Duration {
         self.idle_timeout / 3

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use arena_shared::map::{Map, MapParams};
+use arena_shared::map::Map;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -116,12 +116,7 @@ impl Server {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("https://{wt_addr}/"));
-        let map = Arc::new(Map::generate(MapParams {
-            seed: config.seed,
-            width: config.world_size,
-            height: config.world_size,
-            obstacles: config.obstacles,
-        }));
+        let map = Arc::new(config.map());
         Ok(Self {
             config: Arc::new(config),
             endpoint,

@@ -27,12 +27,7 @@ fn harness(npcs: u32) -> Harness {
         "--replication",
         "full",
     ]);
-    let map = Arc::new(Map::generate(MapParams {
-        seed: 1,
-        width: 4096.0,
-        height: 4096.0,
-        obstacles: 0,
-    }));
+    let map = Arc::new(config.map());
     let (tx, rx) = mpsc::channel(1024);
     let stats = Arc::new(Stats::default());
     Harness {

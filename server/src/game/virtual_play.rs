@@ -104,14 +104,7 @@ fn play(path: Path, seconds: f64, seed: u64) -> Outcome {
         "12",
     ])
     .unwrap();
-    let map = Arc::new(arena_shared::map::Map::generate(
-        arena_shared::map::MapParams {
-            seed: config.seed,
-            width: config.world_size,
-            height: config.world_size,
-            obstacles: config.obstacles,
-        },
-    ));
+    let map = Arc::new(config.map());
     let (tx, rx) = mpsc::channel(4096);
     let mut server = Simulation::new(&config, map.clone(), rx, Arc::new(Stats::default()), None);
     let outbox = Arc::new(Outbox::new(64, 1200));
