@@ -7,10 +7,11 @@
 //!   moves inputs into the simulation's inbox and snapshots out of the session's outbox.
 //! - [`game`]: the bevy_ecs world and its fixed-tick schedule, run on its own OS thread.
 //!   Systems call `arena_shared::sim` to move anything.
-//! - [`replication`]: what each client is sent each tick (today: the full state, in datagrams
-//!   sized to the connection). The one seam the delta/interest work replaces.
-//! - [`http`]: the axum side: `/healthz`, `/api/connect` (connect tokens).
+//! - [`replication`]: what each client is sent each tick: interest, priority, byte budget and
+//!   delta snapshots against the newest view the client acknowledged.
+//! - [`http`]: the axum side: `/healthz`, `/api/connect` (connect tokens), `/metrics`.
 //! - [`stats`]: counters and gauges the server keeps about itself, read by tests and the log.
+//! - [`metrics`]: the Prometheus side of those: histograms, labelled counters, rendering.
 //!
 //! [`Server::bind`] binds both sockets (port 0 works) and returns the bound addresses;
 //! [`Server::run`] serves until the cancellation token fires, then drains and returns.
@@ -18,6 +19,7 @@
 pub mod config;
 pub mod game;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod replication;
 pub mod stats;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arena_shared::map::Map;
 use tokio::sync::{broadcast, mpsc};
@@ -16,6 +17,7 @@ use wtransport::{Endpoint, ServerConfig};
 use crate::config::Config;
 use crate::game::Simulation;
 use crate::http::{self, HttpState};
+use crate::metrics::UPKEEP_INTERVAL;
 use crate::net::{self, NetContext, identity};
 use crate::replication::frame::WorldFrame;
 
@@ -117,6 +119,9 @@ impl Server {
             .clone()
             .unwrap_or_else(|| format!("https://{wt_addr}/"));
         let map = Arc::new(config.map());
+        let stats = Arc::new(Stats::new(Duration::from_secs_f64(
+            1.0 / f64::from(config.tick_rate.max(1)),
+        )));
         Ok(Self {
             config: Arc::new(config),
             endpoint,
@@ -127,7 +132,7 @@ impl Server {
             token_secret,
             token_audience,
             map,
-            stats: Arc::new(Stats::default()),
+            stats,
             frame_tap: broadcast::channel(FRAME_TAP_CAPACITY).0,
         })
     }
@@ -222,6 +227,7 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        tokio::spawn(metrics_upkeep(self.stats.clone(), shutdown.clone()));
         info!(wt = %self.wt_addr, http = %self.http_addr, "Arena serving");
         net::serve(self.endpoint, ctx, shutdown, TaskTracker::new()).await;
 
@@ -238,6 +244,17 @@ impl Server {
         }
         info!("Arena stopped");
         Ok(())
+    }
+}
+
+/// Drains histogram samples into buckets every [`UPKEEP_INTERVAL`], scraped or not.
+async fn metrics_upkeep(stats: Arc<Stats>, shutdown: CancellationToken) {
+    let mut timer = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => stats.metrics.upkeep(),
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use crate::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 /// Live counters. `sessions` is a watch channel so tests and drain logic can await a value
@@ -30,7 +32,13 @@ pub struct Stats {
     pub snapshots_dropped_slow_consumer: AtomicU64,
     pub datagrams_sent: AtomicU64,
     pub datagram_bytes_sent: AtomicU64,
+    pub datagrams_received: AtomicU64,
+    pub datagram_bytes_received: AtomicU64,
+    pub stream_bytes_sent: AtomicU64,
+    pub stream_bytes_received: AtomicU64,
     pub tick_overruns: AtomicU64,
+    /// Longest tick of the last complete window (`TICK_MAX_WINDOW`), microseconds.
+    pub tick_max_us_recent: AtomicU64,
     /// Time spent in ticks and in replication, summed (divide by ticks for an average).
     pub tick_us: AtomicU64,
     pub ticks: AtomicU64,
@@ -48,10 +56,20 @@ pub struct Stats {
     pub acks_received: AtomicU64,
     /// Acknowledgements for ticks the server has not reached (ignored).
     pub acks_ignored: AtomicU64,
+    /// Histograms, labelled counters and the Prometheus rendering of all of the above.
+    pub metrics: Metrics,
 }
 
 impl Default for Stats {
+    /// Counters for a 30 Hz server.
     fn default() -> Self {
+        Self::new(Duration::from_secs(1) / 30)
+    }
+}
+
+impl Stats {
+    /// Zeroed counters; histogram buckets are cut for `tick_interval`.
+    pub fn new(tick_interval: Duration) -> Self {
         Self {
             sessions: watch::Sender::new(0),
             sessions_opened: AtomicU64::new(0),
@@ -67,7 +85,12 @@ impl Default for Stats {
             snapshots_dropped_slow_consumer: AtomicU64::new(0),
             datagrams_sent: AtomicU64::new(0),
             datagram_bytes_sent: AtomicU64::new(0),
+            datagrams_received: AtomicU64::new(0),
+            datagram_bytes_received: AtomicU64::new(0),
+            stream_bytes_sent: AtomicU64::new(0),
+            stream_bytes_received: AtomicU64::new(0),
             tick_overruns: AtomicU64::new(0),
+            tick_max_us_recent: AtomicU64::new(0),
             tick_us: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
             replication_us: AtomicU64::new(0),
@@ -80,11 +103,10 @@ impl Default for Stats {
             encode_passes: AtomicU64::new(0),
             acks_received: AtomicU64::new(0),
             acks_ignored: AtomicU64::new(0),
+            metrics: Metrics::new(tick_interval),
         }
     }
-}
 
-impl Stats {
     /// Sessions that passed the handshake and have not yet ended.
     pub fn sessions(&self) -> usize {
         *self.sessions.borrow()
@@ -177,7 +199,8 @@ impl Sample {
 }
 
 /// Logs one line of server health every `every` until `shutdown`: tick and replication time,
-/// bytes and entities per snapshot, full vs delta snapshots, drops. (Prometheus comes later.)
+/// bytes and entities per snapshot, full vs delta snapshots, drops. Prometheus has the same
+/// numbers and more at `/metrics` ([`crate::metrics`]).
 pub async fn log_periodically(stats: Arc<Stats>, every: Duration, shutdown: CancellationToken) {
     let mut prev = Sample::read(&stats);
     let mut timer = tokio::time::interval(every);

@@ -3,6 +3,7 @@
 
 mod admission;
 mod common;
+mod metrics;
 mod misbehaving;
 mod play;
 mod replication;

@@ -13,6 +13,7 @@ pub mod components;
 pub mod systems;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arena_shared::map::Map;
@@ -58,8 +59,9 @@ pub struct JoinAck {
     pub server_tick: u32,
 }
 
-/// The phases of one tick, in order.
-#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+/// The phases of one tick, in order. Each is its own `Schedule`, so the tick loop can time
+/// them (an overrun is logged with the phase that took the time; Prometheus gets each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     /// Apply joins, leaves and inputs that arrived since the last tick.
     Receive,
@@ -71,13 +73,50 @@ pub enum Phase {
     End,
 }
 
+impl Phase {
+    pub const ALL: [Phase; 4] = [
+        Phase::Receive,
+        Phase::Simulate,
+        Phase::Replicate,
+        Phase::End,
+    ];
+
+    /// The label used in logs and metrics ([`crate::metrics::PHASES`]).
+    pub fn name(self) -> &'static str {
+        crate::metrics::PHASES[self as usize]
+    }
+}
+
+/// How long each phase of one tick took, indexed by `Phase as usize`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TickTimes(pub [Duration; 4]);
+
+impl TickTimes {
+    pub fn total(&self) -> Duration {
+        self.0.iter().sum()
+    }
+
+    /// The phase that took longest, and how long.
+    pub fn slowest(&self) -> (Phase, Duration) {
+        Phase::ALL
+            .into_iter()
+            .map(|p| (p, self.0[p as usize]))
+            .max_by_key(|(_, d)| *d)
+            .unwrap_or((Phase::Receive, Duration::ZERO))
+    }
+}
+
 /// Most ticks run back to back to catch up after a stall before the loop gives up on
 /// real time and skips ahead (counted as an overrun).
 const MAX_CATCH_UP_TICKS: u32 = 5;
 
+/// Ticks per window of `arena_tick_duration_max_seconds` (5 s at 30 Hz).
+const TICK_MAX_WINDOW_TICKS: u32 = 150;
+
 pub struct Simulation {
     world: World,
-    schedule: Schedule,
+    /// One schedule per [`Phase`], run in order.
+    phases: [Schedule; 4],
     inbox: mpsc::Receiver<SimCommand>,
     inbox_capacity: usize,
     tick_interval: Duration,
@@ -132,7 +171,7 @@ impl Simulation {
 
         Self {
             world,
-            schedule: build_schedule(),
+            phases: build_schedules(),
             inbox,
             inbox_capacity: config.inbox_capacity.max(1),
             tick_interval: Duration::from_secs_f64(1.0 / f64::from(config.tick_rate)),
@@ -140,8 +179,8 @@ impl Simulation {
     }
 
     /// Runs one tick now: drains the inbox (at most its capacity, so a flood cannot stall the
-    /// tick), then runs the schedule.
-    pub fn tick(&mut self) {
+    /// tick), then runs each phase's schedule; says how long each phase took.
+    pub fn tick(&mut self) -> TickTimes {
         {
             let mut inbox = self.world.resource_mut::<Inbox>();
             while inbox.0.len() < self.inbox_capacity {
@@ -151,7 +190,15 @@ impl Simulation {
                 }
             }
         }
-        self.schedule.run(&mut self.world);
+        let mut times = TickTimes::default();
+        let mut mark = Instant::now();
+        for (i, schedule) in self.phases.iter_mut().enumerate() {
+            schedule.run(&mut self.world);
+            let now = Instant::now();
+            times.0[i] = now - mark;
+            mark = now;
+        }
+        times
     }
 
     pub fn world(&self) -> &World {
@@ -167,6 +214,11 @@ impl Simulation {
             tick_interval_ms = self.tick_interval.as_secs_f64() * 1e3,
             "simulation running"
         );
+        let metrics = &stats.metrics;
+        // The longest tick of the current window, published when the window closes.
+        let window = u64::from(TICK_MAX_WINDOW_TICKS);
+        let mut window_max = Duration::ZERO;
+        let mut last = TickTimes::default();
         let mut next = Instant::now();
         while !shutdown.is_cancelled() {
             let now = Instant::now();
@@ -176,14 +228,28 @@ impl Simulation {
             }
             let mut ran = 0;
             while Instant::now() >= next && ran < MAX_CATCH_UP_TICKS {
-                let started = Instant::now();
-                self.tick();
-                let took = started.elapsed();
+                last = self.tick();
+                let took = last.total();
                 Stats::add(&stats.tick_us, took.as_micros() as u64);
                 Stats::add(&stats.ticks, 1);
+                metrics.tick.record(took.as_secs_f64());
+                for (h, d) in metrics.phases.iter().zip(last.0) {
+                    h.record(d.as_secs_f64());
+                }
+                window_max = window_max.max(took);
+                if Stats::get(&stats.ticks) % window == 0 {
+                    stats
+                        .tick_max_us_recent
+                        .store(window_max.as_micros() as u64, Ordering::Relaxed);
+                    window_max = Duration::ZERO;
+                }
                 if took > self.tick_interval {
+                    let (phase, phase_took) = last.slowest();
                     warn!(
                         took_ms = took.as_secs_f64() * 1e3,
+                        slowest = phase.name(),
+                        slowest_ms = phase_took.as_secs_f64() * 1e3,
+                        phases_ms = ?last.0.map(|d| d.as_secs_f64() * 1e3),
                         "tick took longer than its interval"
                     );
                 }
@@ -192,8 +258,12 @@ impl Simulation {
             }
             if Instant::now() >= next {
                 let behind = Instant::now() - next;
+                let (phase, phase_took) = last.slowest();
                 warn!(
                     behind_ms = behind.as_secs_f64() * 1e3,
+                    last_tick_ms = last.total().as_secs_f64() * 1e3,
+                    slowest = phase.name(),
+                    slowest_ms = phase_took.as_secs_f64() * 1e3,
                     "simulation fell behind; skipping ahead"
                 );
                 Stats::add(&stats.tick_overruns, 1);
@@ -204,38 +274,31 @@ impl Simulation {
     }
 }
 
-fn build_schedule() -> Schedule {
-    let mut schedule = Schedule::default();
-    // Determinism depends on every conflicting pair of systems being ordered: fail loudly.
-    schedule.set_build_settings(ScheduleBuildSettings {
-        ambiguity_detection: LogLevel::Error,
-        ..Default::default()
+/// One schedule per phase. Determinism depends on every conflicting pair of systems in a
+/// phase being ordered: the ambiguity check fails loudly.
+fn build_schedules() -> [Schedule; 4] {
+    let mut phases = Phase::ALL.map(|_| {
+        let mut schedule = Schedule::default();
+        schedule.set_build_settings(ScheduleBuildSettings {
+            ambiguity_detection: LogLevel::Error,
+            ..Default::default()
+        });
+        schedule
     });
-    schedule.configure_sets(
-        (
-            Phase::Receive,
-            Phase::Simulate,
-            Phase::Replicate,
-            Phase::End,
-        )
-            .chain(),
-    );
-    schedule.add_systems((
-        (systems::admit_and_release, systems::route_inputs)
-            .chain()
-            .in_set(Phase::Receive),
+    let [receive, simulate, replicate, end] = &mut phases;
+    receive.add_systems((systems::admit_and_release, systems::route_inputs).chain());
+    simulate.add_systems(
         (
             systems::player_intent,
             systems::npc_wander,
             systems::movement,
             systems::quantize,
         )
-            .chain()
-            .in_set(Phase::Simulate),
-        replication::replicate.in_set(Phase::Replicate),
-        systems::end_tick.in_set(Phase::End),
-    ));
-    schedule
+            .chain(),
+    );
+    replicate.add_systems(replication::replicate);
+    end.add_systems(systems::end_tick);
+    phases
 }
 
 #[cfg(test)]

@@ -205,8 +205,9 @@ pub fn end_tick(
     all: Query<(), With<NetId>>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    stats.0.set_players(players.iter().count() as u64);
     stats.0.entities.store(all.iter().count() as u64, Relaxed);
     stats.0.tick.store(u64::from(tick.0), Relaxed);
+    // Last: it wakes whoever awaits a player count, and they may read the others.
+    stats.0.set_players(players.iter().count() as u64);
     tick.0 = tick.0.wrapping_add(1);
 }

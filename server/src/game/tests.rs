@@ -199,10 +199,11 @@ fn npcs_wander_deterministically_from_the_seed() {
 fn the_schedule_has_no_ambiguous_systems() {
     // Building runs the ambiguity check configured as an error.
     let mut h = harness(1);
-    h.sim
-        .schedule
-        .initialize(&mut h.sim.world)
-        .expect("no ambiguities");
+    for schedule in &mut h.sim.phases {
+        schedule
+            .initialize(&mut h.sim.world)
+            .expect("no ambiguities");
+    }
 }
 
 #[test]

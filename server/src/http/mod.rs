@@ -4,6 +4,7 @@
 //! - `GET /healthz`: 200 with the live session count and tick, for orchestrators.
 //! - `GET /api/connect[?name=NAME]`: where to connect, the certificate hash to pin (self-signed
 //!   only), and a fresh connect token that `Hello` must carry.
+//! - `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/connect", get(connect))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -59,6 +61,16 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
         "sessions": state.stats.sessions(),
         "tick": Stats::get(&state.stats.tick),
     }))
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.stats.metrics.render(&state.stats),
+    )
 }
 
 async fn connect(

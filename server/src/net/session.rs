@@ -58,6 +58,9 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return debug!(error = %e, "connection ended before its stream opened"),
             Err(_) => {
+                ctx.stats
+                    .metrics
+                    .session_rejected(RejectReason::HandshakeTimeout.as_str());
                 conn.close(
                     VarInt::from_u32(RejectReason::HandshakeTimeout.code()),
                     b"no stream opened",
@@ -66,7 +69,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             }
         };
         let mut reader = FrameReader::new();
-        let writer = Writer::spawn(send);
+        let writer = Writer::spawn(send, ctx.stats.clone());
         let checked =
             match tokio::time::timeout_at(deadline, read_frame(&mut recv, &mut reader)).await {
                 Err(_) => Err((
@@ -77,6 +80,9 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
                     Err((RejectReason::NotArena, "first frame too large".to_string()))
                 }
                 Ok(Err(_)) => {
+                    ctx.stats
+                        .metrics
+                        .session_rejected(RejectReason::MalformedHello.as_str());
                     conn.close(
                         VarInt::from_u32(RejectReason::MalformedHello.code()),
                         b"stream ended before Hello",
@@ -89,6 +95,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             Ok(slot) => slot,
             Err((reason, message)) => {
                 Stats::add(&ctx.stats.sessions_rejected, 1);
+                ctx.stats.metrics.session_rejected(reason.as_str());
                 info!(reason = reason.as_str(), %message, "session rejected");
                 writer.send(&ServerMsg::Reject(Reject {
                     reason,
@@ -107,6 +114,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
                 message: "try again".into(),
             }));
             close(&conn, writer, reason.code(), "simulation unavailable").await;
+            ctx.stats.metrics.session_ended(reason.as_str());
             return;
         };
         info!(entity = ack.entity, "session started");
@@ -136,6 +144,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             })
             .await;
         info!(reason, "session ended");
+        ctx.stats.metrics.session_ended(reason);
         drop(slot);
     }
     .instrument(span)
@@ -292,13 +301,14 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(mut send: SendStream) -> Self {
+    fn spawn(mut send: SendStream, stats: Arc<Stats>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(RELIABLE_QUEUE);
         let task = tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
                 if send.write_all(&frame).await.is_err() {
                     return;
                 }
+                Stats::add(&stats.stream_bytes_sent, frame.len() as u64);
             }
             let _ = send.finish().await;
         });
@@ -335,12 +345,12 @@ async fn ended(conn: &Connection) -> EndReason {
     use wtransport::error::ConnectionError as E;
     match conn.closed().await {
         E::ApplicationClosed(c) if c.code().into_inner() == u64::from(CLOSE_CLIENT_LEFT) => {
-            "client left"
+            "client_left"
         }
-        E::ApplicationClosed(_) => "client closed with an error code",
-        E::TimedOut => "idle timeout",
-        E::LocallyClosed => "closed by server",
-        _ => "connection lost",
+        E::ApplicationClosed(_) => "client_closed_with_error",
+        E::TimedOut => "idle_timeout",
+        E::LocallyClosed => "closed_by_server",
+        _ => "connection_lost",
     }
 }
 
@@ -355,7 +365,7 @@ struct Session {
     client_id: u64,
 }
 
-/// How a session ended, for the log.
+/// How a session ended, for the log and the `reason` label of `arena_sessions_closed_total`.
 type EndReason = &'static str;
 
 impl Session {
@@ -374,6 +384,7 @@ impl Session {
                 }
                 read = self.recv.read(&mut buf) => match read {
                     Ok(Some(n)) => {
+                        Stats::add(&self.ctx.stats.stream_bytes_received, n as u64);
                         self.reader.push(&buf[..n]);
                         if let Err((reason, message)) = self.handle_frames() {
                             return self.disconnect(reason, &message).await;
@@ -388,12 +399,17 @@ impl Session {
                     Err(_) => return ended(&self.conn).await,
                 },
                 datagram = self.conn.receive_datagram() => match datagram {
-                    Ok(d) => match codec::decode_client_datagram(&d.payload()) {
-                        Ok(ClientDatagram::Ack(ack)) => self.on_ack(ack.newest),
-                        Err(e) => {
-                            return self.disconnect(DisconnectReason::MalformedDatagram, &e.to_string()).await;
+                    Ok(d) => {
+                        let payload = d.payload();
+                        Stats::add(&self.ctx.stats.datagrams_received, 1);
+                        Stats::add(&self.ctx.stats.datagram_bytes_received, payload.len() as u64);
+                        match codec::decode_client_datagram(&payload) {
+                            Ok(ClientDatagram::Ack(ack)) => self.on_ack(ack.newest),
+                            Err(e) => {
+                                return self.disconnect(DisconnectReason::MalformedDatagram, &e.to_string()).await;
+                            }
                         }
-                    },
+                    }
                     Err(_) => return ended(&self.conn).await,
                 },
             }
@@ -460,10 +476,10 @@ impl Session {
                     // built for the new size.
                     Err(SendDatagramError::TooLarge) => {}
                     Err(SendDatagramError::NotConnected) => {
-                        return Err("connection lost while sending");
+                        return Err("connection_lost");
                     }
                     Err(SendDatagramError::UnsupportedByPeer) => {
-                        return Err("peer stopped accepting datagrams");
+                        return Err("datagrams_refused");
                     }
                 }
             }

@@ -46,6 +46,12 @@ impl RepSettings {
     }
 }
 
+/// Released view allocations a client keeps for reuse. Views alive at once are those from the
+/// acknowledged one to the newest (a round trip's worth of ticks); with these spares the
+/// steady state allocates nothing, and a client holds about (RTT in ticks + 2) views' memory
+/// instead of [`BASELINE_RING`].
+const SPARE_VIEWS: usize = 2;
+
 /// Estimated bytes of one entity in a snapshot; the encoder then checks the real size.
 const ENTER_COST: usize = 9;
 const CHANGE_COST: usize = 2;
@@ -99,6 +105,8 @@ pub struct ClientReplicator {
     removed: Vec<u32>,
     updates: Vec<Update>,
     last_center: Vec2,
+    /// Allocations of released views, reused for the next ones (at most [`SPARE_VIEWS`]).
+    spare: Vec<Vec<snapshot::EntityRecord>>,
     /// Real bytes per estimated byte, learned from this client's recent snapshots.
     cost_scale: f32,
 }
@@ -115,6 +123,7 @@ impl Default for ClientReplicator {
             removed: Vec::new(),
             updates: Vec::new(),
             last_center: Vec2::ZERO,
+            spare: Vec::new(),
             cost_scale: 1.0,
         }
     }
@@ -140,13 +149,29 @@ impl ClientReplicator {
         for v in &mut self.ring {
             if v.tick < newest {
                 v.tick = 0;
-                v.entities.clear();
+                // Give the allocation back rather than keep a ring of full-size buffers: a
+                // client that acknowledges keeps a few views alive, not 32.
+                let mut entities = std::mem::take(&mut v.entities);
+                if entities.capacity() > 0 && self.spare.len() < SPARE_VIEWS {
+                    entities.clear();
+                    self.spare.push(entities);
+                }
             }
         }
     }
 
     pub fn acked(&self) -> Option<u32> {
         self.acked
+    }
+
+    /// View buffers this client holds memory for (ring slots and spares): its replication
+    /// memory is about this many times its view size.
+    pub fn view_allocations(&self) -> usize {
+        self.ring
+            .iter()
+            .filter(|v| v.entities.capacity() > 0)
+            .count()
+            + self.spare.len()
     }
 
     /// Builds this tick's snapshot for the client whose own entity is `own`.
@@ -168,6 +193,11 @@ impl ClientReplicator {
         // This tick's view is written into the slot it will occupy, reusing its allocation.
         // (The baseline is at least one tick older and less than a ring away: another slot.)
         let mut next_view = std::mem::take(&mut self.ring[Self::slot(t)]);
+        if next_view.entities.capacity() == 0
+            && let Some(spare) = self.spare.pop()
+        {
+            next_view.entities = spare;
+        }
 
         // The baseline: the newest acknowledged view still held, if recent enough.
         let base_tick = self

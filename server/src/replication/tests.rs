@@ -375,3 +375,29 @@ fn a_client_that_never_acknowledges_gets_full_snapshots_and_the_ring_stays_bound
     server.on_ack(1_000_000);
     assert_eq!(server.acked(), None);
 }
+
+#[test]
+fn a_client_that_acknowledges_holds_a_round_trip_of_views_not_the_whole_ring() {
+    let s = settings(MAX_DATAGRAM);
+    let mut world = World::new(300, 1500.0, Vec2::splat(750.0), 10);
+    let (mut frame, mut grid) = (WorldFrame::default(), Grid::default());
+    let mut server = ClientReplicator::default();
+    // Acks come back 3 ticks after their snapshot (a 100 ms round trip at 30 Hz).
+    let rtt_ticks = 3;
+    for _ in 0..200 {
+        world.step(&mut frame);
+        grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
+        server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM, Default::default());
+        if frame.tick > rtt_ticks {
+            server.on_ack(frame.tick - rtt_ticks);
+        }
+    }
+    // Views from the acknowledged one to the newest, plus the spares.
+    let bound = rtt_ticks as usize + 1 + 2;
+    assert!(
+        server.view_allocations() <= bound,
+        "{} view buffers held (bound {bound}, ring {})",
+        server.view_allocations(),
+        arena_shared::snapshot::BASELINE_RING
+    );
+}
