@@ -71,7 +71,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// Counters copied from [`Stats`] at each render: name, help, field.
-type Source = (&'static str, &'static str, fn(&Stats) -> &AtomicU64);
+type Source = (&'static str, &'static str, Field);
+/// Where a counter's value lives in [`Stats`].
+type Field = fn(&Stats) -> &AtomicU64;
 
 const COUNTERS: &[Source] = &[
     ("arena_ticks_total", "Ticks simulated.", |s| &s.ticks),
@@ -163,7 +165,7 @@ const COUNTERS: &[Source] = &[
 ];
 
 /// Inputs the server refused, by reason (`arena_inputs_rejected_total{reason}`).
-const INPUTS_REJECTED: &[(&str, fn(&Stats) -> &AtomicU64)] = &[
+const INPUTS_REJECTED: &[(&str, Field)] = &[
     ("inbox_full", |s| &s.inputs_dropped_inbox_full),
     ("too_old", |s| &s.inputs_too_old),
     ("too_far_ahead", |s| &s.inputs_too_far),

@@ -237,7 +237,7 @@ impl Simulation {
                     h.record(d.as_secs_f64());
                 }
                 window_max = window_max.max(took);
-                if Stats::get(&stats.ticks) % window == 0 {
+                if Stats::get(&stats.ticks).is_multiple_of(window) {
                     stats
                         .tick_max_us_recent
                         .store(window_max.as_micros() as u64, Ordering::Relaxed);

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use arena_shared::map::{Map, MapParams};
 use arena_shared::protocol::codec::decode_datagram;
 use arena_shared::protocol::{EntityKind, Input, ServerDatagram};
 use arena_shared::quant::MoveDir;

@@ -188,11 +188,11 @@ fn play(path: Path, seconds: f64, seed: u64) -> Outcome {
                         interp.push(&view, now_ms);
                         out.late = status.late;
                     }
-                    if let Some(ack) = receiver.ack() {
-                        if f64::from(rng.next_f32()) >= path.loss {
-                            let at = now_us + delay_us(&mut rng);
-                            up.send(at, false, Up::Ack(ack.newest));
-                        }
+                    if let Some(ack) = receiver.ack()
+                        && f64::from(rng.next_f32()) >= path.loss
+                    {
+                        let at = now_us + delay_us(&mut rng);
+                        up.send(at, false, Up::Ack(ack.newest));
                     }
                     let Some(me) = entity.and_then(|e| view.get(e)) else {
                         continue;
