@@ -1,11 +1,21 @@
-//! One bot's life: connect, play for a while, leave, and say what it saw.
+//! One bot's life: connect, play until its time is up, reconnect when dropped, leave, and say
+//! what it saw.
 //!
 //! While playing it sends one `Input` per server tick on its reliable stream, a `Ping` every
-//! [`PING_INTERVAL`], and reads snapshot datagrams. A snapshot counts when every part of its
-//! tick arrived. It records where its own entity was at the first and the last snapshot, and
-//! the sum of the movement it asked for, so a test can check that the server moved it that way.
+//! [`PING_INTERVAL`], and reads snapshot datagrams (an idle bot only acknowledges them). A
+//! snapshot counts when every part of its tick arrived. It records where its own entity was
+//! at the first and the last snapshot of its last session, and the sum of the movement it
+//! asked for, so a test can check that the server moved it that way.
+//!
+//! A failed connect (HTTP, QUIC, `Reject`) or a lost session (`Disconnect`, connection lost)
+//! is retried after a [`Backoff`] delay until the bot's deadline, its launch plus its play
+//! time. Every attempt fetches a fresh token and certificate hash from `/api/connect` (a
+//! restarted server has a new self-signed certificate) and gets a new entity: sessions cannot
+//! be resumed yet.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use arena_shared::clock::ClockSync;
@@ -24,49 +34,78 @@ use arena_shared::snapshot::DeltaSnapshot;
 use arena_shared::snapshot::{ReceiveError, Receiver, View};
 use glam::Vec2;
 use hdrhistogram::Histogram;
+use tokio_util::sync::CancellationToken;
 use wtransport::VarInt;
 
+use crate::backoff::{Backoff, STABLE_SESSION};
+use crate::behaviour::{self, Behaviour, Walk};
 use crate::client::{self, ClientError, Transport};
 use crate::impair::{DelayLine, Direction, ImpairConfig, Impairment};
+use crate::live::{self, Held, LiveStats};
 
 /// How often a bot measures its round trip.
 pub const PING_INTERVAL: Duration = Duration::from_millis(250);
 /// Pings older than this without a pong are forgotten (bounds the bot's memory).
 const MAX_PINGS_IN_FLIGHT: usize = 64;
-
-/// How a bot chooses its movement.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Behaviour {
-    /// A random walk: a direction (or standing still) held for 0.5–2 s, then another.
-    Wander,
-    /// Always push this way (tests use it to check the server moved the bot as asked).
-    Heading(Vec2),
-}
+/// Mixed into a bot's seed for its backoff jitter, so the jitter is not its random walk.
+pub const BACKOFF_SALT: u64 = 0xB4C0_FF5A_17E7_0001;
 
 #[derive(Debug, Clone)]
 pub struct BotConfig {
     /// The server's HTTP side, `http://HOST:PORT`.
     pub server: String,
     pub name: String,
+    /// Its place in the swarm (0-based).
+    pub index: u32,
+    /// How long after its launch the bot leaves, however much of it was spent connecting.
     pub play_for: Duration,
     pub behaviour: Behaviour,
     pub seed: u64,
     pub idle_timeout: Duration,
     /// Network impairment applied to what this bot sends and receives (none by default).
     pub impair: ImpairConfig,
+    /// The swarm's start: [`Session::welcomed_at`] counts from it.
+    pub swarm_start: tokio::time::Instant,
+    /// Counters for the progress line, shared by the swarm.
+    pub live: Arc<LiveStats>,
+    /// Cancelled: the bot leaves now, as if its time were up.
+    pub stop: CancellationToken,
 }
 
-/// What one bot saw.
+/// One session of a bot: from its `Welcome` to its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// When its `Welcome` arrived, counted from the swarm's start.
+    pub welcomed_at: Duration,
+    /// From the start of the attempt (`GET /api/connect`) to the `Welcome`.
+    pub connect: Duration,
+    pub played: Duration,
+    /// Why it ended before the bot meant to leave, if it did.
+    pub lost: Option<String>,
+}
+
+/// What one bot saw, over all its sessions.
+///
+/// Memory: a [`Session`] record per session, and sessions are either at least
+/// [`STABLE_SESSION`] long or separated by growing backoff delays (see [`crate::backoff`]), so
+/// a bot keeps at most about one record per `STABLE_SESSION` of play time.
 #[derive(Debug, Clone)]
 pub struct BotOutcome {
     pub name: String,
-    /// `Err` if it never got a `Welcome`.
+    pub index: u32,
+    pub behaviour: Behaviour,
+    /// The first successful connect's time, or `Err` with the last failure if it never got a
+    /// `Welcome`.
     pub connect: Result<Duration, String>,
-    /// Failure or disconnect kind, for counting.
-    pub error_kind: Option<String>,
-    /// Set when the session ended before the bot meant to leave.
+    /// Every session, in order.
+    pub sessions: Vec<Session>,
+    /// Failed connects and lost sessions, by kind (`ClientError::kind`), each counted.
+    pub errors: BTreeMap<String, u64>,
+    /// Why its last lost session ended; `Some` if it lost any session before it meant to leave.
     pub disconnected: Option<String>,
+    /// Time played, all sessions together.
     pub played: Duration,
+    /// Its entity in its last session.
     pub entity: Option<u32>,
     pub tick_rate: u16,
     /// Ticks for which every part arrived.
@@ -75,11 +114,14 @@ pub struct BotOutcome {
     pub down_bytes: u64,
     pub up_bytes: u64,
     pub inputs_sent: u64,
-    /// Round trips in microseconds.
+    /// Inputs sent with the fire button held (a chaser that sees someone).
+    pub fire_inputs: u64,
+    /// Round trips in microseconds (pings; an idle bot sends none).
     pub rtt_us: Histogram<u64>,
+    /// Its own position at the first and the last snapshot of its last session.
     pub first_pos: Option<Vec2>,
     pub last_pos: Option<Vec2>,
-    /// Sum of the movement directions sent.
+    /// Sum of the movement directions sent in its last session.
     pub input_sum: Vec2,
     /// Sizes of snapshot datagrams (delta mode) or of whole snapshots (full mode), bytes.
     pub snapshot_bytes: Histogram<u64>,
@@ -87,26 +129,30 @@ pub struct BotOutcome {
     pub in_view: Histogram<u64>,
     /// Delta snapshots that could not be decoded for want of their baseline.
     pub baseline_misses: u64,
-    /// The newest view the bot reconstructed (delta mode).
+    /// The newest view the bot reconstructed (delta mode), in the session it ended by leaving.
     pub last_view: Option<View>,
-    /// Predictions the server's state corrected, after the warm-up.
+    /// Predictions the server's state corrected, after each session's warm-up.
     pub prediction_corrections: u64,
     /// Largest of those corrections, world units.
     pub prediction_max_error: f32,
-    /// The server's count of this bot's inputs that arrived too late, after the warm-up.
+    /// The server's count of this bot's inputs that arrived too late, after each session's
+    /// warm-up, all sessions together.
     pub inputs_late: u64,
-    /// Times the interpolation buffer ran dry.
+    /// Times the interpolation buffer ran dry, all sessions together.
     pub interp_underruns: u64,
     /// Error of the server-tick estimate at each snapshot after the warm-up, microseconds.
     pub clock_error_us: Histogram<u64>,
 }
 
 impl BotOutcome {
-    fn new(name: String) -> Self {
+    pub(crate) fn new(name: String, index: u32, behaviour: Behaviour) -> Self {
         Self {
             name,
+            index,
+            behaviour,
             connect: Err("not attempted".into()),
-            error_kind: None,
+            sessions: Vec::new(),
+            errors: BTreeMap::new(),
             disconnected: None,
             played: Duration::ZERO,
             entity: None,
@@ -116,6 +162,7 @@ impl BotOutcome {
             down_bytes: 0,
             up_bytes: 0,
             inputs_sent: 0,
+            fire_inputs: 0,
             rtt_us: new_rtt_histogram(),
             first_pos: None,
             last_pos: None,
@@ -132,56 +179,144 @@ impl BotOutcome {
         }
     }
 
+    /// Got a `Welcome` at least once.
     pub fn connected(&self) -> bool {
-        self.connect.is_ok()
+        !self.sessions.is_empty()
+    }
+
+    /// Sessions after its first.
+    pub fn reconnects(&self) -> u64 {
+        self.sessions.len().saturating_sub(1) as u64
+    }
+
+    /// When each of its sessions got its `Welcome`, from the swarm's start.
+    pub fn welcome_times(&self) -> impl Iterator<Item = Duration> + '_ {
+        self.sessions.iter().map(|s| s.welcomed_at)
+    }
+
+    fn count_error(&mut self, e: &ClientError) {
+        *self.errors.entry(e.kind()).or_insert(0) += 1;
     }
 }
 
-/// RTTs from 1 µs to 60 s at 3 significant figures.
+/// Significant figures of every histogram a bot keeps (values within 1%). Each bot keeps
+/// four, so this is most of a bot's own memory: ~17 KB a histogram at 2 figures, ~140 KB at 3
+/// (half a megabyte a bot, gigabytes for a swarm of thousands).
+pub const HISTOGRAM_SIGFIG: u8 = 2;
+
+/// RTTs from 1 µs to 60 s.
 pub fn new_rtt_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3)
+    Histogram::new_with_bounds(1, 60_000_000, HISTOGRAM_SIGFIG)
         .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
 }
 
-/// Counts and sizes from 1 to 10^7 at 3 significant figures.
+/// Counts and sizes from 1 to 10^7.
 pub fn new_count_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 10_000_000, 3)
+    Histogram::new_with_bounds(1, 10_000_000, HISTOGRAM_SIGFIG)
         .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
 }
 
-/// Runs one bot to the end. Never panics on anything the server sends.
+/// Runs one bot to its deadline (or until `stop`), reconnecting as needed. Never panics on
+/// anything the server sends.
 pub async fn run(config: BotConfig) -> BotOutcome {
-    let mut out = BotOutcome::new(config.name.clone());
-    let started = Instant::now();
-    let (mut transport, mut reader, welcome) = match connect(&config, &mut out).await {
-        Ok(t) => t,
-        Err(e) => {
-            out.error_kind = Some(e.kind());
-            out.connect = Err(e.to_string());
-            return out;
+    let mut out = BotOutcome::new(config.name.clone(), config.index, config.behaviour);
+    let deadline = tokio::time::Instant::now() + config.play_for;
+    let mut backoff = Backoff::new(config.seed ^ BACKOFF_SALT);
+    let live = config.live.clone();
+    loop {
+        let attempt = tokio::time::Instant::now();
+        let connected = tokio::select! {
+            c = connect(&config, &mut out) => Some(c),
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = config.stop.cancelled() => None,
+        };
+        let Some(connected) = connected else {
+            // Its time ran out mid-attempt: a failure only if it never had a session and
+            // nothing else went wrong before (a slow server that never answered).
+            if !out.connected() && out.errors.is_empty() {
+                out.connect = Err("still connecting when its time was up".into());
+                out.count_error(&ClientError::Timeout("connect"));
+            }
+            break;
+        };
+        match connected {
+            Err(e) => {
+                live::bump(&live.failed);
+                out.count_error(&e);
+                if !out.connected() {
+                    out.connect = Err(e.to_string());
+                }
+            }
+            Ok((mut transport, mut reader, welcome)) => {
+                let welcomed = tokio::time::Instant::now();
+                let connect = welcomed - attempt;
+                live.welcomed();
+                if out.connected() {
+                    live::bump(&live.reconnects);
+                } else {
+                    out.connect = Ok(connect);
+                }
+                out.sessions.push(Session {
+                    welcomed_at: welcomed.saturating_duration_since(config.swarm_start),
+                    connect,
+                    played: Duration::ZERO,
+                    lost: None,
+                });
+                let ended = {
+                    let _open = Held::new(&live.connected);
+                    play(
+                        &config,
+                        &mut transport,
+                        &mut reader,
+                        welcome,
+                        &mut out,
+                        deadline,
+                    )
+                    .await
+                };
+                let played = welcomed.elapsed();
+                out.played += played;
+                transport
+                    .conn
+                    .close(VarInt::from_u32(CLOSE_CLIENT_LEFT), b"bot done");
+                // Let the close frame leave before the endpoint is dropped.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), transport.endpoint.wait_idle())
+                        .await;
+                let lost = ended.err();
+                if let Some(e) = &lost {
+                    out.count_error(e);
+                    out.disconnected = Some(e.to_string());
+                }
+                if let Some(session) = out.sessions.last_mut() {
+                    session.played = played;
+                    session.lost = lost.as_ref().map(ToString::to_string);
+                }
+                if lost.is_none() {
+                    break; // its time is up
+                }
+                if played >= STABLE_SESSION {
+                    backoff.reset();
+                }
+            }
         }
-    };
-    out.connect = Ok(started.elapsed());
-    out.entity = Some(welcome.entity);
-    out.tick_rate = welcome.tick_rate;
-    let play_started = Instant::now();
-    if let Err(e) = play(&config, &mut transport, &mut reader, &welcome, &mut out).await {
-        out.error_kind = Some(e.kind());
-        out.disconnected = Some(e.to_string());
+        let delay = backoff.next_delay();
+        if tokio::time::Instant::now() + delay >= deadline {
+            break;
+        }
+        let _waiting = Held::new(&live.retrying);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = config.stop.cancelled() => break,
+        }
     }
-    out.played = play_started.elapsed();
-    transport
-        .conn
-        .close(VarInt::from_u32(CLOSE_CLIENT_LEFT), b"bot done");
-    // Let the close frame leave before the endpoint is dropped.
-    let _ = tokio::time::timeout(Duration::from_secs(1), transport.endpoint.wait_idle()).await;
     out
 }
 
 async fn connect(
     config: &BotConfig,
     out: &mut BotOutcome,
-) -> Result<(Transport, FrameReader, arena_shared::protocol::Welcome), ClientError> {
+) -> Result<(Transport, FrameReader, Welcome), ClientError> {
     let info = client::fetch_connect_info(&config.server, &config.name).await?;
     let mut transport = client::open(&info, config.idle_timeout).await?;
     let mut reader = FrameReader::new();
@@ -221,9 +356,11 @@ impl Assembly {
 /// clock needs a few round trips to settle.
 pub const WARM_UP: Duration = Duration::from_secs(1);
 
-/// Everything one bot tracks while it plays.
+/// Everything one bot tracks during one session.
 struct Play<'a> {
     config: &'a BotConfig,
+    /// Idle: no inputs, no pings, no prediction or interpolation; only acknowledgements.
+    idle: bool,
     entity: u32,
     tick_rate: u16,
     map: Map,
@@ -234,6 +371,8 @@ struct Play<'a> {
     predictor: Option<Predictor>,
     rng: SplitMix64,
     walk: Walk,
+    /// A chaser's target, found once per view: (view tick, where it is).
+    target: Option<(u32, Option<Vec2>)>,
     seq: u32,
     pings: HashMap<u32, Instant>,
     nonce: u32,
@@ -241,7 +380,9 @@ struct Play<'a> {
     part_bytes: u64,
     /// When the first snapshot arrived, and the server's late count then.
     warm_from: Option<(Instant, Option<u32>)>,
-    late_total: u32,
+    /// The bot's late inputs and interpolation underruns before this session.
+    late_before: u64,
+    underruns_before: u64,
     /// Impairment, when configured, and what it holds back each way.
     imp: Option<Impairment>,
     out_stream: DelayLine<Vec<u8>>,
@@ -259,13 +400,43 @@ impl Play<'_> {
         self.warm_from.is_some_and(|(t, _)| t.elapsed() >= WARM_UP)
     }
 
+    /// Where a chaser heads, aims and whether it fires: at the nearest entity it sees (found
+    /// once per new view), from where it predicts itself to be.
+    fn chase(&mut self, out: &BotOutcome) -> Option<Vec2> {
+        let me = self
+            .predictor
+            .as_ref()
+            .map(|p| p.body().pos)
+            .or(out.last_pos)?;
+        let view = self.receiver.latest()?;
+        let target = match self.target {
+            Some((tick, target)) if tick == view.tick => target,
+            _ => {
+                let target = behaviour::nearest_other(view, self.entity, me);
+                self.target = Some((view.tick, target));
+                target
+            }
+        }?;
+        Some(target - me)
+    }
+
     /// Inputs for every client tick that became due: predicted at once, then sent.
     async fn frame(&mut self, t: &mut Transport, out: &mut BotOutcome) -> Result<(), ClientError> {
         let now = self.now_ms();
         for tick in self.clock.advance(now) {
-            let dir = match self.config.behaviour {
-                Behaviour::Heading(d) => d,
-                Behaviour::Wander => self.walk.next(&mut self.rng, self.tick_rate),
+            let (dir, aim, buttons) = match self.config.behaviour {
+                Behaviour::Heading(d) => (d, d, 0),
+                Behaviour::Chase => match self.chase(out) {
+                    Some(to) => (to.normalize_or_zero(), to, Buttons::FIRE),
+                    None => {
+                        let d = self.walk.next(&mut self.rng, self.tick_rate);
+                        (d, d, 0)
+                    }
+                },
+                Behaviour::Wander | Behaviour::Idle => {
+                    let d = self.walk.next(&mut self.rng, self.tick_rate);
+                    (d, d, 0)
+                }
             };
             let movement = MoveDir::from_vec2(dir);
             out.input_sum += movement.to_vec2();
@@ -277,18 +448,21 @@ impl Play<'_> {
                 seq: self.seq,
                 tick,
                 movement,
-                aim: Aim::from_radians(dir.y.atan2(dir.x)),
-                buttons: Buttons::default(),
+                aim: Aim::from_radians(aim.y.atan2(aim.x)),
+                buttons: Buttons(buttons),
             };
             self.send_msg(t, &ClientMsg::Input(input), out).await?;
             out.inputs_sent += 1;
+            if buttons & Buttons::FIRE != 0 {
+                out.fire_inputs += 1;
+            }
         }
         if let Some(p) = &mut self.predictor {
             p.advance_render(1.0 / (2.0 * f32::from(self.tick_rate)));
         }
         if let Some(render) = self.clock.render_tick(now, self.interp.delay_ticks()) {
             self.interp.frame(render);
-            out.interp_underruns = self.interp.underruns();
+            out.interp_underruns = self.underruns_before + self.interp.underruns();
         }
         Ok(())
     }
@@ -383,6 +557,7 @@ impl Play<'_> {
                 self.part_bytes += payload.len() as u64;
                 if self.assembly.part(snap.tick, snap.parts) {
                     out.snapshots += 1;
+                    live::bump(&self.config.live.snapshots);
                     out.snapshot_bytes.saturating_record(self.part_bytes);
                     self.part_bytes = 0;
                     let now = self.now_ms();
@@ -424,6 +599,7 @@ impl Play<'_> {
         if let Some(sent) = self.pings.remove(&nonce) {
             let rtt = sent.elapsed();
             out.rtt_us.saturating_record(rtt.as_micros().max(1) as u64);
+            self.config.live.record_rtt(rtt);
             self.clock.on_rtt(rtt.as_secs_f64() * 1000.0);
         }
     }
@@ -437,8 +613,8 @@ impl Play<'_> {
     ) {
         out.snapshot_bytes.saturating_record(size as u64);
         let now = self.now_ms();
-        let view = match self.receiver.receive(snap) {
-            Ok(view) => view.clone(),
+        let (tick, in_view) = match self.receiver.receive(snap) {
+            Ok(view) => (view.tick, view.entities.len()),
             Err(ReceiveError::MissingBaseline(_)) => {
                 out.baseline_misses += 1;
                 return;
@@ -446,43 +622,52 @@ impl Play<'_> {
             Err(_) => return,
         };
         out.snapshots += 1;
-        out.in_view.saturating_record(view.entities.len() as u64);
-        if self.receiver.latest().is_some_and(|l| l.tick == view.tick) {
+        live::bump(&self.config.live.snapshots);
+        out.in_view.saturating_record(in_view as u64);
+        // Borrowed from the ring rather than copied: this runs for every snapshot of every bot.
+        let Some(view) = self.receiver.view(tick) else {
+            return;
+        };
+        let newest = self.receiver.latest().is_some_and(|l| l.tick == tick);
+        if self.idle {
+            if let Some(me) = view.get(self.entity) {
+                let pos = me.pos_at(tick, self.tick_rate);
+                out.first_pos.get_or_insert(pos);
+                out.last_pos = Some(pos);
+            }
+            return;
+        }
+        if newest {
             if self.warm() {
                 // How far the estimate was from the tick this snapshot proves, one way later.
                 if let (Some(est), Some(rtt)) = (self.clock.server_tick(now), self.clock.rtt_ms()) {
-                    let truth =
-                        f64::from(view.tick) + rtt / 2.0 / (1000.0 / f64::from(self.tick_rate));
+                    let truth = f64::from(tick) + rtt / 2.0 / (1000.0 / f64::from(self.tick_rate));
                     let err_ms = (est - truth).abs() * 1000.0 / f64::from(self.tick_rate);
                     out.clock_error_us
                         .saturating_record((err_ms * 1000.0).max(1.0) as u64);
                 }
             }
-            self.clock.on_server_tick(view.tick, now);
+            self.clock.on_server_tick(tick, now);
             self.clock.on_input_report(input.late, input.lead, now);
-            self.interp.push(&view, now);
+            self.interp.push(view, now);
         }
-        self.late_total = input.late;
         let warm_from = self.warm_from.get_or_insert((Instant::now(), None));
         if warm_from.0.elapsed() >= WARM_UP && warm_from.1.is_none() {
             warm_from.1 = Some(input.late);
         }
         if let Some(base) = warm_from.1 {
-            out.inputs_late = u64::from(self.late_total.saturating_sub(base));
+            out.inputs_late = self.late_before + u64::from(input.late.saturating_sub(base));
         }
         let Some(me) = view.get(self.entity) else {
             return;
         };
-        let pos = me.pos_at(view.tick, self.tick_rate);
+        let pos = me.pos_at(tick, self.tick_rate);
         out.first_pos.get_or_insert(pos);
         out.last_pos = Some(pos);
         let server = Body { pos, vel: me.vel() };
         match &mut self.predictor {
             None => self.predictor = Some(Predictor::new(server, sim::PLAYER, self.tick_rate)),
-            Some(p)
-                if input.last_seq != 0
-                    && self.receiver.latest().is_some_and(|l| l.tick == view.tick) =>
-            {
+            Some(p) if input.last_seq != 0 && newest => {
                 let pending = p.pending();
                 let correction = p.reconcile(input.last_seq, server, &self.map);
                 if let Some(c) = correction {
@@ -490,7 +675,7 @@ impl Play<'_> {
                         seq = input.last_seq,
                         my_seq = self.seq,
                         pending,
-                        tick = view.tick,
+                        tick,
                         client_tick = ?self.clock.client_tick(),
                         error = c.error,
                         "prediction corrected"
@@ -500,6 +685,7 @@ impl Play<'_> {
                     .filter(|_| self.warm_from.is_some_and(|(t, _)| t.elapsed() >= WARM_UP))
                 {
                     out.prediction_corrections += 1;
+                    live::bump(&self.config.live.corrections);
                     out.prediction_max_error = out.prediction_max_error.max(c.error);
                 }
             }
@@ -508,26 +694,36 @@ impl Play<'_> {
     }
 }
 
+/// One session: plays until `deadline` or `stop` (`Ok`), or until the session is lost.
 async fn play(
     config: &BotConfig,
     t: &mut Transport,
     reader: &mut FrameReader,
-    welcome: &Welcome,
+    welcome: Welcome,
     out: &mut BotOutcome,
+    deadline: tokio::time::Instant,
 ) -> Result<(), ClientError> {
     let tick_rate = welcome.tick_rate.max(1);
-    let deadline = tokio::time::Instant::now() + config.play_for;
+    let idle = config.behaviour == Behaviour::Idle;
     // Frames at twice the tick rate: the clock decides which ticks are due.
     let mut frame_timer =
         tokio::time::interval(Duration::from_secs_f64(0.5 / f64::from(tick_rate)));
     frame_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ping_timer = tokio::time::interval(PING_INTERVAL);
     ping_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    out.entity = Some(welcome.entity);
+    out.tick_rate = welcome.tick_rate;
+    // What describes "the last session" starts again.
+    out.first_pos = None;
+    out.last_pos = None;
+    out.input_sum = Vec2::ZERO;
+    out.last_view = None;
     let mut s = Play {
         config,
+        idle,
         entity: welcome.entity,
         tick_rate,
-        map: welcome.map.clone(),
+        map: welcome.map,
         started: Instant::now(),
         clock: ClockSync::new(tick_rate),
         receiver: Receiver::new(tick_rate),
@@ -535,13 +731,15 @@ async fn play(
         predictor: None,
         rng: SplitMix64::new(config.seed),
         walk: Walk::default(),
+        target: None,
         seq: 0,
         pings: HashMap::new(),
         nonce: 0,
         assembly: Assembly::default(),
         part_bytes: 0,
         warm_from: None,
-        late_total: 0,
+        late_before: out.inputs_late,
+        underruns_before: out.interp_underruns,
         imp: (!config.impair.is_none())
             .then(|| Impairment::new(config.impair, config.seed ^ 0x1A9A_1A9A)),
         out_stream: DelayLine::default(),
@@ -550,16 +748,15 @@ async fn play(
         in_dgram: DelayLine::default(),
     };
     let mut buf = [0u8; 4096];
+    let live = &config.live;
 
     loop {
         let due = s.next_due();
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
-                out.last_view = s.receiver.latest().cloned();
-                return Ok(());
-            }
-            _ = frame_timer.tick() => s.frame(t, out).await?,
-            _ = ping_timer.tick() => {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = config.stop.cancelled() => break,
+            _ = frame_timer.tick(), if !idle => s.frame(t, out).await?,
+            _ = ping_timer.tick(), if !idle => {
                 s.nonce = s.nonce.wrapping_add(1);
                 if s.pings.len() >= MAX_PINGS_IN_FLIGHT {
                     s.pings.clear();
@@ -574,6 +771,7 @@ async fn play(
             read = t.recv.read(&mut buf) => match read {
                 Ok(Some(n)) => {
                     out.down_bytes += n as u64;
+                    live.down_bytes.fetch_add(n as u64, Relaxed);
                     match &mut s.imp {
                         Some(imp) => {
                             let at = imp.stream(tokio::time::Instant::now(), Direction::Down);
@@ -590,6 +788,7 @@ async fn play(
                 let payload = datagram.payload();
                 out.datagrams += 1;
                 out.down_bytes += payload.len() as u64;
+                live.down_bytes.fetch_add(payload.len() as u64, Relaxed);
                 match &mut s.imp {
                     Some(imp) => {
                         for at in imp.datagram(tokio::time::Instant::now()) {
@@ -601,29 +800,8 @@ async fn play(
             }
         }
     }
-}
-
-/// The random walk of [`Behaviour::Wander`].
-#[derive(Default)]
-struct Walk {
-    dir: Vec2,
-    ticks_left: u32,
-}
-
-impl Walk {
-    fn next(&mut self, rng: &mut SplitMix64, tick_rate: u16) -> Vec2 {
-        if self.ticks_left == 0 {
-            let rate = u32::from(tick_rate.max(1));
-            self.ticks_left = rate / 2 + rng.below(rate * 3 / 2 + 1);
-            self.dir = if rng.below(6) == 0 {
-                Vec2::ZERO
-            } else {
-                Vec2::new(rng.range_f32(-1.0, 1.0), rng.range_f32(-1.0, 1.0)).normalize_or_zero()
-            };
-        }
-        self.ticks_left -= 1;
-        self.dir
-    }
+    out.last_view = s.receiver.latest().cloned();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -645,15 +823,11 @@ mod tests {
     }
 
     #[test]
-    fn the_random_walk_is_seeded_and_bounded() {
-        let walk = |seed| {
-            let mut rng = SplitMix64::new(seed);
-            let mut w = Walk::default();
-            (0..300).map(|_| w.next(&mut rng, 30)).collect::<Vec<_>>()
-        };
-        let a = walk(1);
-        assert_eq!(a, walk(1));
-        assert_ne!(a, walk(2));
-        assert!(a.iter().all(|d| d.length() <= 1.0 + 1e-6));
+    fn a_bots_histograms_stay_small() {
+        // Four a bot, thousands of bots: each must stay in the tens of kilobytes.
+        for h in [new_rtt_histogram(), new_count_histogram()] {
+            let bytes = h.distinct_values() * std::mem::size_of::<u64>();
+            assert!(bytes <= 24 * 1024, "{bytes} bytes");
+        }
     }
 }

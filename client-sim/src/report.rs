@@ -1,7 +1,10 @@
 //! The swarm's report: flat JSON for scripts, a table for people.
 //!
-//! Keys are stable: scripts and CI gate on them. Per-bot rates are averaged over the bots
-//! that connected, each over the time it actually played.
+//! Keys are stable: scripts and CI gate on them (`--fail-under`, `--fail-over`). A bot may
+//! have several sessions (it reconnects when dropped): per-bot rates are averaged over the
+//! bots that connected, each over the time it actually played, all its sessions together;
+//! connect times count every successful connect; a bot that failed at first and then
+//! connected is not failed. Percentiles come from merged hdrhistograms, never from averages.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,19 +16,28 @@ use crate::bot::{BotOutcome, new_count_histogram, new_rtt_histogram};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub bots_requested: u64,
+    /// Got a `Welcome` at least once.
     pub bots_connected: u64,
-    /// Never got a `Welcome`.
+    /// Never got a `Welcome`, however often they tried.
     pub bots_failed: u64,
-    /// Got a `Welcome`, then lost the session before the end of the run.
+    /// Lost a session before they meant to leave, at least once (whether or not they
+    /// reconnected).
     pub bots_disconnected: u64,
+    /// Sessions after each bot's first, all bots together (0 when reading an older report).
+    #[serde(default)]
+    pub reconnects: u64,
     /// How long each bot was asked to play, seconds.
     pub duration_s: f64,
     /// Complete snapshots per second per connected bot.
     pub snapshots_per_bot_hz: f64,
+    /// The lowest of those rates, over the connected bots: "every bot got >= X Hz".
+    #[serde(default)]
+    pub snapshots_per_bot_hz_min: f64,
     pub down_bytes_per_bot_per_s: f64,
     pub up_bytes_per_bot_per_s: f64,
     pub rtt_ms_p50: f64,
     pub rtt_ms_p99: f64,
+    /// From `GET /api/connect` to `Welcome`, every successful connect.
     pub connect_ms_p50: f64,
     pub connect_ms_p99: f64,
     pub datagrams_per_bot_hz: f64,
@@ -44,7 +56,8 @@ pub struct Report {
     pub interp_underruns: u64,
     /// 99th percentile of the server-tick estimate's error, milliseconds.
     pub clock_offset_ms_p99: f64,
-    /// Failures and disconnects by kind (e.g. `rejected_server_full`).
+    /// Failed connects and lost sessions by kind (e.g. `rejected_server_full`), each
+    /// occurrence counted (a bot that retried five times against a stopped server counts five).
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -62,11 +75,11 @@ impl Report {
             let _ = in_view.add(&b.in_view);
             // Histograms of equal bounds always add.
             let _ = rtt.add(&b.rtt_us);
-            if let Ok(d) = b.connect {
-                connect.saturating_record(d.as_micros().max(1) as u64);
+            for s in &b.sessions {
+                connect.saturating_record(s.connect.as_micros().max(1) as u64);
             }
-            if let Some(kind) = &b.error_kind {
-                *errors.entry(kind.clone()).or_insert(0) += 1;
+            for (kind, n) in &b.errors {
+                *errors.entry(kind.clone()).or_insert(0) += n;
             }
         }
         let per_bot = |f: &dyn Fn(&BotOutcome) -> u64| -> f64 {
@@ -96,8 +109,14 @@ impl Report {
                 .iter()
                 .filter(|b| b.disconnected.is_some())
                 .count() as u64,
+            reconnects: bots.iter().map(|b| b.reconnects()).sum(),
             duration_s,
             snapshots_per_bot_hz: per_bot(&|b| b.snapshots),
+            snapshots_per_bot_hz_min: connected
+                .iter()
+                .map(|b| b.snapshots as f64 / b.played.as_secs_f64().max(1e-3))
+                .reduce(f64::min)
+                .unwrap_or(0.0),
             down_bytes_per_bot_per_s: per_bot(&|b| b.down_bytes),
             up_bytes_per_bot_per_s: per_bot(&|b| b.up_bytes),
             rtt_ms_p50: ms(&rtt, 0.5),
@@ -125,17 +144,21 @@ impl Report {
     /// A table a person reads at the end of a run.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let rows: [(&str, String); 19] = [
+        let rows: [(&str, String); 20] = [
             (
                 "bots connected",
                 format!("{} / {}", self.bots_connected, self.bots_requested),
             ),
             ("bots failed", self.bots_failed.to_string()),
             ("bots disconnected", self.bots_disconnected.to_string()),
+            ("reconnects", self.reconnects.to_string()),
             ("duration", format!("{:.1} s", self.duration_s)),
             (
                 "snapshots / bot",
-                format!("{:.1} Hz", self.snapshots_per_bot_hz),
+                format!(
+                    "{:.1} Hz (worst bot {:.1})",
+                    self.snapshots_per_bot_hz, self.snapshots_per_bot_hz_min
+                ),
             ),
             (
                 "datagrams / bot",
@@ -201,7 +224,11 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::behaviour::Behaviour;
+    use crate::bot::Session;
 
     #[test]
     fn the_json_has_the_documented_flat_keys() {
@@ -212,8 +239,10 @@ mod tests {
             "bots_connected",
             "bots_failed",
             "bots_disconnected",
+            "reconnects",
             "duration_s",
             "snapshots_per_bot_hz",
+            "snapshots_per_bot_hz_min",
             "down_bytes_per_bot_per_s",
             "up_bytes_per_bot_per_s",
             "rtt_ms_p50",
@@ -233,5 +262,88 @@ mod tests {
             assert!(v.get(key).is_some_and(|x| x.is_number()), "missing {key}");
         }
         assert_eq!(r.bots_failed, 3, "bots that never reported count as failed");
+    }
+
+    fn session(at_ms: u64, connect_ms: u64, played_s: u64, lost: Option<&str>) -> Session {
+        Session {
+            welcomed_at: Duration::from_millis(at_ms),
+            connect: Duration::from_millis(connect_ms),
+            played: Duration::from_secs(played_s),
+            lost: lost.map(String::from),
+        }
+    }
+
+    /// A bot with these sessions, 30 snapshots a second played, and these failures.
+    fn bot(index: u32, sessions: Vec<Session>, errors: &[(&str, u64)]) -> BotOutcome {
+        let mut b = BotOutcome::new(format!("bot-{index}"), index, Behaviour::Wander);
+        b.played = sessions.iter().map(|s| s.played).sum();
+        b.snapshots = 30 * b.played.as_secs();
+        b.connect = match sessions.first() {
+            Some(s) => Ok(s.connect),
+            None => Err("refused".into()),
+        };
+        b.disconnected = sessions.iter().rev().find_map(|s| s.lost.clone());
+        b.sessions = sessions;
+        b.errors = errors.iter().map(|&(k, n)| (k.to_string(), n)).collect();
+        b
+    }
+
+    #[test]
+    fn bots_with_several_sessions_aggregate_per_bot_and_per_connect() {
+        let bots = [
+            // Played 10 s in one session.
+            bot(0, vec![session(100, 10, 10, None)], &[]),
+            // Dropped after 2 s, back after two refused attempts, then 6 s more.
+            bot(
+                1,
+                vec![
+                    session(200, 20, 2, Some("disconnected: ServerShutdown")),
+                    session(3_000, 30, 6, None),
+                ],
+                &[("disconnected_server_shutdown", 1), ("http", 2)],
+            ),
+            // Failed at first, then connected: not failed.
+            bot(2, vec![session(900, 40, 4, None)], &[("http", 3)]),
+            // Never connected.
+            bot(3, vec![], &[("http", 7)]),
+        ];
+        let r = Report::from_outcomes(5, 10.0, &bots);
+        assert_eq!(r.bots_connected, 3);
+        assert_eq!(r.bots_failed, 2, "bot 3, and one bot that never reported");
+        assert_eq!(r.bots_disconnected, 1);
+        assert_eq!(r.reconnects, 1);
+        // Each connected bot's rate is over the time it played, all sessions together.
+        assert!(
+            (r.snapshots_per_bot_hz - 30.0).abs() < 1e-9,
+            "{}",
+            r.snapshots_per_bot_hz
+        );
+        assert!((r.snapshots_per_bot_hz_min - 30.0).abs() < 1e-9);
+        // One bot that saw 24 Hz sets the worst-bot rate; the mean moves by a quarter of that.
+        let mut slow = bots.clone();
+        slow[0].snapshots = 24 * 10;
+        let r = Report::from_outcomes(5, 10.0, &slow);
+        assert!((r.snapshots_per_bot_hz_min - 24.0).abs() < 1e-9);
+        assert!((r.snapshots_per_bot_hz - 28.0).abs() < 1e-9);
+        let r = Report::from_outcomes(5, 10.0, &bots);
+        // Every successful connect counts: 10, 20, 30 and 40 ms (histograms keep 1%).
+        assert!(
+            (r.connect_ms_p50 - 20.0).abs() < 0.2,
+            "{}",
+            r.connect_ms_p50
+        );
+        assert!(
+            (r.connect_ms_p99 - 40.0).abs() < 0.4,
+            "{}",
+            r.connect_ms_p99
+        );
+        assert_eq!(r.errors.get("http"), Some(&12));
+        assert_eq!(r.errors.get("disconnected_server_shutdown"), Some(&1));
+        assert!(r.table().contains("reconnects"), "{}", r.table());
+        let welcomes: Vec<_> = bots[1].welcome_times().collect();
+        assert_eq!(
+            welcomes,
+            [Duration::from_millis(200), Duration::from_millis(3_000)]
+        );
     }
 }

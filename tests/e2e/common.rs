@@ -1,5 +1,6 @@
 //! Starting and stopping a real server for a test.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +31,22 @@ pub fn swarm(
         seed,
         behaviour,
         idle_timeout: Duration::from_secs(10),
-        impair: Default::default(),
+        // No progress line, no impairment, a fresh stop token and counters.
+        ..Default::default()
+    }
+}
+
+/// Waits until the bots of a swarm have received `n` `Welcome`s in all (every session of
+/// every bot counts). A server counts a session before its `Welcome` reaches the bot; this
+/// counts on the bots' side.
+pub async fn welcomes_reach(config: &SwarmConfig, n: u64) {
+    let mut rx = config.live.watch_welcomes();
+    let reached = matches!(
+        tokio::time::timeout(WAIT, rx.wait_for(|w| *w >= n)).await,
+        Ok(Ok(_))
+    );
+    if !reached {
+        panic!("the bots never got {n} welcomes (got {})", *rx.borrow());
     }
 }
 
@@ -50,6 +66,9 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`
     pub http: String,
+    /// The bound addresses (a restart on the same ports binds these again).
+    pub wt_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub stats: Arc<Stats>,
     pub secret: Arc<[u8]>,
     pub audience: String,
@@ -62,6 +81,32 @@ pub struct TestServer {
 
 /// Starts a server on loopback port 0 with a small world; `extra` flags override.
 pub async fn start(extra: &[&str]) -> TestServer {
+    try_start(extra).await.expect("server binds on loopback")
+}
+
+/// Starts a server on the given ports again (as after a restart), waiting for the old
+/// sockets to be released: a stopped QUIC endpoint can hold its UDP port a little longer
+/// than its server (closing connections drain), and there is no event to wait on for that.
+pub async fn restart_on(wt: SocketAddr, http: SocketAddr, extra: &[&str]) -> TestServer {
+    let (wt, http) = (wt.to_string(), http.to_string());
+    let mut args = vec!["--wt-bind", wt.as_str(), "--http-bind", http.as_str()];
+    args.extend_from_slice(extra);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match try_start(&args).await {
+            Ok(server) => return server,
+            Err(ServerError::BindWt { .. } | ServerError::BindHttp { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("server restarts on {wt} and {http}: {e}"),
+        }
+    }
+}
+
+/// Starts a server on loopback port 0 with a small world, or says why it could not bind.
+pub async fn try_start(extra: &[&str]) -> Result<TestServer, ServerError> {
     let mut args = vec![
         "arena-server",
         "--wt-bind",
@@ -75,12 +120,12 @@ pub async fn start(extra: &[&str]) -> TestServer {
     ];
     args.extend_from_slice(extra);
     let config = Config::try_parse_from(args).expect("valid test flags");
-    let server = Server::bind(config)
-        .await
-        .expect("server binds on loopback");
+    let server = Server::bind(config).await?;
     let shutdown = CancellationToken::new();
-    TestServer {
+    Ok(TestServer {
         http: format!("http://{}", server.http_addr()),
+        wt_addr: server.wt_addr(),
+        http_addr: server.http_addr(),
         stats: server.stats(),
         secret: server.token_secret(),
         audience: server.token_audience().to_string(),
@@ -88,7 +133,7 @@ pub async fn start(extra: &[&str]) -> TestServer {
         frames: Some(server.frame_tap()),
         shutdown: shutdown.clone(),
         task: tokio::spawn(server.run(shutdown)),
-    }
+    })
 }
 
 impl TestServer {

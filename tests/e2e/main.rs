@@ -7,3 +7,4 @@ mod metrics;
 mod misbehaving;
 mod play;
 mod replication;
+mod swarm;

@@ -1,0 +1,182 @@
+//! The swarm over real QUIC: bots ramp in at the rate asked, play their behaviours, and come
+//! back after a server restart on their own, spread out rather than all at once.
+
+use std::time::Duration;
+
+use arena_client_sim::behaviour::Behaviour;
+use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig, SwarmResult};
+
+use crate::common::{self, WAIT};
+
+const BOTS: u32 = 50;
+/// 50 bots at 25 a second: the last is launched at 1.96 s.
+const RAMP_PER_S: f64 = 25.0;
+/// The ramp, plus connect time and the scheduling of a loaded 2-core CI machine.
+const ALL_IN_BY: Duration = Duration::from_millis(2000 + 1500);
+
+fn ramped(config: SwarmConfig) -> SwarmConfig {
+    SwarmConfig {
+        ramp_per_s: RAMP_PER_S,
+        ..config
+    }
+}
+
+/// Every bot's first session began within the ramp, none before its own launch.
+fn assert_ramped_in(result: &SwarmResult) {
+    for bot in &result.bots {
+        let first = bot
+            .welcome_times()
+            .next()
+            .unwrap_or_else(|| panic!("{} never connected: {:?}", bot.name, bot.connect));
+        let launch = Duration::from_secs_f64(f64::from(bot.index) / RAMP_PER_S);
+        assert!(
+            first >= launch && first <= ALL_IN_BY,
+            "{} (launched at {launch:?}) was welcomed at {first:?}",
+            bot.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_bots_ramp_in_at_25_a_second_and_play_their_behaviours() {
+    let server = common::start(&["--npcs", "200"]).await;
+    // Long enough that the last bot, launched at 1.96 s, plays two seconds.
+    let config = ramped(common::swarm(
+        &server,
+        BOTS,
+        4,
+        SwarmBehaviour::default(),
+        5,
+    ));
+    let swarm = tokio::spawn(swarm::run(config));
+    server.sessions_reach(BOTS as usize).await;
+    let result = tokio::time::timeout(WAIT, swarm)
+        .await
+        .expect("swarm ends")
+        .expect("swarm task");
+
+    let r = &result.report;
+    common::assert_all_played(r, u64::from(BOTS));
+    assert_eq!(r.reconnects, 0, "{}", r.table());
+    assert_ramped_in(&result);
+
+    // The default mix, wander=6,chase=3,idle=1, drawn per bot from the seed.
+    let of = |b: Behaviour| -> Vec<_> { result.bots.iter().filter(|x| x.behaviour == b).collect() };
+    let (wanderers, chasers, idlers) = (
+        of(Behaviour::Wander),
+        of(Behaviour::Chase),
+        of(Behaviour::Idle),
+    );
+    assert_eq!(
+        wanderers.len() + chasers.len() + idlers.len(),
+        BOTS as usize
+    );
+    assert!(!wanderers.is_empty() && !chasers.is_empty() && !idlers.is_empty());
+    for bot in wanderers.iter().chain(&chasers) {
+        assert!(bot.inputs_sent > 0, "{} sent inputs", bot.name);
+        assert!(!bot.rtt_us.is_empty(), "{} measured its RTT", bot.name);
+    }
+    // Chasers fire at whoever is nearest; a few may see nobody in a 200-NPC world.
+    let firing = chasers.iter().filter(|b| b.fire_inputs > 0).count();
+    assert!(
+        2 * firing >= chasers.len(),
+        "{firing} of {} chasers fired",
+        chasers.len()
+    );
+    assert!(wanderers.iter().all(|b| b.fire_inputs == 0));
+    for bot in &idlers {
+        assert_eq!(
+            (bot.inputs_sent, bot.rtt_us.len()),
+            (0, 0),
+            "{} is idle: no inputs, no pings",
+            bot.name
+        );
+        assert!(bot.snapshots > 0, "{} still receives snapshots", bot.name);
+        assert!(bot.up_bytes > 0, "{} acknowledges them", bot.name);
+    }
+    server.sessions_reach(0).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_every_bot_reconnects_and_not_in_lockstep() {
+    let first = common::start(&[]).await;
+    let (wt, http) = (first.wt_addr, first.http_addr);
+    // Seed 11: its backoff schedules (a pure function of the seed) spread the returns well
+    // for any down time from 1 to 2.5 s, and bring the last bot back within ~8 s.
+    let config = ramped(common::swarm(
+        &first,
+        BOTS,
+        30,
+        SwarmBehaviour::default(),
+        11,
+    ));
+    let watch = config.clone();
+    let swarm = tokio::spawn(swarm::run(config));
+    common::welcomes_reach(&watch, u64::from(BOTS)).await;
+
+    // Every bot is told `ServerShutdown`; the server stays down a while, so the bots' first
+    // retries fail and they back off further; then it comes back on the same ports with a
+    // new certificate and a new token secret.
+    first.stop().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = common::restart_on(wt, http, &[]).await;
+    common::welcomes_reach(&watch, 2 * u64::from(BOTS)).await;
+    second.sessions_reach(BOTS as usize).await;
+    watch.stop.cancel();
+    let result = tokio::time::timeout(WAIT, swarm)
+        .await
+        .expect("swarm ends")
+        .expect("swarm task");
+
+    let r = &result.report;
+    assert_eq!(
+        (
+            r.bots_connected,
+            r.bots_failed,
+            r.bots_disconnected,
+            r.reconnects
+        ),
+        (u64::from(BOTS), 0, u64::from(BOTS), u64::from(BOTS)),
+        "{}",
+        r.table()
+    );
+    assert!(
+        r.errors.get("http").is_some_and(|&n| n > 0),
+        "bots retried while the server was down: {:?}",
+        r.errors
+    );
+    assert_ramped_in(&result);
+    let mut back = Vec::new();
+    for bot in &result.bots {
+        assert_eq!(bot.sessions.len(), 2, "{}: {:?}", bot.name, bot.sessions);
+        assert!(
+            bot.sessions[0]
+                .lost
+                .as_deref()
+                .is_some_and(|l| l.contains("ServerShutdown")),
+            "{} lost its first session to the shutdown: {:?}",
+            bot.name,
+            bot.sessions[0]
+        );
+        assert_eq!(bot.sessions[1].lost, None, "{} left when told", bot.name);
+        back.push(bot.sessions[1].welcomed_at);
+    }
+    back.sort();
+    let window = Duration::from_millis(100);
+    let most = (0..back.len())
+        .map(|i| {
+            back[i..]
+                .iter()
+                .take_while(|&&t| t - back[i] < window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most <= BOTS as usize / 5,
+        "{most} of {BOTS} bots came back within 100 ms of each other: {back:?}"
+    );
+    second.sessions_reach(0).await;
+    second.stop().await;
+}
