@@ -58,8 +58,10 @@ fn arb_edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
-fn scenario() -> impl Strategy<Value = (View, Vec<Edit>, Vec<(u32, EntityKind, [i32; FIELDS])>, u32)>
-{
+/// A baseline view, edits to its entities, new entities, and the tick of the new view.
+type Scenario = (View, Vec<Edit>, Vec<(u32, EntityKind, [i32; FIELDS])>, u32);
+
+fn scenario() -> impl Strategy<Value = Scenario> {
     arb_view().prop_flat_map(|view| {
         let n = view.entities.len();
         (
