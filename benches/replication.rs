@@ -13,7 +13,7 @@
 
 use std::hint::black_box;
 
-use arena_server::replication::client::{ClientReplicator, RepSettings};
+use arena_server::replication::client::{ClientReplicator, RepSettings, Scratch};
 use arena_server::replication::frame::WorldFrame;
 use arena_server::replication::grid::Grid;
 use arena_shared::protocol::EntityKind;
@@ -43,6 +43,7 @@ struct Scenario {
     settings: RepSettings,
     frame: WorldFrame,
     grid: Grid,
+    scratch: Scratch,
     rng: SplitMix64,
     tick: u32,
 }
@@ -63,6 +64,7 @@ impl Scenario {
             },
             frame: WorldFrame::default(),
             grid: Grid::default(),
+            scratch: Scratch::default(),
             rng: SplitMix64::new(7),
             tick: 0,
         }
@@ -147,6 +149,7 @@ impl Scenario {
         let (mut bytes, mut sent, mut in_view) = (0, 0, 0);
         for (own, client) in &mut self.clients {
             let built = client.build(
+                &mut self.scratch,
                 &self.frame,
                 &self.grid,
                 *own,

@@ -79,7 +79,7 @@ impl Server {
         };
         let wt_config = ServerConfig::builder()
             .with_bind_address(config.wt_bind)
-            .with_identity(ident.identity)
+            .with_custom_transport(ident.identity, net::transport_config())
             .keep_alive_interval(Some(config.keep_alive()))
             .max_idle_timeout(Some(config.idle_timeout))
             .map_err(|_| ServerError::IdleTimeout(config.idle_timeout))?

@@ -27,6 +27,33 @@ use crate::config::Config;
 use crate::game::SimCommand;
 use crate::stats::Stats;
 
+/// Bidirectional streams a client may have open: the HTTP/3 CONNECT stream of the WebTransport
+/// session and Arena's one reliable stream (with room for a reconnecting browser's spares).
+pub const MAX_BIDI_STREAMS: u32 = 4;
+/// Unidirectional streams a client may have open: HTTP/3 control and QPACK encoder/decoder.
+pub const MAX_UNI_STREAMS: u32 = 4;
+/// Client datagrams (acknowledgements, a few bytes each) QUIC buffers before the session reads
+/// them; beyond this QUIC drops them, so a flooding client cannot grow the server's memory.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 16 * 1024;
+/// Snapshot datagrams QUIC buffers for one client before it drops the oldest. Snapshots are
+/// bounded by the outbox already; this only caps what sits below it.
+pub const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
+
+/// QUIC transport settings for the game: quinn's defaults are sized for bulk transfer (100
+/// streams each way, allocated up front; a 1.25 MB datagram queue) and cost ~100 KiB per
+/// connection; Arena's traffic is one stream and small datagrams. Segmentation offload is off:
+/// a session sends one datagram per tick, and the offload keeps a 10-packet send buffer alive
+/// per connection for batches that never come.
+pub fn transport_config() -> wtransport::config::QuicTransportConfig {
+    let mut t = wtransport::config::QuicTransportConfig::default();
+    t.max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into())
+        .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
+        .enable_segmentation_offload(false);
+    t
+}
+
 /// What every session task needs, shared.
 pub struct NetContext {
     pub config: Arc<Config>,

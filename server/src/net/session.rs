@@ -40,7 +40,7 @@ const RELIABLE_QUEUE: usize = 64;
 /// How long a refused or disconnected client gets to read the reason before the close.
 const LINGER: Duration = Duration::from_secs(1);
 /// Bytes read from the stream at a time.
-const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 1024;
 
 /// Runs one session from its first packet to its end, in a span naming the peer.
 pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: CancellationToken) {

@@ -93,17 +93,27 @@ pub struct Built {
     pub encode_passes: usize,
 }
 
-#[derive(Debug)]
-pub struct ClientReplicator {
-    ring: Vec<View>,
-    acked: Option<u32>,
-    interest: Vec<Member>,
-    // Scratch, reused every tick.
+/// Working memory of [`ClientReplicator::build`], shared by every client of a server (they
+/// are built one after another): per-client memory is only what must survive between ticks.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// One bit per frame entity: within the exit radius of the client being built.
+    near_bits: Vec<u64>,
+    /// Squared distance to the client, by frame index (valid where the bit is set).
+    near_d2: Vec<f32>,
+    /// `(id, frame index, squared distance)`, in id order.
     near: Vec<(u32, u32, f32)>,
     next_interest: Vec<Member>,
     candidates: Vec<Candidate>,
     removed: Vec<u32>,
     updates: Vec<Update>,
+}
+
+#[derive(Debug)]
+pub struct ClientReplicator {
+    ring: Vec<View>,
+    acked: Option<u32>,
+    interest: Vec<Member>,
     last_center: Vec2,
     /// Allocations of released views, reused for the next ones (at most [`SPARE_VIEWS`]).
     spare: Vec<Vec<snapshot::EntityRecord>>,
@@ -117,11 +127,6 @@ impl Default for ClientReplicator {
             ring: vec![View::default(); BASELINE_RING],
             acked: None,
             interest: Vec::new(),
-            near: Vec::new(),
-            next_interest: Vec::new(),
-            candidates: Vec::new(),
-            removed: Vec::new(),
-            updates: Vec::new(),
             last_center: Vec2::ZERO,
             spare: Vec::new(),
             cost_scale: 1.0,
@@ -175,8 +180,13 @@ impl ClientReplicator {
     }
 
     /// Builds this tick's snapshot for the client whose own entity is `own`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the tick's shared inputs and this client's own; a struct would only rename them"
+    )]
     pub fn build(
         &mut self,
+        scratch: &mut Scratch,
         frame: &WorldFrame,
         grid: &Grid,
         own: u32,
@@ -188,7 +198,13 @@ impl ClientReplicator {
         let own_index = frame.index_of(own);
         let center = own_index.map_or(self.last_center, |i| frame.entities[i].pos);
         self.last_center = center;
-        self.update_interest(frame, grid, center, own, s);
+        self.update_interest(scratch, frame, grid, center, own, s);
+        let Scratch {
+            candidates,
+            removed,
+            updates,
+            ..
+        } = scratch;
 
         // This tick's view is written into the slot it will occupy, reusing its allocation.
         // (The baseline is at least one tick older and less than a ring away: another slot.)
@@ -210,15 +226,15 @@ impl ClientReplicator {
         let base = base_slot.map(|i| &self.ring[i]);
 
         // Classify: removed, up to date, or candidate.
-        self.removed.clear();
-        self.candidates.clear();
+        removed.clear();
+        candidates.clear();
         let empty: &[snapshot::EntityRecord] = &[];
         let base_entities = base.map_or(empty, |b| b.entities.as_slice());
         let mut bi = 0;
         let exit = s.exit_radius();
         for m in &mut self.interest {
             while bi < base_entities.len() && base_entities[bi].id < m.id {
-                self.removed.push(base_entities[bi].id);
+                removed.push(base_entities[bi].id);
                 bi += 1;
             }
             let fi = m.frame_index as usize;
@@ -256,41 +272,59 @@ impl ClientReplicator {
                 // as often as far, still ones, and nobody's wait grows without bound.
                 m.priority += 1.0 + closeness + 0.5 * speed;
             }
-            self.candidates.push(Candidate {
+            candidates.push(Candidate {
                 id: m.id,
                 frame_index: fi as u32,
                 priority: m.priority,
                 cost: cost as u16,
             });
         }
-        self.removed
-            .extend(base_entities[bi..].iter().map(|r| r.id));
+        removed.extend(base_entities[bi..].iter().map(|r| r.id));
 
         // Select in priority order within the budget.
         let limit = s.budget_bytes.min(max_datagram);
-        self.candidates
-            .sort_unstable_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
         let mut spent = HEADER_COST;
-        let keep_removed = self
-            .removed
-            .len()
-            .min(limit.saturating_sub(spent) / REMOVE_COST);
-        self.removed.truncate(keep_removed);
+        let keep_removed = removed.len().min(limit.saturating_sub(spent) / REMOVE_COST);
+        removed.truncate(keep_removed);
         spent += keep_removed * REMOVE_COST;
         // Aim a little under the limit: estimates are averages, and an overshoot costs a
         // second encoding.
         let fill = limit * 15 / 16;
+        // Only the first few candidates can fit: no more than the budget over the cheapest
+        // possible record. Sort just those (a selection finds them in linear time); the rest
+        // is sorted only in the rare case that the greedy pass leaves room for more.
+        let cheapest = ((CHANGE_COST + SMALL_FIELD_COST) as f32 * self.cost_scale)
+            .ceil()
+            .max(1.0) as usize;
+        let can_fit = fill.saturating_sub(spent) / cheapest + 2;
+        let by_priority =
+            |a: &Candidate, b: &Candidate| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id));
+        let head = if candidates.len() > can_fit {
+            candidates.select_nth_unstable_by(can_fit, by_priority);
+            can_fit
+        } else {
+            candidates.len()
+        };
+        candidates[..head].sort_unstable_by(by_priority);
         let mut chosen = 0;
         let mut estimated = 0usize;
-        for i in 0..self.candidates.len() {
-            let c = self.candidates[i];
+        let mut i = 0;
+        while i < candidates.len() {
+            if i == head {
+                if spent + cheapest > fill {
+                    break;
+                }
+                candidates[head..].sort_unstable_by(by_priority);
+            }
+            let c = candidates[i];
             let cost = (f32::from(c.cost) * self.cost_scale).ceil() as usize;
             if spent + cost <= fill || c.id == own {
                 spent += cost;
                 estimated += usize::from(c.cost);
-                self.candidates.swap(chosen, i);
+                candidates.swap(chosen, i);
                 chosen += 1;
             }
+            i += 1;
         }
 
         // Encode, shrinking the selection if the estimate was short. The first `chosen`
@@ -300,28 +334,27 @@ impl ClientReplicator {
         });
         let mut passes = 1;
         let bytes = loop {
-            self.updates.clear();
-            self.updates
-                .extend(self.candidates[..chosen].iter().map(|c| {
-                    let e = &frame.entities[c.frame_index as usize];
-                    Update {
-                        id: e.id,
-                        kind: e.kind,
-                        fields: e.fields,
-                    }
-                }));
-            self.updates.sort_unstable_by_key(|u| u.id);
+            updates.clear();
+            updates.extend(candidates[..chosen].iter().map(|c| {
+                let e = &frame.entities[c.frame_index as usize];
+                Update {
+                    id: e.id,
+                    kind: e.kind,
+                    fields: e.fields,
+                }
+            }));
+            updates.sort_unstable_by_key(|u| u.id);
             let snap = snapshot::encode_into(
                 t,
                 s.tick_rate,
                 base,
                 origin,
-                &self.removed,
-                &self.updates,
+                removed,
+                updates,
                 &mut next_view,
             );
             let bytes = encode_datagram(&ServerDatagram::Delta(input, snap));
-            if bytes.len() <= limit || (chosen <= 1 && self.removed.is_empty()) {
+            if bytes.len() <= limit || (chosen <= 1 && removed.is_empty()) {
                 break bytes;
             }
             passes += 1;
@@ -330,21 +363,21 @@ impl ClientReplicator {
                 let keep = chosen * limit / bytes.len();
                 chosen = keep.clamp(1, chosen - 1);
             } else {
-                self.removed.truncate(self.removed.len() / 2);
+                removed.truncate(removed.len() / 2);
             }
         };
 
         // Learn how far the estimates are from bitcode's real sizes for this client's traffic,
         // so that next tick's selection fills the budget in one pass.
         if estimated > 0 {
-            let overhead = HEADER_COST + self.removed.len() * REMOVE_COST;
+            let overhead = HEADER_COST + removed.len() * REMOVE_COST;
             let actual = bytes.len().saturating_sub(overhead).max(1) as f32;
             let ratio = actual / estimated as f32;
             self.cost_scale = (0.7 * self.cost_scale + 0.3 * ratio).clamp(0.25, 4.0);
         }
 
         // Those sent start accumulating again from zero.
-        for c in &self.candidates[..chosen] {
+        for c in &candidates[..chosen] {
             if let Ok(i) = self.interest.binary_search_by_key(&c.id, |m| m.id) {
                 self.interest[i].priority = 0.0;
             }
@@ -352,7 +385,7 @@ impl ClientReplicator {
         let built = Built {
             full: base_tick.is_none(),
             in_view: self.interest.len(),
-            deferred: self.candidates.len() - chosen,
+            deferred: candidates.len() - chosen,
             encode_passes: passes,
             sent: chosen,
             bytes,
@@ -364,6 +397,7 @@ impl ClientReplicator {
     /// Rebuilds the interest set around `center`, carrying priorities of members that stay.
     fn update_interest(
         &mut self,
+        scratch: &mut Scratch,
         frame: &WorldFrame,
         grid: &Grid,
         center: Vec2,
@@ -372,55 +406,69 @@ impl ClientReplicator {
     ) {
         let (enter2, exit) = (s.aoi_radius * s.aoi_radius, s.exit_radius());
         let exit2 = exit * exit;
-        self.near.clear();
+        // Mark what is near in a bitmap over frame indices, then read the bits in order: the
+        // frame is sorted by id, so `near` comes out in id order without a sort.
+        let Scratch {
+            near_bits,
+            near_d2,
+            near,
+            next_interest,
+            ..
+        } = scratch;
+        near_bits.clear();
+        near_bits.resize(frame.entities.len().div_ceil(64), 0);
+        if near_d2.len() < frame.entities.len() {
+            near_d2.resize(frame.entities.len(), 0.0);
+        }
         grid.query(center, exit, |i| {
-            let e = &frame.entities[i];
-            let d2 = e.pos.distance_squared(center);
+            let d2 = frame.entities[i].pos.distance_squared(center);
             if d2 <= exit2 {
-                self.near.push((e.id, i as u32, d2));
+                near_bits[i / 64] |= 1 << (i % 64);
+                near_d2[i] = d2;
             }
         });
-        if let Some(i) = frame
-            .index_of(own)
-            .filter(|_| !self.near.iter().any(|n| n.0 == own))
-        {
-            self.near.push((own, i as u32, 0.0));
+        if let Some(i) = frame.index_of(own) {
+            near_bits[i / 64] |= 1 << (i % 64);
+            near_d2[i] = 0.0;
         }
-        self.near.sort_unstable_by_key(|n| n.0);
-        self.next_interest.clear();
+        near.clear();
+        for (w, &word) in near_bits.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                near.push((frame.entities[i].id, i as u32, near_d2[i]));
+                bits &= bits - 1;
+            }
+        }
+        next_interest.clear();
         let mut old = self.interest.iter().peekable();
-        for &(id, frame_index, d2) in &self.near {
+        for &(id, frame_index, d2) in near.iter() {
             while old.peek().is_some_and(|m| m.id < id) {
                 old.next();
             }
             let was = old.peek().filter(|m| m.id == id).map(|m| m.priority);
             if d2 <= enter2 || was.is_some() || id == own {
-                self.next_interest.push(Member {
+                next_interest.push(Member {
                     id,
                     frame_index,
                     priority: was.unwrap_or(0.0),
                 });
             }
         }
-        if self.next_interest.len() > s.max_view {
+        if next_interest.len() > s.max_view {
             // Keep the nearest (and always the client's own entity).
-            let mut by_distance: Vec<(f32, u32)> = self
-                .next_interest
+            let mut by_distance: Vec<(f32, u32)> = next_interest
                 .iter()
                 .map(|m| {
-                    let d2 = self
-                        .near
-                        .binary_search_by_key(&m.id, |n| n.0)
-                        .map_or(f32::MAX, |i| self.near[i].2);
+                    let d2 = near_d2[m.frame_index as usize];
                     (if m.id == own { -1.0 } else { d2 }, m.id)
                 })
                 .collect();
             by_distance.select_nth_unstable_by(s.max_view - 1, |a, b| a.0.total_cmp(&b.0));
             let mut keep: Vec<u32> = by_distance[..s.max_view].iter().map(|x| x.1).collect();
             keep.sort_unstable();
-            self.next_interest
-                .retain(|m| keep.binary_search(&m.id).is_ok());
+            next_interest.retain(|m| keep.binary_search(&m.id).is_ok());
         }
-        std::mem::swap(&mut self.interest, &mut self.next_interest);
+        std::mem::swap(&mut self.interest, next_interest);
     }
 }

@@ -48,6 +48,8 @@ pub struct Replicator {
     pub world_size: f32,
     pub frame: WorldFrame,
     pub grid: Grid,
+    /// Working memory for building one client's snapshot, reused for all of them.
+    scratch: client::Scratch,
     /// Full mode: the encodings of this tick, by maximum datagram size.
     encoded: Vec<(usize, SnapshotDatagrams)>,
     full_state: Vec<EntityState>,
@@ -68,6 +70,7 @@ impl Replicator {
             world_size,
             frame: WorldFrame::default(),
             grid: Grid::default(),
+            scratch: client::Scratch::default(),
             encoded: Vec::new(),
             full_state: Vec::new(),
             tap,
@@ -159,6 +162,7 @@ pub fn replicate(
                             lead: b.lead,
                         });
                 let built = link.replicator.build(
+                    &mut rep.scratch,
                     &rep.frame,
                     &rep.grid,
                     link.net_id,

@@ -10,7 +10,7 @@ use arena_shared::rng::SplitMix64;
 use arena_shared::snapshot::{Receiver, View};
 use glam::Vec2;
 
-use super::client::{ClientReplicator, RepSettings};
+use super::client::{ClientReplicator, RepSettings, Scratch};
 use super::frame::WorldFrame;
 use super::grid::Grid;
 
@@ -171,6 +171,7 @@ fn thirty_percent_loss_and_reordering_converges_within_one_acknowledged_round_tr
     let mut world = World::new(300, 2400.0, Vec2::splat(1200.0), 11);
     let (mut frame, mut grid) = (WorldFrame::default(), Grid::default());
     let mut server = ClientReplicator::default();
+    let mut scratch = Scratch::default();
     let mut client = Receiver::new(RATE);
     let mut down: Link<Vec<u8>> = Link::new(1);
     let mut up: Link<u32> = Link::new(2);
@@ -186,7 +187,15 @@ fn thirty_percent_loss_and_reordering_converges_within_one_acknowledged_round_tr
         for acked in up.deliver(now) {
             server.on_ack(acked);
         }
-        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM, Default::default());
+        let built = server.build(
+            &mut scratch,
+            &frame,
+            &grid,
+            OWN,
+            &s,
+            MAX_DATAGRAM,
+            Default::default(),
+        );
         assert!(built.bytes.len() <= MAX_DATAGRAM);
         frames.insert(now, frame.clone());
         let lossy = now <= lossy_until;
@@ -247,6 +256,7 @@ fn an_entity_is_only_sent_inside_the_radius_enters_within_a_tick_and_leaves_afte
         .push((4, Vec2::new(2000.0, 2800.0), Vec2::ZERO));
     let (mut frame, mut grid) = (WorldFrame::default(), Grid::default());
     let mut server = ClientReplicator::default();
+    let mut scratch = Scratch::default();
     let mut client = Receiver::new(RATE);
     let (mut entered_at, mut left_at) = (None, None);
     for _ in 0..300 {
@@ -254,7 +264,15 @@ fn an_entity_is_only_sent_inside_the_radius_enters_within_a_tick_and_leaves_afte
         world.bodies[1].2 = Vec2::new(300.0, 0.0);
         world.step(&mut frame);
         grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
-        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM, Default::default());
+        let built = server.build(
+            &mut scratch,
+            &frame,
+            &grid,
+            OWN,
+            &s,
+            MAX_DATAGRAM,
+            Default::default(),
+        );
         let view = client.receive(&delta(&built.bytes)).unwrap().clone();
         server.on_ack(view.tick);
         let center = Vec2::splat(2000.0);
@@ -321,6 +339,7 @@ fn a_crowd_of_ten_thousand_stays_within_budget_and_nobody_starves() {
     }
     let (mut frame, mut grid) = (WorldFrame::default(), Grid::default());
     let mut server = ClientReplicator::default();
+    let mut scratch = Scratch::default();
     let mut client = Receiver::new(RATE);
     // Per id: the last tick the client's record was right.
     let mut last_right = vec![0u32; 10_002];
@@ -329,7 +348,15 @@ fn a_crowd_of_ten_thousand_stays_within_budget_and_nobody_starves() {
     for _ in 0..fill + MAX_STALE + 100 {
         world.step(&mut frame);
         grid.rebuild(&frame, 4096.0, s.aoi_radius / 2.0);
-        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM, Default::default());
+        let built = server.build(
+            &mut scratch,
+            &frame,
+            &grid,
+            OWN,
+            &s,
+            MAX_DATAGRAM,
+            Default::default(),
+        );
         assert!(
             built.bytes.len() <= budget,
             "snapshot of {} bytes over the {budget}-byte budget",
@@ -364,10 +391,19 @@ fn a_client_that_never_acknowledges_gets_full_snapshots_and_the_ring_stays_bound
     let mut world = World::new(50, 1500.0, Vec2::splat(750.0), 9);
     let (mut frame, mut grid) = (WorldFrame::default(), Grid::default());
     let mut server = ClientReplicator::default();
+    let mut scratch = Scratch::default();
     for _ in 0..100 {
         world.step(&mut frame);
         grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
-        let built = server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM, Default::default());
+        let built = server.build(
+            &mut scratch,
+            &frame,
+            &grid,
+            OWN,
+            &s,
+            MAX_DATAGRAM,
+            Default::default(),
+        );
         assert!(built.full);
         assert_eq!(delta(&built.bytes).baseline, 0);
     }
@@ -382,12 +418,21 @@ fn a_client_that_acknowledges_holds_a_round_trip_of_views_not_the_whole_ring() {
     let mut world = World::new(300, 1500.0, Vec2::splat(750.0), 10);
     let (mut frame, mut grid) = (WorldFrame::default(), Grid::default());
     let mut server = ClientReplicator::default();
+    let mut scratch = Scratch::default();
     // Acks come back 3 ticks after their snapshot (a 100 ms round trip at 30 Hz).
     let rtt_ticks = 3;
     for _ in 0..200 {
         world.step(&mut frame);
         grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
-        server.build(&frame, &grid, OWN, &s, MAX_DATAGRAM, Default::default());
+        server.build(
+            &mut scratch,
+            &frame,
+            &grid,
+            OWN,
+            &s,
+            MAX_DATAGRAM,
+            Default::default(),
+        );
         if frame.tick > rtt_ticks {
             server.on_ack(frame.tick - rtt_ticks);
         }
