@@ -116,6 +116,11 @@ pub struct Config {
     /// its baseline ring (32 views of at most this many entities).
     #[arg(long, default_value_t = 1024)]
     pub max_view: usize,
+    /// Threads that build clients' snapshots in parallel each tick (0: one per CPU). Clients
+    /// are independent, so the result does not depend on the count; 1 builds them on the
+    /// simulation thread.
+    #[arg(long, default_value_t = 0)]
+    pub replication_threads: usize,
 
     /// Period of the stats line in the log (0 turns it off).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]

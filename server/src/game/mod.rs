@@ -166,6 +166,7 @@ impl Simulation {
             config.replication,
             replication::settings(config),
             config.world_size,
+            config.replication_threads,
             frame_tap,
         ));
 

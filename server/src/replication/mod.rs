@@ -23,9 +23,13 @@ use arena_shared::protocol::{EntityState, InputStatus};
 use arena_shared::sim;
 use bevy_ecs::prelude::*;
 use clap::ValueEnum;
+use rayon::prelude::*;
 use tokio::sync::broadcast;
+use tracing::warn;
 
-use crate::game::components::{Clients, InputBuffer, Kind, Motion, NetId, StatsRes, Tick};
+use crate::game::components::{
+    ClientLink, Clients, InputBuffer, Kind, Motion, NetId, StatsRes, Tick,
+};
 use crate::net::outbox::SnapshotDatagrams;
 use crate::stats::Stats;
 use client::RepSettings;
@@ -40,6 +44,10 @@ pub enum Mode {
     Full,
 }
 
+/// Below this many clients, snapshots are built on the simulation thread: handing work to the
+/// pool costs more than it saves.
+pub const PARALLEL_MIN_CLIENTS: usize = 16;
+
 /// Replication's state kept between ticks.
 #[derive(Resource)]
 pub struct Replicator {
@@ -48,8 +56,11 @@ pub struct Replicator {
     pub world_size: f32,
     pub frame: WorldFrame,
     pub grid: Grid,
-    /// Working memory for building one client's snapshot, reused for all of them.
-    scratch: client::Scratch,
+    /// Threads building snapshots; `None` builds them on the simulation thread.
+    pool: Option<rayon::ThreadPool>,
+    /// Working memory for building snapshots, one per worker (clients are split into as many
+    /// contiguous chunks).
+    scratch: Vec<client::Scratch>,
     /// Full mode: the encodings of this tick, by maximum datagram size.
     encoded: Vec<(usize, SnapshotDatagrams)>,
     full_state: Vec<EntityState>,
@@ -58,23 +69,102 @@ pub struct Replicator {
 }
 
 impl Replicator {
+    /// `threads`: workers for building snapshots, 0 for one per CPU, 1 for none.
     pub fn new(
         mode: Mode,
         settings: RepSettings,
         world_size: f32,
+        threads: usize,
         tap: Option<broadcast::Sender<Arc<WorldFrame>>>,
     ) -> Self {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let pool = (threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("arena-rep-{i}"))
+                    .build()
+                    .map_err(|e| warn!(error = %e, "no replication threads; building on the simulation thread"))
+                    .ok()
+            })
+            .flatten();
+        let workers = pool
+            .as_ref()
+            .map_or(1, rayon::ThreadPool::current_num_threads);
         Self {
             mode,
             settings,
             world_size,
             frame: WorldFrame::default(),
             grid: Grid::default(),
-            scratch: client::Scratch::default(),
+            pool,
+            scratch: (0..workers).map(|_| client::Scratch::default()).collect(),
             encoded: Vec::new(),
             full_state: Vec::new(),
             tap,
         }
+    }
+}
+
+/// What building snapshots produced, summed for the stats.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    bytes: usize,
+    full: usize,
+    sent: usize,
+    in_view: usize,
+    deferred: usize,
+    passes: usize,
+    dropped: usize,
+}
+
+impl std::ops::Add for Tally {
+    type Output = Tally;
+    fn add(self, o: Tally) -> Tally {
+        Tally {
+            bytes: self.bytes + o.bytes,
+            full: self.full + o.full,
+            sent: self.sent + o.sent,
+            in_view: self.in_view + o.in_view,
+            deferred: self.deferred + o.deferred,
+            passes: self.passes + o.passes,
+            dropped: self.dropped + o.dropped,
+        }
+    }
+}
+
+/// One client's snapshot for this tick, built and queued in its outbox.
+fn build_one(
+    link: &mut ClientLink,
+    input: InputStatus,
+    scratch: &mut client::Scratch,
+    frame: &WorldFrame,
+    grid: &Grid,
+    settings: &RepSettings,
+) -> Tally {
+    if let Some(acked) = link.outbox.acked() {
+        link.replicator.on_ack(acked);
+    }
+    let built = link.replicator.build(
+        scratch,
+        frame,
+        grid,
+        link.net_id,
+        settings,
+        link.outbox.max_datagram(),
+        input,
+    );
+    Tally {
+        bytes: built.bytes.len(),
+        full: usize::from(built.full),
+        sent: built.sent,
+        in_view: built.in_view,
+        deferred: built.deferred,
+        passes: built.encode_passes,
+        dropped: link.outbox.push(Arc::new(vec![built.bytes])),
     }
 }
 
@@ -149,35 +239,57 @@ pub fn replicate(
             if let Some(tap) = rep.tap.as_ref().filter(|t| t.receiver_count() > 0) {
                 let _ = tap.send(Arc::new(rep.frame.clone()));
             }
-            for link in clients.0.values_mut() {
-                if let Some(acked) = link.outbox.acked() {
-                    link.replicator.on_ack(acked);
+            let mut work: Vec<(&mut ClientLink, InputStatus)> = clients
+                .0
+                .values_mut()
+                .map(|link| {
+                    let input =
+                        inputs
+                            .get(link.entity)
+                            .map_or(InputStatus::default(), |b| InputStatus {
+                                last_seq: b.last_seq,
+                                late: b.late,
+                                lead: b.lead,
+                            });
+                    (link, input)
+                })
+                .collect();
+            let Replicator {
+                pool,
+                scratch,
+                frame,
+                grid,
+                settings,
+                ..
+            } = rep;
+            let (frame, grid, settings) = (&*frame, &*grid, &*settings);
+            let tally = match pool {
+                Some(pool) if work.len() >= PARALLEL_MIN_CLIENTS => {
+                    // Contiguous chunks, one per worker and its scratch: clients are
+                    // independent, so the split changes nothing in what each is sent.
+                    let chunk = work.len().div_ceil(scratch.len());
+                    pool.install(|| {
+                        work.par_chunks_mut(chunk)
+                            .zip(scratch.par_iter_mut())
+                            .map(|(part, scratch)| {
+                                part.iter_mut().fold(Tally::default(), |t, (link, input)| {
+                                    t + build_one(link, *input, scratch, frame, grid, settings)
+                                })
+                            })
+                            .reduce(Tally::default, |a, b| a + b)
+                    })
                 }
-                let input =
-                    inputs
-                        .get(link.entity)
-                        .map_or(InputStatus::default(), |b| InputStatus {
-                            last_seq: b.last_seq,
-                            late: b.late,
-                            lead: b.lead,
-                        });
-                let built = link.replicator.build(
-                    &mut rep.scratch,
-                    &rep.frame,
-                    &rep.grid,
-                    link.net_id,
-                    &rep.settings,
-                    link.outbox.max_datagram(),
-                    input,
-                );
-                bytes += built.bytes.len();
-                full += usize::from(built.full);
-                sent += built.sent;
-                in_view += built.in_view;
-                deferred += built.deferred;
-                passes += built.encode_passes;
-                dropped += link.outbox.push(Arc::new(vec![built.bytes]));
-            }
+                _ => work.iter_mut().fold(Tally::default(), |t, (link, input)| {
+                    t + build_one(link, *input, &mut scratch[0], frame, grid, settings)
+                }),
+            };
+            bytes += tally.bytes;
+            full += tally.full;
+            sent += tally.sent;
+            in_view += tally.in_view;
+            deferred += tally.deferred;
+            passes += tally.passes;
+            dropped += tally.dropped;
         }
     }
     let s = &stats.0;
