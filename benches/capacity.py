@@ -143,6 +143,7 @@ def main() -> int:
     ap.add_argument("--server-flag", action="append", default=[], help="extra server flag (repeatable)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--bots-bin", type=Path, default=None, help="another arena-bots binary (A/B runs)")
     args = ap.parse_args()
 
     steps = [int(s) for s in args.steps.split(",") if s]
@@ -150,7 +151,7 @@ def main() -> int:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "arena-server", "-p", "arena-client-sim"],
                        cwd=ROOT, check=True)
     server_bin = ROOT / "target/release/arena-server"
-    bots_bin = ROOT / "target/release/arena-bots"
+    bots_bin = args.bots_bin or ROOT / "target/release/arena-bots"
     http = f"http://127.0.0.1:{args.http_port}"
     budget = 1.0 / args.tick_rate
     work = Path(tempfile.mkdtemp(prefix="arena-capacity-"))
