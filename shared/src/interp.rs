@@ -13,8 +13,11 @@ use glam::Vec2;
 
 use crate::snapshot::View;
 
-/// Snapshots kept (about a second at 30 Hz).
-pub const BUFFER: usize = 32;
+/// Snapshots kept: the render tick is at most [`MAX_DELAY_TICKS`] behind the server-tick
+/// estimate, which runs a little ahead of the newest snapshot; four more cover the bracketing
+/// snapshot and an estimate running early. (Each view is an entity list: at thousands of bots
+/// in one process, every view kept per bot counts.)
+pub const BUFFER: usize = MAX_DELAY_TICKS as usize + 4;
 /// Longest extrapolation past the newest snapshot.
 pub const MAX_EXTRAPOLATE_TICKS: f64 = 3.0;
 /// Most the delay changes per snapshot, ticks.
@@ -61,10 +64,15 @@ impl Interpolator {
             self.delay += (target - self.delay).clamp(-DELAY_SLEW, DELAY_SLEW);
         }
         self.last_arrival = Some(now_ms);
-        if self.views.len() == BUFFER {
-            self.views.pop_front();
-        }
-        self.views.push_back(view.clone());
+        // The oldest view's allocation is reused for the newest: no allocation once full.
+        let mut slot = if self.views.len() == BUFFER {
+            self.views.pop_front().unwrap_or_default()
+        } else {
+            View::default()
+        };
+        slot.tick = view.tick;
+        slot.entities.clone_from(&view.entities);
+        self.views.push_back(slot);
     }
 
     /// Ticks behind the server estimate that entities are shown.

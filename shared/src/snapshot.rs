@@ -313,6 +313,18 @@ pub fn apply(
     baseline: Option<&View>,
     tick_rate: u16,
 ) -> Result<View, SnapshotError> {
+    let mut view = View::default();
+    apply_into(snap, baseline, tick_rate, &mut view)?;
+    Ok(view)
+}
+
+/// [`apply`] into `view`, reusing its allocation. On error `view` holds no meaningful state.
+pub fn apply_into(
+    snap: &DeltaSnapshot,
+    baseline: Option<&View>,
+    tick_rate: u16,
+    view: &mut View,
+) -> Result<(), SnapshotError> {
     let empty = View::default();
     let base = match (snap.baseline, baseline) {
         (0, _) => &empty,
@@ -330,7 +342,9 @@ pub fn apply(
     }
     let (mut small, mut large) = (snap.small.iter(), snap.large.iter());
 
-    let mut out = Vec::with_capacity(base.entities.len() + entered.len());
+    let mut out = std::mem::take(&mut view.entities);
+    out.clear();
+    out.reserve(base.entities.len() + entered.len());
     let (mut r, mut c, mut e) = (0usize, 0usize, 0usize);
     let push_entered_below = |limit: Option<u32>, out: &mut Vec<EntityRecord>, e: &mut usize| {
         while *e < entered.len() && limit.is_none_or(|l| entered[*e] < l) {
@@ -399,10 +413,9 @@ pub fn apply(
     if small.next().is_some() || large.next().is_some() {
         return Err(SnapshotError::BadLengths);
     }
-    Ok(View {
-        tick: snap.tick,
-        entities: out,
-    })
+    view.tick = snap.tick;
+    view.entities = out;
+    Ok(())
 }
 
 /// The client's side: a ring of the views it reconstructed, and what it acknowledges.
@@ -470,12 +483,24 @@ impl Receiver {
         {
             return Err(ReceiveError::Stale);
         }
+        if snap.baseline != 0 && self.view(snap.baseline).is_none() {
+            return Err(ReceiveError::MissingBaseline(snap.baseline));
+        }
+        // The slot's old view (a ring ago: too old to be a baseline) lends its allocation,
+        // unless it is this snapshot's baseline.
+        let slot = Self::slot(snap.tick);
+        let mut view = match self.ring[slot].take() {
+            Some(old) if old.tick != snap.baseline => old,
+            other => {
+                self.ring[slot] = other;
+                View::default()
+            }
+        };
         let base = match snap.baseline {
             0 => None,
-            b => Some(self.view(b).ok_or(ReceiveError::MissingBaseline(b))?),
+            b => self.view(b),
         };
-        let view = apply(snap, base, self.tick_rate)?;
-        let slot = Self::slot(snap.tick);
+        apply_into(snap, base, self.tick_rate, &mut view)?;
         self.ring[slot] = Some(view);
         if self.newest.is_none_or(|n| snap.tick > n) {
             self.newest = Some(snap.tick);
