@@ -419,12 +419,25 @@ pub fn apply_into(
 }
 
 /// The client's side: a ring of the views it reconstructed, and what it acknowledges.
+///
+/// A snapshot built against baseline `b` means the server has taken `b` as acknowledged, and
+/// the server's acknowledged tick only moves forward: it never again builds against a view
+/// older than `b`. So views older than the newest baseline seen are released (their memory
+/// reused), and the ring holds about a round trip of views, not [`BASELINE_RING`]. A late
+/// snapshot built against a released view is stale: nothing newer can depend on it.
 #[derive(Debug, Clone)]
 pub struct Receiver {
     tick_rate: u16,
     ring: Vec<Option<View>>,
     newest: Option<u32>,
+    /// The newest baseline a received snapshot named (0: none yet).
+    floor: u32,
+    /// Released views' allocations, for the next ones (at most [`SPARE_VIEWS`]).
+    spare: Vec<View>,
 }
+
+/// Released view allocations a [`Receiver`] keeps for reuse.
+const SPARE_VIEWS: usize = 2;
 
 /// What a client acknowledges: the newest snapshot tick it reconstructed, and bit `i` set when
 /// it also has tick `newest - 1 - i`.
@@ -452,7 +465,14 @@ impl Receiver {
             tick_rate,
             ring: vec![None; BASELINE_RING],
             newest: None,
+            floor: 0,
+            spare: Vec::new(),
         }
+    }
+
+    /// Views held (ring and spares): the receiver's memory is about this many views.
+    pub fn held(&self) -> usize {
+        self.ring.iter().flatten().count() + self.spare.len()
     }
 
     fn slot(tick: u32) -> usize {
@@ -483,17 +503,20 @@ impl Receiver {
         {
             return Err(ReceiveError::Stale);
         }
+        if snap.baseline != 0 && snap.baseline < self.floor {
+            return Err(ReceiveError::Stale);
+        }
         if snap.baseline != 0 && self.view(snap.baseline).is_none() {
             return Err(ReceiveError::MissingBaseline(snap.baseline));
         }
         // The slot's old view (a ring ago: too old to be a baseline) lends its allocation,
-        // unless it is this snapshot's baseline.
+        // unless it is this snapshot's baseline; else a released one does.
         let slot = Self::slot(snap.tick);
         let mut view = match self.ring[slot].take() {
             Some(old) if old.tick != snap.baseline => old,
             other => {
                 self.ring[slot] = other;
-                View::default()
+                self.spare.pop().unwrap_or_default()
             }
         };
         let base = match snap.baseline {
@@ -502,6 +525,17 @@ impl Receiver {
         };
         apply_into(snap, base, self.tick_rate, &mut view)?;
         self.ring[slot] = Some(view);
+        if snap.baseline > self.floor {
+            self.floor = snap.baseline;
+            for held in &mut self.ring {
+                if held.as_ref().is_some_and(|v| v.tick < self.floor)
+                    && let Some(old) = held.take()
+                    && self.spare.len() < SPARE_VIEWS
+                {
+                    self.spare.push(old);
+                }
+            }
+        }
         if self.newest.is_none_or(|n| snap.tick > n) {
             self.newest = Some(snap.tick);
         }

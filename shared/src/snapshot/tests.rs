@@ -268,3 +268,40 @@ fn the_receiver_acks_what_it_holds_and_refuses_what_it_cannot_decode() {
     );
     assert_eq!(rx.receive(&orphan), Err(ReceiveError::MissingBaseline(4)));
 }
+
+#[test]
+fn the_receiver_releases_views_older_than_the_newest_baseline_it_was_sent() {
+    // A server that builds against the view acknowledged a 3-tick round trip ago.
+    let mut rx = Receiver::new(RATE);
+    let u = |id, x| Update {
+        id,
+        kind: EntityKind::Npc,
+        fields: [x, 0, 0, 0],
+    };
+    let mut sent: Vec<View> = Vec::new();
+    for tick in 1..=100u32 {
+        let base = tick.checked_sub(3).filter(|&b| b >= 1);
+        let base_view = base.map(|b| &sent[b as usize - 1]);
+        let (snap, view) = encode(
+            tick,
+            RATE,
+            base_view,
+            [0, 0],
+            &[],
+            &[u(1, tick as i32), u(2, 7)],
+        );
+        assert_eq!(rx.receive(&snap).unwrap(), &view);
+        sent.push(view);
+        assert!(
+            rx.held() <= 3 + 1 + 2,
+            "tick {tick}: {} views held",
+            rx.held()
+        );
+    }
+    // A snapshot against a released view (one a server cannot send any more, its
+    // acknowledged tick having moved past it) is stale, not a missing baseline.
+    let (behind, _) = encode(102, RATE, Some(&sent[80]), [0, 0], &[], &[]);
+    assert_eq!(rx.receive(&behind), Err(ReceiveError::Stale));
+    let (ok, view) = encode(102, RATE, Some(&sent[98]), [0, 0], &[], &[]);
+    assert_eq!(rx.receive(&ok).unwrap(), &view);
+}
