@@ -10,7 +10,7 @@ use arena_shared::rng::SplitMix64;
 use arena_shared::snapshot::{Receiver, View};
 use glam::Vec2;
 
-use super::client::{ClientReplicator, RepSettings, Scratch};
+use super::client::{Built, ClientReplicator, RepSettings, Scratch};
 use super::frame::WorldFrame;
 use super::grid::Grid;
 
@@ -91,6 +91,25 @@ fn settings(budget_bytes: usize) -> RepSettings {
         max_view: 10_000,
         max_speed: 320.0,
     }
+}
+
+/// The snapshot for the client whose own entity is [`OWN`], no input status, a full datagram.
+fn own_snapshot(
+    server: &mut ClientReplicator,
+    scratch: &mut Scratch,
+    frame: &WorldFrame,
+    grid: &Grid,
+    s: &RepSettings,
+) -> Built {
+    server.build(
+        scratch,
+        frame,
+        grid,
+        OWN,
+        s,
+        MAX_DATAGRAM,
+        Default::default(),
+    )
 }
 
 fn delta(bytes: &[u8]) -> arena_shared::snapshot::DeltaSnapshot {
@@ -187,15 +206,7 @@ fn thirty_percent_loss_and_reordering_converges_within_one_acknowledged_round_tr
         for acked in up.deliver(now) {
             server.on_ack(acked);
         }
-        let built = server.build(
-            &mut scratch,
-            &frame,
-            &grid,
-            OWN,
-            &s,
-            MAX_DATAGRAM,
-            Default::default(),
-        );
+        let built = own_snapshot(&mut server, &mut scratch, &frame, &grid, &s);
         assert!(built.bytes.len() <= MAX_DATAGRAM);
         frames.insert(now, frame.clone());
         let lossy = now <= lossy_until;
@@ -264,15 +275,7 @@ fn an_entity_is_only_sent_inside_the_radius_enters_within_a_tick_and_leaves_afte
         world.bodies[1].2 = Vec2::new(300.0, 0.0);
         world.step(&mut frame);
         grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
-        let built = server.build(
-            &mut scratch,
-            &frame,
-            &grid,
-            OWN,
-            &s,
-            MAX_DATAGRAM,
-            Default::default(),
-        );
+        let built = own_snapshot(&mut server, &mut scratch, &frame, &grid, &s);
         let view = client.receive(&delta(&built.bytes)).unwrap().clone();
         server.on_ack(view.tick);
         let center = Vec2::splat(2000.0);
@@ -348,15 +351,7 @@ fn a_crowd_of_ten_thousand_stays_within_budget_and_nobody_starves() {
     for _ in 0..fill + MAX_STALE + 100 {
         world.step(&mut frame);
         grid.rebuild(&frame, 4096.0, s.aoi_radius / 2.0);
-        let built = server.build(
-            &mut scratch,
-            &frame,
-            &grid,
-            OWN,
-            &s,
-            MAX_DATAGRAM,
-            Default::default(),
-        );
+        let built = own_snapshot(&mut server, &mut scratch, &frame, &grid, &s);
         assert!(
             built.bytes.len() <= budget,
             "snapshot of {} bytes over the {budget}-byte budget",
@@ -395,15 +390,7 @@ fn a_client_that_never_acknowledges_gets_full_snapshots_and_the_ring_stays_bound
     for _ in 0..100 {
         world.step(&mut frame);
         grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
-        let built = server.build(
-            &mut scratch,
-            &frame,
-            &grid,
-            OWN,
-            &s,
-            MAX_DATAGRAM,
-            Default::default(),
-        );
+        let built = own_snapshot(&mut server, &mut scratch, &frame, &grid, &s);
         assert!(built.full);
         assert_eq!(delta(&built.bytes).baseline, 0);
     }
@@ -424,15 +411,7 @@ fn a_client_that_acknowledges_holds_a_round_trip_of_views_not_the_whole_ring() {
     for _ in 0..200 {
         world.step(&mut frame);
         grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
-        server.build(
-            &mut scratch,
-            &frame,
-            &grid,
-            OWN,
-            &s,
-            MAX_DATAGRAM,
-            Default::default(),
-        );
+        own_snapshot(&mut server, &mut scratch, &frame, &grid, &s);
         if frame.tick > rtt_ticks {
             server.on_ack(frame.tick - rtt_ticks);
         }
