@@ -130,6 +130,18 @@ pub struct Config {
     /// so tokens from a previous run are refused.
     #[arg(long, env = "ARENA_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+    /// File holding the token secret (its bytes, a trailing newline trimmed); wins over
+    /// --token-secret, and keeps the secret out of the process list and the environment.
+    #[arg(long, env = "ARENA_TOKEN_SECRET_FILE")]
+    pub token_secret_file: Option<PathBuf>,
+    /// /api/connect hands out no tokens (404): players get theirs from the studio's own login
+    /// service, which signs them with the same secret (PROTOCOL.md, "Connect token format").
+    #[arg(long)]
+    pub no_guest_tokens: bool,
+    /// Most tokens remembered as used at once (each until its expiry), so a token admits one
+    /// session only. When full, the oldest-expiring are forgotten first (and counted).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_used_tokens: usize,
 }
 
 impl Default for Config {

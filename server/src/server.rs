@@ -41,6 +41,8 @@ pub enum ServerError {
     },
     #[error("invalid idle timeout {0:?}")]
     IdleTimeout(std::time::Duration),
+    #[error("token secret file {0}")]
+    TokenSecret(String),
     #[error("no randomness for the token secret: {0}")]
     Random(String),
     #[error("HTTP server: {0}")]
@@ -105,12 +107,33 @@ impl Server {
             source,
         })?;
 
-        let token_secret: Arc<[u8]> = match &config.token_secret {
-            Some(s) => Arc::from(s.as_bytes()),
-            None => {
+        let from_file = match &config.token_secret_file {
+            Some(path) => {
+                let bytes = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| ServerError::TokenSecret(format!("{}: {e}", path.display())))?;
+                let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+                let text = text.strip_suffix(b"\r").unwrap_or(text);
+                if text.len() < 16 {
+                    return Err(ServerError::TokenSecret(format!(
+                        "{}: a secret of at least 16 bytes is needed",
+                        path.display()
+                    )));
+                }
+                Some(Arc::<[u8]>::from(text))
+            }
+            None => None,
+        };
+        let token_secret: Arc<[u8]> = match (from_file, &config.token_secret) {
+            (Some(secret), _) => secret,
+            (None, Some(s)) => Arc::from(s.as_bytes()),
+            (None, None) => {
                 let mut secret = [0u8; 32];
                 getrandom::fill(&mut secret).map_err(|e| ServerError::Random(e.to_string()))?;
-                info!("no token secret configured: using a random one for this run");
+                warn!(
+                    "no token secret configured (--token-secret-file, ARENA_TOKEN_SECRET): using \
+                     a random one for this run; tokens signed elsewhere or before are refused"
+                );
                 Arc::from(&secret[..])
             }
         };
@@ -202,6 +225,7 @@ impl Server {
             inbox: inbox_tx,
             stats: self.stats.clone(),
             active_clients: Mutex::new(Default::default()),
+            used_tokens: Mutex::new(net::UsedTokens::new(self.config.max_used_tokens)),
         });
         let mut first_id = [0u8; 4];
         getrandom::fill(&mut first_id).map_err(|e| ServerError::Random(e.to_string()))?;
@@ -215,6 +239,7 @@ impl Server {
             // Ids differ across runs, so a stale client id never collides with a new one.
             next_client_id: AtomicU64::new(u64::from(u32::from_le_bytes(first_id)) << 32 | 1),
             stats: self.stats.clone(),
+            guest_tokens: !self.config.no_guest_tokens,
         });
         let http = axum::serve(self.http, http::router(http_state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -15,8 +15,10 @@
 //! - [`snapshot`]: delta snapshots against acknowledged baselines, and the client's receiver.
 //! - [`token`]: connect tokens, signed with HMAC-SHA256, issued by the HTTP side, checked at `Hello`.
 //! - [`rng`]: a small seeded generator, so maps and NPCs are the same on every platform.
+//! - [`fuzzing`]: what the fuzz targets in `fuzz/` run, also replayed and proptested on stable.
 
 pub mod clock;
+pub mod fuzzing;
 pub mod interp;
 pub mod map;
 pub mod predict;

@@ -60,6 +60,13 @@ pub fn sign(secret: &[u8], claims: &Claims) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// A token's identity for single use: SHA-256 of its text. The text is canonical (unpadded
+/// base64url of the signed bytes, decoded strictly), so one token has one fingerprint.
+pub fn fingerprint(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(token.as_bytes()).into()
+}
+
 /// Checks a token's signature, then its expiry against `now_ms`, then the server it names.
 /// Constant-time tag comparison; never panics on any input.
 pub fn verify(secret: &[u8], token: &str, now_ms: u64, server: &str) -> Result<Claims, TokenError> {

@@ -149,3 +149,81 @@ async fn max_clients_and_one_session_per_client_id_are_enforced() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_admits_one_session_and_a_full_server_does_not_spend_it() {
+    let server = common::start(&["--max-clients", "1"]).await;
+    let join = |token: String| {
+        let server = &server;
+        async move {
+            let info = server.connect_info("p").await;
+            let mut t = server.open(&info).await;
+            t.handshake(&token, "p", &mut FrameReader::new())
+                .await
+                .map(|_| t)
+        }
+    };
+    let first = server.mint(30, 60_000);
+    let t = join(first.clone()).await.expect("welcome");
+    // Refused for want of room: the token is not spent...
+    let second = server.mint(31, 60_000);
+    expect_reject(&server, &second, PROTOCOL_VERSION, RejectReason::ServerFull).await;
+    t.conn.close(wtransport::VarInt::from_u32(0), b"bye");
+    server.sessions_reach(0).await;
+    // ...so it admits once there is.
+    let t = join(second.clone())
+        .await
+        .expect("the refused token still works");
+    t.conn.close(wtransport::VarInt::from_u32(0), b"bye");
+    server.sessions_reach(0).await;
+    // Both have admitted a session: neither admits another, though the slot is free.
+    expect_reject(&server, &first, PROTOCOL_VERSION, RejectReason::TokenInUse).await;
+    expect_reject(&server, &second, PROTOCOL_VERSION, RejectReason::TokenInUse).await;
+    // A new token for the same client id (a login service may issue one) is welcome.
+    join(server.mint(30, 61_000)).await.expect("a fresh token");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_guest_tokens_only_tokens_signed_with_the_secret_file_get_in() {
+    let dir = std::env::temp_dir().join(format!("arena-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("secret");
+    std::fs::write(&file, "a login service's secret\n").expect("secret written");
+    let path = file.to_str().expect("UTF-8 path");
+    let server = common::start(&["--no-guest-tokens", "--token-secret-file", path]).await;
+    assert_eq!(
+        &server.secret[..],
+        b"a login service's secret",
+        "newline trimmed"
+    );
+
+    let refused = arena_client_sim::client::fetch_connect_info(&server.http, "p").await;
+    assert!(
+        matches!(&refused, Err(ClientError::Http(e)) if e.to_string().contains("404")),
+        "{refused:?}"
+    );
+    // What a login service holding the same secret issues is accepted.
+    let info = arena_client_sim::client::ConnectInfo {
+        url: format!("https://{}/", server.wt_addr),
+        cert_sha256: server.cert_sha256.clone(),
+        token: server.mint(40, 60_000),
+    };
+    let mut t = server.open(&info).await;
+    t.handshake(&info.token, "p", &mut FrameReader::new())
+        .await
+        .expect("welcome");
+    server.stop().await;
+
+    std::fs::write(&file, "short\n").expect("secret written");
+    let err = common::try_start(&["--token-secret-file", path])
+        .await
+        .err();
+    assert!(
+        err.as_ref()
+            .is_some_and(|e| e.to_string().contains("at least 16 bytes")),
+        "{:?}",
+        err.map(|e| e.to_string())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -32,6 +32,8 @@ pub struct HttpState {
     pub token_ttl: Duration,
     pub next_client_id: AtomicU64,
     pub stats: Arc<Stats>,
+    /// `/api/connect` issues tokens (off with `--no-guest-tokens`).
+    pub guest_tokens: bool,
 }
 
 /// Body of `/api/connect`.
@@ -78,6 +80,10 @@ async fn connect(
     Query(query): Query<ConnectQuery>,
     headers: HeaderMap,
 ) -> Response {
+    if !state.guest_tokens {
+        let msg = "this server hands out no guest tokens: sign in with the game's login service";
+        return (StatusCode::NOT_FOUND, msg).into_response();
+    }
     let client_id = state.next_client_id.fetch_add(1, Ordering::Relaxed);
     let name = query
         .name
@@ -139,6 +145,7 @@ mod tests {
             token_ttl: Duration::from_secs(30),
             next_client_id: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
+            guest_tokens: true,
         }
     }
 

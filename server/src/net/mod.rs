@@ -12,7 +12,7 @@ pub mod identity;
 pub mod outbox;
 pub mod session;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arena_shared::map::Map;
@@ -65,6 +65,67 @@ pub struct NetContext {
     pub stats: Arc<Stats>,
     /// Client ids with a live session: a second session for one id is refused.
     pub active_clients: Mutex<HashSet<u64>>,
+    /// Tokens that admitted a session, remembered until they expire: each admits one.
+    pub used_tokens: Mutex<UsedTokens>,
+}
+
+/// The fingerprints of tokens that have admitted a session, each kept until its token expires
+/// (after that the token is refused as expired anyway). Bounded by `--max-used-tokens`: when
+/// full, the entries closest to expiry are forgotten first and counted. Sans-IO: `now_ms` is
+/// a parameter.
+#[derive(Debug)]
+pub struct UsedTokens {
+    max: usize,
+    expiry: HashMap<[u8; 32], u64>,
+    by_expiry: BTreeSet<(u64, [u8; 32])>,
+    /// Entries dropped before their expiry because the set was full.
+    pub forgotten: u64,
+}
+
+impl UsedTokens {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            expiry: HashMap::new(),
+            by_expiry: BTreeSet::new(),
+            forgotten: 0,
+        }
+    }
+
+    /// Whether this token has admitted a session already (expired entries are dropped first).
+    pub fn was_used(&mut self, fingerprint: &[u8; 32], now_ms: u64) -> bool {
+        while let Some(&(at, fp)) = self.by_expiry.first() {
+            if at > now_ms {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.expiry.remove(&fp);
+        }
+        self.expiry.contains_key(fingerprint)
+    }
+
+    /// Remembers a token as used until `expires_at_ms`.
+    pub fn mark_used(&mut self, fingerprint: [u8; 32], expires_at_ms: u64) {
+        if self.expiry.contains_key(&fingerprint) {
+            return;
+        }
+        if self.expiry.len() >= self.max
+            && let Some((_, fp)) = self.by_expiry.pop_first()
+        {
+            self.expiry.remove(&fp);
+            self.forgotten += 1;
+        }
+        self.expiry.insert(fingerprint, expires_at_ms);
+        self.by_expiry.insert((expires_at_ms, fingerprint));
+    }
+
+    pub fn len(&self) -> usize {
+        self.expiry.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.expiry.is_empty()
+    }
 }
 
 /// Accepts sessions until `shutdown`, each in its own task on `tracker`.
@@ -93,5 +154,31 @@ pub async fn serve(
         .is_err()
     {
         warn!("connections still open after the drain timeout");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UsedTokens;
+
+    #[test]
+    fn a_token_is_used_once_until_it_expires_and_the_set_is_bounded() {
+        let mut used = UsedTokens::new(3);
+        let fp = |b: u8| [b; 32];
+        assert!(!used.was_used(&fp(1), 0));
+        used.mark_used(fp(1), 100);
+        assert!(used.was_used(&fp(1), 50), "second use within its life");
+        assert!(!used.was_used(&fp(1), 100), "forgotten once expired");
+        assert!(used.is_empty());
+        for (b, exp) in [(2, 300), (3, 200), (4, 400), (5, 500)] {
+            used.mark_used(fp(b), exp);
+        }
+        assert_eq!(used.len(), 3, "bounded");
+        assert_eq!(used.forgotten, 1);
+        assert!(
+            !used.was_used(&fp(3), 0),
+            "the one closest to expiry went first"
+        );
+        assert!(used.was_used(&fp(2), 0) && used.was_used(&fp(5), 0));
     }
 }

@@ -247,6 +247,16 @@ fn admit(
     if shutdown.is_cancelled() {
         return Err((RejectReason::ShuttingDown, "server is shutting down".into()));
     }
+    // A token admits one session. It is marked used only once the session is admitted, so a
+    // client refused for a reason that waiting cures (server full) may retry with it.
+    let fingerprint = token::fingerprint(&hello.token);
+    let mut used = ctx.used_tokens.lock().unwrap_or_else(|e| e.into_inner());
+    if used.was_used(&fingerprint, now_ms) {
+        return Err((
+            RejectReason::TokenInUse,
+            "this token was used already; get a new one".into(),
+        ));
+    }
     let mut active = ctx.active_clients.lock().unwrap_or_else(|e| e.into_inner());
     if active.contains(&claims.client_id) {
         return Err((
@@ -261,7 +271,9 @@ fn admit(
         ));
     }
     active.insert(claims.client_id);
+    used.mark_used(fingerprint, claims.expires_at_ms);
     drop(active);
+    drop(used);
     // The token's name is the one the issuer vouched for; Hello's is a fallback.
     let name = if claims.name.is_empty() {
         hello.name

@@ -140,7 +140,8 @@ pub enum RejectReason {
     HandshakeTimeout,
     /// The server is shutting down and admits no one.
     ShuttingDown,
-    /// A session with this token's client id is already playing.
+    /// The token admitted a session before (tokens are single-use), or a session with its
+    /// client id is playing now.
     TokenInUse,
     /// The client's QUIC stack does not accept datagrams, which carry every snapshot.
     DatagramsUnsupported,
