@@ -1,0 +1,3 @@
+#![no_main]
+//! See `arena_shared::fuzzing::snapshots`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| arena_shared::fuzzing::snapshots(data));
