@@ -239,8 +239,13 @@ pub async fn run(config: BotConfig) -> BotOutcome {
             }
             break;
         };
+        // The server's hint, when it refused us for a reason that waiting cures.
+        let mut hint = Duration::ZERO;
         match connected {
             Err(e) => {
+                if let ClientError::Rejected { retry_after_ms, .. } = &e {
+                    hint = Duration::from_millis(u64::from(*retry_after_ms));
+                }
                 live::bump(&live.failed);
                 out.count_error(&e);
                 if !out.connected() {
@@ -300,7 +305,8 @@ pub async fn run(config: BotConfig) -> BotOutcome {
                 }
             }
         }
-        let delay = backoff.next_delay();
+        // Never sooner than the server asked; jitter still spreads the bots it refused.
+        let delay = backoff.next_delay().max(hint);
         if tokio::time::Instant::now() + delay >= deadline {
             break;
         }

@@ -38,6 +38,8 @@ pub enum ClientError {
     Rejected {
         reason: RejectReason,
         message: String,
+        /// The server's hint: retry no sooner than this (0: none).
+        retry_after_ms: u32,
     },
     #[error("disconnected: {reason:?} ({message})")]
     Disconnected {
@@ -213,6 +215,7 @@ impl Transport {
             ServerMsg::Reject(r) => Err(ClientError::Rejected {
                 reason: r.reason,
                 message: r.message,
+                retry_after_ms: r.retry_after_ms,
             }),
             ServerMsg::Disconnect(d) => Err(ClientError::Disconnected {
                 reason: d.reason,

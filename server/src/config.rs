@@ -142,6 +142,20 @@ pub struct Config {
     /// session only. When full, the oldest-expiring are forgotten first (and counted).
     #[arg(long, default_value_t = 100_000)]
     pub max_used_tokens: usize,
+    /// Most sessions playing at once from one IP address; the next gets
+    /// Reject(TooManyFromAddress). 0: no limit (the default, for bot swarms and players
+    /// behind one NAT); set it on a public server.
+    #[arg(long, default_value_t = 0)]
+    pub max_per_ip: usize,
+    /// Handshakes admitted per second, all clients together (a token bucket with a second's
+    /// burst); beyond it Reject(RateLimited) with a retry hint. 0: no limit.
+    #[arg(long, default_value_t = 500.0)]
+    pub handshakes_per_sec: f64,
+    /// Inputs a session may send per second (a second's burst); the excess is dropped and
+    /// counted, and a session that sends more than twice this in a second is disconnected
+    /// (InputFlood). 0: no limit.
+    #[arg(long, default_value_t = 120.0)]
+    pub max_inputs_per_sec: f64,
 }
 
 impl Default for Config {

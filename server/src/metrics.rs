@@ -167,6 +167,7 @@ const COUNTERS: &[Source] = &[
 /// Inputs the server refused, by reason (`arena_inputs_rejected_total{reason}`).
 const INPUTS_REJECTED: &[(&str, Field)] = &[
     ("inbox_full", |s| &s.inputs_dropped_inbox_full),
+    ("rate_limited", |s| &s.inputs_rate_limited),
     ("too_old", |s| &s.inputs_too_old),
     ("too_far_ahead", |s| &s.inputs_too_far),
 ];

@@ -226,6 +226,12 @@ impl Server {
             stats: self.stats.clone(),
             active_clients: Mutex::new(Default::default()),
             used_tokens: Mutex::new(net::UsedTokens::new(self.config.max_used_tokens)),
+            per_ip: Mutex::new(Default::default()),
+            handshakes: Mutex::new(net::limits::TokenBucket::new(
+                self.config.handshakes_per_sec,
+                self.config.handshakes_per_sec,
+            )),
+            started: std::time::Instant::now(),
         });
         let mut first_id = [0u8; 4];
         getrandom::fill(&mut first_id).map_err(|e| ServerError::Random(e.to_string()))?;

@@ -23,6 +23,8 @@ pub struct Stats {
     pub entities: AtomicU64,
     pub tick: AtomicU64,
     pub inputs_dropped_inbox_full: AtomicU64,
+    /// Inputs over a session's `--max-inputs-per-sec`.
+    pub inputs_rate_limited: AtomicU64,
     /// Inputs for ticks already simulated.
     pub inputs_too_old: AtomicU64,
     /// Inputs more than `--input-window` ticks ahead.
@@ -79,6 +81,7 @@ impl Stats {
             entities: AtomicU64::new(0),
             tick: AtomicU64::new(0),
             inputs_dropped_inbox_full: AtomicU64::new(0),
+            inputs_rate_limited: AtomicU64::new(0),
             inputs_too_old: AtomicU64::new(0),
             inputs_too_far: AtomicU64::new(0),
             inputs_late: AtomicU64::new(0),

@@ -9,8 +9,8 @@ use wtransport::error::ConnectionError;
 use crate::common::{self, TestServer, WAIT};
 
 /// Connects with `token` (and `version`), expects a `Reject` with `want`, and a connection
-/// close carrying the same code.
-async fn expect_reject(server: &TestServer, token: &str, version: u16, want: RejectReason) {
+/// close carrying the same code; returns the `Reject`'s retry hint.
+async fn expect_reject(server: &TestServer, token: &str, version: u16, want: RejectReason) -> u32 {
     let info = server.connect_info("tester").await;
     let mut t = server.open(&info).await;
     let mut reader = FrameReader::new();
@@ -21,12 +21,13 @@ async fn expect_reject(server: &TestServer, token: &str, version: u16, want: Rej
     };
     t.send_hello(&hello).await.expect("hello sent");
     let got = t.read_msg(&mut reader).await;
-    match got {
+    let retry_after_ms = match got {
         Ok((arena_shared::protocol::ServerMsg::Reject(r), _)) => {
-            assert_eq!(r.reason, want, "{}", r.message)
+            assert_eq!(r.reason, want, "{}", r.message);
+            r.retry_after_ms
         }
         other => panic!("expected Reject({want:?}), got {other:?}"),
-    }
+    };
     let closed = tokio::time::timeout(WAIT, t.conn.closed())
         .await
         .expect("server closes");
@@ -39,6 +40,17 @@ async fn expect_reject(server: &TestServer, token: &str, version: u16, want: Rej
             close_error(other)
         ),
     }
+    retry_after_ms
+}
+
+/// A session welcomed with a token minted for `id`.
+async fn welcome(server: &TestServer, id: u64) -> arena_client_sim::client::Transport {
+    let info = server.connect_info("p").await;
+    let mut t = server.open(&info).await;
+    t.handshake(&server.mint(id, 60_000), "p", &mut FrameReader::new())
+        .await
+        .unwrap_or_else(|e| panic!("client {id}: {e}"));
+    t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,4 +238,46 @@ async fn without_guest_tokens_only_tokens_signed_with_the_secret_file_get_in() {
         err.map(|e| e.to_string())
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_address_are_limited_and_the_refused_are_told_when_to_return() {
+    let server = common::start(&["--max-per-ip", "2"]).await;
+    let first = welcome(&server, 50).await;
+    let _second = welcome(&server, 51).await;
+    let wait = expect_reject(
+        &server,
+        &server.mint(52, 60_000),
+        PROTOCOL_VERSION,
+        RejectReason::TooManyFromAddress,
+    )
+    .await;
+    assert!(wait > 0, "waiting helps here, and the hint says how long");
+    first.conn.close(wtransport::VarInt::from_u32(0), b"bye");
+    server.sessions_reach(1).await;
+    welcome(&server, 53).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_beyond_the_rate_are_refused_with_the_time_to_the_next_slot() {
+    // One handshake every 2 s (a burst of one): the second in quick succession is refused,
+    // told how long to wait, and admitted after that wait.
+    let server = common::start(&["--handshakes-per-sec", "0.5"]).await;
+    let _first = welcome(&server, 60).await;
+    let wait = expect_reject(
+        &server,
+        &server.mint(61, 60_000),
+        PROTOCOL_VERSION,
+        RejectReason::RateLimited,
+    )
+    .await;
+    assert!(
+        (1..=2_000).contains(&wait),
+        "one handshake every 2 s: {wait} ms"
+    );
+    // The scenario is time itself: the next slot comes when the hint says.
+    tokio::time::sleep(std::time::Duration::from_millis(u64::from(wait))).await;
+    welcome(&server, 62).await;
+    server.stop().await;
 }

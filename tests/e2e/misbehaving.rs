@@ -128,3 +128,34 @@ async fn garbage_frames_and_datagrams_close_only_that_session() {
     server.players_reach(0).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_inputs_has_the_excess_dropped_then_is_disconnected() {
+    use arena_shared::protocol::{Buttons, ClientMsg, Input};
+    use arena_shared::quant::{Aim, MoveDir};
+    let server = common::start(&["--max-inputs-per-sec", "50"]).await;
+    let (mut t, mut reader) = welcomed(&server, "flood").await;
+    // 500 inputs at once: 50 pass (the burst), the rest are over the rate; more than 50 over
+    // it within a second is a flood.
+    let mut bytes = Vec::new();
+    for seq in 1..=500u32 {
+        let input = Input {
+            seq,
+            tick: seq,
+            movement: MoveDir { x: 1, y: 0 },
+            aim: Aim(0),
+            buttons: Buttons(0),
+        };
+        arena_shared::protocol::codec::encode_client(&ClientMsg::Input(input), &mut bytes)
+            .expect("encodes");
+    }
+    t.write_raw(&bytes).await.expect("sent");
+    assert_eq!(
+        expect_disconnect(&mut t, &mut reader).await,
+        DisconnectReason::InputFlood
+    );
+    let dropped = arena_server::stats::Stats::get(&server.stats.inputs_rate_limited);
+    assert!(dropped > 50, "{dropped} inputs counted over the rate");
+    server.sessions_reach(0).await;
+    server.stop().await;
+}

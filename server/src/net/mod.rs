@@ -9,11 +9,14 @@
 //! and the bounded outboxes.
 
 pub mod identity;
+pub mod limits;
 pub mod outbox;
 pub mod session;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arena_shared::map::Map;
 use tokio::sync::mpsc;
@@ -67,6 +70,19 @@ pub struct NetContext {
     pub active_clients: Mutex<HashSet<u64>>,
     /// Tokens that admitted a session, remembered until they expire: each admits one.
     pub used_tokens: Mutex<UsedTokens>,
+    /// Live sessions per client IP address (`--max-per-ip`).
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Handshakes admitted per second (`--handshakes-per-sec`).
+    pub handshakes: Mutex<limits::TokenBucket>,
+    /// The zero of the limiters' clocks.
+    pub started: Instant,
+}
+
+impl NetContext {
+    /// Seconds since the server started, for the rate limiters.
+    pub fn now_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
 }
 
 /// The fingerprints of tokens that have admitted a session, each kept until its token expires

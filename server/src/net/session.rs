@@ -11,6 +11,7 @@
 //! datagram per part). Any malformed frame, oversized frame or client datagram ends the
 //! session with a `Disconnect` naming the reason; it never panics and never reaches the world.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +32,7 @@ use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use super::NetContext;
+use super::limits::TokenBucket;
 use super::outbox::Outbox;
 use crate::game::{JoinAck, JoinRequest, SimCommand};
 use crate::stats::Stats;
@@ -75,10 +77,13 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
                 Err(_) => Err((
                     RejectReason::HandshakeTimeout,
                     "no Hello in time".to_string(),
+                    0,
                 )),
-                Ok(Err(ReadEnd::TooLarge)) => {
-                    Err((RejectReason::NotArena, "first frame too large".to_string()))
-                }
+                Ok(Err(ReadEnd::TooLarge)) => Err((
+                    RejectReason::NotArena,
+                    "first frame too large".to_string(),
+                    0,
+                )),
                 Ok(Err(_)) => {
                     ctx.stats
                         .metrics
@@ -89,17 +94,18 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
                     );
                     return debug!("stream ended before Hello");
                 }
-                Ok(Ok(body)) => admit(&ctx, &conn, &body, &shutdown),
+                Ok(Ok(body)) => admit(&ctx, &conn, remote.ip(), &body, &shutdown),
             };
         let slot = match checked {
             Ok(slot) => slot,
-            Err((reason, message)) => {
+            Err((reason, message, retry_after_ms)) => {
                 Stats::add(&ctx.stats.sessions_rejected, 1);
                 ctx.stats.metrics.session_rejected(reason.as_str());
-                info!(reason = reason.as_str(), %message, "session rejected");
+                info!(reason = reason.as_str(), %message, retry_after_ms, "session rejected");
                 writer.send(&ServerMsg::Reject(Reject {
                     reason,
                     message: message.clone(),
+                    retry_after_ms,
                 }));
                 close(&conn, writer, reason.code(), &message).await;
                 return;
@@ -133,6 +139,8 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             writer,
             outbox,
             client_id: slot.client_id,
+            inputs: TokenBucket::new(ctx.config.max_inputs_per_sec, ctx.config.max_inputs_per_sec),
+            excess: InputExcess::default(),
         };
         let reason = session.play(&shutdown).await;
         // The player leaves the world before the slot is given back (on drop, below), so a
@@ -187,6 +195,7 @@ enum ReadEnd {
 struct Slot {
     ctx: Arc<NetContext>,
     client_id: u64,
+    ip: IpAddr,
     name: String,
     max_datagram: usize,
 }
@@ -198,31 +207,63 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.client_id);
+        let mut per_ip = self.ctx.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
         self.ctx.stats.close_session();
     }
 }
+
+/// Why a handshake was refused: the reason, a message for logs, and how long to wait before
+/// trying again (0: no hint).
+type Refusal = (RejectReason, String, u32);
+
+/// How long a client refused for a reason that passes (full, too many from its address, a
+/// live session with its id, shutting down) is told to wait.
+const RETRY_AFTER_MS: u32 = 5_000;
 
 /// Every check on `Hello`, cheapest first; nothing is allocated until all have passed.
 fn admit(
     ctx: &Arc<NetContext>,
     conn: &Connection,
+    ip: IpAddr,
     body: &[u8],
     shutdown: &CancellationToken,
-) -> Result<Slot, (RejectReason, String)> {
+) -> Result<Slot, Refusal> {
+    // Every handshake spends a token, whatever follows: a flood is refused before any work.
+    let rate = ctx
+        .handshakes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(ctx.now_s());
+    if let Err(wait_ms) = rate {
+        return Err((
+            RejectReason::RateLimited,
+            "too many handshakes; retry later".into(),
+            wait_ms,
+        ));
+    }
     let hello = codec::decode_hello(body).map_err(|e| match e {
-        HelloError::NotArena => (RejectReason::NotArena, e.to_string()),
+        HelloError::NotArena => (RejectReason::NotArena, e.to_string(), 0),
         HelloError::Version(v) => (
             RejectReason::ProtocolVersion {
                 server: PROTOCOL_VERSION,
             },
             format!("client speaks protocol {v}, this server speaks {PROTOCOL_VERSION}"),
+            0,
         ),
-        HelloError::Malformed => (RejectReason::MalformedHello, e.to_string()),
+        HelloError::Malformed => (RejectReason::MalformedHello, e.to_string(), 0),
     })?;
     if hello.token.is_empty() {
         return Err((
             RejectReason::TokenMissing,
             "Hello carries no token; get one from /api/connect".into(),
+            0,
         ));
     }
     let now_ms = SystemTime::now()
@@ -236,16 +277,21 @@ fn admit(
                 TokenError::Expired => RejectReason::TokenExpired,
                 TokenError::WrongServer => RejectReason::TokenWrongServer,
             };
-            (reason, e.to_string())
+            (reason, e.to_string(), 0)
         })?;
     let Some(max_datagram) = conn.max_datagram_size() else {
         return Err((
             RejectReason::DatagramsUnsupported,
             "snapshots travel as datagrams".into(),
+            0,
         ));
     };
     if shutdown.is_cancelled() {
-        return Err((RejectReason::ShuttingDown, "server is shutting down".into()));
+        return Err((
+            RejectReason::ShuttingDown,
+            "server is shutting down".into(),
+            RETRY_AFTER_MS,
+        ));
     }
     // A token admits one session. It is marked used only once the session is admitted, so a
     // client refused for a reason that waiting cures (server full) may retry with it.
@@ -255,6 +301,7 @@ fn admit(
         return Err((
             RejectReason::TokenInUse,
             "this token was used already; get a new one".into(),
+            0,
         ));
     }
     let mut active = ctx.active_clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -262,14 +309,27 @@ fn admit(
         return Err((
             RejectReason::TokenInUse,
             "a session with this client id is playing".into(),
+            RETRY_AFTER_MS,
+        ));
+    }
+    let mut per_ip = ctx.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    let from_ip = per_ip.get(&ip).copied().unwrap_or(0);
+    if ctx.config.max_per_ip > 0 && from_ip >= ctx.config.max_per_ip {
+        return Err((
+            RejectReason::TooManyFromAddress,
+            format!("{from_ip} sessions from this address already"),
+            RETRY_AFTER_MS,
         ));
     }
     if !ctx.stats.try_open_session(ctx.config.max_clients) {
         return Err((
             RejectReason::ServerFull,
             format!("{} players already", ctx.config.max_clients),
+            RETRY_AFTER_MS,
         ));
     }
+    *per_ip.entry(ip).or_insert(0) += 1;
+    drop(per_ip);
     active.insert(claims.client_id);
     used.mark_used(fingerprint, claims.expires_at_ms);
     drop(active);
@@ -283,6 +343,7 @@ fn admit(
     Ok(Slot {
         ctx: ctx.clone(),
         client_id: claims.client_id,
+        ip,
         name,
         max_datagram,
     })
@@ -375,6 +436,17 @@ struct Session {
     writer: Writer,
     outbox: Arc<Outbox>,
     client_id: u64,
+    /// `--max-inputs-per-sec`, and the inputs over it in the current one-second window.
+    inputs: TokenBucket,
+    excess: InputExcess,
+}
+
+/// Inputs dropped for exceeding the rate, counted per one-second window: more than the rate
+/// itself in one window (the client sends over twice what is allowed) is a flood.
+#[derive(Debug, Default)]
+struct InputExcess {
+    window_start: f64,
+    dropped: f64,
 }
 
 /// How a session ended, for the log and the `reason` label of `arena_sessions_closed_total`.
@@ -438,6 +510,27 @@ impl Session {
             };
             match codec::decode_client(&body) {
                 Ok(ClientMsg::Input(input)) => {
+                    let now = self.ctx.now_s();
+                    if self.inputs.take(now).is_err() {
+                        Stats::add(&self.ctx.stats.inputs_rate_limited, 1);
+                        if now - self.excess.window_start >= 1.0 {
+                            self.excess = InputExcess {
+                                window_start: now,
+                                dropped: 0.0,
+                            };
+                        }
+                        self.excess.dropped += 1.0;
+                        if self.excess.dropped > self.ctx.config.max_inputs_per_sec {
+                            return Err((
+                                DisconnectReason::InputFlood,
+                                format!(
+                                    "over {} inputs a second",
+                                    2.0 * self.ctx.config.max_inputs_per_sec
+                                ),
+                            ));
+                        }
+                        continue;
+                    }
                     let cmd = SimCommand::Input {
                         client_id: self.client_id,
                         input,

@@ -18,7 +18,7 @@ use crate::quant::{Aim, MoveDir};
 use crate::snapshot::{Ack, DeltaSnapshot};
 
 /// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts).
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
 /// from "an Arena client of another version".
@@ -102,6 +102,9 @@ pub struct Reject {
     pub reason: RejectReason,
     /// For people reading logs; clients act on `reason`.
     pub message: String,
+    /// Where waiting helps (server full, rate limited, too many from an address): try again no
+    /// sooner than this. 0: no hint (retrying the same way will not help, or nothing is known).
+    pub retry_after_ms: u32,
 }
 
 /// The server ends a session that had been welcomed.
@@ -145,6 +148,10 @@ pub enum RejectReason {
     TokenInUse,
     /// The client's QUIC stack does not accept datagrams, which carry every snapshot.
     DatagramsUnsupported,
+    /// `--max-per-ip` sessions from this address are playing already.
+    TooManyFromAddress,
+    /// Handshakes arrive faster than `--handshakes-per-sec`.
+    RateLimited,
 }
 
 impl RejectReason {
@@ -163,6 +170,8 @@ impl RejectReason {
             Self::ShuttingDown => 0x10B,
             Self::TokenInUse => 0x10C,
             Self::DatagramsUnsupported => 0x10D,
+            Self::TooManyFromAddress => 0x10E,
+            Self::RateLimited => 0x10F,
         }
     }
 
@@ -182,6 +191,8 @@ impl RejectReason {
             Self::ShuttingDown => "shutting_down",
             Self::TokenInUse => "token_in_use",
             Self::DatagramsUnsupported => "datagrams_unsupported",
+            Self::TooManyFromAddress => "too_many_from_address",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -200,6 +211,8 @@ pub enum DisconnectReason {
     StreamClosed,
     /// The simulation could not take the client (it is shutting down).
     SimulationUnavailable,
+    /// The client kept sending inputs faster than `--max-inputs-per-sec` allows.
+    InputFlood,
 }
 
 impl DisconnectReason {
@@ -211,6 +224,7 @@ impl DisconnectReason {
             Self::MalformedDatagram => 0x204,
             Self::StreamClosed => 0x205,
             Self::SimulationUnavailable => 0x206,
+            Self::InputFlood => 0x207,
         }
     }
 
@@ -222,6 +236,7 @@ impl DisconnectReason {
             Self::MalformedDatagram => "malformed_datagram",
             Self::StreamClosed => "stream_closed",
             Self::SimulationUnavailable => "simulation_unavailable",
+            Self::InputFlood => "input_flood",
         }
     }
 }

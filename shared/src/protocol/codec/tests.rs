@@ -59,6 +59,8 @@ fn every_server_msg() -> Vec<ServerMsg> {
         RejectReason::ShuttingDown,
         RejectReason::TokenInUse,
         RejectReason::DatagramsUnsupported,
+        RejectReason::TooManyFromAddress,
+        RejectReason::RateLimited,
     ];
     let disconnects = [
         DisconnectReason::ServerShutdown,
@@ -67,6 +69,7 @@ fn every_server_msg() -> Vec<ServerMsg> {
         DisconnectReason::MalformedDatagram,
         DisconnectReason::StreamClosed,
         DisconnectReason::SimulationUnavailable,
+        DisconnectReason::InputFlood,
     ];
     let mut all = vec![
         ServerMsg::Welcome(Welcome {
@@ -85,6 +88,7 @@ fn every_server_msg() -> Vec<ServerMsg> {
         ServerMsg::Reject(Reject {
             reason,
             message: "why".into(),
+            retry_after_ms: 1500,
         })
     }));
     all.extend(disconnects.map(|reason| {
@@ -316,7 +320,7 @@ fn golden_bytes() {
 }
 
 const GOLDEN_INPUT: &str = "0b00000000040902d2048140409c01";
-const GOLDEN_HELLO: &str = "0e00000041524e41030003746f6b03616e61";
+const GOLDEN_HELLO: &str = "0e00000041524e41040003746f6b03616e61";
 const GOLDEN_DELTA: &str = "000409040203040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
 const GOLDEN_ACK: &str = "040a0403";
 
