@@ -156,6 +156,11 @@ pub struct Config {
     /// (InputFlood). 0: no limit.
     #[arg(long, default_value_t = 120.0)]
     pub max_inputs_per_sec: f64,
+    /// Bytes the server lets wait for a client's reliable stream (beyond what QUIC's
+    /// flow-control window holds); a client that lets more pile up, by not reading its stream,
+    /// is disconnected (SlowConsumer).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_send_backlog: usize,
 }
 
 impl Default for Config {

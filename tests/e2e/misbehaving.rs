@@ -159,3 +159,30 @@ async fn a_client_flooding_inputs_has_the_excess_dropped_then_is_disconnected() 
     server.sessions_reach(0).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_stream_is_disconnected_as_a_slow_consumer() {
+    use arena_shared::protocol::{ClientMsg, Ping};
+    let server = common::start(&["--max-send-backlog", "4096"]).await;
+    let (mut t, _reader) = welcomed(&server, "deaf").await;
+    // Pings it never reads the answers to: QUIC's stream window (64 KiB) fills, then the
+    // server's own backlog (4 KiB here), then the session ends.
+    let mut bytes = Vec::new();
+    for nonce in 0..30_000u32 {
+        arena_shared::protocol::codec::encode_client(&ClientMsg::Ping(Ping { nonce }), &mut bytes)
+            .expect("encodes");
+    }
+    let _ = t.write_raw(&bytes).await;
+    let closed = tokio::time::timeout(WAIT, t.conn.closed())
+        .await
+        .expect("the server closes the session");
+    match closed {
+        ConnectionError::ApplicationClosed(c) => assert_eq!(
+            c.code().into_inner(),
+            u64::from(DisconnectReason::SlowConsumer.code())
+        ),
+        other => panic!("expected an application close, got {other:?}"),
+    }
+    server.sessions_reach(0).await;
+    server.stop().await;
+}

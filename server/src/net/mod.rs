@@ -42,6 +42,11 @@ pub const DATAGRAM_RECEIVE_BUFFER: usize = 16 * 1024;
 /// bounded by the outbox already; this only caps what sits below it.
 pub const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
 
+/// Flow-control window of the reliable stream, each way (quinn's default is 1.25 MB per
+/// stream and 10 MB of send buffer per connection): inputs and pongs are tens of bytes, and
+/// this bounds what QUIC buffers for a client that stops reading.
+pub const STREAM_WINDOW: u32 = 64 * 1024;
+
 /// QUIC transport settings for the game: quinn's defaults are sized for bulk transfer (100
 /// streams each way, allocated up front; a 1.25 MB datagram queue) and cost ~100 KiB per
 /// connection; Arena's traffic is one stream and small datagrams. Segmentation offload is off:
@@ -53,6 +58,9 @@ pub fn transport_config() -> wtransport::config::QuicTransportConfig {
         .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
         .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
         .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(STREAM_WINDOW.into())
+        .send_window(STREAM_WINDOW.into())
         .enable_segmentation_offload(false);
     t
 }

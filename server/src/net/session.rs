@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arena_shared::protocol::codec::{self, FrameReader, HelloError};
@@ -71,7 +71,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             }
         };
         let mut reader = FrameReader::new();
-        let writer = Writer::spawn(send, ctx.stats.clone());
+        let writer = Writer::spawn(send, ctx.stats.clone(), ctx.config.max_send_backlog);
         let checked =
             match tokio::time::timeout_at(deadline, read_frame(&mut recv, &mut reader)).await {
                 Err(_) => Err((
@@ -102,7 +102,8 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
                 Stats::add(&ctx.stats.sessions_rejected, 1);
                 ctx.stats.metrics.session_rejected(reason.as_str());
                 info!(reason = reason.as_str(), %message, retry_after_ms, "session rejected");
-                writer.send(&ServerMsg::Reject(Reject {
+                // Best effort: the close code says the same if the stream cannot.
+                let _ = writer.send(&ServerMsg::Reject(Reject {
                     reason,
                     message: message.clone(),
                     retry_after_ms,
@@ -115,7 +116,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
         let outbox = Arc::new(Outbox::new(ctx.config.outbox_snapshots, slot.max_datagram));
         let Some(ack) = join(&ctx, &slot, outbox.clone()).await else {
             let reason = DisconnectReason::SimulationUnavailable;
-            writer.send(&ServerMsg::Disconnect(Disconnect {
+            let _ = writer.send(&ServerMsg::Disconnect(Disconnect {
                 reason,
                 message: "try again".into(),
             }));
@@ -124,7 +125,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             return;
         };
         info!(entity = ack.entity, "session started");
-        writer.send(&ServerMsg::Welcome(Welcome {
+        let _ = writer.send(&ServerMsg::Welcome(Welcome {
             client_id: slot.client_id,
             entity: ack.entity,
             tick_rate: ctx.config.tick_rate,
@@ -367,35 +368,57 @@ async fn join(ctx: &NetContext, slot: &Slot, outbox: Arc<Outbox>) -> Option<Join
 }
 
 /// Writes frames to the client's stream from its own task, so the session loop never waits on
-/// a slow reader. Bounded: when the queue is full, the frame is not queued (counted by caller).
+/// a slow reader. Bounded by `--max-send-backlog` bytes (and [`RELIABLE_QUEUE`] frames) not
+/// yet taken by QUIC, whose own share is bounded by the stream's flow-control window.
 struct Writer {
     tx: mpsc::Sender<Vec<u8>>,
     task: JoinHandle<()>,
+    /// Bytes queued and not yet written.
+    backlog: Arc<AtomicUsize>,
+    max_backlog: usize,
 }
 
 impl Writer {
-    fn spawn(mut send: SendStream, stats: Arc<Stats>) -> Self {
+    fn spawn(mut send: SendStream, stats: Arc<Stats>, max_backlog: usize) -> Self {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(RELIABLE_QUEUE);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let pending = backlog.clone();
         let task = tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
-                if send.write_all(&frame).await.is_err() {
+                let written = send.write_all(&frame).await;
+                pending.fetch_sub(frame.len(), Ordering::Relaxed);
+                if written.is_err() {
                     return;
                 }
                 Stats::add(&stats.stream_bytes_sent, frame.len() as u64);
             }
             let _ = send.finish().await;
         });
-        Self { tx, task }
+        Self {
+            tx,
+            task,
+            backlog,
+            max_backlog,
+        }
     }
 
-    /// Queues a message; false if the queue is full or the stream is gone.
-    fn send(&self, msg: &ServerMsg) -> bool {
+    /// Queues a message. `Err` when the client has let more than the backlog allows pile up
+    /// (it is not reading its stream), or the stream is gone.
+    fn send(&self, msg: &ServerMsg) -> Result<(), Backlogged> {
         let mut frame = Vec::new();
         if codec::encode_server(msg, &mut frame).is_err() {
             warn!("server message over the frame limit was not sent");
-            return false;
+            return Ok(());
         }
-        self.tx.try_send(frame).is_ok()
+        let len = frame.len();
+        if self.backlog.load(Ordering::Relaxed) + len > self.max_backlog {
+            return Err(Backlogged);
+        }
+        self.backlog.fetch_add(len, Ordering::Relaxed);
+        self.tx.try_send(frame).map_err(|_| {
+            self.backlog.fetch_sub(len, Ordering::Relaxed);
+            Backlogged
+        })
     }
 
     /// Flushes what is queued and finishes the stream, waiting at most `LINGER`.
@@ -404,6 +427,10 @@ impl Writer {
         let _ = tokio::time::timeout(LINGER, self.task).await;
     }
 }
+
+/// The client's reliable stream is backed up past `--max-send-backlog`.
+#[derive(Debug)]
+struct Backlogged;
 
 /// Flushes the writer, gives the client `LINGER` to read and close on its own, then closes
 /// the connection with `code` (which any client version can read) and `reason`.
@@ -541,11 +568,22 @@ impl Session {
                 }
                 Ok(ClientMsg::Ping(ping)) => {
                     let server_tick = self.ctx.stats.tick.load(Ordering::Relaxed) as u32;
-                    // A client that does not read its stream loses pongs, nothing else.
-                    self.writer.send(&ServerMsg::Pong(Pong {
-                        nonce: ping.nonce,
-                        server_tick,
-                    }));
+                    if self
+                        .writer
+                        .send(&ServerMsg::Pong(Pong {
+                            nonce: ping.nonce,
+                            server_tick,
+                        }))
+                        .is_err()
+                    {
+                        return Err((
+                            DisconnectReason::SlowConsumer,
+                            format!(
+                                "stream backed up past {} bytes",
+                                self.ctx.config.max_send_backlog
+                            ),
+                        ));
+                    }
                 }
                 Err(e) => return Err((DisconnectReason::MalformedFrame, e.to_string())),
             }
@@ -595,7 +633,7 @@ impl Session {
     }
 
     async fn disconnect(self, reason: DisconnectReason, message: &str) -> EndReason {
-        self.writer.send(&ServerMsg::Disconnect(Disconnect {
+        let _ = self.writer.send(&ServerMsg::Disconnect(Disconnect {
             reason,
             message: message.to_string(),
         }));

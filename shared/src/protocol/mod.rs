@@ -213,6 +213,9 @@ pub enum DisconnectReason {
     SimulationUnavailable,
     /// The client kept sending inputs faster than `--max-inputs-per-sec` allows.
     InputFlood,
+    /// The client does not read its reliable stream: more than `--max-send-backlog` bytes
+    /// waited for it.
+    SlowConsumer,
 }
 
 impl DisconnectReason {
@@ -225,6 +228,7 @@ impl DisconnectReason {
             Self::StreamClosed => 0x205,
             Self::SimulationUnavailable => 0x206,
             Self::InputFlood => 0x207,
+            Self::SlowConsumer => 0x208,
         }
     }
 
@@ -237,6 +241,7 @@ impl DisconnectReason {
             Self::StreamClosed => "stream_closed",
             Self::SimulationUnavailable => "simulation_unavailable",
             Self::InputFlood => "input_flood",
+            Self::SlowConsumer => "slow_consumer",
         }
     }
 }

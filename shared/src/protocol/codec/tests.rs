@@ -70,6 +70,7 @@ fn every_server_msg() -> Vec<ServerMsg> {
         DisconnectReason::StreamClosed,
         DisconnectReason::SimulationUnavailable,
         DisconnectReason::InputFlood,
+        DisconnectReason::SlowConsumer,
     ];
     let mut all = vec![
         ServerMsg::Welcome(Welcome {
