@@ -289,6 +289,12 @@ pub async fn run(config: BotConfig) -> BotOutcome {
                     tokio::time::timeout(Duration::from_secs(1), transport.endpoint.wait_idle())
                         .await;
                 let lost = ended.err();
+                if let Some(ClientError::Disconnected {
+                    reconnect_after_ms, ..
+                }) = &lost
+                {
+                    hint = Duration::from_millis(u64::from(*reconnect_after_ms));
+                }
                 if let Some(e) = &lost {
                     out.count_error(e);
                     out.disconnected = Some(e.to_string());
@@ -555,6 +561,7 @@ impl Play<'_> {
                     return Err(ClientError::Disconnected {
                         reason: d.reason,
                         message: d.message,
+                        reconnect_after_ms: d.reconnect_after_ms,
                     });
                 }
                 ServerMsg::Welcome(_) | ServerMsg::Reject(_) => return Err(ClientError::BadFrame),

@@ -45,6 +45,8 @@ pub enum ClientError {
     Disconnected {
         reason: DisconnectReason,
         message: String,
+        /// The server's hint: reconnect no sooner than this (0: none).
+        reconnect_after_ms: u32,
     },
     #[error("connection closed: {0}")]
     Closed(String),
@@ -220,6 +222,7 @@ impl Transport {
             ServerMsg::Disconnect(d) => Err(ClientError::Disconnected {
                 reason: d.reason,
                 message: d.message,
+                reconnect_after_ms: d.reconnect_after_ms,
             }),
             ServerMsg::Pong(_) => Err(ClientError::BadFrame),
         }

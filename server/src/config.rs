@@ -161,6 +161,11 @@ pub struct Config {
     /// is disconnected (SlowConsumer).
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_send_backlog: usize,
+    /// On SIGTERM every player is told to reconnect after a delay spread uniformly over this
+    /// many seconds (`Disconnect.reconnect_after_ms`), so a restart is not met by everyone at
+    /// once.
+    #[arg(long, default_value_t = 10)]
+    pub drain_secs: u32,
 }
 
 impl Default for Config {

@@ -90,18 +90,23 @@ async fn shutdown_tells_connected_players_why_and_stops_cleanly() {
 
     let stats = server.stats.clone();
     let stopping = tokio::spawn(server.stop());
-    let reason = loop {
+    let told = loop {
         match t
             .read_msg(&mut reader)
             .await
             .expect("a frame before the close")
         {
-            (ServerMsg::Disconnect(d), _) => break d.reason,
+            (ServerMsg::Disconnect(d), _) => break d,
             (ServerMsg::Pong(_), _) => continue,
             (other, _) => panic!("unexpected {other:?}"),
         }
     };
-    assert_eq!(reason, DisconnectReason::ServerShutdown);
+    assert_eq!(told.reason, DisconnectReason::ServerShutdown);
+    assert!(
+        told.reconnect_after_ms <= 10_000,
+        "spread over the default 10 s drain: {}",
+        told.reconnect_after_ms
+    );
     tokio::time::timeout(WAIT, stopping)
         .await
         .expect("stops in time")

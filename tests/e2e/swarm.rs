@@ -100,10 +100,12 @@ async fn fifty_bots_ramp_in_at_25_a_second_and_play_their_behaviours() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_every_bot_reconnects_and_not_in_lockstep() {
-    let first = common::start(&[]).await;
+    // The shutdown tells each bot to wait a different time within 4 s (its drain spread);
+    // bots whose wait ends while the server is still down back off with full jitter. Seed 11:
+    // its backoff schedules (a pure function of the seed) spread the returns well for any
+    // down time from 1 to 2.5 s, and bring the last bot back within ~8 s.
+    let first = common::start(&["--drain-secs", "4"]).await;
     let (wt, http) = (first.wt_addr, first.http_addr);
-    // Seed 11: its backoff schedules (a pure function of the seed) spread the returns well
-    // for any down time from 1 to 2.5 s, and bring the last bot back within ~8 s.
     let config = ramped(common::swarm(
         &first,
         BOTS,

@@ -21,6 +21,7 @@ use arena_shared::protocol::{
     CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Disconnect, DisconnectReason, PROTOCOL_VERSION,
     Pong, Reject, RejectReason, ServerMsg, Welcome,
 };
+use arena_shared::rng::SplitMix64;
 use arena_shared::token::{self, TokenError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -119,6 +120,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             let _ = writer.send(&ServerMsg::Disconnect(Disconnect {
                 reason,
                 message: "try again".into(),
+                reconnect_after_ms: RETRY_AFTER_MS,
             }));
             close(&conn, writer, reason.code(), "simulation unavailable").await;
             ctx.stats.metrics.session_ended(reason.as_str());
@@ -633,9 +635,19 @@ impl Session {
     }
 
     async fn disconnect(self, reason: DisconnectReason, message: &str) -> EndReason {
+        let reconnect_after_ms = match reason {
+            // Spread over the drain time, so the players do not all come back at once.
+            DisconnectReason::ServerShutdown => {
+                let drain_ms = self.ctx.config.drain_secs.saturating_mul(1000);
+                let seed = self.client_id ^ self.ctx.started.elapsed().as_nanos() as u64;
+                SplitMix64::new(seed).below(drain_ms.saturating_add(1))
+            }
+            _ => 0,
+        };
         let _ = self.writer.send(&ServerMsg::Disconnect(Disconnect {
             reason,
             message: message.to_string(),
+            reconnect_after_ms,
         }));
         close(&self.conn, self.writer, reason.code(), message).await;
         reason.as_str()

@@ -112,6 +112,10 @@ pub struct Reject {
 pub struct Disconnect {
     pub reason: DisconnectReason,
     pub message: String,
+    /// Reconnect no sooner than this (0: no hint). On `ServerShutdown` each client gets a
+    /// different value, spread over the server's `--drain-secs`, so they do not all come back
+    /// (to this server restarted, or another) at once.
+    pub reconnect_after_ms: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]

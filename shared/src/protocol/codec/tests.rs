@@ -96,6 +96,7 @@ fn every_server_msg() -> Vec<ServerMsg> {
         ServerMsg::Disconnect(Disconnect {
             reason,
             message: "bye".into(),
+            reconnect_after_ms: 2500,
         })
     }));
     all
