@@ -9,6 +9,13 @@ use wtransport::error::ConnectionError;
 
 use crate::common::{self, TestServer, WAIT};
 
+/// `body` behind its length header.
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
 fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
     let mut rng = SplitMix64::new(seed);
     (0..n).map(|_| rng.next_u64() as u8).collect()
@@ -63,10 +70,9 @@ async fn garbage_frames_and_datagrams_close_only_that_session() {
 
     // A well-framed body of random bytes.
     let (mut t, mut reader) = welcomed(&server, "garbler").await;
-    let body = random_bytes(1, 200);
-    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    t.write_raw(&frame).await.expect("written");
+    t.write_raw(&framed(&random_bytes(1, 200)))
+        .await
+        .expect("written");
     assert_eq!(
         expect_disconnect(&mut t, &mut reader).await,
         DisconnectReason::MalformedFrame
@@ -184,5 +190,107 @@ async fn a_client_that_never_reads_its_stream_is_disconnected_as_a_slow_consumer
         other => panic!("expected an application close, got {other:?}"),
     }
     server.sessions_reach(0).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sessions_of_malformed_input_each_end_with_a_reason_and_twenty_players_play_on() {
+    use arena_shared::protocol::{Buttons, ClientMsg, Input};
+    use arena_shared::quant::{Aim, MoveDir};
+    let server = common::start(&[]).await;
+    let players = tokio::spawn(swarm::run(common::swarm(
+        &server,
+        20,
+        6,
+        SwarmBehaviour::Wander,
+        5,
+    )));
+    server.sessions_reach(20).await;
+    // (Client messages carry no floats, only quantized integers: NaN cannot be said.)
+    let input = {
+        let mut f = Vec::new();
+        arena_shared::protocol::codec::encode_client(
+            &ClientMsg::Input(Input {
+                seq: 1,
+                tick: 1,
+                movement: MoveDir { x: 1, y: 1 },
+                aim: Aim(1),
+                buttons: Buttons(0),
+            }),
+            &mut f,
+        )
+        .expect("encodes");
+        f[4..].to_vec()
+    };
+    // All fifty at once, each in its own task.
+    let mut sessions = tokio::task::JoinSet::new();
+    for i in 0..50u64 {
+        let (http, input) = (server.http.clone(), input.clone());
+        sessions.spawn(async move {
+            let name = format!("bad-{i}");
+            let info = arena_client_sim::client::fetch_connect_info(&http, &name)
+                .await
+                .expect("/api/connect answers");
+            let mut t = arena_client_sim::client::open(&info, std::time::Duration::from_secs(10))
+                .await
+                .expect("QUIC connect");
+            let mut reader = FrameReader::new();
+            t.handshake(&info.token, &name, &mut reader)
+                .await
+                .expect("welcome");
+            let want = match i % 5 {
+                0 => {
+                    t.write_raw(&(MAX_FRAME_LEN as u32 + 1 + i as u32).to_le_bytes())
+                        .await
+                        .expect("written");
+                    DisconnectReason::FrameTooLarge
+                }
+                1 => {
+                    // A message cut short, in a frame of its own (truncated) length.
+                    t.write_raw(&framed(&input[..input.len() / 2]))
+                        .await
+                        .expect("written");
+                    DisconnectReason::MalformedFrame
+                }
+                2 => {
+                    // An enum tag no variant has.
+                    let mut body = input.clone();
+                    body[0] = 0xFF;
+                    t.write_raw(&framed(&body)).await.expect("written");
+                    DisconnectReason::MalformedFrame
+                }
+                3 => {
+                    t.write_raw(&framed(&random_bytes(100 + i, 64)))
+                        .await
+                        .expect("written");
+                    DisconnectReason::MalformedFrame
+                }
+                _ => {
+                    t.conn
+                        .send_datagram(random_bytes(200 + i, 40))
+                        .expect("datagram sent");
+                    DisconnectReason::MalformedDatagram
+                }
+            };
+            (i, want, expect_disconnect(&mut t, &mut reader).await)
+        });
+    }
+    while let Some(done) = sessions.join_next().await {
+        let (i, want, got) = done.expect("session task");
+        assert_eq!(got, want, "session {i}");
+    }
+    let result = tokio::time::timeout(WAIT, players)
+        .await
+        .expect("swarm ends")
+        .expect("swarm task");
+    let r = &result.report;
+    common::assert_all_played(r, 20);
+    assert!(
+        r.snapshots_per_bot_hz_min >= 27.0,
+        "every player kept its snapshots: {}",
+        r.table()
+    );
+    server.sessions_reach(0).await;
+    server.players_reach(0).await;
     server.stop().await;
 }
