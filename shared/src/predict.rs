@@ -285,29 +285,27 @@ mod tests {
         assert!(p.max_error() >= 500.0);
     }
 
-    #[test]
-    fn pending_inputs_are_bounded_and_sequence_numbers_may_wrap() {
-        let map = Map::open(1000.0, 1000.0);
-        let mut p = Predictor::new(
+    /// A player standing at (500, 500), in the middle of a 1000 x 1000 open map.
+    fn at_rest_in_the_middle() -> Predictor {
+        Predictor::new(
             Body {
                 pos: Vec2::splat(500.0),
                 vel: Vec2::ZERO,
             },
             sim::PLAYER,
             RATE,
-        );
+        )
+    }
+
+    #[test]
+    fn pending_inputs_are_bounded_and_sequence_numbers_may_wrap() {
+        let map = Map::open(1000.0, 1000.0);
+        let mut p = at_rest_in_the_middle();
         for i in 0..(MAX_PENDING as u32 + 50) {
             p.apply(i, MoveDir::default(), &map);
         }
         assert_eq!(p.pending(), MAX_PENDING, "bounded");
-        let mut p = Predictor::new(
-            Body {
-                pos: Vec2::splat(500.0),
-                vel: Vec2::ZERO,
-            },
-            sim::PLAYER,
-            RATE,
-        );
+        let mut p = at_rest_in_the_middle();
         for i in 0..20 {
             p.apply((u32::MAX - 9).wrapping_add(i), MoveDir::default(), &map);
         }

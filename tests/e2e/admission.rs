@@ -45,12 +45,20 @@ async fn expect_reject(server: &TestServer, token: &str, version: u16, want: Rej
 
 /// A session welcomed with a token minted for `id`.
 async fn welcome(server: &TestServer, id: u64) -> arena_client_sim::client::Transport {
+    welcome_with(server, &server.mint(id, 60_000))
+        .await
+        .unwrap_or_else(|e| panic!("client {id}: {e}"))
+}
+
+/// A session opened with `token`: welcomed, or the handshake's error.
+async fn welcome_with(
+    server: &TestServer,
+    token: &str,
+) -> Result<arena_client_sim::client::Transport, ClientError> {
     let info = server.connect_info("p").await;
     let mut t = server.open(&info).await;
-    t.handshake(&server.mint(id, 60_000), "p", &mut FrameReader::new())
-        .await
-        .unwrap_or_else(|e| panic!("client {id}: {e}"));
-    t
+    t.handshake(token, "p", &mut FrameReader::new()).await?;
+    Ok(t)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,13 +133,8 @@ async fn max_clients_and_one_session_per_client_id_are_enforced() {
     let server = common::start(&["--max-clients", "2"]).await;
     let mut kept = Vec::new();
     for id in [10, 11] {
-        let info = server.connect_info("p").await;
-        let mut t = server.open(&info).await;
         let token = server.mint(id, 60_000);
-        t.handshake(&token, "p", &mut FrameReader::new())
-            .await
-            .expect("welcome");
-        kept.push((t, token));
+        kept.push((welcome_with(&server, &token).await.expect("welcome"), token));
     }
     server.sessions_reach(2).await;
     // The same client id again: refused even before capacity is considered.
@@ -149,41 +152,22 @@ async fn max_clients_and_one_session_per_client_id_are_enforced() {
     let (t, _) = kept.pop().expect("two kept");
     t.conn.close(wtransport::VarInt::from_u32(0), b"bye");
     server.sessions_reach(1).await;
-    let info = server.connect_info("late").await;
-    let mut t = server.open(&info).await;
-    let welcome = t
-        .handshake(&server.mint(13, 60_000), "late", &mut FrameReader::new())
-        .await;
-    assert!(
-        welcome.is_ok(),
-        "{:?}",
-        welcome.err().map(|e: ClientError| e.to_string())
-    );
+    welcome(&server, 13).await;
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_admits_one_session_and_a_full_server_does_not_spend_it() {
     let server = common::start(&["--max-clients", "1"]).await;
-    let join = |token: String| {
-        let server = &server;
-        async move {
-            let info = server.connect_info("p").await;
-            let mut t = server.open(&info).await;
-            t.handshake(&token, "p", &mut FrameReader::new())
-                .await
-                .map(|_| t)
-        }
-    };
     let first = server.mint(30, 60_000);
-    let t = join(first.clone()).await.expect("welcome");
+    let t = welcome_with(&server, &first).await.expect("welcome");
     // Refused for want of room: the token is not spent...
     let second = server.mint(31, 60_000);
     expect_reject(&server, &second, PROTOCOL_VERSION, RejectReason::ServerFull).await;
     t.conn.close(wtransport::VarInt::from_u32(0), b"bye");
     server.sessions_reach(0).await;
     // ...so it admits once there is.
-    let t = join(second.clone())
+    let t = welcome_with(&server, &second)
         .await
         .expect("the refused token still works");
     t.conn.close(wtransport::VarInt::from_u32(0), b"bye");
@@ -192,7 +176,9 @@ async fn a_token_admits_one_session_and_a_full_server_does_not_spend_it() {
     expect_reject(&server, &first, PROTOCOL_VERSION, RejectReason::TokenInUse).await;
     expect_reject(&server, &second, PROTOCOL_VERSION, RejectReason::TokenInUse).await;
     // A new token for the same client id (a login service may issue one) is welcome.
-    join(server.mint(30, 61_000)).await.expect("a fresh token");
+    welcome_with(&server, &server.mint(30, 61_000))
+        .await
+        .expect("a fresh token");
     server.stop().await;
 }
 

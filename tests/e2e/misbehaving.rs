@@ -23,8 +23,17 @@ fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
 
 /// A welcomed session, ready to misbehave.
 async fn welcomed(server: &TestServer, name: &str) -> (Transport, FrameReader) {
-    let info = server.connect_info(name).await;
-    let mut t = server.open(&info).await;
+    welcomed_at(&server.http, name).await
+}
+
+/// [`welcomed`] by the server's HTTP address, for tasks that cannot borrow the server.
+async fn welcomed_at(http: &str, name: &str) -> (Transport, FrameReader) {
+    let info = arena_client_sim::client::fetch_connect_info(http, name)
+        .await
+        .expect("/api/connect answers");
+    let mut t = arena_client_sim::client::open(&info, std::time::Duration::from_secs(10))
+        .await
+        .expect("QUIC connect on loopback");
     let mut reader = FrameReader::new();
     t.handshake(&info.token, name, &mut reader)
         .await
@@ -227,17 +236,7 @@ async fn fifty_sessions_of_malformed_input_each_end_with_a_reason_and_twenty_pla
     for i in 0..50u64 {
         let (http, input) = (server.http.clone(), input.clone());
         sessions.spawn(async move {
-            let name = format!("bad-{i}");
-            let info = arena_client_sim::client::fetch_connect_info(&http, &name)
-                .await
-                .expect("/api/connect answers");
-            let mut t = arena_client_sim::client::open(&info, std::time::Duration::from_secs(10))
-                .await
-                .expect("QUIC connect");
-            let mut reader = FrameReader::new();
-            t.handshake(&info.token, &name, &mut reader)
-                .await
-                .expect("welcome");
+            let (mut t, mut reader) = welcomed_at(&http, &format!("bad-{i}")).await;
             let want = match i % 5 {
                 0 => {
                     t.write_raw(&(MAX_FRAME_LEN as u32 + 1 + i as u32).to_le_bytes())

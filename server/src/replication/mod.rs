@@ -195,10 +195,7 @@ pub fn replicate(
     }
     let started = Instant::now();
     let rep = &mut *rep;
-    let (mut dropped, mut bytes, mut full, mut sent, mut in_view, mut deferred) =
-        (0, 0, 0, 0, 0, 0);
-    let mut passes = 0;
-    match rep.mode {
+    let tally = match rep.mode {
         Mode::Full => {
             rep.full_state.clear();
             rep.full_state
@@ -210,6 +207,7 @@ pub fn replicate(
                 }));
             rep.full_state.sort_unstable_by_key(|e| e.id);
             rep.encoded.clear();
+            let mut tally = Tally::default();
             for link in clients.0.values() {
                 let max = link.outbox.max_datagram();
                 let datagrams = match rep.encoded.iter().find(|(size, _)| *size == max) {
@@ -221,11 +219,12 @@ pub fn replicate(
                         d
                     }
                 };
-                bytes += datagrams.iter().map(Vec::len).sum::<usize>();
-                full += 1;
-                sent += rep.full_state.len();
-                dropped += link.outbox.push(datagrams);
+                tally.bytes += datagrams.iter().map(Vec::len).sum::<usize>();
+                tally.full += 1;
+                tally.sent += rep.full_state.len();
+                tally.dropped += link.outbox.push(datagrams);
             }
+            tally
         }
         Mode::Delta => {
             rep.frame.rebuild(
@@ -263,7 +262,7 @@ pub fn replicate(
                 ..
             } = rep;
             let (frame, grid, settings) = (&*frame, &*grid, &*settings);
-            let tally = match pool {
+            match pool {
                 Some(pool) if work.len() >= PARALLEL_MIN_CLIENTS => {
                     // Contiguous chunks, one per worker and its scratch: clients are
                     // independent, so the split changes nothing in what each is sent.
@@ -282,24 +281,17 @@ pub fn replicate(
                 _ => work.iter_mut().fold(Tally::default(), |t, (link, input)| {
                     t + build_one(link, *input, &mut scratch[0], frame, grid, settings)
                 }),
-            };
-            bytes += tally.bytes;
-            full += tally.full;
-            sent += tally.sent;
-            in_view += tally.in_view;
-            deferred += tally.deferred;
-            passes += tally.passes;
-            dropped += tally.dropped;
+            }
         }
-    }
+    };
     let s = &stats.0;
-    Stats::add(&s.snapshots_dropped_slow_consumer, dropped as u64);
+    Stats::add(&s.snapshots_dropped_slow_consumer, tally.dropped as u64);
     Stats::add(&s.snapshots_built, clients.0.len() as u64);
-    Stats::add(&s.snapshots_full, full as u64);
-    Stats::add(&s.snapshot_bytes, bytes as u64);
-    Stats::add(&s.entities_sent, sent as u64);
-    Stats::add(&s.entities_in_view, in_view as u64);
-    Stats::add(&s.entities_deferred, deferred as u64);
-    Stats::add(&s.encode_passes, passes as u64);
+    Stats::add(&s.snapshots_full, tally.full as u64);
+    Stats::add(&s.snapshot_bytes, tally.bytes as u64);
+    Stats::add(&s.entities_sent, tally.sent as u64);
+    Stats::add(&s.entities_in_view, tally.in_view as u64);
+    Stats::add(&s.entities_deferred, tally.deferred as u64);
+    Stats::add(&s.encode_passes, tally.passes as u64);
     Stats::add(&s.replication_us, started.elapsed().as_micros() as u64);
 }
