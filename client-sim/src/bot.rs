@@ -10,8 +10,9 @@
 //! A failed connect (HTTP, QUIC, `Reject`) or a lost session (`Disconnect`, connection lost)
 //! is retried after a [`Backoff`] delay until the bot's deadline, its launch plus its play
 //! time. Every attempt fetches a fresh token and certificate hash from `/api/connect` (a
-//! restarted server has a new self-signed certificate) and gets a new entity: sessions cannot
-//! be resumed yet.
+//! restarted server has a new self-signed certificate) and presents the resume token of its
+//! last session: within the server's grace period it gets its entity back
+//! (`Welcome::resumed`), after it a new one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use arena_shared::map::Map;
 use arena_shared::predict::Predictor;
 use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
-    Buttons, CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Input, InputStatus, Ping,
+    Buttons, CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Input, InputStatus, Ping, ResumeToken,
     ServerDatagram, ServerMsg, Welcome,
 };
 use arena_shared::quant::{Aim, MoveDir};
@@ -70,6 +71,9 @@ pub struct BotConfig {
     pub live: Arc<LiveStats>,
     /// Cancelled: the bot leaves now, as if its time were up.
     pub stop: CancellationToken,
+    /// Dial this address instead of the one `/api/connect` names (a proxy, a port forward, a
+    /// test's relay).
+    pub connect_via: Option<std::net::SocketAddr>,
 }
 
 /// One session of a bot: from its `Welcome` to its end.
@@ -82,6 +86,10 @@ pub struct Session {
     pub played: Duration,
     /// Why it ended before the bot meant to leave, if it did.
     pub lost: Option<String>,
+    /// Its entity in this session.
+    pub entity: u32,
+    /// The server handed back an earlier session's entity.
+    pub resumed: bool,
 }
 
 /// What one bot saw, over all its sessions.
@@ -189,6 +197,11 @@ impl BotOutcome {
         self.sessions.len().saturating_sub(1) as u64
     }
 
+    /// Sessions that took back an earlier session's entity.
+    pub fn resumes(&self) -> u64 {
+        self.sessions.iter().filter(|s| s.resumed).count() as u64
+    }
+
     /// When each of its sessions got its `Welcome`, from the swarm's start.
     pub fn welcome_times(&self) -> impl Iterator<Item = Duration> + '_ {
         self.sessions.iter().map(|s| s.welcomed_at)
@@ -223,10 +236,13 @@ pub async fn run(config: BotConfig) -> BotOutcome {
     let deadline = tokio::time::Instant::now() + config.play_for;
     let mut backoff = Backoff::new(config.seed ^ BACKOFF_SALT);
     let live = config.live.clone();
+    // The last session's, presented at every reconnect: the server ignores one it no longer
+    // knows.
+    let mut resume = None;
     loop {
         let attempt = tokio::time::Instant::now();
         let connected = tokio::select! {
-            c = connect(&config, &mut out) => Some(c),
+            c = connect(&config, resume, &mut out) => Some(c),
             _ = tokio::time::sleep_until(deadline) => None,
             _ = config.stop.cancelled() => None,
         };
@@ -261,11 +277,17 @@ pub async fn run(config: BotConfig) -> BotOutcome {
                 } else {
                     out.connect = Ok(connect);
                 }
+                if welcome.resumed {
+                    live::bump(&live.resumes);
+                }
+                resume = Some(welcome.resume_token);
                 out.sessions.push(Session {
                     welcomed_at: welcomed.saturating_duration_since(config.swarm_start),
                     connect,
                     played: Duration::ZERO,
                     lost: None,
+                    entity: welcome.entity,
+                    resumed: welcome.resumed,
                 });
                 let ended = {
                     let _open = Held::new(&live.connected);
@@ -327,13 +349,17 @@ pub async fn run(config: BotConfig) -> BotOutcome {
 
 async fn connect(
     config: &BotConfig,
+    resume: Option<ResumeToken>,
     out: &mut BotOutcome,
 ) -> Result<(Transport, FrameReader, Welcome), ClientError> {
-    let info = client::fetch_connect_info(&config.server, &config.name).await?;
+    let mut info = client::fetch_connect_info(&config.server, &config.name).await?;
+    if let Some(addr) = config.connect_via {
+        info.url = client::url_via(&info.url, addr);
+    }
     let mut transport = client::open(&info, config.idle_timeout).await?;
     let mut reader = FrameReader::new();
     let welcome = transport
-        .handshake(&info.token, &config.name, &mut reader)
+        .resume_handshake(&info.token, &config.name, resume, &mut reader)
         .await?;
     out.up_bytes += (info.token.len() + config.name.len() + 16) as u64;
     Ok((transport, reader, welcome))

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
-    ClientMsg, DisconnectReason, Hello, PROTOCOL_VERSION, RejectReason, ServerMsg, Welcome,
+    ClientMsg, DisconnectReason, Hello, PROTOCOL_VERSION, RejectReason, ResumeToken, ServerMsg,
+    Welcome,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -103,6 +104,15 @@ pub struct Transport {
     pub conn: Connection,
     pub send: SendStream,
     pub recv: RecvStream,
+}
+
+/// `url` with its host and port replaced by `addr`: to dial the server through a proxy, a
+/// port forward or a test's relay while keeping the path (the certificate is pinned by hash,
+/// so the name does not matter).
+pub fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    format!("{scheme}://{addr}{path}")
 }
 
 /// Connects to `info.url`, pinning `info.cert_sha256` when given (else the system's roots).
@@ -203,10 +213,24 @@ impl Transport {
         name: &str,
         reader: &mut FrameReader,
     ) -> Result<Welcome, ClientError> {
+        self.resume_handshake(token, name, None, reader).await
+    }
+
+    /// [`Transport::handshake`] presenting an earlier session's resume token: the server hands
+    /// back that session's client id and entity if it still keeps them (`Welcome::resumed`),
+    /// else admits by `token` as a new session.
+    pub async fn resume_handshake(
+        &mut self,
+        token: &str,
+        name: &str,
+        resume: Option<ResumeToken>,
+        reader: &mut FrameReader,
+    ) -> Result<Welcome, ClientError> {
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             token: token.into(),
             name: name.into(),
+            resume,
         };
         self.send_hello(&hello).await?;
         let (msg, _) = tokio::time::timeout(STEP_TIMEOUT, self.read_msg(reader))
@@ -240,5 +264,25 @@ pub fn close_error(e: wtransport::error::ConnectionError) -> ClientError {
             ))
         }
         other => ClientError::Closed(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_via_swaps_the_authority_and_keeps_the_path() {
+        let addr = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(
+            super::url_via("https://play.example.com:4433/", addr),
+            "https://127.0.0.1:9000/"
+        );
+        assert_eq!(
+            super::url_via("https://[::1]:4433/game?x=1", addr),
+            "https://127.0.0.1:9000/game?x=1"
+        );
+        assert_eq!(
+            super::url_via("https://host", addr),
+            "https://127.0.0.1:9000/"
+        );
     }
 }

@@ -31,6 +31,8 @@ pub struct LiveStats {
     pub failed: AtomicU64,
     /// Sessions after a bot's first.
     pub reconnects: AtomicU64,
+    /// Sessions that took back an earlier session's entity.
+    pub resumes: AtomicU64,
     /// Complete snapshots received, all bots.
     pub snapshots: AtomicU64,
     /// Bytes received (datagrams and stream), all bots.
@@ -51,6 +53,7 @@ impl Default for LiveStats {
             retrying: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             down_bytes: AtomicU64::new(0),
             corrections: AtomicU64::new(0),
@@ -89,6 +92,7 @@ pub struct Reading {
     pub retrying: u64,
     pub failed: u64,
     pub reconnects: u64,
+    pub resumes: u64,
     pub snapshots: u64,
     pub down_bytes: u64,
     pub corrections: u64,
@@ -126,6 +130,7 @@ impl LiveStats {
             retrying: self.retrying.load(Relaxed),
             failed: self.failed.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            resumes: self.resumes.load(Relaxed),
             snapshots: self.snapshots.load(Relaxed),
             down_bytes: self.down_bytes.load(Relaxed),
             corrections: self.corrections.load(Relaxed),
@@ -142,11 +147,12 @@ pub fn line(before: &Reading, now: &Reading, dt: Duration, bots: u32) -> String 
         None => "-".into(),
     };
     format!(
-        "connected {}/{bots}  retrying {}  failed {}  reconnects {}  snapshots {:.0}/s  down {:.0} kB/s  RTT p50/p99 {rtt}  corrections {}",
+        "connected {}/{bots}  retrying {}  failed {}  reconnects {} (resumed {})  snapshots {:.0}/s  down {:.0} kB/s  RTT p50/p99 {rtt}  corrections {}",
         now.connected,
         now.retrying,
         now.failed,
         now.reconnects,
+        now.resumes,
         per_s(before.snapshots, now.snapshots),
         per_s(before.down_bytes, now.down_bytes) / 1000.0,
         now.corrections,

@@ -66,6 +66,11 @@ struct Args {
     /// Seed of the bots' behaviours, random walks, reconnect jitter and impairment.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Dial this WebTransport address (HOST:PORT, UDP) instead of the one /api/connect names:
+    /// through a proxy or a port forward, or when the server advertises an address the bots
+    /// cannot reach.
+    #[arg(long)]
+    connect_via: Option<std::net::SocketAddr>,
     /// QUIC idle timeout of each bot's connection.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
@@ -130,6 +135,7 @@ fn main() -> ExitCode {
             duplicate: args.duplicate.clamp(0.0, 1.0),
             reorder: args.reorder.clamp(0.0, 1.0),
         },
+        connect_via: args.connect_via,
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         stop: stop.clone(),
         live: Default::default(),

@@ -26,6 +26,9 @@ pub struct Report {
     /// Sessions after each bot's first, all bots together (0 when reading an older report).
     #[serde(default)]
     pub reconnects: u64,
+    /// Of those, sessions that took back the bot's entity (the server still kept it).
+    #[serde(default)]
+    pub resumes: u64,
     /// How long each bot was asked to play, seconds.
     pub duration_s: f64,
     /// Complete snapshots per second per connected bot.
@@ -110,6 +113,7 @@ impl Report {
                 .filter(|b| b.disconnected.is_some())
                 .count() as u64,
             reconnects: bots.iter().map(|b| b.reconnects()).sum(),
+            resumes: bots.iter().map(|b| b.resumes()).sum(),
             duration_s,
             snapshots_per_bot_hz: per_bot(&|b| b.snapshots),
             snapshots_per_bot_hz_min: connected
@@ -151,7 +155,10 @@ impl Report {
             ),
             ("bots failed", self.bots_failed.to_string()),
             ("bots disconnected", self.bots_disconnected.to_string()),
-            ("reconnects", self.reconnects.to_string()),
+            (
+                "reconnects",
+                format!("{} ({} resumed)", self.reconnects, self.resumes),
+            ),
             ("duration", format!("{:.1} s", self.duration_s)),
             (
                 "snapshots / bot",
@@ -240,6 +247,7 @@ mod tests {
             "bots_failed",
             "bots_disconnected",
             "reconnects",
+            "resumes",
             "duration_s",
             "snapshots_per_bot_hz",
             "snapshots_per_bot_hz_min",
@@ -270,6 +278,9 @@ mod tests {
             connect: Duration::from_millis(connect_ms),
             played: Duration::from_secs(played_s),
             lost: lost.map(String::from),
+            entity: 1,
+            // A session after a lost one took its entity back.
+            resumed: at_ms == 3_000,
         }
     }
 
@@ -311,7 +322,7 @@ mod tests {
         assert_eq!(r.bots_connected, 3);
         assert_eq!(r.bots_failed, 2, "bot 3, and one bot that never reported");
         assert_eq!(r.bots_disconnected, 1);
-        assert_eq!(r.reconnects, 1);
+        assert_eq!((r.reconnects, r.resumes), (1, 1));
         // Each connected bot's rate is over the time it played, all sessions together.
         assert!(
             (r.snapshots_per_bot_hz - 30.0).abs() < 1e-9,

@@ -27,6 +27,8 @@ pub struct SwarmConfig {
     pub idle_timeout: Duration,
     /// Network impairment applied to every bot (each with its own seed).
     pub impair: crate::impair::ImpairConfig,
+    /// Dial this WebTransport address instead of the one `/api/connect` names.
+    pub connect_via: Option<std::net::SocketAddr>,
     /// Draw the live progress line on stderr (only where stderr is a terminal; never in tests).
     pub progress: bool,
     /// Cancelled: every bot leaves now, as if its time were up, and the swarm reports. Bots
@@ -50,6 +52,7 @@ impl Default for SwarmConfig {
             behaviour: SwarmBehaviour::default(),
             idle_timeout: Duration::from_secs(10),
             impair: Default::default(),
+            connect_via: None,
             progress: false,
             stop: CancellationToken::new(),
             live: Arc::default(),
@@ -127,6 +130,7 @@ pub async fn run(config: SwarmConfig) -> SwarmResult {
             seed: bot_seed(config.seed, i),
             idle_timeout: config.idle_timeout,
             impair: config.impair,
+            connect_via: config.connect_via,
             swarm_start: start,
             live: live.clone(),
             stop: config.stop.clone(),

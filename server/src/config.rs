@@ -57,7 +57,8 @@ pub struct Config {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
-    /// Most sessions playing at once; the next Hello gets Reject(ServerFull).
+    /// Most players at once, counting those whose connection was lost and whose entity waits
+    /// out --resume-grace (their seat is held); the next Hello gets Reject(ServerFull).
     #[arg(long, default_value_t = 5000)]
     pub max_clients: usize,
 
@@ -166,6 +167,11 @@ pub struct Config {
     /// once.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u32,
+    /// How long a player whose connection was lost without a goodbye (idle timeout, network
+    /// error) keeps its entity and seat: a `Hello` with the session's resume token (or a
+    /// connect token for its client id) within this time takes them back. 0: no resume.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub resume_grace: Duration,
 }
 
 impl Default for Config {

@@ -88,6 +88,11 @@ const COUNTERS: &[Source] = &[
         |s| &s.sessions_opened,
     ),
     (
+        "arena_sessions_resumed_total",
+        "Sessions that took back an earlier session's seat and entity (resume).",
+        |s| &s.sessions_resumed,
+    ),
+    (
         "arena_datagrams_sent_total",
         "Snapshot datagrams handed to QUIC.",
         |s| &s.datagrams_sent,
@@ -170,6 +175,8 @@ const INPUTS_REJECTED: &[(&str, Field)] = &[
     ("rate_limited", |s| &s.inputs_rate_limited),
     ("too_old", |s| &s.inputs_too_old),
     ("too_far_ahead", |s| &s.inputs_too_far),
+    ("move_out_of_range", |s| &s.inputs_move_out_of_range),
+    ("unknown_buttons", |s| &s.inputs_unknown_buttons),
 ];
 
 impl Metrics {
@@ -271,6 +278,8 @@ impl Metrics {
         self.gauge("arena_clients_connected")
             .set(stats.sessions() as f64);
         self.gauge("arena_players").set(stats.players() as f64);
+        self.gauge("arena_players_lingering")
+            .set(Stats::get(&stats.lingering) as f64);
         self.gauge("arena_entities")
             .set(Stats::get(&stats.entities) as f64);
         self.gauge("arena_server_tick")
@@ -290,6 +299,10 @@ const GAUGES: &[(&str, &str)] = &[
         "Sessions past the handshake and not yet ended.",
     ),
     ("arena_players", "Player entities in the world."),
+    (
+        "arena_players_lingering",
+        "Players whose connection was lost, their entity and seat held for --resume-grace.",
+    ),
     ("arena_entities", "Entities in the world."),
     ("arena_server_tick", "The simulation's current tick."),
     (

@@ -224,9 +224,12 @@ impl Server {
             map: self.map.clone(),
             inbox: inbox_tx,
             stats: self.stats.clone(),
-            active_clients: Mutex::new(Default::default()),
+            registry: Mutex::new(net::registry::Registry::new(
+                self.config.max_clients,
+                self.config.max_per_ip,
+                self.config.resume_grace.as_millis() as u64,
+            )),
             used_tokens: Mutex::new(net::UsedTokens::new(self.config.max_used_tokens)),
-            per_ip: Mutex::new(Default::default()),
             handshakes: Mutex::new(net::limits::TokenBucket::new(
                 self.config.handshakes_per_sec,
                 self.config.handshakes_per_sec,

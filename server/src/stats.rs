@@ -19,6 +19,10 @@ pub struct Stats {
     pub sessions_opened: AtomicU64,
     pub sessions_rejected: AtomicU64,
     pub sessions_closed: AtomicU64,
+    /// Sessions that took back an earlier session's seat and entity.
+    pub sessions_resumed: AtomicU64,
+    /// Players whose connection was lost and whose entity waits out `--resume-grace`.
+    pub lingering: AtomicU64,
     players: watch::Sender<u64>,
     pub entities: AtomicU64,
     pub tick: AtomicU64,
@@ -29,6 +33,10 @@ pub struct Stats {
     pub inputs_too_old: AtomicU64,
     /// Inputs more than `--input-window` ticks ahead.
     pub inputs_too_far: AtomicU64,
+    /// Inputs with a movement axis out of range (`InputFault::MoveOutOfRange`).
+    pub inputs_move_out_of_range: AtomicU64,
+    /// Inputs with button bits the protocol does not define (`InputFault::UnknownButtons`).
+    pub inputs_unknown_buttons: AtomicU64,
     /// Ticks a player's input had not arrived for (the last one was repeated).
     pub inputs_late: AtomicU64,
     pub snapshots_dropped_slow_consumer: AtomicU64,
@@ -77,6 +85,8 @@ impl Stats {
             sessions_opened: AtomicU64::new(0),
             sessions_rejected: AtomicU64::new(0),
             sessions_closed: AtomicU64::new(0),
+            sessions_resumed: AtomicU64::new(0),
+            lingering: AtomicU64::new(0),
             players: watch::Sender::new(0),
             entities: AtomicU64::new(0),
             tick: AtomicU64::new(0),
@@ -84,6 +94,8 @@ impl Stats {
             inputs_rate_limited: AtomicU64::new(0),
             inputs_too_old: AtomicU64::new(0),
             inputs_too_far: AtomicU64::new(0),
+            inputs_move_out_of_range: AtomicU64::new(0),
+            inputs_unknown_buttons: AtomicU64::new(0),
             inputs_late: AtomicU64::new(0),
             snapshots_dropped_slow_consumer: AtomicU64::new(0),
             datagrams_sent: AtomicU64::new(0),
@@ -135,20 +147,10 @@ impl Stats {
             .send_if_modified(|p| std::mem::replace(p, n) != n);
     }
 
-    /// Takes a session slot if fewer than `max` are in use.
-    pub(crate) fn try_open_session(&self, max: usize) -> bool {
-        let mut taken = false;
-        self.sessions.send_if_modified(|n| {
-            taken = *n < max;
-            if taken {
-                *n += 1;
-            }
-            taken
-        });
-        if taken {
-            self.sessions_opened.fetch_add(1, Ordering::Relaxed);
-        }
-        taken
+    /// Counts an admitted session (the seat itself is bounded by `net::registry`).
+    pub(crate) fn open_session(&self) {
+        self.sessions.send_modify(|n| *n += 1);
+        self.sessions_opened.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn close_session(&self) {
@@ -246,14 +248,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_slots_are_bounded_and_released() {
+    fn sessions_are_counted_open_and_closed() {
         let s = Stats::default();
-        assert!(s.try_open_session(2));
-        assert!(s.try_open_session(2));
-        assert!(!s.try_open_session(2), "third session over max_clients");
+        let mut rx = s.watch_sessions();
+        s.open_session();
+        s.open_session();
         s.close_session();
         assert_eq!(s.sessions(), 1);
-        assert!(s.try_open_session(2));
-        assert_eq!(Stats::get(&s.sessions_opened), 3);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 1);
+        assert_eq!(
+            (
+                Stats::get(&s.sessions_opened),
+                Stats::get(&s.sessions_closed)
+            ),
+            (2, 1)
+        );
     }
 }

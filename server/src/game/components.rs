@@ -91,8 +91,23 @@ pub struct Clients(pub HashMap<u64, ClientLink>);
 pub struct ClientLink {
     pub entity: Entity,
     pub net_id: u32,
+    /// The network session this link belongs to.
+    pub session: u64,
     pub outbox: Arc<Outbox>,
     pub replicator: crate::replication::client::ClientReplicator,
+}
+
+/// Players whose connection was lost, by client id: their entity stays in the world (still,
+/// not replicated to anyone's own view of it) until the network layer says the grace period
+/// is over (`SimCommand::Leave`) or the player resumes (`SimCommand::Join` with `resume`).
+#[derive(Resource, Debug, Default)]
+pub struct Lingering(pub HashMap<u64, LingeringPlayer>);
+
+#[derive(Debug, Clone, Copy)]
+pub struct LingeringPlayer {
+    pub entity: Entity,
+    pub net_id: u32,
+    pub session: u64,
 }
 
 #[derive(Resource, Debug, Default)]

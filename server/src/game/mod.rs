@@ -41,15 +41,29 @@ pub enum SimCommand {
         client_id: u64,
         input: Input,
     },
+    /// The session's connection was lost: the entity stays (standing still, no snapshots)
+    /// for the grace period, in case the player resumes.
+    Detach {
+        client_id: u64,
+        session: u64,
+    },
+    /// The player is gone: the entity is removed.
     Leave {
         client_id: u64,
+        session: u64,
     },
 }
 
 pub struct JoinRequest {
     pub client_id: u64,
+    /// The session asking; `Detach` and `Leave` name it, so a late one about an earlier
+    /// session of the same client never touches this one.
+    pub session: u64,
     pub name: String,
     pub outbox: Arc<Outbox>,
+    /// Take over the client's entity if it still has one (the network layer admitted this
+    /// session as a resume); otherwise a new entity replaces any old one.
+    pub resume: bool,
     pub reply: oneshot::Sender<JoinAck>,
 }
 
@@ -57,6 +71,8 @@ pub struct JoinRequest {
 pub struct JoinAck {
     pub entity: u32,
     pub server_tick: u32,
+    /// The entity is the one an earlier session of this client played.
+    pub resumed: bool,
 }
 
 /// The phases of one tick, in order. Each is its own `Schedule`, so the tick loop can time
@@ -161,6 +177,7 @@ impl Simulation {
         });
         world.insert_resource(Inbox::default());
         world.insert_resource(Clients::default());
+        world.insert_resource(Lingering::default());
         world.insert_resource(StatsRes(stats));
         world.insert_resource(replication::Replicator::new(
             config.replication,

@@ -5,18 +5,22 @@ use arena_shared::quant::{self, MoveDir};
 use arena_shared::sim::{self, Body};
 use bevy_ecs::prelude::*;
 use glam::Vec2;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::components::*;
 use super::{JoinAck, SimCommand};
 use crate::stats::Stats;
 
-/// Applies joins and leaves, in arrival order: joins spawn players, leaves despawn them.
-/// Inputs stay in the inbox for [`route_inputs`], which runs after the spawns are applied.
+/// Applies joins, detaches and leaves, in arrival order: a join spawns a player (or hands a
+/// resuming one its old entity), a detach parks a player whose connection was lost, a leave
+/// removes one. Inputs stay in the inbox for [`route_inputs`], which runs after the spawns
+/// are applied.
+#[allow(clippy::too_many_arguments)]
 pub fn admit_and_release(
     mut commands: Commands,
     mut inbox: ResMut<Inbox>,
     mut clients: ResMut<Clients>,
+    mut lingering: ResMut<Lingering>,
     mut ids: ResMut<NetIds>,
     mut rng: ResMut<WorldRng>,
     map: Res<MapRes>,
@@ -26,54 +30,113 @@ pub fn admit_and_release(
     for cmd in inbox.0.drain(..) {
         match cmd {
             SimCommand::Join(join) => {
-                if clients.0.contains_key(&join.client_id) {
-                    // The network layer refuses a second session for a client id; if one
-                    // slips through, the first keeps its entity and this one gets nothing.
-                    warn!(
-                        client_id = join.client_id,
-                        "join for a client already in the world"
-                    );
-                    continue;
-                }
-                let net_id = ids.allocate();
-                let pos = map.0.random_free_point(&mut rng.0, sim::PLAYER.radius);
-                let entity = commands
-                    .spawn((
-                        net_id,
-                        Kind(EntityKind::Player),
-                        Motion(Body {
-                            pos,
-                            vel: Vec2::ZERO,
-                        }),
-                        MoveIntent::default(),
-                        Player {
-                            client_id: join.client_id,
-                            name: join.name,
-                        },
-                        InputBuffer::default(),
-                    ))
-                    .id();
+                let old = clients
+                    .0
+                    .remove(&join.client_id)
+                    .map(|l| (l.entity, l.net_id))
+                    .or_else(|| {
+                        lingering
+                            .0
+                            .remove(&join.client_id)
+                            .map(|l| (l.entity, l.net_id))
+                    });
+                let (entity, net_id, resumed) = match old {
+                    Some((entity, net_id)) if join.resume => {
+                        // Same entity, fresh inputs: the new connection's sequence numbers
+                        // and clock start over. Its replicator starts empty, so the first
+                        // snapshot is a full one.
+                        commands
+                            .entity(entity)
+                            .insert((InputBuffer::default(), MoveIntent::default()));
+                        (entity, net_id, true)
+                    }
+                    old => {
+                        if let Some((entity, _)) = old {
+                            // Not a resume (its grace ran out as it came back): a new life.
+                            commands.entity(entity).despawn();
+                        }
+                        let net_id = ids.allocate();
+                        let pos = map.0.random_free_point(&mut rng.0, sim::PLAYER.radius);
+                        let entity = commands
+                            .spawn((
+                                net_id,
+                                Kind(EntityKind::Player),
+                                Motion(Body {
+                                    pos,
+                                    vel: Vec2::ZERO,
+                                }),
+                                MoveIntent::default(),
+                                Player {
+                                    client_id: join.client_id,
+                                    name: join.name,
+                                },
+                                InputBuffer::default(),
+                            ))
+                            .id();
+                        (entity, net_id.0, false)
+                    }
+                };
                 let link = ClientLink {
                     entity,
-                    net_id: net_id.0,
+                    net_id,
+                    session: join.session,
                     outbox: join.outbox,
                     replicator: Default::default(),
                 };
                 clients.0.insert(join.client_id, link);
-                // The session may have gone already; then its Leave follows and cleans up.
+                // The session may have gone already; then its Leave or Detach follows.
                 let _ = join.reply.send(JoinAck {
-                    entity: net_id.0,
+                    entity: net_id,
                     server_tick: tick.0,
+                    resumed,
                 });
                 debug!(
                     client_id = join.client_id,
-                    entity = net_id.0,
-                    "player spawned"
+                    entity = net_id,
+                    resumed,
+                    "player joined"
                 );
             }
-            SimCommand::Leave { client_id } => {
-                if let Some(link) = clients.0.remove(&client_id) {
-                    commands.entity(link.entity).despawn();
+            SimCommand::Detach { client_id, session } => {
+                if clients
+                    .0
+                    .get(&client_id)
+                    .is_some_and(|l| l.session == session)
+                    && let Some(link) = clients.0.remove(&client_id)
+                {
+                    // It stands still until it comes back or is removed.
+                    commands
+                        .entity(link.entity)
+                        .insert((InputBuffer::default(), MoveIntent::default()));
+                    lingering.0.insert(
+                        client_id,
+                        LingeringPlayer {
+                            entity: link.entity,
+                            net_id: link.net_id,
+                            session,
+                        },
+                    );
+                    debug!(client_id, "player lingering");
+                }
+            }
+            SimCommand::Leave { client_id, session } => {
+                let entity = if clients
+                    .0
+                    .get(&client_id)
+                    .is_some_and(|l| l.session == session)
+                {
+                    clients.0.remove(&client_id).map(|l| l.entity)
+                } else if lingering
+                    .0
+                    .get(&client_id)
+                    .is_some_and(|l| l.session == session)
+                {
+                    lingering.0.remove(&client_id).map(|l| l.entity)
+                } else {
+                    None
+                };
+                if let Some(entity) = entity {
+                    commands.entity(entity).despawn();
                     debug!(client_id, "player despawned");
                 }
             }

@@ -42,12 +42,24 @@ fn config(args: &[&str]) -> Config {
 }
 
 fn join(h: &mut Harness, client_id: u64) -> (Arc<Outbox>, JoinAck) {
+    join_session(h, client_id, client_id, false)
+}
+
+/// Joins as session `session` of `client_id`, resuming its entity if `resume`.
+fn join_session(
+    h: &mut Harness,
+    client_id: u64,
+    session: u64,
+    resume: bool,
+) -> (Arc<Outbox>, JoinAck) {
     let outbox = Arc::new(Outbox::new(4, 1200));
     let (reply, mut rx) = oneshot::channel();
     h.tx.try_send(SimCommand::Join(JoinRequest {
         client_id,
+        session,
         name: "p".into(),
         outbox: outbox.clone(),
+        resume,
         reply,
     }))
     .unwrap();
@@ -103,7 +115,11 @@ fn a_joined_player_moves_the_way_its_inputs_push_and_leaves_cleanly() {
     assert_eq!(h.stats.players(), 1);
     assert_eq!(Stats::get(&h.stats.entities), 11);
 
-    h.tx.try_send(SimCommand::Leave { client_id: 7 }).unwrap();
+    h.tx.try_send(SimCommand::Leave {
+        client_id: 7,
+        session: 7,
+    })
+    .unwrap();
     h.sim.tick();
     assert_eq!(h.stats.players(), 0);
     assert_eq!(
@@ -284,4 +300,111 @@ fn building_snapshots_in_parallel_sends_every_client_the_same_bytes() {
         one == run("3"),
         "parallel replication changed what clients are sent"
     );
+}
+
+#[test]
+fn a_lost_player_lingers_still_and_unreplicated_then_resumes_its_entity_with_a_full_snapshot() {
+    let mut h = harness(0);
+    let (outbox, first) = join_session(&mut h, 7, 1, false);
+    for seq in 0..5 {
+        let input = Input {
+            seq,
+            tick: now(&h),
+            movement: MoveDir { x: 127, y: 0 },
+            ..Default::default()
+        };
+        h.tx.try_send(SimCommand::Input {
+            client_id: 7,
+            input,
+        })
+        .unwrap();
+        h.sim.tick();
+    }
+    outbox.drain();
+    h.tx.try_send(SimCommand::Detach {
+        client_id: 7,
+        session: 1,
+    })
+    .unwrap();
+    h.sim.tick();
+    let parked = h.sim.world().resource::<components::Lingering>().0[&7].entity;
+    let at = |h: &Harness| h.sim.world().get::<components::Motion>(parked).unwrap().0;
+    // It coasts to a stop (no intent), then stays put.
+    for _ in 0..30 {
+        h.sim.tick();
+    }
+    let still = at(&h);
+    assert_eq!(still.vel, glam::Vec2::ZERO);
+    for _ in 0..10 {
+        h.sim.tick();
+    }
+    assert!(outbox.drain().is_empty(), "no snapshots once detached");
+    assert_eq!(at(&h).pos, still.pos, "a lingering player stands still");
+    assert_eq!(Stats::get(&h.stats.inputs_late), 0, "nor is it late");
+    assert_eq!(h.stats.players(), 1, "its entity stays");
+
+    // A stale message about an older session changes nothing.
+    h.tx.try_send(SimCommand::Leave {
+        client_id: 7,
+        session: 0,
+    })
+    .unwrap();
+    h.sim.tick();
+    assert_eq!(h.stats.players(), 1);
+
+    let (outbox, again) = join_session(&mut h, 7, 2, true);
+    assert!(again.resumed);
+    assert_eq!(again.entity, first.entity, "the same entity");
+    // (That the first one is a full snapshot, in delta mode, the end-to-end resume test checks.)
+    assert!(
+        !outbox.drain().is_empty(),
+        "snapshots go to the new session"
+    );
+    // The old session's late goodbye does not remove the resumed player.
+    h.tx.try_send(SimCommand::Leave {
+        client_id: 7,
+        session: 1,
+    })
+    .unwrap();
+    h.sim.tick();
+    assert_eq!(h.stats.players(), 1);
+}
+
+#[test]
+fn the_grace_period_ends_in_removal_and_a_join_without_resume_gets_a_new_entity() {
+    let mut h = harness(0);
+    let (_, first) = join_session(&mut h, 7, 1, false);
+    h.tx.try_send(SimCommand::Detach {
+        client_id: 7,
+        session: 1,
+    })
+    .unwrap();
+    h.sim.tick();
+    h.tx.try_send(SimCommand::Leave {
+        client_id: 7,
+        session: 1,
+    })
+    .unwrap();
+    h.sim.tick();
+    assert_eq!(h.stats.players(), 0, "removed once its grace is over");
+    assert!(
+        h.sim
+            .world()
+            .resource::<components::Lingering>()
+            .0
+            .is_empty()
+    );
+
+    let (_, second) = join_session(&mut h, 7, 2, false);
+    h.tx.try_send(SimCommand::Detach {
+        client_id: 7,
+        session: 2,
+    })
+    .unwrap();
+    h.sim.tick();
+    // Its grace ran out in the registry while the Leave was still on its way.
+    let (_, third) = join_session(&mut h, 7, 3, false);
+    assert!(!second.resumed && !third.resumed);
+    assert!(first.entity != second.entity && second.entity != third.entity);
+    assert_eq!(h.stats.players(), 1, "the old entity went");
 }

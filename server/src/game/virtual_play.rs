@@ -111,8 +111,10 @@ fn play(path: Path, seconds: f64, seed: u64) -> Outcome {
     let (reply, mut ack_rx) = oneshot::channel();
     tx.try_send(SimCommand::Join(JoinRequest {
         client_id: 1,
+        session: 1,
         name: "v".into(),
         outbox: outbox.clone(),
+        resume: false,
         reply,
     }))
     .unwrap();

@@ -11,10 +11,10 @@
 pub mod identity;
 pub mod limits;
 pub mod outbox;
+pub mod registry;
 pub mod session;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -74,12 +74,11 @@ pub struct NetContext {
     pub map: Arc<Map>,
     pub inbox: mpsc::Sender<SimCommand>,
     pub stats: Arc<Stats>,
-    /// Client ids with a live session: a second session for one id is refused.
-    pub active_clients: Mutex<HashSet<u64>>,
+    /// Live and lingering seats: capacity, `--max-per-ip`, one session per client id,
+    /// resume. Locked after `used_tokens` when both are needed.
+    pub registry: Mutex<registry::Registry>,
     /// Tokens that admitted a session, remembered until they expire: each admits one.
     pub used_tokens: Mutex<UsedTokens>,
-    /// Live sessions per client IP address (`--max-per-ip`).
-    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Handshakes admitted per second (`--handshakes-per-sec`).
     pub handshakes: Mutex<limits::TokenBucket>,
     /// The zero of the limiters' clocks.
@@ -90,6 +89,22 @@ impl NetContext {
     /// Seconds since the server started, for the rate limiters.
     pub fn now_s(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
+    }
+
+    /// Milliseconds since the server started, for the registry's grace periods.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` on the registry and publishes its lingering count.
+    pub fn with_registry<T>(&self, f: impl FnOnce(&mut registry::Registry) -> T) -> T {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let out = f(&mut registry);
+        self.stats.lingering.store(
+            registry.lingering() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        out
     }
 }
 
@@ -159,6 +174,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let reaper = tokio::spawn(reap_lingering(ctx.clone()));
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -168,6 +184,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tracker.spawn(session::run(incoming, ctx, shutdown));
     }
+    reaper.abort();
     info!("WebTransport endpoint stops accepting");
     // Sessions say goodbye themselves (they watch the same token); wait for them, then for
     // the close frames to leave.
@@ -178,6 +195,33 @@ pub async fn serve(
         .is_err()
     {
         warn!("connections still open after the drain timeout");
+    }
+}
+
+/// How often lingering seats are checked for the end of their grace period: an entity goes
+/// at most this long after its grace ends.
+const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Frees lingering seats whose grace period is over and has the simulation remove their
+/// entities.
+async fn reap_lingering(ctx: Arc<NetContext>) {
+    let mut timer = tokio::time::interval(REAP_INTERVAL);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        timer.tick().await;
+        let now = ctx.now_ms();
+        let expired = ctx.with_registry(|r| r.expire(now));
+        for (client_id, session) in expired {
+            info!(client_id, "grace period over; player removed");
+            if ctx
+                .inbox
+                .send(SimCommand::Leave { client_id, session })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 }
 

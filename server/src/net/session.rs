@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arena_shared::protocol::codec::{self, FrameReader, HelloError};
 use arena_shared::protocol::{
-    CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Disconnect, DisconnectReason, PROTOCOL_VERSION,
-    Pong, Reject, RejectReason, ServerMsg, Welcome,
+    CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Disconnect, DisconnectReason, InputFault,
+    PROTOCOL_VERSION, Pong, Reject, RejectReason, ResumeToken, ServerMsg, Welcome,
 };
 use arena_shared::rng::SplitMix64;
 use arena_shared::token::{self, TokenError};
@@ -35,6 +35,7 @@ use wtransport::{Connection, RecvStream, SendStream, VarInt};
 use super::NetContext;
 use super::limits::TokenBucket;
 use super::outbox::Outbox;
+use super::registry::{Claim, Ended, RETRY_AFTER_MS, Seat};
 use crate::game::{JoinAck, JoinRequest, SimCommand};
 use crate::stats::Stats;
 
@@ -113,7 +114,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
                 return;
             }
         };
-        tracing::Span::current().record("client_id", slot.client_id);
+        tracing::Span::current().record("client_id", slot.seat.client_id);
         let outbox = Arc::new(Outbox::new(ctx.config.outbox_snapshots, slot.max_datagram));
         let Some(ack) = join(&ctx, &slot, outbox.clone()).await else {
             let reason = DisconnectReason::SimulationUnavailable;
@@ -124,15 +125,25 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             }));
             close(&conn, writer, reason.code(), "simulation unavailable").await;
             ctx.stats.metrics.session_ended(reason.as_str());
+            slot.end(false).await;
             return;
         };
-        info!(entity = ack.entity, "session started");
+        if ack.resumed {
+            Stats::add(&ctx.stats.sessions_resumed, 1);
+        }
+        info!(
+            entity = ack.entity,
+            resumed = ack.resumed,
+            "session started"
+        );
         let _ = writer.send(&ServerMsg::Welcome(Welcome {
-            client_id: slot.client_id,
+            client_id: slot.seat.client_id,
             entity: ack.entity,
             tick_rate: ctx.config.tick_rate,
             server_tick: ack.server_tick,
             map: (*ctx.map).clone(),
+            resume_token: slot.seat.resume_token,
+            resumed: ack.resumed,
         }));
         let session = Session {
             ctx: ctx.clone(),
@@ -141,22 +152,14 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             reader,
             writer,
             outbox,
-            client_id: slot.client_id,
+            client_id: slot.seat.client_id,
             inputs: TokenBucket::new(ctx.config.max_inputs_per_sec, ctx.config.max_inputs_per_sec),
             excess: InputExcess::default(),
         };
-        let reason = session.play(&shutdown).await;
-        // The player leaves the world before the slot is given back (on drop, below), so a
-        // reconnect with the same id never meets its old entity.
-        let _ = ctx
-            .inbox
-            .send(SimCommand::Leave {
-                client_id: slot.client_id,
-            })
-            .await;
-        info!(reason, "session ended");
-        ctx.stats.metrics.session_ended(reason);
-        drop(slot);
+        let end = session.play(&shutdown, &slot.seat.superseded).await;
+        info!(reason = end.reason, lost = end.lost, "session ended");
+        ctx.stats.metrics.session_ended(end.reason);
+        slot.end(end.lost).await;
     }
     .instrument(span)
     .await
@@ -193,31 +196,55 @@ enum ReadEnd {
     Failed,
 }
 
-/// A session slot and a client id, held from admission until the session ends: dropping it
-/// gives both back, whatever path the session took out.
+/// A seat in the registry, held from admission until the session ends. [`Slot::end`] gives it
+/// back (or leaves it lingering) and tells the simulation; dropping a slot that was not ended
+/// (a path that returned early) frees the seat.
 struct Slot {
     ctx: Arc<NetContext>,
-    client_id: u64,
-    ip: IpAddr,
+    seat: Seat,
     name: String,
     max_datagram: usize,
+    ended: bool,
+}
+
+impl Slot {
+    /// Ends the session in the registry. `lost`: the connection went without a goodbye, so the
+    /// entity lingers for the grace period; otherwise it is removed now.
+    async fn end(mut self, lost: bool) {
+        self.ended = true;
+        let (client_id, session) = (self.seat.client_id, self.seat.session);
+        let now = self.ctx.now_ms();
+        let ended = self
+            .ctx
+            .with_registry(|r| r.end(client_id, session, lost, now));
+        let cmd = match ended {
+            Ended::Freed => SimCommand::Leave { client_id, session },
+            Ended::Lingering { .. } => SimCommand::Detach { client_id, session },
+            Ended::Superseded => return,
+        };
+        // The player leaves the world before anyone could take its client id again: the
+        // registry refuses a new session for it until then... except by resuming, which the
+        // simulation orders by session.
+        let _ = self.ctx.inbox.send(cmd).await;
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.ctx
-            .active_clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.client_id);
-        let mut per_ip = self.ctx.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
+        if !self.ended {
+            let (client_id, session) = (self.seat.client_id, self.seat.session);
+            let now = self.ctx.now_ms();
+            if self
+                .ctx
+                .with_registry(|r| r.end(client_id, session, false, now))
+                == Ended::Freed
+            {
+                let _ = self
+                    .ctx
+                    .inbox
+                    .try_send(SimCommand::Leave { client_id, session });
             }
         }
-        drop(per_ip);
         self.ctx.stats.close_session();
     }
 }
@@ -225,10 +252,6 @@ impl Drop for Slot {
 /// Why a handshake was refused: the reason, a message for logs, and how long to wait before
 /// trying again (0: no hint).
 type Refusal = (RejectReason, String, u32);
-
-/// How long a client refused for a reason that passes (full, too many from its address, a
-/// live session with its id, shutting down) is told to wait.
-const RETRY_AFTER_MS: u32 = 5_000;
 
 /// Every check on `Hello`, cheapest first; nothing is allocated until all have passed.
 fn admit(
@@ -262,26 +285,9 @@ fn admit(
         ),
         HelloError::Malformed => (RejectReason::MalformedHello, e.to_string(), 0),
     })?;
-    if hello.token.is_empty() {
-        return Err((
-            RejectReason::TokenMissing,
-            "Hello carries no token; get one from /api/connect".into(),
-            0,
-        ));
-    }
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let claims = token::verify(&ctx.token_secret, &hello.token, now_ms, &ctx.token_audience)
-        .map_err(|e| {
-            let reason = match e {
-                TokenError::Malformed => RejectReason::TokenMalformed,
-                TokenError::Forged => RejectReason::TokenForged,
-                TokenError::Expired => RejectReason::TokenExpired,
-                TokenError::WrongServer => RejectReason::TokenWrongServer,
-            };
-            (reason, e.to_string(), 0)
-        })?;
     let Some(max_datagram) = conn.max_datagram_size() else {
         return Err((
             RejectReason::DatagramsUnsupported,
@@ -296,6 +302,40 @@ fn admit(
             RETRY_AFTER_MS,
         ));
     }
+    let mut key = [0u8; 16];
+    getrandom::fill(&mut key).map_err(|e| {
+        warn!(error = %e, "no randomness for a resume token");
+        (
+            RejectReason::ServerFull,
+            "server cannot admit now".to_string(),
+            RETRY_AFTER_MS,
+        )
+    })?;
+    let key = ResumeToken(key);
+    // A resume token the server still knows admits by itself: its holder is the player whose
+    // seat it names. An unknown one (its grace ran out) falls back to the connect token.
+    if let Some(resume) = hello.resume
+        && let Ok(seat) = ctx.with_registry(|r| r.admit(Claim::Resume(resume), ip, key))
+    {
+        return Ok(Slot::new(ctx, seat, hello.name, max_datagram));
+    }
+    if hello.token.is_empty() {
+        return Err((
+            RejectReason::TokenMissing,
+            "Hello carries no token; get one from /api/connect".into(),
+            0,
+        ));
+    }
+    let claims = token::verify(&ctx.token_secret, &hello.token, now_ms, &ctx.token_audience)
+        .map_err(|e| {
+            let reason = match e {
+                TokenError::Malformed => RejectReason::TokenMalformed,
+                TokenError::Forged => RejectReason::TokenForged,
+                TokenError::Expired => RejectReason::TokenExpired,
+                TokenError::WrongServer => RejectReason::TokenWrongServer,
+            };
+            (reason, e.to_string(), 0)
+        })?;
     // A token admits one session. It is marked used only once the session is admitted, so a
     // client refused for a reason that waiting cures (server full) may retry with it.
     let fingerprint = token::fingerprint(&hello.token);
@@ -307,35 +347,9 @@ fn admit(
             0,
         ));
     }
-    let mut active = ctx.active_clients.lock().unwrap_or_else(|e| e.into_inner());
-    if active.contains(&claims.client_id) {
-        return Err((
-            RejectReason::TokenInUse,
-            "a session with this client id is playing".into(),
-            RETRY_AFTER_MS,
-        ));
-    }
-    let mut per_ip = ctx.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-    let from_ip = per_ip.get(&ip).copied().unwrap_or(0);
-    if ctx.config.max_per_ip > 0 && from_ip >= ctx.config.max_per_ip {
-        return Err((
-            RejectReason::TooManyFromAddress,
-            format!("{from_ip} sessions from this address already"),
-            RETRY_AFTER_MS,
-        ));
-    }
-    if !ctx.stats.try_open_session(ctx.config.max_clients) {
-        return Err((
-            RejectReason::ServerFull,
-            format!("{} players already", ctx.config.max_clients),
-            RETRY_AFTER_MS,
-        ));
-    }
-    *per_ip.entry(ip).or_insert(0) += 1;
-    drop(per_ip);
-    active.insert(claims.client_id);
+    let client_id = claims.client_id;
+    let seat = ctx.with_registry(|r| r.admit(Claim::Token { client_id }, ip, key))?;
     used.mark_used(fingerprint, claims.expires_at_ms);
-    drop(active);
     drop(used);
     // The token's name is the one the issuer vouched for; Hello's is a fallback.
     let name = if claims.name.is_empty() {
@@ -343,22 +357,32 @@ fn admit(
     } else {
         claims.name
     };
-    Ok(Slot {
-        ctx: ctx.clone(),
-        client_id: claims.client_id,
-        ip,
-        name,
-        max_datagram,
-    })
+    Ok(Slot::new(ctx, seat, name, max_datagram))
+}
+
+impl Slot {
+    /// A slot for an admitted seat; counts the session open.
+    fn new(ctx: &Arc<NetContext>, seat: Seat, name: String, max_datagram: usize) -> Self {
+        ctx.stats.open_session();
+        Self {
+            ctx: ctx.clone(),
+            seat,
+            name,
+            max_datagram,
+            ended: false,
+        }
+    }
 }
 
 /// Asks the simulation for an entity. `None` if it is gone or does not answer in time.
 async fn join(ctx: &NetContext, slot: &Slot, outbox: Arc<Outbox>) -> Option<JoinAck> {
     let (reply, ack) = oneshot::channel();
     let request = JoinRequest {
-        client_id: slot.client_id,
+        client_id: slot.seat.client_id,
+        session: slot.seat.session,
         name: slot.name.clone(),
         outbox,
+        resume: slot.seat.resumed,
         reply,
     };
     let wait = ctx.config.handshake_timeout;
@@ -442,18 +466,20 @@ async fn close(conn: &Connection, writer: Writer, code: u32, reason: &str) {
     conn.close(VarInt::from_u32(code), reason.as_bytes());
 }
 
-/// Why a connection ended, when the client ended it.
-async fn ended(conn: &Connection) -> EndReason {
+/// Why a connection ended, when the client ended it. Only a connection that went silent or
+/// broke counts as lost (its player may resume); a client that closed it meant to.
+async fn ended(conn: &Connection) -> Outcome {
     use wtransport::error::ConnectionError as E;
-    match conn.closed().await {
+    let (reason, lost) = match conn.closed().await {
         E::ApplicationClosed(c) if c.code().into_inner() == u64::from(CLOSE_CLIENT_LEFT) => {
-            "client_left"
+            ("client_left", false)
         }
-        E::ApplicationClosed(_) => "client_closed_with_error",
-        E::TimedOut => "idle_timeout",
-        E::LocallyClosed => "closed_by_server",
-        _ => "connection_lost",
-    }
+        E::ApplicationClosed(_) => ("client_closed_with_error", false),
+        E::TimedOut => ("idle_timeout", true),
+        E::LocallyClosed => ("closed_by_server", false),
+        _ => ("connection_lost", true),
+    };
+    Outcome { reason, lost }
 }
 
 /// A welcomed session.
@@ -478,21 +504,43 @@ struct InputExcess {
     dropped: f64,
 }
 
-/// How a session ended, for the log and the `reason` label of `arena_sessions_closed_total`.
-type EndReason = &'static str;
+/// How a session ended: the `reason` label of `arena_sessions_closed_total`, and whether the
+/// connection was lost (the entity lingers for the grace period) rather than ended on purpose.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    reason: &'static str,
+    lost: bool,
+}
+
+impl Outcome {
+    fn on_purpose(reason: &'static str) -> Self {
+        Self {
+            reason,
+            lost: false,
+        }
+    }
+}
 
 impl Session {
     /// Runs until the client leaves, misbehaves, or the server shuts down.
-    async fn play(mut self, shutdown: &CancellationToken) -> EndReason {
+    async fn play(
+        mut self,
+        shutdown: &CancellationToken,
+        superseded: &CancellationToken,
+    ) -> Outcome {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     return self.disconnect(DisconnectReason::ServerShutdown, "server shutting down").await;
                 }
+                _ = superseded.cancelled() => {
+                    return self.disconnect(DisconnectReason::Superseded, "this session was resumed on another connection").await;
+                }
                 _ = self.outbox.ready() => {
-                    if let Err(reason) = self.send_snapshots() {
-                        return reason;
+                    if let Err(outcome) = self.send_snapshots() {
+                        // A lost connection says why (timed out, reset) once it is closed.
+                        return if outcome.lost { ended(&self.conn).await } else { outcome };
                     }
                 }
                 read = self.recv.read(&mut buf) => match read {
@@ -539,6 +587,17 @@ impl Session {
             };
             match codec::decode_client(&body) {
                 Ok(ClientMsg::Input(input)) => {
+                    if let Some(fault) = input.fault() {
+                        let stats = &self.ctx.stats;
+                        Stats::add(
+                            match fault {
+                                InputFault::MoveOutOfRange => &stats.inputs_move_out_of_range,
+                                InputFault::UnknownButtons => &stats.inputs_unknown_buttons,
+                            },
+                            1,
+                        );
+                        continue;
+                    }
                     let now = self.ctx.now_s();
                     if self.inputs.take(now).is_err() {
                         Stats::add(&self.ctx.stats.inputs_rate_limited, 1);
@@ -605,7 +664,7 @@ impl Session {
     }
 
     /// Sends every queued snapshot, one datagram per part.
-    fn send_snapshots(&mut self) -> Result<(), EndReason> {
+    fn send_snapshots(&mut self) -> Result<(), Outcome> {
         if let Some(max) = self.conn.max_datagram_size() {
             self.outbox.set_max_datagram(max);
         }
@@ -621,10 +680,13 @@ impl Session {
                     // built for the new size.
                     Err(SendDatagramError::TooLarge) => {}
                     Err(SendDatagramError::NotConnected) => {
-                        return Err("connection_lost");
+                        return Err(Outcome {
+                            reason: "connection_lost",
+                            lost: true,
+                        });
                     }
                     Err(SendDatagramError::UnsupportedByPeer) => {
-                        return Err("datagrams_refused");
+                        return Err(Outcome::on_purpose("datagrams_refused"));
                     }
                 }
             }
@@ -634,7 +696,7 @@ impl Session {
         Ok(())
     }
 
-    async fn disconnect(self, reason: DisconnectReason, message: &str) -> EndReason {
+    async fn disconnect(self, reason: DisconnectReason, message: &str) -> Outcome {
         let reconnect_after_ms = match reason {
             // Spread over the drain time, so the players do not all come back at once.
             DisconnectReason::ServerShutdown => {
@@ -650,6 +712,6 @@ impl Session {
             reconnect_after_ms,
         }));
         close(&self.conn, self.writer, reason.code(), message).await;
-        reason.as_str()
+        Outcome::on_purpose(reason.as_str())
     }
 }

@@ -11,7 +11,7 @@ use bitcode::{Decode, Encode};
 
 use super::{
     ClientDatagram, ClientMsg, EntityState, HELLO_MAGIC, Hello, MAX_FRAME_LEN, MAX_NAME_LEN,
-    PROTOCOL_VERSION, ServerDatagram, ServerMsg, Snapshot,
+    PROTOCOL_VERSION, ResumeToken, ServerDatagram, ServerMsg, Snapshot,
 };
 use crate::token::MAX_TOKEN_LEN;
 
@@ -45,6 +45,7 @@ pub enum HelloError {
 struct HelloBody {
     token: String,
     name: String,
+    resume: Option<ResumeToken>,
 }
 
 fn push_frame(out: &mut Vec<u8>, body: &[u8]) -> Result<(), FrameError> {
@@ -67,6 +68,7 @@ pub fn encode_hello(hello: &Hello, out: &mut Vec<u8>) -> Result<(), FrameError> 
     body.extend_from_slice(&bitcode::encode(&HelloBody {
         token: hello.token.clone(),
         name: hello.name.clone(),
+        resume: hello.resume,
     }));
     push_frame(out, &body)
 }
@@ -81,8 +83,11 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, HelloError> {
     if protocol_version != PROTOCOL_VERSION {
         return Err(HelloError::Version(protocol_version));
     }
-    let HelloBody { token, name } =
-        bitcode::decode(&body[6..]).map_err(|_| HelloError::Malformed)?;
+    let HelloBody {
+        token,
+        name,
+        resume,
+    } = bitcode::decode(&body[6..]).map_err(|_| HelloError::Malformed)?;
     let name_ok =
         !name.is_empty() && name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control);
     if !name_ok || token.len() > MAX_TOKEN_LEN {
@@ -92,6 +97,7 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, HelloError> {
         protocol_version,
         token,
         name,
+        resume,
     })
 }
 

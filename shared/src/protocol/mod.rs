@@ -18,7 +18,7 @@ use crate::quant::{Aim, MoveDir};
 use crate::snapshot::{Ack, DeltaSnapshot};
 
 /// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts).
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
 /// from "an Arena client of another version".
@@ -36,8 +36,27 @@ pub const MAX_NAME_LEN: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub protocol_version: u16,
+    /// A connect token (see [`crate::token`]). May be empty when `resume` is given: a resume
+    /// token the server still knows admits by itself.
     pub token: String,
     pub name: String,
+    /// The resume token of an earlier session (from its `Welcome`), to take back that
+    /// session's client id and entity within the server's grace period.
+    pub resume: Option<ResumeToken>,
+}
+
+/// A secret the server hands each session in `Welcome`: presented in a later `Hello`, it
+/// resumes that session (same client id, same entity) while the server keeps its entity,
+/// during the grace period after the connection was lost. Single use: each session gets a
+/// new one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct ResumeToken(pub [u8; 16]);
+
+impl std::fmt::Debug for ResumeToken {
+    /// Secrets stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeToken(..)")
+    }
 }
 
 /// Client → server, on the reliable stream, after `Hello`.
@@ -53,6 +72,8 @@ pub struct Buttons(pub u8);
 
 impl Buttons {
     pub const FIRE: u8 = 1 << 0;
+    /// Every bit this protocol version defines.
+    pub const ALL: u8 = Self::FIRE;
 
     pub fn fire(self) -> bool {
         self.0 & Self::FIRE != 0
@@ -69,6 +90,46 @@ pub struct Input {
     pub movement: MoveDir,
     pub aim: Aim,
     pub buttons: Buttons,
+}
+
+impl Input {
+    /// Why this input is one no conforming client sends, if it is: the server drops it and
+    /// counts the reason. Every field is an integer on the wire, so there is no NaN or
+    /// infinity to catch; what remains is values outside their documented range. The tick is
+    /// judged by the simulation against its own clock (too old, too far ahead).
+    pub fn fault(&self) -> Option<InputFault> {
+        let axis = -(MoveDir::STEPS as i16)..=MoveDir::STEPS as i16;
+        if !axis.contains(&i16::from(self.movement.x))
+            || !axis.contains(&i16::from(self.movement.y))
+        {
+            return Some(InputFault::MoveOutOfRange);
+        }
+        if self.buttons.0 & !Buttons::ALL != 0 {
+            return Some(InputFault::UnknownButtons);
+        }
+        None
+    }
+}
+
+/// Why an input was refused before it reached the simulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputFault {
+    /// A movement axis of -128 (the range is -127..=127).
+    MoveOutOfRange,
+    /// A button bit this protocol version does not define.
+    UnknownButtons,
+}
+
+impl InputFault {
+    pub const ALL: [InputFault; 2] = [InputFault::MoveOutOfRange, InputFault::UnknownButtons];
+
+    /// A stable snake_case name, for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MoveOutOfRange => "move_out_of_range",
+            Self::UnknownButtons => "unknown_buttons",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -94,6 +155,12 @@ pub struct Welcome {
     pub tick_rate: u16,
     pub server_tick: u32,
     pub map: Map,
+    /// Present it in the next `Hello` to resume this session if the connection is lost.
+    pub resume_token: ResumeToken,
+    /// Whether this session took back an earlier one's client id and entity (its `Hello`
+    /// carried a resume token the server still knew, or a connect token for a client id whose
+    /// entity was waiting out its grace period).
+    pub resumed: bool,
 }
 
 /// The handshake failed; the server closes the session after sending it.
@@ -220,6 +287,9 @@ pub enum DisconnectReason {
     /// The client does not read its reliable stream: more than `--max-send-backlog` bytes
     /// waited for it.
     SlowConsumer,
+    /// A newer connection presented this session's resume token and took the session over
+    /// (this connection is presumed dead: the client changed networks).
+    Superseded,
 }
 
 impl DisconnectReason {
@@ -233,6 +303,7 @@ impl DisconnectReason {
             Self::SimulationUnavailable => 0x206,
             Self::InputFlood => 0x207,
             Self::SlowConsumer => 0x208,
+            Self::Superseded => 0x209,
         }
     }
 
@@ -246,6 +317,7 @@ impl DisconnectReason {
             Self::SimulationUnavailable => "simulation_unavailable",
             Self::InputFlood => "input_flood",
             Self::SlowConsumer => "slow_consumer",
+            Self::Superseded => "superseded",
         }
     }
 }

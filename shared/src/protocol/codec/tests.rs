@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::map::{Map, Rect};
 use crate::protocol::{
-    Buttons, Disconnect, DisconnectReason, EntityKind, Input, Ping, Pong, Reject, RejectReason,
-    Welcome,
+    Buttons, Disconnect, DisconnectReason, EntityKind, Input, InputFault, Ping, Pong, Reject,
+    RejectReason, ResumeToken, Welcome,
 };
 use crate::quant::{Aim, MoveDir};
 
@@ -17,6 +17,7 @@ fn hello() -> Hello {
         protocol_version: PROTOCOL_VERSION,
         token: "tok".into(),
         name: "ana".into(),
+        resume: Some(ResumeToken([7; 16])),
     }
 }
 
@@ -71,6 +72,7 @@ fn every_server_msg() -> Vec<ServerMsg> {
         DisconnectReason::SimulationUnavailable,
         DisconnectReason::InputFlood,
         DisconnectReason::SlowConsumer,
+        DisconnectReason::Superseded,
     ];
     let mut all = vec![
         ServerMsg::Welcome(Welcome {
@@ -79,6 +81,8 @@ fn every_server_msg() -> Vec<ServerMsg> {
             tick_rate: 30,
             server_tick: 99,
             map,
+            resume_token: ResumeToken([9; 16]),
+            resumed: true,
         }),
         ServerMsg::Pong(Pong {
             nonce: 77,
@@ -322,7 +326,7 @@ fn golden_bytes() {
 }
 
 const GOLDEN_INPUT: &str = "0b00000000040902d2048140409c01";
-const GOLDEN_HELLO: &str = "0e00000041524e41040003746f6b03616e61";
+const GOLDEN_HELLO: &str = "1300000041524e41050003746f6b03616e610109070000";
 const GOLDEN_DELTA: &str = "000409040203040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
 const GOLDEN_ACK: &str = "040a0403";
 
@@ -348,4 +352,26 @@ proptest! {
         encode_client(&msg, &mut out).unwrap();
         prop_assert_eq!(decode_client(&one_frame(&out)), Ok(msg));
     }
+}
+
+#[test]
+fn inputs_outside_their_documented_range_name_their_fault() {
+    let ok = Input {
+        movement: MoveDir { x: -127, y: 127 },
+        buttons: Buttons(Buttons::FIRE),
+        ..Default::default()
+    };
+    assert_eq!(ok.fault(), None);
+    let bad_move = Input {
+        movement: MoveDir { x: 0, y: -128 },
+        ..ok
+    };
+    assert_eq!(bad_move.fault(), Some(InputFault::MoveOutOfRange));
+    let bad_buttons = Input {
+        buttons: Buttons(0b1000_0001),
+        ..ok
+    };
+    assert_eq!(bad_buttons.fault(), Some(InputFault::UnknownButtons));
+    let names: std::collections::HashSet<_> = InputFault::ALL.iter().map(|f| f.as_str()).collect();
+    assert_eq!(names.len(), InputFault::ALL.len());
 }

@@ -1,0 +1,399 @@
+//! Who holds a seat: live sessions, and players whose connection was lost and whose entity
+//! waits out the grace period (`--resume-grace`) for them to come back.
+//!
+//! Sans-IO: times are milliseconds passed in, resume tokens are made by the caller. One
+//! `Registry` behind one lock answers every admission question that involves other sessions
+//! (capacity, per-address limit, a second session for one client id, resume), so they cannot
+//! disagree.
+//!
+//! Rules:
+//! - A seat is live or lingering. `--max-clients` counts both: a player who lost their
+//!   connection keeps their place until the grace period ends.
+//! - A session ends in one of three ways ([`Registry::end`]): the player left or was sent away
+//!   (the seat is freed), the connection was lost (the seat lingers), or a newer session of the
+//!   same player replaced it (nothing to do: the seat is the newer session's now).
+//! - A resume token admits once: the resumed session gets a new one.
+//! - A resume token presented while its session still looks live (the server has not noticed
+//!   the loss yet: a phone changing networks reconnects long before the idle timeout) replaces
+//!   that session: the holder of the secret is the player, and the old connection is a
+//!   zombie. The old session is told through its `superseded` token.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use arena_shared::protocol::{RejectReason, ResumeToken};
+use tokio_util::sync::CancellationToken;
+
+/// A held seat, as the session that holds it sees it.
+#[derive(Debug, Clone)]
+pub struct Seat {
+    pub client_id: u64,
+    /// Unique per admitted session; commands to the simulation carry it, so a late message
+    /// about a replaced session never touches its successor.
+    pub session: u64,
+    /// For this session's `Welcome`.
+    pub resume_token: ResumeToken,
+    /// The seat (and so the entity) was taken over from an earlier session of this client.
+    pub resumed: bool,
+    /// Cancelled when a newer session of the same player takes the seat.
+    pub superseded: CancellationToken,
+}
+
+/// How a session ended, as the registry saw it; says what the simulation must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The seat is free: remove the entity.
+    Freed,
+    /// The seat and entity wait until `until_ms` for the player to resume.
+    Lingering { until_ms: u64 },
+    /// A newer session holds the seat: leave the entity alone.
+    Superseded,
+}
+
+/// What admission needs from the caller, after the token checks that do not involve other
+/// sessions.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim {
+    /// A verified connect token for this client id.
+    Token { client_id: u64 },
+    /// A resume token the registry may know.
+    Resume(ResumeToken),
+}
+
+#[derive(Debug)]
+struct Live {
+    session: u64,
+    ip: IpAddr,
+    key: ResumeToken,
+    superseded: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Lingering {
+    session: u64,
+    ip: IpAddr,
+    key: ResumeToken,
+    until_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    max_clients: usize,
+    /// 0: no limit.
+    max_per_ip: usize,
+    grace_ms: u64,
+    live: HashMap<u64, Live>,
+    lingering: HashMap<u64, Lingering>,
+    /// `(until_ms, client_id)` of every lingering seat, soonest first.
+    expiries: BTreeSet<(u64, u64)>,
+    /// Resume token → client id, for every live and lingering seat.
+    keys: HashMap<ResumeToken, u64>,
+    /// Seats (live and lingering) per client address.
+    per_ip: HashMap<IpAddr, usize>,
+    next_session: u64,
+}
+
+/// Why a seat was refused, and how long to wait (0: waiting will not help).
+pub type Refused = (RejectReason, String, u32);
+
+/// How long a client refused for a reason that passes is told to wait.
+pub const RETRY_AFTER_MS: u32 = 5_000;
+
+impl Registry {
+    pub fn new(max_clients: usize, max_per_ip: usize, grace_ms: u64) -> Self {
+        Self {
+            max_clients,
+            max_per_ip,
+            grace_ms,
+            live: HashMap::new(),
+            lingering: HashMap::new(),
+            expiries: BTreeSet::new(),
+            keys: HashMap::new(),
+            per_ip: HashMap::new(),
+            next_session: 0,
+        }
+    }
+
+    /// The client id a resume token would resume, if the registry knows it.
+    pub fn resumable(&self, token: &ResumeToken) -> Option<u64> {
+        self.keys.get(token).copied()
+    }
+
+    /// Gives a seat to a session from `ip`: the one its claim resumes, or a new one.
+    /// `new_key` becomes the session's resume token. A `Claim::Resume` the registry does not
+    /// know is refused; the caller decides first whether to fall back to the connect token.
+    pub fn admit(
+        &mut self,
+        claim: Claim,
+        ip: IpAddr,
+        new_key: ResumeToken,
+    ) -> Result<Seat, Refused> {
+        let client_id = match claim {
+            Claim::Resume(key) => self.resumable(&key).ok_or((
+                RejectReason::TokenExpired,
+                "resume token unknown or past its grace period".to_string(),
+                0,
+            ))?,
+            Claim::Token { client_id } => {
+                if self.live.contains_key(&client_id) {
+                    return Err((
+                        RejectReason::TokenInUse,
+                        "a session with this client id is playing".into(),
+                        RETRY_AFTER_MS,
+                    ));
+                }
+                client_id
+            }
+        };
+        // The seat this player holds already, if any: taking it back needs no free seat.
+        let held_ip = self
+            .live
+            .get(&client_id)
+            .map(|l| l.ip)
+            .or_else(|| self.lingering.get(&client_id).map(|l| l.ip));
+        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.max_per_ip > 0 && held_ip != Some(ip) && from_ip >= self.max_per_ip {
+            return Err((
+                RejectReason::TooManyFromAddress,
+                format!("{from_ip} sessions from this address already"),
+                RETRY_AFTER_MS,
+            ));
+        }
+        if held_ip.is_none() && self.seats() >= self.max_clients {
+            return Err((
+                RejectReason::ServerFull,
+                format!("{} players already", self.max_clients),
+                RETRY_AFTER_MS,
+            ));
+        }
+        let resumed = if let Some(old) = self.live.remove(&client_id) {
+            old.superseded.cancel();
+            self.keys.remove(&old.key);
+            self.release_ip(old.ip);
+            true
+        } else if let Some(old) = self.lingering.remove(&client_id) {
+            self.expiries.remove(&(old.until_ms, client_id));
+            self.keys.remove(&old.key);
+            self.release_ip(old.ip);
+            true
+        } else {
+            false
+        };
+        self.next_session += 1;
+        let superseded = CancellationToken::new();
+        self.live.insert(
+            client_id,
+            Live {
+                session: self.next_session,
+                ip,
+                key: new_key,
+                superseded: superseded.clone(),
+            },
+        );
+        self.keys.insert(new_key, client_id);
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        Ok(Seat {
+            client_id,
+            session: self.next_session,
+            resume_token: new_key,
+            resumed,
+            superseded,
+        })
+    }
+
+    /// The session `session` of `client_id` ended. `lost`: the connection went without a
+    /// goodbye, so the seat lingers for the grace period (if there is one).
+    pub fn end(&mut self, client_id: u64, session: u64, lost: bool, now_ms: u64) -> Ended {
+        match self.live.get(&client_id) {
+            Some(live) if live.session == session => {}
+            _ => return Ended::Superseded,
+        }
+        let Some(live) = self.live.remove(&client_id) else {
+            return Ended::Superseded;
+        };
+        if lost && self.grace_ms > 0 {
+            let until_ms = now_ms.saturating_add(self.grace_ms);
+            self.expiries.insert((until_ms, client_id));
+            self.lingering.insert(
+                client_id,
+                Lingering {
+                    session,
+                    ip: live.ip,
+                    key: live.key,
+                    until_ms,
+                },
+            );
+            Ended::Lingering { until_ms }
+        } else {
+            self.keys.remove(&live.key);
+            self.release_ip(live.ip);
+            Ended::Freed
+        }
+    }
+
+    /// Frees every lingering seat whose grace period is over: `(client_id, session)` of each,
+    /// whose entity the simulation must now remove.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<(u64, u64)> {
+        let mut freed = Vec::new();
+        while let Some(&(until_ms, client_id)) = self.expiries.first() {
+            if until_ms > now_ms {
+                break;
+            }
+            self.expiries.pop_first();
+            if let Some(old) = self.lingering.remove(&client_id) {
+                self.keys.remove(&old.key);
+                self.release_ip(old.ip);
+                freed.push((client_id, old.session));
+            }
+        }
+        freed
+    }
+
+    /// When the next lingering seat expires, if any does.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiries.first().map(|&(until_ms, _)| until_ms)
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn lingering(&self) -> usize {
+        self.lingering.len()
+    }
+
+    /// Seats held, live and lingering: what `--max-clients` bounds.
+    pub fn seats(&self) -> usize {
+        self.live.len() + self.lingering.len()
+    }
+
+    fn release_ip(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    fn key(b: u8) -> ResumeToken {
+        ResumeToken([b; 16])
+    }
+
+    fn token(client_id: u64) -> Claim {
+        Claim::Token { client_id }
+    }
+
+    #[test]
+    fn a_lost_session_lingers_for_the_grace_period_then_frees_its_seat() {
+        let mut r = Registry::new(10, 0, 1_000);
+        let seat = r.admit(token(7), A, key(1)).unwrap();
+        assert!(!seat.resumed);
+        assert_eq!(
+            r.end(7, seat.session, true, 5_000),
+            Ended::Lingering { until_ms: 6_000 }
+        );
+        assert_eq!((r.live(), r.lingering(), r.seats()), (0, 1, 1));
+        assert_eq!(r.next_expiry(), Some(6_000));
+        assert!(r.expire(5_999).is_empty());
+        assert_eq!(r.expire(6_000), vec![(7, seat.session)]);
+        assert_eq!(r.seats(), 0);
+        assert_eq!(r.resumable(&key(1)), None, "its resume token died with it");
+        assert!(r.per_ip.is_empty());
+    }
+
+    #[test]
+    fn a_goodbye_frees_the_seat_at_once_and_no_grace_means_no_lingering() {
+        let mut r = Registry::new(10, 0, 1_000);
+        let seat = r.admit(token(7), A, key(1)).unwrap();
+        assert_eq!(r.end(7, seat.session, false, 0), Ended::Freed);
+        assert_eq!(r.seats(), 0);
+        let mut none = Registry::new(10, 0, 0);
+        let seat = none.admit(token(7), A, key(1)).unwrap();
+        assert_eq!(none.end(7, seat.session, true, 0), Ended::Freed);
+    }
+
+    #[test]
+    fn a_resume_token_takes_back_a_lingering_seat_once() {
+        let mut r = Registry::new(10, 0, 1_000);
+        let first = r.admit(token(7), A, key(1)).unwrap();
+        r.end(7, first.session, true, 0);
+        let again = r.admit(Claim::Resume(key(1)), B, key(2)).unwrap();
+        assert_eq!(again.client_id, 7);
+        assert!(again.resumed);
+        assert_ne!(again.session, first.session);
+        assert_eq!((r.live(), r.lingering()), (1, 0));
+        assert!(r.expire(u64::MAX).is_empty(), "no longer waiting to expire");
+        assert_eq!(
+            r.admit(Claim::Resume(key(1)), A, key(3)).unwrap_err().0,
+            RejectReason::TokenExpired,
+            "single use"
+        );
+        assert_eq!(r.per_ip.get(&A), None, "the seat moved to the new address");
+        assert_eq!(r.per_ip.get(&B), Some(&1));
+    }
+
+    #[test]
+    fn a_connect_token_for_the_same_client_id_also_resumes() {
+        let mut r = Registry::new(10, 0, 1_000);
+        let first = r.admit(token(7), A, key(1)).unwrap();
+        r.end(7, first.session, true, 0);
+        let again = r.admit(token(7), A, key(2)).unwrap();
+        assert!(again.resumed);
+        assert_eq!(r.seats(), 1);
+    }
+
+    #[test]
+    fn resuming_a_session_that_looks_live_supersedes_it() {
+        let mut r = Registry::new(10, 0, 1_000);
+        let zombie = r.admit(token(7), A, key(1)).unwrap();
+        let fresh = r.admit(Claim::Resume(key(1)), A, key(2)).unwrap();
+        assert!(fresh.resumed && zombie.superseded.is_cancelled());
+        assert!(!fresh.superseded.is_cancelled());
+        // The zombie's end, when it comes, leaves the new session alone.
+        assert_eq!(r.end(7, zombie.session, true, 0), Ended::Superseded);
+        assert_eq!((r.live(), r.lingering()), (1, 0));
+        assert_eq!(r.per_ip.get(&A), Some(&1));
+        // But a connect token does not push a live session out.
+        assert_eq!(
+            r.admit(token(7), B, key(3)).unwrap_err().0,
+            RejectReason::TokenInUse
+        );
+    }
+
+    #[test]
+    fn lingering_seats_count_against_max_clients_but_resuming_needs_no_free_seat() {
+        let mut r = Registry::new(2, 0, 1_000);
+        let a = r.admit(token(1), A, key(1)).unwrap();
+        r.admit(token(2), A, key(2)).unwrap();
+        r.end(1, a.session, true, 0);
+        let full = r.admit(token(3), A, key(3)).unwrap_err();
+        assert_eq!((full.0, full.2), (RejectReason::ServerFull, RETRY_AFTER_MS));
+        assert!(r.admit(Claim::Resume(key(1)), A, key(4)).is_ok());
+    }
+
+    #[test]
+    fn per_address_limit_counts_lingering_seats_and_lets_a_player_back() {
+        let mut r = Registry::new(10, 1, 1_000);
+        let a = r.admit(token(1), A, key(1)).unwrap();
+        assert_eq!(
+            r.admit(token(2), A, key(2)).unwrap_err().0,
+            RejectReason::TooManyFromAddress
+        );
+        assert!(r.admit(token(2), B, key(2)).is_ok());
+        r.end(1, a.session, true, 0);
+        assert_eq!(
+            r.admit(token(3), A, key(3)).unwrap_err().0,
+            RejectReason::TooManyFromAddress
+        );
+        assert!(r.admit(Claim::Resume(key(1)), A, key(4)).is_ok());
+    }
+}
