@@ -18,6 +18,7 @@ async fn expect_reject(server: &TestServer, token: &str, version: u16, want: Rej
         protocol_version: version,
         token: token.into(),
         name: "tester".into(),
+        resume: None,
     };
     t.send_hello(&hello).await.expect("hello sent");
     let got = t.read_msg(&mut reader).await;

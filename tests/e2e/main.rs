@@ -6,5 +6,7 @@ mod common;
 mod metrics;
 mod misbehaving;
 mod play;
+mod relay;
 mod replication;
+mod resume;
 mod swarm;

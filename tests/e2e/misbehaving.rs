@@ -293,3 +293,58 @@ async fn fifty_sessions_of_malformed_input_each_end_with_a_reason_and_twenty_pla
     server.players_reach(0).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_outside_their_range_are_dropped_and_counted_by_reason_and_the_session_plays_on() {
+    use arena_shared::protocol::{Buttons, ClientMsg, Input, Ping};
+    use arena_shared::quant::MoveDir;
+    let server = common::start(&[]).await;
+    let (mut t, mut reader) = welcomed(&server, "odd").await;
+    let tick = server.stats.tick.load(std::sync::atomic::Ordering::Relaxed) as u32;
+    let bad = [
+        Input {
+            seq: 1,
+            tick,
+            movement: MoveDir { x: -128, y: 0 },
+            ..Default::default()
+        },
+        Input {
+            seq: 2,
+            tick,
+            buttons: Buttons(0x80),
+            ..Default::default()
+        },
+    ];
+    for input in bad {
+        t.send_msg(&ClientMsg::Input(input)).await.expect("sent");
+    }
+    // Frames are handled in order: once the pong is back, both inputs were judged.
+    t.send_msg(&ClientMsg::Ping(Ping { nonce: 9 }))
+        .await
+        .expect("sent");
+    loop {
+        match tokio::time::timeout(WAIT, t.read_msg(&mut reader))
+            .await
+            .expect("the server answers")
+        {
+            Ok((ServerMsg::Pong(p), _)) if p.nonce == 9 => break,
+            Ok((ServerMsg::Pong(_), _)) => continue,
+            other => panic!("expected the pong, got {other:?}"),
+        }
+    }
+    let text = server.stats.metrics.render(&server.stats);
+    for reason in ["move_out_of_range", "unknown_buttons"] {
+        assert!(
+            text.contains(&format!(
+                "arena_inputs_rejected_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {text}"
+        );
+    }
+    assert_eq!(
+        server.stats.sessions(),
+        1,
+        "a bad input costs the input only"
+    );
+    server.stop().await;
+}
