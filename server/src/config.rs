@@ -164,7 +164,7 @@ pub struct Config {
     pub max_send_backlog: usize,
     /// On SIGTERM every player is told to reconnect after a delay spread uniformly over this
     /// many seconds (`Disconnect.reconnect_after_ms`), so a restart is not met by everyone at
-    /// once.
+    /// once; the server exits within this time (connections still open then are closed).
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u32,
     /// How long a player whose connection was lost without a goodbye (idle timeout, network

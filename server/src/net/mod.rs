@@ -187,10 +187,30 @@ pub async fn serve(
     reaper.abort();
     info!("WebTransport endpoint stops accepting");
     // Sessions say goodbye themselves (they watch the same token); wait for them, then for
-    // the close frames to leave.
+    // the close frames to leave. Each goodbye is bounded (a second to flush, a second for the
+    // client to close), but the drain as a whole must end within --drain-secs whatever
+    // happens: past it, every connection still open is closed from here.
     tracker.close();
-    tracker.wait().await;
-    if tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle())
+    let drain = std::time::Duration::from_secs(u64::from(ctx.config.drain_secs.max(1)));
+    let deadline = tokio::time::Instant::now() + drain;
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            sessions = tracker.len(),
+            "sessions still closing at the end of the drain; closing their connections"
+        );
+        endpoint.close(
+            wtransport::VarInt::from_u32(
+                arena_shared::protocol::DisconnectReason::ServerShutdown.code(),
+            ),
+            b"server shutting down",
+        );
+    }
+    // Let the close frames leave, within what is left of the drain (at least a moment).
+    let flush = deadline.max(tokio::time::Instant::now() + std::time::Duration::from_millis(200));
+    if tokio::time::timeout_at(flush, endpoint.wait_idle())
         .await
         .is_err()
     {
