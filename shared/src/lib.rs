@@ -7,6 +7,8 @@
 //!   the one codec module (`protocol::codec`) that turns messages into bytes and back.
 //! - [`sim`]: the game rules as pure, deterministic functions: player movement with acceleration,
 //!   friction, a speed cap, and collision against the map.
+//! - [`combat`]: the combat rules: weapons, deterministic aim, hitscan and swept projectiles
+//!   against the map, and lag compensation (a position history shots are rewound into).
 //! - [`clock`]: the client's estimate of the server tick, the RTT, and its own input lead.
 //! - [`interp`]: interpolation buffer for remote entities.
 //! - [`predict`]: client prediction of its own entity and reconciliation with the server.
@@ -18,6 +20,7 @@
 //! - [`fuzzing`]: what the fuzz targets in `fuzz/` run, also replayed and proptested on stable.
 
 pub mod clock;
+pub mod combat;
 pub mod fuzzing;
 pub mod interp;
 pub mod map;
