@@ -163,14 +163,18 @@ impl Walk {
     }
 }
 
-/// Where the nearest entity of `view` other than `me_id` is, seen from `me` (linear in the
-/// view's size: one pass, no allocation).
-pub fn nearest_other(view: &View, me_id: u32, me: Vec2) -> Option<Vec2> {
+/// The nearest player or NPC of `view` other than `me_id`, seen from `me`: its id and where
+/// the view has it (linear in the view's size: one pass, no allocation). Projectiles are not
+/// targets.
+pub fn nearest_other(view: &View, me_id: u32, me: Vec2) -> Option<(u32, Vec2)> {
     view.entities
         .iter()
-        .filter(|e| e.id != me_id)
-        .map(|e| e.pos())
-        .min_by(|a, b| a.distance_squared(me).total_cmp(&b.distance_squared(me)))
+        .filter(|e| e.id != me_id && e.kind != arena_shared::protocol::EntityKind::Projectile)
+        .map(|e| (e.id, e.pos()))
+        .min_by(|a, b| {
+            a.1.distance_squared(me)
+                .total_cmp(&b.1.distance_squared(me))
+        })
 }
 
 #[cfg(test)]
@@ -277,10 +281,22 @@ mod tests {
             ],
         };
         // Bot 1 stands on its own record: the nearest other is 3.
-        let target = nearest_other(&view, 1, Vec2::new(100.0, 100.0)).unwrap();
+        let (id, target) = nearest_other(&view, 1, Vec2::new(100.0, 100.0)).unwrap();
+        assert_eq!(id, 3);
         assert!(
             (target - Vec2::new(120.0, 300.0)).length() < 1.0,
             "{target:?}"
+        );
+        let mut rocket = at(4, 101.0, 101.0);
+        rocket.kind = EntityKind::Projectile;
+        let with_rocket = View {
+            tick: 1,
+            entities: vec![at(1, 100.0, 100.0), rocket, at(3, 120.0, 300.0)],
+        };
+        assert_eq!(
+            nearest_other(&with_rocket, 1, Vec2::new(100.0, 100.0)).map(|t| t.0),
+            Some(3),
+            "projectiles are not targets"
         );
         assert_eq!(
             nearest_other(

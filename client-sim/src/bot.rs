@@ -20,13 +20,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use arena_shared::clock::ClockSync;
+use arena_shared::combat;
 use arena_shared::interp::Interpolator;
 use arena_shared::map::Map;
 use arena_shared::predict::Predictor;
 use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
-    Buttons, CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Input, InputStatus, Ping, ResumeToken,
-    ServerDatagram, ServerMsg, Welcome,
+    Buttons, CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, GameEvent, Input, InputStatus, Ping,
+    ResumeToken, ServerDatagram, ServerMsg, Welcome,
 };
 use arena_shared::quant::{Aim, MoveDir};
 use arena_shared::rng::SplitMix64;
@@ -124,6 +125,14 @@ pub struct BotOutcome {
     pub inputs_sent: u64,
     /// Inputs sent with the fire button held (a chaser that sees someone).
     pub fire_inputs: u64,
+    /// Rifle shots and rockets fired (fire held on a tick its weapon was ready, counted with
+    /// the server's fire rates).
+    pub shots_fired: u64,
+    /// `Hit` events naming this bot as the attacker.
+    pub hits_confirmed: u64,
+    /// `Killed` events naming it as the killer, and as the victim.
+    pub kills: u64,
+    pub deaths: u64,
     /// Round trips in microseconds (pings; an idle bot sends none).
     pub rtt_us: Histogram<u64>,
     /// Its own position at the first and the last snapshot of its last session.
@@ -171,6 +180,10 @@ impl BotOutcome {
             up_bytes: 0,
             inputs_sent: 0,
             fire_inputs: 0,
+            shots_fired: 0,
+            hits_confirmed: 0,
+            kills: 0,
+            deaths: 0,
             rtt_us: new_rtt_histogram(),
             first_pos: None,
             last_pos: None,
@@ -411,8 +424,13 @@ struct Play<'a> {
     predictor: Option<Predictor>,
     rng: SplitMix64,
     walk: Walk,
-    /// A chaser's target, found once per view: (view tick, where it is).
-    target: Option<(u32, Option<Vec2>)>,
+    /// A chaser's target, found once per view: (view tick, its id and where the view has it).
+    target: Option<(u32, Option<(u32, Vec2)>)>,
+    /// Client ticks at which the rifle and the rocket may fire again (the server's rates).
+    rifle_ready: u32,
+    rocket_ready: u32,
+    /// Between its death and its respawn a bot holds its fire (the server would ignore it).
+    dead: bool,
     seq: u32,
     pings: HashMap<u32, Instant>,
     nonce: u32,
@@ -440,16 +458,17 @@ impl Play<'_> {
         self.warm_from.is_some_and(|(t, _)| t.elapsed() >= WARM_UP)
     }
 
-    /// Where a chaser heads, aims and whether it fires: at the nearest entity it sees (found
-    /// once per new view), from where it predicts itself to be.
-    fn chase(&mut self, out: &BotOutcome) -> Option<Vec2> {
+    /// Where a chaser heads and aims: at the nearest player or NPC it sees (found once per new
+    /// view), where its interpolation draws it now (what a player would aim at, and what the
+    /// server's lag compensation rewinds to), from where it predicts itself to be.
+    fn chase(&mut self, out: &BotOutcome, render: Option<f64>) -> Option<Vec2> {
         let me = self
             .predictor
             .as_ref()
             .map(|p| p.body().pos)
             .or(out.last_pos)?;
         let view = self.receiver.latest()?;
-        let target = match self.target {
+        let (id, seen) = match self.target {
             Some((tick, target)) if tick == view.tick => target,
             _ => {
                 let target = behaviour::nearest_other(view, self.entity, me);
@@ -457,9 +476,11 @@ impl Play<'_> {
                 target
             }
         }?;
-        Some(target - me)
+        let drawn = render
+            .and_then(|r| self.interp.position(id, r))
+            .unwrap_or(seen);
+        Some(drawn - me)
     }
-
     /// Acknowledges the newest view the receiver holds.
     fn send_ack(&mut self, t: &Transport, out: &mut BotOutcome) {
         self.ack_pending = None;
@@ -481,11 +502,24 @@ impl Play<'_> {
                 self.ack_pending = Some(waited + 1);
             }
         }
+        // The time the bot draws others at: what its shots are judged against.
+        let render = self.clock.render_tick(now, self.interp.delay_ticks());
         for tick in due {
             let (dir, aim, buttons) = match self.config.behaviour {
                 Behaviour::Heading(d) => (d, d, 0),
-                Behaviour::Chase => match self.chase(out) {
-                    Some(to) => (to.normalize_or_zero(), to, Buttons::FIRE),
+                Behaviour::Chase => match self.chase(out, render).filter(|_| !self.dead) {
+                    Some(to) => {
+                        // The rifle at anything in its reach, a rocket now and then at
+                        // whatever is close.
+                        let mut b = 0;
+                        if to.length() <= combat::RIFLE.range {
+                            b |= Buttons::FIRE;
+                        }
+                        if to.length() <= 500.0 && self.rng.below(4) == 0 {
+                            b |= Buttons::ALT_FIRE;
+                        }
+                        (to.normalize_or_zero(), to, b)
+                    }
                     None => {
                         let d = self.walk.next(&mut self.rng, self.tick_rate);
                         (d, d, 0)
@@ -502,23 +536,37 @@ impl Play<'_> {
             if let Some(p) = &mut self.predictor {
                 p.apply(self.seq, movement, &self.map);
             }
+            let (view_tick, view_frac) = match render {
+                Some(r) if r > 0.0 => (r.floor() as u32, ((r - r.floor()) * 256.0) as u8),
+                _ => (tick, 0),
+            };
             let input = Input {
                 seq: self.seq,
                 tick,
                 movement,
                 aim: Aim::from_radians(aim.y.atan2(aim.x)),
                 buttons: Buttons(buttons),
+                view_tick,
+                view_frac,
             };
             self.send_msg(t, &ClientMsg::Input(input), out).await?;
             out.inputs_sent += 1;
             if buttons & Buttons::FIRE != 0 {
                 out.fire_inputs += 1;
+                if tick >= self.rifle_ready {
+                    self.rifle_ready = tick + combat::RIFLE.cooldown_ticks;
+                    out.shots_fired += 1;
+                }
+            }
+            if buttons & Buttons::ALT_FIRE != 0 && tick >= self.rocket_ready {
+                self.rocket_ready = tick + combat::ROCKET.cooldown_ticks;
+                out.shots_fired += 1;
             }
         }
         if let Some(p) = &mut self.predictor {
             p.advance_render(1.0 / (2.0 * f32::from(self.tick_rate)));
         }
-        if let Some(render) = self.clock.render_tick(now, self.interp.delay_ticks()) {
+        if let Some(render) = render {
             self.interp.frame(render);
             out.interp_underruns = self.underruns_before + self.interp.underruns();
         }
@@ -590,10 +638,34 @@ impl Play<'_> {
                         reconnect_after_ms: d.reconnect_after_ms,
                     });
                 }
+                ServerMsg::Event(e) => self.on_event(e, out),
                 ServerMsg::Welcome(_) | ServerMsg::Reject(_) => return Err(ClientError::BadFrame),
             }
         }
         Ok(())
+    }
+
+    /// A game event about this bot.
+    fn on_event(&mut self, event: GameEvent, out: &mut BotOutcome) {
+        match event {
+            GameEvent::Hit { attacker, .. } if attacker == self.entity => out.hits_confirmed += 1,
+            GameEvent::Killed { killer, victim } => {
+                if killer == self.entity {
+                    out.kills += 1;
+                }
+                if victim == self.entity {
+                    out.deaths += 1;
+                    self.dead = true;
+                }
+            }
+            // Prediction starts again from the new position (the snapshot that shows it may
+            // come first or after; either way the old prediction is void).
+            GameEvent::Respawned { .. } => {
+                self.predictor = None;
+                self.dead = false;
+            }
+            GameEvent::Hit { .. } | GameEvent::Score { .. } => {}
+        }
     }
 
     /// One datagram from the server.
@@ -721,6 +793,8 @@ impl Play<'_> {
             out.inputs_late = self.late_before + u64::from(input.late.saturating_sub(base));
         }
         let Some(me) = view.get(self.entity) else {
+            // Dead (hidden until it respawns elsewhere): nothing to reconcile with.
+            self.predictor = None;
             return;
         };
         let pos = me.pos_at(tick, self.tick_rate);
@@ -795,6 +869,9 @@ async fn play(
         rng: SplitMix64::new(config.seed),
         walk: Walk::default(),
         target: None,
+        rifle_ready: 0,
+        rocket_ready: 0,
+        dead: false,
         seq: 0,
         pings: HashMap::new(),
         nonce: 0,

@@ -248,7 +248,7 @@ impl Transport {
                 message: d.message,
                 reconnect_after_ms: d.reconnect_after_ms,
             }),
-            ServerMsg::Pong(_) => Err(ClientError::BadFrame),
+            ServerMsg::Pong(_) | ServerMsg::Event(_) => Err(ClientError::BadFrame),
         }
     }
 }

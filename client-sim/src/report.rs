@@ -50,6 +50,16 @@ pub struct Report {
     pub entities_in_view_p50: f64,
     /// Delta snapshots bots could not decode for want of a baseline (0 without loss).
     pub baseline_misses: u64,
+    /// Rifle shots and rockets the bots fired, `Hit` events naming a bot as the attacker,
+    /// and `Killed` events naming a bot as the killer and as the victim, all bots together.
+    #[serde(default)]
+    pub shots_fired: u64,
+    #[serde(default)]
+    pub hits_confirmed: u64,
+    #[serde(default)]
+    pub kills: u64,
+    #[serde(default)]
+    pub deaths: u64,
     /// Prediction corrections after each bot's first second (0 without impairment).
     pub prediction_corrections: u64,
     /// Largest correction, world units.
@@ -133,6 +143,10 @@ impl Report {
             snapshot_bytes_p99: at(&sizes, 0.99),
             entities_in_view_p50: at(&in_view, 0.5),
             baseline_misses: bots.iter().map(|b| b.baseline_misses).sum(),
+            shots_fired: bots.iter().map(|b| b.shots_fired).sum(),
+            hits_confirmed: bots.iter().map(|b| b.hits_confirmed).sum(),
+            kills: bots.iter().map(|b| b.kills).sum(),
+            deaths: bots.iter().map(|b| b.deaths).sum(),
             prediction_corrections: bots.iter().map(|b| b.prediction_corrections).sum(),
             prediction_max_error: bots
                 .iter()
@@ -148,7 +162,7 @@ impl Report {
     /// A table a person reads at the end of a run.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let rows: [(&str, String); 20] = [
+        let rows: [(&str, String); 21] = [
             (
                 "bots connected",
                 format!("{} / {}", self.bots_connected, self.bots_requested),
@@ -192,6 +206,13 @@ impl Report {
                 format!("{:.0}", self.entities_in_view_p50),
             ),
             ("baseline misses", self.baseline_misses.to_string()),
+            (
+                "combat",
+                format!(
+                    "{} shots, {} hits, {} kills, {} deaths",
+                    self.shots_fired, self.hits_confirmed, self.kills, self.deaths
+                ),
+            ),
             (
                 "corrections",
                 format!(
@@ -261,6 +282,10 @@ mod tests {
             "snapshot_bytes_p99",
             "entities_in_view_p50",
             "baseline_misses",
+            "shots_fired",
+            "hits_confirmed",
+            "kills",
+            "deaths",
             "prediction_corrections",
             "prediction_max_error",
             "inputs_late",

@@ -88,6 +88,31 @@ pub struct Config {
     #[arg(long, default_value_t = 32)]
     pub input_window: u32,
 
+    /// Game events (hits, kills, respawns, score) waiting per session for its reliable
+    /// stream; beyond this they are dropped and counted (the client is not reading).
+    #[arg(long, default_value_t = crate::net::outbox::DEFAULT_EVENT_CAPACITY)]
+    pub event_queue: usize,
+
+    /// Whether NPCs notice, chase and shoot players (`false`: they only wander, which is what
+    /// netcode measurements and tests that must not be confounded by deaths want).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub npc_combat: bool,
+
+    /// How long a dead player or NPC waits before it respawns (at a spawn point away from
+    /// enemies).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub respawn_delay: Duration,
+
+    /// Lag compensation: how much of the past the server keeps of every hittable entity's
+    /// position (memory: this many ticks of positions).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub lag_comp_history: Duration,
+
+    /// Lag compensation: how far back a hitscan shot may be tested (the shooter's view time,
+    /// clamped), so a laggy shooter cannot reach far into the past. At most --lag-comp-history.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub max_rewind: Duration,
+
     /// Snapshots waiting per session to be sent; the oldest is dropped beyond this (the client
     /// is slow, and a newer snapshot supersedes it).
     #[arg(long, default_value_t = 4)]
@@ -194,6 +219,11 @@ impl Config {
             height: self.world_size,
             obstacles: self.obstacles,
         })
+    }
+
+    /// A duration in whole ticks (rounded to the nearest, at least `min`).
+    pub fn ticks(&self, d: Duration, min: u32) -> u32 {
+        ((d.as_secs_f64() * f64::from(self.tick_rate)).round() as u32).max(min)
     }
 
     /// Keep-alive interval derived from the idle timeout.

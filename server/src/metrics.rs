@@ -22,7 +22,15 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use crate::stats::Stats;
 
 /// The phases of a tick, as the `phase` label of `arena_tick_phase_seconds`.
-pub const PHASES: [&str; 4] = ["receive", "simulate", "replicate", "end"];
+pub const PHASES: [&str; 7] = [
+    "receive",
+    "ai",
+    "movement",
+    "projectiles",
+    "hits",
+    "replicate",
+    "end",
+];
 
 /// How often the server drains histogram samples into their buckets.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -61,7 +69,7 @@ pub struct Metrics {
     pub tick: Histogram,
     /// Wall time of each phase of a tick, indexed like [`PHASES`]; `replicate` is the
     /// replication time.
-    pub phases: [Histogram; 4],
+    pub phases: [Histogram; PHASES.len()],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,6 +174,24 @@ const COUNTERS: &[Source] = &[
         "arena_acks_ignored_total",
         "Snapshot acknowledgements for ticks not yet reached (ignored).",
         |s| &s.acks_ignored,
+    ),
+    (
+        "arena_shots_fired_total",
+        "Players' rifle shots and rockets fired (after the fire-rate check).",
+        |s| &s.shots_fired,
+    ),
+    (
+        "arena_hits_total",
+        "Blows that took health (rifle hits and projectile impacts).",
+        |s| &s.hits,
+    ),
+    ("arena_kills_total", "Players and NPCs killed.", |s| {
+        &s.kills
+    }),
+    (
+        "arena_events_dropped_total",
+        "Game events dropped because a session had --event-queue events waiting.",
+        |s| &s.events_dropped,
     ),
 ];
 
@@ -280,8 +306,7 @@ impl Metrics {
         self.gauge("arena_players").set(stats.players() as f64);
         self.gauge("arena_players_lingering")
             .set(Stats::get(&stats.lingering) as f64);
-        self.gauge("arena_entities")
-            .set(Stats::get(&stats.entities) as f64);
+        self.gauge("arena_entities").set(stats.entities() as f64);
         self.gauge("arena_server_tick")
             .set(Stats::get(&stats.tick) as f64);
         self.gauge("arena_tick_duration_max_seconds")
@@ -353,7 +378,7 @@ mod tests {
         stats.datagrams_sent.store(7, Ordering::Relaxed);
         stats.inputs_too_old.store(3, Ordering::Relaxed);
         stats.metrics.tick.record(0.004);
-        stats.metrics.phases[2].record(0.003);
+        stats.metrics.phases[5].record(0.003);
         stats.metrics.session_ended("client_left");
         stats.metrics.session_ended("client_left");
         stats.metrics.session_rejected("token_forged");

@@ -24,7 +24,7 @@ pub struct Stats {
     /// Players whose connection was lost and whose entity waits out `--resume-grace`.
     pub lingering: AtomicU64,
     players: watch::Sender<u64>,
-    pub entities: AtomicU64,
+    entities: watch::Sender<u64>,
     pub tick: AtomicU64,
     pub inputs_dropped_inbox_full: AtomicU64,
     /// Inputs over a session's `--max-inputs-per-sec`.
@@ -66,6 +66,14 @@ pub struct Stats {
     pub acks_received: AtomicU64,
     /// Acknowledgements for ticks the server has not reached (ignored).
     pub acks_ignored: AtomicU64,
+    /// Players' rifle shots and rockets (after the fire-rate check).
+    pub shots_fired: AtomicU64,
+    /// Blows that took health (rifle hits and projectile impacts).
+    pub hits: AtomicU64,
+    /// Players and NPCs killed.
+    pub kills: AtomicU64,
+    /// Game events dropped because a session had `--event-queue` waiting.
+    pub events_dropped: AtomicU64,
     /// Histograms, labelled counters and the Prometheus rendering of all of the above.
     pub metrics: Metrics,
 }
@@ -88,7 +96,7 @@ impl Stats {
             sessions_resumed: AtomicU64::new(0),
             lingering: AtomicU64::new(0),
             players: watch::Sender::new(0),
-            entities: AtomicU64::new(0),
+            entities: watch::Sender::new(0),
             tick: AtomicU64::new(0),
             inputs_dropped_inbox_full: AtomicU64::new(0),
             inputs_rate_limited: AtomicU64::new(0),
@@ -118,6 +126,10 @@ impl Stats {
             encode_passes: AtomicU64::new(0),
             acks_received: AtomicU64::new(0),
             acks_ignored: AtomicU64::new(0),
+            shots_fired: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            kills: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
             metrics: Metrics::new(tick_interval),
         }
     }
@@ -140,6 +152,21 @@ impl Stats {
     /// A receiver to await a player count, e.g. zero once everyone has left.
     pub fn watch_players(&self) -> watch::Receiver<u64> {
         self.players.subscribe()
+    }
+
+    /// Entities in the world at the end of the last tick (players, NPCs, projectiles).
+    pub fn entities(&self) -> u64 {
+        *self.entities.borrow()
+    }
+
+    /// A receiver to await an entity count, e.g. back to the NPCs once projectiles expired.
+    pub fn watch_entities(&self) -> watch::Receiver<u64> {
+        self.entities.subscribe()
+    }
+
+    pub(crate) fn set_entities(&self, n: u64) {
+        self.entities
+            .send_if_modified(|e| std::mem::replace(e, n) != n);
     }
 
     pub(crate) fn set_players(&self, n: u64) {
@@ -221,7 +248,7 @@ pub async fn log_periodically(stats: Arc<Stats>, every: Duration, shutdown: Canc
         let clients = stats.sessions();
         tracing::info!(
             clients,
-            entities = Stats::get(&stats.entities),
+            entities = stats.entities(),
             tick_ms = (now.tick_us - prev.tick_us) as f64 / ticks / 1e3,
             replication_ms = (now.replication_us - prev.replication_us) as f64 / ticks / 1e3,
             bytes_per_snapshot = (now.bytes - prev.bytes) as f64 / snaps,

@@ -29,6 +29,17 @@ use glam::Vec2;
 use crate::map::Map;
 use crate::quant::Aim;
 
+/// NPCs notice a living player this close (and start chasing it).
+pub const NPC_NOTICE_RANGE: f32 = 400.0;
+/// NPCs give up a chase beyond this distance.
+pub const NPC_FORGET_RANGE: f32 = 650.0;
+/// NPCs fire their bolt at a player this close, when they can see it.
+pub const NPC_FIRE_RANGE: f32 = 350.0;
+/// NPCs stop closing in at this distance (they keep firing).
+pub const NPC_KEEP_DISTANCE: f32 = 120.0;
+/// NPCs look for a new target this often, each on its own phase (spreads the cost).
+pub const NPC_LOOK_TICKS: u32 = 8;
+
 /// Health a player spawns with.
 pub const PLAYER_HEALTH: i32 = 100;
 /// Health an NPC spawns with.

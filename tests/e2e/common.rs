@@ -115,6 +115,10 @@ pub async fn try_start(extra: &[&str]) -> Result<TestServer, ServerError> {
         "127.0.0.1:0",
         "--npcs",
         "50",
+        // NPCs that shoot would kill bots whose positions a test checks; the combat tests
+        // turn them back on.
+        "--npc-combat",
+        "false",
         "--log",
         "warn",
     ];
@@ -165,6 +169,17 @@ impl TestServer {
         tokio::time::timeout(WAIT, rx.wait_for(|p| *p == n))
             .await
             .unwrap_or_else(|_| panic!("players never reached {n} (now {})", self.stats.players()))
+            .expect("stats live as long as the server");
+    }
+
+    /// Waits until the world holds `n` entities.
+    pub async fn entities_reach(&self, n: u64) {
+        let mut rx = self.stats.watch_entities();
+        tokio::time::timeout(WAIT, rx.wait_for(|e| *e == n))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("entities never reached {n} (now {})", self.stats.entities())
+            })
             .expect("stats live as long as the server");
     }
 

@@ -2,6 +2,7 @@
 //! One test binary (modules below) so the workspace links it once.
 
 mod admission;
+mod combat;
 mod common;
 mod metrics;
 mod misbehaving;

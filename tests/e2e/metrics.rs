@@ -130,7 +130,7 @@ async fn metrics_parse_and_count_the_bots_that_are_connected() {
         .collect();
     sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
     assert!(sorted.windows(2).all(|w| w[0].1 <= w[1].1), "{sorted:?}");
-    for phase in ["receive", "simulate", "replicate", "end"] {
+    for phase in arena_server::metrics::PHASES {
         let labels = format!("phase=\"{phase}\"");
         assert!(value(&m, "arena_tick_phase_seconds_count", &labels) >= 1.0);
     }

@@ -160,6 +160,7 @@ async fn a_client_flooding_inputs_has_the_excess_dropped_then_is_disconnected() 
             movement: MoveDir { x: 1, y: 0 },
             aim: Aim(0),
             buttons: Buttons(0),
+            ..Default::default()
         };
         arena_shared::protocol::codec::encode_client(&ClientMsg::Input(input), &mut bytes)
             .expect("encodes");
@@ -225,6 +226,7 @@ async fn fifty_sessions_of_malformed_input_each_end_with_a_reason_and_twenty_pla
                 movement: MoveDir { x: 1, y: 1 },
                 aim: Aim(1),
                 buttons: Buttons(0),
+                ..Default::default()
             }),
             &mut f,
         )

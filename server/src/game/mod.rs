@@ -9,6 +9,7 @@
 //! - Time enters only through [`Simulation::run`]'s accumulator; [`Simulation::tick`] is pure in
 //!   the sense that tests can call it directly, as fast as they like.
 
+pub mod combat;
 pub mod components;
 pub mod systems;
 
@@ -79,10 +80,16 @@ pub struct JoinAck {
 /// them (an overrun is logged with the phase that took the time; Prometheus gets each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
-    /// Apply joins, leaves and inputs that arrived since the last tick.
+    /// Apply joins, leaves and inputs that arrived since the last tick; players' intents.
     Receive,
-    /// Decide intents (players' inputs, NPC brains), then move everything.
-    Simulate,
+    /// NPC brains: targets, steering, bolts.
+    Ai,
+    /// Move every body; file the living for queries and lag compensation.
+    Movement,
+    /// Launch and fly projectiles.
+    Projectiles,
+    /// Rifle shots (lag compensated), damage, deaths, respawns.
+    Hits,
     /// Build and queue each client's snapshot.
     Replicate,
     /// Publish gauges, advance the tick counter.
@@ -90,9 +97,12 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 4] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Receive,
-        Phase::Simulate,
+        Phase::Ai,
+        Phase::Movement,
+        Phase::Projectiles,
+        Phase::Hits,
         Phase::Replicate,
         Phase::End,
     ];
@@ -105,7 +115,7 @@ impl Phase {
 
 /// How long each phase of one tick took, indexed by `Phase as usize`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TickTimes(pub [Duration; 4]);
+pub struct TickTimes(pub [Duration; Phase::ALL.len()]);
 
 impl TickTimes {
     pub fn total(&self) -> Duration {
@@ -132,7 +142,7 @@ const TICK_MAX_WINDOW_TICKS: u32 = 150;
 pub struct Simulation {
     world: World,
     /// One schedule per [`Phase`], run in order.
-    phases: [Schedule; 4],
+    phases: [Schedule; Phase::ALL.len()],
     inbox: mpsc::Receiver<SimCommand>,
     inbox_capacity: usize,
     tick_interval: Duration,
@@ -163,6 +173,8 @@ impl Simulation {
                     rng: SplitMix64::new(rng.next_u64()),
                     ticks_left: 0,
                 },
+                combat::Health(arena_shared::combat::NPC_HEALTH),
+                combat::NpcBrain::default(),
             ));
         }
         world.insert_resource(ids);
@@ -178,6 +190,18 @@ impl Simulation {
         world.insert_resource(Inbox::default());
         world.insert_resource(Clients::default());
         world.insert_resource(Lingering::default());
+        let history_ticks = config.ticks(config.lag_comp_history, 1);
+        world.insert_resource(combat::CombatSettings {
+            respawn_ticks: config.ticks(config.respawn_delay, 1),
+            max_rewind_ticks: config.ticks(config.max_rewind, 0).min(history_ticks),
+            npc_combat: config.npc_combat,
+        });
+        world.insert_resource(combat::LagComp(arena_shared::combat::History::new(
+            history_ticks,
+        )));
+        world.insert_resource(combat::HitGrid::new(config.world_size));
+        world.insert_resource(combat::Blows::default());
+        world.insert_resource(combat::Launches::default());
         world.insert_resource(StatsRes(stats));
         world.insert_resource(replication::Replicator::new(
             config.replication,
@@ -221,6 +245,11 @@ impl Simulation {
 
     pub fn world(&self) -> &World {
         &self.world
+    }
+
+    /// The world, to set up a scene (tests, benchmarks). The tick loop never needs it.
+    pub fn world_mut(&mut self) -> &mut World {
+        &mut self.world
     }
 
     /// The fixed-tick loop. Ticks are scheduled on an absolute timeline (`next += interval`), so
@@ -294,7 +323,7 @@ impl Simulation {
 
 /// One schedule per phase. Determinism depends on every conflicting pair of systems in a
 /// phase being ordered: the ambiguity check fails loudly.
-fn build_schedules() -> [Schedule; 4] {
+fn build_schedules() -> [Schedule; Phase::ALL.len()] {
     let mut phases = Phase::ALL.map(|_| {
         let mut schedule = Schedule::default();
         schedule.set_build_settings(ScheduleBuildSettings {
@@ -303,22 +332,33 @@ fn build_schedules() -> [Schedule; 4] {
         });
         schedule
     });
-    let [receive, simulate, replicate, end] = &mut phases;
-    receive.add_systems((systems::admit_and_release, systems::route_inputs).chain());
-    simulate.add_systems(
+    let [receive, ai, movement, projectiles, hits, replicate, end] = &mut phases;
+    receive.add_systems(
         (
+            systems::admit_and_release,
+            systems::route_inputs,
             systems::player_intent,
-            systems::npc_wander,
-            systems::movement,
-            systems::quantize,
         )
             .chain(),
     );
+    ai.add_systems(combat::npc_ai);
+    movement.add_systems(
+        (
+            systems::movement,
+            systems::quantize,
+            combat::record_hittables,
+        )
+            .chain(),
+    );
+    projectiles.add_systems((combat::launch_projectiles, combat::step_projectiles).chain());
+    hits.add_systems((combat::fire_rifles, combat::apply_damage, combat::respawn).chain());
     replicate.add_systems(replication::replicate);
     end.add_systems(systems::end_tick);
     phases
 }
 
+#[cfg(test)]
+mod combat_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

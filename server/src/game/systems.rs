@@ -1,12 +1,17 @@
 //! The systems of one tick. Each is small and says in its parameters what it reads and writes.
 
+// Systems name everything they touch in their parameters: long signatures and query types
+// are the point, not a smell.
+#![allow(clippy::type_complexity, clippy::too_many_arguments)]
+
 use arena_shared::protocol::EntityKind;
-use arena_shared::quant::{self, MoveDir};
+use arena_shared::quant;
 use arena_shared::sim::{self, Body};
 use bevy_ecs::prelude::*;
 use glam::Vec2;
 use tracing::debug;
 
+use super::combat::{Arsenal, Dead, Health, Projectile, Score, Trigger};
 use super::components::*;
 use super::{JoinAck, SimCommand};
 use crate::stats::Stats;
@@ -15,7 +20,6 @@ use crate::stats::Stats;
 /// resuming one its old entity), a detach parks a player whose connection was lost, a leave
 /// removes one. Inputs stay in the inbox for [`route_inputs`], which runs after the spawns
 /// are applied.
-#[allow(clippy::too_many_arguments)]
 pub fn admit_and_release(
     mut commands: Commands,
     mut inbox: ResMut<Inbox>,
@@ -45,9 +49,11 @@ pub fn admit_and_release(
                         // Same entity, fresh inputs: the new connection's sequence numbers
                         // and clock start over. Its replicator starts empty, so the first
                         // snapshot is a full one.
-                        commands
-                            .entity(entity)
-                            .insert((InputBuffer::default(), MoveIntent::default()));
+                        commands.entity(entity).insert((
+                            InputBuffer::default(),
+                            MoveIntent::default(),
+                            Trigger::default(),
+                        ));
                         (entity, net_id, true)
                     }
                     old => {
@@ -71,6 +77,10 @@ pub fn admit_and_release(
                                     name: join.name,
                                 },
                                 InputBuffer::default(),
+                                Health(arena_shared::combat::PLAYER_HEALTH),
+                                Arsenal::default(),
+                                Trigger::default(),
+                                Score::default(),
                             ))
                             .id();
                         (entity, net_id.0, false)
@@ -104,10 +114,12 @@ pub fn admit_and_release(
                     .is_some_and(|l| l.session == session)
                     && let Some(link) = clients.0.remove(&client_id)
                 {
-                    // It stands still until it comes back or is removed.
-                    commands
-                        .entity(link.entity)
-                        .insert((InputBuffer::default(), MoveIntent::default()));
+                    // It stands still, not firing, until it comes back or is removed.
+                    commands.entity(link.entity).insert((
+                        InputBuffer::default(),
+                        MoveIntent::default(),
+                        Trigger::default(),
+                    ));
                     lingering.0.insert(
                         client_id,
                         LingeringPlayer {
@@ -181,11 +193,11 @@ pub fn route_inputs(
 
 /// Applies each player's input for this tick, or repeats the last one and counts it late.
 pub fn player_intent(
-    mut players: Query<(&mut InputBuffer, &mut MoveIntent)>,
+    mut players: Query<(&mut InputBuffer, &mut MoveIntent, &mut Trigger)>,
     tick: Res<Tick>,
     stats: Res<StatsRes>,
 ) {
-    for (mut buffer, mut intent) in &mut players {
+    for (mut buffer, mut intent, mut trigger) in &mut players {
         let buffer = &mut *buffer;
         // Nothing older than this tick can still be applied.
         while buffer
@@ -208,7 +220,16 @@ pub fn player_intent(
             }
             None => {}
         }
-        intent.0 = buffer.last.movement;
+        let input = buffer.last;
+        intent.0 = input.movement;
+        // A repeated input keeps its buttons (holding fire keeps firing) and its view time.
+        *trigger = Trigger {
+            rifle: input.buttons.fire(),
+            rocket: input.buttons.alt_fire(),
+            aim: input.aim,
+            view_tick: input.view_tick,
+            view_frac: input.view_frac,
+        };
     }
 }
 
@@ -224,37 +245,18 @@ pub fn quantize(mut bodies: Query<&mut Motion>) {
     }
 }
 
-/// NPCs hold a random direction (or stand still) for 0.5–3 s, then pick another.
-pub fn npc_wander(mut npcs: Query<(&mut Wander, &mut MoveIntent)>, settings: Res<SimSettings>) {
-    let rate = u32::from(settings.tick_rate);
-    for (mut wander, mut intent) in &mut npcs {
-        if wander.ticks_left > 0 {
-            wander.ticks_left -= 1;
-            continue;
-        }
-        let w = &mut *wander;
-        w.ticks_left = rate / 2 + w.rng.below(rate * 5 / 2 + 1);
-        intent.0 = if w.rng.below(5) == 0 {
-            MoveDir::default()
-        } else {
-            MoveDir::from_vec2(Vec2::new(
-                w.rng.range_f32(-1.0, 1.0),
-                w.rng.range_f32(-1.0, 1.0),
-            ))
-        };
-    }
-}
-
 /// Moves every body through the shared rules.
+/// Moves every living player and NPC through the shared rules (projectiles fly in their own
+/// phase, the dead stay where they fell).
 pub fn movement(
-    mut bodies: Query<(&mut Motion, &MoveIntent, &Kind)>,
+    mut bodies: Query<(&mut Motion, &MoveIntent, &Kind), (Without<Dead>, Without<Projectile>)>,
     map: Res<MapRes>,
     settings: Res<SimSettings>,
 ) {
     for (mut motion, intent, kind) in &mut bodies {
         let params = match kind.0 {
             EntityKind::Player => &sim::PLAYER,
-            EntityKind::Npc => &sim::NPC,
+            EntityKind::Npc | EntityKind::Projectile => &sim::NPC,
         };
         motion.0 = sim::step(motion.0, intent.0, &map.0, params, settings.dt);
     }
@@ -268,7 +270,7 @@ pub fn end_tick(
     all: Query<(), With<NetId>>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    stats.0.entities.store(all.iter().count() as u64, Relaxed);
+    stats.0.set_entities(all.iter().count() as u64);
     stats.0.tick.store(u64::from(tick.0), Relaxed);
     // Last: it wakes whoever awaits a player count, and they may read the others.
     stats.0.set_players(players.iter().count() as u64);

@@ -10,13 +10,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::*;
 use crate::net::outbox::Outbox;
 
-struct Harness {
-    sim: Simulation,
-    tx: mpsc::Sender<SimCommand>,
-    stats: Arc<Stats>,
+pub(super) struct Harness {
+    pub(super) sim: Simulation,
+    pub(super) tx: mpsc::Sender<SimCommand>,
+    pub(super) stats: Arc<Stats>,
 }
 
-fn harness(npcs: u32) -> Harness {
+pub(super) fn harness(npcs: u32) -> Harness {
     // Full-state replication: these tests read their player's state straight from the outbox.
     let config = config(&[
         "--npcs",
@@ -41,7 +41,7 @@ fn config(args: &[&str]) -> Config {
     Config::try_parse_from(std::iter::once("arena-server").chain(args.iter().copied())).unwrap()
 }
 
-fn join(h: &mut Harness, client_id: u64) -> (Arc<Outbox>, JoinAck) {
+pub(super) fn join(h: &mut Harness, client_id: u64) -> (Arc<Outbox>, JoinAck) {
     join_session(h, client_id, client_id, false)
 }
 
@@ -68,7 +68,7 @@ fn join_session(
 }
 
 /// The tick the next `tick()` will simulate.
-fn now(h: &Harness) -> u32 {
+pub(super) fn now(h: &Harness) -> u32 {
     h.sim.world().resource::<components::Tick>().0
 }
 
@@ -113,7 +113,7 @@ fn a_joined_player_moves_the_way_its_inputs_push_and_leaves_cleanly() {
     );
     assert_eq!(end.pos.y, start.pos.y);
     assert_eq!(h.stats.players(), 1);
-    assert_eq!(Stats::get(&h.stats.entities), 11);
+    assert_eq!(h.stats.entities(), 11);
 
     h.tx.try_send(SimCommand::Leave {
         client_id: 7,
@@ -122,11 +122,7 @@ fn a_joined_player_moves_the_way_its_inputs_push_and_leaves_cleanly() {
     .unwrap();
     h.sim.tick();
     assert_eq!(h.stats.players(), 0);
-    assert_eq!(
-        Stats::get(&h.stats.entities),
-        10,
-        "no entity leaks after leaving"
-    );
+    assert_eq!(h.stats.entities(), 10, "no entity leaks after leaving");
 }
 
 #[test]

@@ -96,6 +96,9 @@ struct Outcome {
 fn play(path: Path, seconds: f64, seed: u64) -> Outcome {
     let config = Config::try_parse_from([
         "arena-server",
+        // Peaceful NPCs: a death would teleport the player and void its prediction.
+        "--npc-combat",
+        "false",
         "--npcs",
         "20",
         "--world-size",

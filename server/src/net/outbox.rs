@@ -1,21 +1,29 @@
-//! A session's outbox: snapshots the simulation has built and the session task has not yet
-//! sent. Bounded; when full the oldest snapshot is dropped (a newer one supersedes it), so a
-//! slow client costs the server a fixed amount of memory and the simulation never waits.
+//! A session's outbox: snapshots the simulation has built and game events it raised, which the
+//! session task has not yet sent. Both bounded; when full the oldest snapshot is dropped (a
+//! newer one supersedes it), and events beyond `--event-queue` are dropped and counted (the
+//! client is not reading; the reliable stream's backlog limit ends it soon after), so a slow
+//! client costs the server a fixed amount of memory and the simulation never waits.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
+use arena_shared::protocol::GameEvent;
 use tokio::sync::Notify;
 
 /// One tick's snapshot for one client: the datagrams to send, in order.
 pub type SnapshotDatagrams = Arc<Vec<Vec<u8>>>;
 
+/// Pending events per session when no `--event-queue` is given.
+pub const DEFAULT_EVENT_CAPACITY: usize = 256;
+
 #[derive(Debug)]
 pub struct Outbox {
     queue: Mutex<VecDeque<SnapshotDatagrams>>,
     capacity: usize,
+    events: Mutex<Vec<GameEvent>>,
+    event_capacity: usize,
     notify: Notify,
     /// The connection's current maximum datagram size, kept fresh by the session task so the
     /// simulation sizes snapshots for this path.
@@ -29,10 +37,41 @@ impl Outbox {
         Self {
             queue: Mutex::new(VecDeque::with_capacity(capacity.max(1))),
             capacity: capacity.max(1),
+            events: Mutex::new(Vec::new()),
+            event_capacity: DEFAULT_EVENT_CAPACITY,
             notify: Notify::new(),
             max_datagram: AtomicUsize::new(max_datagram),
             acked: AtomicU32::new(0),
         }
+    }
+
+    /// The same outbox holding at most `events` pending game events.
+    pub fn with_event_capacity(mut self, events: usize) -> Self {
+        self.event_capacity = events.max(1);
+        self
+    }
+
+    /// Queues a game event for the reliable stream; `false` (and nothing queued) when
+    /// `--event-queue` events are waiting already.
+    pub fn push_event(&self, event: GameEvent) -> bool {
+        {
+            let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= self.event_capacity {
+                return false;
+            }
+            q.push(event);
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    /// Takes the pending events into `out` (cleared first), oldest first.
+    pub fn drain_events(&self, out: &mut Vec<GameEvent>) {
+        out.clear();
+        std::mem::swap(
+            &mut *self.events.lock().unwrap_or_else(|e| e.into_inner()),
+            out,
+        );
     }
 
     /// Queues a snapshot; returns how many older snapshots were dropped to make room.
@@ -110,5 +149,20 @@ mod tests {
         o.push(snap(1));
         let ready = tokio::time::timeout(std::time::Duration::from_secs(5), o.ready()).await;
         assert!(ready.is_ok(), "the permit from notify_one is kept");
+    }
+
+    #[test]
+    fn events_are_bounded_and_drained_in_order() {
+        use arena_shared::protocol::GameEvent;
+        let o = Outbox::new(2, 1200).with_event_capacity(2);
+        let ev = |kills| GameEvent::Score { kills, deaths: 0 };
+        assert!(o.push_event(ev(1)) && o.push_event(ev(2)));
+        assert!(!o.push_event(ev(3)), "over the bound: refused");
+        let mut out = vec![ev(9)];
+        o.drain_events(&mut out);
+        assert_eq!(out, [ev(1), ev(2)]);
+        o.drain_events(&mut out);
+        assert!(out.is_empty());
+        assert!(o.push_event(ev(4)), "room again");
     }
 }

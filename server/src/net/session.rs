@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arena_shared::protocol::codec::{self, FrameReader, HelloError};
 use arena_shared::protocol::{
-    CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Disconnect, DisconnectReason, InputFault,
-    PROTOCOL_VERSION, Pong, Reject, RejectReason, ResumeToken, ServerMsg, Welcome,
+    CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Disconnect, DisconnectReason, GameEvent,
+    InputFault, PROTOCOL_VERSION, Pong, Reject, RejectReason, ResumeToken, ServerMsg, Welcome,
 };
 use arena_shared::rng::SplitMix64;
 use arena_shared::token::{self, TokenError};
@@ -115,7 +115,10 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             }
         };
         tracing::Span::current().record("client_id", slot.seat.client_id);
-        let outbox = Arc::new(Outbox::new(ctx.config.outbox_snapshots, slot.max_datagram));
+        let outbox = Arc::new(
+            Outbox::new(ctx.config.outbox_snapshots, slot.max_datagram)
+                .with_event_capacity(ctx.config.event_queue),
+        );
         let Some(ack) = join(&ctx, &slot, outbox.clone()).await else {
             let reason = DisconnectReason::SimulationUnavailable;
             let _ = writer.send(&ServerMsg::Disconnect(Disconnect {
@@ -155,6 +158,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             client_id: slot.seat.client_id,
             inputs: TokenBucket::new(ctx.config.max_inputs_per_sec, ctx.config.max_inputs_per_sec),
             excess: InputExcess::default(),
+            events: Vec::new(),
         };
         let end = session.play(&shutdown, &slot.seat.superseded).await;
         info!(reason = end.reason, lost = end.lost, "session ended");
@@ -494,6 +498,8 @@ struct Session {
     /// `--max-inputs-per-sec`, and the inputs over it in the current one-second window.
     inputs: TokenBucket,
     excess: InputExcess,
+    /// Game events taken from the outbox, reused.
+    events: Vec<GameEvent>,
 }
 
 /// Inputs dropped for exceeding the rate, counted per one-second window: more than the rate
@@ -541,6 +547,9 @@ impl Session {
                     if let Err(outcome) = self.send_snapshots() {
                         // A lost connection says why (timed out, reset) once it is closed.
                         return if outcome.lost { ended(&self.conn).await } else { outcome };
+                    }
+                    if let Err((reason, message)) = self.send_events() {
+                        return self.disconnect(reason, &message).await;
                     }
                 }
                 read = self.recv.read(&mut buf) => match read {
@@ -637,13 +646,7 @@ impl Session {
                         }))
                         .is_err()
                     {
-                        return Err((
-                            DisconnectReason::SlowConsumer,
-                            format!(
-                                "stream backed up past {} bytes",
-                                self.ctx.config.max_send_backlog
-                            ),
-                        ));
+                        return Err(self.backlogged());
                     }
                 }
                 Err(e) => return Err((DisconnectReason::MalformedFrame, e.to_string())),
@@ -661,6 +664,27 @@ impl Session {
         }
         Stats::add(&self.ctx.stats.acks_received, 1);
         self.outbox.record_ack(tick);
+    }
+
+    /// Writes every pending game event to the reliable stream.
+    fn send_events(&mut self) -> Result<(), (DisconnectReason, String)> {
+        self.outbox.drain_events(&mut self.events);
+        for event in &self.events {
+            if self.writer.send(&ServerMsg::Event(*event)).is_err() {
+                return Err(self.backlogged());
+            }
+        }
+        Ok(())
+    }
+
+    fn backlogged(&self) -> (DisconnectReason, String) {
+        (
+            DisconnectReason::SlowConsumer,
+            format!(
+                "stream backed up past {} bytes",
+                self.ctx.config.max_send_backlog
+            ),
+        )
     }
 
     /// Sends every queued snapshot, one datagram per part.

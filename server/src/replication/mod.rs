@@ -183,7 +183,7 @@ pub fn settings(config: &crate::Config) -> RepSettings {
 
 /// Builds this tick's snapshot for every client and queues it in the client's outbox.
 pub fn replicate(
-    bodies: Query<(&NetId, &Kind, &Motion)>,
+    bodies: Query<(&NetId, &Kind, &Motion), Without<crate::game::combat::Dead>>,
     inputs: Query<&InputBuffer>,
     mut clients: ResMut<Clients>,
     tick: Res<Tick>,

@@ -18,7 +18,7 @@ use crate::quant::{Aim, MoveDir};
 use crate::snapshot::{Ack, DeltaSnapshot};
 
 /// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts).
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
 /// from "an Arena client of another version".
@@ -71,12 +71,19 @@ pub enum ClientMsg {
 pub struct Buttons(pub u8);
 
 impl Buttons {
+    /// The hitscan rifle (`combat::RIFLE`), lag compensated.
     pub const FIRE: u8 = 1 << 0;
+    /// A rocket (`combat::ROCKET`), a projectile entity.
+    pub const ALT_FIRE: u8 = 1 << 1;
     /// Every bit this protocol version defines.
-    pub const ALL: u8 = Self::FIRE;
+    pub const ALL: u8 = Self::FIRE | Self::ALT_FIRE;
 
     pub fn fire(self) -> bool {
         self.0 & Self::FIRE != 0
+    }
+
+    pub fn alt_fire(self) -> bool {
+        self.0 & Self::ALT_FIRE != 0
     }
 }
 
@@ -90,6 +97,12 @@ pub struct Input {
     pub movement: MoveDir,
     pub aim: Aim,
     pub buttons: Buttons,
+    /// The server tick at which the client was drawing other entities when it made this input
+    /// (its interpolation time), and the fraction of a tick past it in 1/256: a hitscan shot is
+    /// tested against the world as the shooter saw it (lag compensation), no further back
+    /// than the server's rewind cap.
+    pub view_tick: u32,
+    pub view_frac: u8,
 }
 
 impl Input {
@@ -145,6 +158,29 @@ pub enum ServerMsg {
     Reject(Reject),
     Disconnect(Disconnect),
     Pong(Pong),
+    Event(GameEvent),
+}
+
+/// Something that happened in the game to this client's entity or by it, on the reliable
+/// stream (snapshots show where things are; events say what happened to whom). Entities are
+/// named by their snapshot ids.
+#[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
+pub enum GameEvent {
+    /// `attacker` hit `target` for `damage`; `health` is what the target has left. Sent to the
+    /// attacker (a hit confirmation) and to the target.
+    Hit {
+        attacker: u32,
+        target: u32,
+        damage: u16,
+        health: i16,
+    },
+    /// `victim` died of `killer`'s damage. Sent to both.
+    Killed { killer: u32, victim: u32 },
+    /// This client's entity is alive again at `pos`, with `health`, after the respawn delay
+    /// (a client resets its prediction there).
+    Respawned { entity: u32, pos: Vec2, health: i16 },
+    /// This client's score changed.
+    Score { kills: u32, deaths: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -371,6 +407,9 @@ pub struct Snapshot {
 pub enum EntityKind {
     Player,
     Npc,
+    /// A rocket or an NPC's bolt: flies straight (dead reckoning predicts it exactly) until it
+    /// hits something or its lifetime ends.
+    Projectile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::map::{Map, Rect};
 use crate::protocol::{
-    Buttons, Disconnect, DisconnectReason, EntityKind, Input, InputFault, Ping, Pong, Reject,
-    RejectReason, ResumeToken, Welcome,
+    Buttons, Disconnect, DisconnectReason, EntityKind, GameEvent, Input, InputFault, Ping, Pong,
+    Reject, RejectReason, ResumeToken, Welcome,
 };
 use crate::quant::{Aim, MoveDir};
 
@@ -37,6 +37,8 @@ fn every_client_msg() -> Vec<ClientMsg> {
             movement: MoveDir { x: -127, y: 64 },
             aim: Aim(40000),
             buttons: Buttons(Buttons::FIRE),
+            view_tick: 1229,
+            view_frac: 128,
         }),
         ClientMsg::Ping(Ping { nonce: 77 }),
     ]
@@ -87,6 +89,25 @@ fn every_server_msg() -> Vec<ServerMsg> {
         ServerMsg::Pong(Pong {
             nonce: 77,
             server_tick: 100,
+        }),
+        ServerMsg::Event(GameEvent::Hit {
+            attacker: 3,
+            target: 4,
+            damage: 20,
+            health: -5,
+        }),
+        ServerMsg::Event(GameEvent::Killed {
+            killer: 3,
+            victim: 4,
+        }),
+        ServerMsg::Event(GameEvent::Respawned {
+            entity: 4,
+            pos: Vec2::new(10.0, 20.5),
+            health: 100,
+        }),
+        ServerMsg::Event(GameEvent::Score {
+            kills: 2,
+            deaths: 1,
         }),
     ];
     all.extend(reasons.map(|reason| {
@@ -325,8 +346,8 @@ fn golden_bytes() {
     assert_eq!(hex, GOLDEN_ACK);
 }
 
-const GOLDEN_INPUT: &str = "0b00000000040902d2048140409c01";
-const GOLDEN_HELLO: &str = "1300000041524e41050003746f6b03616e610109070000";
+const GOLDEN_INPUT: &str = "0f00000000040902d2048140409c0102cd0480";
+const GOLDEN_HELLO: &str = "1300000041524e41060003746f6b03616e610109070000";
 const GOLDEN_DELTA: &str = "000409040203040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
 const GOLDEN_ACK: &str = "040a0403";
 
@@ -346,8 +367,8 @@ proptest! {
     }
 
     #[test]
-    fn inputs_round_trip(seq in any::<u32>(), tick in any::<u32>(), x in any::<i8>(), y in any::<i8>(), aim in any::<u16>(), b in any::<u8>()) {
-        let msg = ClientMsg::Input(Input { seq, tick, movement: MoveDir { x, y }, aim: Aim(aim), buttons: Buttons(b) });
+    fn inputs_round_trip(seq in any::<u32>(), tick in any::<u32>(), x in any::<i8>(), y in any::<i8>(), aim in any::<u16>(), b in any::<u8>(), view_tick in any::<u32>(), view_frac in any::<u8>()) {
+        let msg = ClientMsg::Input(Input { seq, tick, movement: MoveDir { x, y }, aim: Aim(aim), buttons: Buttons(b), view_tick, view_frac });
         let mut out = Vec::new();
         encode_client(&msg, &mut out).unwrap();
         prop_assert_eq!(decode_client(&one_frame(&out)), Ok(msg));

@@ -1,0 +1,625 @@
+//! Combat in the world: weapons, projectiles, damage, death, respawn, and the NPCs' brains.
+//! The rules (damage, ranges, cooldowns, geometry, lag compensation) are
+//! `arena_shared::combat`; these systems only apply them to entities.
+//!
+//! Per tick, in phase order:
+//! - `ai`: [`npc_ai`] picks targets (nearest living player in range), steers, queues bolts.
+//! - `movement`: after bodies move, [`record_hittables`] files every living player and NPC in
+//!   the [`HitGrid`] (for queries) and the lag-compensation [`LagComp`] history.
+//! - `projectiles`: [`launch_projectiles`] spawns queued rockets and bolts, [`step_projectiles`]
+//!   sweeps every projectile against the map and nearby targets.
+//! - `hits`: [`fire_rifles`] tests each hitscan shot against the world as its shooter saw it,
+//!   [`apply_damage`] turns blows into health, deaths, scores and events, [`respawn`] brings
+//!   the dead back at a spawn point away from enemies.
+//!
+//! The dead are hidden: no movement, no shots, not hittable, not replicated (`Dead`).
+
+// Systems name everything they touch in their parameters: long signatures and query types
+// are the point, not a smell.
+#![allow(clippy::type_complexity, clippy::too_many_arguments)]
+
+use std::collections::HashMap;
+
+use arena_shared::combat::{
+    self, HIT_RADIUS, NPC_BOLT, NPC_FIRE_RANGE, NPC_FORGET_RANGE, NPC_KEEP_DISTANCE,
+    NPC_LOOK_TICKS, NPC_NOTICE_RANGE, ProjectileParams, RIFLE, ROCKET,
+};
+use arena_shared::protocol::{EntityKind, GameEvent};
+use arena_shared::quant::{self, Aim, MoveDir};
+use arena_shared::sim::{self, Body};
+use bevy_ecs::prelude::*;
+use glam::Vec2;
+
+use super::components::*;
+use crate::stats::Stats;
+
+/// Hit points left; at 0 or below the entity dies.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health(pub i32);
+
+/// What a player's input of this tick asks its weapons to do.
+#[derive(Component, Debug, Clone, Copy, Default)]
+pub struct Trigger {
+    pub rifle: bool,
+    pub rocket: bool,
+    pub aim: Aim,
+    /// The shooter's view time (see `Input::view_tick`).
+    pub view_tick: u32,
+    pub view_frac: u8,
+}
+
+/// The tick at which each weapon may fire again (fire rates are the server's to enforce).
+#[derive(Component, Debug, Clone, Copy, Default)]
+pub struct Arsenal {
+    pub rifle_ready: u32,
+    pub rocket_ready: u32,
+}
+
+/// A flying rocket or bolt.
+#[derive(Component, Debug, Clone, Copy)]
+pub struct Projectile {
+    pub owner: Entity,
+    /// The owner's snapshot id: it never hits its owner.
+    pub owner_id: u32,
+    pub damage: i32,
+    pub radius: f32,
+    /// The tick it vanishes at if it has hit nothing.
+    pub expires: u32,
+}
+
+/// Dead until `respawn_at`.
+#[derive(Component, Debug, Clone, Copy)]
+pub struct Dead {
+    pub respawn_at: u32,
+}
+
+/// A player's kills and deaths.
+#[derive(Component, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Score {
+    pub kills: u32,
+    pub deaths: u32,
+}
+
+/// An NPC's state of mind: whom it chases, when it looks around next, when it may fire.
+#[derive(Component, Debug, Clone, Copy, Default)]
+pub struct NpcBrain {
+    pub target: Option<u32>,
+    pub next_look: u32,
+    pub bolt_ready: u32,
+}
+
+/// Ticks derived from the config.
+#[derive(Resource, Debug, Clone, Copy)]
+pub struct CombatSettings {
+    pub respawn_ticks: u32,
+    pub max_rewind_ticks: u32,
+    /// `--npc-combat`: NPCs notice, chase and shoot (else they only wander).
+    pub npc_combat: bool,
+}
+
+/// Where every hittable entity was over the last `--lag-comp-history`.
+#[derive(Resource, Debug)]
+pub struct LagComp(pub combat::History);
+
+/// Damage dealt this tick, applied in order by [`apply_damage`].
+#[derive(Resource, Debug, Default)]
+pub struct Blows(pub Vec<Blow>);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Blow {
+    pub attacker: Entity,
+    pub attacker_id: u32,
+    pub target: Entity,
+    pub amount: i32,
+}
+
+/// Projectiles to spawn this tick.
+#[derive(Resource, Debug, Default)]
+pub struct Launches(pub Vec<Launch>);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Launch {
+    pub owner: Entity,
+    pub owner_id: u32,
+    pub from: Vec2,
+    /// Unit direction.
+    pub dir: Vec2,
+    pub params: ProjectileParams,
+}
+
+/// A living player or NPC, as of this tick's movement.
+#[derive(Debug, Clone, Copy)]
+pub struct Hittable {
+    pub id: u32,
+    pub entity: Entity,
+    pub pos: Vec2,
+    pub player: bool,
+}
+
+/// Living players and NPCs by grid cell, rebuilt after movement each tick: what shots,
+/// projectiles, NPC eyes and spawn points ask "who is near here?". Allocations are kept
+/// across ticks.
+#[derive(Resource, Debug)]
+pub struct HitGrid {
+    cell: f32,
+    cols: usize,
+    cells: Vec<Vec<u32>>,
+    items: Vec<Hittable>,
+    by_id: HashMap<u32, u32>,
+}
+
+impl HitGrid {
+    /// Cells of this side, world units: about a shot's reach in a few cells.
+    pub const CELL: f32 = 128.0;
+
+    pub fn new(world_size: f32) -> Self {
+        let cols = ((world_size / Self::CELL).ceil() as usize).clamp(1, 1024);
+        Self {
+            cell: Self::CELL,
+            cols,
+            cells: vec![Vec::new(); cols * cols],
+            items: Vec::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    fn cell_of(&self, p: Vec2) -> (usize, usize) {
+        let c = |v: f32| ((v / self.cell).max(0.0) as usize).min(self.cols - 1);
+        (c(p.x), c(p.y))
+    }
+
+    pub fn rebuild(&mut self, items: impl Iterator<Item = Hittable>) {
+        for c in &mut self.cells {
+            c.clear();
+        }
+        self.items.clear();
+        self.by_id.clear();
+        self.items.extend(items);
+        // Ids order the cells' contents, so every query sees targets in the same order.
+        self.items.sort_unstable_by_key(|h| h.id);
+        for (i, h) in self.items.iter().enumerate() {
+            let (x, y) = self.cell_of(h.pos);
+            self.cells[y * self.cols + x].push(i as u32);
+            self.by_id.insert(h.id, i as u32);
+        }
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Hittable> {
+        self.by_id.get(&id).map(|&i| &self.items[i as usize])
+    }
+
+    /// Everything in the cells the box `[min, max]` touches (a superset of what is inside).
+    pub fn near(&self, min: Vec2, max: Vec2) -> impl Iterator<Item = &Hittable> + '_ {
+        let (x0, y0) = self.cell_of(min);
+        let (x1, y1) = self.cell_of(max);
+        (y0..=y1).flat_map(move |y| {
+            (x0..=x1).flat_map(move |x| {
+                self.cells[y * self.cols + x]
+                    .iter()
+                    .map(|&i| &self.items[i as usize])
+            })
+        })
+    }
+
+    /// The nearest item within `range` of `pos` that `keep` accepts (ties: lower id).
+    pub fn nearest(
+        &self,
+        pos: Vec2,
+        range: f32,
+        keep: impl Fn(&Hittable) -> bool,
+    ) -> Option<&Hittable> {
+        let r = Vec2::splat(range);
+        self.near(pos - r, pos + r)
+            .filter(|h| keep(h))
+            .map(|h| (h.pos.distance_squared(pos), h))
+            .filter(|(d2, _)| *d2 <= range * range)
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.id.cmp(&b.1.id)))
+            .map(|(_, h)| h)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Files every living player and NPC, as they stand after this tick's movement, for the
+/// queries of this tick and the lag compensation of later ones.
+pub fn record_hittables(
+    bodies: Query<(Entity, &NetId, &Kind, &Motion), (Without<Dead>, Without<Projectile>)>,
+    mut grid: ResMut<HitGrid>,
+    mut lag: ResMut<LagComp>,
+    tick: Res<Tick>,
+) {
+    grid.rebuild(bodies.iter().map(|(entity, id, kind, m)| Hittable {
+        id: id.0,
+        entity,
+        pos: m.0.pos,
+        player: kind.0 == EntityKind::Player,
+    }));
+    let grid = &*grid;
+    lag.0.push(tick.0, grid.items.iter().map(|h| (h.id, h.pos)));
+}
+
+/// NPCs: look for the nearest living player in range now and then (each on its own phase of
+/// [`NPC_LOOK_TICKS`]); chase it and fire a bolt when it is in range and in sight; without one,
+/// wander (a direction held for 0.5–3 s).
+pub fn npc_ai(
+    mut npcs: Query<
+        (
+            Entity,
+            &NetId,
+            &Motion,
+            &mut Wander,
+            &mut MoveIntent,
+            &mut NpcBrain,
+        ),
+        Without<Dead>,
+    >,
+    grid: Res<HitGrid>,
+    map: Res<MapRes>,
+    tick: Res<Tick>,
+    (settings, combat_settings): (Res<SimSettings>, Res<CombatSettings>),
+    mut launches: ResMut<Launches>,
+) {
+    let rate = u32::from(settings.tick_rate);
+    for (entity, id, motion, mut wander, mut intent, mut brain) in &mut npcs {
+        let pos = motion.0.pos;
+        if !combat_settings.npc_combat {
+            wander_step(&mut wander, &mut intent, rate);
+            continue;
+        }
+        if tick.0 >= brain.next_look {
+            brain.next_look = tick.0 + NPC_LOOK_TICKS;
+            if brain.target.is_none() {
+                brain.target = grid
+                    .nearest(pos, NPC_NOTICE_RANGE, |h| h.player)
+                    .map(|h| h.id);
+            }
+        }
+        let target = brain
+            .target
+            .and_then(|t| grid.get(t))
+            .filter(|t| t.pos.distance_squared(pos) <= NPC_FORGET_RANGE * NPC_FORGET_RANGE);
+        let Some(target) = target else {
+            brain.target = None;
+            wander_step(&mut wander, &mut intent, rate);
+            continue;
+        };
+        let to = target.pos - pos;
+        let dist = to.length();
+        let dir = if dist > 0.0 { to / dist } else { Vec2::X };
+        intent.0 = if dist > NPC_KEEP_DISTANCE {
+            MoveDir::from_vec2(dir)
+        } else {
+            MoveDir::default()
+        };
+        if dist <= NPC_FIRE_RANGE
+            && tick.0 >= brain.bolt_ready
+            && combat::ray_obstacle(&map.0, pos, dir, dist) >= dist
+        {
+            brain.bolt_ready = tick.0 + NPC_BOLT.cooldown_ticks;
+            launches.0.push(Launch {
+                owner: entity,
+                owner_id: id.0,
+                from: pos,
+                dir,
+                params: NPC_BOLT,
+            });
+        }
+    }
+}
+
+/// A wandering NPC holds a random direction (or stands still) for 0.5–3 s, then picks another.
+fn wander_step(wander: &mut Wander, intent: &mut MoveIntent, rate: u32) {
+    if wander.ticks_left > 0 {
+        wander.ticks_left -= 1;
+        return;
+    }
+    wander.ticks_left = rate / 2 + wander.rng.below(rate * 5 / 2 + 1);
+    intent.0 = if wander.rng.below(5) == 0 {
+        MoveDir::default()
+    } else {
+        MoveDir::from_vec2(Vec2::new(
+            wander.rng.range_f32(-1.0, 1.0),
+            wander.rng.range_f32(-1.0, 1.0),
+        ))
+    };
+}
+
+/// Players' rockets (fire rate enforced here), then every queued launch, become projectile
+/// entities just outside their shooter. They first move next tick.
+pub fn launch_projectiles(
+    mut commands: Commands,
+    mut shooters: Query<(Entity, &NetId, &Motion, &Trigger, &mut Arsenal), Without<Dead>>,
+    mut launches: ResMut<Launches>,
+    mut ids: ResMut<NetIds>,
+    tick: Res<Tick>,
+    stats: Res<StatsRes>,
+) {
+    for (entity, id, motion, trigger, mut arsenal) in &mut shooters {
+        if trigger.rocket && tick.0 >= arsenal.rocket_ready {
+            arsenal.rocket_ready = tick.0 + ROCKET.cooldown_ticks;
+            Stats::add(&stats.0.shots_fired, 1);
+            launches.0.push(Launch {
+                owner: entity,
+                owner_id: id.0,
+                from: motion.0.pos,
+                dir: combat::aim_dir(trigger.aim),
+                params: ROCKET,
+            });
+        }
+    }
+    for launch in launches.0.drain(..) {
+        let p = launch.params;
+        let pos = quant::snap_pos(launch.from + launch.dir * (HIT_RADIUS + p.radius + 1.0));
+        commands.spawn((
+            ids.allocate(),
+            Kind(EntityKind::Projectile),
+            Motion(Body {
+                pos,
+                vel: quant::snap_vel(launch.dir * p.speed),
+            }),
+            Projectile {
+                owner: launch.owner,
+                owner_id: launch.owner_id,
+                damage: p.damage,
+                radius: p.radius,
+                expires: tick.0 + p.lifetime_ticks,
+            },
+        ));
+    }
+}
+
+/// Moves every projectile one tick along its velocity, swept against the map and the living
+/// players and NPCs near its path (never its owner). The first thing touched takes the blow;
+/// the projectile is gone. Positions snap to the wire grid, so a client stepping the
+/// replicated state with the same function sees the same flight.
+pub fn step_projectiles(
+    mut commands: Commands,
+    mut projectiles: Query<(Entity, &mut Motion, &Projectile)>,
+    grid: Res<HitGrid>,
+    map: Res<MapRes>,
+    tick: Res<Tick>,
+    settings: Res<SimSettings>,
+    mut blows: ResMut<Blows>,
+) {
+    for (entity, mut motion, p) in &mut projectiles {
+        if tick.0 >= p.expires {
+            commands.entity(entity).despawn();
+            continue;
+        }
+        let Body { pos, vel } = motion.0;
+        let end = pos + vel * settings.dt;
+        let reach = Vec2::splat(HIT_RADIUS + p.radius);
+        let targets = grid
+            .near(pos.min(end) - reach, pos.max(end) + reach)
+            .filter(|h| h.id != p.owner_id)
+            .map(|h| (h.id, h.pos));
+        let step = combat::projectile_step(pos, vel, settings.dt, p.radius, &map.0, targets);
+        match step.hit {
+            None => motion.0.pos = quant::snap_pos(step.pos),
+            Some(impact) => {
+                if let combat::Impact::Target(id) = impact
+                    && let Some(target) = grid.get(id)
+                {
+                    blows.0.push(Blow {
+                        attacker: p.owner,
+                        attacker_id: p.owner_id,
+                        target: target.entity,
+                        amount: p.damage,
+                    });
+                }
+                commands.entity(entity).despawn();
+            }
+        }
+    }
+}
+
+/// Each player's rifle shot (fire rate enforced here) is tested against the world as its
+/// shooter saw it: targets where they were at the shooter's view time, clamped to the rewind
+/// cap, from the lag-compensation history; obstacles as they are. Live entities are never
+/// moved, so there is nothing to restore.
+pub fn fire_rifles(
+    mut shooters: Query<(Entity, &NetId, &Motion, &Trigger, &mut Arsenal), Without<Dead>>,
+    grid: Res<HitGrid>,
+    lag: Res<LagComp>,
+    map: Res<MapRes>,
+    tick: Res<Tick>,
+    (settings, combat_settings): (Res<SimSettings>, Res<CombatSettings>),
+    mut blows: ResMut<Blows>,
+    stats: Res<StatsRes>,
+) {
+    // How far a target can be from where it is now at the rewound time: candidates are
+    // gathered around the ray by that much.
+    let slack = sim::PLAYER.max_speed.max(sim::NPC.max_speed)
+        * combat_settings.max_rewind_ticks as f32
+        / f32::from(settings.tick_rate.max(1))
+        + HIT_RADIUS;
+    for (entity, id, motion, trigger, mut arsenal) in &mut shooters {
+        if !trigger.rifle || tick.0 < arsenal.rifle_ready {
+            continue;
+        }
+        arsenal.rifle_ready = tick.0 + RIFLE.cooldown_ticks;
+        Stats::add(&stats.0.shots_fired, 1);
+        let origin = motion.0.pos;
+        let dir = combat::aim_dir(trigger.aim);
+        let end = origin + dir * RIFLE.range;
+        let (t, f) = combat::rewind_target(
+            tick.0,
+            trigger.view_tick,
+            f32::from(trigger.view_frac) / 256.0,
+            combat_settings.max_rewind_ticks,
+        );
+        let pad = Vec2::splat(slack);
+        let targets = grid
+            .near(origin.min(end) - pad, origin.max(end) + pad)
+            .filter(|h| h.id != id.0)
+            .filter_map(|h| lag.0.position_at(h.id, t, f).map(|p| (h.id, p)));
+        if let Some((hit, _)) = combat::hitscan(&map.0, origin, dir, RIFLE.range, targets)
+            && let Some(target) = grid.get(hit)
+        {
+            blows.0.push(Blow {
+                attacker: entity,
+                attacker_id: id.0,
+                target: target.entity,
+                amount: RIFLE.damage,
+            });
+        }
+    }
+}
+
+/// Applies this tick's blows in order: health, and for a kill, death (hidden until respawn),
+/// scores and events to the players concerned. A target already dead this tick takes no more.
+pub fn apply_damage(
+    mut commands: Commands,
+    mut blows: ResMut<Blows>,
+    mut targets: Query<(&NetId, &mut Health, Option<&Player>, Option<&mut Score>), Without<Dead>>,
+    clients: Res<Clients>,
+    tick: Res<Tick>,
+    settings: Res<CombatSettings>,
+    stats: Res<StatsRes>,
+) {
+    let tell = |player: Option<&Player>, event: GameEvent| {
+        if let Some(link) = player.and_then(|p| clients.0.get(&p.client_id))
+            && !link.outbox.push_event(event)
+        {
+            Stats::add(&stats.0.events_dropped, 1);
+        }
+    };
+    for blow in blows.0.drain(..) {
+        let Ok((victim_id, mut health, victim_player, victim_score)) = targets.get_mut(blow.target)
+        else {
+            continue;
+        };
+        if health.0 <= 0 {
+            continue;
+        }
+        health.0 -= blow.amount;
+        Stats::add(&stats.0.hits, 1);
+        let hit = GameEvent::Hit {
+            attacker: blow.attacker_id,
+            target: victim_id.0,
+            damage: blow.amount.clamp(0, i32::from(u16::MAX)) as u16,
+            health: health.0.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16,
+        };
+        let victim_player = victim_player.cloned();
+        tell(victim_player.as_ref(), hit);
+        let died = health.0 <= 0;
+        let victim = victim_id.0;
+        if died {
+            Stats::add(&stats.0.kills, 1);
+            commands.entity(blow.target).insert(Dead {
+                respawn_at: tick.0 + settings.respawn_ticks,
+            });
+            if let Some(mut score) = victim_score {
+                score.deaths += 1;
+                let score = *score;
+                tell(
+                    victim_player.as_ref(),
+                    GameEvent::Score {
+                        kills: score.kills,
+                        deaths: score.deaths,
+                    },
+                );
+            }
+            tell(
+                victim_player.as_ref(),
+                GameEvent::Killed {
+                    killer: blow.attacker_id,
+                    victim,
+                },
+            );
+        }
+        // The attacker hears of it too (it may have died this tick: it still scores).
+        let Ok((_, _, attacker_player, attacker_score)) = targets.get_mut(blow.attacker) else {
+            continue;
+        };
+        let attacker_player = attacker_player.cloned();
+        tell(attacker_player.as_ref(), hit);
+        if died {
+            tell(
+                attacker_player.as_ref(),
+                GameEvent::Killed {
+                    killer: blow.attacker_id,
+                    victim,
+                },
+            );
+            if let Some(mut score) = attacker_score {
+                score.kills += 1;
+                let score = *score;
+                tell(
+                    attacker_player.as_ref(),
+                    GameEvent::Score {
+                        kills: score.kills,
+                        deaths: score.deaths,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Brings back the dead whose delay is over: full health, standing still, at the best of a few
+/// random free points (the one farthest from any living player or NPC), and tells a player
+/// where (its client resets its prediction there).
+pub fn respawn(
+    mut commands: Commands,
+    mut dead: Query<(
+        Entity,
+        &NetId,
+        &Dead,
+        &Kind,
+        &mut Motion,
+        &mut Health,
+        Option<&Player>,
+    )>,
+    grid: Res<HitGrid>,
+    map: Res<MapRes>,
+    mut rng: ResMut<WorldRng>,
+    clients: Res<Clients>,
+    tick: Res<Tick>,
+    stats: Res<StatsRes>,
+) {
+    // Farther than this from everyone is as good as it gets.
+    const CLEAR: f32 = 800.0;
+    const TRIES: usize = 8;
+    for (entity, id, dead, kind, mut motion, mut health, player) in &mut dead {
+        if tick.0 < dead.respawn_at {
+            continue;
+        }
+        let (params, full) = match kind.0 {
+            EntityKind::Player => (&sim::PLAYER, combat::PLAYER_HEALTH),
+            _ => (&sim::NPC, combat::NPC_HEALTH),
+        };
+        let mut best = (f32::NEG_INFINITY, motion.0.pos);
+        for _ in 0..TRIES {
+            let p = map.0.random_free_point(&mut rng.0, params.radius);
+            let clearance = grid
+                .nearest(p, CLEAR, |_| true)
+                .map_or(CLEAR, |h| h.pos.distance(p));
+            if clearance > best.0 {
+                best = (clearance, p);
+            }
+        }
+        let pos = quant::snap_pos(best.1);
+        motion.0 = Body {
+            pos,
+            vel: Vec2::ZERO,
+        };
+        health.0 = full;
+        commands.entity(entity).remove::<Dead>();
+        if let Some(link) = player.and_then(|p| clients.0.get(&p.client_id))
+            && !link.outbox.push_event(GameEvent::Respawned {
+                entity: id.0,
+                pos,
+                health: full as i16,
+            })
+        {
+            Stats::add(&stats.0.events_dropped, 1);
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Combat in the simulation, without sockets or clocks: scenes set up in the world, inputs in,
+//! ticks called directly, events and state read back.
+
+use std::collections::BTreeMap;
+
+use arena_shared::combat::{self, HIT_RADIUS, RIFLE, ROCKET};
+use arena_shared::protocol::{Buttons, EntityKind, GameEvent, Input};
+use arena_shared::quant::{self, Aim, MoveDir};
+use arena_shared::sim::Body;
+use bevy_ecs::prelude::*;
+use glam::Vec2;
+
+use super::combat::{Dead, Health, Projectile};
+use super::components::{Kind, MapRes, Motion, NetId};
+use super::tests::{Harness, harness, join, now};
+use crate::net::outbox::Outbox;
+use crate::stats::Stats;
+
+fn entity(h: &mut Harness, id: u32) -> Entity {
+    let world = h.sim.world_mut();
+    let mut q = world.query::<(Entity, &NetId)>();
+    q.iter(world)
+        .find(|(_, n)| n.0 == id)
+        .map(|(e, _)| e)
+        .expect("entity with this id")
+}
+
+fn place(h: &mut Harness, id: u32, pos: Vec2) {
+    let e = entity(h, id);
+    h.sim.world_mut().get_mut::<Motion>(e).unwrap().0 = Body {
+        pos,
+        vel: Vec2::ZERO,
+    };
+}
+
+fn pos(h: &mut Harness, id: u32) -> Vec2 {
+    let e = entity(h, id);
+    h.sim.world().get::<Motion>(e).unwrap().0.pos
+}
+
+fn health(h: &mut Harness, id: u32) -> i32 {
+    let e = entity(h, id);
+    h.sim.world().get::<Health>(e).unwrap().0
+}
+
+fn input(h: &Harness, client_id: u64, input: Input) {
+    h.tx.try_send(super::SimCommand::Input { client_id, input })
+        .unwrap();
+}
+
+/// An input for the tick about to run: moving, firing, aiming from `from` at `at`, seeing
+/// others as of `view_tick`.
+fn shot(h: &Harness, seq: u32, buttons: u8, from: Vec2, at: Vec2, view_tick: u32) -> Input {
+    let d = at - from;
+    Input {
+        seq,
+        tick: now(h),
+        buttons: Buttons(buttons),
+        aim: Aim::from_radians(d.y.atan2(d.x)),
+        view_tick,
+        ..Default::default()
+    }
+}
+
+fn events(outbox: &Outbox) -> Vec<GameEvent> {
+    let mut out = Vec::new();
+    outbox.drain_events(&mut out);
+    out
+}
+
+fn hits_on(events: &[GameEvent], target: u32) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, GameEvent::Hit { target: t, .. } if *t == target))
+        .count()
+}
+
+/// One tick of the lag-compensation scene: B (client 2) runs right, A (client 1) maybe fires;
+/// B's position after the tick is filed under the tick.
+fn run(
+    h: &mut Harness,
+    seq: &mut u32,
+    seen: &mut BTreeMap<u32, Vec2>,
+    b_id: u32,
+    shot: Option<Input>,
+) {
+    *seq += 1;
+    input(
+        h,
+        2,
+        Input {
+            seq: *seq,
+            tick: now(h),
+            movement: MoveDir { x: 127, y: 0 },
+            ..Default::default()
+        },
+    );
+    if let Some(i) = shot {
+        input(h, 1, i);
+    }
+    let t = now(h);
+    h.sim.tick();
+    seen.insert(t, pos(h, b_id));
+}
+
+#[test]
+fn a_rifle_shot_hits_where_the_shooter_saw_its_target_within_the_rewind_cap() {
+    let mut h = harness(0);
+    let (a_out, a) = join(&mut h, 1);
+    let (_, b) = join(&mut h, 2);
+    let (a_id, b_id) = (a.entity, b.entity);
+    let shooter = Vec2::new(1000.0, 1000.0);
+    place(&mut h, a_id, shooter);
+    place(&mut h, b_id, Vec2::new(800.0, 1400.0));
+    // B runs across A's view, left to right, 400 units away: ~10.7 units a tick at full speed.
+    let mut seen = BTreeMap::new();
+    let mut seq = 0;
+    for _ in 0..20 {
+        run(&mut h, &mut seq, &mut seen, b_id, None);
+    }
+    events(&a_out);
+
+    // Aimed where A's view (4 ticks back, under the 6-tick cap) had B: a hit, though B has
+    // moved ~43 units since.
+    let t = now(&h);
+    let view = t - 4;
+    assert!(seen[&(t - 1)].distance(seen[&view]) > 2.0 * HIT_RADIUS);
+    let aim = shot(&h, 1, Buttons::FIRE, shooter, seen[&view], view);
+    run(&mut h, &mut seq, &mut seen, b_id, Some(aim));
+    assert_eq!(hits_on(&events(&a_out), b_id), 1, "hit as seen");
+    assert_eq!(health(&mut h, b_id), combat::PLAYER_HEALTH - RIFLE.damage);
+
+    // The same 4-tick-old picture, but claiming to see the present: tested now, a miss.
+    for _ in 0..RIFLE.cooldown_ticks - 1 {
+        run(&mut h, &mut seq, &mut seen, b_id, None);
+    }
+    let t = now(&h);
+    let aim = shot(&h, 2, Buttons::FIRE, shooter, seen[&(t - 4)], t);
+    run(&mut h, &mut seq, &mut seen, b_id, Some(aim));
+    assert_eq!(hits_on(&events(&a_out), b_id), 0, "where it no longer is");
+
+    // A view 10 ticks old is tested at the 6-tick cap: aimed at the 10-tick-old picture, a
+    // miss; aimed at the picture at the cap, a hit.
+    for _ in 0..RIFLE.cooldown_ticks - 1 {
+        run(&mut h, &mut seq, &mut seen, b_id, None);
+    }
+    let t = now(&h);
+    let aim = shot(&h, 3, Buttons::FIRE, shooter, seen[&(t - 10)], t - 10);
+    run(&mut h, &mut seq, &mut seen, b_id, Some(aim));
+    assert_eq!(hits_on(&events(&a_out), b_id), 0, "too far back");
+    for _ in 0..RIFLE.cooldown_ticks - 1 {
+        run(&mut h, &mut seq, &mut seen, b_id, None);
+    }
+    let t = now(&h);
+    let aim = shot(&h, 4, Buttons::FIRE, shooter, seen[&(t - 6)], t - 10);
+    run(&mut h, &mut seq, &mut seen, b_id, Some(aim));
+    assert_eq!(hits_on(&events(&a_out), b_id), 1, "tested at the cap");
+}
+
+#[test]
+fn holding_fire_fires_at_the_rifles_rate_only() {
+    let mut h = harness(0);
+    let (_, a) = join(&mut h, 1);
+    place(&mut h, a.entity, Vec2::new(500.0, 500.0));
+    for seq in 1..=30 {
+        let i = shot(&h, seq, Buttons::FIRE, Vec2::ZERO, Vec2::X, now(&h));
+        input(&h, 1, i);
+        h.sim.tick();
+    }
+    assert_eq!(
+        Stats::get(&h.stats.shots_fired),
+        u64::from(30u32.div_ceil(RIFLE.cooldown_ticks))
+    );
+}
+
+#[test]
+fn a_rocket_flies_the_same_on_a_client_stepping_the_shared_rules_and_hits_its_target() {
+    let mut h = harness(0);
+    let (a_out, a) = join(&mut h, 1);
+    let (_, b) = join(&mut h, 2);
+    place(&mut h, a.entity, Vec2::new(1000.0, 1000.0));
+    let target = Vec2::new(1400.0, 1003.0);
+    place(&mut h, b.entity, target);
+    let i = shot(
+        &h,
+        1,
+        Buttons::ALT_FIRE,
+        Vec2::new(1000.0, 1000.0),
+        target,
+        now(&h),
+    );
+    input(&h, 1, i);
+    h.sim.tick();
+    // What a client is sent each tick: the projectile's quantized state.
+    let mut flight = Vec::new();
+    loop {
+        let world = h.sim.world_mut();
+        let mut q = world.query_filtered::<(&Motion, &Kind), With<Projectile>>();
+        let Some((m, kind)) = q.iter(world).next() else {
+            break;
+        };
+        assert_eq!(kind.0, EntityKind::Projectile);
+        flight.push(m.0);
+        assert!(flight.len() <= ROCKET.lifetime_ticks as usize, "it ends");
+        h.sim.tick();
+    }
+    assert!(flight.len() > 10, "{} ticks in flight", flight.len());
+    // The client: from the first state it saw, the same function gives the same positions,
+    // bit for bit, and the same impact on the same tick.
+    let map = h.sim.world().resource::<MapRes>().0.clone();
+    let dt = 1.0 / 30.0;
+    let mut body = flight[0];
+    for (i, server) in flight.iter().enumerate().skip(1) {
+        let step = combat::projectile_step(
+            body.pos,
+            body.vel,
+            dt,
+            ROCKET.radius,
+            &map,
+            [(b.entity, target)],
+        );
+        assert!(
+            step.hit.is_none(),
+            "the client sees no impact before the server"
+        );
+        body.pos = quant::snap_pos(step.pos);
+        assert_eq!(
+            (body.pos.x.to_bits(), body.pos.y.to_bits()),
+            (server.pos.x.to_bits(), server.pos.y.to_bits()),
+            "tick {i} of the flight"
+        );
+    }
+    let last = combat::projectile_step(
+        body.pos,
+        body.vel,
+        dt,
+        ROCKET.radius,
+        &map,
+        [(b.entity, target)],
+    );
+    assert_eq!(last.hit, Some(combat::Impact::Target(b.entity)));
+    assert_eq!(
+        health(&mut h, b.entity),
+        combat::PLAYER_HEALTH - ROCKET.damage
+    );
+    assert_eq!(hits_on(&events(&a_out), b.entity), 1);
+    assert_eq!(h.stats.entities(), 2, "the rocket is gone");
+}
+
+#[test]
+fn a_kill_hides_the_victim_scores_and_tells_both_then_it_respawns_away_from_its_killer() {
+    let mut h = harness(0);
+    let (a_out, a) = join(&mut h, 1);
+    let (b_out, b) = join(&mut h, 2);
+    let shooter = Vec2::new(1000.0, 1000.0);
+    place(&mut h, a.entity, shooter);
+    place(&mut h, b.entity, Vec2::new(1200.0, 1000.0));
+    let e = entity(&mut h, b.entity);
+    h.sim.world_mut().get_mut::<Health>(e).unwrap().0 = RIFLE.damage;
+    let i = shot(
+        &h,
+        1,
+        Buttons::FIRE,
+        shooter,
+        Vec2::new(1200.0, 1000.0),
+        now(&h),
+    );
+    input(&h, 1, i);
+    h.sim.tick();
+    assert!(h.sim.world().get::<Dead>(e).is_some());
+    let kill = GameEvent::Killed {
+        killer: a.entity,
+        victim: b.entity,
+    };
+    let (to_a, to_b) = (events(&a_out), events(&b_out));
+    assert!(
+        to_a.contains(&kill) && to_b.contains(&kill),
+        "{to_a:?} {to_b:?}"
+    );
+    assert!(to_a.contains(&GameEvent::Score {
+        kills: 1,
+        deaths: 0
+    }));
+    assert!(to_b.contains(&GameEvent::Score {
+        kills: 0,
+        deaths: 1
+    }));
+    // Hidden: not in snapshots, not hittable, not moving.
+    h.sim.tick();
+    let snap = a_out.drain();
+    let seen: Vec<u32> = snap
+        .last()
+        .unwrap()
+        .iter()
+        .flat_map(
+            |d| match arena_shared::protocol::codec::decode_datagram(d) {
+                Ok(arena_shared::protocol::ServerDatagram::Snapshot(s)) => s.entities,
+                _ => Vec::new(),
+            },
+        )
+        .map(|s| s.id)
+        .collect();
+    assert!(!seen.contains(&b.entity), "{seen:?}");
+    let respawn_ticks = h
+        .sim
+        .world()
+        .resource::<super::combat::CombatSettings>()
+        .respawn_ticks;
+    for _ in 0..respawn_ticks {
+        h.sim.tick();
+    }
+    assert!(h.sim.world().get::<Dead>(e).is_none(), "back");
+    assert_eq!(health(&mut h, b.entity), combat::PLAYER_HEALTH);
+    let back = events(&b_out)
+        .into_iter()
+        .find_map(|ev| match ev {
+            GameEvent::Respawned { entity, pos, .. } => Some((entity, pos)),
+            _ => None,
+        })
+        .expect("told where it is back");
+    assert_eq!(back.0, b.entity);
+    assert_eq!(back.1, pos(&mut h, b.entity));
+    assert!(
+        back.1.distance(shooter) > 600.0,
+        "respawned {:.0} units from its killer",
+        back.1.distance(shooter)
+    );
+}
+
+#[test]
+fn an_npc_notices_a_player_closes_in_and_fires_back() {
+    let mut h = harness(1);
+    let (p_out, p) = join(&mut h, 1);
+    let npc = {
+        let world = h.sim.world_mut();
+        let mut q = world.query::<(&NetId, &Kind)>();
+        q.iter(world)
+            .find(|(_, k)| k.0 == EntityKind::Npc)
+            .map(|(n, _)| n.0)
+            .unwrap()
+    };
+    place(&mut h, npc, Vec2::new(1000.0, 1000.0));
+    place(&mut h, p.entity, Vec2::new(1300.0, 1000.0));
+    for _ in 0..60 {
+        h.sim.tick();
+    }
+    let d = pos(&mut h, npc).distance(pos(&mut h, p.entity));
+    assert!(d < 250.0, "it closed in: {d:.0} units");
+    let bolts = events(&p_out)
+        .iter()
+        .filter(|e| matches!(e, GameEvent::Hit { attacker, .. } if *attacker == npc))
+        .count();
+    assert!(bolts >= 1, "its bolts hit a player standing still");
+    assert!(health(&mut h, p.entity) < combat::PLAYER_HEALTH);
+}
