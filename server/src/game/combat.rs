@@ -201,6 +201,35 @@ impl HitGrid {
         })
     }
 
+    /// Everything in the cells that pass within `pad` of the segment `a`–`b`: a ray's
+    /// neighbourhood, without the whole of its bounding box (a diagonal shot's box is mostly
+    /// far from it).
+    pub fn near_segment(&self, a: Vec2, b: Vec2, pad: f32) -> impl Iterator<Item = &Hittable> + '_ {
+        let p = Vec2::splat(pad);
+        let (x0, y0) = self.cell_of(a.min(b) - p);
+        let (x1, y1) = self.cell_of(a.max(b) + p);
+        let (cell, cols) = (self.cell, self.cols);
+        let half = Vec2::splat(cell / 2.0);
+        // A cell is kept when the segment comes within pad of its centre's square, i.e. within
+        // pad + half a diagonal of the centre.
+        let reach = pad + half.length();
+        let ab = b - a;
+        let len2 = ab.length_squared().max(f32::MIN_POSITIVE);
+        (y0..=y1).flat_map(move |y| {
+            (x0..=x1)
+                .filter(move |&x| {
+                    let c = Vec2::new(x as f32, y as f32) * cell + half;
+                    let t = ((c - a).dot(ab) / len2).clamp(0.0, 1.0);
+                    (a + ab * t).distance_squared(c) <= reach * reach
+                })
+                .flat_map(move |x| {
+                    self.cells[y * cols + x]
+                        .iter()
+                        .map(|&i| &self.items[i as usize])
+                })
+        })
+    }
+
     /// The nearest item within `range` of `pos` that `keep` accepts (ties: lower id).
     pub fn nearest(
         &self,
@@ -223,6 +252,54 @@ impl HitGrid {
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid_of(points: &[(u32, Vec2)]) -> HitGrid {
+        let mut g = HitGrid::new(4096.0);
+        g.rebuild(points.iter().map(|&(id, pos)| Hittable {
+            id,
+            entity: Entity::PLACEHOLDER,
+            pos,
+            player: id % 2 == 0,
+        }));
+        g
+    }
+
+    #[test]
+    fn a_segment_query_keeps_everything_near_the_segment_and_skips_the_far_corners() {
+        // A diagonal shot across the map, and points on it, beside it, and far from it.
+        let (a, b) = (Vec2::new(100.0, 100.0), Vec2::new(1000.0, 1000.0));
+        let g = grid_of(&[
+            (1, Vec2::new(500.0, 500.0)),
+            (2, Vec2::new(540.0, 470.0)),
+            (3, Vec2::new(1000.0, 120.0)),
+            (4, Vec2::new(120.0, 1000.0)),
+            (5, Vec2::new(990.0, 1010.0)),
+        ]);
+        let mut near: Vec<u32> = g.near_segment(a, b, 60.0).map(|h| h.id).collect();
+        near.sort_unstable();
+        assert_eq!(near, [1, 2, 5]);
+        // The box query would have returned all five.
+        assert_eq!(g.near(a, b).count(), 5);
+    }
+
+    #[test]
+    fn nearest_respects_range_filter_and_ties() {
+        let g = grid_of(&[
+            (1, Vec2::new(100.0, 0.0)),
+            (2, Vec2::new(0.0, 100.0)),
+            (4, Vec2::new(0.0, 300.0)),
+        ]);
+        let at = Vec2::new(1.0, 1.0);
+        assert_eq!(g.nearest(at, 150.0, |_| true).map(|h| h.id), Some(1));
+        assert_eq!(g.nearest(at, 150.0, |h| h.player).map(|h| h.id), Some(2));
+        assert_eq!(g.nearest(at, 50.0, |_| true).map(|h| h.id), None);
+        assert_eq!(g.get(4).map(|h| h.pos), Some(Vec2::new(0.0, 300.0)));
     }
 }
 
@@ -454,9 +531,8 @@ pub fn fire_rifles(
             f32::from(trigger.view_frac) / 256.0,
             combat_settings.max_rewind_ticks,
         );
-        let pad = Vec2::splat(slack);
         let targets = grid
-            .near(origin.min(end) - pad, origin.max(end) + pad)
+            .near_segment(origin, end, slack)
             .filter(|h| h.id != id.0)
             .filter_map(|h| lag.0.position_at(h.id, t, f).map(|p| (h.id, p)));
         if let Some((hit, _)) = combat::hitscan(&map.0, origin, dir, RIFLE.range, targets)
