@@ -1,0 +1,565 @@
+//! The real `arena-server` binary as a child process, with real bots in this process: what
+//! only a process shows, its signals, its exit status and its resident memory.
+//!
+//! Run with `--nocapture` to see the figures each test measures. Linux only: memory is read
+//! from /proc and the signal sent with kill(2).
+#![cfg(target_os = "linux")]
+
+use std::collections::BTreeMap;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arena_client_sim::client::{self, ConnectInfo};
+use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig, SwarmResult};
+use arena_shared::protocol::codec::FrameReader;
+use arena_shared::protocol::{Hello, PROTOCOL_VERSION, RejectReason, ServerMsg};
+use arena_shared::token::{self, Claims};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+/// Long enough for a loaded 2-core CI machine, short enough that a hang fails the test.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The real server binary, running as a child of the test. Killed on drop, so a failing test
+/// never leaves a server behind.
+struct ServerProcess {
+    child: Child,
+    pid: u32,
+    /// `http://127.0.0.1:PORT`, from the server's own log line.
+    http: String,
+    /// Every line the server wrote (stdout and stderr), in arrival order. Kept whole: a test
+    /// writes a few thousand lines at most.
+    log: Arc<Mutex<Vec<String>>>,
+    /// The tasks draining stdout and stderr; they end when the server closes its pipes.
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl ServerProcess {
+    /// Starts `arena-server` on loopback port 0 with `extra` flags, and learns its ports from
+    /// its log.
+    async fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_arena-server"))
+            .args([
+                "--wt-bind",
+                "127.0.0.1:0",
+                "--http-bind",
+                "127.0.0.1:0",
+                "--log",
+                "info",
+            ])
+            .args(extra)
+            // Plain text: the log is parsed.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("arena-server starts");
+        let pid = child.id().expect("a running child has a pid");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (http_tx, mut http_rx) = watch::channel(None);
+        let http_tx = Arc::new(http_tx);
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let readers = vec![
+            tokio::spawn(drain(stdout, log.clone(), http_tx.clone())),
+            tokio::spawn(drain(stderr, log.clone(), http_tx)),
+        ];
+        let mut server = Self {
+            child,
+            pid,
+            http: String::new(),
+            log,
+            readers,
+        };
+        // Both senders drop when both pipes close: a server that exits before saying where it
+        // listens fails here at once, with its log.
+        let found = tokio::time::timeout(WAIT, http_rx.wait_for(Option::is_some)).await;
+        match found {
+            Ok(Ok(http)) => server.http = http.clone().unwrap_or_default(),
+            _ => panic!(
+                "the server never logged its addresses:\n{}",
+                server.log_text()
+            ),
+        }
+        server
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping the server would.
+    fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.pid).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory effects; the pid is our own unreaped child.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(
+            rc,
+            0,
+            "kill -TERM {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits for the server to exit, at most `within`.
+    async fn exit_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        let status = tokio::time::timeout(within, self.child.wait()).await.ok()?;
+        Some(status.expect("waiting on the child"))
+    }
+
+    /// Waits until the server's pipes are closed and every line it wrote is in `log`.
+    async fn log_complete(&mut self) {
+        for reader in self.readers.drain(..) {
+            tokio::time::timeout(WAIT, reader)
+                .await
+                .expect("the server's pipes close when it exits")
+                .expect("log reader task");
+        }
+    }
+
+    fn log_text(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    /// `GET` a path on the server's HTTP side.
+    async fn get(&self, path: &str) -> String {
+        let body = arena_client_sim::http::get(&self.http, path, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        String::from_utf8(body).expect("UTF-8 body")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // SIGKILL if it still runs (the tokio child reaps it); harmless once it has exited.
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            eprintln!("--- arena-server log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// Reads the server's lines to the end of the pipe, so the server never blocks on a full
+/// pipe, and publishes the HTTP address once its start line appears.
+async fn drain(
+    pipe: impl AsyncRead + Unpin,
+    log: Arc<Mutex<Vec<String>>>,
+    http: Arc<watch::Sender<Option<String>>>,
+) {
+    let mut pipe = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match pipe.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        // Lossy: a stray byte must not stop the draining.
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        // main.rs: "WebTransport on {wt} (UDP), HTTP on http://{http} -- next: ..."
+        if let Some(addr) = between(&text, "HTTP on http://", " ") {
+            http.send_replace(Some(format!("http://{addr}")));
+        }
+        log.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+    }
+}
+
+/// The text between the first `start` and the next `end` after it.
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = text.find(start)? + start.len();
+    let len = text[from..].find(end)?;
+    Some(&text[from..from + len])
+}
+
+/// A process's resident set size now, KiB (`VmRSS` in `/proc/PID/status`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+/// `bots` bots of the default mix playing for a long while against `server`: the tests stop
+/// them (their `stop` token) when they are done with them.
+fn swarm(server: &ServerProcess, bots: u32, seed: u64) -> SwarmConfig {
+    SwarmConfig {
+        server: server.http.clone(),
+        bots,
+        ramp_per_s: 200.0,
+        play_for: Duration::from_secs(60),
+        seed,
+        behaviour: SwarmBehaviour::default(),
+        idle_timeout: Duration::from_secs(10),
+        // No progress line, no impairment, a fresh stop token and counters.
+        ..Default::default()
+    }
+}
+
+/// Waits until the bots have received `n` `Welcome`s in all.
+async fn welcomes_reach(config: &SwarmConfig, n: u64) {
+    let mut rx = config.live.watch_welcomes();
+    let reached = matches!(
+        tokio::time::timeout(WAIT, rx.wait_for(|w| *w >= n)).await,
+        Ok(Ok(_))
+    );
+    assert!(
+        reached,
+        "the bots never got {n} welcomes (got {})",
+        *rx.borrow()
+    );
+}
+
+/// Stops a swarm and waits for its report.
+async fn stop(config: &SwarmConfig, swarm: JoinHandle<SwarmResult>) -> SwarmResult {
+    config.stop.cancel();
+    tokio::time::timeout(WAIT, swarm)
+        .await
+        .expect("the swarm stops in time")
+        .expect("swarm task")
+}
+
+const DRAIN_SECS: u64 = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_100_bots_tells_every_bot_server_shutdown_and_exits_0_within_drain_plus_2s() {
+    const BOTS: u32 = 100;
+    let drain = DRAIN_SECS.to_string();
+    let mut server = ServerProcess::start(&["--npcs", "200", "--drain-secs", &drain]).await;
+    let config = swarm(&server, BOTS, 21);
+    let bots = tokio::spawn(swarm::run(config.clone()));
+    welcomes_reach(&config, u64::from(BOTS)).await;
+
+    let signalled = tokio::time::Instant::now();
+    server.sigterm();
+    // The server does not wait out the drain spread itself (each player is told when to come
+    // back); the bound is drain + 2 s, what an orchestrator's grace period would allow.
+    let bound = Duration::from_secs(DRAIN_SECS + 2);
+    let status = server.exit_within(bound).await;
+    let took = signalled.elapsed();
+    eprintln!("SIGTERM with {BOTS} bots: exited {status:?} after {took:?}");
+    let status = status.unwrap_or_else(|| panic!("still running {bound:?} after SIGTERM"));
+    assert_eq!(status.code(), Some(0), "{status}");
+    server.log_complete().await;
+    assert!(
+        server.log_text().contains("SIGTERM: shutting down"),
+        "the server saw the signal"
+    );
+
+    // The bots now retry against a dead server until stopped; that does not matter here.
+    let result = stop(&config, bots).await;
+    let r = &result.report;
+    assert_eq!(
+        (r.bots_connected, r.bots_disconnected),
+        (u64::from(BOTS), u64::from(BOTS)),
+        "{}",
+        r.table()
+    );
+    for bot in &result.bots {
+        // One session, lost to the shutdown with its reason (the Disconnect message, not the
+        // connection close that follows it).
+        assert_eq!(bot.sessions.len(), 1, "{}: {:?}", bot.name, bot.sessions);
+        assert!(
+            bot.sessions[0]
+                .lost
+                .as_deref()
+                .is_some_and(|l| l.starts_with("disconnected: ServerShutdown")),
+            "{} lost its session to the shutdown: {:?}",
+            bot.name,
+            bot.sessions[0]
+        );
+        assert_eq!(
+            bot.errors.get("disconnected_server_shutdown"),
+            Some(&1),
+            "{}: {:?}",
+            bot.name,
+            bot.errors
+        );
+    }
+}
+
+/// How a bad handshake is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum BadToken {
+    /// Well formed, signed with another secret: refused after the server checks the HMAC.
+    Forged,
+    /// Not base64 at all: refused before any cryptography.
+    Garbage,
+}
+
+impl BadToken {
+    fn of(i: u64) -> Self {
+        if i.is_multiple_of(2) {
+            Self::Forged
+        } else {
+            Self::Garbage
+        }
+    }
+
+    fn token(self, i: u64, audience: &str) -> String {
+        match self {
+            Self::Forged => {
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                token::sign(
+                    b"not the server's secret at all",
+                    &Claims {
+                        client_id: i,
+                        name: "mallory".into(),
+                        expires_at_ms: now_ms + 60_000,
+                        server: audience.into(),
+                    },
+                )
+            }
+            Self::Garbage => format!("garbage-{i}!"),
+        }
+    }
+
+    /// What the server must answer. Never `RateLimited` here: `--handshakes-per-sec` is 500
+    /// with a second's burst, so the bucket holds 500 when a flood of 500 begins (the bots'
+    /// 20 handshakes were refilled seconds before) and refills while it runs.
+    fn expected(self) -> RejectReason {
+        match self {
+            Self::Forged => RejectReason::TokenForged,
+            Self::Garbage => RejectReason::TokenMalformed,
+        }
+    }
+}
+
+/// One WebTransport session that sends `Hello` with a bad token: the server's `Reject`.
+async fn bad_handshake(info: &ConnectInfo, kind: BadToken, i: u64) -> Result<RejectReason, String> {
+    let mut t = client::open(info, Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("open: {e}"))?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        token: kind.token(i, &info.url),
+        name: "mallory".into(),
+    };
+    t.send_hello(&hello)
+        .await
+        .map_err(|e| format!("hello: {e}"))?;
+    let got = t.read_msg(&mut FrameReader::new()).await;
+    // Leave at once, as a refused client would (else the server waits a second for it).
+    t.conn.close(wtransport::VarInt::from_u32(0), b"refused");
+    match got {
+        Ok((ServerMsg::Reject(r), _)) => Ok(r.reason),
+        Ok((other, _)) => Err(format!("expected a Reject, got {other:?}")),
+        Err(e) => Err(format!("no Reject: {e}")),
+    }
+}
+
+/// What a flood got back: refusals by (token kind, reason), and anything else.
+#[derive(Debug, Default)]
+struct FloodOutcome {
+    refused: BTreeMap<(BadToken, &'static str), u64>,
+    failures: Vec<String>,
+    took: Duration,
+}
+
+/// `FLOOD` bad handshakes, `IN_FLIGHT` at a time, each a real session with its own socket.
+async fn flood(info: &ConnectInfo) -> FloodOutcome {
+    let started = tokio::time::Instant::now();
+    let mut out = FloodOutcome::default();
+    let mut record = |done: Option<Result<(BadToken, Result<RejectReason, String>), _>>| match done
+        .expect("attempts in flight")
+        .expect("attempt task")
+    {
+        (kind, Ok(reason)) => *out.refused.entry((kind, reason.as_str())).or_insert(0) += 1,
+        (kind, Err(e)) => out.failures.push(format!("{kind:?}: {e}")),
+    };
+    let mut set = JoinSet::new();
+    for i in 0..FLOOD {
+        if set.len() >= IN_FLIGHT {
+            record(set.join_next().await);
+        }
+        let info = info.clone();
+        set.spawn(async move {
+            let kind = BadToken::of(i);
+            let got = tokio::time::timeout(WAIT, bad_handshake(&info, kind, i))
+                .await
+                .unwrap_or_else(|_| Err("no answer in time".into()));
+            (kind, got)
+        });
+    }
+    while !set.is_empty() {
+        record(set.join_next().await);
+    }
+    out.took = started.elapsed();
+    out
+}
+
+/// Every attempt of a flood was refused for its token.
+fn assert_all_refused_for_their_token(f: &FloodOutcome) {
+    assert!(f.failures.is_empty(), "{:?}", f.failures);
+    let want: BTreeMap<_, _> = [BadToken::Forged, BadToken::Garbage]
+        .into_iter()
+        .map(|k| ((k, k.expected().as_str()), FLOOD / 2))
+        .collect();
+    assert_eq!(f.refused, want);
+}
+
+/// Samples the server's RSS until `done` and returns the highest. Polling /proc is the only
+/// way to see another process's memory; every 20 ms resolves a burst of a second or more.
+fn rss_peak(pid: u32, done: CancellationToken) -> JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = rss_kib(pid);
+        let mut every = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = every.tick() => peak = peak.max(rss_kib(pid)),
+                _ = done.cancelled() => return peak.max(rss_kib(pid)),
+            }
+        }
+    })
+}
+
+/// RSS once it has settled: polled every 250 ms (there is no event for "memory settled")
+/// until the last 2 s of readings lie within 1% of each other, at most 10 s.
+async fn settled_rss_kib(pid: u32) -> u64 {
+    const WINDOW: usize = 8;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    let mut readings = Vec::new();
+    loop {
+        every.tick().await;
+        readings.push(rss_kib(pid));
+        let last = &readings[readings.len().saturating_sub(WINDOW)..];
+        let (lo, hi) = (last.iter().min(), last.iter().max());
+        let steady = last.len() == WINDOW && lo.zip(hi).is_some_and(|(lo, hi)| hi - lo <= hi / 100);
+        if steady || tokio::time::Instant::now() >= deadline {
+            return *last.last().unwrap_or(&0);
+        }
+    }
+}
+
+/// A counter or gauge in Prometheus text, by its name and labels as written.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Bad handshakes per flood, and how many are in flight at once (each its own UDP socket,
+/// QUIC and TLS handshake, HTTP/3 CONNECT and `Hello`).
+const FLOOD: u64 = 500;
+const IN_FLIGHT: usize = 50;
+
+/// One flood with the RSS sampled around it: what it got back, how the bots fared meanwhile
+/// (snapshots per bot per second over the flood), the peak and the settled RSS after it.
+async fn measured_flood(
+    server: &ServerProcess,
+    info: &ConnectInfo,
+    swarm: &SwarmConfig,
+) -> (FloodOutcome, f64, u64, u64) {
+    let done = CancellationToken::new();
+    let peak = rss_peak(server.pid, done.clone());
+    let snapshots = swarm.live.snapshots.load(Relaxed);
+    let f = flood(info).await;
+    done.cancel();
+    let peak = peak.await.expect("RSS sampler");
+    let received = swarm.live.snapshots.load(Relaxed) - snapshots;
+    let rate = received as f64 / f64::from(swarm.bots) / f.took.as_secs_f64();
+    let settled = settled_rss_kib(server.pid).await;
+    (f, rate, peak, settled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_of_500_bad_tokens_refused_while_20_bots_keep_95pct_and_rss_within_10pct_once_warm() {
+    const BOTS: u32 = 20;
+    let server = ServerProcess::start(&["--npcs", "200"]).await;
+    let config = swarm(&server, BOTS, 22);
+    let bots = tokio::spawn(swarm::run(config.clone()));
+    welcomes_reach(&config, u64::from(BOTS)).await;
+    let cold = settled_rss_kib(server.pid).await;
+
+    // Why the 10% bound is taken against a server that has met one flood already: after the
+    // first flood RSS does not come back, and that is glibc's malloc, not the server. On the
+    // 2-core dev machine: 12.4-12.7 MB cold, 20-22 MB at the peak and still there ten seconds
+    // later (+60-78%). malloc_stats (read with gdb) put the heap in use at 5.4 MB cold and
+    // 6.0-6.4 MB after each of eight floods in a row, but the heap glibc holds at 5.8 MB cold
+    // and 13.6-15.0 MB after every flood: the handshakes' freed state (quinn connections,
+    // tokio channels, rustls keys; heaptrack: ~9 MB at the peak, 50 handshakes at a time)
+    // stays in the arenas of the server's two tokio workers, fragmented under live chunks.
+    // No trim threshold releases it (GLIBC_TUNABLES, MALLOC_ARENA_MAX=1 change nothing;
+    // malloc_trim(0) gives back 4.5 MB); jemalloc and mimalloc (LD_PRELOAD) still end +35%
+    // and +22% ten seconds after. Each later flood reuses it: RSS stayed within 21.4-22.3 MB
+    // over eight. A leak would show as a flood that does not return to where the last left.
+    let info = client::fetch_connect_info(&server.http, "mallory")
+        .await
+        .expect("/api/connect answers");
+    let (warm_up, warm_rate, warm_peak, before) = measured_flood(&server, &info, &config).await;
+    eprintln!(
+        "warm-up flood: {FLOOD} refused in {:?}, bots {warm_rate:.1} snapshots/s each \
+         meanwhile; RSS {cold} KiB cold, peak {warm_peak} KiB, settled {before} KiB",
+        warm_up.took
+    );
+    assert_all_refused_for_their_token(&warm_up);
+
+    let (f, rate, peak, after) = measured_flood(&server, &info, &config).await;
+    eprintln!(
+        "flood: {FLOOD} refused in {:?} ({:?}), bots {rate:.1} snapshots/s each meanwhile; \
+         RSS before {before} KiB, peak {peak} KiB, after {after} KiB ({:+.1}%)",
+        f.took,
+        f.refused,
+        (after as f64 / before as f64 - 1.0) * 100.0
+    );
+    assert_all_refused_for_their_token(&f);
+
+    // The server counted every refusal under its reason, and admitted none of them.
+    let metrics = server.get("/metrics").await;
+    for reason in ["token_forged", "token_malformed"] {
+        let series = format!("arena_sessions_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&metrics, &series), Some(FLOOD as f64), "{series}");
+    }
+    assert_eq!(
+        metric(&metrics, "arena_clients_connected"),
+        Some(f64::from(BOTS))
+    );
+
+    // RSS settled (settled_rss_kib) with the bots still playing, as `before` was.
+    assert!(
+        after.abs_diff(before) <= before / 10,
+        "RSS {after} KiB after the flood, {before} KiB before it: more than 10% apart"
+    );
+
+    let result = stop(&config, bots).await;
+    let r = &result.report;
+    assert_eq!(
+        (r.bots_connected, r.bots_failed, r.bots_disconnected),
+        (u64::from(BOTS), 0, 0),
+        "{}",
+        r.table()
+    );
+    let tick_rate = f64::from(result.bots[0].tick_rate);
+    assert!(
+        result
+            .bots
+            .iter()
+            .all(|b| f64::from(b.tick_rate) == tick_rate),
+        "one tick rate in every Welcome"
+    );
+    eprintln!(
+        "{BOTS} bots: worst bot {:.2} snapshots/s over its play, tick rate {tick_rate}",
+        r.snapshots_per_bot_hz_min
+    );
+    assert!(
+        r.snapshots_per_bot_hz_min >= 0.95 * tick_rate,
+        "the worst bot got {:.2} snapshots/s, under 95% of {tick_rate}",
+        r.snapshots_per_bot_hz_min
+    );
+}
