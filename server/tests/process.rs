@@ -345,6 +345,7 @@ async fn bad_handshake(info: &ConnectInfo, kind: BadToken, i: u64) -> Result<Rej
         protocol_version: PROTOCOL_VERSION,
         token: kind.token(i, &info.url),
         name: "mallory".into(),
+        resume: None,
     };
     t.send_hello(&hello)
         .await
@@ -561,5 +562,76 @@ async fn flood_of_500_bad_tokens_refused_while_20_bots_keep_95pct_and_rss_within
         r.snapshots_per_bot_hz_min >= 0.95 * tick_rate,
         "the worst bot got {:.2} snapshots/s, under 95% of {tick_rate}",
         r.snapshots_per_bot_hz_min
+    );
+}
+
+/// Ten clients that write pings and never read the answers. Each is disconnected as a slow
+/// consumer; what the server held for them is bounded (QUIC's 64 KiB stream window and
+/// `--max-send-backlog` each, per session), so its memory does not follow what they send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_are_disconnected_and_server_memory_stays_bounded() {
+    use arena_shared::protocol::codec::encode_client;
+    use arena_shared::protocol::{ClientMsg, DisconnectReason, Ping};
+    const DEAF: usize = 10;
+    const PINGS: u32 = 30_000;
+    let server = ServerProcess::start(&["--max-send-backlog", "65536"]).await;
+    let before = settled_rss_kib(server.pid).await;
+    let done = CancellationToken::new();
+    let peak = rss_peak(server.pid, done.clone());
+    let mut clients = JoinSet::new();
+    for i in 0..DEAF {
+        let http = server.http.clone();
+        clients.spawn(async move {
+            let name = format!("deaf-{i}");
+            let info = client::fetch_connect_info(&http, &name)
+                .await
+                .expect("/api/connect");
+            let mut t = client::open(&info, Duration::from_secs(10))
+                .await
+                .expect("connect");
+            t.handshake(&info.token, &name, &mut FrameReader::new())
+                .await
+                .expect("welcome");
+            // ~270 KB of pings, whose pongs it never reads.
+            let mut bytes = Vec::new();
+            for nonce in 0..PINGS {
+                encode_client(&ClientMsg::Ping(Ping { nonce }), &mut bytes).expect("encodes");
+            }
+            let _ = t.write_raw(&bytes).await;
+            match tokio::time::timeout(WAIT, t.conn.closed()).await {
+                Ok(wtransport::error::ConnectionError::ApplicationClosed(c)) => {
+                    c.code().into_inner()
+                }
+                other => panic!("expected an application close, got {other:?}"),
+            }
+        });
+    }
+    while let Some(code) = clients.join_next().await {
+        assert_eq!(
+            code.expect("client task"),
+            u64::from(DisconnectReason::SlowConsumer.code())
+        );
+    }
+    done.cancel();
+    let peak = peak.await.expect("sampler");
+    let metrics = server.get("/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "arena_sessions_closed_total{reason=\"slow_consumer\"}"
+        ),
+        Some(DEAF as f64)
+    );
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "{DEAF} slow consumers: RSS {before} KiB before, peak {peak} KiB (+{grew} KiB, {} KiB a client)",
+        grew / DEAF as u64
+    );
+    // Per client: the two 64 KiB bounds, QUIC's connection state and what a handshake costs
+    // (~150 KiB, see the flood test), with room for the allocator's rounding.
+    assert!(
+        grew <= DEAF as u64 * 1024,
+        "grew {grew} KiB for {DEAF} clients that each sent {} KB",
+        PINGS * 9 / 1000
     );
 }
