@@ -255,54 +255,6 @@ impl HitGrid {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn grid_of(points: &[(u32, Vec2)]) -> HitGrid {
-        let mut g = HitGrid::new(4096.0);
-        g.rebuild(points.iter().map(|&(id, pos)| Hittable {
-            id,
-            entity: Entity::PLACEHOLDER,
-            pos,
-            player: id % 2 == 0,
-        }));
-        g
-    }
-
-    #[test]
-    fn a_segment_query_keeps_everything_near_the_segment_and_skips_the_far_corners() {
-        // A diagonal shot across the map, and points on it, beside it, and far from it.
-        let (a, b) = (Vec2::new(100.0, 100.0), Vec2::new(1000.0, 1000.0));
-        let g = grid_of(&[
-            (1, Vec2::new(500.0, 500.0)),
-            (2, Vec2::new(540.0, 470.0)),
-            (3, Vec2::new(1000.0, 120.0)),
-            (4, Vec2::new(120.0, 1000.0)),
-            (5, Vec2::new(990.0, 1010.0)),
-        ]);
-        let mut near: Vec<u32> = g.near_segment(a, b, 60.0).map(|h| h.id).collect();
-        near.sort_unstable();
-        assert_eq!(near, [1, 2, 5]);
-        // The box query would have returned all five.
-        assert_eq!(g.near(a, b).count(), 5);
-    }
-
-    #[test]
-    fn nearest_respects_range_filter_and_ties() {
-        let g = grid_of(&[
-            (1, Vec2::new(100.0, 0.0)),
-            (2, Vec2::new(0.0, 100.0)),
-            (4, Vec2::new(0.0, 300.0)),
-        ]);
-        let at = Vec2::new(1.0, 1.0);
-        assert_eq!(g.nearest(at, 150.0, |_| true).map(|h| h.id), Some(1));
-        assert_eq!(g.nearest(at, 150.0, |h| h.player).map(|h| h.id), Some(2));
-        assert_eq!(g.nearest(at, 50.0, |_| true).map(|h| h.id), None);
-        assert_eq!(g.get(4).map(|h| h.pos), Some(Vec2::new(0.0, 300.0)));
-    }
-}
-
 /// Files every living player and NPC, as they stand after this tick's movement, for the
 /// queries of this tick and the lag compensation of later ones.
 pub fn record_hittables(
@@ -697,5 +649,53 @@ pub fn respawn(
         {
             Stats::add(&stats.0.events_dropped, 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid_of(points: &[(u32, Vec2)]) -> HitGrid {
+        let mut g = HitGrid::new(4096.0);
+        g.rebuild(points.iter().map(|&(id, pos)| Hittable {
+            id,
+            entity: Entity::PLACEHOLDER,
+            pos,
+            player: id % 2 == 0,
+        }));
+        g
+    }
+
+    #[test]
+    fn a_segment_query_keeps_everything_near_the_segment_and_skips_the_far_corners() {
+        // A diagonal shot across the map, and points on it, beside it, and far from it.
+        let (a, b) = (Vec2::new(100.0, 100.0), Vec2::new(1000.0, 1000.0));
+        let g = grid_of(&[
+            (1, Vec2::new(500.0, 500.0)),
+            (2, Vec2::new(540.0, 470.0)),
+            (3, Vec2::new(1000.0, 120.0)),
+            (4, Vec2::new(120.0, 1000.0)),
+            (5, Vec2::new(990.0, 1010.0)),
+        ]);
+        let mut near: Vec<u32> = g.near_segment(a, b, 60.0).map(|h| h.id).collect();
+        near.sort_unstable();
+        assert_eq!(near, [1, 2, 5]);
+        // The box query would have returned all five.
+        assert_eq!(g.near(a, b).count(), 5);
+    }
+
+    #[test]
+    fn nearest_respects_range_filter_and_ties() {
+        let g = grid_of(&[
+            (1, Vec2::new(100.0, 0.0)),
+            (2, Vec2::new(0.0, 100.0)),
+            (4, Vec2::new(0.0, 300.0)),
+        ]);
+        let at = Vec2::new(1.0, 1.0);
+        assert_eq!(g.nearest(at, 150.0, |_| true).map(|h| h.id), Some(1));
+        assert_eq!(g.nearest(at, 150.0, |h| h.player).map(|h| h.id), Some(2));
+        assert_eq!(g.nearest(at, 50.0, |_| true).map(|h| h.id), None);
+        assert_eq!(g.get(4).map(|h| h.pos), Some(Vec2::new(0.0, 300.0)));
     }
 }
