@@ -505,7 +505,13 @@ pub fn fire_rifles(
 pub fn apply_damage(
     mut commands: Commands,
     mut blows: ResMut<Blows>,
-    mut targets: Query<(&NetId, &mut Health, Option<&Player>, Option<&mut Score>), Without<Dead>>,
+    mut targets: Query<(
+        &NetId,
+        &mut Health,
+        Option<&Player>,
+        Option<&mut Score>,
+        Has<Dead>,
+    )>,
     clients: Res<Clients>,
     tick: Res<Tick>,
     settings: Res<CombatSettings>,
@@ -519,11 +525,12 @@ pub fn apply_damage(
         }
     };
     for blow in blows.0.drain(..) {
-        let Ok((victim_id, mut health, victim_player, victim_score)) = targets.get_mut(blow.target)
+        let Ok((victim_id, mut health, victim_player, victim_score, dead)) =
+            targets.get_mut(blow.target)
         else {
             continue;
         };
-        if health.0 <= 0 {
+        if dead || health.0 <= 0 {
             continue;
         }
         health.0 -= blow.amount;
@@ -562,8 +569,9 @@ pub fn apply_damage(
                 },
             );
         }
-        // The attacker hears of it too (it may have died this tick: it still scores).
-        let Ok((_, _, attacker_player, attacker_score)) = targets.get_mut(blow.attacker) else {
+        // The attacker hears of it too, and scores, even if it has died since it fired (a
+        // rocket outlives its shooter).
+        let Ok((_, _, attacker_player, attacker_score, _)) = targets.get_mut(blow.attacker) else {
             continue;
         };
         let attacker_player = attacker_player.cloned();

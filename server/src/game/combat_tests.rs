@@ -353,3 +353,44 @@ fn an_npc_notices_a_player_closes_in_and_fires_back() {
     assert!(bolts >= 1, "its bolts hit a player standing still");
     assert!(health(&mut h, p.entity) < combat::PLAYER_HEALTH);
 }
+
+#[test]
+fn a_rocket_that_kills_after_its_shooter_died_still_scores_for_it() {
+    let mut h = harness(0);
+    let (a_out, a) = join(&mut h, 1);
+    let (_, b) = join(&mut h, 2);
+    place(&mut h, a.entity, Vec2::new(1000.0, 1000.0));
+    place(&mut h, b.entity, Vec2::new(1300.0, 1000.0));
+    let eb = entity(&mut h, b.entity);
+    h.sim.world_mut().get_mut::<Health>(eb).unwrap().0 = ROCKET.damage;
+    let i = shot(
+        &h,
+        1,
+        Buttons::ALT_FIRE,
+        Vec2::new(1000.0, 1000.0),
+        Vec2::new(1300.0, 1000.0),
+        now(&h),
+    );
+    input(&h, 1, i);
+    h.sim.tick();
+    // The shooter dies while its rocket flies.
+    let ea = entity(&mut h, a.entity);
+    h.sim.world_mut().entity_mut(ea).insert(Dead {
+        respawn_at: u32::MAX,
+    });
+    for _ in 0..ROCKET.lifetime_ticks {
+        h.sim.tick();
+    }
+    assert!(h.sim.world().get::<Dead>(eb).is_some(), "the rocket killed");
+    let told = events(&a_out);
+    assert!(
+        told.contains(&GameEvent::Killed {
+            killer: a.entity,
+            victim: b.entity
+        }) && told.contains(&GameEvent::Score {
+            kills: 1,
+            deaths: 0
+        }),
+        "{told:?}"
+    );
+}
