@@ -80,6 +80,16 @@ pub struct Score {
     pub deaths: u32,
 }
 
+impl Score {
+    /// What its player is told when it changes.
+    pub fn event(&self) -> GameEvent {
+        GameEvent::Score {
+            kills: self.kills,
+            deaths: self.deaths,
+        }
+    }
+}
+
 /// An NPC's state of mind: whom it chases, when it looks around next, when it may fire.
 #[derive(Component, Debug, Clone, Copy, Default)]
 pub struct NpcBrain {
@@ -543,31 +553,20 @@ pub fn apply_damage(
         };
         let victim_player = victim_player.cloned();
         tell(victim_player.as_ref(), hit);
-        let died = health.0 <= 0;
-        let victim = victim_id.0;
-        if died {
+        let killed = (health.0 <= 0).then_some(GameEvent::Killed {
+            killer: blow.attacker_id,
+            victim: victim_id.0,
+        });
+        if let Some(killed) = killed {
             Stats::add(&stats.0.kills, 1);
             commands.entity(blow.target).insert(Dead {
                 respawn_at: tick.0 + settings.respawn_ticks,
             });
             if let Some(mut score) = victim_score {
                 score.deaths += 1;
-                let score = *score;
-                tell(
-                    victim_player.as_ref(),
-                    GameEvent::Score {
-                        kills: score.kills,
-                        deaths: score.deaths,
-                    },
-                );
+                tell(victim_player.as_ref(), score.event());
             }
-            tell(
-                victim_player.as_ref(),
-                GameEvent::Killed {
-                    killer: blow.attacker_id,
-                    victim,
-                },
-            );
+            tell(victim_player.as_ref(), killed);
         }
         // The attacker hears of it too, and scores, even if it has died since it fired (a
         // rocket outlives its shooter).
@@ -576,24 +575,11 @@ pub fn apply_damage(
         };
         let attacker_player = attacker_player.cloned();
         tell(attacker_player.as_ref(), hit);
-        if died {
-            tell(
-                attacker_player.as_ref(),
-                GameEvent::Killed {
-                    killer: blow.attacker_id,
-                    victim,
-                },
-            );
+        if let Some(killed) = killed {
+            tell(attacker_player.as_ref(), killed);
             if let Some(mut score) = attacker_score {
                 score.kills += 1;
-                let score = *score;
-                tell(
-                    attacker_player.as_ref(),
-                    GameEvent::Score {
-                        kills: score.kills,
-                        deaths: score.deaths,
-                    },
-                );
+                tell(attacker_player.as_ref(), score.event());
             }
         }
     }

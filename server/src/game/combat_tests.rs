@@ -130,31 +130,30 @@ fn a_rifle_shot_hits_where_the_shooter_saw_its_target_within_the_rewind_cap() {
     assert_eq!(hits_on(&events(&a_out), b_id), 1, "hit as seen");
     assert_eq!(health(&mut h, b_id), combat::PLAYER_HEALTH - RIFLE.damage);
 
+    // Once the rifle is ready again: A fires at where B was `aim_back` ticks ago, claiming to
+    // see the world as of `view_back` ticks ago; the hits on B.
+    let mut volley = |h: &mut Harness, shot_seq: u32, aim_back: u32, view_back: u32| {
+        for _ in 0..RIFLE.cooldown_ticks - 1 {
+            run(h, &mut seq, &mut seen, b_id, None);
+        }
+        let t = now(h);
+        let aim = shot(
+            h,
+            shot_seq,
+            Buttons::FIRE,
+            shooter,
+            seen[&(t - aim_back)],
+            t - view_back,
+        );
+        run(h, &mut seq, &mut seen, b_id, Some(aim));
+        hits_on(&events(&a_out), b_id)
+    };
     // The same 4-tick-old picture, but claiming to see the present: tested now, a miss.
-    for _ in 0..RIFLE.cooldown_ticks - 1 {
-        run(&mut h, &mut seq, &mut seen, b_id, None);
-    }
-    let t = now(&h);
-    let aim = shot(&h, 2, Buttons::FIRE, shooter, seen[&(t - 4)], t);
-    run(&mut h, &mut seq, &mut seen, b_id, Some(aim));
-    assert_eq!(hits_on(&events(&a_out), b_id), 0, "where it no longer is");
-
+    assert_eq!(volley(&mut h, 2, 4, 0), 0, "where it no longer is");
     // A view 10 ticks old is tested at the 6-tick cap: aimed at the 10-tick-old picture, a
     // miss; aimed at the picture at the cap, a hit.
-    for _ in 0..RIFLE.cooldown_ticks - 1 {
-        run(&mut h, &mut seq, &mut seen, b_id, None);
-    }
-    let t = now(&h);
-    let aim = shot(&h, 3, Buttons::FIRE, shooter, seen[&(t - 10)], t - 10);
-    run(&mut h, &mut seq, &mut seen, b_id, Some(aim));
-    assert_eq!(hits_on(&events(&a_out), b_id), 0, "too far back");
-    for _ in 0..RIFLE.cooldown_ticks - 1 {
-        run(&mut h, &mut seq, &mut seen, b_id, None);
-    }
-    let t = now(&h);
-    let aim = shot(&h, 4, Buttons::FIRE, shooter, seen[&(t - 6)], t - 10);
-    run(&mut h, &mut seq, &mut seen, b_id, Some(aim));
-    assert_eq!(hits_on(&events(&a_out), b_id), 1, "tested at the cap");
+    assert_eq!(volley(&mut h, 3, 10, 10), 0, "too far back");
+    assert_eq!(volley(&mut h, 4, 6, 10), 1, "tested at the cap");
 }
 
 #[test]

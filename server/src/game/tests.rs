@@ -67,6 +67,21 @@ fn join_session(
     (outbox, rx.try_recv().expect("joined within one tick"))
 }
 
+/// `ticks` ticks of client `client_id` pushing right at full deflection, one input a tick.
+fn push_right(h: &mut Harness, client_id: u64, ticks: u32) {
+    for seq in 0..ticks {
+        let input = Input {
+            seq,
+            tick: now(h),
+            movement: MoveDir { x: 127, y: 0 },
+            ..Default::default()
+        };
+        h.tx.try_send(SimCommand::Input { client_id, input })
+            .unwrap();
+        h.sim.tick();
+    }
+}
+
 /// The tick the next `tick()` will simulate.
 pub(super) fn now(h: &Harness) -> u32 {
     h.sim.world().resource::<components::Tick>().0
@@ -90,20 +105,7 @@ fn a_joined_player_moves_the_way_its_inputs_push_and_leaves_cleanly() {
     let (outbox, ack) = join(&mut h, 7);
     let start = own_state(&outbox, ack.entity);
     assert_eq!(start.kind, EntityKind::Player);
-    for seq in 0..30 {
-        let input = Input {
-            seq,
-            tick: now(&h),
-            movement: MoveDir { x: 127, y: 0 },
-            ..Default::default()
-        };
-        h.tx.try_send(SimCommand::Input {
-            client_id: 7,
-            input,
-        })
-        .unwrap();
-        h.sim.tick();
-    }
+    push_right(&mut h, 7, 30);
     let end = own_state(&outbox, ack.entity);
     assert!(
         end.pos.x > start.pos.x + 100.0,
@@ -302,20 +304,7 @@ fn building_snapshots_in_parallel_sends_every_client_the_same_bytes() {
 fn a_lost_player_lingers_still_and_unreplicated_then_resumes_its_entity_with_a_full_snapshot() {
     let mut h = harness(0);
     let (outbox, first) = join_session(&mut h, 7, 1, false);
-    for seq in 0..5 {
-        let input = Input {
-            seq,
-            tick: now(&h),
-            movement: MoveDir { x: 127, y: 0 },
-            ..Default::default()
-        };
-        h.tx.try_send(SimCommand::Input {
-            client_id: 7,
-            input,
-        })
-        .unwrap();
-        h.sim.tick();
-    }
+    push_right(&mut h, 7, 5);
     outbox.drain();
     h.tx.try_send(SimCommand::Detach {
         client_id: 7,
