@@ -197,6 +197,47 @@ pub struct Config {
     /// connect token for its client id) within this time takes them back. 0: no resume.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub resume_grace: Duration,
+
+    /// Directory the run is recorded to (`arena-<start ms>-<n>.replay` files; see
+    /// `arena-server replay info`).
+    #[arg(long, default_value = "replays")]
+    pub replay_dir: PathBuf,
+    /// Record nothing.
+    #[arg(long)]
+    pub no_replays: bool,
+    /// A keyframe (the full quantized world) every this many ticks.
+    #[arg(long, default_value_t = 300)]
+    pub replay_keyframe_ticks: u32,
+    /// Records waiting for the replay writer; beyond this the tick drops them (counted, and the
+    /// file gets a Gap record) rather than wait.
+    #[arg(long, default_value_t = 65_536)]
+    pub replay_queue: usize,
+    /// A new replay file once the current one is this large (at the next keyframe).
+    #[arg(long, default_value_t = 256)]
+    pub replay_rotate_mb: u64,
+    /// A new replay file once the current one is this old, seconds (at the next keyframe).
+    #[arg(long, default_value_t = 3600)]
+    pub replay_rotate_secs: u64,
+
+    /// A tool instead of a server (`arena-server replay info FILE`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools the binary runs instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Replay files.
+    Replay {
+        #[command(subcommand)]
+        action: ReplayCommand,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ReplayCommand {
+    /// Duration, players, ticks, keyframes, events and any gaps of a replay file.
+    Info { file: PathBuf },
 }
 
 impl Default for Config {

@@ -9,6 +9,7 @@
 //!   Systems call `arena_shared::sim` to move anything.
 //! - [`replication`]: what each client is sent each tick: interest, priority, byte budget and
 //!   delta snapshots against the newest view the client acknowledged.
+//! - [`replay`]: recording the run off the tick thread, and the `replay` tools.
 //! - [`http`]: the axum side: `/healthz`, `/api/connect` (connect tokens), `/metrics`.
 //! - [`stats`]: counters and gauges the server keeps about itself, read by tests and the log.
 //! - [`metrics`]: the Prometheus side of those: histograms, labelled counters, rendering.
@@ -21,6 +22,7 @@ pub mod game;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod replay;
 pub mod replication;
 pub mod stats;
 

@@ -1,5 +1,6 @@
 //! `arena-server`: flags, logging, signals. Everything else lives in the library.
 
+use arena_server::config::{Command, ReplayCommand};
 use arena_server::{Config, Server};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -8,6 +9,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    if let Some(Command::Replay { action }) = &config.command {
+        return replay_tool(action);
+    }
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|e| {
         eprintln!("bad --log filter {:?}: {e}; using \"info\"", config.log);
         EnvFilter::new("info")
@@ -49,6 +53,22 @@ async fn serve(config: Config) -> Result<(), arena_server::ServerError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     server.run(shutdown).await
+}
+
+/// `arena-server replay ...`: prints, exits 0, or says why not and exits 1.
+fn replay_tool(action: &ReplayCommand) -> std::process::ExitCode {
+    match action {
+        ReplayCommand::Info { file } => match arena_server::replay::info_text(file) {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -189,6 +189,21 @@ const COUNTERS: &[Source] = &[
         &s.kills
     }),
     (
+        "arena_replay_records_total",
+        "Replay records handed to the writer.",
+        |s| &s.replay_records,
+    ),
+    (
+        "arena_replay_records_dropped_total",
+        "Replay records dropped because the writer was behind (the file has a Gap there).",
+        |s| &s.replay_dropped,
+    ),
+    (
+        "arena_replay_bytes_total",
+        "Bytes written to replay files.",
+        |s| &s.replay_bytes,
+    ),
+    (
         "arena_events_dropped_total",
         "Game events dropped because a session had --event-queue events waiting.",
         |s| &s.events_dropped,

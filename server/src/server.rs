@@ -47,6 +47,8 @@ pub enum ServerError {
     Random(String),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    #[error("replay directory {0}")]
+    Replay(String),
     #[error("the simulation thread panicked")]
     SimulationPanicked,
 }
@@ -202,13 +204,23 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let (inbox_tx, inbox_rx) = mpsc::channel(self.config.inbox_capacity.max(1));
         let sim_stop = CancellationToken::new();
-        let sim = Simulation::new(
+        let mut sim = Simulation::new(
             &self.config,
             self.map.clone(),
             inbox_rx,
             self.stats.clone(),
             Some(self.frame_tap.clone()),
         );
+        let replay_writer = if self.config.no_replays {
+            None
+        } else {
+            let (recorder, writer) =
+                crate::replay::start(&self.config, &self.map, self.stats.clone()).map_err(|e| {
+                    ServerError::Replay(format!("{}: {e}", self.config.replay_dir.display()))
+                })?;
+            sim.set_recorder(recorder);
+            Some(writer)
+        };
         let sim_thread = {
             let stop = sim_stop.clone();
             std::thread::Builder::new()
@@ -267,6 +279,16 @@ impl Server {
 
         sim_stop.cancel();
         let sim_result = tokio::task::spawn_blocking(move || sim_thread.join()).await;
+        // The simulation is gone, and its recorder with it: the writer drains what is queued,
+        // flushes and ends.
+        if let Some(writer) = replay_writer
+            && !matches!(
+                tokio::task::spawn_blocking(move || writer.join()).await,
+                Ok(Ok(()))
+            )
+        {
+            warn!("the replay writer panicked; the replay may end early");
+        }
         let http_result = http_task.await;
         if !matches!(sim_result, Ok(Ok(()))) {
             return Err(ServerError::SimulationPanicked);

@@ -74,6 +74,10 @@ pub struct Stats {
     pub kills: AtomicU64,
     /// Game events dropped because a session had `--event-queue` waiting.
     pub events_dropped: AtomicU64,
+    /// Replay records handed to the writer, dropped because it was behind, and bytes written.
+    pub replay_records: AtomicU64,
+    pub replay_dropped: AtomicU64,
+    pub replay_bytes: AtomicU64,
     /// Histograms, labelled counters and the Prometheus rendering of all of the above.
     pub metrics: Metrics,
 }
@@ -130,6 +134,9 @@ impl Stats {
             hits: AtomicU64::new(0),
             kills: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
+            replay_records: AtomicU64::new(0),
+            replay_dropped: AtomicU64::new(0),
+            replay_bytes: AtomicU64::new(0),
             metrics: Metrics::new(tick_interval),
         }
     }

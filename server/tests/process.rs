@@ -37,12 +37,21 @@ struct ServerProcess {
     log: Arc<Mutex<Vec<String>>>,
     /// The tasks draining stdout and stderr; they end when the server closes its pipes.
     readers: Vec<JoinHandle<()>>,
+    /// Its `--replay-dir`.
+    replays: std::path::PathBuf,
 }
 
 impl ServerProcess {
     /// Starts `arena-server` on loopback port 0 with `extra` flags, and learns its ports from
     /// its log.
     async fn start(extra: &[&str]) -> Self {
+        // Each server records into a directory of its own, removed on drop.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let replays = std::env::temp_dir().join(format!(
+            "arena-process-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Relaxed)
+        ));
         let mut child = Command::new(env!("CARGO_BIN_EXE_arena-server"))
             .args([
                 "--wt-bind",
@@ -52,6 +61,8 @@ impl ServerProcess {
                 "--log",
                 "info",
             ])
+            .arg("--replay-dir")
+            .arg(&replays)
             .args(extra)
             // Plain text: the log is parsed.
             .env("NO_COLOR", "1")
@@ -77,6 +88,7 @@ impl ServerProcess {
             http: String::new(),
             log,
             readers,
+            replays,
         };
         // Both senders drop when both pipes close: a server that exits before saying where it
         // listens fails here at once, with its log.
@@ -143,6 +155,7 @@ impl Drop for ServerProcess {
         if std::thread::panicking() {
             eprintln!("--- arena-server log ---\n{}", self.log_text());
         }
+        let _ = std::fs::remove_dir_all(&self.replays);
     }
 }
 
@@ -284,6 +297,29 @@ async fn sigterm_with_100_bots_tells_every_bot_server_shutdown_and_exits_0_withi
             bot.errors
         );
     }
+    // What it had to flush, it flushed: the replay reads back whole, every player in it.
+    let files: Vec<_> = std::fs::read_dir(&server.replays)
+        .expect("the replay directory")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    let [file] = &files[..] else {
+        panic!("one replay file: {files:?}");
+    };
+    let read = arena_shared::replay::read(&std::fs::read(file).expect("readable"));
+    assert_eq!(read.end, arena_shared::replay::End::Clean);
+    let summary = arena_shared::replay::Summary::of(&read.records);
+    assert_eq!(summary.players, BOTS as usize);
+    assert!(summary.keyframes >= 1 && summary.inputs > 0, "{summary:?}");
+    // And the tool says the same.
+    let info = std::process::Command::new(env!("CARGO_BIN_EXE_arena-server"))
+        .args(["replay", "info"])
+        .arg(file)
+        .output()
+        .expect("arena-server replay info runs");
+    assert!(info.status.success());
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains(&format!("players     {BOTS}\n")), "{text}");
+    assert!(text.contains("end         Clean"), "{text}");
 }
 
 /// How a bad handshake is made.

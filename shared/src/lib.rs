@@ -27,6 +27,7 @@ pub mod map;
 pub mod predict;
 pub mod protocol;
 pub mod quant;
+pub mod replay;
 pub mod rng;
 pub mod sim;
 pub mod snapshot;

@@ -122,6 +122,10 @@ pub async fn try_start(extra: &[&str]) -> Result<TestServer, ServerError> {
         "--log",
         "warn",
     ];
+    // Nothing recorded unless a test names a replay directory of its own.
+    if !extra.contains(&"--replay-dir") {
+        args.push("--no-replays");
+    }
     args.extend_from_slice(extra);
     let config = Config::try_parse_from(args).expect("valid test flags");
     let server = Server::bind(config).await?;

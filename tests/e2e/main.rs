@@ -8,6 +8,7 @@ mod metrics;
 mod misbehaving;
 mod play;
 mod relay;
+mod replay;
 mod replication;
 mod resume;
 mod swarm;

@@ -26,11 +26,13 @@ use arena_shared::combat::{
 };
 use arena_shared::protocol::{EntityKind, GameEvent};
 use arena_shared::quant::{self, Aim, MoveDir};
+use arena_shared::replay::Record;
 use arena_shared::sim::{self, Body};
 use bevy_ecs::prelude::*;
 use glam::Vec2;
 
 use super::components::*;
+use crate::replay::Recorder;
 use crate::stats::Stats;
 
 /// Hit points left; at 0 or below the entity dies.
@@ -526,12 +528,12 @@ pub fn apply_damage(
     tick: Res<Tick>,
     settings: Res<CombatSettings>,
     stats: Res<StatsRes>,
+    mut recorder: Option<ResMut<Recorder>>,
 ) {
-    let tell = |player: Option<&Player>, event: GameEvent| {
-        if let Some(link) = player.and_then(|p| clients.0.get(&p.client_id))
-            && !link.outbox.push_event(event)
-        {
-            Stats::add(&stats.0.events_dropped, 1);
+    let mut told = Vec::new();
+    let mut tell = |player: Option<&Player>, event: GameEvent| {
+        if let Some(p) = player {
+            told.push((p.client_id, event));
         }
     };
     for blow in blows.0.drain(..) {
@@ -583,6 +585,32 @@ pub fn apply_damage(
             }
         }
     }
+    deliver(told, &clients, &stats, recorder.as_deref_mut(), tick.0);
+}
+
+/// Sends each event to its player's session (if it has one: a lingering player has none) and
+/// records it.
+fn deliver(
+    told: Vec<(u64, GameEvent)>,
+    clients: &Clients,
+    stats: &StatsRes,
+    mut recorder: Option<&mut Recorder>,
+    tick: u32,
+) {
+    for (client_id, event) in told {
+        if let Some(r) = recorder.as_mut() {
+            r.record(Record::Event {
+                tick,
+                client_id,
+                event,
+            });
+        }
+        if let Some(link) = clients.0.get(&client_id)
+            && !link.outbox.push_event(event)
+        {
+            Stats::add(&stats.0.events_dropped, 1);
+        }
+    }
 }
 
 /// Brings back the dead whose delay is over: full health, standing still, at the best of a few
@@ -605,7 +633,9 @@ pub fn respawn(
     clients: Res<Clients>,
     tick: Res<Tick>,
     stats: Res<StatsRes>,
+    mut recorder: Option<ResMut<Recorder>>,
 ) {
+    let mut told = Vec::new();
     // Farther than this from everyone is as good as it gets.
     const CLEAR: f32 = 800.0;
     const TRIES: usize = 8;
@@ -634,16 +664,18 @@ pub fn respawn(
         };
         health.0 = full;
         commands.entity(entity).remove::<Dead>();
-        if let Some(link) = player.and_then(|p| clients.0.get(&p.client_id))
-            && !link.outbox.push_event(GameEvent::Respawned {
-                entity: id.0,
-                pos,
-                health: full as i16,
-            })
-        {
-            Stats::add(&stats.0.events_dropped, 1);
+        if let Some(p) = player {
+            told.push((
+                p.client_id,
+                GameEvent::Respawned {
+                    entity: id.0,
+                    pos,
+                    health: full as i16,
+                },
+            ));
         }
     }
+    deliver(told, &clients, &stats, recorder.as_deref_mut(), tick.0);
 }
 
 #[cfg(test)]

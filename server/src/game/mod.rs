@@ -247,6 +247,11 @@ impl Simulation {
         &self.world
     }
 
+    /// Records the run from the next tick on (`crate::replay::start` makes the recorder).
+    pub fn set_recorder(&mut self, recorder: crate::replay::Recorder) {
+        self.world.insert_resource(recorder);
+    }
+
     /// The world, to set up a scene (tests, benchmarks). The tick loop never needs it.
     pub fn world_mut(&mut self) -> &mut World {
         &mut self.world

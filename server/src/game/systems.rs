@@ -4,8 +4,9 @@
 // are the point, not a smell.
 #![allow(clippy::type_complexity, clippy::too_many_arguments)]
 
-use arena_shared::protocol::EntityKind;
+use arena_shared::protocol::{EntityKind, EntityState};
 use arena_shared::quant;
+use arena_shared::replay::Record;
 use arena_shared::sim::{self, Body};
 use bevy_ecs::prelude::*;
 use glam::Vec2;
@@ -14,6 +15,7 @@ use tracing::debug;
 use super::combat::{Arsenal, Dead, Health, Projectile, Score, Trigger};
 use super::components::*;
 use super::{JoinAck, SimCommand};
+use crate::replay::Recorder;
 use crate::stats::Stats;
 
 /// Applies joins, detaches and leaves, in arrival order: a join spawns a player (or hands a
@@ -29,6 +31,7 @@ pub fn admit_and_release(
     mut rng: ResMut<WorldRng>,
     map: Res<MapRes>,
     tick: Res<Tick>,
+    mut recorder: Option<ResMut<Recorder>>,
 ) {
     let mut inputs = Vec::with_capacity(inbox.0.len());
     for cmd in inbox.0.drain(..) {
@@ -74,7 +77,7 @@ pub fn admit_and_release(
                                 MoveIntent::default(),
                                 Player {
                                     client_id: join.client_id,
-                                    name: join.name,
+                                    name: join.name.clone(),
                                 },
                                 InputBuffer::default(),
                                 Health(arena_shared::combat::PLAYER_HEALTH),
@@ -86,6 +89,15 @@ pub fn admit_and_release(
                         (entity, net_id.0, false)
                     }
                 };
+                if let Some(r) = recorder.as_mut() {
+                    r.record(Record::Join {
+                        tick: tick.0,
+                        client_id: join.client_id,
+                        entity: net_id,
+                        name: join.name,
+                        resumed,
+                    });
+                }
                 let link = ClientLink {
                     entity,
                     net_id,
@@ -149,6 +161,12 @@ pub fn admit_and_release(
                 };
                 if let Some(entity) = entity {
                     commands.entity(entity).despawn();
+                    if let Some(r) = recorder.as_mut() {
+                        r.record(Record::Leave {
+                            tick: tick.0,
+                            client_id,
+                        });
+                    }
                     debug!(client_id, "player despawned");
                 }
             }
@@ -193,11 +211,12 @@ pub fn route_inputs(
 
 /// Applies each player's input for this tick, or repeats the last one and counts it late.
 pub fn player_intent(
-    mut players: Query<(&mut InputBuffer, &mut MoveIntent, &mut Trigger)>,
+    mut players: Query<(&Player, &mut InputBuffer, &mut MoveIntent, &mut Trigger)>,
     tick: Res<Tick>,
     stats: Res<StatsRes>,
+    mut recorder: Option<ResMut<Recorder>>,
 ) {
-    for (mut buffer, mut intent, mut trigger) in &mut players {
+    for (player, mut buffer, mut intent, mut trigger) in &mut players {
         let buffer = &mut *buffer;
         // Nothing older than this tick can still be applied.
         while buffer
@@ -209,6 +228,13 @@ pub fn player_intent(
         }
         match buffer.pending.remove(&tick.0) {
             Some(input) => {
+                if let Some(r) = recorder.as_mut() {
+                    r.record(Record::Input {
+                        tick: tick.0,
+                        client_id: player.client_id,
+                        input,
+                    });
+                }
                 buffer.last = input;
                 buffer.last_seq = input.seq;
                 // Ticks before the client's first input are not late: it was not playing yet.
@@ -268,8 +294,28 @@ pub fn end_tick(
     stats: Res<StatsRes>,
     players: Query<(), With<Player>>,
     all: Query<(), With<NetId>>,
+    bodies: Query<(&NetId, &Kind, &Motion), Without<Dead>>,
+    mut recorder: Option<ResMut<Recorder>>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+    if let Some(r) = recorder.as_mut()
+        && r.keyframe_due(tick.0)
+    {
+        let mut entities: Vec<EntityState> = bodies
+            .iter()
+            .map(|(id, kind, m)| EntityState {
+                id: id.0,
+                kind: kind.0,
+                pos: m.0.pos,
+                vel: m.0.vel,
+            })
+            .collect();
+        entities.sort_unstable_by_key(|e| e.id);
+        r.record(Record::Keyframe {
+            tick: tick.0,
+            entities,
+        });
+    }
     stats.0.set_entities(all.iter().count() as u64);
     stats.0.tick.store(u64::from(tick.0), Relaxed);
     // Last: it wakes whoever awaits a player count, and they may read the others.

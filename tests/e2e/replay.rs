@@ -1,0 +1,62 @@
+//! Recording over real QUIC: a run's replay holds every player, every input the server
+//! applied, keyframes at their interval, and reads back whole once the server has stopped.
+
+use arena_client_sim::swarm::{self, SwarmBehaviour};
+use arena_shared::replay::{self, End, Record, Summary};
+
+use crate::common::{self, WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_bots_leave_a_replay_whose_numbers_match_what_they_did() {
+    let dir = std::env::temp_dir().join(format!("arena-e2e-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.display().to_string();
+    let server = common::start(&["--replay-dir", &dir_arg, "--replay-keyframe-ticks", "30"]).await;
+    let result = tokio::time::timeout(
+        WAIT,
+        swarm::run(common::swarm(&server, 20, 4, SwarmBehaviour::Wander, 41)),
+    )
+    .await
+    .expect("swarm ends");
+    common::assert_all_played(&result.report, 20);
+    server.players_reach(0).await;
+    server.stop().await;
+
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the replay directory")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    let [file] = &files[..] else {
+        panic!("one replay file: {files:?}");
+    };
+    let bytes = std::fs::read(file).expect("readable");
+    let read = replay::read(&bytes);
+    assert_eq!(read.end, End::Clean);
+    let s = Summary::of(&read.records);
+    assert_eq!((s.players, s.joins, s.leaves), (20, 20, 20), "{s:?}");
+    // Every input the server applied is recorded once; the bots' last few, for ticks after
+    // they left, were never applied.
+    let sent: u64 = result.bots.iter().map(|b| b.inputs_sent).sum();
+    assert!(
+        s.inputs <= sent && s.inputs + 20 * 10 >= sent,
+        "{} recorded of {sent} sent",
+        s.inputs
+    );
+    assert!(matches!(read.records[0], Record::Header(_)));
+    assert!(
+        matches!(read.records[1], Record::Keyframe { .. }),
+        "a file starts from a full world"
+    );
+    let expected = u64::from(s.ticks() / 30);
+    assert!(
+        s.keyframes >= expected && s.keyframes <= expected + 2,
+        "{} keyframes over {} ticks",
+        s.keyframes,
+        s.ticks()
+    );
+    assert!(s.gaps.is_empty());
+    let text = arena_server::replay::info_text(file).expect("info");
+    assert!(text.contains("players     20\n"), "{text}");
+    eprintln!("{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
