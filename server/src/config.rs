@@ -238,6 +238,13 @@ pub enum Command {
 pub enum ReplayCommand {
     /// Duration, players, ticks, keyframes, events and any gaps of a replay file.
     Info { file: PathBuf },
+    /// Re-simulates a run from its start with the recorded inputs and checks that it
+    /// reproduces every recorded input, event and keyframe bit for bit (the run's files, in
+    /// order).
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 impl Default for Config {

@@ -68,6 +68,19 @@ fn replay_tool(action: &ReplayCommand) -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        ReplayCommand::Verify { files } => match arena_server::replay::verify(files) {
+            Ok(v) => {
+                println!(
+                    "verified: {} ticks re-simulated, {} records and {} keyframes reproduced bit for bit",
+                    v.ticks, v.records, v.keyframes
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("does not verify: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -102,6 +102,7 @@ pub fn start(
             tick_rate: config.tick_rate,
             start_unix_ms: 0,
             first_tick: 1,
+            sim_args: sim_args(config),
         },
     };
     let (tx, rx) = sync_channel(config.replay_queue.max(1));
@@ -119,6 +120,32 @@ pub fn start(
         },
         handle,
     ))
+}
+
+/// The flags that decide what the simulation does with the same inputs: a re-simulation
+/// parses them to build the same world.
+pub fn sim_args(config: &Config) -> Vec<String> {
+    let d = |d: Duration| format!("{}ms", d.as_millis());
+    [
+        ("--seed", config.seed.to_string()),
+        ("--npcs", config.npcs.to_string()),
+        ("--world-size", config.world_size.to_string()),
+        ("--obstacles", config.obstacles.to_string()),
+        ("--tick-rate", config.tick_rate.to_string()),
+        ("--input-window", config.input_window.to_string()),
+        ("--inbox-capacity", config.inbox_capacity.to_string()),
+        ("--npc-combat", config.npc_combat.to_string()),
+        ("--respawn-delay", d(config.respawn_delay)),
+        ("--lag-comp-history", d(config.lag_comp_history)),
+        ("--max-rewind", d(config.max_rewind)),
+        (
+            "--replay-keyframe-ticks",
+            config.replay_keyframe_ticks.to_string(),
+        ),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value])
+    .collect()
 }
 
 fn unix_ms() -> u64 {
@@ -197,6 +224,224 @@ fn write_loop(rx: Receiver<Record>, settings: WriterSettings, stats: Arc<Stats>)
         let _ = c.out.flush();
         info!(path = %c.path.display(), bytes = c.bytes, "replay file complete");
     }
+}
+
+/// What `replay verify` found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub ticks: u32,
+    pub records: u64,
+    pub keyframes: u64,
+}
+
+/// Why a replay does not verify.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("the recording starts at tick {0}: verifying needs the run's first file (tick 1)")]
+    NotFromStart(u32),
+    #[error(
+        "the recording lost {dropped} records before tick {tick}: it cannot be replayed past there"
+    )]
+    Gap { tick: u32, dropped: u64 },
+    #[error("tick {tick}: entity {entity} differs: recorded {recorded}, re-simulated {replayed}")]
+    Entity {
+        tick: u32,
+        entity: u32,
+        recorded: String,
+        replayed: String,
+    },
+    #[error("tick {tick}: recorded {recorded}, re-simulated {replayed}")]
+    Record {
+        tick: u32,
+        recorded: String,
+        replayed: String,
+    },
+}
+
+/// `arena-server replay verify FILE...` (the files of one run, in order): re-simulates the
+/// run from its start through the server's own systems, feeding the recorded joins, leaves,
+/// detaches and inputs at their ticks, and checks that what the re-simulation records (every
+/// input applied, every event, every keyframe of the quantized world) is the recording, bit
+/// for bit. The project's proof of determinism; a mismatch names the first tick (and entity)
+/// that differs.
+pub fn verify(paths: &[PathBuf]) -> Result<Verified, VerifyError> {
+    use std::collections::HashMap;
+
+    use clap::Parser;
+    use tokio::sync::{mpsc, oneshot};
+
+    use crate::game::{JoinRequest, SimCommand, Simulation};
+    use crate::net::outbox::Outbox;
+
+    let mut header = None;
+    let mut records = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(path)
+            .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", path.display())))?;
+        for r in replay::read(&bytes).records {
+            match r {
+                Record::Header(h) => {
+                    header.get_or_insert(h);
+                }
+                r => records.push(r),
+            }
+        }
+    }
+    let header = header.ok_or_else(|| VerifyError::Unreadable("no header".into()))?;
+    if header.first_tick != 1 {
+        return Err(VerifyError::NotFromStart(header.first_tick));
+    }
+    if let Some(Record::Gap { tick, dropped }) =
+        records.iter().find(|r| matches!(r, Record::Gap { .. }))
+    {
+        return Err(VerifyError::Gap {
+            tick: *tick,
+            dropped: *dropped,
+        });
+    }
+    let config = Config::try_parse_from(
+        ["arena-server".to_string(), "--no-replays".to_string()]
+            .into_iter()
+            .chain(header.sim_args.iter().cloned()),
+    )
+    .map_err(|e| VerifyError::Unreadable(format!("the header's flags: {e}")))?;
+    let map = Arc::new(config.map());
+    if *map != header.map {
+        return Err(VerifyError::Unreadable(
+            "the header's flags do not make the recorded map".into(),
+        ));
+    }
+    let stats = Arc::new(Stats::default());
+    let (tx, rx) = mpsc::channel(config.inbox_capacity.max(1));
+    let mut sim = Simulation::new(&config, map, rx, stats.clone(), None);
+    let (out_tx, out_rx) = sync_channel(1 << 20);
+    sim.set_recorder(Recorder {
+        tx: out_tx,
+        lost: 0,
+        keyframe_ticks: config.replay_keyframe_ticks.max(1),
+        first_keyframe: true,
+        stats,
+    });
+    let last = records.last().map_or(1, Record::tick);
+    let mut sessions: HashMap<u64, u64> = HashMap::new();
+    let mut next = 0;
+    let mut checked = Verified {
+        ticks: 0,
+        records: 0,
+        keyframes: 0,
+    };
+    for tick in 1..=last {
+        // What the network told the simulation before this tick.
+        let start = next;
+        while next < records.len() && records[next].tick() == tick {
+            let cmd = match &records[next] {
+                Record::Join {
+                    client_id,
+                    name,
+                    resumed,
+                    ..
+                } => {
+                    let session = sessions.entry(*client_id).or_insert(0);
+                    *session += 1;
+                    Some(SimCommand::Join(JoinRequest {
+                        client_id: *client_id,
+                        session: *session,
+                        name: name.clone(),
+                        outbox: Arc::new(Outbox::new(1, 1200)),
+                        resume: *resumed,
+                        reply: oneshot::channel().0,
+                    }))
+                }
+                Record::Leave { client_id, .. } => Some(SimCommand::Leave {
+                    client_id: *client_id,
+                    session: sessions.get(client_id).copied().unwrap_or(0),
+                }),
+                Record::Detach { client_id, .. } => Some(SimCommand::Detach {
+                    client_id: *client_id,
+                    session: sessions.get(client_id).copied().unwrap_or(0),
+                }),
+                Record::Input {
+                    client_id, input, ..
+                } => Some(SimCommand::Input {
+                    client_id: *client_id,
+                    input: *input,
+                }),
+                _ => None,
+            };
+            if let Some(cmd) = cmd {
+                tx.try_send(cmd).map_err(|_| {
+                    VerifyError::Unreadable("more commands in a tick than the inbox holds".into())
+                })?;
+            }
+            next += 1;
+        }
+        sim.tick();
+        checked.ticks += 1;
+        let recorded = &records[start..next];
+        let replayed: Vec<Record> = out_rx.try_iter().collect();
+        for (i, want) in recorded.iter().enumerate() {
+            let got = replayed.get(i);
+            if let (
+                Record::Keyframe { entities: a, .. },
+                Some(Record::Keyframe { entities: b, .. }),
+            ) = (want, got)
+            {
+                if let Some((x, y)) = a.iter().zip(b).find(|(x, y)| !same_bits(x, y)) {
+                    return Err(VerifyError::Entity {
+                        tick,
+                        entity: x.id.min(y.id),
+                        recorded: format!("{x:?}"),
+                        replayed: format!("{y:?}"),
+                    });
+                }
+                if a.len() != b.len() {
+                    let n = a.len().min(b.len());
+                    let extra = a.get(n).or(b.get(n)).map_or(0, |e| e.id);
+                    return Err(VerifyError::Entity {
+                        tick,
+                        entity: extra,
+                        recorded: format!("{} entities", a.len()),
+                        replayed: format!("{} entities", b.len()),
+                    });
+                }
+                checked.keyframes += 1;
+            } else if got != Some(want) {
+                return Err(VerifyError::Record {
+                    tick,
+                    recorded: format!("{want:?}"),
+                    replayed: format!("{got:?}"),
+                });
+            }
+            checked.records += 1;
+        }
+        if replayed.len() > recorded.len() {
+            return Err(VerifyError::Record {
+                tick,
+                recorded: "nothing more".into(),
+                replayed: format!("{:?}", replayed[recorded.len()]),
+            });
+        }
+    }
+    Ok(checked)
+}
+
+/// Equal to the bit (`-0.0` is not `0.0`, as a re-simulation must reproduce either).
+fn same_bits(
+    a: &arena_shared::protocol::EntityState,
+    b: &arena_shared::protocol::EntityState,
+) -> bool {
+    let bits = |e: &arena_shared::protocol::EntityState| {
+        (
+            e.id,
+            e.pos.x.to_bits(),
+            e.pos.y.to_bits(),
+            e.vel.x.to_bits(),
+            e.vel.y.to_bits(),
+        )
+    };
+    a.kind == b.kind && bits(a) == bits(b)
 }
 
 /// `arena-server replay info FILE`: what the file holds, as text.
@@ -323,6 +568,7 @@ mod tests {
                 tick_rate: 30,
                 start_unix_ms: 0,
                 first_tick: 1,
+                sim_args: Vec::new(),
             },
         };
         let (tx, rx) = sync_channel(1024);

@@ -320,6 +320,17 @@ async fn sigterm_with_100_bots_tells_every_bot_server_shutdown_and_exits_0_withi
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains(&format!("players     {BOTS}\n")), "{text}");
     assert!(text.contains("end         Clean"), "{text}");
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_arena-server"))
+        .args(["replay", "verify"])
+        .arg(file)
+        .output()
+        .expect("arena-server replay verify runs");
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 /// How a bad handshake is made.

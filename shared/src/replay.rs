@@ -37,6 +37,9 @@ pub struct Header {
     pub start_unix_ms: u64,
     /// The first tick recorded.
     pub first_tick: u32,
+    /// The server flags that shape the simulation (seed, world, NPCs, rates, combat
+    /// settings), as `--flag value` pairs: a re-simulation starts from the same world.
+    pub sim_args: Vec<String>,
 }
 
 /// One thing that happened, at a tick.
@@ -53,6 +56,11 @@ pub enum Record {
     },
     /// A player's entity left the world.
     Leave {
+        tick: u32,
+        client_id: u64,
+    },
+    /// A player's connection was lost: its entity stays, still, for the grace period.
+    Detach {
         tick: u32,
         client_id: u64,
     },
@@ -88,6 +96,7 @@ impl Record {
             Record::Header(h) => h.first_tick,
             Record::Join { tick, .. }
             | Record::Leave { tick, .. }
+            | Record::Detach { tick, .. }
             | Record::Input { tick, .. }
             | Record::Event { tick, .. }
             | Record::Keyframe { tick, .. }
@@ -192,6 +201,7 @@ pub struct Summary {
     pub players: usize,
     pub joins: u64,
     pub leaves: u64,
+    pub detaches: u64,
     pub inputs: u64,
     pub events: u64,
     pub keyframes: u64,
@@ -216,6 +226,7 @@ impl Summary {
                     players.insert(*client_id);
                 }
                 Record::Leave { .. } => s.leaves += 1,
+                Record::Detach { .. } => s.detaches += 1,
                 Record::Input { .. } => s.inputs += 1,
                 Record::Event { .. } => s.events += 1,
                 Record::Keyframe { .. } => s.keyframes += 1,
@@ -286,6 +297,7 @@ mod tests {
                 tick_rate: 30,
                 start_unix_ms: 1,
                 first_tick: 1,
+                sim_args: vec!["--npcs".into(), "3".into()],
             }),
             Record::Join {
                 tick: 2,

@@ -132,6 +132,12 @@ pub fn admit_and_release(
                         MoveIntent::default(),
                         Trigger::default(),
                     ));
+                    if let Some(r) = recorder.as_mut() {
+                        r.record(Record::Detach {
+                            tick: tick.0,
+                            client_id,
+                        });
+                    }
                     lingering.0.insert(
                         client_id,
                         LingeringPlayer {
