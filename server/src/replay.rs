@@ -260,21 +260,8 @@ pub enum VerifyError {
     },
 }
 
-/// `arena-server replay verify FILE...` (the files of one run, in order): re-simulates the
-/// run from its start through the server's own systems, feeding the recorded joins, leaves,
-/// detaches and inputs at their ticks, and checks that what the re-simulation records (every
-/// input applied, every event, every keyframe of the quantized world) is the recording, bit
-/// for bit. The project's proof of determinism; a mismatch names the first tick (and entity)
-/// that differs.
-pub fn verify(paths: &[PathBuf]) -> Result<Verified, VerifyError> {
-    use std::collections::HashMap;
-
-    use clap::Parser;
-    use tokio::sync::{mpsc, oneshot};
-
-    use crate::game::{JoinRequest, SimCommand, Simulation};
-    use crate::net::outbox::Outbox;
-
+/// Reads the records of a run's files, in order: the first header, and every other record.
+fn read_run(paths: &[PathBuf]) -> Result<(Header, Vec<Record>), VerifyError> {
     let mut header = None;
     let mut records = Vec::new();
     for path in paths {
@@ -290,60 +277,127 @@ pub fn verify(paths: &[PathBuf]) -> Result<Verified, VerifyError> {
         }
     }
     let header = header.ok_or_else(|| VerifyError::Unreadable("no header".into()))?;
-    if header.first_tick != 1 {
-        return Err(VerifyError::NotFromStart(header.first_tick));
-    }
-    if let Some(Record::Gap { tick, dropped }) =
-        records.iter().find(|r| matches!(r, Record::Gap { .. }))
-    {
-        return Err(VerifyError::Gap {
-            tick: *tick,
-            dropped: *dropped,
+    Ok((header, records))
+}
+
+/// A run re-simulated tick by tick from its start through the server's own systems, fed the
+/// recorded joins, leaves, detaches and inputs: what `replay verify` checks and what the
+/// viewer draws.
+pub struct Replayer {
+    paths: Vec<PathBuf>,
+    pub header: Header,
+    records: Vec<Record>,
+    /// Index of the first record of the next tick.
+    next: usize,
+    /// The last tick simulated (0: none yet).
+    tick: u32,
+    sim: crate::game::Simulation,
+    inbox: tokio::sync::mpsc::Sender<crate::game::SimCommand>,
+    out: Receiver<Record>,
+    sessions: std::collections::HashMap<u64, u64>,
+    pub config: Config,
+}
+
+/// One re-simulated tick: what the recording says happened, and what the re-simulation did.
+pub struct Stepped {
+    pub tick: u32,
+    pub recorded: std::ops::Range<usize>,
+    pub replayed: Vec<Record>,
+}
+
+impl Replayer {
+    /// The run in `paths` (its files in order), ready to simulate its first tick.
+    pub fn open(paths: &[PathBuf]) -> Result<Self, VerifyError> {
+        use clap::Parser;
+        let (header, records) = read_run(paths)?;
+        if header.first_tick != 1 {
+            return Err(VerifyError::NotFromStart(header.first_tick));
+        }
+        let config = Config::try_parse_from(
+            ["arena-server".to_string(), "--no-replays".to_string()]
+                .into_iter()
+                .chain(header.sim_args.iter().cloned()),
+        )
+        .map_err(|e| VerifyError::Unreadable(format!("the header's flags: {e}")))?;
+        let map = Arc::new(config.map());
+        if *map != header.map {
+            return Err(VerifyError::Unreadable(
+                "the header's flags do not make the recorded map".into(),
+            ));
+        }
+        let stats = Arc::new(Stats::default());
+        let (inbox, rx) = tokio::sync::mpsc::channel(config.inbox_capacity.max(1));
+        let mut sim = crate::game::Simulation::new(&config, map, rx, stats.clone(), None);
+        let (out_tx, out) = sync_channel(1 << 20);
+        sim.set_recorder(Recorder {
+            tx: out_tx,
+            lost: 0,
+            keyframe_ticks: config.replay_keyframe_ticks.max(1),
+            first_keyframe: true,
+            stats,
         });
+        Ok(Self {
+            paths: paths.to_vec(),
+            header,
+            records,
+            next: 0,
+            tick: 0,
+            sim,
+            inbox,
+            out,
+            sessions: Default::default(),
+            config,
+        })
     }
-    let config = Config::try_parse_from(
-        ["arena-server".to_string(), "--no-replays".to_string()]
-            .into_iter()
-            .chain(header.sim_args.iter().cloned()),
-    )
-    .map_err(|e| VerifyError::Unreadable(format!("the header's flags: {e}")))?;
-    let map = Arc::new(config.map());
-    if *map != header.map {
-        return Err(VerifyError::Unreadable(
-            "the header's flags do not make the recorded map".into(),
-        ));
+
+    /// Reads the files again and takes the records written since (a run still recording).
+    pub fn refresh(&mut self) -> Result<(), VerifyError> {
+        let (_, records) = read_run(&self.paths)?;
+        if records.len() > self.records.len() {
+            self.records = records;
+        }
+        Ok(())
     }
-    let stats = Arc::new(Stats::default());
-    let (tx, rx) = mpsc::channel(config.inbox_capacity.max(1));
-    let mut sim = Simulation::new(&config, map, rx, stats.clone(), None);
-    let (out_tx, out_rx) = sync_channel(1 << 20);
-    sim.set_recorder(Recorder {
-        tx: out_tx,
-        lost: 0,
-        keyframe_ticks: config.replay_keyframe_ticks.max(1),
-        first_keyframe: true,
-        stats,
-    });
-    let last = records.last().map_or(1, Record::tick);
-    let mut sessions: HashMap<u64, u64> = HashMap::new();
-    let mut next = 0;
-    let mut checked = Verified {
-        ticks: 0,
-        records: 0,
-        keyframes: 0,
-    };
-    for tick in 1..=last {
-        // What the network told the simulation before this tick.
-        let start = next;
-        while next < records.len() && records[next].tick() == tick {
-            let cmd = match &records[next] {
+
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// The last tick the recording reaches.
+    pub fn last_tick(&self) -> u32 {
+        self.records.last().map_or(1, Record::tick)
+    }
+
+    /// The last tick simulated (0: none yet).
+    pub fn tick(&self) -> u32 {
+        self.tick
+    }
+
+    pub fn world(&mut self) -> &mut bevy_ecs::world::World {
+        self.sim.world_mut()
+    }
+
+    /// Simulates the next tick, fed what the recording says the network delivered before it.
+    pub fn step(&mut self) -> Result<Stepped, VerifyError> {
+        use crate::game::{JoinRequest, SimCommand};
+        use crate::net::outbox::Outbox;
+        let tick = self.tick + 1;
+        let start = self.next;
+        while self.next < self.records.len() && self.records[self.next].tick() <= tick {
+            let cmd = match &self.records[self.next] {
+                Record::Gap { tick, dropped } => {
+                    return Err(VerifyError::Gap {
+                        tick: *tick,
+                        dropped: *dropped,
+                    });
+                }
                 Record::Join {
                     client_id,
                     name,
                     resumed,
                     ..
                 } => {
-                    let session = sessions.entry(*client_id).or_insert(0);
+                    let session = self.sessions.entry(*client_id).or_insert(0);
                     *session += 1;
                     Some(SimCommand::Join(JoinRequest {
                         client_id: *client_id,
@@ -351,16 +405,16 @@ pub fn verify(paths: &[PathBuf]) -> Result<Verified, VerifyError> {
                         name: name.clone(),
                         outbox: Arc::new(Outbox::new(1, 1200)),
                         resume: *resumed,
-                        reply: oneshot::channel().0,
+                        reply: tokio::sync::oneshot::channel().0,
                     }))
                 }
                 Record::Leave { client_id, .. } => Some(SimCommand::Leave {
                     client_id: *client_id,
-                    session: sessions.get(client_id).copied().unwrap_or(0),
+                    session: self.sessions.get(client_id).copied().unwrap_or(0),
                 }),
                 Record::Detach { client_id, .. } => Some(SimCommand::Detach {
                     client_id: *client_id,
-                    session: sessions.get(client_id).copied().unwrap_or(0),
+                    session: self.sessions.get(client_id).copied().unwrap_or(0),
                 }),
                 Record::Input {
                     client_id, input, ..
@@ -371,16 +425,44 @@ pub fn verify(paths: &[PathBuf]) -> Result<Verified, VerifyError> {
                 _ => None,
             };
             if let Some(cmd) = cmd {
-                tx.try_send(cmd).map_err(|_| {
+                self.inbox.try_send(cmd).map_err(|_| {
                     VerifyError::Unreadable("more commands in a tick than the inbox holds".into())
                 })?;
             }
-            next += 1;
+            self.next += 1;
         }
-        sim.tick();
+        self.sim.tick();
+        self.tick = tick;
+        Ok(Stepped {
+            tick,
+            recorded: start..self.next,
+            replayed: self.out.try_iter().collect(),
+        })
+    }
+}
+
+/// `arena-server replay verify FILE...` (the files of one run, in order): re-simulates the
+/// run from its start through the server's own systems, feeding the recorded joins, leaves,
+/// detaches and inputs at their ticks, and checks that what the re-simulation records (every
+/// input applied, every event, every keyframe of the quantized world) is the recording, bit
+/// for bit. The project's proof of determinism; a mismatch names the first tick (and entity)
+/// that differs.
+pub fn verify(paths: &[PathBuf]) -> Result<Verified, VerifyError> {
+    let mut replayer = Replayer::open(paths)?;
+    let last = replayer.last_tick();
+    let mut checked = Verified {
+        ticks: 0,
+        records: 0,
+        keyframes: 0,
+    };
+    while replayer.tick() < last {
+        let Stepped {
+            tick,
+            recorded,
+            replayed,
+        } = replayer.step()?;
         checked.ticks += 1;
-        let recorded = &records[start..next];
-        let replayed: Vec<Record> = out_rx.try_iter().collect();
+        let recorded = &replayer.records()[recorded];
         for (i, want) in recorded.iter().enumerate() {
             let got = replayed.get(i);
             if let (
