@@ -245,6 +245,14 @@ pub enum ReplayCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Serves the replay viewer for one run (its files, in order) on a local port.
+    View {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Address of the viewer's HTTP server.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        bind: SocketAddr,
+    },
 }
 
 impl Default for Config {

@@ -68,6 +68,35 @@ fn replay_tool(action: &ReplayCommand) -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        ReplayCommand::View { files, bind } => {
+            let id =
+                arena_server::http::replays::id_of(&files[0]).unwrap_or_else(|| "arena-0".into());
+            let library = std::sync::Arc::new(arena_server::http::replays::Library::files(
+                id.clone(),
+                files.clone(),
+                Config::default().aoi_radius,
+            ));
+            let served = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let listener = tokio::net::TcpListener::bind(bind).await?;
+                        println!(
+                            "replay viewer: http://{}/replays/{id}",
+                            listener.local_addr()?
+                        );
+                        arena_server::http::replays::serve_viewer(library, listener).await
+                    })
+                });
+            match served {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("replay viewer on {bind}: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         ReplayCommand::Verify { files } => match arena_server::replay::verify(files) {
             Ok(v) => {
                 println!(

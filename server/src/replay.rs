@@ -162,8 +162,10 @@ struct Current {
     opened: Instant,
 }
 
-fn open(dir: &Path, header: &Header, seq: u32) -> std::io::Result<Current> {
-    let path = dir.join(format!("arena-{}-{seq:04}.replay", header.start_unix_ms));
+/// The files of a run are `arena-<run start, Unix ms>-<n>.replay`, n from 1: the run's id is
+/// the part before the last dash.
+fn open(dir: &Path, header: &Header, run: u64, seq: u32) -> std::io::Result<Current> {
+    let path = dir.join(format!("{}-{seq:04}.replay", run_id(run)));
     let mut out = BufWriter::new(File::create(&path)?);
     let mut bytes = MAGIC.to_vec();
     replay::encode_record(&Record::Header(header.clone()), &mut bytes);
@@ -177,8 +179,46 @@ fn open(dir: &Path, header: &Header, seq: u32) -> std::io::Result<Current> {
     })
 }
 
+/// The id of the run that started at `start_unix_ms`.
+pub fn run_id(start_unix_ms: u64) -> String {
+    format!("arena-{start_unix_ms}")
+}
+
+/// The files of run `id` in `dir`, in order.
+pub fn run_files(dir: &Path, id: &str) -> std::io::Result<Vec<PathBuf>> {
+    let prefix = format!("{id}-");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "replay")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The ids of the runs recorded in `dir`, newest first.
+pub fn run_ids(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let stem = name.strip_suffix(".replay")?;
+            Some(stem.rsplit_once('-')?.0.to_string())
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids.reverse();
+    Ok(ids)
+}
+
 fn write_loop(rx: Receiver<Record>, settings: WriterSettings, stats: Arc<Stats>) {
     let mut header = settings.header.clone();
+    let run = unix_ms();
     let mut current: Option<Current> = None;
     let mut seq = 0u32;
     let mut buf = Vec::new();
@@ -195,7 +235,7 @@ fn write_loop(rx: Receiver<Record>, settings: WriterSettings, stats: Arc<Stats>)
             header.start_unix_ms = unix_ms();
             header.first_tick = record.tick();
             seq += 1;
-            match open(&settings.dir, &header, seq) {
+            match open(&settings.dir, &header, run, seq) {
                 Ok(c) => current = Some(c),
                 Err(e) => {
                     warn!(error = %e, dir = %settings.dir.display(), "cannot write replays; recording stops");

@@ -262,8 +262,15 @@ impl Server {
             stats: self.stats.clone(),
             guest_tokens: !self.config.no_guest_tokens,
         });
-        let http = axum::serve(self.http, http::router(http_state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let library = Arc::new(http::replays::Library::dir(
+            self.config.replay_dir.clone(),
+            self.config.aoi_radius,
+        ));
+        let http = axum::serve(
+            self.http,
+            http::router(http_state).merge(http::replays::router(library)),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let http_task = tokio::spawn(async move { http.await });
 
         if !self.config.stats_interval.is_zero() {

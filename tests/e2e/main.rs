@@ -12,3 +12,4 @@ mod replay;
 mod replication;
 mod resume;
 mod swarm;
+mod viewer;

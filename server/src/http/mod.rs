@@ -5,6 +5,9 @@
 //! - `GET /api/connect[?name=NAME]`: where to connect, the certificate hash to pin (self-signed
 //!   only), and a fresh connect token that `Hello` must carry.
 //! - `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
+//! - `GET /replays`, `/replays/ID` and `/api/replays/...`: the replay viewer ([`replays`]).
+
+pub mod replays;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

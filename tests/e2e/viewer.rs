@@ -1,0 +1,133 @@
+//! The replay viewer in a real headless Chromium (Debian's `chromium`, which `.ci/run`
+//! installs): it loads a recorded run, re-simulated by the server, and shows the entity count
+//! the recording has at a given tick. A screenshot is left in
+//! `target/test-artifacts/replay-viewer.png`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use arena_client_sim::swarm::{self, SwarmBehaviour};
+use arena_server::http::replays::{self, Library};
+use arena_shared::replay::{self, Record};
+
+use crate::common::{self, WAIT};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const TICK: u32 = 60;
+
+/// Headless Chromium as this machine runs it: no sandbox (root), nothing reaching out.
+fn chromium(profile: &Path) -> Command {
+    let mut c = Command::new(CHROMIUM);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=20000",
+        "--window-size=1280,800",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_in_chromium_shows_the_recorded_entity_count_at_a_tick() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does)"
+    );
+    let dir = std::env::temp_dir().join(format!("arena-e2e-viewer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.display().to_string();
+    let server = common::start(&["--replay-dir", &dir_arg, "--replay-keyframe-ticks", "30"]).await;
+    let result = tokio::time::timeout(
+        WAIT,
+        swarm::run(common::swarm(&server, 10, 3, SwarmBehaviour::default(), 51)),
+    )
+    .await
+    .expect("swarm ends");
+    common::assert_all_played(&result.report, 10);
+    server.stop().await;
+
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("replays")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    let id = replays::id_of(&files[0]).expect("a run id");
+    // What the recording says is alive at the end of TICK.
+    let read = replay::read(&std::fs::read(&files[0]).expect("readable"));
+    let expected = read
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::Keyframe { tick, entities } if *tick == TICK => Some(entities.len()),
+            _ => None,
+        })
+        .expect("a keyframe at the tick");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    let library = Arc::new(Library::files(id.clone(), files, 600.0));
+    let viewer = tokio::spawn(replays::serve_viewer(library, listener));
+    let base = format!("http://{addr}");
+
+    // The API the page reads gives the same count.
+    let body = arena_client_sim::http::get(
+        &base,
+        &format!("/api/replays/{id}/frames?from={TICK}&count=1"),
+        WAIT,
+    )
+    .await
+    .expect("frames");
+    let frames: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(frames["frames"][0]["t"], TICK);
+    assert_eq!(
+        frames["frames"][0]["e"].as_array().map(Vec::len),
+        Some(expected)
+    );
+
+    let url = format!("{base}/replays/{id}?tick={TICK}");
+    let profile = dir.join("chromium-profile");
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let shot = artifacts.join("replay-viewer.png");
+    let _ = std::fs::remove_file(&shot);
+    let (dom, screenshot) = tokio::task::spawn_blocking({
+        let (url, profile, shot) = (url.clone(), profile.clone(), shot.clone());
+        move || {
+            let dom = chromium(&profile)
+                .arg("--dump-dom")
+                .arg(&url)
+                .output()
+                .expect("chromium runs");
+            let screenshot = chromium(&profile.with_extension("2"))
+                .arg(format!("--screenshot={}", shot.display()))
+                .arg(&url)
+                .output()
+                .expect("chromium runs");
+            (dom, screenshot)
+        }
+    })
+    .await
+    .expect("chromium task");
+    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    let want = format!("tick {TICK} entities {expected}");
+    assert!(
+        dom_text.contains(&want),
+        "wanted {want:?} in the page; stderr: {}\n{dom_text}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    assert!(screenshot.status.success(), "{:?}", screenshot);
+    let png = std::fs::metadata(&shot).expect("a screenshot");
+    assert!(png.len() > 1000, "{} bytes", png.len());
+    eprintln!("viewer at {url}: {want}; screenshot {}", shot.display());
+    viewer.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
