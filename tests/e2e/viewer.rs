@@ -52,6 +52,22 @@ async fn the_viewer_in_chromium_shows_the_recorded_entity_count_at_a_tick() {
     .await
     .expect("swarm ends");
     common::assert_all_played(&result.report, 10);
+    // The run is still being recorded: the server's own viewer API lists it and plays what
+    // is on disk so far (the writer flushes at each keyframe).
+    let listed = arena_client_sim::http::get(&server.http, "/api/replays", WAIT)
+        .await
+        .expect("the list");
+    let listed: serde_json::Value = serde_json::from_slice(&listed).expect("JSON");
+    let live_id = listed["replays"][0].as_str().expect("a run").to_string();
+    let live = arena_client_sim::http::get(
+        &server.http,
+        &format!("/api/replays/{live_id}/frames?from=1&count=30"),
+        WAIT,
+    )
+    .await
+    .expect("frames of a run in progress");
+    let live: serde_json::Value = serde_json::from_slice(&live).expect("JSON");
+    assert_eq!(live["frames"].as_array().map(Vec::len), Some(30));
     server.stop().await;
 
     let files: Vec<PathBuf> = std::fs::read_dir(&dir)
