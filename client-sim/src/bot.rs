@@ -45,6 +45,9 @@ use crate::client::{self, ClientError, Transport};
 use crate::impair::{DelayLine, Direction, ImpairConfig, Impairment};
 use crate::live::{self, Held, LiveStats};
 
+/// Inputs a bot remembers having sent (a few round trips' worth at any tick rate it plays).
+const SENT_LOG: usize = 128;
+
 /// How often a bot measures its round trip.
 pub const PING_INTERVAL: Duration = Duration::from_millis(250);
 /// Pings older than this without a pong are forgotten (bounds the bot's memory).
@@ -431,6 +434,9 @@ struct Play<'a> {
     rocket_ready: u32,
     /// Between its death and its respawn a bot holds its fire (the server would ignore it).
     dead: bool,
+    /// The newest inputs sent, `(seq, movement)`: a predictor started mid-session (after a
+    /// respawn) replays those the server had not applied yet, as if it had seen them sent.
+    sent: std::collections::VecDeque<(u32, MoveDir)>,
     seq: u32,
     pings: HashMap<u32, Instant>,
     nonce: u32,
@@ -533,6 +539,10 @@ impl Play<'_> {
             let movement = MoveDir::from_vec2(dir);
             out.input_sum += movement.to_vec2();
             self.seq = self.seq.wrapping_add(1);
+            if self.sent.len() >= SENT_LOG {
+                self.sent.pop_front();
+            }
+            self.sent.push_back((self.seq, movement));
             if let Some(p) = &mut self.predictor {
                 p.apply(self.seq, movement, &self.map);
             }
@@ -802,7 +812,18 @@ impl Play<'_> {
         out.last_pos = Some(pos);
         let server = Body { pos, vel: me.vel() };
         match &mut self.predictor {
-            None => self.predictor = Some(Predictor::new(server, sim::PLAYER, self.tick_rate)),
+            None => {
+                // The server's state includes inputs up to `last_seq`; those sent after it are
+                // in flight and must be predicted on top, or the next reconcile would see them
+                // as an error.
+                let mut p = Predictor::new(server, sim::PLAYER, self.tick_rate);
+                for &(seq, movement) in &self.sent {
+                    if seq > input.last_seq {
+                        p.apply(seq, movement, &self.map);
+                    }
+                }
+                self.predictor = Some(p);
+            }
             Some(p) if input.last_seq != 0 && newest => {
                 let pending = p.pending();
                 let correction = p.reconcile(input.last_seq, server, &self.map);
@@ -872,6 +893,7 @@ async fn play(
         rifle_ready: 0,
         rocket_ready: 0,
         dead: false,
+        sent: std::collections::VecDeque::with_capacity(SENT_LOG),
         seq: 0,
         pings: HashMap::new(),
         nonce: 0,

@@ -368,6 +368,7 @@ impl Replayer {
         let stats = Arc::new(Stats::default());
         let (inbox, rx) = tokio::sync::mpsc::channel(config.inbox_capacity.max(1));
         let mut sim = crate::game::Simulation::new(&config, map, rx, stats.clone(), None);
+        sim.without_replication();
         let (out_tx, out) = sync_channel(1 << 20);
         sim.set_recorder(Recorder {
             tx: out_tx,

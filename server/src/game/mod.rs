@@ -247,6 +247,12 @@ impl Simulation {
         &self.world
     }
 
+    /// Stops building snapshots (a re-simulation has no one to send them to; the world is
+    /// the same either way, replication only reads it).
+    pub fn without_replication(&mut self) {
+        self.phases[Phase::Replicate as usize] = Schedule::default();
+    }
+
     /// Records the run from the next tick on (`crate::replay::start` makes the recorder).
     pub fn set_recorder(&mut self, recorder: crate::replay::Recorder) {
         self.world.insert_resource(recorder);
