@@ -2,6 +2,7 @@
 //! ticks called directly, events and state read back.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arena_shared::combat::{self, HIT_RADIUS, RIFLE, ROCKET};
 use arena_shared::protocol::{Buttons, EntityKind, GameEvent, Input};
@@ -62,6 +63,39 @@ fn shot(h: &Harness, seq: u32, buttons: u8, from: Vec2, at: Vec2, view_tick: u32
     }
 }
 
+/// Two players: A (client 1) at `a_at` and B (client 2) at `b_at`, standing.
+struct Duel {
+    a_out: Arc<Outbox>,
+    a: u32,
+    b_out: Arc<Outbox>,
+    b: u32,
+}
+
+fn duel(h: &mut Harness, a_at: Vec2, b_at: Vec2) -> Duel {
+    let (a_out, a) = join(h, 1);
+    let (b_out, b) = join(h, 2);
+    place(h, a.entity, a_at);
+    place(h, b.entity, b_at);
+    Duel {
+        a_out,
+        a: a.entity,
+        b_out,
+        b: b.entity,
+    }
+}
+
+fn set_health(h: &mut Harness, id: u32, hp: i32) {
+    let e = entity(h, id);
+    h.sim.world_mut().get_mut::<Health>(e).unwrap().0 = hp;
+}
+
+/// A (client 1) fires `buttons` from `from` at `at`, seeing the present, and the tick runs.
+fn fire_now(h: &mut Harness, buttons: u8, from: Vec2, at: Vec2) {
+    let i = shot(h, 1, buttons, from, at, now(h));
+    input(h, 1, i);
+    h.sim.tick();
+}
+
 fn events(outbox: &Outbox) -> Vec<GameEvent> {
     let mut out = Vec::new();
     outbox.drain_events(&mut out);
@@ -106,12 +140,8 @@ fn run(
 #[test]
 fn a_rifle_shot_hits_where_the_shooter_saw_its_target_within_the_rewind_cap() {
     let mut h = harness(0);
-    let (a_out, a) = join(&mut h, 1);
-    let (_, b) = join(&mut h, 2);
-    let (a_id, b_id) = (a.entity, b.entity);
     let shooter = Vec2::new(1000.0, 1000.0);
-    place(&mut h, a_id, shooter);
-    place(&mut h, b_id, Vec2::new(800.0, 1400.0));
+    let Duel { a_out, b: b_id, .. } = duel(&mut h, shooter, Vec2::new(800.0, 1400.0));
     // B runs across A's view, left to right, 400 units away: ~10.7 units a tick at full speed.
     let mut seen = BTreeMap::new();
     let mut seq = 0;
@@ -175,21 +205,10 @@ fn holding_fire_fires_at_the_rifles_rate_only() {
 #[test]
 fn a_rocket_flies_the_same_on_a_client_stepping_the_shared_rules_and_hits_its_target() {
     let mut h = harness(0);
-    let (a_out, a) = join(&mut h, 1);
-    let (_, b) = join(&mut h, 2);
-    place(&mut h, a.entity, Vec2::new(1000.0, 1000.0));
     let target = Vec2::new(1400.0, 1003.0);
-    place(&mut h, b.entity, target);
-    let i = shot(
-        &h,
-        1,
-        Buttons::ALT_FIRE,
-        Vec2::new(1000.0, 1000.0),
-        target,
-        now(&h),
-    );
-    input(&h, 1, i);
-    h.sim.tick();
+    let from = Vec2::new(1000.0, 1000.0);
+    let Duel { a_out, b, .. } = duel(&mut h, from, target);
+    fire_now(&mut h, Buttons::ALT_FIRE, from, target);
     // What a client is sent each tick: the projectile's quantized state.
     let mut flight = Vec::new();
     loop {
@@ -210,14 +229,8 @@ fn a_rocket_flies_the_same_on_a_client_stepping_the_shared_rules_and_hits_its_ta
     let dt = 1.0 / 30.0;
     let mut body = flight[0];
     for (i, server) in flight.iter().enumerate().skip(1) {
-        let step = combat::projectile_step(
-            body.pos,
-            body.vel,
-            dt,
-            ROCKET.radius,
-            &map,
-            [(b.entity, target)],
-        );
+        let step =
+            combat::projectile_step(body.pos, body.vel, dt, ROCKET.radius, &map, [(b, target)]);
         assert!(
             step.hit.is_none(),
             "the client sees no impact before the server"
@@ -229,47 +242,26 @@ fn a_rocket_flies_the_same_on_a_client_stepping_the_shared_rules_and_hits_its_ta
             "tick {i} of the flight"
         );
     }
-    let last = combat::projectile_step(
-        body.pos,
-        body.vel,
-        dt,
-        ROCKET.radius,
-        &map,
-        [(b.entity, target)],
-    );
-    assert_eq!(last.hit, Some(combat::Impact::Target(b.entity)));
-    assert_eq!(
-        health(&mut h, b.entity),
-        combat::PLAYER_HEALTH - ROCKET.damage
-    );
-    assert_eq!(hits_on(&events(&a_out), b.entity), 1);
+    let last = combat::projectile_step(body.pos, body.vel, dt, ROCKET.radius, &map, [(b, target)]);
+    assert_eq!(last.hit, Some(combat::Impact::Target(b)));
+    assert_eq!(health(&mut h, b), combat::PLAYER_HEALTH - ROCKET.damage);
+    assert_eq!(hits_on(&events(&a_out), b), 1);
     assert_eq!(h.stats.entities(), 2, "the rocket is gone");
 }
 
 #[test]
 fn a_kill_hides_the_victim_scores_and_tells_both_then_it_respawns_away_from_its_killer() {
     let mut h = harness(0);
-    let (a_out, a) = join(&mut h, 1);
-    let (b_out, b) = join(&mut h, 2);
     let shooter = Vec2::new(1000.0, 1000.0);
-    place(&mut h, a.entity, shooter);
-    place(&mut h, b.entity, Vec2::new(1200.0, 1000.0));
-    let e = entity(&mut h, b.entity);
-    h.sim.world_mut().get_mut::<Health>(e).unwrap().0 = RIFLE.damage;
-    let i = shot(
-        &h,
-        1,
-        Buttons::FIRE,
-        shooter,
-        Vec2::new(1200.0, 1000.0),
-        now(&h),
-    );
-    input(&h, 1, i);
-    h.sim.tick();
+    let victim = Vec2::new(1200.0, 1000.0);
+    let Duel { a_out, a, b_out, b } = duel(&mut h, shooter, victim);
+    set_health(&mut h, b, RIFLE.damage);
+    fire_now(&mut h, Buttons::FIRE, shooter, victim);
+    let e = entity(&mut h, b);
     assert!(h.sim.world().get::<Dead>(e).is_some());
     let kill = GameEvent::Killed {
-        killer: a.entity,
-        victim: b.entity,
+        killer: a,
+        victim: b,
     };
     let (to_a, to_b) = (events(&a_out), events(&b_out));
     assert!(
@@ -299,7 +291,7 @@ fn a_kill_hides_the_victim_scores_and_tells_both_then_it_respawns_away_from_its_
         )
         .map(|s| s.id)
         .collect();
-    assert!(!seen.contains(&b.entity), "{seen:?}");
+    assert!(!seen.contains(&b), "{seen:?}");
     let respawn_ticks = h
         .sim
         .world()
@@ -309,7 +301,7 @@ fn a_kill_hides_the_victim_scores_and_tells_both_then_it_respawns_away_from_its_
         h.sim.tick();
     }
     assert!(h.sim.world().get::<Dead>(e).is_none(), "back");
-    assert_eq!(health(&mut h, b.entity), combat::PLAYER_HEALTH);
+    assert_eq!(health(&mut h, b), combat::PLAYER_HEALTH);
     let back = events(&b_out)
         .into_iter()
         .find_map(|ev| match ev {
@@ -317,8 +309,8 @@ fn a_kill_hides_the_victim_scores_and_tells_both_then_it_respawns_away_from_its_
             _ => None,
         })
         .expect("told where it is back");
-    assert_eq!(back.0, b.entity);
-    assert_eq!(back.1, pos(&mut h, b.entity));
+    assert_eq!(back.0, b);
+    assert_eq!(back.1, pos(&mut h, b));
     assert!(
         back.1.distance(shooter) > 600.0,
         "respawned {:.0} units from its killer",
@@ -356,36 +348,25 @@ fn an_npc_notices_a_player_closes_in_and_fires_back() {
 #[test]
 fn a_rocket_that_kills_after_its_shooter_died_still_scores_for_it() {
     let mut h = harness(0);
-    let (a_out, a) = join(&mut h, 1);
-    let (_, b) = join(&mut h, 2);
-    place(&mut h, a.entity, Vec2::new(1000.0, 1000.0));
-    place(&mut h, b.entity, Vec2::new(1300.0, 1000.0));
-    let eb = entity(&mut h, b.entity);
-    h.sim.world_mut().get_mut::<Health>(eb).unwrap().0 = ROCKET.damage;
-    let i = shot(
-        &h,
-        1,
-        Buttons::ALT_FIRE,
-        Vec2::new(1000.0, 1000.0),
-        Vec2::new(1300.0, 1000.0),
-        now(&h),
-    );
-    input(&h, 1, i);
-    h.sim.tick();
+    let (from, to) = (Vec2::new(1000.0, 1000.0), Vec2::new(1300.0, 1000.0));
+    let Duel { a_out, a, b, .. } = duel(&mut h, from, to);
+    set_health(&mut h, b, ROCKET.damage);
+    fire_now(&mut h, Buttons::ALT_FIRE, from, to);
     // The shooter dies while its rocket flies.
-    let ea = entity(&mut h, a.entity);
+    let ea = entity(&mut h, a);
     h.sim.world_mut().entity_mut(ea).insert(Dead {
         respawn_at: u32::MAX,
     });
     for _ in 0..ROCKET.lifetime_ticks {
         h.sim.tick();
     }
+    let eb = entity(&mut h, b);
     assert!(h.sim.world().get::<Dead>(eb).is_some(), "the rocket killed");
     let told = events(&a_out);
     assert!(
         told.contains(&GameEvent::Killed {
-            killer: a.entity,
-            victim: b.entity
+            killer: a,
+            victim: b
         }) && told.contains(&GameEvent::Score {
             kills: 1,
             deaths: 0
