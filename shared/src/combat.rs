@@ -463,6 +463,33 @@ impl History {
         });
     }
 
+    /// The frames from `tick` on, oldest first, as `(tick, positions sorted by id)`: what a
+    /// replay keyframe keeps so a re-simulation can rewind as far as the live server could.
+    pub fn frames_from(&self, tick: u32) -> impl Iterator<Item = (u32, &[(u32, Vec2)])> + '_ {
+        self.frames
+            .iter()
+            .filter(move |f| f.tick >= tick)
+            .map(|f| (f.tick, &f.positions[..]))
+    }
+
+    /// A history of `capacity_ticks` holding `frames` (oldest first, as
+    /// [`History::frames_from`] gives them): where a re-simulation from a keyframe starts.
+    pub fn restored(
+        capacity_ticks: u32,
+        frames: impl IntoIterator<Item = (u32, Vec<(u32, Vec2)>)>,
+    ) -> Self {
+        let mut h = Self::new(capacity_ticks);
+        for (tick, positions) in frames {
+            h.push(tick, positions);
+        }
+        h
+    }
+
+    /// Frames it keeps at most.
+    pub fn capacity(&self) -> u32 {
+        self.capacity as u32
+    }
+
     /// Tick of the oldest frame kept.
     pub fn oldest_tick(&self) -> Option<u32> {
         self.frames.front().map(|f| f.tick)

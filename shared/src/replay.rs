@@ -12,13 +12,17 @@
 
 use bitcode::{Decode, Encode};
 
+use glam::Vec2;
+
 use crate::map::Map;
 use crate::protocol::{EntityState, GameEvent, Input};
+use crate::quant::MoveDir;
 
 /// First bytes of every replay file.
 pub const MAGIC: [u8; 8] = *b"ARNAREPL";
-/// Bumped whenever a record's meaning changes.
-pub const FORMAT_VERSION: u16 = 1;
+/// Bumped whenever a record's meaning changes. 2: keyframes carry the whole [`SimState`], so a
+/// re-simulation can start at any keyframe (format 1 files are not read).
+pub const FORMAT_VERSION: u16 = 2;
 /// Largest record body a reader accepts (a keyframe of a large world fits many times over);
 /// a longer length prefix means a damaged file.
 pub const MAX_RECORD_LEN: usize = 16 * 1024 * 1024;
@@ -76,10 +80,13 @@ pub enum Record {
         client_id: u64,
         event: GameEvent,
     },
-    /// The full quantized world at the end of `tick`, sorted by id.
+    /// The world at the end of `tick`: `entities` is every living entity as a client would
+    /// see it (sorted by id), `state` everything else a re-simulation needs to carry on from
+    /// here.
     Keyframe {
         tick: u32,
         entities: Vec<EntityState>,
+        state: SimState,
     },
     /// The recorder fell behind and dropped `dropped` records before `tick`: what lies around
     /// here is incomplete.
@@ -87,6 +94,74 @@ pub enum Record {
         tick: u32,
         dropped: u64,
     },
+}
+
+/// Everything the simulation carries from the end of one tick into the next, beyond the
+/// settings in the header's `sim_args`: restored into a fresh world, the next tick comes out
+/// as it did in the recorded run. Floats are the simulation's own bits.
+#[derive(Debug, Clone, PartialEq, Default, Encode, Decode)]
+pub struct SimState {
+    /// The last snapshot id handed out.
+    pub last_id: u32,
+    /// The world generator's state (spawn points).
+    pub rng: u64,
+    /// Every entity, living or dead, sorted by id.
+    pub entities: Vec<EntityRecord>,
+    /// Lag compensation: the frames a shot in the coming ticks may rewind to (the newest is
+    /// this tick's, which is also what the next tick's NPCs see), oldest first.
+    pub history: Vec<HistoryFrame>,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct EntityRecord {
+    pub id: u32,
+    pub pos: Vec2,
+    pub vel: Vec2,
+    /// Hit points (0 for a projectile).
+    pub health: i32,
+    /// Dead, and respawns at this tick.
+    pub respawn_at: Option<u32>,
+    pub role: Role,
+}
+
+/// What kind of entity, with what only that kind has.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum Role {
+    Npc {
+        /// The direction it holds.
+        intent: MoveDir,
+        /// Its own generator, and ticks before it picks another direction.
+        rng: u64,
+        wander_ticks: u32,
+        target: Option<u32>,
+        next_look: u32,
+        bolt_ready: u32,
+    },
+    Player {
+        client_id: u64,
+        name: String,
+        /// Connection lost, in its grace period.
+        lingering: bool,
+        /// The input it repeats when none arrives for a tick.
+        last_input: Input,
+        rifle_ready: u32,
+        rocket_ready: u32,
+        kills: u32,
+        deaths: u32,
+    },
+    Projectile {
+        owner: u32,
+        damage: i32,
+        radius: f32,
+        expires: u32,
+    },
+}
+
+/// Positions of every hittable entity after one tick's movement, sorted by id.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct HistoryFrame {
+    pub tick: u32,
+    pub positions: Vec<(u32, Vec2)>,
 }
 
 impl Record {
@@ -103,6 +178,12 @@ impl Record {
             | Record::Gap { tick, .. } => *tick,
         }
     }
+}
+
+/// Whether two values encode to the same bytes: equality to the bit, where `==` on floats
+/// would call `-0.0` and `0.0` equal (a re-simulation must reproduce either exactly).
+pub fn same_bits<T: Encode + ?Sized>(a: &T, b: &T) -> bool {
+    bitcode::encode(a) == bitcode::encode(b)
 }
 
 /// Appends one framed record.
@@ -281,8 +362,6 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use glam::Vec2;
-
     use super::*;
     use crate::protocol::{Buttons, EntityKind, PROTOCOL_VERSION};
     use crate::quant::{Aim, MoveDir};
@@ -335,6 +414,46 @@ mod tests {
                     pos: Vec2::new(1.0, 2.0),
                     vel: Vec2::ZERO,
                 }],
+                state: SimState {
+                    last_id: 4,
+                    rng: 99,
+                    entities: vec![
+                        EntityRecord {
+                            id: 3,
+                            pos: Vec2::new(1.0, 2.0),
+                            vel: Vec2::ZERO,
+                            health: 100,
+                            respawn_at: None,
+                            role: Role::Player {
+                                client_id: 9,
+                                name: "ana".into(),
+                                lingering: false,
+                                last_input: Input::default(),
+                                rifle_ready: 3,
+                                rocket_ready: 0,
+                                kills: 1,
+                                deaths: 0,
+                            },
+                        },
+                        EntityRecord {
+                            id: 4,
+                            pos: Vec2::new(-0.0, 2.5),
+                            vel: Vec2::new(300.0, 0.0),
+                            health: 0,
+                            respawn_at: None,
+                            role: Role::Projectile {
+                                owner: 3,
+                                damage: 40,
+                                radius: 6.0,
+                                expires: 60,
+                            },
+                        },
+                    ],
+                    history: vec![HistoryFrame {
+                        tick: 4,
+                        positions: vec![(3, Vec2::new(1.0, 2.0))],
+                    }],
+                },
             },
             Record::Gap {
                 tick: 5,

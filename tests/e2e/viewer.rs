@@ -81,7 +81,7 @@ async fn the_viewer_in_chromium_shows_the_recorded_entity_count_at_a_tick() {
         .records
         .iter()
         .find_map(|r| match r {
-            Record::Keyframe { tick, entities } if *tick == TICK => Some(entities.len()),
+            Record::Keyframe { tick, entities, .. } if *tick == TICK => Some(entities.len()),
             _ => None,
         })
         .expect("a keyframe at the tick");

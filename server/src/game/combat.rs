@@ -394,6 +394,9 @@ pub fn launch_projectiles(
             });
         }
     }
+    // Ids are handed out in owner order (each fires at most one projectile a tick), not in the
+    // order the queries met the shooters: a world restored from a keyframe numbers the same.
+    launches.0.sort_by_key(|l| l.owner_id);
     for launch in launches.0.drain(..) {
         let p = launch.params;
         let pos = quant::snap_pos(launch.from + launch.dir * (HIT_RADIUS + p.radius + 1.0));
@@ -421,14 +424,16 @@ pub fn launch_projectiles(
 /// replicated state with the same function sees the same flight.
 pub fn step_projectiles(
     mut commands: Commands,
-    mut projectiles: Query<(Entity, &mut Motion, &Projectile)>,
+    mut projectiles: Query<(Entity, &NetId, &mut Motion, &Projectile)>,
     grid: Res<HitGrid>,
     map: Res<MapRes>,
     tick: Res<Tick>,
     settings: Res<SimSettings>,
     mut blows: ResMut<Blows>,
 ) {
-    for (entity, mut motion, p) in &mut projectiles {
+    // Blows land in projectile id order (two rockets on one target: the older first).
+    let mut landed = Vec::new();
+    for (entity, id, mut motion, p) in &mut projectiles {
         if tick.0 >= p.expires {
             commands.entity(entity).despawn();
             continue;
@@ -444,20 +449,25 @@ pub fn step_projectiles(
         match step.hit {
             None => motion.0.pos = quant::snap_pos(step.pos),
             Some(impact) => {
-                if let combat::Impact::Target(id) = impact
-                    && let Some(target) = grid.get(id)
+                if let combat::Impact::Target(hit) = impact
+                    && let Some(target) = grid.get(hit)
                 {
-                    blows.0.push(Blow {
-                        attacker: p.owner,
-                        attacker_id: p.owner_id,
-                        target: target.entity,
-                        amount: p.damage,
-                    });
+                    landed.push((
+                        id.0,
+                        Blow {
+                            attacker: p.owner,
+                            attacker_id: p.owner_id,
+                            target: target.entity,
+                            amount: p.damage,
+                        },
+                    ));
                 }
                 commands.entity(entity).despawn();
             }
         }
     }
+    landed.sort_unstable_by_key(|&(id, _)| id);
+    blows.0.extend(landed.into_iter().map(|(_, blow)| blow));
 }
 
 /// Each player's rifle shot (fire rate enforced here) is tested against the world as its
@@ -480,6 +490,7 @@ pub fn fire_rifles(
         * combat_settings.max_rewind_ticks as f32
         / f32::from(settings.tick_rate.max(1))
         + HIT_RADIUS;
+    let first = blows.0.len();
     for (entity, id, motion, trigger, mut arsenal) in &mut shooters {
         if !trigger.rifle || tick.0 < arsenal.rifle_ready {
             continue;
@@ -510,6 +521,8 @@ pub fn fire_rifles(
             });
         }
     }
+    // Shots land in shooter id order (one shot each a tick), after this tick's projectiles.
+    blows.0[first..].sort_by_key(|b| b.attacker_id);
 }
 
 /// Applies this tick's blows in order: health, and for a kill, death (hidden until respawn),
@@ -639,10 +652,17 @@ pub fn respawn(
     // Farther than this from everyone is as good as it gets.
     const CLEAR: f32 = 800.0;
     const TRIES: usize = 8;
-    for (entity, id, dead, kind, mut motion, mut health, player) in &mut dead {
-        if tick.0 < dead.respawn_at {
+    // The world generator is drawn in id order, whatever order the query stores them in.
+    let mut due: Vec<(u32, Entity)> = dead
+        .iter()
+        .filter(|(_, _, d, ..)| tick.0 >= d.respawn_at)
+        .map(|(entity, id, ..)| (id.0, entity))
+        .collect();
+    due.sort_unstable_by_key(|&(id, _)| id);
+    for (_, entity) in due {
+        let Ok((entity, id, _, kind, mut motion, mut health, player)) = dead.get_mut(entity) else {
             continue;
-        }
+        };
         let (params, full) = match kind.0 {
             EntityKind::Player => (&sim::PLAYER, combat::PLAYER_HEALTH),
             _ => (&sim::NPC, combat::NPC_HEALTH),

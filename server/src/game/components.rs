@@ -116,9 +116,19 @@ pub struct NetIds {
 }
 
 impl NetIds {
+    /// Ids continue after `last` (a world restored from a replay keyframe).
+    pub fn after(last: u32) -> Self {
+        Self { next: last }
+    }
+
     pub fn allocate(&mut self) -> NetId {
         self.next += 1;
         NetId(self.next)
+    }
+
+    /// The last id handed out (0: none yet).
+    pub fn last(&self) -> u32 {
+        self.next
     }
 }
 

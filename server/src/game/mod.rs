@@ -11,6 +11,7 @@
 
 pub mod combat;
 pub mod components;
+pub mod state;
 pub mod systems;
 
 use std::sync::Arc;
@@ -364,7 +365,7 @@ fn build_schedules() -> [Schedule; Phase::ALL.len()] {
     projectiles.add_systems((combat::launch_projectiles, combat::step_projectiles).chain());
     hits.add_systems((combat::fire_rifles, combat::apply_damage, combat::respawn).chain());
     replicate.add_systems(replication::replicate);
-    end.add_systems(systems::end_tick);
+    end.add_systems((systems::record_keyframe, systems::end_tick).chain());
     phases
 }
 

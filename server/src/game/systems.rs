@@ -4,7 +4,7 @@
 // are the point, not a smell.
 #![allow(clippy::type_complexity, clippy::too_many_arguments)]
 
-use arena_shared::protocol::{EntityKind, EntityState};
+use arena_shared::protocol::EntityKind;
 use arena_shared::quant;
 use arena_shared::replay::Record;
 use arena_shared::sim::{self, Body};
@@ -222,6 +222,9 @@ pub fn player_intent(
     stats: Res<StatsRes>,
     mut recorder: Option<ResMut<Recorder>>,
 ) {
+    // Recorded in client id order, not storage order: a world restored from a keyframe stores
+    // its entities differently and must record the same file.
+    let mut applied = Vec::new();
     for (player, mut buffer, mut intent, mut trigger) in &mut players {
         let buffer = &mut *buffer;
         // Nothing older than this tick can still be applied.
@@ -234,12 +237,8 @@ pub fn player_intent(
         }
         match buffer.pending.remove(&tick.0) {
             Some(input) => {
-                if let Some(r) = recorder.as_mut() {
-                    r.record(Record::Input {
-                        tick: tick.0,
-                        client_id: player.client_id,
-                        input,
-                    });
+                if recorder.is_some() {
+                    applied.push((player.client_id, input));
                 }
                 buffer.last = input;
                 buffer.last_seq = input.seq;
@@ -262,6 +261,16 @@ pub fn player_intent(
             view_tick: input.view_tick,
             view_frac: input.view_frac,
         };
+    }
+    if let Some(r) = recorder.as_mut() {
+        applied.sort_unstable_by_key(|&(client_id, _)| client_id);
+        for (client_id, input) in applied {
+            r.record(Record::Input {
+                tick: tick.0,
+                client_id,
+                input,
+            });
+        }
     }
 }
 
@@ -294,34 +303,35 @@ pub fn movement(
     }
 }
 
+/// At a keyframe tick (`--replay-keyframe-ticks`, and the first tick recorded), records the
+/// world: what clients would see, and the whole state a re-simulation starts from
+/// (`super::state`). An exclusive system: it reads every component there is.
+pub fn record_keyframe(world: &mut World) {
+    let tick = world.resource::<Tick>().0;
+    let due = world
+        .get_resource_mut::<Recorder>()
+        .is_some_and(|mut r| r.keyframe_due(tick));
+    if !due {
+        return;
+    }
+    let (entities, state) = super::state::capture(world);
+    if let Some(mut r) = world.get_resource_mut::<Recorder>() {
+        r.record(Record::Keyframe {
+            tick,
+            entities,
+            state,
+        });
+    }
+}
+
 /// Publishes gauges and moves to the next tick.
 pub fn end_tick(
     mut tick: ResMut<Tick>,
     stats: Res<StatsRes>,
     players: Query<(), With<Player>>,
     all: Query<(), With<NetId>>,
-    bodies: Query<(&NetId, &Kind, &Motion), Without<Dead>>,
-    mut recorder: Option<ResMut<Recorder>>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    if let Some(r) = recorder.as_mut()
-        && r.keyframe_due(tick.0)
-    {
-        let mut entities: Vec<EntityState> = bodies
-            .iter()
-            .map(|(id, kind, m)| EntityState {
-                id: id.0,
-                kind: kind.0,
-                pos: m.0.pos,
-                vel: m.0.vel,
-            })
-            .collect();
-        entities.sort_unstable_by_key(|e| e.id);
-        r.record(Record::Keyframe {
-            tick: tick.0,
-            entities,
-        });
-    }
     stats.0.set_entities(all.iter().count() as u64);
     stats.0.tick.store(u64::from(tick.0), Relaxed);
     // Last: it wakes whoever awaits a player count, and they may read the others.

@@ -8,8 +8,9 @@
 //!
 //! Frames come from re-simulating the run (`replay::Replayer`) through the server's own
 //! systems: one cursor per run is kept, so playing forward costs one tick of simulation per
-//! tick shown; seeking backwards starts the run again from its first tick. A run still being
-//! recorded is followed: a request past the known end reads the files again.
+//! tick shown; a seek restores the nearest keyframe before the tick asked for and simulates
+//! forward from there (at most `--replay-keyframe-ticks` ticks). A run still being recorded
+//! is followed: a request past the known end reads the files again.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -85,17 +86,11 @@ impl Library {
         }
     }
 
-    /// Runs `f` on the run's cursor, opened (or reopened, to go back) as needed.
-    fn with_cursor<T>(
-        &self,
-        id: &str,
-        from_tick: u32,
-        f: impl FnOnce(&mut Replayer) -> T,
-    ) -> Result<T, String> {
+    /// Runs `f` on the run's cursor, opened as needed.
+    fn with_cursor<T>(&self, id: &str, f: impl FnOnce(&mut Replayer) -> T) -> Result<T, String> {
         let files = self.files_of(id).ok_or("no such replay")?;
         let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = cursors.get(id).is_none_or(|r| r.tick() >= from_tick);
-        if stale {
+        if !cursors.contains_key(id) {
             if cursors.len() >= MAX_CURSORS
                 && let Some(k) = cursors.keys().find(|k| k.as_str() != id).cloned()
             {
@@ -167,7 +162,7 @@ fn not_found(why: String) -> Response {
 
 async fn meta(State(lib): State<Arc<Library>>, Path(id): Path<String>) -> Response {
     let result = tokio::task::spawn_blocking(move || {
-        lib.with_cursor(&id, u32::MAX, |r| {
+        lib.with_cursor(&id, |r| {
             let _ = r.refresh();
             let h = &r.header;
             let players: Vec<Value> = r
@@ -181,7 +176,7 @@ async fn meta(State(lib): State<Arc<Library>>, Path(id): Path<String>) -> Respon
             json!({
                 "id": id,
                 "tick_rate": h.tick_rate,
-                "first_tick": h.first_tick,
+                "first_tick": r.first_tick(),
                 "last_tick": r.last_tick(),
                 "map": {
                     "width": h.map.width,
@@ -217,14 +212,12 @@ async fn frames(
     let from = q.from.max(1);
     let count = q.count.unwrap_or(30).clamp(1, MAX_FRAMES);
     let result = tokio::task::spawn_blocking(move || {
-        lib.with_cursor(&id, from, |r| -> Result<Value, String> {
+        lib.with_cursor(&id, |r| -> Result<Value, String> {
             if from + count - 1 > r.last_tick() {
                 r.refresh().map_err(|e| e.to_string())?;
             }
             let last = r.last_tick();
-            while r.tick() + 1 < from && r.tick() < last {
-                r.step().map_err(|e| e.to_string())?;
-            }
+            r.seek(from).map_err(|e| e.to_string())?;
             let mut out = Vec::new();
             while r.tick() < last && out.len() < count as usize {
                 let stepped = r.step().map_err(|e| e.to_string())?;
