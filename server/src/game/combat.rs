@@ -18,8 +18,6 @@
 // are the point, not a smell.
 #![allow(clippy::type_complexity, clippy::too_many_arguments)]
 
-use std::collections::HashMap;
-
 use arena_shared::combat::{
     self, HIT_RADIUS, NPC_BOLT, NPC_FIRE_RANGE, NPC_FORGET_RANGE, NPC_KEEP_DISTANCE,
     NPC_LOOK_TICKS, NPC_NOTICE_RANGE, ProjectileParams, RIFLE, ROCKET,
@@ -156,8 +154,8 @@ pub struct HitGrid {
     cell: f32,
     cols: usize,
     cells: Vec<Vec<u32>>,
+    /// Sorted by id: [`HitGrid::get`] is a binary search.
     items: Vec<Hittable>,
-    by_id: HashMap<u32, u32>,
 }
 
 impl HitGrid {
@@ -171,7 +169,6 @@ impl HitGrid {
             cols,
             cells: vec![Vec::new(); cols * cols],
             items: Vec::new(),
-            by_id: HashMap::new(),
         }
     }
 
@@ -185,19 +182,20 @@ impl HitGrid {
             c.clear();
         }
         self.items.clear();
-        self.by_id.clear();
         self.items.extend(items);
         // Ids order the cells' contents, so every query sees targets in the same order.
         self.items.sort_unstable_by_key(|h| h.id);
         for (i, h) in self.items.iter().enumerate() {
             let (x, y) = self.cell_of(h.pos);
             self.cells[y * self.cols + x].push(i as u32);
-            self.by_id.insert(h.id, i as u32);
         }
     }
 
     pub fn get(&self, id: u32) -> Option<&Hittable> {
-        self.by_id.get(&id).map(|&i| &self.items[i as usize])
+        self.items
+            .binary_search_by_key(&id, |h| h.id)
+            .ok()
+            .map(|i| &self.items[i])
     }
 
     /// Everything in the cells the box `[min, max]` touches (a superset of what is inside).
@@ -544,9 +542,10 @@ pub fn apply_damage(
     mut recorder: Option<ResMut<Recorder>>,
 ) {
     let mut told = Vec::new();
-    let mut tell = |player: Option<&Player>, event: GameEvent| {
-        if let Some(p) = player {
-            told.push((p.client_id, event));
+    // Who hears of it: a player's client id (an NPC hears nothing).
+    let mut tell = |client: Option<u64>, event: GameEvent| {
+        if let Some(client_id) = client {
+            told.push((client_id, event));
         }
     };
     for blow in blows.0.drain(..) {
@@ -566,8 +565,8 @@ pub fn apply_damage(
             damage: blow.amount.clamp(0, i32::from(u16::MAX)) as u16,
             health: health.0.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16,
         };
-        let victim_player = victim_player.cloned();
-        tell(victim_player.as_ref(), hit);
+        let victim = victim_player.map(|p| p.client_id);
+        tell(victim, hit);
         let killed = (health.0 <= 0).then_some(GameEvent::Killed {
             killer: blow.attacker_id,
             victim: victim_id.0,
@@ -579,22 +578,22 @@ pub fn apply_damage(
             });
             if let Some(mut score) = victim_score {
                 score.deaths += 1;
-                tell(victim_player.as_ref(), score.event());
+                tell(victim, score.event());
             }
-            tell(victim_player.as_ref(), killed);
+            tell(victim, killed);
         }
         // The attacker hears of it too, and scores, even if it has died since it fired (a
         // rocket outlives its shooter).
         let Ok((_, _, attacker_player, attacker_score, _)) = targets.get_mut(blow.attacker) else {
             continue;
         };
-        let attacker_player = attacker_player.cloned();
-        tell(attacker_player.as_ref(), hit);
+        let attacker = attacker_player.map(|p| p.client_id);
+        tell(attacker, hit);
         if let Some(killed) = killed {
-            tell(attacker_player.as_ref(), killed);
+            tell(attacker, killed);
             if let Some(mut score) = attacker_score {
                 score.kills += 1;
-                tell(attacker_player.as_ref(), score.event());
+                tell(attacker, score.event());
             }
         }
     }
