@@ -77,7 +77,7 @@ impl Library {
 
     fn files_of(&self, id: &str) -> Option<Vec<PathBuf>> {
         // Ids come from URLs: only the shape the recorder writes is looked up.
-        if !id.starts_with("arena-") || !id[6..].chars().all(|c| c.is_ascii_digit()) {
+        if !is_run_id(id) {
             return None;
         }
         match &self.source {
@@ -114,12 +114,17 @@ pub async fn serve_viewer(
     axum::serve(listener, router(library)).await
 }
 
+/// Whether `id` has the shape the recorder gives runs: `arena-<digits>`.
+fn is_run_id(id: &str) -> bool {
+    id.strip_prefix("arena-")
+        .is_some_and(|ms| !ms.is_empty() && ms.chars().all(|c| c.is_ascii_digit()))
+}
+
 /// The run id of a replay file's name (`arena-<ms>-<n>.replay`), if it has that shape.
 pub fn id_of(path: &std::path::Path) -> Option<String> {
     let stem = path.file_stem()?.to_str()?;
     let (id, _) = stem.rsplit_once('-')?;
-    (id.starts_with("arena-") && id[6..].chars().all(|c| c.is_ascii_digit()) && id.len() > 6)
-        .then(|| id.to_string())
+    is_run_id(id).then(|| id.to_string())
 }
 
 pub fn router(library: Arc<Library>) -> Router {
