@@ -18,6 +18,7 @@
 //!   that session: the holder of the secret is the player, and the old connection is a
 //!   zombie. The old session is told through its `superseded` token.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
@@ -204,12 +205,10 @@ impl Registry {
     /// The session `session` of `client_id` ended. `lost`: the connection went without a
     /// goodbye, so the seat lingers for the grace period (if there is one).
     pub fn end(&mut self, client_id: u64, session: u64, lost: bool, now_ms: u64) -> Ended {
-        match self.live.get(&client_id) {
-            Some(live) if live.session == session => {}
+        // Only this session's seat: a newer session of the client keeps its own.
+        let live = match self.live.entry(client_id) {
+            Entry::Occupied(e) if e.get().session == session => e.remove(),
             _ => return Ended::Superseded,
-        }
-        let Some(live) = self.live.remove(&client_id) else {
-            return Ended::Superseded;
         };
         if lost && self.grace_ms > 0 {
             let until_ms = now_ms.saturating_add(self.grace_ms);

@@ -215,39 +215,39 @@ impl Slot {
     /// Ends the session in the registry. `lost`: the connection went without a goodbye, so the
     /// entity lingers for the grace period; otherwise it is removed now.
     async fn end(mut self, lost: bool) {
-        self.ended = true;
-        let (client_id, session) = (self.seat.client_id, self.seat.session);
-        let now = self.ctx.now_ms();
-        let ended = self
-            .ctx
-            .with_registry(|r| r.end(client_id, session, lost, now));
-        let cmd = match ended {
-            Ended::Freed => SimCommand::Leave { client_id, session },
-            Ended::Lingering { .. } => SimCommand::Detach { client_id, session },
-            Ended::Superseded => return,
-        };
         // The player leaves the world before anyone could take its client id again: the
         // registry refuses a new session for it until then... except by resuming, which the
         // simulation orders by session.
-        let _ = self.ctx.inbox.send(cmd).await;
+        if let Some(cmd) = self.finish(lost) {
+            let _ = self.ctx.inbox.send(cmd).await;
+        }
+    }
+
+    /// Gives the seat back to the registry (once): what the simulation must then do with the
+    /// player's entity, unless a newer session of the same client has taken it over.
+    fn finish(&mut self, lost: bool) -> Option<SimCommand> {
+        if std::mem::replace(&mut self.ended, true) {
+            return None;
+        }
+        let (client_id, session) = (self.seat.client_id, self.seat.session);
+        let now = self.ctx.now_ms();
+        match self
+            .ctx
+            .with_registry(|r| r.end(client_id, session, lost, now))
+        {
+            Ended::Freed => Some(SimCommand::Leave { client_id, session }),
+            Ended::Lingering { .. } => Some(SimCommand::Detach { client_id, session }),
+            Ended::Superseded => None,
+        }
     }
 }
 
 impl Drop for Slot {
+    /// A session task that ended without [`Slot::end`] (a panic, a cancelled task): its seat
+    /// is freed as if the player had left.
     fn drop(&mut self) {
-        if !self.ended {
-            let (client_id, session) = (self.seat.client_id, self.seat.session);
-            let now = self.ctx.now_ms();
-            if self
-                .ctx
-                .with_registry(|r| r.end(client_id, session, false, now))
-                == Ended::Freed
-            {
-                let _ = self
-                    .ctx
-                    .inbox
-                    .try_send(SimCommand::Leave { client_id, session });
-            }
+        if let Some(cmd) = self.finish(false) {
+            let _ = self.ctx.inbox.try_send(cmd);
         }
         self.ctx.stats.close_session();
     }
