@@ -268,7 +268,9 @@ impl Server {
         ));
         let http = axum::serve(
             self.http,
-            http::router(http_state).merge(http::replays::router(library)),
+            http::router(http_state)
+                .merge(http::replays::router(library))
+                .merge(http::client::router()),
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let http_task = tokio::spawn(async move { http.await });

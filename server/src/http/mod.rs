@@ -6,7 +6,9 @@
 //!   only), and a fresh connect token that `Hello` must carry.
 //! - `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
 //! - `GET /replays`, `/replays/ID` and `/api/replays/...`: the replay viewer ([`replays`]).
+//! - `GET /`, `/arena.js`, `/arena_web.wasm`: the browser game client ([`client`]).
 
+pub mod client;
 pub mod replays;
 
 use std::net::SocketAddr;
