@@ -2,6 +2,8 @@
 //! One test binary (modules below) so the workspace links it once.
 
 mod admission;
+mod browser;
+mod client;
 mod combat;
 mod common;
 mod metrics;
