@@ -20,11 +20,16 @@ pub struct Relay {
 impl Relay {
     /// A relay on a loopback port to `server`, open.
     pub async fn start(server: SocketAddr) -> Self {
-        let front = Arc::new(
-            UdpSocket::bind("127.0.0.1:0")
-                .await
-                .expect("relay binds on loopback"),
-        );
+        let front = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("relay binds on loopback");
+        Self::start_on(front, server)
+    }
+
+    /// A relay on `front`, bound before the server started (so that the server's
+    /// `--public-url` can name it), to `server`, open.
+    pub fn start_on(front: UdpSocket, server: SocketAddr) -> Self {
+        let front = Arc::new(front);
         let addr = front.local_addr().expect("bound");
         let open = Arc::new(AtomicBool::new(true));
         let task = tokio::spawn(forward(front, server, open.clone()));

@@ -33,7 +33,7 @@ const outputJson = (len) => JSON.parse(dec.decode(output(len)));
 
 let session = 0;          // bumped per attempt: callbacks of an older one are ignored
 let conn = null;          // { wt, writer, datagrams } of the current session
-let ending = false;       // the current session is over and a reconnect is scheduled
+let ending = true;        // no session is running (none yet, or it ended and the next is scheduled)
 let attempt = 0;          // consecutive failures, for the backoff
 let playingSince = 0;     // performance.now() of the last Welcome
 let map = null;
@@ -46,7 +46,6 @@ function b64bytes(s) {
 
 async function connect() {
   const my = ++session;
-  ending = false;
   map = null;
   showMessage("connecting…");
   try {
@@ -67,11 +66,18 @@ async function connect() {
     if (my !== session) { wt.close(); return; }
     const bidi = await wt.createBidirectionalStream();
     conn = { wt, writer: bidi.writable.getWriter(), datagrams: wt.datagrams.writable.getWriter() };
-    await conn.writer.write(output(wasm.arena_hello(input(enc.encode(info.token)))));
+    const hello = output(wasm.arena_hello(input(enc.encode(info.token))));
+    // From here the module's phase says how the session goes (netFrame watches it).
+    ending = false;
     readStream(my, bidi.readable.getReader());
     readDatagrams(my, wt.datagrams.readable.getReader());
+    await conn.writer.write(hello);
   } catch (e) {
-    closed(my, String(e && e.message ? e.message : e));
+    if (my !== session) return;
+    const why = String(e && e.message ? e.message : e);
+    // Before the hello, the module knows nothing of this attempt: retry from here.
+    if (ending) retry({ state: "closed", message: why, retry_after_ms: 0, permanent: false });
+    else closed(my, why);
   }
 }
 
@@ -106,6 +112,11 @@ function closed(my, why) {
 function sessionEnded(stats) {
   if (ending) return;
   ending = true;
+  retry(stats);
+}
+
+/** Closes what is left of the session and schedules the next attempt, saying why. */
+function retry(stats) {
   if (conn) { try { conn.wt.close(); } catch (_) { /* already closed */ } conn = null; }
   if (playingSince && performance.now() - playingSince >= STABLE_SESSION_MS) attempt = 0;
   playingSince = 0;

@@ -1,0 +1,169 @@
+//! The browser game client in a real headless Chromium (Debian's `chromium`, headless new
+//! mode, QUIC on): the page the server serves connects over WebTransport pinning the
+//! certificate hash, plays with the wasm netcode, and moves the way its keys say. A screenshot
+//! is left in `target/test-artifacts/browser-client.png`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::browser::Browser;
+use crate::common;
+
+/// `window.arena.stats()`.
+async fn stats(b: &mut Browser) -> Value {
+    b.eval("window.arena.stats()").await
+}
+
+fn xy(v: &Value) -> (f64, f64) {
+    let p = v.as_array().expect("a position");
+    (p[0].as_f64().expect("x"), p[1].as_f64().expect("y"))
+}
+
+/// Waits until the player has stood still (the server's position unchanged) for a while.
+async fn at_rest(b: &mut Browser) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    let mut still = 0;
+    loop {
+        let s = stats(b).await;
+        let server = s["server"].clone();
+        if last.as_ref() == Some(&server) && s["pending_inputs"].as_u64().is_some() {
+            still += 1;
+            if still >= 5 {
+                return s;
+            }
+        } else {
+            still = 0;
+        }
+        last = Some(server);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the player never came to rest: {s}"
+        );
+        // Five samples a snapshot interval or more apart.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_over_webtransport_and_moves_where_its_keys_say() {
+    let server = common::start(&[]).await;
+    let mut b = Browser::launch().await;
+    b.goto(&format!("{}/?name=chromium", server.http)).await;
+    // Welcomed, and a second and a half of snapshots behind it (the rate is measured over
+    // the last two seconds).
+    b.wait_for(
+        "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.warm && s.snapshots >= 75; })()",
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = at_rest(&mut b).await;
+    let tick_rate = s["tick_rate"].as_f64().expect("tick rate");
+    let rate = s["snapshot_rate"].as_f64().expect("rate");
+    assert!(
+        rate >= 0.9 * tick_rate,
+        "{rate} snapshots a second at {tick_rate} Hz: {s}"
+    );
+    let (x0, y0) = xy(&s["server"]);
+
+    // D held: the server moves the player right (+x), and only right.
+    b.key_down("d").await;
+    b.wait_for(
+        &format!("window.arena.stats().server[0] > {x0} + 150"),
+        Duration::from_secs(10),
+    )
+    .await;
+    b.key_up("d").await;
+    let s = at_rest(&mut b).await;
+    let (x1, y1) = xy(&s["server"]);
+    assert!(x1 > x0 + 150.0, "moved right: {x0} -> {x1}");
+    assert!((y1 - y0).abs() < 1.0, "and not up or down: {y0} -> {y1}");
+    // With no impairment, the prediction is the server's position within a quantization
+    // step (1/16 unit), with nothing to correct.
+    let (px, py) = xy(&s["predicted"]);
+    assert!(
+        (px - x1).abs() <= 1.0 / 16.0 && (py - y1).abs() <= 1.0 / 16.0,
+        "predicted ({px}, {py}), server ({x1}, {y1}): {s}"
+    );
+    assert_eq!(s["corrections"], 0, "{s}");
+    assert_eq!(s["state"], "playing");
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let shot = artifacts.join("browser-client.png");
+    b.screenshot(&shot).await;
+    let png = std::fs::metadata(&shot).expect("a screenshot");
+    assert!(png.len() > 5000, "{} bytes", png.len());
+    eprintln!(
+        "chromium played: {rate} snapshots/s, moved {:.0} units right, prediction exact; screenshot {}",
+        x1 - x0,
+        shot.display()
+    );
+    b.close().await;
+    server.stop().await;
+}
+
+/// A page whose network vanishes says so, reconnects with backoff once it is back, and takes
+/// its own entity back (session resume) within the server's grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_reconnects_after_its_network_vanishes_and_resumes_its_entity() {
+    // The page dials a relay the test can cut; the relay's port is named in the server's
+    // public URL, so it is bound first.
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("relay binds");
+    let public = format!("https://{}/", front.local_addr().expect("bound"));
+    let server = common::start(&[
+        "--public-url",
+        &public,
+        "--idle-timeout",
+        "1500ms",
+        "--resume-grace",
+        "20s",
+    ])
+    .await;
+    let relay = crate::relay::Relay::start_on(front, server.wt_addr);
+    let mut b = Browser::launch().await;
+    b.goto(&format!("{}/?name=roamer", server.http)).await;
+    b.wait_for(
+        "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.snapshots >= 30; })()",
+        Duration::from_secs(30),
+    )
+    .await;
+    let before = stats(&mut b).await;
+    let entity = before["entity"].clone();
+
+    relay.cut();
+    // The page notices (its idle timeout), tells the player, and schedules a reconnect.
+    let message = b
+        .wait_for(
+            "(() => { const m = document.getElementById('message'); return m.style.display !== 'none' && m.textContent.includes('reconnecting') && m.textContent; })()",
+            Duration::from_secs(15),
+        )
+        .await;
+    eprintln!("while cut, the page says: {message}");
+    assert!(
+        message
+            .as_str()
+            .is_some_and(|m| m.contains("connection lost")),
+        "{message}"
+    );
+    relay.restore();
+    let after = b
+        .wait_for(
+            "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.sessions >= 2 && s.snapshots >= 10 && s; })()",
+            Duration::from_secs(40),
+        )
+        .await;
+    assert_eq!(after["resumed"], true, "{after}");
+    assert_eq!(after["entity"], entity, "the same entity: {after}");
+    assert_eq!(
+        b.eval("document.getElementById('message').style.display")
+            .await,
+        "none"
+    );
+    b.close().await;
+    server.stop().await;
+}
