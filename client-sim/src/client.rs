@@ -22,6 +22,10 @@ use crate::http::{self, HttpError};
 pub struct ConnectInfo {
     pub url: String,
     pub cert_sha256: Option<String>,
+    /// Every hash to pin: the current one, then the next one shortly before the server rotates
+    /// its self-signed certificate. Older servers send only `cert_sha256`.
+    #[serde(default)]
+    pub cert_sha256s: Vec<String>,
     pub token: String,
 }
 
@@ -98,6 +102,27 @@ fn url_encode(s: &str) -> String {
         .collect()
 }
 
+/// The certificate hashes to pin: `cert_sha256s` when the server sends it, else `cert_sha256`;
+/// none with a real certificate.
+fn pinned_hashes(info: &ConnectInfo) -> Result<Vec<Sha256Digest>, ClientError> {
+    let listed: Vec<&String> = if info.cert_sha256s.is_empty() {
+        info.cert_sha256.iter().collect()
+    } else {
+        info.cert_sha256s.iter().collect()
+    };
+    listed
+        .into_iter()
+        .map(|hash| {
+            STANDARD
+                .decode(hash)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(Sha256Digest::new)
+                .ok_or(ClientError::BadCertHash)
+        })
+        .collect()
+}
+
 /// An open WebTransport session with its one bidirectional stream, before `Hello`.
 pub struct Transport {
     pub endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
@@ -115,19 +140,15 @@ pub fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
     format!("{scheme}://{addr}{path}")
 }
 
-/// Connects to `info.url`, pinning `info.cert_sha256` when given (else the system's roots).
+/// Connects to `info.url`, pinning `info.cert_sha256s` (or `info.cert_sha256`) when given,
+/// else verifying with the system's roots.
 pub async fn open(info: &ConnectInfo, idle_timeout: Duration) -> Result<Transport, ClientError> {
     let builder = ClientConfig::builder().with_bind_default();
-    let config = match &info.cert_sha256 {
-        Some(hash) => {
-            let bytes: [u8; 32] = STANDARD
-                .decode(hash)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or(ClientError::BadCertHash)?;
-            builder.with_server_certificate_hashes([Sha256Digest::new(bytes)])
-        }
-        None => builder.with_native_certs(),
+    let hashes = pinned_hashes(info)?;
+    let config = if hashes.is_empty() {
+        builder.with_native_certs()
+    } else {
+        builder.with_server_certificate_hashes(hashes)
     };
     let config = config
         .keep_alive_interval(Some(idle_timeout / 3))
@@ -284,5 +305,31 @@ mod tests {
             super::url_via("https://host", addr),
             "https://127.0.0.1:9000/"
         );
+    }
+
+    #[test]
+    fn the_hash_list_is_pinned_when_given_else_the_single_hash() {
+        use base64::Engine;
+        let b64 = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+        let mut info = super::ConnectInfo {
+            url: "https://127.0.0.1:1/".into(),
+            cert_sha256: Some(b64(1)),
+            cert_sha256s: Vec::new(),
+            token: String::new(),
+        };
+        assert_eq!(super::pinned_hashes(&info).unwrap().len(), 1);
+        info.cert_sha256s = vec![b64(1), b64(2)];
+        assert_eq!(super::pinned_hashes(&info).unwrap().len(), 2);
+        info.cert_sha256s.push("not base64!".into());
+        assert!(matches!(
+            super::pinned_hashes(&info),
+            Err(super::ClientError::BadCertHash)
+        ));
+        let real = super::ConnectInfo {
+            cert_sha256: None,
+            cert_sha256s: Vec::new(),
+            ..info
+        };
+        assert!(super::pinned_hashes(&real).unwrap().is_empty());
     }
 }

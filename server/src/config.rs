@@ -29,13 +29,30 @@ pub struct Config {
     pub public_url: Option<String>,
 
     /// PEM certificate chain for WebTransport. Without --cert/--key a self-signed ECDSA P-256
-    /// certificate valid for 13 days is made at start, pinned by browsers through its hash.
+    /// certificate valid for --cert-validity is made at start, pinned by browsers through its
+    /// hash, and replaced before it expires (--cert-rotate-before). A real certificate is
+    /// never rotated: restart with the renewed files.
     #[arg(long, requires = "key")]
     pub cert: Option<PathBuf>,
 
     /// PEM private key matching --cert.
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+
+    /// Validity of each self-signed certificate (not_after minus not_before, which Chromium
+    /// requires to be at most 14 days; at least 4s, short ones are for tests). not_before is
+    /// back-dated by a quarter of it, at most an hour, for clients' clock skew.
+    #[arg(long, default_value = "13days", value_parser = parse_cert_validity)]
+    pub cert_validity: Duration,
+
+    /// How long before the self-signed certificate expires it is replaced by a new one on the
+    /// live endpoint: new handshakes get the new one, connected players keep theirs. Must be
+    /// shorter than a certificate's life after it is made (--cert-validity less its
+    /// back-dating); checked at start. /api/connect lists the next certificate's hash next to
+    /// the current one from --token-ttl before the replacement (at most a quarter of the time
+    /// between replacements).
+    #[arg(long, default_value = "2days", value_parser = humantime::parse_duration)]
+    pub cert_rotate_before: Duration,
 
     /// Simulation ticks per second (snapshots are sent every tick).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..=240))]
@@ -255,6 +272,13 @@ pub enum ReplayCommand {
     },
 }
 
+/// `--cert-validity`: a humantime duration within what Chromium accepts.
+fn parse_cert_validity(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    crate::net::identity::check_validity(d)?;
+    Ok(d)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self::parse_from(["arena-server"])
@@ -315,5 +339,29 @@ mod tests {
         .unwrap();
         assert_eq!(c.wt_bind.port(), 0);
         assert_eq!(c.token_ttl, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn cert_validity_is_at_most_fourteen_days_and_short_ones_parse() {
+        let c = Config::default();
+        assert_eq!(c.cert_validity, Duration::from_secs(13 * 24 * 3600));
+        assert_eq!(c.cert_rotate_before, Duration::from_secs(2 * 24 * 3600));
+        let err = Config::try_parse_from(["arena-server", "--cert-validity", "15days"])
+            .expect_err("over 14 days")
+            .to_string();
+        assert!(err.contains("over 14 days"), "{err}");
+        assert!(Config::try_parse_from(["arena-server", "--cert-validity", "2s"]).is_err());
+        let c = Config::try_parse_from([
+            "arena-server",
+            "--cert-validity",
+            "16s",
+            "--cert-rotate-before",
+            "4s",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.cert_validity, c.cert_rotate_before),
+            (Duration::from_secs(16), Duration::from_secs(4))
+        );
     }
 }

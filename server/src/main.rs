@@ -44,12 +44,6 @@ async fn serve(config: Config) -> Result<(), arena_server::ServerError> {
         "WebTransport on {} (UDP), HTTP on http://{http} -- next: cargo run --release -p arena-client-sim -- --server http://{http} --bots 50",
         server.wt_addr()
     );
-    if let Some(hash) = server.cert_sha256() {
-        info!(
-            cert_sha256 = hash,
-            "self-signed certificate (13 days); clients pin it by this hash"
-        );
-    }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     server.run(shutdown).await

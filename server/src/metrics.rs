@@ -253,6 +253,11 @@ impl Metrics {
         for (name, help) in LABELLED {
             recorder.describe_counter(KeyName::from_const_str(name), None, (*help).into());
         }
+        recorder.describe_counter(
+            KeyName::from_const_str("arena_cert_rotations_total"),
+            None,
+            "Self-signed certificates replaced on the live endpoint before they expired.".into(),
+        );
         let meta = metadata();
         let tick_hist = recorder
             .register_histogram(&Key::from_static_name("arena_tick_duration_seconds"), &meta);
@@ -316,6 +321,8 @@ impl Metrics {
             )
             .absolute(Stats::get(field(stats)));
         }
+        self.counter("arena_cert_rotations_total", Vec::new())
+            .absolute(stats.cert_rotations());
         self.gauge("arena_clients_connected")
             .set(stats.sessions() as f64);
         self.gauge("arena_players").set(stats.players() as f64);
@@ -397,6 +404,7 @@ mod tests {
         stats.metrics.session_ended("client_left");
         stats.metrics.session_ended("client_left");
         stats.metrics.session_rejected("token_forged");
+        stats.count_cert_rotation();
         let text = stats.metrics.render(&stats);
         for line in [
             "arena_datagrams_sent_total 7",
@@ -404,6 +412,7 @@ mod tests {
             "arena_sessions_closed_total{reason=\"client_left\"} 2",
             "arena_sessions_rejected_total{reason=\"token_forged\"} 1",
             "arena_clients_connected 0",
+            "arena_cert_rotations_total 1",
             "arena_tick_duration_seconds_count 1",
             "arena_tick_phase_seconds_count{phase=\"replicate\"} 1",
         ] {

@@ -4,21 +4,22 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arena_shared::map::Map;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use wtransport::endpoint::endpoint_side::Server as ServerSide;
-use wtransport::{Endpoint, ServerConfig};
+use wtransport::{Endpoint, Identity, ServerConfig};
 
 use crate::config::Config;
 use crate::game::Simulation;
 use crate::http::{self, HttpState};
 use crate::metrics::UPKEEP_INTERVAL;
-use crate::net::{self, NetContext, identity};
+use crate::net::identity::{self, CertHashes, Rotation};
+use crate::net::{self, NetContext};
 use crate::replication::frame::WorldFrame;
 
 /// Frames the tap holds for a slow subscriber before it starts skipping.
@@ -56,11 +57,17 @@ pub enum ServerError {
 /// A server with its sockets bound, ready to [`run`](Server::run).
 pub struct Server {
     config: Arc<Config>,
-    endpoint: Endpoint<ServerSide>,
+    endpoint: Arc<Endpoint<ServerSide>>,
     http: tokio::net::TcpListener,
     wt_addr: SocketAddr,
     http_addr: SocketAddr,
+    /// The hash of the certificate made at bind (self-signed only).
     cert_sha256: Option<String>,
+    /// The hashes `/api/connect` hands out; the rotation task replaces them.
+    certs: watch::Sender<CertHashes>,
+    /// Self-signed only: when to rotate, the current certificate's expiry and the names the
+    /// next one is made for.
+    rotation: Option<(Rotation, SystemTime, Vec<String>)>,
     token_secret: Arc<[u8]>,
     token_audience: String,
     map: Arc<Map>,
@@ -77,17 +84,35 @@ impl Server {
             .and_then(url_host)
             .into_iter()
             .collect();
-        let ident = match (&config.cert, &config.key) {
-            (Some(cert), Some(key)) => identity::load(cert, key).await?,
-            _ => identity::self_signed(&extra_names)?,
+        let (ident, rotation) = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => (identity::load(cert, key).await?, None),
+            _ => {
+                let rotation = Rotation::new(
+                    config.cert_validity,
+                    config.cert_rotate_before,
+                    config.token_ttl,
+                )?;
+                let ident = identity::self_signed(&extra_names, config.cert_validity)?;
+                let rotation = ident
+                    .not_after
+                    .map(|not_after| (rotation, not_after, extra_names));
+                (ident, rotation)
+            }
         };
-        let wt_config = ServerConfig::builder()
-            .with_bind_address(config.wt_bind)
-            .with_custom_transport(ident.identity, net::transport_config())
-            .keep_alive_interval(Some(config.keep_alive()))
-            .max_idle_timeout(Some(config.idle_timeout))
-            .map_err(|_| ServerError::IdleTimeout(config.idle_timeout))?
-            .build();
+        if let (Some(hash), Some((_, not_after, _))) = (&ident.cert_sha256, &rotation) {
+            info!(
+                cert_sha256 = hash.as_str(),
+                not_after = %humantime::format_rfc3339_seconds(*not_after),
+                "self-signed certificate made; it is replaced {} before it expires",
+                humantime::format_duration(config.cert_rotate_before)
+            );
+        }
+        let cert_sha256 = ident.cert_sha256.clone();
+        let certs = watch::Sender::new(CertHashes {
+            current: ident.cert_sha256,
+            next: None,
+        });
+        let wt_config = wt_server_config(&config, ident.identity)?;
         let endpoint = Endpoint::server(wt_config).map_err(|source| ServerError::BindWt {
             addr: config.wt_bind,
             source,
@@ -149,11 +174,13 @@ impl Server {
         )));
         Ok(Self {
             config: Arc::new(config),
-            endpoint,
+            endpoint: Arc::new(endpoint),
             http,
             wt_addr,
             http_addr,
-            cert_sha256: ident.cert_sha256,
+            cert_sha256,
+            certs,
+            rotation,
             token_secret,
             token_audience,
             map,
@@ -170,9 +197,16 @@ impl Server {
         self.http_addr
     }
 
-    /// Base64 SHA-256 of the self-signed certificate; `None` with `--cert`.
+    /// Base64 SHA-256 of the self-signed certificate made at bind, the one served when
+    /// [`run`](Server::run) starts; `None` with `--cert`. Rotations replace it later
+    /// ([`watch_cert_hashes`](Server::watch_cert_hashes) follows them).
     pub fn cert_sha256(&self) -> Option<&str> {
         self.cert_sha256.as_deref()
+    }
+
+    /// The certificate hashes `/api/connect` hands out, kept current by the rotation task.
+    pub fn watch_cert_hashes(&self) -> watch::Receiver<CertHashes> {
+        self.certs.subscribe()
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -255,7 +289,7 @@ impl Server {
             token_audience: self.token_audience.clone(),
             public_url: self.config.public_url.clone(),
             wt_addr: self.wt_addr,
-            cert_sha256: self.cert_sha256.clone(),
+            certs: self.certs.subscribe(),
             token_ttl: self.config.token_ttl,
             // Ids differ across runs, so a stale client id never collides with a new one.
             next_client_id: AtomicU64::new(u64::from(u32::from_le_bytes(first_id)) << 32 | 1),
@@ -283,8 +317,30 @@ impl Server {
             ));
         }
         tokio::spawn(metrics_upkeep(self.stats.clone(), shutdown.clone()));
+        let rotator = self.rotation.map(|(rotation, not_after, names)| {
+            let config = self.config.clone();
+            tokio::spawn(net::rotate_identity(
+                self.endpoint.clone(),
+                not_after,
+                rotation,
+                move || identity::self_signed(&names, rotation.validity),
+                move |identity| match wt_server_config(&config, identity) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        warn!(error = %e, "endpoint configuration");
+                        None
+                    }
+                },
+                self.certs.clone(),
+                self.stats.clone(),
+                shutdown.clone(),
+            ))
+        });
         info!(wt = %self.wt_addr, http = %self.http_addr, "Arena serving");
         net::serve(self.endpoint, ctx, shutdown, TaskTracker::new()).await;
+        if let Some(rotator) = rotator {
+            rotator.abort();
+        }
 
         sim_stop.cancel();
         let sim_result = tokio::task::spawn_blocking(move || sim_thread.join()).await;
@@ -310,6 +366,18 @@ impl Server {
         info!("Arena stopped");
         Ok(())
     }
+}
+
+/// The WebTransport endpoint's configuration around `identity`: at bind, and again at each
+/// certificate rotation (the bind address is then unused: the endpoint keeps its socket).
+fn wt_server_config(config: &Config, identity: Identity) -> Result<ServerConfig, ServerError> {
+    Ok(ServerConfig::builder()
+        .with_bind_address(config.wt_bind)
+        .with_custom_transport(identity, net::transport_config())
+        .keep_alive_interval(Some(config.keep_alive()))
+        .max_idle_timeout(Some(config.idle_timeout))
+        .map_err(|_| ServerError::IdleTimeout(config.idle_timeout))?
+        .build())
 }
 
 /// Drains histogram samples into buckets every [`UPKEEP_INTERVAL`], scraped or not.

@@ -78,6 +78,9 @@ pub struct Stats {
     pub replay_records: AtomicU64,
     pub replay_dropped: AtomicU64,
     pub replay_bytes: AtomicU64,
+    /// Self-signed certificates replaced on the live endpoint (a watch, so a test can await
+    /// a rotation).
+    cert_rotations: watch::Sender<u64>,
     /// Histograms, labelled counters and the Prometheus rendering of all of the above.
     pub metrics: Metrics,
 }
@@ -137,6 +140,7 @@ impl Stats {
             replay_records: AtomicU64::new(0),
             replay_dropped: AtomicU64::new(0),
             replay_bytes: AtomicU64::new(0),
+            cert_rotations: watch::Sender::new(0),
             metrics: Metrics::new(tick_interval),
         }
     }
@@ -190,6 +194,20 @@ impl Stats {
     pub(crate) fn close_session(&self) {
         self.sessions.send_modify(|n| *n = n.saturating_sub(1));
         self.sessions_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Certificate rotations so far.
+    pub fn cert_rotations(&self) -> u64 {
+        *self.cert_rotations.borrow()
+    }
+
+    /// A receiver to await a certificate rotation (`wait_for(|n| *n >= 1)`).
+    pub fn watch_cert_rotations(&self) -> watch::Receiver<u64> {
+        self.cert_rotations.subscribe()
+    }
+
+    pub(crate) fn count_cert_rotation(&self) {
+        self.cert_rotations.send_modify(|n| *n += 1);
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {

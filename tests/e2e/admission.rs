@@ -206,6 +206,7 @@ async fn without_guest_tokens_only_tokens_signed_with_the_secret_file_get_in() {
     let info = arena_client_sim::client::ConnectInfo {
         url: format!("https://{}/", server.wt_addr),
         cert_sha256: server.cert_sha256.clone(),
+        cert_sha256s: Vec::new(),
         token: server.mint(40, 60_000),
     };
     let mut t = server.open(&info).await;

@@ -3,6 +3,7 @@
 
 mod admission;
 mod browser;
+mod cert_rotation;
 mod client;
 mod combat;
 mod common;

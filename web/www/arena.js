@@ -52,8 +52,8 @@ async function connect() {
     const r = await fetch(`/api/connect?name=${encodeURIComponent(NAME)}`);
     if (!r.ok) throw new Error(`/api/connect: ${r.status} ${await r.text()}`);
     const info = await r.json();
-    // The current certificate's hash (and the previous one, kept valid a while after a
-    // rotation); none with a real certificate.
+    // The current certificate's hash, then the next one's shortly before a rotation (the
+    // server may present either by the time the handshake arrives); none with a real one.
     const hashes = info.cert_sha256s || (info.cert_sha256 ? [info.cert_sha256] : []);
     const options = hashes.length
       ? { serverCertificateHashes: hashes.map((h) => ({ algorithm: "sha-256", value: b64bytes(h) })) }

@@ -2,8 +2,9 @@
 //! TLS-terminating proxy in front for the public internet.
 //!
 //! - `GET /healthz`: 200 with the live session count and tick, for orchestrators.
-//! - `GET /api/connect[?name=NAME]`: where to connect, the certificate hash to pin (self-signed
-//!   only), and a fresh connect token that `Hello` must carry.
+//! - `GET /api/connect[?name=NAME]`: where to connect, the certificate hashes to pin
+//!   (self-signed only: the current one, and the next one shortly before a rotation), and a
+//!   fresh connect token that `Hello` must carry.
 //! - `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
 //! - `GET /replays`, `/replays/ID` and `/api/replays/...`: the replay viewer ([`replays`]).
 //! - `GET /`, `/arena.js`, `/arena_web.wasm`: the browser game client ([`client`]).
@@ -24,7 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
+use crate::net::identity::CertHashes;
 use crate::stats::Stats;
 
 pub struct HttpState {
@@ -33,7 +36,8 @@ pub struct HttpState {
     pub token_audience: String,
     pub public_url: Option<String>,
     pub wt_addr: SocketAddr,
-    pub cert_sha256: Option<String>,
+    /// The certificate hashes to hand out, kept current by the rotation task.
+    pub certs: watch::Receiver<CertHashes>,
     pub token_ttl: Duration,
     pub next_client_id: AtomicU64,
     pub stats: Arc<Stats>,
@@ -45,7 +49,12 @@ pub struct HttpState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConnectInfo {
     pub url: String,
+    /// The certificate the server presents now (self-signed only).
     pub cert_sha256: Option<String>,
+    /// Every hash to pin, `cert_sha256` first, then the next certificate's shortly before a
+    /// rotation; empty with a real certificate.
+    #[serde(default)]
+    pub cert_sha256s: Vec<String>,
     pub token: String,
 }
 
@@ -106,12 +115,14 @@ async fn connect(
         expires_at_ms: now_ms + state.token_ttl.as_millis() as u64,
         server: state.token_audience.clone(),
     };
+    let certs = state.certs.borrow().clone();
     let info = ConnectInfo {
         url: connect_url(
             &state,
             headers.get(header::HOST).and_then(|h| h.to_str().ok()),
         ),
-        cert_sha256: state.cert_sha256.clone(),
+        cert_sha256s: certs.pinnable(),
+        cert_sha256: certs.current,
         token: token::sign(&state.token_secret, &claims),
     };
     ([(header::CACHE_CONTROL, "no-store")], Json(info)).into_response()
@@ -146,7 +157,7 @@ mod tests {
             token_audience: "a".into(),
             public_url: public_url.map(String::from),
             wt_addr: wt.parse().unwrap(),
-            cert_sha256: None,
+            certs: watch::channel(CertHashes::default()).1,
             token_ttl: Duration::from_secs(30),
             next_client_id: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
@@ -176,5 +187,65 @@ mod tests {
             "https://[2001:db8::1]:4433/"
         );
         assert_eq!(connect_url(&s, None), "https://localhost:4433/");
+    }
+}
+
+#[cfg(test)]
+mod connect_tests {
+    use super::*;
+
+    async fn connect_json(state: &Arc<HttpState>) -> ConnectInfo {
+        let query = Query(ConnectQuery {
+            name: Some("p".into()),
+        });
+        let response = connect(State(state.clone()), query, HeaderMap::new()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .expect("a body");
+        serde_json::from_slice(&body).expect("ConnectInfo JSON")
+    }
+
+    #[tokio::test]
+    async fn connect_hands_out_the_current_hash_and_the_announced_next_one() {
+        let (certs, rx) = watch::channel(CertHashes {
+            current: Some("old".into()),
+            next: None,
+        });
+        let state = Arc::new(HttpState {
+            token_secret: Arc::from(&b"s"[..]),
+            token_audience: "a".into(),
+            public_url: None,
+            wt_addr: "127.0.0.1:4433".parse().expect("an address"),
+            certs: rx,
+            token_ttl: Duration::from_secs(30),
+            next_client_id: AtomicU64::new(1),
+            stats: Arc::new(Stats::default()),
+            guest_tokens: true,
+        });
+        let info = connect_json(&state).await;
+        assert_eq!(info.cert_sha256.as_deref(), Some("old"));
+        assert_eq!(info.cert_sha256s, ["old"]);
+
+        certs.send_modify(|h| h.next = Some("new".into()));
+        let info = connect_json(&state).await;
+        assert_eq!(
+            info.cert_sha256.as_deref(),
+            Some("old"),
+            "not installed yet"
+        );
+        assert_eq!(info.cert_sha256s, ["old", "new"]);
+
+        certs.send_replace(CertHashes {
+            current: Some("new".into()),
+            next: None,
+        });
+        let info = connect_json(&state).await;
+        assert_eq!(info.cert_sha256.as_deref(), Some("new"));
+        assert_eq!(info.cert_sha256s, ["new"]);
+
+        certs.send_replace(CertHashes::default());
+        let info = connect_json(&state).await;
+        assert_eq!((info.cert_sha256, info.cert_sha256s), (None, Vec::new()));
     }
 }

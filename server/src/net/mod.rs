@@ -3,7 +3,8 @@
 //! - [`serve`] accepts connections until shutdown and spawns [`session::run`] for each.
 //! - [`session`] runs the handshake (admission before any per-client state), then moves client
 //!   frames into the simulation's inbox and snapshots out of the session's [`outbox::Outbox`].
-//! - [`identity`] makes or loads the TLS certificate.
+//! - [`identity`] makes or loads the TLS certificate; [`rotate_identity`] replaces a
+//!   self-signed one on the live endpoint before it expires.
 //!
 //! Network tasks never touch the ECS world; they talk to it only through the bounded inbox
 //! and the bounded outboxes.
@@ -16,15 +17,15 @@ pub mod session;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use arena_shared::map::Map;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use wtransport::Endpoint;
 use wtransport::endpoint::endpoint_side::Server as ServerSide;
+use wtransport::{Endpoint, Identity, ServerConfig};
 
 use crate::config::Config;
 use crate::game::SimCommand;
@@ -169,7 +170,7 @@ impl UsedTokens {
 
 /// Accepts sessions until `shutdown`, each in its own task on `tracker`.
 pub async fn serve(
-    endpoint: Endpoint<ServerSide>,
+    endpoint: Arc<Endpoint<ServerSide>>,
     ctx: Arc<NetContext>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -215,6 +216,89 @@ pub async fn serve(
         .is_err()
     {
         warn!("connections still open after the drain timeout");
+    }
+}
+
+/// The longest the rotation task sleeps before it looks at the wall clock again, so that a
+/// clock that jumps (a suspended machine, a corrected clock) delays a rotation by this at most.
+const ROTATION_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+/// After a failed attempt to make or install a certificate, the next try waits this long.
+const ROTATION_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Replaces the self-signed certificate before it expires, until `shutdown`, following
+/// `rotation` ([`identity::Rotation`]): makes the next identity with `make` and publishes its
+/// hash next to the current one in `hashes`, then installs it with
+/// [`Endpoint::reload_config`] (no rebind). quinn hands the new TLS configuration to new
+/// handshakes only; a connection already made keeps its TLS session, its certificate and its
+/// socket, so connected players notice nothing. `not_after` is the current certificate's
+/// expiry; `config` builds the endpoint's configuration around an identity.
+#[allow(clippy::too_many_arguments)]
+pub async fn rotate_identity(
+    endpoint: Arc<Endpoint<ServerSide>>,
+    mut not_after: SystemTime,
+    rotation: identity::Rotation,
+    make: impl Fn() -> Result<identity::ServerIdentity, identity::IdentityError>,
+    config: impl Fn(Identity) -> Option<ServerConfig>,
+    hashes: watch::Sender<identity::CertHashes>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    let mut next: Option<identity::ServerIdentity> = None;
+    loop {
+        let wait = match rotation.step(not_after, next.is_some(), SystemTime::now()) {
+            identity::Step::Wait(wait) => wait.min(ROTATION_RECHECK),
+            identity::Step::Announce => match make() {
+                Ok(made) => {
+                    hashes.send_modify(|h| h.next = made.cert_sha256.clone());
+                    info!(
+                        next_cert_sha256 = made.cert_sha256.as_deref().unwrap_or_default(),
+                        "next certificate made; /api/connect hands out its hash too"
+                    );
+                    next = Some(made);
+                    continue;
+                }
+                Err(e) => {
+                    warn!(error = %e, "making the next certificate failed; retrying");
+                    ROTATION_RETRY
+                }
+            },
+            identity::Step::Install => {
+                let Some(made) = next.take() else { continue };
+                let installed = config(made.identity.clone_identity())
+                    .map(|c| endpoint.reload_config(c, false));
+                match (installed, made.not_after) {
+                    (Some(Ok(())), Some(expiry)) => {
+                        not_after = expiry;
+                        hashes.send_replace(identity::CertHashes {
+                            current: made.cert_sha256.clone(),
+                            next: None,
+                        });
+                        stats.count_cert_rotation();
+                        info!(
+                            cert_sha256 = made.cert_sha256.as_deref().unwrap_or_default(),
+                            not_after = %humantime::format_rfc3339_seconds(expiry),
+                            "certificate rotated: new handshakes get this one, connected \
+                             players keep theirs"
+                        );
+                        continue;
+                    }
+                    (Some(Err(e)), _) => {
+                        warn!(error = %e, "installing the next certificate failed; retrying");
+                        next = Some(made);
+                        ROTATION_RETRY
+                    }
+                    _ => {
+                        warn!("the next certificate could not be configured; making another");
+                        hashes.send_modify(|h| h.next = None);
+                        ROTATION_RETRY
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 
