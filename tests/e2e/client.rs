@@ -167,3 +167,28 @@ async fn chromium_reconnects_after_its_network_vanishes_and_resumes_its_entity()
     b.close().await;
     server.stop().await;
 }
+
+/// A refused page says why and keeps trying, no sooner than the server asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_page_says_why_and_retries() {
+    let server = common::start(&["--max-clients", "0"]).await;
+    let mut b = Browser::launch().await;
+    b.goto(&format!("{}/?name=latecomer", server.http)).await;
+    let message = b
+        .wait_for(
+            "(() => { const m = document.getElementById('message'); return m.textContent.startsWith('refused') && m.textContent; })()",
+            Duration::from_secs(20),
+        )
+        .await;
+    eprintln!("the page says: {message}");
+    let text = message.as_str().expect("text");
+    assert!(
+        text.contains("server_full") && text.contains("reconnecting in"),
+        "{text}"
+    );
+    let s = stats(&mut b).await;
+    assert_eq!(s["state"], "rejected", "{s}");
+    assert!(s["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{s}");
+    b.close().await;
+    server.stop().await;
+}
