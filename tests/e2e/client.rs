@@ -192,3 +192,82 @@ async fn a_refused_page_says_why_and_retries() {
     b.close().await;
     server.stop().await;
 }
+
+/// The self-signed certificate rotates under a playing page: that page keeps its session (no
+/// reconnect, snapshots from after the rotation), and a page loaded afterwards gets the new
+/// hash from `/api/connect` and plays by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_loaded_after_a_certificate_rotation_plays_by_the_new_hash_while_the_old_one_keeps_playing()
+ {
+    // 24 s certificates back-dated 6 s, replaced 4 s before expiry: the first rotation comes
+    // about 14 s after start, time enough for the first page to be playing before it.
+    let server = common::start(&["--cert-validity", "24s", "--cert-rotate-before", "4s"]).await;
+    let mut rotations = server.stats.watch_cert_rotations();
+    let old = server.cert_sha256.clone().expect("self-signed");
+
+    let mut first = Browser::launch().await;
+    first.goto(&format!("{}/?name=early", server.http)).await;
+    first
+        .wait_for(
+            "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.snapshots >= 30; })()",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(
+        *rotations.borrow(),
+        0,
+        "the first page must be playing before the rotation for this test to mean anything"
+    );
+    let before = stats(&mut first).await;
+
+    tokio::time::timeout(Duration::from_secs(30), rotations.wait_for(|n| *n >= 1))
+        .await
+        .expect("a rotation within the certificate's life")
+        .expect("stats live as long as the server");
+    let tick_at_rotation = arena_server::stats::Stats::get(&server.stats.tick);
+    let info = server.connect_info("probe").await;
+    let new = info.cert_sha256.expect("self-signed");
+    assert_ne!(
+        new, old,
+        "/api/connect hands out the new certificate's hash"
+    );
+    assert!(!info.cert_sha256s.contains(&old), "{:?}", info.cert_sha256s);
+
+    // A new page load connects with the new hash.
+    let mut second = Browser::launch().await;
+    second.goto(&format!("{}/?name=late", server.http)).await;
+    let late = second
+        .wait_for(
+            "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.snapshots >= 30 && s; })()",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(late["sessions"], 1, "in at the first attempt: {late}");
+    assert_ne!(late["entity"], before["entity"]);
+
+    // The first page is still in the session it opened before the rotation, receiving
+    // snapshots of ticks after it.
+    let early = first
+        .wait_for(
+            &format!(
+                "(() => {{ const s = window.arena.stats(); return s.snapshot_tick > {tick_at_rotation} + 30 && s; }})()"
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(early["state"], "playing", "{early}");
+    assert_eq!(early["sessions"], 1, "never reconnected: {early}");
+    assert_eq!(early["entity"], before["entity"], "{early}");
+    assert!(
+        early["snapshots"].as_u64() > before["snapshots"].as_u64(),
+        "{before} -> {early}"
+    );
+    server.players_reach(2).await;
+    eprintln!(
+        "rotated {old} -> {new} at tick {tick_at_rotation}; the early page is at snapshot tick {}, the late one played by the new hash",
+        early["snapshot_tick"]
+    );
+    second.close().await;
+    first.close().await;
+    server.stop().await;
+}
