@@ -78,7 +78,12 @@ pub struct Browser {
 impl Browser {
     /// Starts Chromium on a fresh profile and attaches to its page (`about:blank`).
     pub async fn launch() -> Browser {
-        let mut process = Process::spawn();
+        Self::launch_with(&[]).await
+    }
+
+    /// [`launch`](Browser::launch) with extra command-line switches.
+    pub async fn launch_with(extra_args: &[String]) -> Browser {
+        let mut process = Process::spawn(extra_args);
         let url = process.devtools_url().await;
         let (socket, _) = tokio::time::timeout(COMMAND, tokio_tungstenite::connect_async(&url))
             .await
@@ -603,7 +608,7 @@ struct Process {
 }
 
 impl Process {
-    fn spawn() -> Process {
+    fn spawn(extra_args: &[String]) -> Process {
         static LAUNCHES: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -629,6 +634,7 @@ impl Process {
                 "--window-size=1280,800",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra_args)
             .arg("about:blank")
             // Crashpad keeps its database under the XDG config directory, not the profile:
             // keep that inside the profile too, so nothing is written outside it.

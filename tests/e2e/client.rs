@@ -271,3 +271,117 @@ async fn a_page_loaded_after_a_certificate_rotation_plays_by_the_new_hash_while_
     first.close().await;
     server.stop().await;
 }
+
+/// With a real certificate (`--cert/--key`) `/api/connect` hands out no hash and the page
+/// opens WebTransport without `serverCertificateHashes`, so the browser verifies the
+/// certificate the usual way: a browser that does not trust it cannot connect (and says so),
+/// one that trusts it (here by its public key, `--ignore-certificate-errors-spki-list`, as
+/// a certificate from a public CA would be trusted) plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_real_certificate_the_page_pins_no_hash_and_the_browser_verifies_it() {
+    use base64::Engine;
+    use sha2::Digest;
+
+    let dir = std::env::temp_dir().join(format!("arena-web-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let identity =
+        wtransport::Identity::self_signed(["localhost", "127.0.0.1"]).expect("a certificate");
+    identity
+        .certificate_chain()
+        .store_pemfile(&cert)
+        .await
+        .expect("cert.pem");
+    identity
+        .private_key()
+        .store_secret_pemfile(&key)
+        .await
+        .expect("key.pem");
+    let spki = subject_public_key_info(identity.certificate_chain().as_slice()[0].der());
+    let spki_sha256 = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki));
+
+    let server = common::start(&[
+        "--cert",
+        cert.to_str().expect("utf-8 path"),
+        "--key",
+        key.to_str().expect("utf-8 path"),
+    ])
+    .await;
+    let info = server.connect_info("probe").await;
+    assert_eq!(info.cert_sha256, None);
+    assert!(info.cert_sha256s.is_empty(), "{:?}", info.cert_sha256s);
+
+    let mut untrusting = Browser::launch().await;
+    untrusting
+        .goto(&format!("{}/?name=doubter", server.http))
+        .await;
+    let message = untrusting
+        .wait_for(
+            "(() => { const m = document.getElementById('message'); return m.textContent.includes('reconnecting') && m.textContent; })()",
+            Duration::from_secs(20),
+        )
+        .await;
+    eprintln!("a browser that does not trust the certificate says: {message}");
+    let s = stats(&mut untrusting).await;
+    assert_ne!(s["state"], "playing", "{s}");
+    assert_eq!(s["sessions"], 0, "{s}");
+    assert!(
+        untrusting
+            .console_messages()
+            .iter()
+            .any(|m| m.contains("CERTIFICATE_VERIFY_FAILED")),
+        "refused for its certificate: {}",
+        untrusting.diagnostics()
+    );
+    untrusting.close().await;
+
+    // Chromium's WebTransport honours the SPKI list only for an origin it is told speaks QUIC.
+    let mut trusting = Browser::launch_with(&[
+        format!("--ignore-certificate-errors-spki-list={spki_sha256}"),
+        format!("--origin-to-force-quic-on={}", server.wt_addr),
+    ])
+    .await;
+    trusting
+        .goto(&format!("{}/?name=believer", server.http))
+        .await;
+    trusting
+        .wait_for(
+            "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.snapshots >= 30; })()",
+            Duration::from_secs(30),
+        )
+        .await;
+    trusting.close().await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The DER `SubjectPublicKeyInfo` of an X.509 certificate: the seventh field of its
+/// `TBSCertificate` counting the optional `[0]` version (RFC 5280 §4.1).
+fn subject_public_key_info(der: &[u8]) -> &[u8] {
+    /// One DER element at the start of `d`: (its tag, its whole encoding, its content).
+    fn element(d: &[u8]) -> (u8, &[u8], &[u8]) {
+        let (tag, first) = (d[0], d[1]);
+        let (len, header) = if first < 0x80 {
+            (usize::from(first), 2)
+        } else {
+            let n = usize::from(first & 0x7f);
+            let len = d[2..2 + n]
+                .iter()
+                .fold(0usize, |l, b| (l << 8) | usize::from(*b));
+            (len, 2 + n)
+        };
+        (tag, &d[..header + len], &d[header..header + len])
+    }
+    let (_, _, certificate) = element(der);
+    let (_, _, mut tbs) = element(certificate);
+    if tbs[0] == 0xa0 {
+        tbs = &tbs[element(tbs).1.len()..];
+    }
+    // serialNumber, signature, issuer, validity, subject.
+    for _ in 0..5 {
+        tbs = &tbs[element(tbs).1.len()..];
+    }
+    let (tag, spki, _) = element(tbs);
+    assert_eq!(tag, 0x30, "SubjectPublicKeyInfo is a SEQUENCE");
+    spki
+}
