@@ -649,6 +649,8 @@ impl Play<'_> {
                     });
                 }
                 ServerMsg::Event(e) => self.on_event(e, out),
+                // Bots do not ask who is who.
+                ServerMsg::Names(_) => {}
                 ServerMsg::Welcome(_) | ServerMsg::Reject(_) => return Err(ClientError::BadFrame),
             }
         }

@@ -269,7 +269,9 @@ impl Transport {
                 message: d.message,
                 reconnect_after_ms: d.reconnect_after_ms,
             }),
-            ServerMsg::Pong(_) | ServerMsg::Event(_) => Err(ClientError::BadFrame),
+            ServerMsg::Pong(_) | ServerMsg::Event(_) | ServerMsg::Names(_) => {
+                Err(ClientError::BadFrame)
+            }
         }
     }
 }

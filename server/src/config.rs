@@ -199,6 +199,10 @@ pub struct Config {
     /// (InputFlood). 0: no limit.
     #[arg(long, default_value_t = 120.0)]
     pub max_inputs_per_sec: f64,
+    /// `WhoIs` requests (player names, at most 64 each) a session may send per second (a
+    /// second's burst); the excess is dropped unanswered and counted. 0: no limit.
+    #[arg(long, default_value_t = 4.0)]
+    pub max_whois_per_sec: f64,
     /// Bytes the server lets wait for a client's reliable stream (beyond what QUIC's
     /// flow-control window holds); a client that lets more pile up, by not reading its stream,
     /// is disconnected (SlowConsumer).

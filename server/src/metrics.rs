@@ -176,6 +176,16 @@ const COUNTERS: &[Source] = &[
         |s| &s.acks_ignored,
     ),
     (
+        "arena_whois_answered_total",
+        "WhoIs requests answered with player names.",
+        |s| &s.whois_answered,
+    ),
+    (
+        "arena_whois_rate_limited_total",
+        "WhoIs requests over a session's --max-whois-per-sec (dropped unanswered).",
+        |s| &s.whois_rate_limited,
+    ),
+    (
         "arena_shots_fired_total",
         "Players' rifle shots and rockets fired (after the fire-rate check).",
         |s| &s.shots_fired,

@@ -245,6 +245,9 @@ impl Server {
             self.stats.clone(),
             Some(self.frame_tap.clone()),
         );
+        let names = Arc::new(crate::game::names::Names::default());
+        sim.world_mut()
+            .insert_resource(crate::game::names::NameDirectory(names.clone()));
         let replay_writer = if self.config.no_replays {
             None
         } else {
@@ -281,6 +284,7 @@ impl Server {
                 self.config.handshakes_per_sec,
             )),
             started: std::time::Instant::now(),
+            names,
         });
         let mut first_id = [0u8; 4];
         getrandom::fill(&mut first_id).map_err(|e| ServerError::Random(e.to_string()))?;

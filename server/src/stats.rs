@@ -66,6 +66,9 @@ pub struct Stats {
     pub acks_received: AtomicU64,
     /// Acknowledgements for ticks the server has not reached (ignored).
     pub acks_ignored: AtomicU64,
+    /// Names looked up for `WhoIs` requests, and requests over `--max-whois-per-sec` (dropped).
+    pub whois_answered: AtomicU64,
+    pub whois_rate_limited: AtomicU64,
     /// Players' rifle shots and rockets (after the fire-rate check).
     pub shots_fired: AtomicU64,
     /// Blows that took health (rifle hits and projectile impacts).
@@ -133,6 +136,8 @@ impl Stats {
             encode_passes: AtomicU64::new(0),
             acks_received: AtomicU64::new(0),
             acks_ignored: AtomicU64::new(0),
+            whois_answered: AtomicU64::new(0),
+            whois_rate_limited: AtomicU64::new(0),
             shots_fired: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             kills: AtomicU64::new(0),

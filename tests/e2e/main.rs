@@ -9,6 +9,7 @@ mod combat;
 mod common;
 mod metrics;
 mod misbehaving;
+mod names;
 mod play;
 mod relay;
 mod replay;

@@ -254,9 +254,12 @@ async fn fifty_sessions_of_malformed_input_each_end_with_a_reason_and_twenty_pla
                     DisconnectReason::MalformedFrame
                 }
                 2 => {
-                    // An enum tag no variant has.
+                    // The message's tag byte changed: the rest of the body no longer reads as
+                    // the variant it now names. (bitcode packs the tag, so which bytes name a
+                    // variant depends on how many there are: checked here, not assumed.)
                     let mut body = input.clone();
-                    body[0] = 0xFF;
+                    body[0] = 0xFE;
+                    assert!(arena_shared::protocol::codec::decode_client(&body).is_err());
                     t.write_raw(&framed(&body)).await.expect("written");
                     DisconnectReason::MalformedFrame
                 }

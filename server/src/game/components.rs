@@ -31,8 +31,9 @@ pub struct Motion(pub Body);
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MoveIntent(pub MoveDir);
 
-/// A connected player.
+/// A connected player. Its hooks keep [`super::names::Names`] in step with player entities.
 #[derive(Component, Debug, Clone)]
+#[component(on_insert = super::names::on_player_insert, on_discard = super::names::on_player_discard)]
 pub struct Player {
     pub client_id: u64,
     pub name: String,

@@ -11,6 +11,7 @@
 
 pub mod combat;
 pub mod components;
+pub mod names;
 pub mod state;
 pub mod systems;
 

@@ -84,6 +84,8 @@ pub struct NetContext {
     pub handshakes: Mutex<limits::TokenBucket>,
     /// The zero of the limiters' clocks.
     pub started: Instant,
+    /// Player names by snapshot id, kept by the simulation, for `WhoIs`.
+    pub names: Arc<crate::game::names::Names>,
 }
 
 impl NetContext {

@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arena_shared::protocol::codec::{self, FrameReader, HelloError};
 use arena_shared::protocol::{
     CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Disconnect, DisconnectReason, GameEvent,
-    InputFault, PROTOCOL_VERSION, Pong, Reject, RejectReason, ResumeToken, ServerMsg, Welcome,
+    InputFault, MAX_WHOIS, PROTOCOL_VERSION, Pong, Reject, RejectReason, ResumeToken, ServerMsg,
+    Welcome,
 };
 use arena_shared::rng::SplitMix64;
 use arena_shared::token::{self, TokenError};
@@ -157,6 +158,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             outbox,
             client_id: slot.seat.client_id,
             inputs: TokenBucket::new(ctx.config.max_inputs_per_sec, ctx.config.max_inputs_per_sec),
+            whois: TokenBucket::new(ctx.config.max_whois_per_sec, ctx.config.max_whois_per_sec),
             excess: InputExcess::default(),
             events: Vec::new(),
         };
@@ -498,6 +500,8 @@ struct Session {
     /// `--max-inputs-per-sec`, and the inputs over it in the current one-second window.
     inputs: TokenBucket,
     excess: InputExcess,
+    /// `--max-whois-per-sec`.
+    whois: TokenBucket,
     /// Game events taken from the outbox, reused.
     events: Vec<GameEvent>,
 }
@@ -646,6 +650,26 @@ impl Session {
                         }))
                         .is_err()
                     {
+                        return Err(self.backlogged());
+                    }
+                }
+                Ok(ClientMsg::WhoIs(who)) => {
+                    if who.entities.len() > MAX_WHOIS {
+                        return Err((
+                            DisconnectReason::MalformedFrame,
+                            format!(
+                                "WhoIs for {} entities, at most {MAX_WHOIS}",
+                                who.entities.len()
+                            ),
+                        ));
+                    }
+                    if self.whois.take(self.ctx.now_s()).is_err() {
+                        Stats::add(&self.ctx.stats.whois_rate_limited, 1);
+                        continue;
+                    }
+                    Stats::add(&self.ctx.stats.whois_answered, 1);
+                    let names = self.ctx.names.lookup(&who.entities);
+                    if self.writer.send(&ServerMsg::Names(names)).is_err() {
                         return Err(self.backlogged());
                     }
                 }

@@ -18,7 +18,7 @@ use crate::quant::{Aim, MoveDir};
 use crate::snapshot::{Ack, DeltaSnapshot};
 
 /// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts).
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
 /// from "an Arena client of another version".
@@ -30,6 +30,10 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 
 /// Longest player name, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 32;
+
+/// Most entities one [`WhoIs`] may ask about; a client asking about more is disconnected
+/// (`MalformedFrame`).
+pub const MAX_WHOIS: usize = 64;
 
 /// The client's first frame. Encoded specially (see [`codec::encode_hello`]): the version is
 /// read before anything else, so any server can tell an old client why it is refused.
@@ -64,6 +68,21 @@ impl std::fmt::Debug for ResumeToken {
 pub enum ClientMsg {
     Input(Input),
     Ping(Ping),
+    WhoIs(WhoIs),
+}
+
+/// Asks for the names of players the client sees in its snapshots (which carry ids only, to
+/// keep them small). Answered with [`ServerMsg::Names`]. At most [`MAX_WHOIS`] entities.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct WhoIs {
+    pub entities: Vec<u32>,
+}
+
+/// A player entity's name, as its `Hello` gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct PlayerName {
+    pub entity: u32,
+    pub name: String,
 }
 
 /// Buttons held during an input, one bit each.
@@ -159,6 +178,9 @@ pub enum ServerMsg {
     Disconnect(Disconnect),
     Pong(Pong),
     Event(GameEvent),
+    /// The answer to a [`WhoIs`]: the names of those of its entities that are players now,
+    /// in its order; entities that are not (NPCs, projectiles, gone) are left out.
+    Names(Vec<PlayerName>),
 }
 
 /// Something that happened in the game to this client's entity or by it, on the reliable

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::map::{Map, Rect};
 use crate::protocol::{
-    Buttons, Disconnect, DisconnectReason, EntityKind, GameEvent, Input, InputFault, Ping, Pong,
-    Reject, RejectReason, ResumeToken, Welcome,
+    Buttons, Disconnect, DisconnectReason, EntityKind, GameEvent, Input, InputFault, Ping,
+    PlayerName, Pong, Reject, RejectReason, ResumeToken, Welcome, WhoIs,
 };
 use crate::quant::{Aim, MoveDir};
 
@@ -41,6 +41,9 @@ fn every_client_msg() -> Vec<ClientMsg> {
             view_frac: 128,
         }),
         ClientMsg::Ping(Ping { nonce: 77 }),
+        ClientMsg::WhoIs(WhoIs {
+            entities: vec![4, 9, 4_000_000],
+        }),
     ]
 }
 
@@ -90,6 +93,17 @@ fn every_server_msg() -> Vec<ServerMsg> {
             nonce: 77,
             server_tick: 100,
         }),
+        ServerMsg::Names(vec![
+            PlayerName {
+                entity: 4,
+                name: "ada".into(),
+            },
+            PlayerName {
+                entity: 9,
+                name: "Zoë".into(),
+            },
+        ]),
+        ServerMsg::Names(Vec::new()),
         ServerMsg::Event(GameEvent::Hit {
             attacker: 3,
             target: 4,
@@ -347,7 +361,7 @@ fn golden_bytes() {
 }
 
 const GOLDEN_INPUT: &str = "0f00000000040902d2048140409c0102cd0480";
-const GOLDEN_HELLO: &str = "1300000041524e41060003746f6b03616e610109070000";
+const GOLDEN_HELLO: &str = "1300000041524e41070003746f6b03616e610109070000";
 const GOLDEN_DELTA: &str = "000409040203040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
 const GOLDEN_ACK: &str = "040a0403";
 
