@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use arena_server::stats::Stats;
+
 use crate::browser::Browser;
 use crate::common;
 
@@ -384,4 +386,36 @@ fn subject_public_key_info(der: &[u8]) -> &[u8] {
     let (tag, spki, _) = element(tbs);
     assert_eq!(tag, 0x30, "SubjectPublicKeyInfo is a SEQUENCE");
     spki
+}
+
+/// Snapshots carry ids; the page asks who the players it sees are (`WhoIs`) and draws them
+/// under their names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_draws_other_players_under_their_names() {
+    // Everyone in everyone's view.
+    let server = common::start(&["--npcs", "0", "--aoi-radius", "20000"]).await;
+    let info = server.connect_info("zed").await;
+    let mut zed = server.open(&info).await;
+    let welcome = zed
+        .handshake(
+            &info.token,
+            "zed",
+            &mut arena_shared::protocol::codec::FrameReader::new(),
+        )
+        .await
+        .expect("welcome");
+    let mut b = Browser::launch().await;
+    b.goto(&format!("{}/?name=ann", server.http)).await;
+    let drawn = b
+        .wait_for(
+            "(() => { const r = window.arena.render(); return r && r.e.find((e) => e[5] === 'zed'); })()",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(drawn[0], welcome.entity, "{drawn}");
+    assert_eq!(drawn[1], 0, "a player: {drawn}");
+    assert!(Stats::get(&server.stats.whois_answered) >= 1);
+    b.close().await;
+    drop(zed);
+    server.stop().await;
 }

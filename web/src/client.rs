@@ -25,7 +25,8 @@ use arena_shared::predict::Predictor;
 use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
     Buttons, ClientDatagram, ClientMsg, EntityKind, GameEvent, Hello, Input, InputStatus,
-    PROTOCOL_VERSION, Ping, RejectReason, ResumeToken, ServerDatagram, ServerMsg,
+    MAX_WHOIS, PROTOCOL_VERSION, Ping, PlayerName, RejectReason, ResumeToken, ServerDatagram,
+    ServerMsg, WhoIs,
 };
 use arena_shared::quant::{Aim, MoveDir};
 use arena_shared::sim::{self, Body};
@@ -48,6 +49,13 @@ const FEED_LINES: usize = 6;
 const TRACER_MS: f64 = 120.0;
 /// Others' health as last heard in `Hit` events, for at most this many entities.
 const MAX_KNOWN_HEALTH: usize = 512;
+/// How often the players in view without a known name are asked about (`WhoIs`).
+const WHOIS_INTERVAL_MS: f64 = 250.0;
+/// A player asked about and still unnamed (the request was dropped by the server's rate
+/// limit, or the player left) is asked about again after this long.
+const WHOIS_RETRY_MS: f64 = 5000.0;
+/// Names kept; past this, the names of players out of view are forgotten.
+const MAX_KNOWN_NAMES: usize = 512;
 /// After the first snapshot, corrections count only once the clock has settled.
 const WARM_UP_MS: f64 = 1000.0;
 
@@ -157,6 +165,11 @@ struct Game {
     kills: u32,
     deaths: u32,
     known_health: HashMap<u32, i16>,
+    /// Other players' names by entity, from `Names` answers; and when each unnamed player in
+    /// view was last asked about.
+    names: HashMap<u32, String>,
+    asked: HashMap<u32, f64>,
+    next_whois_ms: f64,
     corrections: u64,
     max_error: f32,
     snapshots: u64,
@@ -197,6 +210,9 @@ impl Game {
             kills: 0,
             deaths: 0,
             known_health: HashMap::new(),
+            names: HashMap::new(),
+            asked: HashMap::new(),
+            next_whois_ms: 0.0,
             corrections: 0,
             max_error: 0.0,
             snapshots: 0,
@@ -223,10 +239,56 @@ impl Game {
             .latest()
             .and_then(|v| v.get(id))
             .map(|e| e.kind);
-        match kind {
-            Some(EntityKind::Npc) => format!("npc {id}"),
+        match (kind, self.names.get(&id)) {
+            (Some(EntityKind::Npc), _) => format!("npc {id}"),
+            (_, Some(name)) => name.clone(),
             _ => format!("#{id}"),
         }
+    }
+
+    fn on_names(&mut self, names: Vec<PlayerName>) {
+        if self.names.len() + names.len() > MAX_KNOWN_NAMES {
+            // Keep the players in view; the others are asked about again if they come back.
+            let latest = self.receiver.latest();
+            self.names
+                .retain(|id, _| latest.is_some_and(|v| v.get(*id).is_some()));
+        }
+        for PlayerName { entity, name } in names {
+            self.asked.remove(&entity);
+            if self.names.len() < MAX_KNOWN_NAMES {
+                self.names.insert(entity, name);
+            }
+        }
+    }
+
+    /// A `WhoIs` for the players in the newest view whose names are not known and were not
+    /// asked about in the last [`WHOIS_RETRY_MS`], at most [`MAX_WHOIS`] of them.
+    fn whois(&mut self, now_ms: f64) -> Option<WhoIs> {
+        if now_ms < self.next_whois_ms {
+            return None;
+        }
+        self.next_whois_ms = now_ms + WHOIS_INTERVAL_MS;
+        let view = self.receiver.latest()?;
+        self.asked.retain(|_, at| now_ms - *at < WHOIS_RETRY_MS);
+        let entities: Vec<u32> = view
+            .entities
+            .iter()
+            .filter(|e| {
+                e.kind == EntityKind::Player
+                    && e.id != self.entity
+                    && !self.names.contains_key(&e.id)
+                    && !self.asked.contains_key(&e.id)
+            })
+            .map(|e| e.id)
+            .take(MAX_WHOIS)
+            .collect();
+        if entities.is_empty() {
+            return None;
+        }
+        for &id in &entities {
+            self.asked.insert(id, now_ms);
+        }
+        Some(WhoIs { entities })
     }
 
     fn say(&mut self, now_ms: f64, line: String) {
@@ -473,6 +535,7 @@ impl Client {
                 }
             }
             (ServerMsg::Event(e), Some(g)) => g.on_event(e, now_ms),
+            (ServerMsg::Names(names), Some(g)) => g.on_names(names),
             (msg, _) => self.fail(format!("unexpected {msg:?} while {}", self.phase.name())),
         }
     }
@@ -583,6 +646,10 @@ impl Client {
             g.pings.insert(g.nonce, now_ms);
             let _ =
                 codec::encode_client(&ClientMsg::Ping(Ping { nonce: g.nonce }), &mut out.stream);
+        }
+        if let Some(who) = g.whois(now_ms) {
+            // At most MAX_WHOIS ids: far under a frame.
+            let _ = codec::encode_client(&ClientMsg::WhoIs(who), &mut out.stream);
         }
         if let Some(p) = &mut g.predictor {
             p.advance_render(frame_dt);
@@ -698,8 +765,8 @@ impl Client {
     }
 
     /// What to draw at `now_ms`, as JSON: the own player (`me`: `[x, y]` or null when dead),
-    /// every other entity interpolated (`e`: `[id, kind, x, y, health or -1]`, kind 0 player,
-    /// 1 NPC, 2 projectile), rifle tracers (`t`: `[x0, y0, x1, y1]`) and the kill feed (`f`).
+    /// every other entity interpolated (`e`: `[id, kind, x, y, health or -1, name]`, kind 0
+    /// player, 1 NPC, 2 projectile, the name only for a player whose name is known), rifle tracers (`t`: `[x0, y0, x1, y1]`) and the kill feed (`f`).
     pub fn render_json(&mut self, now_ms: f64) -> String {
         let mut s = String::from("{");
         let Some(g) = self.game.as_mut() else {
@@ -737,7 +804,11 @@ impl Client {
                 let hp = g.known_health.get(&rec.id).map_or(-1, |&h| i32::from(h));
                 let sep = if first { "" } else { "," };
                 first = false;
-                let _ = write!(s, "{sep}[{},{kind},{},{},{hp}]", rec.id, p.x, p.y);
+                let _ = write!(s, "{sep}[{},{kind},{},{},{hp}", rec.id, p.x, p.y);
+                if let Some(name) = g.names.get(&rec.id) {
+                    let _ = write!(s, ",{}", json_string(name));
+                }
+                s.push(']');
             }
         }
         s.push_str("],\"t\":[");

@@ -231,13 +231,13 @@ function draw() {
   ctx.fillStyle = "#3a414d";
   for (const [x0, y0, x1, y1] of map.obstacles) ctx.fillRect(sx(x0), sy(y0), (x1 - x0) * s, (y1 - y0) * s);
   ctx.font = `${Math.max(10, 12 * devicePixelRatio)}px system-ui, sans-serif`;
-  for (const [id, kind, x, y, hp] of r.e) {
+  for (const [id, kind, x, y, hp, name] of r.e) {
     const radius = [map.player_radius, map.npc_radius, map.projectile_radius][kind] * s;
     ctx.fillStyle = COLORS[kind];
     ctx.beginPath(); ctx.arc(sx(x), sy(y), Math.max(radius, 2), 0, 2 * Math.PI); ctx.fill();
     if (kind !== 2) {
       ctx.fillStyle = "#aaa";
-      ctx.fillText(kind === 0 ? `#${id}` : `npc ${id}`, sx(x) + radius + 3, sy(y) - radius);
+      ctx.fillText(kind === 0 ? name ?? `#${id}` : `npc ${id}`, sx(x) + radius + 3, sy(y) - radius);
       if (hp >= 0) bar(sx(x), sy(y) - radius - 7, hp / (kind === 0 ? map.player_health : map.npc_health));
     }
   }
@@ -280,6 +280,8 @@ function hud(stats) {
 /** The HUD's numbers, for tests and for players who want them. */
 window.arena = {
   stats: () => (wasm ? outputJson(wasm.arena_stats(performance.now())) : { state: "loading" }),
+  // What the next frame draws (see Client::render_json): for tests and tools.
+  render: () => (wasm ? outputJson(wasm.arena_render(performance.now())) : null),
   name: NAME,
 };
 

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, VecDeque};
 use arena_shared::map::Map;
 use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
-    ClientMsg, DisconnectReason, EntityKind, Input, InputStatus, Pong, Reject, RejectReason,
-    ResumeToken, ServerDatagram, ServerMsg, Welcome,
+    ClientMsg, DisconnectReason, EntityKind, Input, InputStatus, PlayerName, Pong, Reject,
+    RejectReason, ResumeToken, ServerDatagram, ServerMsg, Welcome,
 };
 use arena_shared::quant::{self, MoveDir};
 use arena_shared::sim::{self, Body};
@@ -21,6 +21,8 @@ const RATE: u16 = 30;
 const TICK_MS: f64 = 1000.0 / 30.0;
 const ME: u32 = 7;
 const NPC: u32 = 3;
+/// Another player, standing still, named "zed".
+const OTHER: u32 = 9;
 
 fn welcome(map: &Map) -> Welcome {
     Welcome {
@@ -165,6 +167,8 @@ struct TinyServer {
     down_datagrams: VecDeque<(f64, Vec<u8>)>,
     up_stream: VecDeque<(f64, Vec<u8>)>,
     latency_ms: f64,
+    /// The entities each `WhoIs` asked about.
+    whois: Vec<Vec<u32>>,
 }
 
 impl TinyServer {
@@ -209,6 +213,14 @@ impl TinyServer {
         let mut updates = vec![
             Self::update(NPC, EntityKind::Npc, self.npc),
             Self::update(ME, EntityKind::Player, self.body),
+            Self::update(
+                OTHER,
+                EntityKind::Player,
+                Body {
+                    pos: Vec2::new(600.0, 900.0),
+                    vel: Vec2::ZERO,
+                },
+            ),
         ];
         updates.sort_by_key(|u| u.id);
         let (snap, _) = snapshot::encode(tick, RATE, None, [0, 0], &[], &updates);
@@ -238,6 +250,28 @@ impl TinyServer {
                             server_tick: self.tick,
                         })),
                     )),
+                    ClientMsg::WhoIs(who) => {
+                        let names = who
+                            .entities
+                            .iter()
+                            .filter_map(|&entity| {
+                                let name = match entity {
+                                    ME => "ana",
+                                    OTHER => "zed",
+                                    _ => return None,
+                                };
+                                Some(PlayerName {
+                                    entity,
+                                    name: name.into(),
+                                })
+                            })
+                            .collect();
+                        self.whois.push(who.entities);
+                        self.down_stream.push_back((
+                            now_ms + self.latency_ms,
+                            frame_of(&ServerMsg::Names(names)),
+                        ));
+                    }
                 }
             }
         }
@@ -274,6 +308,7 @@ fn holding_right_moves_the_player_right_and_prediction_matches_the_server() {
         down_datagrams: VecDeque::new(),
         up_stream: VecDeque::new(),
         latency_ms: 20.0,
+        whois: Vec::new(),
     };
     let mut c = Client::new("ana");
     c.hello("tok").expect("hello");
@@ -336,4 +371,11 @@ fn holding_right_moves_the_player_right_and_prediction_matches_the_server() {
         render.contains(&format!("[{NPC},1,")),
         "the NPC is drawn: {render}"
     );
+    // The other player is drawn under its name, asked for once: never the own entity, never
+    // an NPC, never again once known.
+    assert!(
+        render.contains(&format!("[{OTHER},0,")) && render.contains("\"zed\"]"),
+        "the other player is drawn named: {render}"
+    );
+    assert_eq!(server.whois, [vec![OTHER]]);
 }
