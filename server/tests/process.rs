@@ -385,9 +385,20 @@ impl BadToken {
 
 /// One WebTransport session that sends `Hello` with a bad token: the server's `Reject`.
 async fn bad_handshake(info: &ConnectInfo, kind: BadToken, i: u64) -> Result<RejectReason, String> {
-    let mut t = client::open(info, Duration::from_secs(10))
-        .await
-        .map_err(|e| format!("open: {e}"))?;
+    // Session setup (QUIC, HTTP/3 SETTINGS, the CONNECT request) fails now and then under this
+    // load before the token is ever presented: once in about 2,500 on the 2-core CI machine,
+    // the server's HTTP/3 layer closing with H3_FRAME_UNEXPECTED (0x105). That is wtransport's
+    // business, not admission's, so an attempt that never reached its Hello dials again, as a
+    // real client would; what is judged is the answer to the token.
+    let mut tries = 0;
+    let mut t = loop {
+        tries += 1;
+        match client::open(info, Duration::from_secs(10)).await {
+            Ok(t) => break t,
+            Err(e) if tries >= OPEN_TRIES => return Err(format!("open, {tries} tries: {e}")),
+            Err(e) => eprintln!("attempt {i}: session setup failed ({e}); dialing again"),
+        }
+    };
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         token: kind.token(i, &info.url),
@@ -406,6 +417,9 @@ async fn bad_handshake(info: &ConnectInfo, kind: BadToken, i: u64) -> Result<Rej
         Err(e) => Err(format!("no Reject: {e}")),
     }
 }
+
+/// Dials per flood attempt before its session setup counts as a failure.
+const OPEN_TRIES: u32 = 3;
 
 /// What a flood got back: refusals by (token kind, reason), and anything else.
 #[derive(Debug, Default)]

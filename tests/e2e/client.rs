@@ -18,6 +18,17 @@ async fn stats(b: &mut Browser) -> Value {
     b.eval("window.arena.stats()").await
 }
 
+/// Opens the page as `name` and waits until it is playing with a second of snapshots behind
+/// it; returns its stats then.
+async fn play(b: &mut Browser, server: &common::TestServer, name: &str) -> Value {
+    b.goto(&format!("{}/?name={name}", server.http)).await;
+    b.wait_for(
+        "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.snapshots >= 30 && s; })()",
+        Duration::from_secs(30),
+    )
+    .await
+}
+
 fn xy(v: &Value) -> (f64, f64) {
     let p = v.as_array().expect("a position");
     (p[0].as_f64().expect("x"), p[1].as_f64().expect("y"))
@@ -99,7 +110,9 @@ async fn chromium_plays_over_webtransport_and_moves_where_its_keys_say() {
     let png = std::fs::metadata(&shot).expect("a screenshot");
     assert!(png.len() > 5000, "{} bytes", png.len());
     eprintln!(
-        "chromium played: {rate} snapshots/s, moved {:.0} units right, prediction exact; screenshot {}",
+        "chromium played: {rate} snapshots/s at {tick_rate} Hz, {} kB/s down, ping {} ms, moved {:.0} units right, prediction exact; screenshot {}",
+        s["kbps_down"],
+        s["ping_ms"],
         x1 - x0,
         shot.display()
     );
@@ -128,12 +141,7 @@ async fn chromium_reconnects_after_its_network_vanishes_and_resumes_its_entity()
     .await;
     let relay = crate::relay::Relay::start_on(front, server.wt_addr);
     let mut b = Browser::launch().await;
-    b.goto(&format!("{}/?name=roamer", server.http)).await;
-    b.wait_for(
-        "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.snapshots >= 30; })()",
-        Duration::from_secs(30),
-    )
-    .await;
+    play(&mut b, &server, "roamer").await;
     let before = stats(&mut b).await;
     let entity = before["entity"].clone();
 
@@ -208,13 +216,7 @@ async fn a_page_loaded_after_a_certificate_rotation_plays_by_the_new_hash_while_
     let old = server.cert_sha256.clone().expect("self-signed");
 
     let mut first = Browser::launch().await;
-    first.goto(&format!("{}/?name=early", server.http)).await;
-    first
-        .wait_for(
-            "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.snapshots >= 30; })()",
-            Duration::from_secs(30),
-        )
-        .await;
+    play(&mut first, &server, "early").await;
     assert_eq!(
         *rotations.borrow(),
         0,
@@ -237,13 +239,7 @@ async fn a_page_loaded_after_a_certificate_rotation_plays_by_the_new_hash_while_
 
     // A new page load connects with the new hash.
     let mut second = Browser::launch().await;
-    second.goto(&format!("{}/?name=late", server.http)).await;
-    let late = second
-        .wait_for(
-            "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.snapshots >= 30 && s; })()",
-            Duration::from_secs(30),
-        )
-        .await;
+    let late = play(&mut second, &server, "late").await;
     assert_eq!(late["sessions"], 1, "in at the first attempt: {late}");
     assert_ne!(late["entity"], before["entity"]);
 
@@ -343,15 +339,7 @@ async fn with_a_real_certificate_the_page_pins_no_hash_and_the_browser_verifies_
         format!("--origin-to-force-quic-on={}", server.wt_addr),
     ])
     .await;
-    trusting
-        .goto(&format!("{}/?name=believer", server.http))
-        .await;
-    trusting
-        .wait_for(
-            "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.snapshots >= 30; })()",
-            Duration::from_secs(30),
-        )
-        .await;
+    play(&mut trusting, &server, "believer").await;
     trusting.close().await;
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
