@@ -1,46 +1,23 @@
 //! The replay viewer in a real headless Chromium (Debian's `chromium`, which `.ci/run`
-//! installs): it loads a recorded run, re-simulated by the server, and shows the entity count
-//! the recording has at a given tick. A screenshot is left in
+//! installs, driven over DevTools in real time): it loads a recorded run, re-simulated by the
+//! server, shows the entity count the recording has at a given tick, and plays on from there. A screenshot is left in
 //! `target/test-artifacts/replay-viewer.png`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arena_client_sim::swarm::{self, SwarmBehaviour};
 use arena_server::http::replays::{self, Library};
 use arena_shared::replay::{self, Record};
 
+use crate::browser::Browser;
 use crate::common::{self, WAIT};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const TICK: u32 = 60;
-
-/// Headless Chromium as this machine runs it: no sandbox (root), nothing reaching out.
-fn chromium(profile: &Path) -> Command {
-    let mut c = Command::new(CHROMIUM);
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--virtual-time-budget=20000",
-        "--window-size=1280,800",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_viewer_in_chromium_shows_the_recorded_entity_count_at_a_tick() {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does)"
-    );
     let dir = std::env::temp_dir().join(format!("arena-e2e-viewer-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let dir_arg = dir.display().to_string();
@@ -110,40 +87,35 @@ async fn the_viewer_in_chromium_shows_the_recorded_entity_count_at_a_tick() {
     );
 
     let url = format!("{base}/replays/{id}?tick={TICK}");
-    let profile = dir.join("chromium-profile");
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     let shot = artifacts.join("replay-viewer.png");
-    let _ = std::fs::remove_file(&shot);
-    let (dom, screenshot) = tokio::task::spawn_blocking({
-        let (url, profile, shot) = (url.clone(), profile.clone(), shot.clone());
-        move || {
-            let dom = chromium(&profile)
-                .arg("--dump-dom")
-                .arg(&url)
-                .output()
-                .expect("chromium runs");
-            let screenshot = chromium(&profile.with_extension("2"))
-                .arg(format!("--screenshot={}", shot.display()))
-                .arg(&url)
-                .output()
-                .expect("chromium runs");
-            (dom, screenshot)
-        }
-    })
-    .await
-    .expect("chromium task");
-    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    let mut b = Browser::launch().await;
+    b.goto(&url).await;
     let want = format!("tick {TICK} entities {expected}");
-    assert!(
-        dom_text.contains(&want),
-        "wanted {want:?} in the page; stderr: {}\n{dom_text}",
-        String::from_utf8_lossy(&dom.stderr)
-    );
-    assert!(screenshot.status.success(), "{:?}", screenshot);
+    b.wait_for(
+        &format!("document.getElementById('status').textContent === {want:?}"),
+        Duration::from_secs(20),
+    )
+    .await;
+    b.screenshot(&shot).await;
     let png = std::fs::metadata(&shot).expect("a screenshot");
     assert!(png.len() > 1000, "{} bytes", png.len());
-    eprintln!("viewer at {url}: {want}; screenshot {}", shot.display());
+    // Play: the playhead moves on from the tick, in real time.
+    b.eval("document.getElementById('play').click()").await;
+    let moved = b
+        .wait_for(
+            &format!(
+                "(() => {{ const m = document.getElementById('status').textContent.match(/^tick (\\d+)/); return m && Number(m[1]) > {TICK} + 10 && m[0]; }})()"
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    eprintln!(
+        "viewer at {url}: {want}; playing, it reached {moved}; screenshot {}",
+        shot.display()
+    );
+    b.close().await;
     viewer.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
