@@ -209,9 +209,10 @@ async fn a_refused_page_says_why_and_retries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_loaded_after_a_certificate_rotation_plays_by_the_new_hash_while_the_old_one_keeps_playing()
  {
-    // 24 s certificates back-dated 6 s, replaced 4 s before expiry: the first rotation comes
-    // about 14 s after start, time enough for the first page to be playing before it.
-    let server = common::start(&["--cert-validity", "24s", "--cert-rotate-before", "4s"]).await;
+    // 36 s certificates back-dated 9 s, replaced 4 s before expiry: the first rotation comes
+    // about 23 s after start, time enough for the first page to be playing before it even on
+    // a loaded 2-core machine (a page is usually playing 2 s after its browser starts).
+    let server = common::start(&["--cert-validity", "36s", "--cert-rotate-before", "4s"]).await;
     let mut rotations = server.stats.watch_cert_rotations();
     let old = server.cert_sha256.clone().expect("self-signed");
 
