@@ -84,35 +84,33 @@ impl Server {
             .and_then(url_host)
             .into_iter()
             .collect();
-        let (ident, rotation) = match (&config.cert, &config.key) {
-            (Some(cert), Some(key)) => (identity::load(cert, key).await?, None),
+        let (identity, cert_sha256, rotation) = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => (identity::load(cert, key).await?, None, None),
             _ => {
                 let rotation = Rotation::new(
                     config.cert_validity,
                     config.cert_rotate_before,
                     config.token_ttl,
                 )?;
-                let ident = identity::self_signed(&extra_names, config.cert_validity)?;
-                let rotation = ident
-                    .not_after
-                    .map(|not_after| (rotation, not_after, extra_names));
-                (ident, rotation)
+                let made = identity::self_signed(&extra_names, config.cert_validity)?;
+                info!(
+                    cert_sha256 = made.cert_sha256.as_str(),
+                    not_after = %humantime::format_rfc3339_seconds(made.not_after),
+                    "self-signed certificate made; it is replaced {} before it expires",
+                    humantime::format_duration(config.cert_rotate_before)
+                );
+                (
+                    made.identity,
+                    Some(made.cert_sha256),
+                    Some((rotation, made.not_after, extra_names)),
+                )
             }
         };
-        if let (Some(hash), Some((_, not_after, _))) = (&ident.cert_sha256, &rotation) {
-            info!(
-                cert_sha256 = hash.as_str(),
-                not_after = %humantime::format_rfc3339_seconds(*not_after),
-                "self-signed certificate made; it is replaced {} before it expires",
-                humantime::format_duration(config.cert_rotate_before)
-            );
-        }
-        let cert_sha256 = ident.cert_sha256.clone();
         let certs = watch::Sender::new(CertHashes {
-            current: ident.cert_sha256,
+            current: cert_sha256.clone(),
             next: None,
         });
-        let wt_config = wt_server_config(&config, ident.identity)?;
+        let wt_config = wt_server_config(&config, identity)?;
         let endpoint = Endpoint::server(wt_config).map_err(|source| ServerError::BindWt {
             addr: config.wt_bind,
             source,
@@ -327,13 +325,15 @@ impl Server {
                 self.endpoint.clone(),
                 not_after,
                 rotation,
-                move || identity::self_signed(&names, rotation.validity),
-                move |identity| match wt_server_config(&config, identity) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        warn!(error = %e, "endpoint configuration");
-                        None
-                    }
+                move || {
+                    let made = identity::self_signed(&names, rotation.validity)
+                        .map_err(|e| e.to_string())?;
+                    Ok(net::NextIdentity {
+                        config: wt_server_config(&config, made.identity)
+                            .map_err(|e| e.to_string())?,
+                        cert_sha256: made.cert_sha256,
+                        not_after: made.not_after,
+                    })
                 },
                 self.certs.clone(),
                 self.stats.clone(),

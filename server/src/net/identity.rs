@@ -42,29 +42,23 @@ pub enum IdentityError {
     Rotation(String),
 }
 
-/// The identity and, when self-signed, the base64 SHA-256 of its DER certificate (what
-/// browsers pin) and its expiry. `None` for a real certificate, which clients verify the
-/// usual way and which is never rotated.
-pub struct ServerIdentity {
+/// A self-signed identity with the base64 SHA-256 of its DER certificate (what browsers pin)
+/// and its expiry.
+pub struct SelfSigned {
     pub identity: Identity,
-    pub cert_sha256: Option<String>,
-    pub not_after: Option<SystemTime>,
+    pub cert_sha256: String,
+    pub not_after: SystemTime,
 }
 
-pub async fn load(cert: &Path, key: &Path) -> Result<ServerIdentity, IdentityError> {
-    let identity =
-        Identity::load_pemfiles(cert, key)
-            .await
-            .map_err(|source| IdentityError::Pem {
-                cert: cert.display().to_string(),
-                key: key.display().to_string(),
-                source,
-            })?;
-    Ok(ServerIdentity {
-        identity,
-        cert_sha256: None,
-        not_after: None,
-    })
+/// A real certificate, which clients verify the usual way and which is never rotated.
+pub async fn load(cert: &Path, key: &Path) -> Result<Identity, IdentityError> {
+    Identity::load_pemfiles(cert, key)
+        .await
+        .map_err(|source| IdentityError::Pem {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            source,
+        })
 }
 
 /// How far `not_before` is set in the past for a certificate of `validity`: a quarter of it,
@@ -92,7 +86,7 @@ pub fn validity_window(now: SystemTime, validity: Duration) -> (SystemTime, Syst
 pub fn self_signed(
     extra_names: &[String],
     validity: Duration,
-) -> Result<ServerIdentity, IdentityError> {
+) -> Result<SelfSigned, IdentityError> {
     let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
     names.extend(
         extra_names
@@ -109,11 +103,11 @@ pub fn self_signed(
             OffsetDateTime::from(not_after),
         )
         .build()?;
-    let hash = STANDARD.encode(identity.certificate_chain().as_slice()[0].hash().as_ref());
-    Ok(ServerIdentity {
+    let cert_sha256 = STANDARD.encode(identity.certificate_chain().as_slice()[0].hash().as_ref());
+    Ok(SelfSigned {
         identity,
-        cert_sha256: Some(hash),
-        not_after: Some(not_after),
+        cert_sha256,
+        not_after,
     })
 }
 
@@ -268,11 +262,10 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let a = self_signed(&[], 13 * DAY)?;
         let b = self_signed(&["play.example.com".into()], 13 * DAY)?;
-        let ha = STANDARD.decode(a.cert_sha256.ok_or("self-signed has a hash")?)?;
+        let ha = STANDARD.decode(&a.cert_sha256)?;
         assert_eq!(ha.len(), 32);
-        assert_ne!(Some(STANDARD.encode(ha)), b.cert_sha256);
-        let left = a.not_after.ok_or("self-signed has an expiry")?;
-        let left = left.duration_since(SystemTime::now())?;
+        assert_ne!(STANDARD.encode(ha), b.cert_sha256);
+        let left = a.not_after.duration_since(SystemTime::now())?;
         assert!(left > 13 * DAY - HOUR - Duration::from_secs(2) && left <= 13 * DAY - HOUR);
         Ok(())
     }

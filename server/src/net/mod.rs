@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use wtransport::endpoint::endpoint_side::Server as ServerSide;
-use wtransport::{Endpoint, Identity, ServerConfig};
+use wtransport::{Endpoint, ServerConfig};
 
 use crate::config::Config;
 use crate::game::SimCommand;
@@ -227,33 +227,39 @@ const ROTATION_RECHECK: std::time::Duration = std::time::Duration::from_secs(60)
 /// After a failed attempt to make or install a certificate, the next try waits this long.
 const ROTATION_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A certificate made ahead of its install: the endpoint's configuration around it, and its
+/// hash and expiry.
+pub struct NextIdentity {
+    pub config: ServerConfig,
+    pub cert_sha256: String,
+    pub not_after: SystemTime,
+}
+
 /// Replaces the self-signed certificate before it expires, until `shutdown`, following
-/// `rotation` ([`identity::Rotation`]): makes the next identity with `make` and publishes its
-/// hash next to the current one in `hashes`, then installs it with
+/// `rotation` ([`identity::Rotation`]): makes the next one with `make` and publishes its hash
+/// next to the current one in `hashes`, then installs its configuration with
 /// [`Endpoint::reload_config`] (no rebind). quinn hands the new TLS configuration to new
 /// handshakes only; a connection already made keeps its TLS session, its certificate and its
 /// socket, so connected players notice nothing. `not_after` is the current certificate's
-/// expiry; `config` builds the endpoint's configuration around an identity.
-#[allow(clippy::too_many_arguments)]
+/// expiry.
 pub async fn rotate_identity(
     endpoint: Arc<Endpoint<ServerSide>>,
     mut not_after: SystemTime,
     rotation: identity::Rotation,
-    make: impl Fn() -> Result<identity::ServerIdentity, identity::IdentityError>,
-    config: impl Fn(Identity) -> Option<ServerConfig>,
+    make: impl Fn() -> Result<NextIdentity, String>,
     hashes: watch::Sender<identity::CertHashes>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
-    let mut next: Option<identity::ServerIdentity> = None;
+    let mut next: Option<NextIdentity> = None;
     loop {
         let wait = match rotation.step(not_after, next.is_some(), SystemTime::now()) {
             identity::Step::Wait(wait) => wait.min(ROTATION_RECHECK),
             identity::Step::Announce => match make() {
                 Ok(made) => {
-                    hashes.send_modify(|h| h.next = made.cert_sha256.clone());
+                    hashes.send_modify(|h| h.next = Some(made.cert_sha256.clone()));
                     info!(
-                        next_cert_sha256 = made.cert_sha256.as_deref().unwrap_or_default(),
+                        next_cert_sha256 = made.cert_sha256.as_str(),
                         "next certificate made; /api/connect hands out its hash too"
                     );
                     next = Some(made);
@@ -266,31 +272,25 @@ pub async fn rotate_identity(
             },
             identity::Step::Install => {
                 let Some(made) = next.take() else { continue };
-                let installed = config(made.identity.clone_identity())
-                    .map(|c| endpoint.reload_config(c, false));
-                match (installed, made.not_after) {
-                    (Some(Ok(())), Some(expiry)) => {
-                        not_after = expiry;
-                        hashes.send_replace(identity::CertHashes {
-                            current: made.cert_sha256.clone(),
-                            next: None,
-                        });
-                        stats.count_cert_rotation();
+                // Without a rebind this only swaps quinn's server configuration.
+                match endpoint.reload_config(made.config, false) {
+                    Ok(()) => {
+                        not_after = made.not_after;
                         info!(
-                            cert_sha256 = made.cert_sha256.as_deref().unwrap_or_default(),
-                            not_after = %humantime::format_rfc3339_seconds(expiry),
+                            cert_sha256 = made.cert_sha256.as_str(),
+                            not_after = %humantime::format_rfc3339_seconds(not_after),
                             "certificate rotated: new handshakes get this one, connected \
                              players keep theirs"
                         );
+                        hashes.send_replace(identity::CertHashes {
+                            current: Some(made.cert_sha256),
+                            next: None,
+                        });
+                        stats.count_cert_rotation();
                         continue;
                     }
-                    (Some(Err(e)), _) => {
-                        warn!(error = %e, "installing the next certificate failed; retrying");
-                        next = Some(made);
-                        ROTATION_RETRY
-                    }
-                    _ => {
-                        warn!("the next certificate could not be configured; making another");
+                    Err(e) => {
+                        warn!(error = %e, "installing the next certificate failed; making another");
                         hashes.send_modify(|h| h.next = None);
                         ROTATION_RETRY
                     }
