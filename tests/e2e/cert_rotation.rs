@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use arena_client_sim::client::{self, ConnectInfo, Transport};
+use arena_client_sim::client::{self, Transport};
 use arena_client_sim::http;
 use arena_server::ServerError;
 use arena_server::net::identity::IdentityError;
@@ -32,17 +32,6 @@ async fn hashes(server: &TestServer) -> (String, Vec<String>) {
         .map(|h| h.as_str().expect("a hash").to_string())
         .collect();
     (current, all)
-}
-
-/// A welcomed session pinning the hash `/api/connect` gives now.
-async fn play(server: &TestServer, name: &str) -> (ConnectInfo, Transport, FrameReader) {
-    let info = server.connect_info(name).await;
-    let mut t = server.open(&info).await;
-    let mut reader = FrameReader::new();
-    t.handshake(&info.token, name, &mut reader)
-        .await
-        .expect("welcome");
-    (info, t, reader)
 }
 
 /// Base64 SHA-256 of the certificate the server presented to this connection.
@@ -99,7 +88,12 @@ async fn a_rotated_certificate_keeps_connected_players_and_admits_new_ones_by_th
     assert_eq!(listed.first(), Some(&old), "the current hash comes first");
 
     // A connects on the first certificate (pinning the hashes listed then).
-    let (info_a, mut a, mut reader_a) = play(&server, "a").await;
+    let common::Joined {
+        info: info_a,
+        t: mut a,
+        reader: mut reader_a,
+        ..
+    } = server.join("a").await;
     assert_eq!(info_a.cert_sha256.as_ref(), Some(&old));
     assert_eq!(presented(&a), old);
     assert_eq!(
@@ -142,7 +136,9 @@ async fn a_rotated_certificate_keeps_connected_players_and_admits_new_ones_by_th
     );
 
     // B gets in by the new hash and plays.
-    let (info_b, b, _reader_b) = play(&server, "b").await;
+    let common::Joined {
+        info: info_b, t: b, ..
+    } = server.join("b").await;
     assert_ne!(info_b.cert_sha256.as_ref(), Some(&old));
     assert_eq!(
         Some(presented(&b)),

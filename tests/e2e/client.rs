@@ -383,16 +383,7 @@ fn subject_public_key_info(der: &[u8]) -> &[u8] {
 async fn the_page_draws_other_players_under_their_names() {
     // Everyone in everyone's view.
     let server = common::start(&["--npcs", "0", "--aoi-radius", "20000"]).await;
-    let info = server.connect_info("zed").await;
-    let mut zed = server.open(&info).await;
-    let welcome = zed
-        .handshake(
-            &info.token,
-            "zed",
-            &mut arena_shared::protocol::codec::FrameReader::new(),
-        )
-        .await
-        .expect("welcome");
+    let zed = server.join("zed").await;
     let mut b = Browser::launch().await;
     b.goto(&format!("{}/?name=ann", server.http)).await;
     let drawn = b
@@ -401,7 +392,7 @@ async fn the_page_draws_other_players_under_their_names() {
             Duration::from_secs(30),
         )
         .await;
-    assert_eq!(drawn[0], welcome.entity, "{drawn}");
+    assert_eq!(drawn[0], zed.welcome.entity, "{drawn}");
     assert_eq!(drawn[1], 0, "a player: {drawn}");
     assert!(Stats::get(&server.stats.whois_answered) >= 1);
     b.close().await;

@@ -10,6 +10,8 @@ use arena_client_sim::swarm::{SwarmBehaviour, SwarmConfig};
 use arena_server::replication::frame::WorldFrame;
 use arena_server::stats::Stats;
 use arena_server::{Config, Server, ServerError};
+use arena_shared::protocol::Welcome;
+use arena_shared::protocol::codec::FrameReader;
 use arena_shared::token::{self, Claims};
 use clap::Parser;
 use tokio::task::JoinHandle;
@@ -217,4 +219,29 @@ impl TestServer {
             .await
             .expect("QUIC connect on loopback")
     }
+
+    /// A welcomed session for `name`, by a fresh `/api/connect` (pinning the hashes it gives).
+    pub async fn join(&self, name: &str) -> Joined {
+        let info = self.connect_info(name).await;
+        let mut t = self.open(&info).await;
+        let mut reader = FrameReader::new();
+        let welcome = t
+            .handshake(&info.token, name, &mut reader)
+            .await
+            .expect("welcome");
+        Joined {
+            info,
+            t,
+            reader,
+            welcome,
+        }
+    }
+}
+
+/// What [`TestServer::join`] gives.
+pub struct Joined {
+    pub info: ConnectInfo,
+    pub t: Transport,
+    pub reader: FrameReader,
+    pub welcome: Welcome,
 }

@@ -5,23 +5,11 @@ use arena_client_sim::client::Transport;
 use arena_server::stats::Stats;
 use arena_shared::protocol::codec::FrameReader;
 use arena_shared::protocol::{
-    CLOSE_CLIENT_LEFT, ClientMsg, DisconnectReason, MAX_WHOIS, Ping, PlayerName, ServerMsg,
-    Welcome, WhoIs,
+    CLOSE_CLIENT_LEFT, ClientMsg, DisconnectReason, MAX_WHOIS, Ping, PlayerName, ServerMsg, WhoIs,
 };
 use wtransport::VarInt;
 
-use crate::common::{self, TestServer, WAIT};
-
-async fn join(server: &TestServer, name: &str) -> (Transport, FrameReader, Welcome) {
-    let info = server.connect_info(name).await;
-    let mut t = server.open(&info).await;
-    let mut reader = FrameReader::new();
-    let welcome = t
-        .handshake(&info.token, name, &mut reader)
-        .await
-        .expect("welcome");
-    (t, reader, welcome)
-}
+use crate::common::{self, WAIT};
 
 /// Sends a `WhoIs` and returns the `Names` that answers it.
 async fn who_is(
@@ -47,8 +35,15 @@ async fn who_is(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whois_names_the_players_asked_about_and_forgets_those_who_left() {
     let server = common::start(&[]).await;
-    let (mut a, mut reader_a, ada) = join(&server, "ada").await;
-    let (b, _reader_b, bob) = join(&server, "bob").await;
+    let common::Joined {
+        t: mut a,
+        reader: mut reader_a,
+        welcome: ada,
+        ..
+    } = server.join("ada").await;
+    let common::Joined {
+        t: b, welcome: bob, ..
+    } = server.join("bob").await;
     server.players_reach(2).await;
 
     let names = who_is(
@@ -86,7 +81,12 @@ async fn whois_names_the_players_asked_about_and_forgets_those_who_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whois_past_its_rate_is_dropped_and_past_its_size_closes_the_session() {
     let server = common::start(&["--max-whois-per-sec", "1"]).await;
-    let (mut a, mut reader, ada) = join(&server, "ada").await;
+    let common::Joined {
+        t: mut a,
+        mut reader,
+        welcome: ada,
+        ..
+    } = server.join("ada").await;
     // Three at once against a burst of one: one answer, two dropped and counted. The pong
     // after them says the server has read all three.
     for _ in 0..3 {
