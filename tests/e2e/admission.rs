@@ -2,7 +2,7 @@
 
 use arena_client_sim::client::{ClientError, close_error};
 use arena_shared::protocol::codec::FrameReader;
-use arena_shared::protocol::{Hello, PROTOCOL_VERSION, RejectReason};
+use arena_shared::protocol::{Hello, PROTOCOL_VERSION, Reject, RejectReason};
 use arena_shared::token;
 use wtransport::error::ConnectionError;
 
@@ -11,6 +11,18 @@ use crate::common::{self, TestServer, WAIT};
 /// Connects with `token` (and `version`), expects a `Reject` with `want`, and a connection
 /// close carrying the same code; returns the `Reject`'s retry hint.
 async fn expect_reject(server: &TestServer, token: &str, version: u16, want: RejectReason) -> u32 {
+    expect_refusal(server, token, version, want)
+        .await
+        .retry_after_ms
+}
+
+/// [`expect_reject`], returning the whole `Reject` (its message names the rule that refused).
+async fn expect_refusal(
+    server: &TestServer,
+    token: &str,
+    version: u16,
+    want: RejectReason,
+) -> Reject {
     let info = server.connect_info("tester").await;
     let mut t = server.open(&info).await;
     let mut reader = FrameReader::new();
@@ -22,10 +34,10 @@ async fn expect_reject(server: &TestServer, token: &str, version: u16, want: Rej
     };
     t.send_hello(&hello).await.expect("hello sent");
     let got = t.read_msg(&mut reader).await;
-    let retry_after_ms = match got {
+    let reject = match got {
         Ok((arena_shared::protocol::ServerMsg::Reject(r), _)) => {
             assert_eq!(r.reason, want, "{}", r.message);
-            r.retry_after_ms
+            r
         }
         other => panic!("expected Reject({want:?}), got {other:?}"),
     };
@@ -41,7 +53,7 @@ async fn expect_reject(server: &TestServer, token: &str, version: u16, want: Rej
             close_error(other)
         ),
     }
-    retry_after_ms
+    reject
 }
 
 /// A session welcomed with a token minted for `id`.
@@ -138,9 +150,17 @@ async fn max_clients_and_one_session_per_client_id_are_enforced() {
         kept.push((welcome_with(&server, &token).await.expect("welcome"), token));
     }
     server.sessions_reach(2).await;
-    // The same client id again: refused even before capacity is considered.
-    let dup = kept[0].1.clone();
-    expect_reject(&server, &dup, PROTOCOL_VERSION, RejectReason::TokenInUse).await;
+    // The same client id again, with a valid token of its own: the used-token check has
+    // nothing against it, so what refuses it is the one-session-per-client-id rule, even
+    // before capacity is considered (the server is full too). That rule hints when to retry
+    // (the other session may end); a spent token gets no hint (waiting does not help).
+    let again = server.mint(10, 60_001);
+    assert_ne!(again, kept[0].1, "a second token for the same client id");
+    let r = expect_refusal(&server, &again, PROTOCOL_VERSION, RejectReason::TokenInUse).await;
+    assert!(
+        r.message.contains("client id") && r.retry_after_ms > 0,
+        "refused by the client-id rule, with a retry hint: {r:?}"
+    );
     expect_reject(
         &server,
         &server.mint(12, 60_000),
