@@ -254,11 +254,29 @@ fn thirty_percent_loss_and_reordering_converges_within_one_acknowledged_round_tr
 #[test]
 fn an_entity_is_only_sent_inside_the_radius_enters_within_a_tick_and_leaves_after_the_hysteresis() {
     let s = settings(MAX_DATAGRAM);
-    // One NPC crossing the client's area along x at 300 u/s, with a few bystanders.
-    let mut world = World::new(0, 4000.0, Vec2::splat(2000.0), 3);
+    // The band from the settings' own numbers, not `exit_radius()`: a replicator that ignored
+    // the hysteresis through that helper must not move the test's yardstick with it.
+    let (radius, exit) = (s.aoi_radius, s.aoi_radius + s.aoi_hysteresis);
+    assert!(
+        s.aoi_hysteresis >= 40.0,
+        "the waypoints below need a band this wide"
+    );
+    let center = Vec2::splat(2000.0);
+    // One NPC on the line y = 2000, left of the client, at 300 u/s (10 u a tick), with a few
+    // bystanders. Its distance to the client is `2000 - x`. The waypoints (as distances) make
+    // it enter, wander out into the hysteresis band and back across the radius several times
+    // (a border flicker: a replicator without hysteresis would drop and resend it each time),
+    // go beyond the band (it must leave), come back into the band (it must stay out: only the
+    // radius lets an entity in) and cross the radius again (it re-enters).
+    let waypoints = [
+        500.0, 640.0, 560.0, 645.0, 580.0, 650.0, 700.0, 630.0, 550.0,
+    ];
+    let mut world = World::new(0, 4000.0, center, 3);
+    // Scripted: the world's random turns (for crowds) stay out of it.
+    world.turn_one_in = u32::MAX;
     world
         .bodies
-        .push((2, Vec2::new(1000.0, 2000.0), Vec2::new(300.0, 0.0)));
+        .push((2, Vec2::new(1000.0, 2000.0), Vec2::ZERO));
     world
         .bodies
         .push((3, Vec2::new(2000.0, 2300.0), Vec2::ZERO));
@@ -269,20 +287,30 @@ fn an_entity_is_only_sent_inside_the_radius_enters_within_a_tick_and_leaves_afte
     let mut server = ClientReplicator::default();
     let mut scratch = Scratch::default();
     let mut client = Receiver::new(RATE);
-    let (mut entered_at, mut left_at) = (None, None);
-    for _ in 0..300 {
-        // Keep id 2 from turning: this world's random turns are for the crowd.
-        world.bodies[1].2 = Vec2::new(300.0, 0.0);
+    // What the rule says the interest set holds: in once within the radius, out once beyond
+    // the band, unchanged in between.
+    let mut member = false;
+    let (mut entries, mut exits, mut band_ticks_kept, mut band_ticks_out) = (0, 0, 0, 0);
+    let mut next = 0;
+    while next < waypoints.len() {
+        let x = world.bodies[1].1.x;
+        let target = 2000.0 - waypoints[next];
+        if (target - x).abs() < 0.5 {
+            next += 1;
+            continue;
+        }
+        // 300 u/s, slower on the last step so that it lands on the waypoint.
+        let step = (target - x).clamp(-10.0, 10.0);
+        world.bodies[1].2 = Vec2::new(step * f32::from(RATE), 0.0);
         world.step(&mut frame);
         grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
         let built = own_snapshot(&mut server, &mut scratch, &frame, &grid, &s);
         let view = client.receive(&delta(&built.bytes)).unwrap().clone();
         server.on_ack(view.tick);
-        let center = Vec2::splat(2000.0);
         for rec in &view.entities {
             let pos = frame.entities[frame.index_of(rec.id).unwrap()].pos;
             assert!(
-                pos.distance(center) <= s.exit_radius(),
+                pos.distance(center) <= exit,
                 "{} sent from {pos} at tick {}",
                 rec.id,
                 view.tick
@@ -290,29 +318,40 @@ fn an_entity_is_only_sent_inside_the_radius_enters_within_a_tick_and_leaves_afte
         }
         assert!(view.get(4).is_none(), "800 units away: never sent");
         assert!(view.get(3).is_some(), "300 units away: always in view");
+
         let d = frame.entities[frame.index_of(2).unwrap()]
             .pos
             .distance(center);
+        let was = member;
+        if d <= radius {
+            member = true;
+        } else if d > exit {
+            member = false;
+        }
+        entries += usize::from(member && !was);
+        exits += usize::from(was && !member);
         let in_view = view.get(2).is_some();
-        if d <= s.aoi_radius && entered_at.is_none() {
-            entered_at = Some(view.tick);
-            assert!(in_view, "in view the tick it came within the radius");
+        let band = d > radius && d <= exit;
+        assert_eq!(
+            in_view,
+            member,
+            "tick {}: {d:.1} units away (radius {radius}, band to {exit}), {} before",
+            view.tick,
+            if was { "in view" } else { "out of view" }
+        );
+        if band && member {
+            band_ticks_kept += 1;
         }
-        if entered_at.is_some() && d > s.aoi_radius && d <= s.exit_radius() && view.get(2).is_some()
-        {
-            assert!(left_at.is_none(), "kept while inside the hysteresis band");
-        }
-        if entered_at.is_some() && left_at.is_none() && d > s.exit_radius() {
-            left_at = Some(view.tick);
-            assert!(
-                !in_view,
-                "removed the tick it went beyond the hysteresis band"
-            );
+        if band && !member && entries > 0 {
+            band_ticks_out += 1;
         }
     }
+    // The script did what it says: it entered twice, crossed out into the band three times
+    // and stayed there for ticks, left once, and spent ticks in the band after leaving.
+    assert_eq!((entries, exits), (2, 1), "entries and exits");
     assert!(
-        entered_at.is_some() && left_at.is_some(),
-        "crossed: {entered_at:?} {left_at:?}"
+        band_ticks_kept >= 9 && band_ticks_out >= 3,
+        "ticks in the band kept {band_ticks_kept}, kept out {band_ticks_out}"
     );
 }
 
