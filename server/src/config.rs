@@ -120,6 +120,21 @@ pub struct Config {
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub respawn_delay: Duration,
 
+    /// Spawn protection: after joining and after each respawn a player takes no damage and no
+    /// NPC picks it as a target for this long, or until it fires (`0s`: none). Long enough that
+    /// a newcomer who has not touched the keys yet is still alive after 10 s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub spawn_protection: Duration,
+
+    /// At most this many NPCs chase and shoot one player at a time; the others keep wandering
+    /// until one of them gives up (a crowd of NPCs noticing a player at once is not a fight).
+    #[arg(long, default_value_t = 2)]
+    pub npc_max_engaged: u32,
+
+    /// How long an NPC that has just noticed a player waits before its first shot.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub npc_reaction: Duration,
+
     /// Lag compensation: how much of the past the server keeps of every hittable entity's
     /// position (memory: this many ticks of positions).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]

@@ -136,6 +136,9 @@ pub fn sim_args(config: &Config) -> Vec<String> {
         ("--inbox-capacity", config.inbox_capacity.to_string()),
         ("--npc-combat", config.npc_combat.to_string()),
         ("--respawn-delay", d(config.respawn_delay)),
+        ("--spawn-protection", d(config.spawn_protection)),
+        ("--npc-max-engaged", config.npc_max_engaged.to_string()),
+        ("--npc-reaction", d(config.npc_reaction)),
         ("--lag-comp-history", d(config.lag_comp_history)),
         ("--max-rewind", d(config.max_rewind)),
         (

@@ -21,8 +21,9 @@ use crate::quant::MoveDir;
 /// First bytes of every replay file.
 pub const MAGIC: [u8; 8] = *b"ARNAREPL";
 /// Bumped whenever a record's meaning changes. 2: keyframes carry the whole [`SimState`], so a
-/// re-simulation can start at any keyframe (format 1 files are not read).
-pub const FORMAT_VERSION: u16 = 2;
+/// re-simulation can start at any keyframe. 3: a player's state carries its spawn protection
+/// (`protected_until`). Files of older formats are not read.
+pub const FORMAT_VERSION: u16 = 3;
 /// Largest record body a reader accepts (a keyframe of a large world fits many times over);
 /// a longer length prefix means a damaged file.
 pub const MAX_RECORD_LEN: usize = 16 * 1024 * 1024;
@@ -148,6 +149,8 @@ pub enum Role {
         rocket_ready: u32,
         kills: u32,
         deaths: u32,
+        /// Under spawn protection until this tick (0: not protected).
+        protected_until: u32,
     },
     Projectile {
         owner: u32,
@@ -433,6 +436,7 @@ mod tests {
                                 rocket_ready: 0,
                                 kills: 1,
                                 deaths: 0,
+                                protected_until: 40,
                             },
                         },
                         EntityRecord {

@@ -3,7 +3,8 @@
 //! `arena_shared::combat`; these systems only apply them to entities.
 //!
 //! Per tick, in phase order:
-//! - `ai`: [`npc_ai`] picks targets (nearest living player in range), steers, queues bolts.
+//! - `ai`: [`npc_ai`] picks targets (the nearest living, unprotected player in range that
+//!   fewer than `--npc-max-engaged` NPCs already chase), steers, queues bolts.
 //! - `movement`: after bodies move, [`record_hittables`] files every living player and NPC in
 //!   the [`HitGrid`] (for queries) and the lag-compensation [`LagComp`] history.
 //! - `projectiles`: [`launch_projectiles`] spawns queued rockets and bolts, [`step_projectiles`]
@@ -13,18 +14,28 @@
 //!   the dead back at a spawn point away from enemies.
 //!
 //! The dead are hidden: no movement, no shots, not hittable, not replicated (`Dead`).
+//!
+//! A newcomer's first seconds are a game, not an execution: a player who has just spawned is
+//! protected ([`SpawnProtection`]: no damage, no NPC picks it) until `--spawn-protection` runs
+//! out or it fires; at most `--npc-max-engaged` NPCs chase one player at a time, picked in id
+//! order so a re-simulation picks the same ones; and an NPC that has just noticed a player
+//! waits `--npc-reaction` before its first bolt.
 
 // Systems name everything they touch in their parameters: long signatures and query types
 // are the point, not a smell.
 #![allow(clippy::type_complexity, clippy::too_many_arguments)]
 
+use std::collections::HashMap;
+
 use arena_shared::combat::{
     self, HIT_RADIUS, NPC_BOLT, NPC_FIRE_RANGE, NPC_FORGET_RANGE, NPC_KEEP_DISTANCE,
     NPC_LOOK_TICKS, NPC_NOTICE_RANGE, ProjectileParams, RIFLE, ROCKET,
 };
+use arena_shared::map::Map;
 use arena_shared::protocol::{EntityKind, GameEvent};
 use arena_shared::quant::{self, Aim, MoveDir};
 use arena_shared::replay::Record;
+use arena_shared::rng::SplitMix64;
 use arena_shared::sim::{self, Body};
 use bevy_ecs::prelude::*;
 use glam::Vec2;
@@ -90,6 +101,26 @@ impl Score {
     }
 }
 
+/// A player that has just (re)spawned takes no damage and is no NPC's target until `until`
+/// (a tick), or until it fires: then `until` is set to 0.
+#[derive(Component, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpawnProtection {
+    pub until: u32,
+}
+
+impl SpawnProtection {
+    /// Protection from `tick` on, for `ticks` ticks.
+    pub fn from(tick: u32, ticks: u32) -> Self {
+        Self {
+            until: tick.saturating_add(ticks),
+        }
+    }
+
+    pub fn active(&self, tick: u32) -> bool {
+        tick < self.until
+    }
+}
+
 /// An NPC's state of mind: whom it chases, when it looks around next, when it may fire.
 #[derive(Component, Debug, Clone, Copy, Default)]
 pub struct NpcBrain {
@@ -105,6 +136,12 @@ pub struct CombatSettings {
     pub max_rewind_ticks: u32,
     /// `--npc-combat`: NPCs notice, chase and shoot (else they only wander).
     pub npc_combat: bool,
+    /// `--spawn-protection`, in ticks.
+    pub spawn_protection_ticks: u32,
+    /// `--npc-max-engaged`: NPCs chasing one player at most.
+    pub npc_max_engaged: u32,
+    /// `--npc-reaction`, in ticks: from noticing a player to the first bolt.
+    pub npc_reaction_ticks: u32,
 }
 
 /// Where every hittable entity was over the last `--lag-comp-history`.
@@ -283,9 +320,26 @@ pub fn record_hittables(
     lag.0.push(tick.0, grid.items.iter().map(|h| (h.id, h.pos)));
 }
 
-/// NPCs: look for the nearest living player in range now and then (each on its own phase of
-/// [`NPC_LOOK_TICKS`]); chase it and fire a bolt when it is in range and in sight; without one,
-/// wander (a direction held for 0.5–3 s).
+/// What [`npc_ai`] keeps between ticks only to spare allocations.
+#[derive(Default)]
+pub struct AiScratch {
+    /// Player id -> NPCs chasing it this tick.
+    engaged: HashMap<u32, u32>,
+    /// Ids of the players under spawn protection, sorted.
+    protected: Vec<u32>,
+    /// NPCs without a target that look around this tick: (id, entity).
+    looking: Vec<(u32, Entity)>,
+}
+
+/// NPCs: look for a target now and then (each on its own phase of [`NPC_LOOK_TICKS`]): the
+/// nearest living player in range that is not under spawn protection and that fewer than
+/// `npc_max_engaged` NPCs already chase. Chase it and, once the reaction delay has passed,
+/// fire a bolt when it is in range and in sight; without one, wander (a direction held for
+/// 0.5–3 s).
+///
+/// Three passes, so that the cap holds and the result does not depend on the order the query
+/// stores NPCs in: keep or drop each current target and count the chasers per player; let
+/// the NPCs that look around pick, in id order; then steer and fire.
 pub fn npc_ai(
     mut npcs: Query<
         (
@@ -298,33 +352,80 @@ pub fn npc_ai(
         ),
         Without<Dead>,
     >,
+    players: Query<(&NetId, &SpawnProtection), Without<Dead>>,
     grid: Res<HitGrid>,
     map: Res<MapRes>,
     tick: Res<Tick>,
     (settings, combat_settings): (Res<SimSettings>, Res<CombatSettings>),
     mut launches: ResMut<Launches>,
+    mut scratch: Local<AiScratch>,
 ) {
     let rate = u32::from(settings.tick_rate);
-    for (entity, id, motion, mut wander, mut intent, mut brain) in &mut npcs {
-        let pos = motion.0.pos;
-        if !combat_settings.npc_combat {
+    if !combat_settings.npc_combat {
+        for (_, _, _, mut wander, mut intent, _) in &mut npcs {
             wander_step(&mut wander, &mut intent, rate);
-            continue;
+        }
+        return;
+    }
+    let AiScratch {
+        engaged,
+        protected,
+        looking,
+    } = &mut *scratch;
+    engaged.clear();
+    looking.clear();
+    protected.clear();
+    protected.extend(
+        players
+            .iter()
+            .filter(|(_, p)| p.active(tick.0))
+            .map(|(id, _)| id.0),
+    );
+    protected.sort_unstable();
+    let is_protected = |id: u32| protected.binary_search(&id).is_ok();
+
+    // 1. Keep a target that is alive, near enough and unprotected; count who chases whom.
+    for (entity, id, motion, _, _, mut brain) in &mut npcs {
+        let pos = motion.0.pos;
+        let keep = brain.target.is_some_and(|t| {
+            !is_protected(t)
+                && grid.get(t).is_some_and(|h| {
+                    h.pos.distance_squared(pos) <= NPC_FORGET_RANGE * NPC_FORGET_RANGE
+                })
+        });
+        match brain.target {
+            Some(t) if keep => *engaged.entry(t).or_default() += 1,
+            _ => brain.target = None,
         }
         if tick.0 >= brain.next_look {
             brain.next_look = tick.0 + NPC_LOOK_TICKS;
             if brain.target.is_none() {
-                brain.target = grid
-                    .nearest(pos, NPC_NOTICE_RANGE, |h| h.player)
-                    .map(|h| h.id);
+                looking.push((id.0, entity));
             }
         }
-        let target = brain
-            .target
-            .and_then(|t| grid.get(t))
-            .filter(|t| t.pos.distance_squared(pos) <= NPC_FORGET_RANGE * NPC_FORGET_RANGE);
-        let Some(target) = target else {
-            brain.target = None;
+    }
+    // 2. Those looking around pick, in id order, among the players not yet fully engaged.
+    looking.sort_unstable_by_key(|&(id, _)| id);
+    for &(_, entity) in looking.iter() {
+        let Ok((_, _, motion, _, _, mut brain)) = npcs.get_mut(entity) else {
+            continue;
+        };
+        let max = combat_settings.npc_max_engaged;
+        let picked = grid.nearest(motion.0.pos, NPC_NOTICE_RANGE, |h| {
+            h.player && !is_protected(h.id) && engaged.get(&h.id).copied().unwrap_or(0) < max
+        });
+        if let Some(h) = picked {
+            *engaged.entry(h.id).or_default() += 1;
+            brain.target = Some(h.id);
+            brain.bolt_ready = brain
+                .bolt_ready
+                .max(tick.0 + combat_settings.npc_reaction_ticks);
+        }
+    }
+    // 3. Chase and fire, or wander.
+    for (entity, id, motion, mut wander, mut intent, mut brain) in &mut npcs {
+        let pos = motion.0.pos;
+        let Some(target) = brain.target.and_then(|t| grid.get(t)) else {
             wander_step(&mut wander, &mut intent, rate);
             continue;
         };
@@ -534,6 +635,7 @@ pub fn apply_damage(
         Option<&Player>,
         Option<&mut Score>,
         Has<Dead>,
+        Option<&SpawnProtection>,
     )>,
     clients: Res<Clients>,
     tick: Res<Tick>,
@@ -549,12 +651,12 @@ pub fn apply_damage(
         }
     };
     for blow in blows.0.drain(..) {
-        let Ok((victim_id, mut health, victim_player, victim_score, dead)) =
+        let Ok((victim_id, mut health, victim_player, victim_score, dead, protection)) =
             targets.get_mut(blow.target)
         else {
             continue;
         };
-        if dead || health.0 <= 0 {
+        if dead || health.0 <= 0 || protection.is_some_and(|p| p.active(tick.0)) {
             continue;
         }
         health.0 -= blow.amount;
@@ -584,7 +686,7 @@ pub fn apply_damage(
         }
         // The attacker hears of it too, and scores, even if it has died since it fired (a
         // rocket outlives its shooter).
-        let Ok((_, _, attacker_player, attacker_score, _)) = targets.get_mut(blow.attacker) else {
+        let Ok((_, _, attacker_player, attacker_score, ..)) = targets.get_mut(blow.attacker) else {
             continue;
         };
         let attacker = attacker_player.map(|p| p.client_id);
@@ -625,9 +727,28 @@ fn deliver(
     }
 }
 
-/// Brings back the dead whose delay is over: full health, standing still, at the best of a few
-/// random free points (the one farthest from any living player or NPC), and tells a player
-/// where (its client resets its prediction there).
+/// The best of a few random free points for a body of `radius`: the one farthest from any
+/// living player or NPC (farther than 800 units from everyone is as good as it gets). Where a
+/// player joins and where the dead come back.
+pub fn spawn_point(map: &Map, rng: &mut SplitMix64, grid: &HitGrid, radius: f32) -> Vec2 {
+    const CLEAR: f32 = 800.0;
+    const TRIES: usize = 8;
+    let mut best = (f32::NEG_INFINITY, Vec2::ZERO);
+    for _ in 0..TRIES {
+        let p = map.random_free_point(rng, radius);
+        let clearance = grid
+            .nearest(p, CLEAR, |_| true)
+            .map_or(CLEAR, |h| h.pos.distance(p));
+        if clearance > best.0 {
+            best = (clearance, p);
+        }
+    }
+    quant::snap_pos(best.1)
+}
+
+/// Brings back the dead whose delay is over: full health, standing still, at a
+/// [`spawn_point`] away from everyone, under spawn protection if it is a player, and tells a
+/// player where (its client resets its prediction there).
 pub fn respawn(
     mut commands: Commands,
     mut dead: Query<(
@@ -638,19 +759,18 @@ pub fn respawn(
         &mut Motion,
         &mut Health,
         Option<&Player>,
+        Option<&mut SpawnProtection>,
     )>,
     grid: Res<HitGrid>,
     map: Res<MapRes>,
     mut rng: ResMut<WorldRng>,
     clients: Res<Clients>,
     tick: Res<Tick>,
+    settings: Res<CombatSettings>,
     stats: Res<StatsRes>,
     mut recorder: Option<ResMut<Recorder>>,
 ) {
     let mut told = Vec::new();
-    // Farther than this from everyone is as good as it gets.
-    const CLEAR: f32 = 800.0;
-    const TRIES: usize = 8;
     // The world generator is drawn in id order, whatever order the query stores them in.
     let mut due: Vec<(u32, Entity)> = dead
         .iter()
@@ -659,29 +779,24 @@ pub fn respawn(
         .collect();
     due.sort_unstable_by_key(|&(id, _)| id);
     for (_, entity) in due {
-        let Ok((entity, id, _, kind, mut motion, mut health, player)) = dead.get_mut(entity) else {
+        let Ok((entity, id, _, kind, mut motion, mut health, player, protection)) =
+            dead.get_mut(entity)
+        else {
             continue;
         };
         let (params, full) = match kind.0 {
             EntityKind::Player => (&sim::PLAYER, combat::PLAYER_HEALTH),
             _ => (&sim::NPC, combat::NPC_HEALTH),
         };
-        let mut best = (f32::NEG_INFINITY, motion.0.pos);
-        for _ in 0..TRIES {
-            let p = map.0.random_free_point(&mut rng.0, params.radius);
-            let clearance = grid
-                .nearest(p, CLEAR, |_| true)
-                .map_or(CLEAR, |h| h.pos.distance(p));
-            if clearance > best.0 {
-                best = (clearance, p);
-            }
-        }
-        let pos = quant::snap_pos(best.1);
+        let pos = spawn_point(&map.0, &mut rng.0, &grid, params.radius);
         motion.0 = Body {
             pos,
             vel: Vec2::ZERO,
         };
         health.0 = full;
+        if let Some(mut protection) = protection {
+            *protection = SpawnProtection::from(tick.0, settings.spawn_protection_ticks);
+        }
         commands.entity(entity).remove::<Dead>();
         if let Some(p) = player {
             told.push((

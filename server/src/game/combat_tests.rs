@@ -11,9 +11,9 @@ use arena_shared::sim::Body;
 use bevy_ecs::prelude::*;
 use glam::Vec2;
 
-use super::combat::{Dead, Health, Projectile};
+use super::combat::{Dead, Health, NpcBrain, Projectile, SpawnProtection};
 use super::components::{Kind, MapRes, Motion, NetId};
-use super::tests::{Harness, harness, join, now};
+use super::tests::{Harness, harness, harness_with, join, now};
 use crate::net::outbox::Outbox;
 use crate::stats::Stats;
 
@@ -373,4 +373,157 @@ fn a_rocket_that_kills_after_its_shooter_died_still_scores_for_it() {
         }),
         "{told:?}"
     );
+}
+
+/// The NPCs' ids, lowest first.
+fn npc_ids(h: &mut Harness) -> Vec<u32> {
+    let world = h.sim.world_mut();
+    let mut q = world.query::<(&NetId, &Kind)>();
+    let mut ids: Vec<u32> = q
+        .iter(world)
+        .filter(|(_, k)| k.0 == EntityKind::Npc)
+        .map(|(n, _)| n.0)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The living NPCs chasing `target`, lowest id first.
+fn chasers_of(h: &mut Harness, target: u32) -> Vec<u32> {
+    let world = h.sim.world_mut();
+    let mut q = world.query_filtered::<(&NetId, &NpcBrain), Without<Dead>>();
+    let mut ids: Vec<u32> = q
+        .iter(world)
+        .filter(|(_, b)| b.target == Some(target))
+        .map(|(n, _)| n.0)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+fn projectiles(h: &mut Harness) -> usize {
+    let world = h.sim.world_mut();
+    world.query::<&Projectile>().iter(world).count()
+}
+
+#[test]
+fn a_player_under_spawn_protection_takes_no_damage_and_no_npc_picks_it_until_it_runs_out() {
+    let mut h = harness_with(1, &["--spawn-protection", "500ms"]);
+    // The NPC is 180 units from B and 520 from A, beyond the 400 it notices from, and wanders
+    // at most 150 units before it looks again after B's protection: B is the one it can pick.
+    let (a_at, b_at) = (Vec2::new(600.0, 1000.0), Vec2::new(1000.0, 1000.0));
+    let Duel { b_out, b, .. } = duel(&mut h, a_at, b_at);
+    let npc = npc_ids(&mut h)[0];
+    place(&mut h, npc, Vec2::new(1100.0, 1150.0));
+    // A is shot at the tick B is protected: nothing lands, nobody is told of a hit.
+    fire_now(&mut h, Buttons::FIRE, a_at, b_at);
+    assert_eq!(health(&mut h, b), combat::PLAYER_HEALTH);
+    assert_eq!(hits_on(&events(&b_out), b), 0);
+    // The NPC next to B ignores it while it is protected...
+    let e = entity(&mut h, b);
+    let until = h.sim.world().get::<SpawnProtection>(e).unwrap().until;
+    while now(&h) < until {
+        assert_eq!(chasers_of(&mut h, b), [] as [u32; 0], "tick {}", now(&h));
+        h.sim.tick();
+    }
+    // ...and picks it within one look once the protection is over.
+    for _ in 0..=combat::NPC_LOOK_TICKS {
+        h.sim.tick();
+    }
+    assert_eq!(chasers_of(&mut h, b), [npc]);
+    // Now a shot lands.
+    let b_now = pos(&mut h, b);
+    fire_now(&mut h, Buttons::FIRE, a_at, b_now);
+    assert!(health(&mut h, b) < combat::PLAYER_HEALTH);
+}
+
+#[test]
+fn a_protected_player_that_fires_gives_its_protection_up() {
+    let mut h = harness_with(0, &["--spawn-protection", "10s"]);
+    let (a_at, b_at) = (Vec2::new(1000.0, 1000.0), Vec2::new(1200.0, 1000.0));
+    let Duel { a, b, .. } = duel(&mut h, a_at, b_at);
+    // B fires (at nothing in particular): it is fair game from this tick on.
+    let i = shot(&h, 1, Buttons::FIRE, b_at, Vec2::new(1200.0, 0.0), now(&h));
+    input(&h, 2, i);
+    h.sim.tick();
+    let e = entity(&mut h, b);
+    assert_eq!(h.sim.world().get::<SpawnProtection>(e).unwrap().until, 0);
+    fire_now(&mut h, Buttons::FIRE, a_at, b_at);
+    assert_eq!(health(&mut h, b), combat::PLAYER_HEALTH - RIFLE.damage);
+    // A never fired before that shot: it stayed protected until it did.
+    let ea = entity(&mut h, a);
+    assert_eq!(h.sim.world().get::<SpawnProtection>(ea).unwrap().until, 0);
+}
+
+#[test]
+fn at_most_npc_max_engaged_npcs_chase_one_player_the_lowest_ids_first() {
+    let mut h = harness_with(
+        8,
+        &[
+            "--spawn-protection",
+            "0s",
+            "--npc-max-engaged",
+            "2",
+            "--npc-reaction",
+            "10s",
+        ],
+    );
+    let (_, p) = join(&mut h, 1);
+    let centre = Vec2::new(2000.0, 2000.0);
+    place(&mut h, p.entity, centre);
+    // Eight NPCs in a ring 200 units out, the highest ids nearest: the cap, not the distance,
+    // decides who chases.
+    let npcs = npc_ids(&mut h);
+    for (i, &id) in npcs.iter().enumerate() {
+        let angle = i as f32 * std::f32::consts::TAU / 8.0;
+        let r = 250.0 - 5.0 * i as f32;
+        place(&mut h, id, centre + r * Vec2::new(angle.cos(), angle.sin()));
+    }
+    for _ in 0..=combat::NPC_LOOK_TICKS {
+        h.sim.tick();
+    }
+    assert_eq!(chasers_of(&mut h, p.entity), npcs[..2]);
+    // One of them dies: another takes its place within a look, never a third at once.
+    let first = entity(&mut h, npcs[0]);
+    h.sim.world_mut().entity_mut(first).insert(Dead {
+        respawn_at: u32::MAX,
+    });
+    h.sim.tick();
+    assert_eq!(chasers_of(&mut h, p.entity), npcs[1..2]);
+    for _ in 0..=combat::NPC_LOOK_TICKS {
+        h.sim.tick();
+        assert!(chasers_of(&mut h, p.entity).len() <= 2);
+    }
+    assert_eq!(chasers_of(&mut h, p.entity), npcs[1..3]);
+}
+
+#[test]
+fn an_npc_that_notices_a_player_waits_its_reaction_time_before_its_first_bolt() {
+    let mut h = harness_with(1, &["--spawn-protection", "0s", "--npc-reaction", "1s"]);
+    let (_, p) = join(&mut h, 1);
+    let npc = npc_ids(&mut h)[0];
+    place(&mut h, npc, Vec2::new(1000.0, 1000.0));
+    place(&mut h, p.entity, Vec2::new(1200.0, 1000.0));
+    while chasers_of(&mut h, p.entity).is_empty() {
+        assert!(
+            now(&h) < 2 * combat::NPC_LOOK_TICKS + 2,
+            "noticed within a look"
+        );
+        h.sim.tick();
+    }
+    let reaction = h
+        .sim
+        .world()
+        .resource::<super::combat::CombatSettings>()
+        .npc_reaction_ticks;
+    assert_eq!(reaction, 30);
+    // In range and in sight all along, yet no bolt for a second...
+    for _ in 1..reaction {
+        h.sim.tick();
+        assert_eq!(projectiles(&mut h), 0, "fired before its reaction time");
+    }
+    // ...then it fires.
+    h.sim.tick();
+    h.sim.tick();
+    assert_eq!(projectiles(&mut h), 1);
 }

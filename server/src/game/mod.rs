@@ -197,6 +197,9 @@ impl Simulation {
             respawn_ticks: config.ticks(config.respawn_delay, 1),
             max_rewind_ticks: config.ticks(config.max_rewind, 0).min(history_ticks),
             npc_combat: config.npc_combat,
+            spawn_protection_ticks: config.ticks(config.spawn_protection, 0),
+            npc_max_engaged: config.npc_max_engaged,
+            npc_reaction_ticks: config.ticks(config.npc_reaction, 0),
         });
         world.insert_resource(combat::LagComp(arena_shared::combat::History::new(
             history_ticks,

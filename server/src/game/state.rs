@@ -27,7 +27,7 @@ use bevy_ecs::prelude::*;
 
 use super::combat::{
     Arsenal, CombatSettings, Dead, Health, HitGrid, Hittable, LagComp, NpcBrain, Projectile, Score,
-    Trigger,
+    SpawnProtection, Trigger,
 };
 use super::components::*;
 use crate::net::outbox::Outbox;
@@ -48,6 +48,7 @@ pub fn capture(world: &mut World) -> (Vec<EntityState>, SimState) {
             Option<&InputBuffer>,
             Option<&Arsenal>,
             Option<&Score>,
+            Option<&SpawnProtection>,
         ),
         (Option<&Wander>, Option<&MoveIntent>, Option<&NpcBrain>),
         Option<&Projectile>,
@@ -65,7 +66,7 @@ pub fn capture(world: &mut World) -> (Vec<EntityState>, SimState) {
             });
         }
         let role = match (kind.0, player, npc, projectile) {
-            (EntityKind::Player, (Some(p), buffer, arsenal, score), _, _) => {
+            (EntityKind::Player, (Some(p), buffer, arsenal, score, protection), _, _) => {
                 let arsenal = arsenal.copied().unwrap_or_default();
                 let score = score.copied().unwrap_or_default();
                 Role::Player {
@@ -77,6 +78,7 @@ pub fn capture(world: &mut World) -> (Vec<EntityState>, SimState) {
                     rocket_ready: arsenal.rocket_ready,
                     kills: score.kills,
                     deaths: score.deaths,
+                    protected_until: protection.map_or(0, |p| p.until),
                 }
             }
             (EntityKind::Npc, _, (Some(w), intent, brain), _) => {
@@ -192,6 +194,7 @@ pub fn restore(world: &mut World, tick: u32, state: &SimState) {
                 rocket_ready,
                 kills,
                 deaths,
+                protected_until,
             } => {
                 e.insert((
                     MoveIntent::default(),
@@ -214,6 +217,9 @@ pub fn restore(world: &mut World, tick: u32, state: &SimState) {
                     Score {
                         kills: *kills,
                         deaths: *deaths,
+                    },
+                    SpawnProtection {
+                        until: *protected_until,
                     },
                 ));
                 let entity = e.id();

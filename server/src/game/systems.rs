@@ -12,7 +12,10 @@ use bevy_ecs::prelude::*;
 use glam::Vec2;
 use tracing::debug;
 
-use super::combat::{Arsenal, Dead, Health, Projectile, Score, Trigger};
+use super::combat::{
+    self, Arsenal, CombatSettings, Dead, Health, HitGrid, Projectile, Score, SpawnProtection,
+    Trigger,
+};
 use super::components::*;
 use super::{JoinAck, SimCommand};
 use crate::replay::Recorder;
@@ -30,6 +33,7 @@ pub fn admit_and_release(
     mut ids: ResMut<NetIds>,
     mut rng: ResMut<WorldRng>,
     map: Res<MapRes>,
+    (grid, combat_settings): (Res<HitGrid>, Res<CombatSettings>),
     tick: Res<Tick>,
     mut recorder: Option<ResMut<Recorder>>,
 ) {
@@ -65,7 +69,9 @@ pub fn admit_and_release(
                             commands.entity(entity).despawn();
                         }
                         let net_id = ids.allocate();
-                        let pos = map.0.random_free_point(&mut rng.0, sim::PLAYER.radius);
+                        // Away from everyone, like a respawn: nobody is born in a crowd.
+                        let pos =
+                            combat::spawn_point(&map.0, &mut rng.0, &grid, sim::PLAYER.radius);
                         let entity = commands
                             .spawn((
                                 net_id,
@@ -84,6 +90,10 @@ pub fn admit_and_release(
                                 Arsenal::default(),
                                 Trigger::default(),
                                 Score::default(),
+                                SpawnProtection::from(
+                                    tick.0,
+                                    combat_settings.spawn_protection_ticks,
+                                ),
                             ))
                             .id();
                         (entity, net_id.0, false)
@@ -215,9 +225,16 @@ pub fn route_inputs(
     }
 }
 
-/// Applies each player's input for this tick, or repeats the last one and counts it late.
+/// Applies each player's input for this tick, or repeats the last one and counts it late. A
+/// player under spawn protection that fires gives its protection up.
 pub fn player_intent(
-    mut players: Query<(&Player, &mut InputBuffer, &mut MoveIntent, &mut Trigger)>,
+    mut players: Query<(
+        &Player,
+        &mut InputBuffer,
+        &mut MoveIntent,
+        &mut Trigger,
+        &mut SpawnProtection,
+    )>,
     tick: Res<Tick>,
     stats: Res<StatsRes>,
     mut recorder: Option<ResMut<Recorder>>,
@@ -225,7 +242,7 @@ pub fn player_intent(
     // Recorded in client id order, not storage order: a world restored from a keyframe stores
     // its entities differently and must record the same file.
     let mut applied = Vec::new();
-    for (player, mut buffer, mut intent, mut trigger) in &mut players {
+    for (player, mut buffer, mut intent, mut trigger, mut protection) in &mut players {
         let buffer = &mut *buffer;
         // Nothing older than this tick can still be applied.
         while buffer
@@ -261,6 +278,9 @@ pub fn player_intent(
             view_tick: input.view_tick,
             view_frac: input.view_frac,
         };
+        if (trigger.rifle || trigger.rocket) && protection.until != 0 {
+            protection.until = 0;
+        }
     }
     if let Some(r) = recorder.as_mut() {
         applied.sort_unstable_by_key(|&(client_id, _)| client_id);

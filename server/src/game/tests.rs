@@ -17,15 +17,24 @@ pub(super) struct Harness {
 }
 
 pub(super) fn harness(npcs: u32) -> Harness {
+    // Scenes shoot players the tick they join: no spawn protection, except where a test asks.
+    harness_with(npcs, &["--spawn-protection", "0s"])
+}
+
+/// A harness whose config adds `extra` flags.
+pub(super) fn harness_with(npcs: u32, extra: &[&str]) -> Harness {
     // Full-state replication: these tests read their player's state straight from the outbox.
-    let config = config(&[
+    let npcs = npcs.to_string();
+    let mut args = vec![
         "--npcs",
-        &npcs.to_string(),
+        npcs.as_str(),
         "--obstacles",
         "0",
         "--replication",
         "full",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let config = config(&args);
     let map = Arc::new(config.map());
     let (tx, rx) = mpsc::channel(1024);
     let stats = Arc::new(Stats::default());
