@@ -63,3 +63,67 @@ async fn twenty_chasing_bots_fight_for_ten_seconds_and_leave_no_entity_behind() 
     server.entities_reach(NPCS).await;
     server.stop().await;
 }
+
+/// The flags of the world README's first command gives (1,000 NPCs that fight, in 4,096 units
+/// square) over what `common::start` sets for other tests.
+const DEFAULT_WORLD: [&str; 4] = ["--npcs", "1000", "--npc-combat", "true"];
+
+/// How many of a swarm's bots never died.
+fn survivors(result: &swarm::SwarmResult) -> usize {
+    result.bots.iter().filter(|b| b.deaths == 0).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newcomers_who_wander_or_stand_still_live_through_their_first_ten_seconds_and_chasers_still_fight()
+ {
+    let server = common::start(&DEFAULT_WORLD).await;
+    // Ten newcomers who only wander and ten who have not touched the keys yet (idle bots send
+    // no input: they stand where they spawned), at once, each a run of its own: a player joins
+    // away from everyone, under spawn protection, and at most `--npc-max-engaged` NPCs pick
+    // one player, so they do not share their danger. None of them fires, so no protection
+    // ends early. Without these rules about half of those standing still died (BENCHMARKS.md).
+    let idle = SwarmBehaviour::Mix("idle=1".parse().expect("a mix"));
+    let (wander, stand) = tokio::time::timeout(WAIT + WAIT, async {
+        tokio::join!(
+            swarm::run(common::swarm(&server, 10, 10, SwarmBehaviour::Wander, 16)),
+            swarm::run(common::swarm(&server, 10, 10, idle, 18)),
+        )
+    })
+    .await
+    .expect("newcomers' swarms end");
+    common::assert_all_played(&wander.report, 10);
+    common::assert_all_played(&stand.report, 10);
+    let (wandered, stood) = (survivors(&wander), survivors(&stand));
+    eprintln!(
+        "newcomers alive after 10 s in the default world: {wandered}/10 wandering, {stood}/10 standing"
+    );
+    assert!(
+        wandered >= 9,
+        "{wandered} of 10 wandering newcomers lived through their first 10 s: {}",
+        wander.report.table()
+    );
+    assert!(
+        stood >= 9,
+        "{stood} of 10 newcomers standing still lived through their first 10 s: {}",
+        stand.report.table()
+    );
+
+    // The same world is still a fight for those who look for one: a chaser fires at once,
+    // which ends its protection.
+    let chase = SwarmBehaviour::Mix("chase=1".parse().expect("a mix"));
+    let fight = tokio::time::timeout(
+        WAIT + WAIT,
+        swarm::run(common::swarm(&server, 20, 15, chase, 17)),
+    )
+    .await
+    .expect("chasers' swarm ends");
+    let r = &fight.report;
+    common::assert_all_played(r, 20);
+    eprintln!(
+        "20 chasers, 15 s in the default world: {} shots, {} hits, {} kills, {} deaths",
+        r.shots_fired, r.hits_confirmed, r.kills, r.deaths
+    );
+    assert!(r.kills > 0, "chasers kill: {}", r.table());
+    assert!(r.deaths > 0, "NPCs fight back: {}", r.table());
+    server.stop().await;
+}
