@@ -140,7 +140,8 @@ mod tests {
         assert!(
             !ARENA_WEB_WASM.is_empty(),
             "the server was built without its browser client: \
-             `rustup target add wasm32-unknown-unknown` (.ci/run does)"
+             server/build.rs adds `wasm32-unknown-unknown` where rustup manages the toolchain; \
+             elsewhere install that target and build again"
         );
         let imports = wasm_imports(ARENA_WEB_WASM).expect("a wasm module");
         assert!(
