@@ -1,5 +1,6 @@
-//! Rate limits, sans-IO: time is a parameter (seconds on any monotonic clock), so the tests
-//! drive them without sleeping.
+//! Rate limits and the reliable stream's backlog rule, sans-IO: time and sizes are
+//! parameters (seconds on any monotonic clock, bytes), so the tests drive them without
+//! sleeping or sockets.
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug, Clone)]
@@ -42,9 +43,71 @@ impl TokenBucket {
     }
 }
 
+/// Whether a frame for the reliable stream must reach the client or may be left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Welcome, events, names, the reason for a disconnect: the client needs every one.
+    Required,
+    /// A pong: the answer to a clock probe, which the client can do without.
+    BestEffort,
+}
+
+/// What becomes of one frame offered to the reliable stream's backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backlog {
+    Queue,
+    /// Left out (a best-effort frame over its share), the session unharmed.
+    Drop,
+    /// Over `--max-send-backlog`: the client is not reading its stream.
+    Overflow,
+}
+
+/// Judges a frame of `len` bytes against a backlog of `queued` bytes the stream has not yet
+/// taken and the cap `max` (`--max-send-backlog`).
+///
+/// Required frames may fill the backlog up to the cap; one that would go past it means the
+/// client has let that much pile up (QUIC's flow-control window is full), which ends the
+/// session. Best-effort frames (pongs) may only use the first half: a pong queued behind other
+/// bytes times the queue rather than the path, and the client's clock estimate tolerates a
+/// missing one (it keeps a bounded set of pings in flight and forgets the unanswered). So a
+/// burst of pings costs the server at most half the backlog and never ends a session by
+/// itself, and the other half stays free for what the client must get. (Shedding pongs under
+/// backlog rather than limiting the ping rate: no second knob, every ping answered while the
+/// stream keeps up, and a burst bounded by the bytes it would cost, which is what matters.)
+pub fn judge_frame(queued: usize, len: usize, max: usize, delivery: Delivery) -> Backlog {
+    let limit = match delivery {
+        Delivery::Required => max,
+        Delivery::BestEffort => max / 2,
+    };
+    if queued + len <= limit {
+        Backlog::Queue
+    } else if delivery == Delivery::BestEffort {
+        Backlog::Drop
+    } else {
+        Backlog::Overflow
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::TokenBucket;
+    use super::{Backlog, Delivery, TokenBucket, judge_frame};
+
+    #[test]
+    fn pongs_use_half_the_backlog_and_are_dropped_beyond_it_while_required_frames_overflow_the_cap()
+    {
+        use Delivery::{BestEffort, Required};
+        let max = 4096;
+        assert_eq!(judge_frame(0, 9, max, BestEffort), Backlog::Queue);
+        assert_eq!(judge_frame(2039, 9, max, BestEffort), Backlog::Queue);
+        assert_eq!(judge_frame(2040, 9, max, BestEffort), Backlog::Drop);
+        // What a pong may not take, a required frame may...
+        assert_eq!(judge_frame(2040, 9, max, Required), Backlog::Queue);
+        assert_eq!(judge_frame(4000, 96, max, Required), Backlog::Queue);
+        // ...up to the cap, and past it the client is too slow.
+        assert_eq!(judge_frame(4000, 97, max, Required), Backlog::Overflow);
+        // A backlog full of anything drops pongs, never overflows with them.
+        assert_eq!(judge_frame(1_000_000, 9, max, BestEffort), Backlog::Drop);
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate_and_says_when_to_come_back() {

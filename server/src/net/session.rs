@@ -7,13 +7,15 @@
 //! a session slot, an outbox, a player entity. A refused client gets `Reject` and a connection
 //! close whose code says the same.
 //!
-//! Play: frames in (inputs to the simulation inbox, pings answered), snapshots out (one
-//! datagram per part). Any malformed frame, oversized frame or client datagram ends the
+//! Play: frames in (inputs to the simulation inbox, pings answered best-effort), snapshots
+//! out (one datagram per part), reliable frames out through a writer bounded in bytes
+//! (`--max-send-backlog`). Any malformed frame, oversized frame or client datagram ends the
 //! session with a `Disconnect` naming the reason; it never panics and never reaches the world.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arena_shared::protocol::codec::{self, FrameReader, HelloError};
@@ -24,7 +26,7 @@ use arena_shared::protocol::{
 };
 use arena_shared::rng::SplitMix64;
 use arena_shared::token::{self, TokenError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,14 +36,12 @@ use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use super::NetContext;
-use super::limits::TokenBucket;
+use super::limits::{Backlog, Delivery, TokenBucket, judge_frame};
 use super::outbox::Outbox;
 use super::registry::{Claim, Ended, RETRY_AFTER_MS, Seat};
 use crate::game::{JoinAck, JoinRequest, SimCommand};
 use crate::stats::Stats;
 
-/// Frames the server may have queued for one client's stream before it stops adding pongs.
-const RELIABLE_QUEUE: usize = 64;
 /// How long a refused or disconnected client gets to read the reason before the close.
 const LINGER: Duration = Duration::from_secs(1);
 /// Bytes read from the stream at a time.
@@ -74,7 +74,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
             }
         };
         let mut reader = FrameReader::new();
-        let writer = Writer::spawn(send, ctx.stats.clone(), ctx.config.max_send_backlog);
+        let mut writer = Writer::spawn(send, ctx.stats.clone(), ctx.config.max_send_backlog);
         let checked =
             match tokio::time::timeout_at(deadline, read_frame(&mut recv, &mut reader)).await {
                 Err(_) => Err((
@@ -400,63 +400,162 @@ async fn join(ctx: &NetContext, slot: &Slot, outbox: Arc<Outbox>) -> Option<Join
 }
 
 /// Writes frames to the client's stream from its own task, so the session loop never waits on
-/// a slow reader. Bounded by `--max-send-backlog` bytes (and [`RELIABLE_QUEUE`] frames) not
-/// yet taken by QUIC, whose own share is bounded by the stream's flow-control window.
+/// a slow reader. What it holds is bounded in bytes, by `--max-send-backlog`, and by nothing
+/// else: frames are appended to one buffer, which the task hands to QUIC whole (whose own share
+/// is bounded by the stream's flow-control window and [`super::STREAM_WINDOW`] of send
+/// buffer). A count of frames would be a second, hidden bound: answers to a burst of small
+/// requests would hit it long before the bytes they take mattered, and end a session that
+/// reads promptly. See [`judge_frame`] for which frames may be left out.
 struct Writer {
-    tx: mpsc::Sender<Vec<u8>>,
+    pending: Arc<Pending>,
     task: JoinHandle<()>,
-    /// Bytes queued and not yet written.
-    backlog: Arc<AtomicUsize>,
     max_backlog: usize,
+    /// Best-effort frames (pongs) left out because the backlog was over their share.
+    dropped: u64,
+}
+
+/// Bytes waiting for the client's stream, shared by the session (which appends whole frames)
+/// and the writer task (which takes them all at once).
+#[derive(Debug, Default)]
+struct Pending {
+    state: Mutex<Queued>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queued {
+    /// Frames not yet taken by the writer task. Its capacity never exceeds the cap: frames
+    /// are admitted against the whole backlog first.
+    bytes: Vec<u8>,
+    /// Bytes the writer task took and QUIC has not accepted yet.
+    writing: usize,
+    /// No more frames will come: write what is queued, then finish the stream.
+    finished: bool,
+    /// The stream failed; nothing more will be written.
+    failed: bool,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Writer {
     fn spawn(mut send: SendStream, stats: Arc<Stats>, max_backlog: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(RELIABLE_QUEUE);
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let pending = backlog.clone();
+        let pending = Arc::new(Pending::default());
+        let shared = pending.clone();
         let task = tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                let written = send.write_all(&frame).await;
-                pending.fetch_sub(frame.len(), Ordering::Relaxed);
-                if written.is_err() {
+            // The batch being written; swapped with the queue, so the two allocations are
+            // reused and neither outgrows the cap.
+            let mut batch = Vec::new();
+            loop {
+                let finished = {
+                    let mut q = shared.lock();
+                    std::mem::swap(&mut q.bytes, &mut batch);
+                    q.writing = batch.len();
+                    q.finished
+                };
+                if batch.is_empty() {
+                    if finished {
+                        break;
+                    }
+                    // A notification sent since the queue was looked at is kept as a permit.
+                    shared.wake.notified().await;
+                    continue;
+                }
+                let written = send.write_all(&batch).await;
+                let failed = written.is_err();
+                {
+                    let mut q = shared.lock();
+                    q.writing = 0;
+                    q.failed = failed;
+                }
+                if failed {
                     return;
                 }
-                Stats::add(&stats.stream_bytes_sent, frame.len() as u64);
+                Stats::add(&stats.stream_bytes_sent, batch.len() as u64);
+                batch.clear();
             }
             let _ = send.finish().await;
         });
         Self {
-            tx,
+            pending,
             task,
-            backlog,
             max_backlog,
+            dropped: 0,
         }
     }
 
-    /// Queues a message. `Err` when the client has let more than the backlog allows pile up
-    /// (it is not reading its stream), or the stream is gone.
-    fn send(&self, msg: &ServerMsg) -> Result<(), Backlogged> {
+    /// Queues a message the client must get. `Err` when the client has let more than
+    /// `--max-send-backlog` pile up (it is not reading its stream), or the stream is gone.
+    fn send(&mut self, msg: &ServerMsg) -> Result<(), Backlogged> {
+        self.offer(msg, Delivery::Required)
+    }
+
+    /// Queues a pong if the backlog leaves room for one; otherwise it is left out and counted.
+    fn send_best_effort(&mut self, msg: &ServerMsg) {
+        // A best-effort frame never overflows (see `judge_frame`).
+        let _ = self.offer(msg, Delivery::BestEffort);
+    }
+
+    fn offer(&mut self, msg: &ServerMsg, delivery: Delivery) -> Result<(), Backlogged> {
         let mut frame = Vec::new();
         if codec::encode_server(msg, &mut frame).is_err() {
             warn!("server message over the frame limit was not sent");
             return Ok(());
         }
-        let len = frame.len();
-        if self.backlog.load(Ordering::Relaxed) + len > self.max_backlog {
+        let mut q = self.pending.lock();
+        if q.failed {
             return Err(Backlogged);
         }
-        self.backlog.fetch_add(len, Ordering::Relaxed);
-        self.tx.try_send(frame).map_err(|_| {
-            self.backlog.fetch_sub(len, Ordering::Relaxed);
-            Backlogged
-        })
+        match judge_frame(
+            q.bytes.len() + q.writing,
+            frame.len(),
+            self.max_backlog,
+            delivery,
+        ) {
+            Backlog::Queue => {}
+            Backlog::Drop => {
+                self.dropped += 1;
+                return Ok(());
+            }
+            Backlog::Overflow => return Err(Backlogged),
+        }
+        // Admitted bytes fit under the cap: grow as a Vec does, but stop at the cap.
+        let need = q.bytes.len() + frame.len();
+        if need > q.bytes.capacity() {
+            let grown = (2 * q.bytes.capacity()).clamp(need, self.max_backlog.max(need));
+            let len = q.bytes.len();
+            q.bytes.reserve_exact(grown - len);
+        }
+        q.bytes.extend_from_slice(&frame);
+        drop(q);
+        self.pending.wake.notify_one();
+        Ok(())
+    }
+
+    /// Bytes queued that the writer task has not taken yet.
+    fn queued(&self) -> usize {
+        self.pending.lock().bytes.len()
     }
 
     /// Flushes what is queued and finishes the stream, waiting at most `LINGER`.
-    async fn finish(self) {
-        drop(self.tx);
-        let _ = tokio::time::timeout(LINGER, self.task).await;
+    async fn finish(mut self) {
+        self.pending.lock().finished = true;
+        self.pending.wake.notify_one();
+        let _ = tokio::time::timeout(LINGER, &mut self.task).await;
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.dropped > 0 {
+            info!(
+                pongs_dropped = self.dropped,
+                "pongs left out: the reliable stream was backed up"
+            );
+        }
     }
 }
 
@@ -563,6 +662,13 @@ impl Session {
                         if let Err((reason, message)) = self.handle_frames() {
                             return self.disconnect(reason, &message).await;
                         }
+                        // Answers were queued: let the writer hand them to QUIC before the
+                        // next read. While a burst of requests sits in the stream every read
+                        // is ready at once, and without this the loop would answer a whole
+                        // window of them before its own writer got a turn.
+                        if self.writer.queued() > 0 {
+                            tokio::task::yield_now().await;
+                        }
                     }
                     Ok(None) if self.reader.pending() > 0 => {
                         return self.disconnect(DisconnectReason::StreamClosed, "stream ended inside a frame").await;
@@ -641,17 +747,13 @@ impl Session {
                     }
                 }
                 Ok(ClientMsg::Ping(ping)) => {
+                    // Answered best-effort: a burst of pings is never by itself a reason to
+                    // end a session (see `judge_frame`).
                     let server_tick = self.ctx.stats.tick.load(Ordering::Relaxed) as u32;
-                    if self
-                        .writer
-                        .send(&ServerMsg::Pong(Pong {
-                            nonce: ping.nonce,
-                            server_tick,
-                        }))
-                        .is_err()
-                    {
-                        return Err(self.backlogged());
-                    }
+                    self.writer.send_best_effort(&ServerMsg::Pong(Pong {
+                        nonce: ping.nonce,
+                        server_tick,
+                    }));
                 }
                 Ok(ClientMsg::WhoIs(who)) => {
                     if who.entities.len() > MAX_WHOIS {
@@ -744,7 +846,7 @@ impl Session {
         Ok(())
     }
 
-    async fn disconnect(self, reason: DisconnectReason, message: &str) -> Outcome {
+    async fn disconnect(mut self, reason: DisconnectReason, message: &str) -> Outcome {
         let reconnect_after_ms = match reason {
             // Spread over the drain time, so the players do not all come back at once.
             DisconnectReason::ServerShutdown => {
