@@ -176,20 +176,52 @@ async fn a_client_flooding_inputs_has_the_excess_dropped_then_is_disconnected() 
     server.stop().await;
 }
 
+/// The reliable stream's backlog for the two tests below: small, so that little has to pile
+/// up past a full window. WhoIs is not what they test: its rate is raised so that every one
+/// in the burst is answered.
+const SLOW_CONSUMER_FLAGS: [&str; 4] =
+    ["--max-send-backlog", "4096", "--max-whois-per-sec", "1000"];
+/// quinn's default stream receive window, which the test client keeps: what the server can get
+/// into the stream of a client that reads nothing, before its own backlog starts to grow.
+const CLIENT_STREAM_WINDOW: u64 = 1_250_000;
+/// Pings between two WhoIs in a burst, and the ids each WhoIs asks about (the client's own
+/// entity, repeated: each answer is ~190 bytes of names).
+const PINGS_PER_WHOIS: u32 = 1_000;
+const WHOIS_IDS: usize = 16;
+/// ~3.7 MB: pongs and names enough to fill [`CLIENT_STREAM_WINDOW`] about three times over.
+const BURST_ROUNDS: u32 = 400;
+
+/// What both tests below send in one write: rounds of [`PINGS_PER_WHOIS`] pings and a WhoIs.
+/// Pongs take as many bytes as the pings (~9), so pings fill a window fast; but they are
+/// answered best-effort, and only the names, which the client must get, can take the backlog
+/// past its cap.
+fn ping_and_whois_burst(entity: u32) -> Vec<u8> {
+    use arena_shared::protocol::codec::encode_client;
+    use arena_shared::protocol::{ClientMsg, Ping, WhoIs};
+    let mut bytes = Vec::new();
+    for round in 0..BURST_ROUNDS {
+        for i in 0..PINGS_PER_WHOIS {
+            let nonce = round * PINGS_PER_WHOIS + i;
+            encode_client(&ClientMsg::Ping(Ping { nonce }), &mut bytes).expect("encodes");
+        }
+        let who = WhoIs {
+            entities: vec![entity; WHOIS_IDS],
+        };
+        encode_client(&ClientMsg::WhoIs(who), &mut bytes).expect("encodes");
+    }
+    bytes
+}
+
+/// A client that never reads its stream: once QUIC's window toward it is full, what the server
+/// must still send it piles up, and past `--max-send-backlog` the session ends (SlowConsumer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_its_stream_is_disconnected_as_a_slow_consumer() {
-    use arena_shared::protocol::{ClientMsg, Ping};
-    let server = common::start(&["--max-send-backlog", "4096"]).await;
-    let (mut t, _reader) = welcomed(&server, "deaf").await;
-    // Pings it never reads the answers to: QUIC's stream window (64 KiB) fills, then the
-    // server's own backlog (4 KiB here), then the session ends.
-    let mut bytes = Vec::new();
-    for nonce in 0..30_000u32 {
-        arena_shared::protocol::codec::encode_client(&ClientMsg::Ping(Ping { nonce }), &mut bytes)
-            .expect("encodes");
-    }
-    let _ = t.write_raw(&bytes).await;
-    let closed = tokio::time::timeout(WAIT, t.conn.closed())
+    let server = common::start(&SLOW_CONSUMER_FLAGS).await;
+    let mut deaf = server.join("deaf").await;
+    let burst = ping_and_whois_burst(deaf.welcome.entity);
+    // The write fails part way when the server closes the session.
+    let _ = deaf.t.write_raw(&burst).await;
+    let closed = tokio::time::timeout(WAIT, deaf.t.conn.closed())
         .await
         .expect("the server closes the session");
     match closed {
@@ -199,6 +231,70 @@ async fn a_client_that_never_reads_its_stream_is_disconnected_as_a_slow_consumer
         ),
         other => panic!("expected an application close, got {other:?}"),
     }
+    // Not cut for a burst of requests: only once the client's window was full (the server had
+    // got that much into the stream) could the backlog grow, and it grew past the cap.
+    let sent = arena_server::stats::Stats::get(&server.stats.stream_bytes_sent);
+    assert!(
+        sent + 4096 >= CLIENT_STREAM_WINDOW,
+        "cut after writing {sent} bytes to a client whose window holds {CLIENT_STREAM_WINDOW}"
+    );
+    server.sessions_reach(0).await;
+    server.stop().await;
+}
+
+/// The control for the test above: the same burst from a client that reads as it goes. Its
+/// pongs come back (some may be left out while its stream is busy), every WhoIs is answered,
+/// and it keeps its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_promptly_keeps_its_session_through_the_same_burst() {
+    use arena_shared::protocol::codec::{decode_server, encode_client};
+    use arena_shared::protocol::{ClientMsg, WhoIs};
+    let server = common::start(&SLOW_CONSUMER_FLAGS).await;
+    let mut prompt = server.join("prompt").await;
+    let mut burst = ping_and_whois_burst(prompt.welcome.entity);
+    // One more WhoIs closes the burst: its answer is the last of BURST_ROUNDS + 1.
+    let who = WhoIs {
+        entities: vec![prompt.welcome.entity],
+    };
+    encode_client(&ClientMsg::WhoIs(who), &mut burst).expect("encodes");
+    let (send, recv, reader) = (&mut prompt.t.send, &mut prompt.t.recv, &mut prompt.reader);
+    let write = async { send.write_all(&burst).await.map_err(|e| e.to_string()) };
+    let read = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut pongs, mut names) = (0u32, 0u32);
+        loop {
+            while let Some(body) = reader.next_frame().expect("frames within the limit") {
+                match decode_server(&body).expect("decodes") {
+                    ServerMsg::Pong(_) => pongs += 1,
+                    ServerMsg::Names(_) => names += 1,
+                    ServerMsg::Event(_) => {}
+                    other => return Err(format!("{other:?} after {pongs} pongs, {names} names")),
+                }
+                if names == BURST_ROUNDS + 1 {
+                    return Ok(pongs);
+                }
+            }
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => reader.push(&buf[..n]),
+                other => return Err(format!("{other:?} after {pongs} pongs, {names} names")),
+            }
+        }
+    };
+    let (written, read) = tokio::time::timeout(WAIT, async { tokio::join!(write, read) })
+        .await
+        .expect("the burst is answered in time");
+    let pongs = read.expect("every WhoIs answered, no Disconnect");
+    written.expect("the whole burst was written");
+    assert!(pongs > 0, "pings were answered");
+    eprintln!(
+        "a prompt reader's burst of {} pings: {pongs} pongs back",
+        BURST_ROUNDS * PINGS_PER_WHOIS
+    );
+    assert_eq!(server.stats.sessions(), 1, "still playing");
+    prompt
+        .t
+        .conn
+        .close(wtransport::VarInt::from_u32(0), b"done");
     server.sessions_reach(0).await;
     server.stop().await;
 }
