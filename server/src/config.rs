@@ -220,7 +220,8 @@ pub struct Config {
     pub max_whois_per_sec: f64,
     /// Bytes the server lets wait for a client's reliable stream (beyond what QUIC's
     /// flow-control window holds); a client that lets more pile up, by not reading its stream,
-    /// is disconnected (SlowConsumer).
+    /// is disconnected (SlowConsumer). Pongs may use at most half of it: beyond that they are
+    /// dropped and counted, never a reason to disconnect.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_send_backlog: usize,
     /// On SIGTERM every player is told to reconnect after a delay spread uniformly over this

@@ -218,6 +218,11 @@ const COUNTERS: &[Source] = &[
         "Game events dropped because a session had --event-queue events waiting.",
         |s| &s.events_dropped,
     ),
+    (
+        "arena_pongs_dropped_total",
+        "Pongs left out because a session's reliable stream had half of --max-send-backlog waiting.",
+        |s| &s.pongs_dropped,
+    ),
 ];
 
 /// Inputs the server refused, by reason (`arena_inputs_rejected_total{reason}`).

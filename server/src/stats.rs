@@ -77,6 +77,9 @@ pub struct Stats {
     pub kills: AtomicU64,
     /// Game events dropped because a session had `--event-queue` waiting.
     pub events_dropped: AtomicU64,
+    /// Pongs left out because a session's reliable stream had half of `--max-send-backlog`
+    /// waiting (pongs are best-effort; see `net::limits::judge_frame`).
+    pub pongs_dropped: AtomicU64,
     /// Replay records handed to the writer, dropped because it was behind, and bytes written.
     pub replay_records: AtomicU64,
     pub replay_dropped: AtomicU64,
@@ -142,6 +145,7 @@ impl Stats {
             hits: AtomicU64::new(0),
             kills: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
+            pongs_dropped: AtomicU64::new(0),
             replay_records: AtomicU64::new(0),
             replay_dropped: AtomicU64::new(0),
             replay_bytes: AtomicU64::new(0),

@@ -412,6 +412,7 @@ struct Writer {
     max_backlog: usize,
     /// Best-effort frames (pongs) left out because the backlog was over their share.
     dropped: u64,
+    stats: Arc<Stats>,
 }
 
 /// Bytes waiting for the client's stream, shared by the session (which appends whole frames)
@@ -445,6 +446,7 @@ impl Writer {
     fn spawn(mut send: SendStream, stats: Arc<Stats>, max_backlog: usize) -> Self {
         let pending = Arc::new(Pending::default());
         let shared = pending.clone();
+        let task_stats = stats.clone();
         let task = tokio::spawn(async move {
             // The batch being written; swapped with the queue, so the two allocations are
             // reused and neither outgrows the cap.
@@ -474,7 +476,7 @@ impl Writer {
                 if failed {
                     return;
                 }
-                Stats::add(&stats.stream_bytes_sent, batch.len() as u64);
+                Stats::add(&task_stats.stream_bytes_sent, batch.len() as u64);
                 batch.clear();
             }
             let _ = send.finish().await;
@@ -484,6 +486,7 @@ impl Writer {
             task,
             max_backlog,
             dropped: 0,
+            stats,
         }
     }
 
@@ -518,6 +521,7 @@ impl Writer {
             Backlog::Queue => {}
             Backlog::Drop => {
                 self.dropped += 1;
+                Stats::add(&self.stats.pongs_dropped, 1);
                 return Ok(());
             }
             Backlog::Overflow => return Err(Backlogged),
