@@ -378,6 +378,8 @@ async fn connect(
         .resume_handshake(&info.token, &config.name, resume, &mut reader)
         .await?;
     out.up_bytes += (info.token.len() + config.name.len() + 16) as u64;
+    // The welcome (with the map) came on the stream before the play loop reads it.
+    out.down_bytes += transport.handshake_bytes_read;
     Ok((transport, reader, welcome))
 }
 

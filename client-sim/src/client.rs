@@ -129,6 +129,9 @@ pub struct Transport {
     pub conn: Connection,
     pub send: SendStream,
     pub recv: RecvStream,
+    /// Stream bytes read during the handshake (the `Welcome`, with the map): what a bot counts
+    /// as received before its play loop starts reading.
+    pub handshake_bytes_read: u64,
 }
 
 /// `url` with its host and port replaced by `addr`: to dial the server through a proxy, a
@@ -173,6 +176,7 @@ pub async fn open(info: &ConnectInfo, idle_timeout: Duration) -> Result<Transpor
         conn,
         send,
         recv,
+        handshake_bytes_read: 0,
     })
 }
 
@@ -254,9 +258,10 @@ impl Transport {
             resume,
         };
         self.send_hello(&hello).await?;
-        let (msg, _) = tokio::time::timeout(STEP_TIMEOUT, self.read_msg(reader))
+        let (msg, read) = tokio::time::timeout(STEP_TIMEOUT, self.read_msg(reader))
             .await
             .map_err(|_| ClientError::Timeout("welcome"))??;
+        self.handshake_bytes_read += read as u64;
         match msg {
             ServerMsg::Welcome(w) => Ok(w),
             ServerMsg::Reject(r) => Err(ClientError::Rejected {
