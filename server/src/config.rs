@@ -184,9 +184,10 @@ pub struct Config {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub stats_interval: Duration,
 
-    /// Secret that signs connect tokens (hex or text). Without it a random secret is made per run,
-    /// so tokens from a previous run are refused.
-    #[arg(long, env = "ARENA_TOKEN_SECRET", hide_env_values = true)]
+    /// Secret that signs connect tokens: its bytes as given (at least 16; nothing is decoded,
+    /// so a hex string counts its characters). Without it a random secret is made per run, so
+    /// tokens from a previous run are refused.
+    #[arg(long, env = "ARENA_TOKEN_SECRET", hide_env_values = true, value_parser = parse_token_secret)]
     pub token_secret: Option<String>,
     /// File holding the token secret (its bytes, a trailing newline trimmed); wins over
     /// --token-secret, and keeps the secret out of the process list and the environment.
@@ -292,6 +293,21 @@ pub enum ReplayCommand {
     },
 }
 
+/// The fewest bytes a token secret may have, from a flag or a file: shorter ones are guessable
+/// offline from one token.
+pub const MIN_TOKEN_SECRET: usize = 16;
+
+/// `--token-secret`: taken as bytes, at least [`MIN_TOKEN_SECRET`] of them.
+fn parse_token_secret(s: &str) -> Result<String, String> {
+    if s.len() < MIN_TOKEN_SECRET {
+        return Err(format!(
+            "a secret of at least {MIN_TOKEN_SECRET} bytes is needed (got {})",
+            s.len()
+        ));
+    }
+    Ok(s.to_string())
+}
+
 /// `--cert-validity`: a humantime duration within what Chromium accepts.
 fn parse_cert_validity(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
@@ -359,6 +375,17 @@ mod tests {
         .unwrap();
         assert_eq!(c.wt_bind.port(), 0);
         assert_eq!(c.token_ttl, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_token_secret_has_at_least_sixteen_bytes() {
+        let err = Config::try_parse_from(["arena-server", "--token-secret", "hunter2"])
+            .expect_err("7 bytes")
+            .to_string();
+        assert!(err.contains("at least 16 bytes"), "{err}");
+        let c = Config::try_parse_from(["arena-server", "--token-secret", "0123456789abcdef"])
+            .expect("16 bytes");
+        assert_eq!(c.token_secret.as_deref(), Some("0123456789abcdef"));
     }
 
     #[test]

@@ -139,10 +139,11 @@ impl Server {
                     .map_err(|e| ServerError::TokenSecret(format!("{}: {e}", path.display())))?;
                 let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
                 let text = text.strip_suffix(b"\r").unwrap_or(text);
-                if text.len() < 16 {
+                if text.len() < crate::config::MIN_TOKEN_SECRET {
                     return Err(ServerError::TokenSecret(format!(
-                        "{}: a secret of at least 16 bytes is needed",
-                        path.display()
+                        "{}: a secret of at least {} bytes is needed",
+                        path.display(),
+                        crate::config::MIN_TOKEN_SECRET
                     )));
                 }
                 Some(Arc::<[u8]>::from(text))

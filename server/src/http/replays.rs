@@ -138,15 +138,39 @@ pub fn router(library: Arc<Library>) -> Router {
 }
 
 async fn list(State(lib): State<Arc<Library>>) -> Html<String> {
-    let items: String = lib
-        .ids()
+    Html(list_page(&lib.ids()))
+}
+
+/// The list of runs as a page. Run ids come from file names; whatever the library lets
+/// through, the page prints them escaped, as text and in the link.
+fn list_page(ids: &[String]) -> String {
+    let items: String = ids
         .iter()
-        .map(|id| format!("<li><a href=\"/replays/{id}\">{id}</a></li>"))
+        .map(|id| {
+            let id = html_escape(id);
+            format!("<li><a href=\"/replays/{id}\">{id}</a></li>")
+        })
         .collect();
-    Html(format!(
+    format!(
         "<!doctype html><meta charset=utf-8><title>Arena replays</title>\
          <h1>Arena replays</h1><ul>{items}</ul>"
-    ))
+    )
+}
+
+/// `s` as HTML text or a quoted attribute value.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 async fn list_json(State(lib): State<Arc<Library>>) -> Json<Value> {
@@ -287,4 +311,21 @@ fn frame(r: &mut Replayer, tick: u32, replayed: &[Record]) -> Value {
         "s": shots,
         "ev": events.iter().map(|e| json!([e.0, e.1, e.2])).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_prints_run_ids_escaped_in_text_and_links() {
+        let page = list_page(&["arena-1".into(), "<b x=\"'&'\">".into()]);
+        assert!(page.contains(r#"<li><a href="/replays/arena-1">arena-1</a></li>"#));
+        let hostile = "&lt;b x=&quot;&#39;&amp;&#39;&quot;&gt;";
+        assert!(
+            page.contains(&format!(r#"<a href="/replays/{hostile}">{hostile}</a>"#)),
+            "{page}"
+        );
+        assert!(!page.contains("<b "), "{page}");
+    }
 }
