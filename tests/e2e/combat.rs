@@ -23,15 +23,8 @@ async fn twenty_chasing_bots_fight_for_ten_seconds_and_leave_no_entity_behind() 
         "true",
     ])
     .await;
-    let chase = SwarmBehaviour::Mix("chase=1".parse().expect("a mix"));
-    let result = tokio::time::timeout(
-        WAIT + WAIT,
-        swarm::run(common::swarm(&server, 20, 10, chase, 31)),
-    )
-    .await
-    .expect("swarm ends");
+    let result = chasers(&server, 20, 10, 31).await;
     let r = &result.report;
-    common::assert_all_played(r, 20);
     eprintln!(
         "20 chasers, 10 s: {} shots, {} hits, {} kills, {} deaths; server: {} shots, {} hits, {} kills",
         r.shots_fired,
@@ -62,6 +55,24 @@ async fn twenty_chasing_bots_fight_for_ten_seconds_and_leave_no_entity_behind() 
     server.players_reach(0).await;
     server.entities_reach(NPCS).await;
     server.stop().await;
+}
+
+/// `bots` bots that chase and fire, for `secs` seconds; every one of them played to the end.
+async fn chasers(
+    server: &common::TestServer,
+    bots: u32,
+    secs: u64,
+    seed: u64,
+) -> swarm::SwarmResult {
+    let chase = SwarmBehaviour::Mix("chase=1".parse().expect("a mix"));
+    let result = tokio::time::timeout(
+        WAIT + WAIT,
+        swarm::run(common::swarm(server, bots, secs, chase, seed)),
+    )
+    .await
+    .expect("chasers' swarm ends");
+    common::assert_all_played(&result.report, u64::from(bots));
+    result
 }
 
 /// The flags of the world README's first command gives (1,000 NPCs that fight, in 4,096 units
@@ -110,15 +121,8 @@ async fn newcomers_who_wander_or_stand_still_live_through_their_first_ten_second
 
     // The same world is still a fight for those who look for one: a chaser fires at once,
     // which ends its protection.
-    let chase = SwarmBehaviour::Mix("chase=1".parse().expect("a mix"));
-    let fight = tokio::time::timeout(
-        WAIT + WAIT,
-        swarm::run(common::swarm(&server, 20, 15, chase, 17)),
-    )
-    .await
-    .expect("chasers' swarm ends");
+    let fight = chasers(&server, 20, 15, 17).await;
     let r = &fight.report;
-    common::assert_all_played(r, 20);
     eprintln!(
         "20 chasers, 15 s in the default world: {} shots, {} hits, {} kills, {} deaths",
         r.shots_fired, r.hits_confirmed, r.kills, r.deaths
