@@ -32,8 +32,12 @@ pub struct Motion(pub Body);
 pub struct MoveIntent(pub MoveDir);
 
 /// A connected player. Its hooks keep [`super::names::Names`] in step with player entities.
+/// Every player has a [`super::combat::SpawnProtection`] (none by default), which the systems that read
+/// players' inputs and blows query for: a spawn path that forgot it would leave a player who
+/// ignores its inputs.
 #[derive(Component, Debug, Clone)]
 #[component(on_insert = super::names::on_player_insert, on_discard = super::names::on_player_discard)]
+#[require(super::combat::SpawnProtection)]
 pub struct Player {
     pub client_id: u64,
     pub name: String,
