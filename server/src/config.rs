@@ -201,6 +201,13 @@ pub struct Config {
     /// session only. When full, the oldest-expiring are forgotten first (and counted).
     #[arg(long, default_value_t = 100_000)]
     pub max_used_tokens: usize,
+    /// Per-address limits (handshakes, sessions, HTTP connections and requests, the viewer)
+    /// spare loopback addresses: the host's own tools (the bot swarm, health checks) are not
+    /// strangers. `false` applies them to loopback too (tests acting as many hosts from
+    /// 127.0.0.2 and up; a server whose public traffic arrives through a local proxy, where
+    /// the proxy must then do the per-client limiting).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub exempt_loopback: bool,
     /// Most sessions playing at once from one IP address; the next gets
     /// Reject(TooManyFromAddress). 0: no limit (the default, for bot swarms and players
     /// behind one NAT); set it on a public server.
