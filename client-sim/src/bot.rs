@@ -37,7 +37,6 @@ use arena_shared::snapshot::{ReceiveError, Receiver, View};
 use glam::Vec2;
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
-use wtransport::VarInt;
 
 use crate::backoff::{Backoff, STABLE_SESSION};
 use crate::behaviour::{self, Behaviour, Walk};
@@ -321,7 +320,7 @@ pub async fn run(config: BotConfig) -> BotOutcome {
                 out.played += played;
                 transport
                     .conn
-                    .close(VarInt::from_u32(CLOSE_CLIENT_LEFT), b"bot done");
+                    .close(crate::client::close_varint(CLOSE_CLIENT_LEFT), b"bot done");
                 // Let the close frame leave before the endpoint is dropped.
                 let _ =
                     tokio::time::timeout(Duration::from_secs(1), transport.endpoint.wait_idle())

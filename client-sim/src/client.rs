@@ -281,13 +281,26 @@ impl Transport {
     }
 }
 
-/// What a closed connection says, as an error.
+/// The QUIC application close code for Arena code `code` (e.g.
+/// [`arena_shared::protocol::CLOSE_CLIENT_LEFT`]), mapped into WebTransport's application range
+/// as the protocol requires ([`arena_shared::protocol::close_code`]).
+pub fn close_varint(code: u32) -> wtransport::VarInt {
+    wtransport::VarInt::try_from_u64(arena_shared::protocol::close_code(code))
+        .expect("WebTransport's application codes are below 2^62")
+}
+
+/// What a closed connection says, as an error: the Arena code when the close carries one,
+/// otherwise the code as it came (an HTTP/3 or QUIC error).
 pub fn close_error(e: wtransport::error::ConnectionError) -> ClientError {
     match e {
         wtransport::error::ConnectionError::ApplicationClosed(close) => {
+            let wire = close.code().into_inner();
+            let code = match arena_shared::protocol::arena_code(wire) {
+                Some(code) => format!("Arena code {code:#x}"),
+                None => format!("code {wire:#x}"),
+            };
             ClientError::Closed(format!(
-                "code {:#x}: {}",
-                close.code().into_inner(),
+                "{code}: {}",
                 String::from_utf8_lossy(close.reason())
             ))
         }

@@ -741,7 +741,7 @@ async fn clients_that_never_read_are_disconnected_and_server_memory_stays_bounde
         "grew {grew} KiB for {DEAF} clients, more than the {allowed} KiB their configuration \
          allows"
     );
-    let slow = u64::from(DisconnectReason::SlowConsumer.code());
+    let slow = arena_shared::protocol::close_code(DisconnectReason::SlowConsumer.code());
     assert_eq!(
         closes,
         vec![Ok(slow); DEAF],

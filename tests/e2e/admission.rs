@@ -2,7 +2,7 @@
 
 use arena_client_sim::client::{ClientError, close_error};
 use arena_shared::protocol::codec::FrameReader;
-use arena_shared::protocol::{Hello, PROTOCOL_VERSION, Reject, RejectReason};
+use arena_shared::protocol::{Hello, PROTOCOL_VERSION, Reject, RejectReason, close_code};
 use arena_shared::token;
 use wtransport::error::ConnectionError;
 
@@ -46,7 +46,7 @@ async fn expect_refusal(
         .expect("server closes");
     match closed {
         ConnectionError::ApplicationClosed(c) => {
-            assert_eq!(c.code().into_inner(), u64::from(want.code()))
+            assert_eq!(c.code().into_inner(), close_code(want.code()))
         }
         other => panic!(
             "expected an application close, got {:?}",

@@ -3,7 +3,9 @@
 use arena_client_sim::client::Transport;
 use arena_client_sim::swarm::{self, SwarmBehaviour};
 use arena_shared::protocol::codec::FrameReader;
-use arena_shared::protocol::{DisconnectReason, MAX_FRAME_LEN, RejectReason, ServerMsg};
+use arena_shared::protocol::{
+    DisconnectReason, MAX_FRAME_LEN, RejectReason, ServerMsg, close_code,
+};
 use arena_shared::rng::SplitMix64;
 use wtransport::error::ConnectionError;
 
@@ -58,7 +60,7 @@ async fn expect_disconnect(t: &mut Transport, reader: &mut FrameReader) -> Disco
         .expect("server closes")
     {
         ConnectionError::ApplicationClosed(c) => {
-            assert_eq!(c.code().into_inner(), u64::from(reason.code()))
+            assert_eq!(c.code().into_inner(), close_code(reason.code()))
         }
         other => panic!("expected an application close, got {other}"),
     }
@@ -117,8 +119,8 @@ async fn garbage_frames_and_datagrams_close_only_that_session() {
         .expect("server closes")
     {
         ConnectionError::ApplicationClosed(c) => {
-            let refused =
-                [RejectReason::NotArena, RejectReason::MalformedHello].map(|r| u64::from(r.code()));
+            let refused = [RejectReason::NotArena, RejectReason::MalformedHello]
+                .map(|r| close_code(r.code()));
             assert!(
                 refused.contains(&c.code().into_inner()),
                 "closed with {:#x}",
@@ -227,7 +229,7 @@ async fn a_client_that_never_reads_its_stream_is_disconnected_as_a_slow_consumer
     match closed {
         ConnectionError::ApplicationClosed(c) => assert_eq!(
             c.code().into_inner(),
-            u64::from(DisconnectReason::SlowConsumer.code())
+            close_code(DisconnectReason::SlowConsumer.code())
         ),
         other => panic!("expected an application close, got {other:?}"),
     }

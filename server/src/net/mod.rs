@@ -170,6 +170,14 @@ impl UsedTokens {
     }
 }
 
+/// The QUIC application close code for Arena code `code` (a reason's `code()`): mapped into
+/// WebTransport's application range ([`arena_shared::protocol::close_code`]), always below
+/// QUIC's 2^62.
+pub fn close_varint(code: u32) -> wtransport::VarInt {
+    wtransport::VarInt::try_from_u64(arena_shared::protocol::close_code(code))
+        .expect("WebTransport's application codes are below 2^62")
+}
+
 /// Accepts sessions until `shutdown`, each in its own task on `tracker`.
 pub async fn serve(
     endpoint: Arc<Endpoint<ServerSide>>,
@@ -205,9 +213,7 @@ pub async fn serve(
             "sessions still closing at the end of the drain; closing their connections"
         );
         endpoint.close(
-            wtransport::VarInt::from_u32(
-                arena_shared::protocol::DisconnectReason::ServerShutdown.code(),
-            ),
+            close_varint(arena_shared::protocol::DisconnectReason::ServerShutdown.code()),
             b"server shutting down",
         );
     }

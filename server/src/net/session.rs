@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 use wtransport::endpoint::IncomingSession;
 use wtransport::error::SendDatagramError;
-use wtransport::{Connection, RecvStream, SendStream, VarInt};
+use wtransport::{Connection, RecvStream, SendStream};
 
 use super::NetContext;
 use super::limits::{Backlog, Delivery, TokenBucket, judge_frame};
@@ -67,7 +67,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
                     .metrics
                     .session_rejected(RejectReason::HandshakeTimeout.as_str());
                 conn.close(
-                    VarInt::from_u32(RejectReason::HandshakeTimeout.code()),
+                    super::close_varint(RejectReason::HandshakeTimeout.code()),
                     b"no stream opened",
                 );
                 return debug!("no stream opened in time");
@@ -92,7 +92,7 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
                         .metrics
                         .session_rejected(RejectReason::MalformedHello.as_str());
                     conn.close(
-                        VarInt::from_u32(RejectReason::MalformedHello.code()),
+                        super::close_varint(RejectReason::MalformedHello.code()),
                         b"stream ended before Hello",
                     );
                     return debug!("stream ended before Hello");
@@ -572,7 +572,7 @@ struct Backlogged;
 async fn close(conn: &Connection, writer: Writer, code: u32, reason: &str) {
     writer.finish().await;
     let _ = tokio::time::timeout(LINGER, conn.closed()).await;
-    conn.close(VarInt::from_u32(code), reason.as_bytes());
+    conn.close(super::close_varint(code), reason.as_bytes());
 }
 
 /// Why a connection ended, when the client ended it. Only a connection that went silent or
@@ -580,15 +580,23 @@ async fn close(conn: &Connection, writer: Writer, code: u32, reason: &str) {
 async fn ended(conn: &Connection) -> Outcome {
     use wtransport::error::ConnectionError as E;
     let (reason, lost) = match conn.closed().await {
-        E::ApplicationClosed(c) if c.code().into_inner() == u64::from(CLOSE_CLIENT_LEFT) => {
-            ("client_left", false)
-        }
+        E::ApplicationClosed(c) if left_on_purpose(c.code().into_inner()) => ("client_left", false),
         E::ApplicationClosed(_) => ("client_closed_with_error", false),
         E::TimedOut => ("idle_timeout", true),
         E::LocallyClosed => ("closed_by_server", false),
         _ => ("connection_lost", true),
     };
     Outcome { reason, lost }
+}
+
+/// Whether a client's close code says it left on purpose: Arena's [`CLOSE_CLIENT_LEFT`] as a
+/// QUIC close, a WebTransport session closed with code 0 (a browser's `WebTransport.close()`
+/// sends that capsule; wtransport reports its code unmapped) or HTTP/3's `H3_NO_ERROR`.
+fn left_on_purpose(wire: u64) -> bool {
+    const H3_NO_ERROR: u64 = 0x100;
+    wire == u64::from(CLOSE_CLIENT_LEFT)
+        || wire == H3_NO_ERROR
+        || arena_shared::protocol::arena_code(wire) == Some(CLOSE_CLIENT_LEFT)
 }
 
 /// A welcomed session.
@@ -867,5 +875,20 @@ impl Session {
         }));
         close(&self.conn, self.writer, reason.code(), message).await;
         Outcome::on_purpose(reason.as_str())
+    }
+}
+
+#[cfg(test)]
+mod close_tests {
+    use arena_shared::protocol::{CLOSE_CLIENT_LEFT, DisconnectReason, close_code};
+
+    #[test]
+    fn a_client_leaves_on_purpose_with_arenas_code_a_session_close_or_h3_no_error_only() {
+        let left = super::left_on_purpose;
+        assert!(left(close_code(CLOSE_CLIENT_LEFT)), "Arena's own code");
+        assert!(left(0), "a WebTransport session closed with 0");
+        assert!(left(0x100), "H3_NO_ERROR");
+        assert!(!left(close_code(DisconnectReason::MalformedFrame.code())));
+        assert!(!left(0x105), "H3_FRAME_UNEXPECTED is an error");
     }
 }

@@ -17,8 +17,9 @@ use crate::map::Map;
 use crate::quant::{Aim, MoveDir};
 use crate::snapshot::{Ack, DeltaSnapshot};
 
-/// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts).
-pub const PROTOCOL_VERSION: u16 = 7;
+/// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts). 8: the
+/// QUIC close codes moved out of HTTP/3's error space (see [`close_code`]).
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
 /// from "an Arena client of another version".
@@ -284,6 +285,8 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Arena's number for the reason (PROTOCOL.md, "Errors and close codes"); the QUIC close
+    /// code carries it as [`close_code`]`(code)`.
     pub fn code(self) -> u32 {
         match self {
             Self::ProtocolVersion { .. } => 0x101,
@@ -351,6 +354,8 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
+    /// Arena's number for the reason; the QUIC close code carries it as
+    /// [`close_code`]`(code)`.
     pub fn code(self) -> u32 {
         match self {
             Self::ServerShutdown => 0x201,
@@ -380,8 +385,45 @@ impl DisconnectReason {
     }
 }
 
-/// Application close code a client uses when it leaves on purpose.
+/// Arena code a client closes with when it leaves on purpose (on the wire:
+/// `close_code(CLOSE_CLIENT_LEFT)`).
 pub const CLOSE_CLIENT_LEFT: u32 = 0;
+
+/// The first of the HTTP/3 error codes reserved for WebTransport applications
+/// (draft-ietf-webtrans-http3, "WT_APPLICATION_ERROR"): 2^32 codes spread over
+/// `0x52e4a40fa8db..=0x52e5ac983162`, skipping HTTP/3's reserved (greased) codepoints.
+pub const WT_APPLICATION_ERROR_FIRST: u64 = 0x52e4_a40f_a8db;
+/// The last of them (Arena code `u32::MAX`).
+pub const WT_APPLICATION_ERROR_LAST: u64 = 0x52e5_ac98_3162;
+
+/// The QUIC application close code that carries Arena code `code` (a [`RejectReason`] or
+/// [`DisconnectReason`] code, or [`CLOSE_CLIENT_LEFT`]).
+///
+/// A WebTransport session over HTTP/3 shares its QUIC connection's error space with HTTP/3,
+/// whose own codes (`H3_NO_ERROR` 0x100 to `H3_VERSION_FALLBACK` 0x110, and more) the same
+/// close may carry: Arena's codes used to be sent as they are, so `Reject(TokenMalformed)`
+/// (0x105) read the same as `H3_FRAME_UNEXPECTED`. Since protocol 8 they are mapped into the
+/// range WebTransport reserves for applications, with its own mapping
+/// (`first + n + n / 0x1e`), so nothing HTTP/3 or QUIC says can be taken for an Arena reason
+/// and every Arena code can be read back ([`arena_code`]).
+pub const fn close_code(code: u32) -> u64 {
+    let n = code as u64;
+    WT_APPLICATION_ERROR_FIRST + n + n / 0x1e
+}
+
+/// The Arena code a QUIC application close code carries, or `None` when it is not one of
+/// WebTransport's application codes (an HTTP/3 or QUIC error, or a reserved codepoint).
+pub const fn arena_code(wire: u64) -> Option<u32> {
+    if wire < WT_APPLICATION_ERROR_FIRST || wire > WT_APPLICATION_ERROR_LAST {
+        return None;
+    }
+    let shifted = wire - WT_APPLICATION_ERROR_FIRST;
+    // Every 0x1f-th codepoint is one of HTTP/3's reserved `0x1f * N + 0x21` codes.
+    if shifted % 0x1f == 0x1e {
+        return None;
+    }
+    Some((shifted - shifted / 0x1f) as u32)
+}
 
 /// Server → client, as one QUIC datagram each.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]

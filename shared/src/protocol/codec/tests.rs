@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::map::{Map, Rect};
 use crate::protocol::{
-    Buttons, Disconnect, DisconnectReason, EntityKind, GameEvent, Input, InputFault, Ping,
-    PlayerName, Pong, Reject, RejectReason, ResumeToken, Welcome, WhoIs,
+    Buttons, CLOSE_CLIENT_LEFT, Disconnect, DisconnectReason, EntityKind, GameEvent, Input,
+    InputFault, Ping, PlayerName, Pong, Reject, RejectReason, ResumeToken, Welcome, WhoIs,
 };
 use crate::quant::{Aim, MoveDir};
 
@@ -218,6 +218,47 @@ fn reject_and_disconnect_codes_are_distinct() {
 }
 
 #[test]
+fn close_codes_live_in_webtransports_application_range_and_read_back() {
+    use crate::protocol::{
+        WT_APPLICATION_ERROR_FIRST, WT_APPLICATION_ERROR_LAST, arena_code, close_code,
+    };
+    // The draft's own examples of its mapping, and both ends of the range.
+    assert_eq!(close_code(0), WT_APPLICATION_ERROR_FIRST);
+    assert_eq!(close_code(0x1d), WT_APPLICATION_ERROR_FIRST + 0x1d);
+    assert_eq!(close_code(0x1e), WT_APPLICATION_ERROR_FIRST + 0x1f);
+    assert_eq!(close_code(u32::MAX), WT_APPLICATION_ERROR_LAST);
+    let mut codes: Vec<u32> = every_server_msg()
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::Reject(r) => Some(r.reason.code()),
+            ServerMsg::Disconnect(d) => Some(d.reason.code()),
+            _ => None,
+        })
+        .collect();
+    codes.extend([CLOSE_CLIENT_LEFT, 0x1e, 0x3c, u32::MAX - 1, u32::MAX]);
+    for code in codes {
+        let wire = close_code(code);
+        assert_eq!(arena_code(wire), Some(code), "{code:#x} -> {wire:#x}");
+        // None lands on one of HTTP/3's reserved codepoints (0x1f * N + 0x21)...
+        assert_ne!(wire.wrapping_sub(0x21) % 0x1f, 0, "{code:#x} -> {wire:#x}");
+        // ...nor on a QUIC varint's limit.
+        assert!(wire < 1 << 62);
+    }
+    // HTTP/3's own codes, QUIC's and a reserved codepoint are no Arena reason.
+    for wire in [
+        0,
+        0x100,
+        0x105,
+        0x110,
+        0x33,
+        WT_APPLICATION_ERROR_FIRST + 0x1e,
+    ] {
+        assert_eq!(arena_code(wire), None, "{wire:#x}");
+    }
+    assert_eq!(arena_code(WT_APPLICATION_ERROR_LAST + 1), None);
+}
+
+#[test]
 fn hello_version_is_read_before_the_body() {
     let mut body = HELLO_MAGIC.to_vec();
     body.extend_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
@@ -361,7 +402,7 @@ fn golden_bytes() {
 }
 
 const GOLDEN_INPUT: &str = "0f00000000040902d2048140409c0102cd0480";
-const GOLDEN_HELLO: &str = "1300000041524e41070003746f6b03616e610109070000";
+const GOLDEN_HELLO: &str = "1300000041524e41080003746f6b03616e610109070000";
 const GOLDEN_DELTA: &str = "000409040203040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
 const GOLDEN_ACK: &str = "040a0403";
 
