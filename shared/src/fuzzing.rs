@@ -7,6 +7,7 @@
 
 use crate::protocol::codec::{self, FrameReader};
 use crate::protocol::{EntityKind, ServerDatagram};
+use crate::replay::{self, End, Limits, MAGIC, Reader, Record};
 use crate::snapshot::{self, Receiver, Update, View};
 use crate::token::{self, Claims};
 
@@ -108,6 +109,68 @@ pub fn tokens(data: &[u8]) {
     }
 }
 
+/// Replay files: any bytes read as a file (after the magic, when they lack it), with limits
+/// small enough for the fuzzer to reach. Every record the reader hands out keeps the limits
+/// and the tick rules, the walk of its encoding counts exactly what it holds, and it reads
+/// back the same once re-encoded.
+pub fn replay(data: &[u8]) {
+    let limits = Limits {
+        max_file_len: 1 << 20,
+        max_record_len: 1 << 16,
+        max_decoded_len: 1 << 18,
+        max_string_len: 64,
+        max_tick_step: 100,
+        max_file_ticks: 1000,
+    };
+    let with_magic;
+    let bytes = if data.starts_with(&MAGIC) {
+        data
+    } else {
+        with_magic = [&MAGIC[..], data].concat();
+        &with_magic
+    };
+    let mut reader = Reader::new(bytes, limits);
+    let (mut first, mut last) = (None, None);
+    loop {
+        match reader.next_record() {
+            Ok(Some((offset, record))) => {
+                assert!(offset < bytes.len() as u64);
+                assert_eq!(matches!(record, Record::Header(_)), first.is_none());
+                let tick = record.tick();
+                let base = *first.get_or_insert(tick);
+                if let Some(last) = last {
+                    assert!(tick >= last && tick - last <= limits.max_tick_step);
+                }
+                assert!(tick - base <= limits.max_file_ticks);
+                last = Some(tick);
+                let shape = replay::shape::of_record(&record);
+                assert!(shape.decoded_len <= limits.max_decoded_len);
+                assert!(shape.longest_string <= limits.max_string_len);
+                let body = bitcode::encode(&record);
+                assert_eq!(replay::shape::of(&body), Ok(shape));
+                assert!(replay::same_bits(
+                    &bitcode::decode::<Record>(&body).expect("re-encoded record decodes"),
+                    &record
+                ));
+            }
+            Ok(None) => break,
+            Err(end) => {
+                // Whatever ended the reading says where (or is the wrong magic), and says it.
+                let offset = match end {
+                    End::Truncated { offset }
+                    | End::Corrupt { offset, .. }
+                    | End::LimitExceeded { offset, .. }
+                    | End::Unreadable { offset, .. } => offset,
+                    End::NotReplay | End::Clean => 0,
+                };
+                assert!(offset <= bytes.len() as u64);
+                assert!(!end.to_string().is_empty());
+                break;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +196,7 @@ mod tests {
         assert!(replay("frames", frames) > 0);
         assert!(replay("snapshots", snapshots) > 0);
         assert!(replay("tokens", tokens) > 0);
+        assert!(replay("replay", super::replay) > 0);
     }
 
     proptest! {
@@ -144,6 +208,11 @@ mod tests {
         #[test]
         fn snapshots_twin(data in proptest::collection::vec(any::<u8>(), 0..1500)) {
             snapshots(&data);
+        }
+
+        #[test]
+        fn replay_twin(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            super::replay(&data);
         }
 
         #[test]
