@@ -198,7 +198,10 @@ pub struct Config {
     #[arg(long)]
     pub no_guest_tokens: bool,
     /// Most tokens remembered as used at once (each until its expiry), so a token admits one
-    /// session only. When full, the oldest-expiring are forgotten first (and counted).
+    /// session only. When full, new sessions by token are refused (Reject(ServerFull), retry
+    /// when the first expires) rather than an unexpired entry forgotten, which would let its
+    /// token admit again. At least --handshakes-per-sec x the longest token life keeps it from
+    /// filling.
     #[arg(long, default_value_t = 100_000)]
     pub max_used_tokens: usize,
     /// Per-address limits (handshakes, sessions, HTTP connections and requests, the viewer)

@@ -113,15 +113,14 @@ impl NetContext {
 
 /// The fingerprints of tokens that have admitted a session, each kept until its token expires
 /// (after that the token is refused as expired anyway). Bounded by `--max-used-tokens`: when
-/// full, the entries closest to expiry are forgotten first and counted. Sans-IO: `now_ms` is
-/// a parameter.
+/// full, no unexpired entry is ever forgotten (a forgotten token would admit again: replayable
+/// by whoever saw it); new sessions by token are refused instead until the first entry
+/// expires ([`UsedTokens::room`]). Resumes do not need it. Sans-IO: `now_ms` is a parameter.
 #[derive(Debug)]
 pub struct UsedTokens {
     max: usize,
     expiry: HashMap<[u8; 32], u64>,
     by_expiry: BTreeSet<(u64, [u8; 32])>,
-    /// Entries dropped before their expiry because the set was full.
-    pub forgotten: u64,
 }
 
 impl UsedTokens {
@@ -130,32 +129,36 @@ impl UsedTokens {
             max: max.max(1),
             expiry: HashMap::new(),
             by_expiry: BTreeSet::new(),
-            forgotten: 0,
         }
     }
 
     /// Whether this token has admitted a session already (expired entries are dropped first).
     pub fn was_used(&mut self, fingerprint: &[u8; 32], now_ms: u64) -> bool {
-        while let Some(&(at, fp)) = self.by_expiry.first() {
-            if at > now_ms {
-                break;
-            }
-            self.by_expiry.pop_first();
-            self.expiry.remove(&fp);
-        }
+        self.expire(now_ms);
         self.expiry.contains_key(fingerprint)
     }
 
-    /// Remembers a token as used until `expires_at_ms`.
-    pub fn mark_used(&mut self, fingerprint: [u8; 32], expires_at_ms: u64) {
-        if self.expiry.contains_key(&fingerprint) {
-            return;
+    /// Whether another token can be remembered at `now_ms`; when the set is full of unexpired
+    /// entries, how long until the first of them expires (milliseconds, at least 1).
+    pub fn room(&mut self, now_ms: u64) -> Result<(), u64> {
+        self.expire(now_ms);
+        match self.by_expiry.first() {
+            Some(&(at, _)) if self.expiry.len() >= self.max => {
+                Err(at.saturating_sub(now_ms).max(1))
+            }
+            _ => Ok(()),
         }
-        if self.expiry.len() >= self.max
-            && let Some((_, fp)) = self.by_expiry.pop_first()
-        {
-            self.expiry.remove(&fp);
-            self.forgotten += 1;
+    }
+
+    /// Remembers a token as used until `expires_at_ms`. The caller has checked
+    /// [`room`](Self::room) under the same lock; without room nothing is remembered and
+    /// `false` comes back.
+    pub fn mark_used(&mut self, fingerprint: [u8; 32], expires_at_ms: u64) -> bool {
+        if self.expiry.contains_key(&fingerprint) {
+            return true;
+        }
+        if self.expiry.len() >= self.max {
+            return false;
         }
         self.expiry.insert(fingerprint, expires_at_ms);
         self.by_expiry.insert((expires_at_ms, fingerprint));
@@ -170,6 +173,17 @@ impl UsedTokens {
     }
 }
 
+        true
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        while let Some(&(at, fp)) = self.by_expiry.first() {
+            if at > now_ms {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.expiry.remove(&fp);
+        }
 /// The QUIC application close code for Arena code `code` (a reason's `code()`): mapped into
 /// WebTransport's application range ([`arena_shared::protocol::close_code`]), always below
 /// QUIC's 2^62.
@@ -342,7 +356,7 @@ mod tests {
     use super::UsedTokens;
 
     #[test]
-    fn a_token_is_used_once_until_it_expires_and_the_set_is_bounded() {
+    fn a_token_is_used_once_until_it_expires_and_a_full_set_refuses_rather_than_forgets() {
         let mut used = UsedTokens::new(3);
         let fp = |b: u8| [b; 32];
         assert!(!used.was_used(&fp(1), 0));
@@ -350,15 +364,24 @@ mod tests {
         assert!(used.was_used(&fp(1), 50), "second use within its life");
         assert!(!used.was_used(&fp(1), 100), "forgotten once expired");
         assert!(used.is_empty());
-        for (b, exp) in [(2, 300), (3, 200), (4, 400), (5, 500)] {
-            used.mark_used(fp(b), exp);
+        for (b, exp) in [(2, 300), (3, 200), (4, 400)] {
+            assert_eq!(used.room(0), Ok(()));
+            assert!(used.mark_used(fp(b), exp));
         }
-        assert_eq!(used.len(), 3, "bounded");
-        assert_eq!(used.forgotten, 1);
+        // Full of unexpired tokens: none is forgotten to make room (it would admit again);
+        // the next token waits for the first expiry, 200 ms away.
+        assert_eq!(used.room(0), Err(200));
         assert!(
-            !used.was_used(&fp(3), 0),
-            "the one closest to expiry went first"
+            !used.mark_used(fp(5), 500),
+            "nothing remembered without room"
         );
-        assert!(used.was_used(&fp(2), 0) && used.was_used(&fp(5), 0));
+        assert_eq!(used.len(), 3, "bounded");
+        assert!([2, 3, 4].iter().all(|b| used.was_used(&fp(*b), 0)));
+        assert_eq!(used.room(199), Err(1));
+        // Once one expires there is room again.
+        assert_eq!(used.room(200), Ok(()));
+        assert!(used.mark_used(fp(5), 500));
+        assert!(used.was_used(&fp(2), 200) && used.was_used(&fp(5), 200));
+        assert!(!used.was_used(&fp(3), 200), "expired");
     }
 }

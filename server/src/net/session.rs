@@ -363,7 +363,22 @@ fn admit(
     } else {
         claims.name
     };
-    Ok(Slot::new(ctx, seat, name, max_datagram))
+    // Every token that admits must be remembered until it expires; with the set full, the
+    // session waits rather than a remembered token being forgotten (and so replayable).
+    if let Err(wait_ms) = used.room(now_ms) {
+        return Err((
+            RejectReason::ServerFull,
+            "too many recent sessions to remember their tokens; retry later".to_string(),
+            wait_ms.min(u64::from(u32::MAX)) as u32,
+        )
+            .into());
+    }
+    let client_id = claims.client_id;
+    let seat = ctx.with_registry(|r| r.admit(Claim::Token { client_id, name }, ip, key))?;
+    let remembered = used.mark_used(fingerprint, claims.expires_at_ms);
+    debug_assert!(remembered, "room was checked under the same lock");
+    drop(used);
+    Ok(Slot::new(ctx, seat, max_datagram))
 }
 
 impl Slot {
