@@ -20,6 +20,47 @@ pub struct Config {
     /// TCP address of the HTTP side (/healthz, /api/connect).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_bind: SocketAddr,
+    /// Time an HTTP client has to send a whole request head (request line and headers), from
+    /// opening the connection or from the end of the previous response; then the connection
+    /// closes (408 if a head was begun). It is also the keep-alive idle timeout: a connection
+    /// quiet that long is closed. A head is a few hundred bytes that any client sends in one
+    /// go, so 5 s spares slow mobile links while a slowloris client that trickles header
+    /// lines to hold connections open gets nothing for long. 0s: no deadline.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
+    /// HTTP connections open at once, all clients together; one more is closed as it is
+    /// accepted (and counted). Keep it well below the process's open-file limit (`ulimit -n`,
+    /// often 1024), so replay files, logs and the certificate reload still get descriptors
+    /// (the WebTransport side needs one socket whatever the player count). 0: no cap.
+    #[arg(long, default_value_t = 512)]
+    pub http_max_connections: usize,
+    /// HTTP connections open at once from one address (IPv4 address, IPv6 /64); one more is
+    /// closed as it is accepted (and counted). A browser opens about 6; 32 leaves room for a
+    /// household or an office behind one NAT. Loopback is spared under --exempt-loopback.
+    /// 0: no cap.
+    #[arg(long, default_value_t = 32)]
+    pub http_max_connections_per_address: usize,
+    /// Largest HTTP request head (request line and headers) read, in bytes; a larger one gets
+    /// 431 and the connection closes. At least 8192 (hyper's floor).
+    #[arg(long, default_value_t = 16 * 1024,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(8192..))]
+    pub http_max_header_bytes: usize,
+    /// Largest HTTP request body accepted, in bytes; a request declaring more gets 413 unread
+    /// (no route of the game's side takes a body).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub http_max_body_bytes: usize,
+    /// Connect tokens /api/connect issues per second to one address (IPv4 address, IPv6 /64),
+    /// with --connect-burst-per-address saved up; beyond it 429 with Retry-After (counted).
+    /// A player asks once per join. The address is the connection's: X-Forwarded-For is not
+    /// trusted, so behind a reverse proxy every player shares the proxy's address; there,
+    /// limit per client at the proxy and turn this off (0) or keep --exempt-loopback for a
+    /// proxy on the same host. 0: no limit.
+    #[arg(long, default_value_t = 5.0)]
+    pub connect_per_sec_per_address: f64,
+    /// Connect tokens one address may take at once before --connect-per-sec-per-address
+    /// applies: a household or a LAN party joining together.
+    #[arg(long, default_value_t = 20.0)]
+    pub connect_burst_per_address: f64,
 
     /// The WebTransport URL that /api/connect hands out, e.g. https://play.example.com:4433/.
     /// Set it whenever clients reach the server by another address than --wt-bind (NAT,

@@ -309,6 +309,28 @@ impl Metrics {
         .increment(1);
     }
 
+    /// A connection or request an HTTP listener refused (`listener`: "game", ...), by why
+    /// (see [`crate::http::serve`]).
+    pub fn http_rejected(&self, listener: &'static str, reason: &'static str) {
+        self.counter(
+            "arena_http_rejected_total",
+            vec![
+                Label::new("listener", listener),
+                Label::new("reason", reason),
+            ],
+        )
+        .increment(1);
+    }
+
+    /// An `/api/connect` request refused, by why.
+    pub fn connect_rejected(&self, reason: &'static str) {
+        self.counter(
+            "arena_connect_rejected_total",
+            vec![Label::new("reason", reason)],
+        )
+        .increment(1);
+    }
+
     /// A welcomed session ended, by why.
     pub fn session_ended(&self, reason: &'static str) {
         self.counter(
@@ -389,6 +411,14 @@ const LABELLED: &[(&str, &str)] = &[
     (
         "arena_inputs_rejected_total",
         "Inputs dropped before the simulation used them, by reason.",
+    ),
+    (
+        "arena_http_rejected_total",
+        "HTTP connections closed at accept (over a cap) or requests refused (too slow, too large), by listener and reason.",
+    ),
+    (
+        "arena_connect_rejected_total",
+        "/api/connect requests refused (no token issued), by reason.",
     ),
 ];
 

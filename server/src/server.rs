@@ -298,19 +298,22 @@ impl Server {
             next_client_id: AtomicU64::new(u64::from(u32::from_le_bytes(first_id)) << 32 | 1),
             stats: self.stats.clone(),
             guest_tokens: !self.config.no_guest_tokens,
+            connect_limit: http::ConnectLimit::from_config(&self.config),
         });
         let library = Arc::new(http::replays::Library::dir(
             self.config.replay_dir.clone(),
             self.config.aoi_radius,
         ));
-        let http = axum::serve(
+        // Our own accept loop, not axum::serve: that one sets no header timeout and no cap.
+        let http_task = tokio::spawn(http::serve::serve(
             self.http,
             http::router(http_state)
                 .merge(http::replays::router(library))
                 .merge(http::client::router()),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let http_task = tokio::spawn(async move { http.await });
+            http::serve::HttpLimits::game(&self.config),
+            self.stats.clone(),
+            shutdown.clone(),
+        ));
 
         if !self.config.stats_interval.is_zero() {
             tokio::spawn(crate::stats::log_periodically(
@@ -363,10 +366,8 @@ impl Server {
         if !matches!(sim_result, Ok(Ok(()))) {
             return Err(ServerError::SimulationPanicked);
         }
-        match http_result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ServerError::Http(e)),
-            Err(e) => warn!(error = %e, "HTTP task ended abnormally"),
+        if let Err(e) = http_result {
+            warn!(error = %e, "HTTP task ended abnormally");
         }
         info!("Arena stopped");
         Ok(())

@@ -7,6 +7,7 @@ mod cert_rotation;
 mod client;
 mod combat;
 mod common;
+mod http_edges;
 mod metrics;
 mod misbehaving;
 mod names;

@@ -1,21 +1,24 @@
-//! The HTTP side (axum): health and connect tokens. Plain HTTP on loopback by default; put a
-//! TLS-terminating proxy in front for the public internet.
+//! The HTTP side (axum, served by [`serve`]'s accept loop with its timeouts and caps): health
+//! and connect tokens. Plain HTTP on loopback by default; put a TLS-terminating proxy in front
+//! for the public internet.
 //!
 //! - `GET /healthz`: 200 with the live session count and tick, for orchestrators.
 //! - `GET /api/connect[?name=NAME]`: where to connect, the certificate hashes to pin
 //!   (self-signed only: the current one, and the next one shortly before a rotation), and a
-//!   fresh connect token that `Hello` must carry.
+//!   fresh connect token that `Hello` must carry. At most `--connect-per-sec-per-address`
+//!   a second to one address (after a burst); beyond that 429 with `Retry-After`.
 //! - `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
 //! - `GET /replays`, `/replays/ID` and `/api/replays/...`: the replay viewer ([`replays`]).
 //! - `GET /`, `/arena.js`, `/arena_web.wasm`: the browser game client ([`client`]).
 
 pub mod client;
 pub mod replays;
+pub mod serve;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arena_shared::protocol::MAX_NAME_LEN;
 use arena_shared::token::{self, Claims};
@@ -27,8 +30,61 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::net::identity::CertHashes;
+use crate::net::limits::{AddressBuckets, AddressKey, exempt};
 use crate::stats::Stats;
+
+/// Addresses whose `/api/connect` rate is tracked at once. An address is forgotten once its
+/// bucket has refilled (4 s at the defaults), so only more than ~16,000 new addresses a second
+/// fill it; then newcomers wait for a refill (see [`AddressBuckets`]). About 4 MB when full.
+pub const CONNECT_ADDRESSES_TRACKED: usize = 65_536;
+
+/// `/api/connect`'s per-address rate (`--connect-per-sec-per-address`, its burst).
+#[derive(Debug)]
+pub struct ConnectLimit {
+    buckets: Mutex<AddressBuckets>,
+    exempt_loopback: bool,
+    /// The buckets' clock origin.
+    started: Instant,
+}
+
+impl ConnectLimit {
+    pub fn new(rate: f64, burst: f64, exempt_loopback: bool) -> Self {
+        Self {
+            buckets: Mutex::new(AddressBuckets::new(rate, burst, CONNECT_ADDRESSES_TRACKED)),
+            exempt_loopback,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn from_config(config: &Config) -> Self {
+        Self::new(
+            config.connect_per_sec_per_address,
+            config.connect_burst_per_address,
+            config.exempt_loopback,
+        )
+    }
+
+    /// Takes one of `ip`'s tokens now, or says how many whole seconds until one is there.
+    pub fn take(&self, ip: IpAddr) -> Result<(), u64> {
+        self.take_at(ip, self.started.elapsed().as_secs_f64())
+    }
+
+    /// [`take`](Self::take) at `now` seconds on the buckets' clock.
+    pub fn take_at(&self, ip: IpAddr, now: f64) -> Result<(), u64> {
+        if exempt(ip, self.exempt_loopback) {
+            return Ok(());
+        }
+        self.buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(AddressKey::of(ip), now)
+            // Retry-After counts whole seconds: rounded up, so a client that waits as told
+            // finds a token.
+            .map_err(|ms| u64::from(ms).div_ceil(1000))
+    }
+}
 
 pub struct HttpState {
     pub token_secret: Arc<[u8]>,
@@ -43,6 +99,7 @@ pub struct HttpState {
     pub stats: Arc<Stats>,
     /// `/api/connect` issues tokens (off with `--no-guest-tokens`).
     pub guest_tokens: bool,
+    pub connect_limit: ConnectLimit,
 }
 
 /// Body of `/api/connect`.
@@ -91,12 +148,24 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
 
 async fn connect(
     State(state): State<Arc<HttpState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     Query(query): Query<ConnectQuery>,
     headers: HeaderMap,
 ) -> Response {
     if !state.guest_tokens {
         let msg = "this server hands out no guest tokens: sign in with the game's login service";
         return (StatusCode::NOT_FOUND, msg).into_response();
+    }
+    // The connection's address, never X-Forwarded-For: any client can write that header.
+    if let Err(secs) = state.connect_limit.take(peer.ip()) {
+        state.stats.metrics.connect_rejected("rate_limited");
+        let msg = "too many connect tokens asked from this address; retry later";
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, secs.to_string())],
+            msg,
+        )
+            .into_response();
     }
     let client_id = state.next_client_id.fetch_add(1, Ordering::Relaxed);
     let name = query
@@ -162,6 +231,7 @@ mod tests {
             next_client_id: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
             guest_tokens: true,
+            connect_limit: ConnectLimit::new(0.0, 1.0, true),
         }
     }
 
@@ -188,6 +258,32 @@ mod tests {
         );
         assert_eq!(connect_url(&s, None), "https://localhost:4433/");
     }
+
+    #[test]
+    fn connect_tokens_are_rationed_per_address_with_retry_after_in_whole_seconds() {
+        let limit = ConnectLimit::new(0.5, 3.0, true);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..3 {
+            assert_eq!(limit.take_at(a, 10.0), Ok(()));
+        }
+        // One token every 2 s: 2 s to wait, told as 2.
+        assert_eq!(limit.take_at(a, 10.0), Err(2));
+        // 0.1 s later: 1.9 s to wait, rounded up so a client waiting as told finds a token.
+        assert_eq!(limit.take_at(a, 10.1), Err(2));
+        assert_eq!(
+            limit.take_at(b, 10.1),
+            Ok(()),
+            "another address has its own"
+        );
+        assert_eq!(limit.take_at(a, 12.0), Ok(()));
+        let loopback: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..10 {
+            assert_eq!(limit.take_at(loopback, 12.0), Ok(()), "spared");
+        }
+        let strict = ConnectLimit::new(0.5, 1.0, false);
+        assert_eq!(strict.take_at(loopback, 0.0), Ok(()));
+        assert_eq!(strict.take_at(loopback, 0.0), Err(2));
+    }
 }
 
 #[cfg(test)]
@@ -198,7 +294,8 @@ mod connect_tests {
         let query = Query(ConnectQuery {
             name: Some("p".into()),
         });
-        let response = connect(State(state.clone()), query, HeaderMap::new()).await;
+        let peer = axum::extract::ConnectInfo("192.0.2.1:5000".parse().expect("an address"));
+        let response = connect(State(state.clone()), peer, query, HeaderMap::new()).await;
         assert_eq!(response.status(), StatusCode::OK);
         let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
             .await
@@ -222,6 +319,7 @@ mod connect_tests {
             next_client_id: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
             guest_tokens: true,
+            connect_limit: ConnectLimit::new(0.0, 1.0, true),
         });
         let info = connect_json(&state).await;
         assert_eq!(info.cert_sha256.as_deref(), Some("old"));
