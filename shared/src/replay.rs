@@ -491,10 +491,11 @@ impl<R: std::io::Read> Reader<R> {
         if crc32(&self.body) != sum {
             return Err(corrupt(Corruption::ChecksumMismatch));
         }
-        let shape = shape::of(&self.body).map_err(|_| corrupt(Corruption::Undecodable))?;
-        if shape.decoded_len > self.limits.max_decoded_len {
-            return Err(refused(Limit::DecodedLen));
-        }
+        let shape = match shape::of(&self.body, self.limits.max_decoded_len) {
+            Ok(shape) => shape,
+            Err(shape::Malformed::OverBudget) => return Err(refused(Limit::DecodedLen)),
+            Err(shape::Malformed::Layout) => return Err(corrupt(Corruption::Undecodable)),
+        };
         if shape.longest_string > self.limits.max_string_len {
             return Err(refused(Limit::StringLen));
         }
@@ -975,7 +976,7 @@ mod tests {
     }
 
     fn walk(r: &Record) -> Result<Shape, shape::Malformed> {
-        shape::of(&bitcode::encode(r))
+        shape::of(&bitcode::encode(r), usize::MAX)
     }
 
     #[test]

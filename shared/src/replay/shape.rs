@@ -32,17 +32,25 @@ pub struct Shape {
     pub longest_string: usize,
 }
 
-/// The body does not follow the layout (bitcode would refuse it too).
+/// Why a walk stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Malformed;
+pub enum Malformed {
+    /// The body does not follow the layout (bitcode would refuse it too).
+    Layout,
+    /// It declares more than the budget [`of`] was given: the walk stops there, before it
+    /// spends time on columns whose lengths it already refuses.
+    OverBudget,
+}
 
 type Walk<T = ()> = Result<T, Malformed>;
 
-/// Walks `body`, the bitcode encoding of one [`Record`].
-pub fn of(body: &[u8]) -> Walk<Shape> {
+/// Walks `body`, the bitcode encoding of one [`Record`], stopping as soon as it declares
+/// more than `budget` bytes of heap.
+pub fn of(body: &[u8], budget: usize) -> Walk<Shape> {
     let mut w = Walker {
         input: body,
         shape: Shape::default(),
+        budget,
     };
     w.record()?;
     Ok(w.shape)
@@ -85,6 +93,7 @@ pub(crate) fn of_record(record: &Record) -> Shape {
 struct Walker<'a> {
     input: &'a [u8],
     shape: Shape,
+    budget: usize,
 }
 
 /// Values a byte packed with `factor` holds (bitcode's `factor_to_divisor`).
@@ -101,7 +110,7 @@ fn per_byte(factor: u32) -> usize {
 impl<'a> Walker<'a> {
     fn take(&mut self, n: usize) -> Walk<&'a [u8]> {
         if n > self.input.len() {
-            return Err(Malformed);
+            return Err(Malformed::Layout);
         }
         let (head, rest) = self.input.split_at(n);
         self.input = rest;
@@ -116,12 +125,14 @@ impl<'a> Walker<'a> {
     fn packed(&mut self, n: usize, factor: u32, mut each: impl FnMut(u8)) -> Walk {
         let per = per_byte(factor);
         let bytes = self.take(n.div_ceil(per))?;
-        for i in 0..n {
-            let mut b = u32::from(bytes[i / per]);
-            for _ in 0..i % per {
+        let mut left = n;
+        for &byte in bytes {
+            let mut b = u32::from(byte);
+            for _ in 0..per.min(left) {
+                each((b % factor) as u8);
                 b /= factor;
             }
-            each((b % factor) as u8);
+            left = left.saturating_sub(per);
         }
         Ok(())
     }
@@ -145,7 +156,7 @@ impl<'a> Walker<'a> {
             3 => 4,
             4 => 3,
             5 => 2,
-            _ => return Err(Malformed),
+            _ => return Err(Malformed::Layout),
         };
         self.packed(n, factor, |b| each(b.wrapping_add(min)))
     }
@@ -160,7 +171,7 @@ impl<'a> Walker<'a> {
             return Ok(());
         }
         let raw = |w: &mut Self, width: usize, min: u64, each: &mut dyn FnMut(u64)| -> Walk {
-            let bytes = w.take(n.checked_mul(width).ok_or(Malformed)?)?;
+            let bytes = w.take(n.checked_mul(width).ok_or(Malformed::Layout)?)?;
             for chunk in bytes.chunks_exact(width) {
                 let mut v = [0u8; 8];
                 v[..width].copy_from_slice(chunk);
@@ -198,7 +209,7 @@ impl<'a> Walker<'a> {
             2 => raw(self, 4, min, &mut each),
             3 => raw(self, 2, min, &mut each),
             4 => self.bytes(n, |b| each(u64::from(b).wrapping_add(min))),
-            _ => Err(Malformed),
+            _ => Err(Malformed::Layout),
         }
     }
 
@@ -225,12 +236,12 @@ impl<'a> Walker<'a> {
                 max = max.max(v);
             })?;
             if overflow {
-                return Err(Malformed);
+                return Err(Malformed::Layout);
             }
         }
         // bitcode refuses sums this large; anything near is far past every limit anyway.
         if sum >= 1 << 51 {
-            return Err(Malformed);
+            return Err(Malformed::Layout);
         }
         Ok((sum as usize, max as usize))
     }
@@ -250,7 +261,11 @@ impl<'a> Walker<'a> {
             Some(count) => *count += 1,
             None => bad = true,
         })?;
-        if bad { Err(Malformed) } else { Ok(histogram) }
+        if bad {
+            Err(Malformed::Layout)
+        } else {
+            Ok(histogram)
+        }
     }
 
     fn bools(&mut self, n: usize) -> Walk {
@@ -258,11 +273,12 @@ impl<'a> Walker<'a> {
     }
 
     fn floats(&mut self, n: usize) -> Walk {
-        self.take(n.checked_mul(4).ok_or(Malformed)?).map(drop)
+        self.take(n.checked_mul(4).ok_or(Malformed::Layout)?)
+            .map(drop)
     }
 
     fn vec2s(&mut self, n: usize) -> Walk {
-        self.floats(n.checked_mul(2).ok_or(Malformed)?)
+        self.floats(n.checked_mul(2).ok_or(Malformed::Layout)?)
     }
 
     fn u8s(&mut self, n: usize) -> Walk {
@@ -289,20 +305,24 @@ impl<'a> Walker<'a> {
     /// A list column of `n` lists of `T`: returns how many elements, counted as allocated.
     fn list<T>(&mut self, n: usize) -> Walk<usize> {
         let (count, _) = self.lengths(n)?;
-        self.allocates(count.checked_mul(size_of::<T>()).ok_or(Malformed)?);
+        self.allocates(count.saturating_mul(size_of::<T>()))?;
         Ok(count)
     }
 
     fn strings(&mut self, n: usize) -> Walk {
         let (bytes, longest) = self.lengths(n)?;
         self.take(bytes)?;
-        self.allocates(bytes);
+        self.allocates(bytes)?;
         self.shape.longest_string = self.shape.longest_string.max(longest);
         Ok(())
     }
 
-    fn allocates(&mut self, bytes: usize) {
+    fn allocates(&mut self, bytes: usize) -> Walk {
         self.shape.decoded_len = self.shape.decoded_len.saturating_add(bytes);
+        if self.shape.decoded_len > self.budget {
+            return Err(Malformed::OverBudget);
+        }
+        Ok(())
     }
 
     fn record(&mut self) -> Walk {
@@ -344,7 +364,7 @@ impl<'a> Walker<'a> {
         if self.input.is_empty() {
             Ok(())
         } else {
-            Err(Malformed)
+            Err(Malformed::Layout)
         }
     }
 
