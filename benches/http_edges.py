@@ -18,20 +18,23 @@ Clients bind 127.0.0.2 (the attacker) and 127.0.0.3 (the probe): Linux routes al
 
 import argparse
 import http.client
-import select
+import selectors
 import socket
 import time
 
 
 def probe(host, port, path, source):
-    """Seconds one GET takes on a fresh connection, or None if it failed or took over 5 s."""
+    """Seconds one GET takes on a fresh connection, or None unless it got a 200 within 5 s."""
     start = time.monotonic()
     try:
         conn = http.client.HTTPConnection(host, port, timeout=5, source_address=(source, 0))
         conn.request("GET", path)
-        conn.getresponse().read()
+        resp = conn.getresponse()
+        resp.read()
         conn.close()
-    except OSError:
+        if resp.status != 200:
+            return None
+    except (OSError, http.client.HTTPException):
         return None
     return time.monotonic() - start
 
@@ -54,13 +57,23 @@ def slowloris(args):
     start = time.monotonic()
     opened = len(socks)
     open_socks = set(socks)
+    # epoll rather than select(): more than 1024 sockets are fine.
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
     closed_at = []
     worst = {"/healthz": 0.0, "/api/connect": 0.0}
     failed = 0
     last_header = start
     next_report = start + 1.0
     while time.monotonic() - start < args.hold:
-        readable, _, _ = select.select(list(open_socks), [], [], 0.1) if open_socks else ([], [], [])
+        # A round every 0.25 s: the probes' 4 /api/connect a second stay under the default
+        # per-address rate.
+        if open_socks:
+            readable = [key.fileobj for key, _ in sel.select(0.25)]
+        else:
+            readable = []
+            time.sleep(0.25)
         for s in readable:
             try:
                 data = s.recv(4096)
@@ -69,6 +82,7 @@ def slowloris(args):
             # An answer (a 408) or EOF: either way the server has let go of the request.
             del data
             open_socks.discard(s)
+            sel.unregister(s)
             s.close()
             closed_at.append(time.monotonic() - start)
         now = time.monotonic()
@@ -79,6 +93,7 @@ def slowloris(args):
                     s.sendall(b"X-Slow: 1\r\n")
                 except OSError:
                     open_socks.discard(s)
+                    sel.unregister(s)
                     s.close()
                     closed_at.append(now - start)
         for path in worst:
