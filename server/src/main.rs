@@ -2,6 +2,7 @@
 
 use arena_server::config::{Command, ReplayCommand};
 use arena_server::{Config, Server};
+use arena_shared::replay::End;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -52,10 +53,17 @@ async fn serve(config: Config) -> Result<(), arena_server::ServerError> {
 /// `arena-server replay ...`: prints, exits 0, or says why not and exits 1.
 fn replay_tool(action: &ReplayCommand) -> std::process::ExitCode {
     match action {
-        ReplayCommand::Info { file } => match arena_server::replay::info_text(file) {
-            Ok(text) => {
+        ReplayCommand::Info { file } => match arena_server::replay::info(file) {
+            // A file cut off inside its last record (still being written, or its server
+            // killed) is a file like any other; one the reader refuses is not.
+            Ok((text, End::Clean | End::Truncated { .. })) => {
                 print!("{text}");
                 std::process::ExitCode::SUCCESS
+            }
+            Ok((text, end)) => {
+                print!("{text}");
+                eprintln!("{}: {end}", file.display());
+                std::process::ExitCode::FAILURE
             }
             Err(e) => {
                 eprintln!("{}: {e}", file.display());

@@ -151,6 +151,127 @@ pub fn sim_args(config: &Config) -> Vec<String> {
     .collect()
 }
 
+/// The bounds a replayed header's flags must keep: what a real server could have been run
+/// with, no more. A replay file is untrusted input, and these flags size the world a
+/// re-simulation builds (NPCs, obstacles the map generator tries to place, history it keeps)
+/// and how long its ticks take.
+mod sim_bounds {
+    use std::time::Duration;
+    pub const NPCS: u32 = 100_000;
+    pub const WORLD_SIZE: std::ops::RangeInclusive<f32> = 64.0..=65_536.0;
+    pub const OBSTACLES: u32 = 10_000;
+    pub const INPUT_WINDOW: u32 = 1024;
+    pub const INBOX_CAPACITY: usize = 1 << 20;
+    pub const NPC_MAX_ENGAGED: u32 = 1000;
+    pub const RESPAWN_DELAY: Duration = Duration::from_secs(3600);
+    pub const SPAWN_PROTECTION: Duration = Duration::from_secs(3600);
+    pub const NPC_REACTION: Duration = Duration::from_secs(60);
+    pub const LAG_COMP_HISTORY: Duration = Duration::from_secs(10);
+    /// A keyframe at least this often: the reader's largest tick step
+    /// ([`arena_shared::replay::Limits::max_tick_step`]).
+    pub const KEYFRAME_TICKS: u32 = 1 << 16;
+}
+
+/// Parses a recording header's `sim_args` into the settings a re-simulation runs with, as
+/// untrusted input: only the flags [`sim_args`] writes (no `--replay-dir`, `--log` or any
+/// other), each at most once and given as `--flag=value` so a value is never read as a flag,
+/// every value within what a server could really have used ([`sim_bounds`]), and the
+/// header's own seed and tick rate.
+pub fn validate_sim_args(header: &Header) -> Result<Config, String> {
+    use clap::Parser;
+    let allowed: Vec<String> = sim_args(&Config::default())
+        .into_iter()
+        .step_by(2)
+        .collect();
+    let args = &header.sim_args;
+    // Each flag at most once, from the list: that bounds the count too.
+    if !args.len().is_multiple_of(2) {
+        return Err(format!("{} words are not --flag value pairs", args.len()));
+    }
+
+    let mut seen = Vec::new();
+    let mut parse = vec!["arena-server".to_string(), "--no-replays".to_string()];
+    for pair in args.chunks_exact(2) {
+        let (flag, value) = (&pair[0], &pair[1]);
+        if !allowed.contains(flag) {
+            return Err(format!("{flag:?} is not a flag a recording carries"));
+        }
+        if seen.contains(&flag) {
+            return Err(format!("{flag} is given twice"));
+        }
+        seen.push(flag);
+        parse.push(format!("{flag}={value}"));
+    }
+    let c = Config::try_parse_from(parse).map_err(|e| e.to_string())?;
+    let out_of_range = |flag: &str, value: String, bound: String| {
+        Err(format!("--{flag} {value} is out of range ({bound})"))
+    };
+    use sim_bounds as b;
+    if c.npcs > b::NPCS {
+        return out_of_range("npcs", c.npcs.to_string(), format!("at most {}", b::NPCS));
+    }
+    if !b::WORLD_SIZE.contains(&c.world_size) {
+        return out_of_range(
+            "world-size",
+            c.world_size.to_string(),
+            format!("{:?}", b::WORLD_SIZE),
+        );
+    }
+    if c.obstacles > b::OBSTACLES {
+        return out_of_range(
+            "obstacles",
+            c.obstacles.to_string(),
+            format!("at most {}", b::OBSTACLES),
+        );
+    }
+    if !(1..=b::INPUT_WINDOW).contains(&c.input_window) {
+        return out_of_range(
+            "input-window",
+            c.input_window.to_string(),
+            format!("1..={}", b::INPUT_WINDOW),
+        );
+    }
+    if !(1..=b::INBOX_CAPACITY).contains(&c.inbox_capacity) {
+        return out_of_range(
+            "inbox-capacity",
+            c.inbox_capacity.to_string(),
+            format!("1..={}", b::INBOX_CAPACITY),
+        );
+    }
+    if c.npc_max_engaged > b::NPC_MAX_ENGAGED {
+        return out_of_range(
+            "npc-max-engaged",
+            c.npc_max_engaged.to_string(),
+            format!("at most {}", b::NPC_MAX_ENGAGED),
+        );
+    }
+    if !(1..=b::KEYFRAME_TICKS).contains(&c.replay_keyframe_ticks) {
+        return out_of_range(
+            "replay-keyframe-ticks",
+            c.replay_keyframe_ticks.to_string(),
+            format!("1..={}", b::KEYFRAME_TICKS),
+        );
+    }
+    for (flag, value, max) in [
+        ("respawn-delay", c.respawn_delay, b::RESPAWN_DELAY),
+        ("spawn-protection", c.spawn_protection, b::SPAWN_PROTECTION),
+        ("npc-reaction", c.npc_reaction, b::NPC_REACTION),
+        ("lag-comp-history", c.lag_comp_history, b::LAG_COMP_HISTORY),
+        ("max-rewind", c.max_rewind, c.lag_comp_history),
+    ] {
+        if value > max {
+            return out_of_range(flag, format!("{value:?}"), format!("at most {max:?}"));
+        }
+    }
+    if (c.seed, c.tick_rate) != (header.seed, header.tick_rate) {
+        return Err(format!(
+            "seed {} at {} Hz, where the header says seed {} at {} Hz",
+            c.seed, c.tick_rate, header.seed, header.tick_rate
+        ));
+    }
+    Ok(c)
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -332,34 +453,58 @@ struct Run {
 }
 
 /// Reads the records of a run's files, in order: the first header, and every other record.
+/// Each file is streamed through a [`replay::Reader`] with the default limits, so no file is
+/// held whole and no record decodes past the memory limit; a file cut off inside a record
+/// ends there (a file still being written, or a killed server's), anything else a file's
+/// bytes get wrong refuses the run. The files must continue one another: the same run's
+/// header, and ticks that go on from where the previous file stopped.
 fn read_run(paths: &[PathBuf]) -> Result<Run, VerifyError> {
-    let mut header = None;
+    let limits = replay::Limits::default();
+    let mut header: Option<Header> = None;
     let mut records = Vec::new();
     let mut clean = true;
+    let mut last_tick = None;
     for path in paths {
-        let bytes = std::fs::read(path)
-            .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", path.display())))?;
-        let read = replay::read(&bytes);
-        if read.end == replay::End::NotReplay {
-            return Err(VerifyError::Unreadable(format!(
-                "{}: not a replay file",
-                path.display()
-            )));
-        }
-        clean = read.end == replay::End::Clean;
-        for r in read.records {
-            match r {
-                Record::Header(h) => {
+        let unreadable =
+            |what: String| VerifyError::Unreadable(format!("{}: {what}", path.display()));
+        let file = File::open(path).map_err(|e| unreadable(e.to_string()))?;
+        let mut reader = replay::Reader::new(std::io::BufReader::new(file), limits);
+        clean = true;
+        loop {
+            match reader.next_record() {
+                Ok(Some((_, Record::Header(h)))) => {
                     if h.format_version != FORMAT_VERSION {
-                        return Err(VerifyError::Unreadable(format!(
-                            "{}: replay format {}, this build reads {FORMAT_VERSION}",
-                            path.display(),
+                        return Err(unreadable(format!(
+                            "replay format {}, this build reads {FORMAT_VERSION}",
                             h.format_version
+                        )));
+                    }
+                    if let Some(first) = &header
+                        && (first.seed, first.tick_rate, &first.sim_args)
+                            != (h.seed, h.tick_rate, &h.sim_args)
+                    {
+                        return Err(unreadable("a file of another run".into()));
+                    }
+                    if let Some(last) = last_tick
+                        && (h.first_tick < last || h.first_tick - last > limits.max_tick_step)
+                    {
+                        return Err(unreadable(format!(
+                            "starts at tick {}, which does not follow tick {last} where the file before it stops",
+                            h.first_tick
                         )));
                     }
                     header.get_or_insert(h);
                 }
-                r => records.push(r),
+                Ok(Some((_, r))) => {
+                    last_tick = Some(r.tick());
+                    records.push(r);
+                }
+                Ok(None) => break,
+                Err(replay::End::Truncated { .. }) => {
+                    clean = false;
+                    break;
+                }
+                Err(end) => return Err(unreadable(end.to_string())),
             }
         }
     }
@@ -443,18 +588,13 @@ impl Replayer {
     /// The run in `paths` (its files in order, or any consecutive stretch of them), at its
     /// first [`Start`].
     pub fn open(paths: &[PathBuf]) -> Result<Self, VerifyError> {
-        use clap::Parser;
         let Run {
             header,
             records,
             clean,
         } = read_run(paths)?;
-        let config = Config::try_parse_from(
-            ["arena-server".to_string(), "--no-replays".to_string()]
-                .into_iter()
-                .chain(header.sim_args.iter().cloned()),
-        )
-        .map_err(|e| VerifyError::Unreadable(format!("the header's flags: {e}")))?;
+        let config = validate_sim_args(&header)
+            .map_err(|e| VerifyError::Unreadable(format!("the header's flags: {e}")))?;
         if config.map() != header.map {
             return Err(VerifyError::Unreadable(
                 "the header's flags do not make the recorded map".into(),
@@ -856,14 +996,30 @@ fn compare_keyframe(
     )
 }
 
-/// `arena-server replay info FILE`: what the file holds, as text.
+/// `arena-server replay info FILE`: what the file holds, as text (its last line says how the
+/// reading ended).
 pub fn info_text(path: &Path) -> std::io::Result<String> {
+    info(path).map(|(text, _)| text)
+}
+
+/// What the file holds, as text, and how its reading ended: streamed through a
+/// [`replay::Reader`] with the default limits, so the text tells what comes before a record
+/// the reader refuses, and the end says why.
+pub fn info(path: &Path) -> std::io::Result<(String, replay::End)> {
     use std::fmt::Write as _;
-    let bytes = std::fs::read(path)?;
-    let read = replay::read(&bytes);
-    let s = replay::Summary::of(&read.records);
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut reader = replay::Reader::new(std::io::BufReader::new(file), replay::Limits::default());
+    let mut s = replay::Summary::default();
+    let end = loop {
+        match reader.next_record() {
+            Ok(Some((_, r))) => s.add(&r),
+            Ok(None) => break replay::End::Clean,
+            Err(end) => break end,
+        }
+    };
     let mut t = String::new();
-    let _ = writeln!(t, "file        {} ({} bytes)", path.display(), bytes.len());
+    let _ = writeln!(t, "file        {} ({len} bytes)", path.display());
     if let Some(h) = &s.header {
         let _ = writeln!(
             t,
@@ -885,16 +1041,27 @@ pub fn info_text(path: &Path) -> std::io::Result<String> {
         s.ticks(),
         s.duration_s()
     );
-    let _ = writeln!(t, "players     {}", s.players);
+    let capped = if s.players >= replay::Summary::MAX_LISTED {
+        " or more"
+    } else {
+        ""
+    };
+    let _ = writeln!(t, "players     {}{capped}", s.players);
     let _ = writeln!(t, "joins       {}", s.joins);
     let _ = writeln!(t, "leaves      {}", s.leaves);
     let _ = writeln!(t, "inputs      {}", s.inputs);
     let _ = writeln!(t, "events      {}", s.events);
     let _ = writeln!(t, "keyframes   {}", s.keyframes);
-    let dropped: u64 = s.gaps.iter().map(|g| g.1).sum();
-    let _ = writeln!(t, "gaps        {} ({dropped} records lost)", s.gaps.len());
-    let _ = writeln!(t, "end         {:?}", read.end);
-    Ok(t)
+    let _ = writeln!(
+        t,
+        "gaps        {} ({} records lost)",
+        s.gap_count, s.dropped
+    );
+    let _ = writeln!(t, "end         {end:?}");
+    if end != replay::End::Clean {
+        let _ = writeln!(t, "            ({end})");
+    }
+    Ok((t, end))
 }
 
 #[cfg(test)]
