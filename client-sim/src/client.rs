@@ -146,7 +146,21 @@ pub fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
 /// Connects to `info.url`, pinning `info.cert_sha256s` (or `info.cert_sha256`) when given,
 /// else verifying with the system's roots.
 pub async fn open(info: &ConnectInfo, idle_timeout: Duration) -> Result<Transport, ClientError> {
-    let builder = ClientConfig::builder().with_bind_default();
+    open_from(info, idle_timeout, None).await
+}
+
+/// [`open`] from the local address `bind` (port 0: any free port) instead of the wildcard
+/// address. Tests act as other hosts this way: Linux routes all of 127.0.0.0/8 to loopback,
+/// so a client bound to 127.0.0.2 reaches a server on 127.0.0.1 from its own address.
+pub async fn open_from(
+    info: &ConnectInfo,
+    idle_timeout: Duration,
+    bind: Option<std::net::SocketAddr>,
+) -> Result<Transport, ClientError> {
+    let builder = match bind {
+        Some(addr) => ClientConfig::builder().with_bind_address(addr),
+        None => ClientConfig::builder().with_bind_default(),
+    };
     let hashes = pinned_hashes(info)?;
     let config = if hashes.is_empty() {
         builder.with_native_certs()

@@ -250,7 +250,7 @@ async fn without_guest_tokens_only_tokens_signed_with_the_secret_file_get_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_per_address_are_limited_and_the_refused_are_told_when_to_return() {
-    let server = common::start(&["--max-per-ip", "2"]).await;
+    let server = common::start(&["--max-per-ip", "2", "--exempt-loopback", "false"]).await;
     let first = welcome(&server, 50).await;
     let _second = welcome(&server, 51).await;
     let wait = expect_reject(
@@ -287,5 +287,138 @@ async fn handshakes_beyond_the_rate_are_refused_with_the_time_to_the_next_slot()
     // The scenario is time itself: the next slot comes when the hint says.
     tokio::time::sleep(std::time::Duration::from_millis(u64::from(wait))).await;
     welcome(&server, 62).await;
+    server.stop().await;
+}
+
+/// Connect info for a minted token for `id`, without asking `/api/connect` (whose own
+/// per-address limits are not what these tests are about).
+fn minted_info(server: &TestServer, id: u64) -> arena_client_sim::client::ConnectInfo {
+    arena_client_sim::client::ConnectInfo {
+        url: format!("https://{}/", server.wt_addr),
+        cert_sha256: server.cert_sha256.clone(),
+        cert_sha256s: Vec::new(),
+        token: server.mint(id, 60_000),
+    }
+}
+
+/// A session welcomed from `127.0.0.N` with a token minted for `id`.
+async fn welcome_from(
+    server: &TestServer,
+    n: u8,
+    id: u64,
+) -> Result<arena_client_sim::client::Transport, ClientError> {
+    let info = minted_info(server, id);
+    let from = std::net::SocketAddr::from(([127, 0, 0, n], 0));
+    let mut t = arena_client_sim::client::open_from(&info, WAIT, Some(from)).await?;
+    t.handshake(&info.token, "p", &mut FrameReader::new())
+        .await?;
+    Ok(t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_per_ip_is_on_by_default_and_spares_loopback_only_under_exempt_loopback() {
+    // The default cap, with loopback treated as a stranger (the handshake rate per address is
+    // lifted: these joins come fast from one address, and that is not what is tested).
+    const DEFAULT_CAP: u64 = 16;
+    let strict = common::start(&[
+        "--exempt-loopback",
+        "false",
+        "--handshakes-per-sec-per-address",
+        "0",
+    ])
+    .await;
+    let mut held = Vec::new();
+    for id in 0..DEFAULT_CAP {
+        held.push(welcome_from(&strict, 2, id).await.expect("within the cap"));
+    }
+    match welcome_from(&strict, 2, DEFAULT_CAP).await {
+        Err(ClientError::Rejected {
+            reason: RejectReason::TooManyFromAddress,
+            retry_after_ms,
+            ..
+        }) => assert!(retry_after_ms > 0),
+        other => panic!("expected TooManyFromAddress, got {:?}", other.err()),
+    }
+    welcome_from(&strict, 3, 100)
+        .await
+        .expect("another address has its own seats");
+    drop(held);
+    strict.stop().await;
+
+    // Exempt (the default): the host's own bot swarm is not capped.
+    let spared = common::start(&["--handshakes-per-sec-per-address", "0"]).await;
+    let mut held = Vec::new();
+    for id in 0..=DEFAULT_CAP {
+        held.push(
+            welcome_from(&spared, 2, id)
+                .await
+                .expect("loopback is spared"),
+        );
+    }
+    drop(held);
+    spared.stop().await;
+}
+
+/// Opens a WebTransport session to `server` at `path`, sending `origin` as a browser would.
+async fn connect_as_page(
+    server: &TestServer,
+    path: &str,
+    origin: Option<&str>,
+) -> Result<wtransport::Connection, String> {
+    use base64::Engine;
+    let hash = base64::engine::general_purpose::STANDARD
+        .decode(server.cert_sha256.as_deref().expect("self-signed"))
+        .expect("base64");
+    let hash = <[u8; 32]>::try_from(hash).expect("a SHA-256");
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+        .build();
+    let endpoint = wtransport::Endpoint::client(config).map_err(|e| e.to_string())?;
+    let mut options =
+        wtransport::endpoint::ConnectOptions::builder(format!("https://{}{path}", server.wt_addr));
+    if let Some(origin) = origin {
+        options = options.add_header("origin", origin);
+    }
+    tokio::time::timeout(WAIT, endpoint.connect(options.build()))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webtransport_request_needs_the_path_handed_out_and_a_page_of_ours_if_any() {
+    let server = common::start(&["--allowed-origin", "https://portal.example.net"]).await;
+    let refused = |reason: &str| {
+        let text = server.stats.metrics.render(&server.stats);
+        let sample = format!("arena_handshakes_rejected_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample.as_str())?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Native clients send no Origin; the path is the one /api/connect hands out.
+    let url = server.connect_info("p").await.url;
+    assert!(url.ends_with('/'), "{url}");
+    connect_as_page(&server, "/", None)
+        .await
+        .expect("no origin, our path");
+    let wrong = connect_as_page(&server, "/admin", None).await;
+    assert!(wrong.is_err(), "another path is not found");
+    assert_eq!(refused("wrong_path"), 1);
+
+    let evil = connect_as_page(&server, "/", Some("https://evil.example")).await;
+    assert!(evil.is_err(), "a foreign page is forbidden");
+    assert_eq!(refused("origin_refused"), 1);
+    let own = format!("http://{}", server.http_addr);
+    for origin in [
+        own.as_str(),
+        "http://localhost:8080",
+        "https://portal.example.net",
+    ] {
+        connect_as_page(&server, "/", Some(origin))
+            .await
+            .unwrap_or_else(|e| panic!("{origin} is ours or allowed: {e}"));
+    }
+    assert_eq!((refused("wrong_path"), refused("origin_refused")), (1, 1));
     server.stop().await;
 }

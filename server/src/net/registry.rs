@@ -17,6 +17,10 @@
 //!   the loss yet: a phone changing networks reconnects long before the idle timeout) replaces
 //!   that session: the holder of the secret is the player, and the old connection is a
 //!   zombie. The old session is told through its `superseded` token.
+//! - A seat keeps the name its connect token vouched for: resuming by resume token brings it
+//!   back whatever name the new `Hello` carries.
+//! - `--max-per-ip` counts seats per [`AddressKey`] (an IPv4 address, an IPv6 /64); loopback
+//!   is spared under `--exempt-loopback`.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
@@ -24,6 +28,8 @@ use std::net::IpAddr;
 
 use arena_shared::protocol::{RejectReason, ResumeToken};
 use tokio_util::sync::CancellationToken;
+
+use super::limits::{AddressKey, exempt};
 
 /// A held seat, as the session that holds it sees it.
 #[derive(Debug, Clone)]
@@ -36,6 +42,8 @@ pub struct Seat {
     pub resume_token: ResumeToken,
     /// The seat (and so the entity) was taken over from an earlier session of this client.
     pub resumed: bool,
+    /// The player's name: the one its connect token vouched for, kept across resumes.
+    pub name: String,
     /// Cancelled when a newer session of the same player takes the seat.
     pub superseded: CancellationToken,
 }
@@ -54,9 +62,9 @@ pub enum Ended {
 /// What admission needs from the caller, after the token checks that do not involve other
 /// sessions.
 #[derive(Debug, Clone, Copy)]
-pub enum Claim {
-    /// A verified connect token for this client id.
-    Token { client_id: u64 },
+pub enum Claim<'a> {
+    /// A verified connect token for this client id, and the name it vouches for.
+    Token { client_id: u64, name: &'a str },
     /// A resume token the registry may know.
     Resume(ResumeToken),
 }
@@ -66,6 +74,7 @@ struct Live {
     session: u64,
     ip: IpAddr,
     key: ResumeToken,
+    name: String,
     superseded: CancellationToken,
 }
 
@@ -74,6 +83,7 @@ struct Lingering {
     session: u64,
     ip: IpAddr,
     key: ResumeToken,
+    name: String,
     until_ms: u64,
 }
 
@@ -82,6 +92,8 @@ pub struct Registry {
     max_clients: usize,
     /// 0: no limit.
     max_per_ip: usize,
+    /// `--exempt-loopback`: loopback addresses are not held to `max_per_ip`.
+    exempt_loopback: bool,
     grace_ms: u64,
     live: HashMap<u64, Live>,
     lingering: HashMap<u64, Lingering>,
@@ -89,8 +101,8 @@ pub struct Registry {
     expiries: BTreeSet<(u64, u64)>,
     /// Resume token → client id, for every live and lingering seat.
     keys: HashMap<ResumeToken, u64>,
-    /// Seats (live and lingering) per client address.
-    per_ip: HashMap<IpAddr, usize>,
+    /// Seats (live and lingering) per client address (IPv6 by /64).
+    per_ip: HashMap<AddressKey, usize>,
     next_session: u64,
 }
 
@@ -105,6 +117,7 @@ impl Registry {
         Self {
             max_clients,
             max_per_ip,
+            exempt_loopback: false,
             grace_ms,
             live: HashMap::new(),
             lingering: HashMap::new(),
@@ -113,6 +126,12 @@ impl Registry {
             per_ip: HashMap::new(),
             next_session: 0,
         }
+    }
+
+    /// Spares loopback addresses from `max_per_ip` (`--exempt-loopback`).
+    pub fn exempting_loopback(mut self, exempt_loopback: bool) -> Self {
+        self.exempt_loopback = exempt_loopback;
+        self
     }
 
     /// The client id a resume token would resume, if the registry knows it.
@@ -125,17 +144,20 @@ impl Registry {
     /// know is refused; the caller decides first whether to fall back to the connect token.
     pub fn admit(
         &mut self,
-        claim: Claim,
+        claim: Claim<'_>,
         ip: IpAddr,
         new_key: ResumeToken,
     ) -> Result<Seat, Refused> {
-        let client_id = match claim {
-            Claim::Resume(key) => self.resumable(&key).ok_or((
-                RejectReason::TokenExpired,
-                "resume token unknown or past its grace period".to_string(),
-                0,
-            ))?,
-            Claim::Token { client_id } => {
+        let (client_id, vouched) = match claim {
+            Claim::Resume(key) => (
+                self.resumable(&key).ok_or((
+                    RejectReason::TokenExpired,
+                    "resume token unknown or past its grace period".to_string(),
+                    0,
+                ))?,
+                None,
+            ),
+            Claim::Token { client_id, name } => {
                 if self.live.contains_key(&client_id) {
                     return Err((
                         RejectReason::TokenInUse,
@@ -143,7 +165,7 @@ impl Registry {
                         RETRY_AFTER_MS,
                     ));
                 }
-                client_id
+                (client_id, Some(name))
             }
         };
         // The seat this player holds already, if any: taking it back needs no free seat.
@@ -152,8 +174,13 @@ impl Registry {
             .get(&client_id)
             .map(|l| l.ip)
             .or_else(|| self.lingering.get(&client_id).map(|l| l.ip));
-        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
-        if self.max_per_ip > 0 && held_ip != Some(ip) && from_ip >= self.max_per_ip {
+        let address = AddressKey::of(ip);
+        let from_ip = self.per_ip.get(&address).copied().unwrap_or(0);
+        if self.max_per_ip > 0
+            && !exempt(ip, self.exempt_loopback)
+            && held_ip.map(AddressKey::of) != Some(address)
+            && from_ip >= self.max_per_ip
+        {
             return Err((
                 RejectReason::TooManyFromAddress,
                 format!("{from_ip} sessions from this address already"),
@@ -167,19 +194,21 @@ impl Registry {
                 RETRY_AFTER_MS,
             ));
         }
-        let resumed = if let Some(old) = self.live.remove(&client_id) {
+        let (resumed, held_name) = if let Some(old) = self.live.remove(&client_id) {
             old.superseded.cancel();
             self.keys.remove(&old.key);
             self.release_ip(old.ip);
-            true
+            (true, Some(old.name))
         } else if let Some(old) = self.lingering.remove(&client_id) {
             self.expiries.remove(&(old.until_ms, client_id));
             self.keys.remove(&old.key);
             self.release_ip(old.ip);
-            true
+            (true, Some(old.name))
         } else {
-            false
+            (false, None)
         };
+        // A connect token vouches anew; a resume token brings back the name it was issued with.
+        let name = vouched.map(String::from).or(held_name).unwrap_or_default();
         self.next_session += 1;
         let superseded = CancellationToken::new();
         self.live.insert(
@@ -188,16 +217,18 @@ impl Registry {
                 session: self.next_session,
                 ip,
                 key: new_key,
+                name: name.clone(),
                 superseded: superseded.clone(),
             },
         );
         self.keys.insert(new_key, client_id);
-        *self.per_ip.entry(ip).or_insert(0) += 1;
+        *self.per_ip.entry(address).or_insert(0) += 1;
         Ok(Seat {
             client_id,
             session: self.next_session,
             resume_token: new_key,
             resumed,
+            name,
             superseded,
         })
     }
@@ -219,6 +250,7 @@ impl Registry {
                     session,
                     ip: live.ip,
                     key: live.key,
+                    name: live.name,
                     until_ms,
                 },
             );
@@ -267,10 +299,11 @@ impl Registry {
     }
 
     fn release_ip(&mut self, ip: IpAddr) {
-        if let Some(n) = self.per_ip.get_mut(&ip) {
+        let address = AddressKey::of(ip);
+        if let Some(n) = self.per_ip.get_mut(&address) {
             *n -= 1;
             if *n == 0 {
-                self.per_ip.remove(&ip);
+                self.per_ip.remove(&address);
             }
         }
     }
@@ -287,8 +320,15 @@ mod tests {
         ResumeToken([b; 16])
     }
 
-    fn token(client_id: u64) -> Claim {
-        Claim::Token { client_id }
+    fn token(client_id: u64) -> Claim<'static> {
+        Claim::Token {
+            client_id,
+            name: "vouched",
+        }
+    }
+
+    fn at(ip: IpAddr) -> AddressKey {
+        AddressKey::of(ip)
     }
 
     #[test]
@@ -336,8 +376,12 @@ mod tests {
             RejectReason::TokenExpired,
             "single use"
         );
-        assert_eq!(r.per_ip.get(&A), None, "the seat moved to the new address");
-        assert_eq!(r.per_ip.get(&B), Some(&1));
+        assert_eq!(
+            r.per_ip.get(&at(A)),
+            None,
+            "the seat moved to the new address"
+        );
+        assert_eq!(r.per_ip.get(&at(B)), Some(&1));
     }
 
     #[test]
@@ -360,7 +404,7 @@ mod tests {
         // The zombie's end, when it comes, leaves the new session alone.
         assert_eq!(r.end(7, zombie.session, true, 0), Ended::Superseded);
         assert_eq!((r.live(), r.lingering()), (1, 0));
-        assert_eq!(r.per_ip.get(&A), Some(&1));
+        assert_eq!(r.per_ip.get(&at(A)), Some(&1));
         // But a connect token does not push a live session out.
         assert_eq!(
             r.admit(token(7), B, key(3)).unwrap_err().0,
@@ -394,5 +438,65 @@ mod tests {
             RejectReason::TooManyFromAddress
         );
         assert!(r.admit(Claim::Resume(key(1)), A, key(4)).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_64_counts_as_one_address_and_loopback_is_spared_only_when_exempt() {
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut r = Registry::new(10, 2, 1_000);
+        r.admit(token(1), v6("2001:db8:1:1::1"), key(1)).unwrap();
+        r.admit(token(2), v6("2001:db8:1:1::ffff:2"), key(2))
+            .unwrap();
+        assert_eq!(
+            r.admit(token(3), v6("2001:db8:1:1:9::3"), key(3))
+                .unwrap_err()
+                .0,
+            RejectReason::TooManyFromAddress,
+            "a third address in the same /64"
+        );
+        assert!(r.admit(token(3), v6("2001:db8:1:2::1"), key(3)).is_ok());
+        let lo = v6("127.0.0.2");
+        let mut spared = Registry::new(10, 1, 1_000).exempting_loopback(true);
+        assert!((1..=3).all(|id| spared.admit(token(id), lo, key(id as u8)).is_ok()));
+        let mut strict = Registry::new(10, 1, 1_000).exempting_loopback(false);
+        strict.admit(token(1), lo, key(1)).unwrap();
+        assert_eq!(
+            strict.admit(token(2), lo, key(2)).unwrap_err().0,
+            RejectReason::TooManyFromAddress
+        );
+    }
+
+    #[test]
+    fn a_resume_token_brings_back_the_vouched_name_and_a_connect_token_vouches_anew() {
+        let mut r = Registry::new(10, 0, 1_000);
+        let first = r
+            .admit(
+                Claim::Token {
+                    client_id: 7,
+                    name: "alice",
+                },
+                A,
+                key(1),
+            )
+            .unwrap();
+        assert_eq!(first.name, "alice");
+        r.end(7, first.session, true, 0);
+        let back = r.admit(Claim::Resume(key(1)), B, key(2)).unwrap();
+        assert_eq!(back.name, "alice", "whatever the new Hello says");
+        let zombie_free = r.admit(Claim::Resume(key(2)), B, key(3)).unwrap();
+        assert_eq!(zombie_free.name, "alice", "superseding keeps it too");
+        r.end(7, zombie_free.session, true, 0);
+        let renamed = r
+            .admit(
+                Claim::Token {
+                    client_id: 7,
+                    name: "alicia",
+                },
+                A,
+                key(4),
+            )
+            .unwrap();
+        assert!(renamed.resumed);
+        assert_eq!(renamed.name, "alicia");
     }
 }

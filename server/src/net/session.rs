@@ -1,11 +1,14 @@
 //! One client's session: handshake, then the play loop.
 //!
-//! Handshake (bounded by `--handshake-timeout` from the first packet): QUIC + HTTP/3 CONNECT,
-//! the client opens one bidirectional stream and sends `Hello`. The server checks, in order:
-//! magic and protocol version, name, token (signature, expiry, audience), a live session with
-//! the same client id, capacity, shutdown. Only then does it allocate anything for the client:
-//! a session slot, an outbox, a player entity. A refused client gets `Reject` and a connection
-//! close whose code says the same.
+//! Handshake (bounded by `--handshake-timeout` from the first packet, and counted among the
+//! handshakes in flight until admitted or refused): QUIC + HTTP/3 CONNECT (its path and
+//! origin checked), the client opens one bidirectional stream and sends `Hello`. The server
+//! checks, in order: magic, protocol version and a `Hello` that decodes (no rate spent), a
+//! resume token it knows (admitted at once), the address's handshake bucket, the global one,
+//! the token (signature, expiry, audience, not used before), a live session with the same
+//! client id, the per-address seat limit, capacity. Only then does it allocate anything for
+//! the client: a session slot, an outbox, a player entity. A refused client gets `Reject` and
+//! a connection close whose code says the same.
 //!
 //! Play: frames in (inputs to the simulation inbox, pings answered best-effort), snapshots
 //! out (one datagram per part), reliable frames out through a writer bounded in bytes
@@ -35,10 +38,10 @@ use wtransport::endpoint::IncomingSession;
 use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream};
 
-use super::NetContext;
-use super::limits::{Backlog, Delivery, TokenBucket, judge_frame};
+use super::limits::{AddressKey, Backlog, Delivery, TokenBucket, exempt, judge_frame};
 use super::outbox::Outbox;
 use super::registry::{Claim, Ended, RETRY_AFTER_MS, Seat};
+use super::{HandshakeSlot, NetContext, request};
 use crate::game::{JoinAck, JoinRequest, SimCommand};
 use crate::stats::Stats;
 
@@ -47,13 +50,19 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Bytes read from the stream at a time.
 const READ_CHUNK: usize = 1024;
 
-/// Runs one session from its first packet to its end, in a span naming the peer.
-pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: CancellationToken) {
+/// Runs one session from its first packet to its end, in a span naming the peer. `in_flight`
+/// is its place among the handshakes in flight, given back once it is admitted or refused.
+pub async fn run(
+    incoming: IncomingSession,
+    in_flight: HandshakeSlot,
+    ctx: Arc<NetContext>,
+    shutdown: CancellationToken,
+) {
     let remote = incoming.remote_address();
     let span = info_span!("session", %remote, client_id = field::Empty);
     async move {
         let deadline = Instant::now() + ctx.config.handshake_timeout;
-        let conn = match tokio::time::timeout_at(deadline, accept(incoming)).await {
+        let conn = match tokio::time::timeout_at(deadline, accept(incoming, &ctx)).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
             Err(_) => return debug!("QUIC/HTTP3 handshake timed out"),
@@ -77,16 +86,16 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
         let mut writer = Writer::spawn(send, ctx.stats.clone(), ctx.config.max_send_backlog);
         let checked =
             match tokio::time::timeout_at(deadline, read_frame(&mut recv, &mut reader)).await {
-                Err(_) => Err((
+                Err(_) => Err(Refusal::from((
                     RejectReason::HandshakeTimeout,
                     "no Hello in time".to_string(),
                     0,
-                )),
-                Ok(Err(ReadEnd::TooLarge)) => Err((
+                ))),
+                Ok(Err(ReadEnd::TooLarge)) => Err(Refusal::from((
                     RejectReason::NotArena,
                     "first frame too large".to_string(),
                     0,
-                )),
+                ))),
                 Ok(Err(_)) => {
                     ctx.stats
                         .metrics
@@ -99,12 +108,20 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
                 }
                 Ok(Ok(body)) => admit(&ctx, &conn, remote.ip(), &body, &shutdown),
             };
+        drop(in_flight);
         let slot = match checked {
             Ok(slot) => slot,
-            Err((reason, message, retry_after_ms)) => {
+            Err(Refusal {
+                reason,
+                message,
+                retry_after_ms,
+                metric,
+            }) => {
                 Stats::add(&ctx.stats.sessions_rejected, 1);
-                ctx.stats.metrics.session_rejected(reason.as_str());
-                info!(reason = reason.as_str(), %message, retry_after_ms, "session rejected");
+                ctx.stats.metrics.session_rejected(metric);
+                // At debug: whoever connects decides how many of these there are, and the
+                // counter above is the signal.
+                debug!(reason = metric, %message, retry_after_ms, "session rejected");
                 // Best effort: the close code says the same if the stream cannot.
                 let _ = writer.send(&ServerMsg::Reject(Reject {
                     reason,
@@ -171,11 +188,28 @@ pub async fn run(incoming: IncomingSession, ctx: Arc<NetContext>, shutdown: Canc
     .await
 }
 
-async fn accept(
-    incoming: IncomingSession,
-) -> Result<Connection, wtransport::error::ConnectionError> {
-    let request = incoming.await?;
-    request.accept().await
+/// Accepts the WebTransport request if its path and origin pass [`request::Rules`]; a
+/// refused one is answered 404 (path) or 403 (origin) and counted.
+async fn accept(incoming: IncomingSession, ctx: &NetContext) -> Result<Connection, String> {
+    let request = incoming.await.map_err(|e| e.to_string())?;
+    let verdict = ctx
+        .request_rules
+        .check(request.path(), request.authority(), request.origin());
+    let Err(refused) = verdict else {
+        return request.accept().await.map_err(|e| e.to_string());
+    };
+    ctx.stats.metrics.handshake_rejected(refused.as_str());
+    let why = format!(
+        "request refused ({}): path {:?}, origin {:?}",
+        refused.as_str(),
+        request.path(),
+        request.origin()
+    );
+    match refused {
+        request::Refused::WrongPath => request.not_found().await,
+        request::Refused::Origin => request.forbidden().await,
+    }
+    Err(why)
 }
 
 /// Reads until one whole frame is buffered. `Err` when the stream ends or fails first.
@@ -208,7 +242,6 @@ enum ReadEnd {
 struct Slot {
     ctx: Arc<NetContext>,
     seat: Seat,
-    name: String,
     max_datagram: usize,
     ended: bool,
 }
@@ -255,11 +288,35 @@ impl Drop for Slot {
     }
 }
 
-/// Why a handshake was refused: the reason, a message for logs, and how long to wait before
-/// trying again (0: no hint).
-type Refusal = (RejectReason, String, u32);
+/// Why a handshake was refused: the reason, a message for logs, how long to wait before
+/// trying again (0: no hint), and the `reason` label of `arena_sessions_rejected_total` (the
+/// reason's own name, except where one reason has two causes worth telling apart).
+struct Refusal {
+    reason: RejectReason,
+    message: String,
+    retry_after_ms: u32,
+    metric: &'static str,
+}
+
+impl From<(RejectReason, String, u32)> for Refusal {
+    fn from((reason, message, retry_after_ms): (RejectReason, String, u32)) -> Self {
+        Self {
+            reason,
+            message,
+            retry_after_ms,
+            metric: reason.as_str(),
+        }
+    }
+}
 
 /// Every check on `Hello`, cheapest first; nothing is allocated until all have passed.
+///
+/// The order keeps strangers from spending what others need: what costs nothing to check
+/// (magic, version, a `Hello` that decodes) is checked before any rate is spent, so junk
+/// spends no one's budget; a resume token the registry knows admits before any rate (it is
+/// 16 random bytes, so only the player who lost its connection has it); then the address's
+/// own bucket, so one address cannot spend the shared one; then the shared bucket; and only
+/// then the work worth limiting (the token's signature, the registry).
 fn admit(
     ctx: &Arc<NetContext>,
     conn: &Connection,
@@ -267,19 +324,6 @@ fn admit(
     body: &[u8],
     shutdown: &CancellationToken,
 ) -> Result<Slot, Refusal> {
-    // Every handshake spends a token, whatever follows: a flood is refused before any work.
-    let rate = ctx
-        .handshakes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take(ctx.now_s());
-    if let Err(wait_ms) = rate {
-        return Err((
-            RejectReason::RateLimited,
-            "too many handshakes; retry later".into(),
-            wait_ms,
-        ));
-    }
     let hello = codec::decode_hello(body).map_err(|e| match e {
         HelloError::NotArena => (RejectReason::NotArena, e.to_string(), 0),
         HelloError::Version(v) => (
@@ -299,14 +343,16 @@ fn admit(
             RejectReason::DatagramsUnsupported,
             "snapshots travel as datagrams".into(),
             0,
-        ));
+        )
+            .into());
     };
     if shutdown.is_cancelled() {
         return Err((
             RejectReason::ShuttingDown,
             "server is shutting down".into(),
             RETRY_AFTER_MS,
-        ));
+        )
+            .into());
     }
     let mut key = [0u8; 16];
     getrandom::fill(&mut key).map_err(|e| {
@@ -318,19 +364,51 @@ fn admit(
         )
     })?;
     let key = ResumeToken(key);
-    // A resume token the server still knows admits by itself: its holder is the player whose
-    // seat it names. An unknown one (its grace ran out) falls back to the connect token.
+    // A resume token the server still knows admits by itself, before any rate: its holder is
+    // the player whose seat it names, and it keeps the name that seat was vouched for. An
+    // unknown one (its grace ran out, or a guess) falls back to the connect token and its
+    // limits.
     if let Some(resume) = hello.resume
         && let Ok(seat) = ctx.with_registry(|r| r.admit(Claim::Resume(resume), ip, key))
     {
-        return Ok(Slot::new(ctx, seat, hello.name, max_datagram));
+        return Ok(Slot::new(ctx, seat, max_datagram));
+    }
+    let now_s = ctx.now_s();
+    if !exempt(ip, ctx.config.exempt_loopback) {
+        let rate = ctx
+            .handshakes_per_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(AddressKey::of(ip), now_s);
+        if let Err(wait_ms) = rate {
+            return Err(Refusal {
+                reason: RejectReason::RateLimited,
+                message: "too many handshakes from this address; retry later".into(),
+                retry_after_ms: wait_ms,
+                metric: "rate_limited_address",
+            });
+        }
+    }
+    let rate = ctx
+        .handshakes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(now_s);
+    if let Err(wait_ms) = rate {
+        return Err((
+            RejectReason::RateLimited,
+            "too many handshakes; retry later".into(),
+            wait_ms,
+        )
+            .into());
     }
     if hello.token.is_empty() {
         return Err((
             RejectReason::TokenMissing,
             "Hello carries no token; get one from /api/connect".into(),
             0,
-        ));
+        )
+            .into());
     }
     let claims = token::verify(&ctx.token_secret, &hello.token, now_ms, &ctx.token_audience)
         .map_err(|e| {
@@ -351,17 +429,14 @@ fn admit(
             RejectReason::TokenInUse,
             "this token was used already; get a new one".into(),
             0,
-        ));
+        )
+            .into());
     }
-    let client_id = claims.client_id;
-    let seat = ctx.with_registry(|r| r.admit(Claim::Token { client_id }, ip, key))?;
-    used.mark_used(fingerprint, claims.expires_at_ms);
-    drop(used);
     // The token's name is the one the issuer vouched for; Hello's is a fallback.
     let name = if claims.name.is_empty() {
-        hello.name
+        hello.name.as_str()
     } else {
-        claims.name
+        claims.name.as_str()
     };
     // Every token that admits must be remembered until it expires; with the set full, the
     // session waits rather than a remembered token being forgotten (and so replayable).
@@ -383,12 +458,11 @@ fn admit(
 
 impl Slot {
     /// A slot for an admitted seat; counts the session open.
-    fn new(ctx: &Arc<NetContext>, seat: Seat, name: String, max_datagram: usize) -> Self {
+    fn new(ctx: &Arc<NetContext>, seat: Seat, max_datagram: usize) -> Self {
         ctx.stats.open_session();
         Self {
             ctx: ctx.clone(),
             seat,
-            name,
             max_datagram,
             ended: false,
         }
@@ -401,7 +475,7 @@ async fn join(ctx: &NetContext, slot: &Slot, outbox: Arc<Outbox>) -> Option<Join
     let request = JoinRequest {
         client_id: slot.seat.client_id,
         session: slot.seat.session,
-        name: slot.name.clone(),
+        name: slot.seat.name.clone(),
         outbox,
         resume: slot.seat.resumed,
         reply,
@@ -733,17 +807,9 @@ impl Session {
             };
             match codec::decode_client(&body) {
                 Ok(ClientMsg::Input(input)) => {
-                    if let Some(fault) = input.fault() {
-                        let stats = &self.ctx.stats;
-                        Stats::add(
-                            match fault {
-                                InputFault::MoveOutOfRange => &stats.inputs_move_out_of_range,
-                                InputFault::UnknownButtons => &stats.inputs_unknown_buttons,
-                            },
-                            1,
-                        );
-                        continue;
-                    }
+                    // Every input spends the rate first, a refused one too: otherwise a client
+                    // sending only inputs the server throws away would never meet the rate or
+                    // the flood rule.
                     let now = self.ctx.now_s();
                     if self.inputs.take(now).is_err() {
                         Stats::add(&self.ctx.stats.inputs_rate_limited, 1);
@@ -763,6 +829,17 @@ impl Session {
                                 ),
                             ));
                         }
+                        continue;
+                    }
+                    if let Some(fault) = input.fault() {
+                        let stats = &self.ctx.stats;
+                        Stats::add(
+                            match fault {
+                                InputFault::MoveOutOfRange => &stats.inputs_move_out_of_range,
+                                InputFault::UnknownButtons => &stats.inputs_unknown_buttons,
+                            },
+                            1,
+                        );
                         continue;
                     }
                     let cmd = SimCommand::Input {
