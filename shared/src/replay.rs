@@ -213,8 +213,9 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
 
 /// How much a reader believes of a file, whatever its bytes declare. The defaults pass every
 /// recording a server writes with flags that `arena-server replay verify` accepts (a
-/// 5,000-NPC keyframe at 240 Hz with a second of lag-compensation history decodes to about
-/// 20 MiB) and keep what one crafted record can make a reader allocate to
+/// 5,000-NPC keyframe at 240 Hz with a second of lag-compensation history holds 240 frames of
+/// 5,000 positions, 12 bytes each: 14 MiB) and keep what one crafted record can make a reader
+/// allocate to
 /// `max_decoded_len` plus bitcode's own column buffers (under half as much again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
