@@ -73,10 +73,17 @@ fn replay_tool(action: &ReplayCommand) -> std::process::ExitCode {
         ReplayCommand::View { files, bind } => {
             let id =
                 arena_server::http::replays::id_of(&files[0]).unwrap_or_else(|| "arena-0".into());
+            // The server's viewer bounds, without the per-address rate: this viewer is one
+            // person's, on their own machine.
+            let settings = arena_server::http::replays::Settings {
+                requests_per_sec: 0.0,
+                ..arena_server::http::replays::Settings::of(&Config::default(), None)
+            };
             let library = std::sync::Arc::new(arena_server::http::replays::Library::files(
                 id.clone(),
                 files.clone(),
-                Config::default().aoi_radius,
+                settings,
+                std::sync::Arc::new(arena_server::stats::Stats::default()),
             ));
             let served = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -88,7 +95,13 @@ fn replay_tool(action: &ReplayCommand) -> std::process::ExitCode {
                             "replay viewer: http://{}/replays/{id}",
                             listener.local_addr()?
                         );
-                        arena_server::http::replays::serve_viewer(library, listener).await
+                        arena_server::http::replays::serve(
+                            library,
+                            listener,
+                            tokio_util::sync::CancellationToken::new(),
+                        )
+                        .await;
+                        Ok(())
                     })
                 });
             match served {

@@ -539,6 +539,8 @@ impl Start {
 pub struct Replayer {
     paths: Vec<PathBuf>,
     pub header: Header,
+    /// `records` begin at the run's first tick: a fresh world can start there.
+    from_zero: bool,
     records: Vec<Record>,
     clean: bool,
     /// Index of the first record of the next tick.
@@ -560,6 +562,10 @@ pub struct Stepped {
     pub replayed: Vec<Record>,
 }
 
+/// Most records one re-simulated tick may leave for [`Replayer::step`] (the channel's slots
+/// are allocated when a world is made, so this is a cost of every open).
+const MAX_TICK_RECORDS: usize = 1 << 16;
+
 /// A fresh simulation for the header's flags, recording into a channel.
 type Fresh = (
     crate::game::Simulation,
@@ -571,9 +577,17 @@ fn fresh_sim(config: &Config, first_keyframe: bool) -> Fresh {
     let map = Arc::new(config.map());
     let stats = Arc::new(Stats::default());
     let (inbox, rx) = tokio::sync::mpsc::channel(config.inbox_capacity.max(1));
+    // Nothing is replicated, so no snapshot-building pool (one per CPU by default) is made
+    // for each world opened.
+    let config = &Config {
+        replication_threads: 1,
+        ..config.clone()
+    };
     let mut sim = crate::game::Simulation::new(config, map, rx, stats.clone(), None);
     sim.without_replication();
-    let (out_tx, out) = sync_channel(1 << 20);
+    // `step` drains it every tick: it needs room for one tick's records, which the recording
+    // itself could not exceed without a gap (the live recorder's queue is as long).
+    let (out_tx, out) = sync_channel(config.replay_queue.clamp(1, MAX_TICK_RECORDS));
     sim.set_recorder(Recorder {
         tx: out_tx,
         lost: 0,
@@ -593,6 +607,18 @@ impl Replayer {
             records,
             clean,
         } = read_run(paths)?;
+        Self::from_records(paths, header, records, clean)
+    }
+
+    /// A run's records from `header` on, already read (a stretch of them, starting at the
+    /// run's start or at a keyframe, is enough: the viewer reads no more than it shows), at
+    /// its first [`Start`]. `paths` are the files [`refresh`](Self::refresh) reads again.
+    pub fn from_records(
+        paths: &[PathBuf],
+        header: Header,
+        records: Vec<Record>,
+        clean: bool,
+    ) -> Result<Self, VerifyError> {
         let config = validate_sim_args(&header)
             .map_err(|e| VerifyError::Unreadable(format!("the header's flags: {e}")))?;
         if config.map() != header.map {
@@ -603,6 +629,7 @@ impl Replayer {
         let (sim, inbox, out) = fresh_sim(&config, true);
         let mut replayer = Self {
             paths: paths.to_vec(),
+            from_zero: header.first_tick == 1,
             header,
             records,
             clean,
@@ -622,7 +649,7 @@ impl Replayer {
     /// Where a re-simulation can begin, in order: the run's start if the recording has its
     /// first tick, then every keyframe.
     pub fn starts(&self) -> Vec<Start> {
-        let from_zero = (self.header.first_tick == 1).then_some(Start {
+        let from_zero = self.from_zero.then_some(Start {
             tick: 0,
             keyframe: None,
         });
@@ -699,6 +726,18 @@ impl Replayer {
 
     pub fn records(&self) -> &[Record] {
         &self.records
+    }
+
+    /// Takes the records that follow the last one held (read from the files by the caller)
+    /// and forgets those already simulated, so that playing a run forward holds no more than
+    /// the stretch ahead.
+    pub fn extend(&mut self, more: Vec<Record>) {
+        if self.next > 0 {
+            self.records.drain(..self.next);
+            self.next = 0;
+            self.from_zero = false;
+        }
+        self.records.extend(more);
     }
 
     /// The first tick a step can show (the one after the first start).

@@ -59,6 +59,8 @@ impl ServerProcess {
                 "127.0.0.1:0",
                 "--http-bind",
                 "127.0.0.1:0",
+                "--viewer-bind",
+                "127.0.0.1:0",
                 "--log",
                 "info",
             ])

@@ -793,7 +793,8 @@ async fn chromium_over_devtools_loads_a_page_types_and_takes_a_screenshot() {
     let mut browser = Browser::launch().await;
     let launched = t0.elapsed();
 
-    browser.goto(&format!("{}/replays", server.http)).await;
+    let viewer = server.viewer.as_deref().expect("a viewer");
+    browser.goto(&format!("{viewer}/replays")).await;
     assert_eq!(browser.eval("document.title").await, "Arena replays");
     assert_eq!(
         browser.eval("[innerWidth, innerHeight]").await,

@@ -71,6 +71,9 @@ pub struct TestServer {
     /// The bound addresses (a restart on the same ports binds these again).
     pub wt_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The replay viewer's `http://127.0.0.1:PORT` and address (`None` with `--viewer-bind off`).
+    pub viewer: Option<String>,
+    pub viewer_addr: Option<SocketAddr>,
     pub stats: Arc<Stats>,
     pub secret: Arc<[u8]>,
     pub audience: String,
@@ -115,6 +118,9 @@ pub async fn try_start(extra: &[&str]) -> Result<TestServer, ServerError> {
         "127.0.0.1:0",
         "--http-bind",
         "127.0.0.1:0",
+        // Never the default port: tests start many servers at once.
+        "--viewer-bind",
+        "127.0.0.1:0",
         "--npcs",
         "50",
         // NPCs that shoot would kill bots whose positions a test checks; the combat tests
@@ -136,6 +142,8 @@ pub async fn try_start(extra: &[&str]) -> Result<TestServer, ServerError> {
         http: format!("http://{}", server.http_addr()),
         wt_addr: server.wt_addr(),
         http_addr: server.http_addr(),
+        viewer: server.viewer_addr().map(|a| format!("http://{a}")),
+        viewer_addr: server.viewer_addr(),
         stats: server.stats(),
         secret: server.token_secret(),
         audience: server.token_audience().to_string(),

@@ -8,11 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arena_client_sim::swarm::{self, SwarmBehaviour};
-use arena_server::http::replays::{self, Library};
+use arena_server::Config;
+use arena_server::http::replays::{self, Library, Settings};
+use arena_server::stats::Stats;
 use arena_shared::replay::{self, Record};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::browser::Browser;
 use crate::common::{self, WAIT};
+use crate::viewer_limits;
 
 const TICK: u32 = 60;
 
@@ -29,21 +34,18 @@ async fn the_viewer_in_chromium_shows_the_recorded_entity_count_at_a_tick() {
     .await
     .expect("swarm ends");
     common::assert_all_played(&result.report, 10);
-    // The run is still being recorded: the server's own viewer API lists it and plays what
-    // is on disk so far (the writer flushes at each keyframe).
-    let listed = arena_client_sim::http::get(&server.http, "/api/replays", WAIT)
-        .await
-        .expect("the list");
-    let listed: serde_json::Value = serde_json::from_slice(&listed).expect("JSON");
+    // The run is still being recorded: the server's own viewer lists it and plays what is on
+    // disk so far (the writer flushes at each keyframe).
+    let served = server.viewer_addr.expect("a viewer");
+    let listed = viewer_limits::get(served, "/api/replays").await.json();
     let live_id = listed["replays"][0].as_str().expect("a run").to_string();
-    let live = arena_client_sim::http::get(
-        &server.http,
+    // Frames are streamed (chunked), which the bots' small client does not read.
+    let live = viewer_limits::get(
+        served,
         &format!("/api/replays/{live_id}/frames?from=1&count=30"),
-        WAIT,
     )
     .await
-    .expect("frames of a run in progress");
-    let live: serde_json::Value = serde_json::from_slice(&live).expect("JSON");
+    .json();
     assert_eq!(live["frames"].as_array().map(Vec::len), Some(30));
     server.stop().await;
 
@@ -67,19 +69,23 @@ async fn the_viewer_in_chromium_shows_the_recorded_entity_count_at_a_tick() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("bound");
-    let library = Arc::new(Library::files(id.clone(), files, 600.0));
-    let viewer = tokio::spawn(replays::serve_viewer(library, listener));
+    let settings = Settings::of(&Config::default(), None);
+    let library = Arc::new(Library::files(
+        id.clone(),
+        files,
+        settings,
+        Arc::new(Stats::default()),
+    ));
+    let viewer = tokio::spawn(replays::serve(library, listener, CancellationToken::new()));
     let base = format!("http://{addr}");
 
     // The API the page reads gives the same count.
-    let body = arena_client_sim::http::get(
-        &base,
+    let frames = viewer_limits::get(
+        addr,
         &format!("/api/replays/{id}/frames?from={TICK}&count=1"),
-        WAIT,
     )
     .await
-    .expect("frames");
-    let frames: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    .json();
     assert_eq!(frames["frames"][0]["t"], TICK);
     assert_eq!(
         frames["frames"][0]["e"].as_array().map(Vec::len),
