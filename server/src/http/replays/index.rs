@@ -57,8 +57,9 @@ pub struct RunIndex {
     files: Vec<FileIndex>,
     /// `(entity, name)` of each join, in order.
     pub players: Vec<(u32, String)>,
-    /// The last tick any record reaches.
-    pub last_tick: u32,
+    /// The last tick any record reaches, and whether that record is a keyframe.
+    last_record_tick: u32,
+    ends_on_keyframe: bool,
     keyframes: usize,
 }
 
@@ -70,7 +71,8 @@ impl RunIndex {
             header: read_header(first)?,
             files: Vec::new(),
             players: Vec::new(),
-            last_tick: 0,
+            last_record_tick: 0,
+            ends_on_keyframe: false,
             keyframes: 0,
         };
         index.refresh(paths)?;
@@ -130,7 +132,8 @@ impl RunIndex {
                         }
                         _ => {}
                     }
-                    self.last_tick = self.last_tick.max(record.tick());
+                    self.last_record_tick = self.last_record_tick.max(record.tick());
+                    self.ends_on_keyframe = matches!(record, Record::Keyframe { .. });
                 }
                 Ok(None) => return Ok(()),
                 // A file still being written ends inside its last record: the next refresh
@@ -174,6 +177,18 @@ impl RunIndex {
                     .iter()
                     .map(move |&(tick, offset)| Entry { tick, file, offset })
             }))
+    }
+
+    /// The last tick a frame can show: the last tick recorded, if a keyframe (the last
+    /// record of its tick) closed it; else the one before, since the end of what is on disk
+    /// may hold only part of a tick (the writer flushes at keyframes, and when its buffer
+    /// fills).
+    pub fn last_tick(&self) -> u32 {
+        if self.ends_on_keyframe {
+            self.last_record_tick
+        } else {
+            self.last_record_tick.saturating_sub(1)
+        }
     }
 
     /// The first tick a frame can show.
@@ -257,7 +272,14 @@ impl RunIndex {
                 offset: 0,
             };
         }
-        let through = records.last().map_or(0, Record::tick).min(until);
+        // At the end of what is written, the last tick may be only partly on disk: it is left
+        // for the next read, unless a keyframe closed it (as in `last_tick`).
+        let through = match records.last() {
+            Some(r @ Record::Keyframe { .. }) => r.tick(),
+            Some(r) => r.tick().saturating_sub(1),
+            None => 0,
+        }
+        .min(until);
         Ok(Window {
             records,
             next,
@@ -385,7 +407,7 @@ mod tests {
         let path = dir.join("arena-5-0001.replay");
         run(&path);
         let index = RunIndex::build(std::slice::from_ref(&path)).expect("an index");
-        assert_eq!((index.first_tick(), index.last_tick), (1, 40));
+        assert_eq!((index.first_tick(), index.last_tick()), (1, 39));
         let tick = |t| index.entry_for(t).map(|e| e.tick);
         assert_eq!(tick(1), Some(0), "the run's start");
         assert_eq!(tick(2), Some(1));
@@ -437,7 +459,14 @@ mod tests {
             .and_then(|mut f| f.write_all(&partial[..partial.len() / 2]))
             .expect("half a record");
         let mut index = RunIndex::build(std::slice::from_ref(&first)).expect("an index");
-        assert_eq!(index.last_tick, 40);
+        assert_eq!(index.last_tick(), 39);
+        let kf = index.entry_for(40).expect("an entry");
+        let at = Position {
+            file: kf.file,
+            offset: kf.offset,
+        };
+        let w = index.read(at, 100, 1000).expect("a window");
+        assert_eq!(w.through, 39, "tick 40 may not be whole yet");
         std::fs::OpenOptions::new()
             .append(true)
             .open(&first)
@@ -448,7 +477,7 @@ mod tests {
         append(&second, &[header(60), keyframe(60), leave(61)], true);
         let both = [first.clone(), second.clone()];
         index.refresh(&both).expect("refreshed");
-        assert_eq!(index.last_tick, 61);
+        assert_eq!(index.last_tick(), 60);
         let entry = index.entry_for(61).expect("an entry");
         assert_eq!((entry.tick, entry.file), (60, 1));
         // A read crosses into the next file, leaving its header out.

@@ -235,7 +235,7 @@ impl Library {
             .with_index(id, true, |ix| {
                 (
                     ix.entry_for(from),
-                    ix.last_tick,
+                    ix.last_tick(),
                     ix.paths(),
                     ix.header.clone(),
                 )
@@ -432,7 +432,7 @@ async fn meta(State(lib): State<Arc<Library>>, Path(id): Path<String>) -> Respon
                 "id": id,
                 "tick_rate": h.tick_rate,
                 "first_tick": ix.first_tick(),
-                "last_tick": ix.last_tick,
+                "last_tick": ix.last_tick(),
                 "map": {
                     "width": h.map.width,
                     "height": h.map.height,
