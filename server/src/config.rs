@@ -252,15 +252,55 @@ pub struct Config {
     /// the proxy must then do the per-client limiting).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub exempt_loopback: bool,
-    /// Most sessions playing at once from one IP address; the next gets
-    /// Reject(TooManyFromAddress). 0: no limit (the default, for bot swarms and players
-    /// behind one NAT); set it on a public server.
-    #[arg(long, default_value_t = 0)]
+    /// Most seats (live and lingering sessions) held at once from one address (an IPv4
+    /// address, or an IPv6 /64); the next gets Reject(TooManyFromAddress). Loopback is spared
+    /// under --exempt-loopback. Raise it, or 0 (no limit), for players behind carrier-grade
+    /// or campus NAT (README, "Players behind NAT").
+    #[arg(long, default_value_t = 16)]
     pub max_per_ip: usize,
     /// Handshakes admitted per second, all clients together (a token bucket with a second's
-    /// burst); beyond it Reject(RateLimited) with a retry hint. 0: no limit.
+    /// burst); beyond it Reject(RateLimited) with a retry hint. Spent only by a decodable
+    /// Hello that passed its address's bucket; a known resume token spends nothing. 0: no
+    /// limit.
     #[arg(long, default_value_t = 500.0)]
     pub handshakes_per_sec: f64,
+    /// Handshakes (decodable Hellos) admitted per second from one address (an IPv4 address,
+    /// or an IPv6 /64), checked before the global --handshakes-per-sec; beyond it
+    /// Reject(RateLimited) with a retry hint. Loopback is spared under --exempt-loopback.
+    /// 0: no limit.
+    #[arg(long, default_value_t = 2.0)]
+    pub handshakes_per_sec_per_address: f64,
+    /// Handshakes one address may make at once before --handshakes-per-sec-per-address
+    /// applies: a household behind one NAT all joining together.
+    #[arg(long, default_value_t = 10.0)]
+    pub handshake_burst_per_address: f64,
+    /// Addresses whose handshake buckets are remembered at once (a bucket that has refilled is
+    /// forgotten first); when all are owed tokens a new address waits, so a flood from more
+    /// addresses than this is limited as a whole by --handshakes-per-sec.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_handshake_addresses: usize,
+    /// Connections accepted by the WebTransport endpoint and not yet admitted or refused
+    /// (QUIC, TLS, the CONNECT request, Hello), all addresses together; beyond it new
+    /// connections are refused at once (QUIC CONNECTION_REFUSED), before any TLS work.
+    #[arg(long, default_value_t = 1024)]
+    pub max_handshakes_in_flight: usize,
+    /// With more handshakes than this in flight, a new connection whose address QUIC has not
+    /// validated is answered with a Retry: the client must prove it receives at its address
+    /// (one round trip more) before the server does any TLS work or keeps any state.
+    /// 0: always; --max-handshakes-in-flight or more: never.
+    #[arg(long, default_value_t = 256)]
+    pub retry_above: usize,
+    /// Handshakes in flight from one address (an IPv4 address, or an IPv6 /64); beyond it a
+    /// new connection from there is refused (an unvalidated one gets a Retry first). Loopback
+    /// is spared under --exempt-loopback. 0: no limit.
+    #[arg(long, default_value_t = 16)]
+    pub max_handshakes_in_flight_per_address: usize,
+    /// A web origin whose pages may open game sessions (repeatable), e.g.
+    /// https://play.example.com. Pages served by the game server's own host are always
+    /// allowed; a WebTransport request from any other origin is refused with 403. Requests
+    /// without an Origin header (native clients, bots) are not affected.
+    #[arg(long = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
     /// Inputs a session may send per second (a second's burst); the excess is dropped and
     /// counted, and a session that sends more than twice this in a second is disconnected
     /// (InputFlood). 0: no limit.
@@ -307,6 +347,39 @@ pub struct Config {
     /// A new replay file once the current one is this old, seconds (at the next keyframe).
     #[arg(long, default_value_t = 3600)]
     pub replay_rotate_secs: u64,
+
+    /// TCP address of the replay viewer (/replays and its JSON API), a listener of its own
+    /// apart from the game's HTTP side; `off` serves no viewer. It serves the runs in
+    /// --replay-dir, earlier runs included, with --no-replays too.
+    #[arg(long, default_value = "127.0.0.1:8090", value_parser = parse_viewer_bind)]
+    pub viewer_bind: std::option::Option<SocketAddr>,
+    /// File holding a token (its bytes, a trailing newline trimmed, at least 16): the viewer
+    /// then answers only requests that carry `Authorization: Bearer <token>` (401 otherwise).
+    #[arg(long)]
+    pub viewer_token_file: Option<PathBuf>,
+    /// Frames responses the viewer streams at once (each re-simulates on a thread of its
+    /// own); the next gets 503 with Retry-After.
+    #[arg(long, default_value_t = 4)]
+    pub viewer_max_streams: usize,
+    /// Runs the viewer holds open for re-simulation at once (each holds a world); a request
+    /// for another run when all are busy gets 503 with Retry-After.
+    #[arg(long, default_value_t = 4)]
+    pub viewer_max_runs: usize,
+    /// Most frames one viewer `frames` request returns.
+    #[arg(long, default_value_t = 300)]
+    pub viewer_max_frames: u32,
+    /// Most bytes of one viewer `frames` response, KiB: frames stop once it is reached (the
+    /// first frame is always sent), and the client asks again from where they stopped.
+    #[arg(long, default_value_t = 2048)]
+    pub viewer_max_response_kb: usize,
+    /// Viewer requests one address may make a second (a burst of two seconds' worth); the
+    /// excess gets 429 with Retry-After. 0: no limit.
+    #[arg(long, default_value_t = 10.0)]
+    pub viewer_requests_per_sec: f64,
+    /// How long a viewer response may wait for its client to read before it is abandoned
+    /// (its thread and its run freed for others).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub viewer_send_timeout: Duration,
 
     /// A tool instead of a server (`arena-server replay info FILE`).
     #[command(subcommand)]
@@ -357,6 +430,16 @@ fn parse_token_secret(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_string())
+}
+
+/// `--viewer-bind`: an address, or `off`.
+fn parse_viewer_bind(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("{e} (an address such as 127.0.0.1:8090, or off)"))
 }
 
 /// `--cert-validity`: a humantime duration within what Chromium accepts.
@@ -437,6 +520,20 @@ mod tests {
         let c = Config::try_parse_from(["arena-server", "--token-secret", "0123456789abcdef"])
             .expect("16 bytes");
         assert_eq!(c.token_secret.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[test]
+    fn the_viewer_listens_on_loopback_8090_unless_moved_or_off() {
+        assert_eq!(
+            Config::default().viewer_bind,
+            Some("127.0.0.1:8090".parse().unwrap())
+        );
+        let off = Config::try_parse_from(["arena-server", "--viewer-bind", "off"]).unwrap();
+        assert_eq!(off.viewer_bind, None);
+        let moved =
+            Config::try_parse_from(["arena-server", "--viewer-bind", "127.0.0.1:0"]).unwrap();
+        assert_eq!(moved.viewer_bind, Some("127.0.0.1:0".parse().unwrap()));
+        assert!(Config::try_parse_from(["arena-server", "--viewer-bind", "nowhere"]).is_err());
     }
 
     #[test]

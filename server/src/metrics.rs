@@ -331,6 +331,25 @@ impl Metrics {
         .increment(1);
     }
 
+    /// A connection refused before its `Hello` was read (in-flight caps, a QUIC Retry asked
+    /// for, the WebTransport request's path or origin), by reason.
+    pub fn handshake_rejected(&self, reason: &'static str) {
+        self.counter(
+            "arena_handshakes_rejected_total",
+            vec![Label::new("reason", reason)],
+        )
+        .increment(1);
+    }
+
+    /// A replay viewer request refused or cut short, by why.
+    pub fn viewer_rejected(&self, reason: &'static str) {
+        self.counter(
+            "arena_viewer_rejected_total",
+            vec![Label::new("reason", reason)],
+        )
+        .increment(1);
+    }
+
     /// A welcomed session ended, by why.
     pub fn session_ended(&self, reason: &'static str) {
         self.counter(
@@ -405,12 +424,20 @@ const LABELLED: &[(&str, &str)] = &[
         "Sessions refused at admission, by reason.",
     ),
     (
+        "arena_handshakes_rejected_total",
+        "Connections refused or sent a QUIC Retry before their Hello was read, by reason.",
+    ),
+    (
         "arena_sessions_closed_total",
         "Welcomed sessions that ended, by reason.",
     ),
     (
         "arena_inputs_rejected_total",
         "Inputs dropped before the simulation used them, by reason.",
+    ),
+    (
+        "arena_viewer_rejected_total",
+        "Replay viewer requests refused or cut short, by reason.",
     ),
     (
         "arena_http_rejected_total",

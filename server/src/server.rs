@@ -40,6 +40,13 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("binding the replay viewer on {addr}: {source}")]
+    BindViewer {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("viewer token file {0}")]
+    ViewerToken(String),
     #[error("invalid idle timeout {0:?}")]
     IdleTimeout(std::time::Duration),
     #[error("token secret file {0}")]
@@ -61,6 +68,9 @@ pub struct Server {
     http: tokio::net::TcpListener,
     wt_addr: SocketAddr,
     http_addr: SocketAddr,
+    /// The replay viewer's listener (`--viewer-bind`), and its token.
+    viewer: Option<(tokio::net::TcpListener, SocketAddr)>,
+    viewer_token: Option<Vec<u8>>,
     /// The hash of the certificate made at bind (self-signed only).
     cert_sha256: Option<String>,
     /// The hashes `/api/connect` hands out; the rotation task replaces them.
@@ -132,6 +142,22 @@ impl Server {
             source,
         })?;
 
+        let viewer = match config.viewer_bind {
+            Some(addr) => {
+                let bind_error = |source| ServerError::BindViewer { addr, source };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_error)?;
+                let bound = listener.local_addr().map_err(bind_error)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let viewer_token = match &config.viewer_token_file {
+            Some(path) => Some(read_viewer_token(path).await?),
+            None => None,
+        };
+
         let from_file = match &config.token_secret_file {
             Some(path) => {
                 let bytes = tokio::fs::read(path)
@@ -177,6 +203,8 @@ impl Server {
             http,
             wt_addr,
             http_addr,
+            viewer,
+            viewer_token,
             cert_sha256,
             certs,
             rotation,
@@ -194,6 +222,11 @@ impl Server {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The replay viewer's bound address (`None` with `--viewer-bind off`).
+    pub fn viewer_addr(&self) -> Option<SocketAddr> {
+        self.viewer.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Base64 SHA-256 of the self-signed certificate made at bind, the one served when
@@ -272,16 +305,31 @@ impl Server {
             map: self.map.clone(),
             inbox: inbox_tx,
             stats: self.stats.clone(),
-            registry: Mutex::new(net::registry::Registry::new(
-                self.config.max_clients,
-                self.config.max_per_ip,
-                self.config.resume_grace.as_millis() as u64,
-            )),
+            registry: Mutex::new(
+                net::registry::Registry::new(
+                    self.config.max_clients,
+                    self.config.max_per_ip,
+                    self.config.resume_grace.as_millis() as u64,
+                )
+                .exempting_loopback(self.config.exempt_loopback),
+            ),
             used_tokens: Mutex::new(net::UsedTokens::new(self.config.max_used_tokens)),
             handshakes: Mutex::new(net::limits::TokenBucket::new(
                 self.config.handshakes_per_sec,
                 self.config.handshakes_per_sec,
             )),
+            handshakes_per_address: Mutex::new(net::limits::AddressBuckets::new(
+                self.config.handshakes_per_sec_per_address,
+                self.config.handshake_burst_per_address,
+                self.config.max_handshake_addresses,
+            )),
+            in_flight: Mutex::new(net::in_flight::InFlight::new(
+                self.config.max_handshakes_in_flight,
+                self.config.retry_above,
+                self.config.max_handshakes_in_flight_per_address,
+                self.config.exempt_loopback,
+            )),
+            request_rules: net::request::Rules::from_config(&self.config),
             started: std::time::Instant::now(),
             names,
         });
@@ -300,20 +348,24 @@ impl Server {
             guest_tokens: !self.config.no_guest_tokens,
             connect_limit: http::ConnectLimit::from_config(&self.config),
         });
-        let library = Arc::new(http::replays::Library::dir(
-            self.config.replay_dir.clone(),
-            self.config.aoi_radius,
-        ));
         // Our own accept loop, not axum::serve: that one sets no header timeout and no cap.
         let http_task = tokio::spawn(http::serve::serve(
             self.http,
-            http::router(http_state)
-                .merge(http::replays::router(library))
-                .merge(http::client::router()),
+            http::router(http_state).merge(http::client::router()),
             http::serve::HttpLimits::game(&self.config),
             self.stats.clone(),
             shutdown.clone(),
         ));
+        // The viewer serves the run directory whether this run records or not (earlier runs).
+        let viewer_addr = self.viewer.as_ref().map(|(_, addr)| *addr);
+        let viewer_task = self.viewer.map(|(listener, _)| {
+            let library = Arc::new(http::replays::Library::dir(
+                self.config.replay_dir.clone(),
+                http::replays::Settings::of(&self.config, self.viewer_token),
+                self.stats.clone(),
+            ));
+            tokio::spawn(http::replays::serve(library, listener, shutdown.clone()))
+        });
 
         if !self.config.stats_interval.is_zero() {
             tokio::spawn(crate::stats::log_periodically(
@@ -344,7 +396,7 @@ impl Server {
                 shutdown.clone(),
             ))
         });
-        info!(wt = %self.wt_addr, http = %self.http_addr, "Arena serving");
+        info!(wt = %self.wt_addr, http = %self.http_addr, viewer = ?viewer_addr, "Arena serving");
         net::serve(self.endpoint, ctx, shutdown, TaskTracker::new()).await;
         if let Some(rotator) = rotator {
             rotator.abort();
@@ -363,6 +415,11 @@ impl Server {
             warn!("the replay writer panicked; the replay may end early");
         }
         let http_result = http_task.await;
+        // The viewer stopped accepting with the rest; its connections finish within the
+        // HTTP side's shutdown grace.
+        if let Some(viewer) = viewer_task {
+            let _ = viewer.await;
+        }
         if !matches!(sim_result, Ok(Ok(()))) {
             return Err(ServerError::SimulationPanicked);
         }
@@ -372,6 +429,24 @@ impl Server {
         info!("Arena stopped");
         Ok(())
     }
+}
+
+/// `--viewer-token-file`: its bytes, a trailing newline trimmed, at least
+/// [`MIN_TOKEN_SECRET`](crate::config::MIN_TOKEN_SECRET) of them.
+async fn read_viewer_token(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| ServerError::ViewerToken(format!("{}: {e}", path.display())))?;
+    let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    if text.len() < crate::config::MIN_TOKEN_SECRET {
+        return Err(ServerError::ViewerToken(format!(
+            "{}: a token of at least {} bytes is needed",
+            path.display(),
+            crate::config::MIN_TOKEN_SECRET
+        )));
+    }
+    Ok(text.to_vec())
 }
 
 /// The WebTransport endpoint's configuration around `identity`: at bind, and again at each

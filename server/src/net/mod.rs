@@ -1,6 +1,7 @@
 //! The WebTransport side: one endpoint, one task per session. The only code with sockets.
 //!
-//! - [`serve`] accepts connections until shutdown and spawns [`session::run`] for each.
+//! - [`serve`] accepts connections until shutdown and spawns [`session::run`] for each, within
+//!   the caps on handshakes in flight ([`in_flight`]; a QUIC Retry above a threshold).
 //! - [`session`] runs the handshake (admission before any per-client state), then moves client
 //!   frames into the simulation's inbox and snapshots out of the session's [`outbox::Outbox`].
 //! - [`identity`] makes or loads the TLS certificate; [`rotate_identity`] replaces a
@@ -10,9 +11,11 @@
 //! and the bounded outboxes.
 
 pub mod identity;
+pub mod in_flight;
 pub mod limits;
 pub mod outbox;
 pub mod registry;
+pub mod request;
 pub mod session;
 
 use std::collections::{BTreeSet, HashMap};
@@ -80,8 +83,16 @@ pub struct NetContext {
     pub registry: Mutex<registry::Registry>,
     /// Tokens that admitted a session, remembered until they expire: each admits one.
     pub used_tokens: Mutex<UsedTokens>,
-    /// Handshakes admitted per second (`--handshakes-per-sec`).
+    /// Handshakes admitted per second (`--handshakes-per-sec`), spent after the per-address
+    /// bucket and only by a decodable `Hello`.
     pub handshakes: Mutex<limits::TokenBucket>,
+    /// Handshakes admitted per second from each address
+    /// (`--handshakes-per-sec-per-address`).
+    pub handshakes_per_address: Mutex<limits::AddressBuckets>,
+    /// Connections accepted and not yet admitted or refused (`--max-handshakes-in-flight`).
+    pub in_flight: Mutex<in_flight::InFlight>,
+    /// The path and origins a WebTransport request must have.
+    pub request_rules: request::Rules,
     /// The zero of the limiters' clocks.
     pub started: Instant,
     /// Player names by snapshot id, kept by the simulation, for `WhoIs`.
@@ -162,17 +173,6 @@ impl UsedTokens {
         }
         self.expiry.insert(fingerprint, expires_at_ms);
         self.by_expiry.insert((expires_at_ms, fingerprint));
-    }
-
-    pub fn len(&self) -> usize {
-        self.expiry.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.expiry.is_empty()
-    }
-}
-
         true
     }
 
@@ -184,12 +184,75 @@ impl UsedTokens {
             self.by_expiry.pop_first();
             self.expiry.remove(&fp);
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.expiry.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.expiry.is_empty()
+    }
+}
+
 /// The QUIC application close code for Arena code `code` (a reason's `code()`): mapped into
 /// WebTransport's application range ([`arena_shared::protocol::close_code`]), always below
 /// QUIC's 2^62.
 pub fn close_varint(code: u32) -> wtransport::VarInt {
     wtransport::VarInt::try_from_u64(arena_shared::protocol::close_code(code))
         .expect("WebTransport's application codes are below 2^62")
+}
+
+/// A connection's place among the handshakes in flight, given back when dropped (once the
+/// session is admitted or refused, or its task ends).
+pub struct HandshakeSlot {
+    ctx: Arc<NetContext>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.ctx
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .leave(self.ip);
+    }
+}
+
+/// Judges a new connection against the caps on handshakes in flight: a slot to run its
+/// handshake in, or `None` when it was answered with a Retry or refused (and counted).
+fn enter(
+    ctx: &Arc<NetContext>,
+    incoming: wtransport::endpoint::IncomingSession,
+) -> Option<(wtransport::endpoint::IncomingSession, HandshakeSlot)> {
+    let ip = incoming.remote_address().ip();
+    let validated = incoming.remote_address_validated();
+    let verdict = ctx
+        .in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .enter(ip, validated);
+    match verdict {
+        in_flight::Verdict::Enter => Some((
+            incoming,
+            HandshakeSlot {
+                ctx: ctx.clone(),
+                ip,
+            },
+        )),
+        // Only an unvalidated address is sent a Retry (quinn refuses to retry twice).
+        in_flight::Verdict::Retry(reason) if !validated => {
+            ctx.stats.metrics.handshake_rejected(reason);
+            incoming.retry();
+            None
+        }
+        in_flight::Verdict::Retry(reason) | in_flight::Verdict::Refuse(reason) => {
+            ctx.stats.metrics.handshake_rejected(reason);
+            incoming.refuse();
+            None
+        }
+    }
 }
 
 /// Accepts sessions until `shutdown`, each in its own task on `tracker`.
@@ -205,9 +268,12 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             incoming = endpoint.accept() => incoming,
         };
+        let Some((incoming, slot)) = enter(&ctx, incoming) else {
+            continue;
+        };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(session::run(incoming, ctx, shutdown));
+        tracker.spawn(session::run(incoming, slot, ctx, shutdown));
     }
     reaper.abort();
     info!("WebTransport endpoint stops accepting");
