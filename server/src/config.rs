@@ -361,6 +361,12 @@ pub struct Config {
     /// own); the next gets 503 with Retry-After.
     #[arg(long, default_value_t = 4)]
     pub viewer_max_streams: usize,
+    /// Of those, most held at once by one address (an IPv4 address, or an IPv6 /64), so that
+    /// one host's clients that never read cannot hold them all; the next from it gets 429
+    /// with Retry-After. A first look at a run (building its index) takes one too. Loopback is
+    /// spared under --exempt-loopback. 0: no share.
+    #[arg(long, default_value_t = 2)]
+    pub viewer_max_streams_per_address: usize,
     /// Runs the viewer holds open for re-simulation at once (each holds a world); a request
     /// for another run when all are busy gets 503 with Retry-After.
     #[arg(long, default_value_t = 4)]

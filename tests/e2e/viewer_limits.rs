@@ -1,7 +1,8 @@
 //! The replay viewer's bounds, on a real server and real sockets: it answers only on its own
-//! address, its token, its per-address rate, its caps on streams and open runs, and a
-//! 5,000-NPC run under abuse (readers, clients that never read, clients that vanish) costing
-//! bounded memory and no work once they are gone.
+//! address, its token, its per-address rate, its caps on streams (in all and per address, an
+//! index built only in a stream's place) and open runs, and a 5,000-NPC run under abuse
+//! (readers, one host's clients that never read, clients that vanish) costing bounded memory
+//! and no work once they are gone.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -179,7 +180,12 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 
 /// A client that asks for `path` and reads no more than the status line.
 async fn never_reads(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut stream = connect("127.0.0.1", addr, Some(4096)).await;
+    never_reads_from("127.0.0.1", addr, path).await
+}
+
+/// [`never_reads`] from `ip`.
+async fn never_reads_from(ip: &str, addr: SocketAddr, path: &str) -> TcpStream {
+    let mut stream = connect(ip, addr, Some(4096)).await;
     send_request(&mut stream, path, "").await;
     stream
 }
@@ -281,6 +287,17 @@ async fn the_viewer_answers_on_its_own_address_only_and_serves_old_runs_without_
         );
         assert_eq!(get(viewer, &path).await.status, 200, "{path} on the viewer");
     }
+    // A 5,000-NPC response within the default cap (2 MiB, the last frame at most about as
+    // large as those before it).
+    let capped = get(
+        viewer,
+        &format!("/api/replays/{id}/frames?from=1&count=300"),
+    )
+    .await;
+    let bytes = capped.body.len();
+    let frames = capped.json()["frames"].as_array().map_or(0, Vec::len);
+    assert!((2..300).contains(&frames), "{frames} frames");
+    assert!(bytes <= 2 * 1024 * 1024 + 256 * 1024, "{bytes} bytes");
     let listed = get(viewer, "/api/replays").await.json();
     assert_eq!(listed["replays"][0], id.as_str(), "with --no-replays");
     server.stop().await;
@@ -402,7 +419,15 @@ async fn streams_and_open_runs_are_capped_and_freed_when_their_client_leaves() {
     assert_eq!(busy.status, 503, "one stream at a time");
     assert_eq!(busy.header("retry-after"), Some("1"));
     assert_eq!(rejected(&server, "busy"), 1);
-    // Meta needs no stream.
+    // A first look at a run reads all of it to index it: only in a stream's place.
+    let unindexed = get(viewer, &format!("/api/replays/{b}/meta")).await;
+    assert_eq!(
+        unindexed.status, 503,
+        "an index built with every stream taken"
+    );
+    assert_eq!(unindexed.header("retry-after"), Some("1"));
+    assert_eq!(rejected(&server, "busy"), 2);
+    // Meta of an indexed run needs no stream.
     assert_eq!(
         get(viewer, &format!("/api/replays/{a}/meta")).await.status,
         200
@@ -418,6 +443,9 @@ async fn streams_and_open_runs_are_capped_and_freed_when_their_client_leaves() {
         assert!(Instant::now() < deadline, "the stream was never freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let meta = get(viewer, &format!("/api/replays/{b}/meta")).await;
+    assert_eq!(meta.status, 200, "indexed once a stream is free");
+    assert_eq!(meta.json()["id"], b.as_str());
     server.stop().await;
 
     let server = viewer_on(
@@ -447,11 +475,83 @@ async fn streams_and_open_runs_are_capped_and_freed_when_their_client_leaves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_the_streams_and_another_still_gets_one() {
+    let _alone = HEAVY.lock().await;
+    let dir = recording().await;
+    let id = run_id(dir);
+    // Streams and runs to spare: only the address's share (2 by default) can refuse.
+    let server = viewer_on(
+        dir,
+        &[
+            "--exempt-loopback",
+            "false",
+            "--viewer-max-streams",
+            "8",
+            "--viewer-max-runs",
+            "8",
+            "--viewer-max-response-kb",
+            "65536",
+        ],
+    )
+    .await;
+    let viewer = server.viewer_addr.expect("a viewer address");
+    let whole = format!("/api/replays/{id}/frames?from=1&count=300");
+    let two = format!("/api/replays/{id}/frames?from=1&count=2");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = never_reads_from("127.0.0.2", viewer, &whole).await;
+        assert!(status_line(&mut stream).await.contains("200"));
+        held.push(stream);
+    }
+    let third = get_from("127.0.0.2", viewer, &two, "").await;
+    assert_eq!(third.status, 429, "a third stream from one address");
+    assert_eq!(third.header("retry-after"), Some("1"));
+    assert_eq!(rejected(&server, "streams_per_address"), 1);
+    let other = get_from("127.0.0.3", viewer, &two, "").await;
+    assert_eq!(other.status, 200, "another address has its own share");
+    assert_eq!(other.json()["frames"].as_array().map(Vec::len), Some(2));
+    // Its share comes back as its streams end.
+    drop(held);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = get_from("127.0.0.2", viewer, &two, "").await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the address's share never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5000_npc_run_under_abuse_costs_bounded_memory_and_no_work_once_its_clients_vanish() {
     let _alone = HEAVY.lock().await;
     let dir = recording().await;
     let id = run_id(dir);
-    let server = viewer_on(dir, &[]).await;
+    // Ten clients that never read, all from one host (127.0.0.2), and ten readers, each from a
+    // host of its own (127.0.0.3 and up): one host gets its share of the streams (2), and
+    // the readers the other three (each run open holds a 5,000-NPC world, ~25 MB here), the
+    // rest coming back after the Retry-After they are given. No byte cap to speak of, so
+    // that a non-reader's response (the whole run, ~37 MB) cannot fit in the sockets' buffers
+    // and end: it holds its stream. Readers ask for 16 frames (~2 MB).
+    let server = viewer_on(
+        dir,
+        &[
+            "--exempt-loopback",
+            "false",
+            "--viewer-max-streams",
+            "5",
+            "--viewer-max-runs",
+            "5",
+            "--viewer-max-response-kb",
+            "65536",
+        ],
+    )
+    .await;
     let viewer = server.viewer_addr.expect("a viewer address");
     let meta_path = format!("/api/replays/{id}/meta");
     assert_eq!(get(viewer, &meta_path).await.status, 200);
@@ -468,35 +568,54 @@ async fn a_5000_npc_run_under_abuse_costs_bounded_memory_and_no_work_once_its_cl
             }
         }
     });
-    let frames = |i: u32| format!("/api/replays/{id}/frames?from={}&count=300", 1 + 7 * i);
+    let frames =
+        |i: u32, count: u32| format!("/api/replays/{id}/frames?from={}&count={count}", 1 + 7 * i);
     let mut deaf = Vec::new();
+    let mut stuck = 0;
     for i in 0..10 {
-        deaf.push(never_reads(viewer, &frames(i)).await);
+        let mut stream = never_reads_from("127.0.0.2", viewer, &frames(i, 300)).await;
+        let status = status_line(&mut stream).await;
+        if status.contains("200") {
+            stuck += 1;
+        } else {
+            assert!(status.contains("429"), "{status}");
+        }
+        deaf.push(stream);
     }
+    assert_eq!(stuck, 2, "one address's share of the streams");
+    assert_eq!(rejected(&server, "streams_per_address"), 8);
     let readers: Vec<_> = (0..10)
-        .map(|i| tokio::spawn(get_from_owned(viewer, frames(i))))
+        .map(|i| {
+            tokio::spawn(get_from_owned(
+                format!("127.0.0.{}", 3 + i),
+                viewer,
+                frames(i, 16),
+            ))
+        })
         .collect();
     let asked = Instant::now();
     let meta = get(viewer, &meta_path).await;
     let meta_took = asked.elapsed();
     assert_eq!(meta.status, 200);
-    // Those that find every stream taken are told when to come back.
-    let (mut served, mut refused) = (0, 0);
+    // Every reader gets frames while the two non-readers' streams are stuck.
+    let mut served = 0;
     for reader in readers {
         let reply = reader.await.expect("a reader");
-        match reply.status {
-            200 => {
-                served += 1;
-                let frames = reply.json()["frames"].as_array().map_or(0, Vec::len);
-                assert!(frames >= 1, "{}", reply.head);
-            }
-            503 => {
-                refused += 1;
-                assert_eq!(reply.header("retry-after"), Some("1"));
-            }
-            other => panic!("status {other}"),
-        }
+        assert_eq!(reply.status, 200, "a reader: {}", reply.head);
+        let frames = reply.json()["frames"].as_array().map_or(0, Vec::len);
+        assert!(
+            frames >= 1,
+            "a reader got no frames: {}",
+            reply.json()["error"]
+        );
+        served += 1;
     }
+    let readers_took = asked.elapsed();
+    assert_eq!(
+        rejected(&server, "send_timeout"),
+        0,
+        "the non-readers were still stuck when the readers were done"
+    );
 
     drop(deaf);
     let vanished = Instant::now();
@@ -507,16 +626,14 @@ async fn a_5000_npc_run_under_abuse_costs_bounded_memory_and_no_work_once_its_cl
     let all_cpu = process_cpu() - all_cpu;
     sampler.abort();
     let grew_mb = peak.load(Ordering::Relaxed).saturating_sub(before) / 1024;
-    // Once they are gone a reader is served, a 5,000-NPC response within the default cap
-    // (2 MiB, the last frame at most about as large as those before it).
-    let reply = get(viewer, &frames(0)).await;
+    // Once they are gone a reader is served at once.
+    let reply = get(viewer, &frames(0, 16)).await;
     assert_eq!(reply.status, 200);
     let bytes = reply.body.len();
     let frames = reply.json()["frames"].as_array().map_or(0, Vec::len);
-    assert!((2..300).contains(&frames), "{frames} frames");
-    assert!(bytes <= 2 * 1024 * 1024 + 256 * 1024, "{bytes} bytes");
+    assert_eq!(frames, 16);
     eprintln!(
-        "{served} readers served, {refused} refused; after: {frames} frames, {bytes} B; meta took {meta_took:?}; \
+        "{served} readers served in {readers_took:?} beside {stuck} stuck non-readers; after: {frames} frames, {bytes} B; meta took {meta_took:?}; \
          RSS grew {grew_mb} MB; 1-2 s after the clients vanished: viewer threads {viewer_cpu:.2} s \
          CPU, the whole process {all_cpu:.2} s"
     );
@@ -565,6 +682,18 @@ async fn a_response_whose_client_leaves_stops_at_its_next_tick() {
     server.stop().await;
 }
 
-async fn get_from_owned(addr: SocketAddr, path: String) -> Reply {
-    get(addr, &path).await
+/// GET `path` from `ip` as a client that obeys 503's Retry-After, until it is answered.
+async fn get_from_owned(ip: String, addr: SocketAddr, path: String) -> Reply {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = get_from(&ip, addr, &path, "").await;
+        if reply.status != 503 || Instant::now() > deadline {
+            return reply;
+        }
+        let wait: u64 = reply
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After in seconds");
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
 }

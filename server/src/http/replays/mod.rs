@@ -23,7 +23,15 @@
 //! the next tick once its client has gone, and gives up on a client that reads nothing for
 //! `--viewer-send-timeout`. At most `--viewer-max-streams` responses stream at once and at
 //! most `--viewer-max-runs` runs are open (each holds a world); beyond either a request gets
-//! 503 with `Retry-After`. An open run is kept for the next request, so playing forward
+//! 503 with `Retry-After`. One address (an IPv4 address, an IPv6 /64) holds at most
+//! `--viewer-max-streams-per-address` of those streams (loopback spared under
+//! `--exempt-loopback`), so clients that ask and never read, all from one host, cannot keep
+//! everyone else out for their send timeout; beyond its share an address gets 429 with
+//! `Retry-After`. Building a run's index the first time reads the whole run, so it is done
+//! only in such a stream's place: a `frames` request builds in the one it holds, and a `meta`
+//! for a run not yet indexed takes one for the build (and gets the same 503 or 429 when there
+//! is none), so however many addresses ask for distinct runs at once, at most
+//! `--viewer-max-streams` full reads run. An open run is kept for the next request, so playing forward
 //! costs one tick of simulation per tick shown, and is closed for another run when all are
 //! taken. No lock is held across a re-simulation: each open run is used by one request at a
 //! time, and each run's index has its own lock. In front of all of it ([`guard`]): the bearer
@@ -41,23 +49,25 @@ mod stream;
 pub use stream::THREAD_NAME;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::http::serve::HttpLimits;
+use crate::net::limits::{AddressKey, exempt};
 use crate::replay::{Replayer, run_files, run_ids};
 use crate::stats::Stats;
 use guard::Guard;
@@ -75,6 +85,8 @@ const RETRY_MS: u32 = 1000;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_streams: usize,
+    /// 0: no share.
+    pub max_streams_per_address: usize,
     pub max_runs: usize,
     pub max_frames: u32,
     pub max_response_bytes: usize,
@@ -93,6 +105,7 @@ impl Settings {
     pub fn of(config: &Config, token: Option<Vec<u8>>) -> Self {
         Self {
             max_streams: config.viewer_max_streams.max(1),
+            max_streams_per_address: config.viewer_max_streams_per_address,
             max_runs: config.viewer_max_runs.max(1),
             max_frames: config.viewer_max_frames.max(1),
             max_response_bytes: config.viewer_max_response_kb.saturating_mul(1024),
@@ -120,8 +133,10 @@ pub struct Library {
     idle: Mutex<Vec<Cursor>>,
     /// A permit per open run.
     open: Arc<Semaphore>,
-    /// A permit per response streaming.
+    /// A permit per response streaming (or index being built).
     streams: Arc<Semaphore>,
+    /// The streams each address holds, for its share; only addresses holding one are kept.
+    held: Arc<Mutex<HashMap<AddressKey, usize>>>,
     workers: Workers,
     uses: std::sync::atomic::AtomicU64,
 }
@@ -140,6 +155,33 @@ enum Source {
 enum Refused {
     NotFound(String),
     RunsBusy,
+    /// The run has no index yet, and the caller holds no [`Slot`] to build it in.
+    Unindexed,
+}
+
+/// A place to stream a response or build an index: one of `--viewer-max-streams`, and one of
+/// its address's share, both given back when it is dropped.
+struct Slot {
+    _stream: OwnedSemaphorePermit,
+    _share: Option<Share>,
+}
+
+/// One of an address's `--viewer-max-streams-per-address`.
+struct Share {
+    held: Arc<Mutex<HashMap<AddressKey, usize>>>,
+    key: AddressKey,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Library {
@@ -165,6 +207,7 @@ impl Library {
             idle: Mutex::default(),
             open: Arc::new(Semaphore::new(settings.max_runs)),
             streams: Arc::new(Semaphore::new(settings.max_streams)),
+            held: Arc::default(),
             workers: Workers::new(settings.max_streams),
             uses: Default::default(),
             settings,
@@ -189,15 +232,55 @@ impl Library {
         }
     }
 
+    /// A place for one more stream (or index build) for a client at `peer`: its address's
+    /// share first, then the global cap; refused, the reason and status to answer with
+    /// ([`Library::refuse`]).
+    fn slot(&self, peer: IpAddr) -> Result<Slot, (&'static str, StatusCode)> {
+        let per_address = self.settings.max_streams_per_address;
+        let share = if per_address == 0 || exempt(peer, self.settings.exempt_loopback) {
+            None
+        } else {
+            let key = AddressKey::of(peer);
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let n = held.entry(key).or_insert(0);
+            if *n >= per_address {
+                return Err(("streams_per_address", StatusCode::TOO_MANY_REQUESTS));
+            }
+            *n += 1;
+            Some(Share {
+                held: self.held.clone(),
+                key,
+            })
+        };
+        let Ok(stream) = self.streams.clone().try_acquire_owned() else {
+            // The share taken above goes back as it drops.
+            return Err(("busy", StatusCode::SERVICE_UNAVAILABLE));
+        };
+        Ok(Slot {
+            _stream: stream,
+            _share: share,
+        })
+    }
+
+    /// Counts a refused [`Library::slot`] and says when to come back.
+    fn refuse(&self, (reason, status): (&'static str, StatusCode)) -> Response {
+        self.guard.reject(reason, status, Some(RETRY_MS))
+    }
+
     /// Runs `f` on the run's index, built if needed and, with `refresh`, brought up to date
-    /// with its files (only what was written since the last look is read). Blocking.
+    /// with its files (only what was written since the last look is read). Building reads the
+    /// whole run: only a caller that holds a [`Slot`] may (`may_build`); another gets
+    /// [`Refused::Unindexed`]. Blocking.
     fn with_index<T>(
         &self,
         id: &str,
         refresh: bool,
+        may_build: bool,
         f: impl FnOnce(&RunIndex) -> T,
-    ) -> Result<T, String> {
-        let files = self.files_of(id).ok_or("no such replay")?;
+    ) -> Result<T, Refused> {
+        let files = self
+            .files_of(id)
+            .ok_or_else(|| Refused::NotFound("no such replay".into()))?;
         let used = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let slot = {
             let mut indexes = self.indexes.lock().unwrap_or_else(|e| e.into_inner());
@@ -219,28 +302,32 @@ impl Library {
         };
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_mut() {
-            Some(index) if refresh => index.refresh(&files)?,
+            Some(index) if refresh => index.refresh(&files).map_err(Refused::NotFound)?,
             Some(_) => {}
-            None => *slot = Some(RunIndex::build(&files)?),
+            None if may_build => {
+                *slot = Some(RunIndex::build(&files).map_err(Refused::NotFound)?);
+            }
+            None => return Err(Refused::Unindexed),
         }
-        Ok(f(slot.as_ref().ok_or("no index")?))
+        slot.as_ref()
+            .map(f)
+            .ok_or_else(|| Refused::NotFound("no index".into()))
     }
 
     /// An open run positioned for frames from `from`, holding the records through
     /// `from + count - 1`: one kept from an earlier request if it can step there, else the
-    /// run opened at the keyframe before `from`. Blocking.
+    /// run opened at the keyframe before `from`. The caller holds a [`Slot`] (the index may
+    /// be built in it). Blocking.
     fn cursor(&self, id: &str, from: u32, count: u32) -> Result<(Cursor, u32), Refused> {
         let until = from.saturating_add(count - 1);
-        let (entry, last_tick, paths, header) = self
-            .with_index(id, true, |ix| {
-                (
-                    ix.entry_for(from),
-                    ix.last_tick(),
-                    ix.paths(),
-                    ix.header.clone(),
-                )
-            })
-            .map_err(Refused::NotFound)?;
+        let (entry, last_tick, paths, header) = self.with_index(id, true, true, |ix| {
+            (
+                ix.entry_for(from),
+                ix.last_tick(),
+                ix.paths(),
+                ix.header.clone(),
+            )
+        })?;
         let entry = entry.ok_or_else(|| Refused::NotFound("no keyframe to start from".into()))?;
         let kept = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,7 +337,7 @@ impl Library {
             let at = c.replayer.tick();
             at < from
                 && self
-                    .with_index(id, false, |ix| {
+                    .with_index(id, false, true, |ix| {
                         !ix.keyframe_between(at, from) && at >= entry.tick
                     })
                     .unwrap_or(false)
@@ -262,7 +349,7 @@ impl Library {
                 drop(other);
                 let permit = self.open_slot().ok_or(Refused::RunsBusy)?;
                 let window = self
-                    .with_index(id, false, |ix| {
+                    .with_index(id, false, true, |ix| {
                         ix.read(
                             Position {
                                 file: entry.file,
@@ -271,8 +358,7 @@ impl Library {
                             until,
                             MAX_WINDOW_RECORDS,
                         )
-                    })
-                    .and_then(|w| w)
+                    })?
                     .map_err(Refused::NotFound)?;
                 let mut header = header;
                 // Records that begin at a keyframe cannot start from a fresh world.
@@ -294,10 +380,9 @@ impl Library {
         };
         if cursor.through < until {
             let window = self
-                .with_index(id, false, |ix| {
+                .with_index(id, false, true, |ix| {
                     ix.read(cursor.next, until, MAX_WINDOW_RECORDS)
-                })
-                .and_then(|w| w)
+                })?
                 .map_err(Refused::NotFound)?;
             if !window.records.is_empty() {
                 cursor.through = cursor.through.max(window.through);
@@ -424,33 +509,53 @@ fn not_found(why: String) -> Response {
     (StatusCode::NOT_FOUND, why).into_response()
 }
 
-async fn meta(State(lib): State<Arc<Library>>, Path(id): Path<String>) -> Response {
-    let result = tokio::task::spawn_blocking(move || {
-        lib.with_index(&id, true, |ix| {
-            let h = &ix.header;
-            json!({
-                "id": id,
-                "tick_rate": h.tick_rate,
-                "first_tick": ix.first_tick(),
-                "last_tick": ix.last_tick(),
-                "map": {
-                    "width": h.map.width,
-                    "height": h.map.height,
-                    "obstacles": h.map.obstacles.iter()
-                        .map(|o| [o.min.x, o.min.y, o.max.x, o.max.y])
-                        .collect::<Vec<_>>(),
-                },
-                "players": ix.players.iter().map(|(e, n)| json!([e, n])).collect::<Vec<_>>(),
-                "aoi_radius": lib.settings.aoi_radius,
-            })
+async fn meta(
+    State(lib): State<Arc<Library>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    let look = |lib: Arc<Library>, id: String, slot: Option<Slot>| {
+        tokio::task::spawn_blocking(move || {
+            let result = lib.with_index(&id, true, slot.is_some(), |ix| meta_of(&lib, &id, ix));
+            drop(slot);
+            result
         })
-    })
-    .await;
+    };
+    let mut result = look(lib.clone(), id.clone(), None).await;
+    if let Ok(Err(Refused::Unindexed)) = result {
+        // The first look at this run reads all of it: in a stream's place, or not now.
+        let slot = match lib.slot(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => return lib.refuse(refused),
+        };
+        result = look(lib, id, Some(slot)).await;
+    }
     match result {
         Ok(Ok(v)) => ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response(),
-        Ok(Err(e)) => not_found(e),
+        Ok(Err(Refused::NotFound(e))) => not_found(e),
+        Ok(Err(Refused::RunsBusy | Refused::Unindexed)) => not_found("no index".into()),
         Err(e) => not_found(e.to_string()),
     }
+}
+
+/// What `meta` answers for run `id`.
+fn meta_of(lib: &Library, id: &str, ix: &RunIndex) -> Value {
+    let h = &ix.header;
+    json!({
+        "id": id,
+        "tick_rate": h.tick_rate,
+        "first_tick": ix.first_tick(),
+        "last_tick": ix.last_tick(),
+        "map": {
+            "width": h.map.width,
+            "height": h.map.height,
+            "obstacles": h.map.obstacles.iter()
+                .map(|o| [o.min.x, o.min.y, o.max.x, o.max.y])
+                .collect::<Vec<_>>(),
+        },
+        "players": ix.players.iter().map(|(e, n)| json!([e, n])).collect::<Vec<_>>(),
+        "aoi_radius": lib.settings.aoi_radius,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -461,13 +566,13 @@ struct FramesQuery {
 
 async fn frames(
     State(lib): State<Arc<Library>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     Query(q): Query<FramesQuery>,
 ) -> Response {
-    let Ok(stream_slot) = lib.streams.clone().try_acquire_owned() else {
-        return lib
-            .guard
-            .reject("busy", StatusCode::SERVICE_UNAVAILABLE, Some(RETRY_MS));
+    let stream_slot = match lib.slot(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refused) => return lib.refuse(refused),
     };
     let from = q.from.max(1);
     let count = q.count.unwrap_or(30).clamp(1, lib.settings.max_frames);
@@ -510,6 +615,7 @@ async fn frames(
     let rx = match opened.await {
         Ok(Ok(rx)) => rx,
         Ok(Err(Refused::NotFound(why))) => return not_found(why),
+        Ok(Err(Refused::Unindexed)) => return not_found("no index".into()),
         Ok(Err(Refused::RunsBusy)) => {
             return lib
                 .guard
