@@ -240,3 +240,70 @@ async fn a_resume_from_a_new_connection_takes_over_a_session_the_server_still_th
     assert_eq!(server.stats.lingering.load(Relaxed), 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_player_keeps_the_name_its_token_vouched_for_whatever_its_new_hello_says() {
+    use arena_shared::replay::{self, Record};
+    let dir = std::env::temp_dir().join(format!("arena-e2e-resume-name-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.display().to_string();
+    let server = common::start(&[
+        "--idle-timeout",
+        "1s",
+        "--resume-grace",
+        "5s",
+        "--replay-dir",
+        &dir_arg,
+    ])
+    .await;
+    let relay = Relay::start(server.wt_addr).await;
+    let mut info = server.connect_info("ada").await;
+    info.url = client::url_via(&info.url, relay.addr);
+    let mut lost = server.open(&info).await;
+    let first = lost
+        .resume_handshake(&info.token, "ada", None, &mut FrameReader::new())
+        .await
+        .expect("welcome");
+    relay.cut();
+    server.sessions_reach(0).await;
+    drop(lost);
+
+    // Back by its resume token alone, with another name in its Hello.
+    let info = server.connect_info("x").await;
+    let mut back = server.open(&info).await;
+    let again = back
+        .resume_handshake(
+            "",
+            "mallory",
+            Some(first.resume_token),
+            &mut FrameReader::new(),
+        )
+        .await
+        .expect("welcome");
+    assert!(again.resumed);
+    server.stop().await;
+
+    // The recording names the resumed player as its token did.
+    let mut joins = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("the replay directory") {
+        let bytes = std::fs::read(entry.expect("an entry").path()).expect("readable");
+        for r in replay::read(&bytes).records {
+            if let Record::Join {
+                client_id,
+                name,
+                resumed,
+                ..
+            } = r
+                && client_id == first.client_id
+            {
+                joins.push((name, resumed));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        joins,
+        [("ada".to_string(), false), ("ada".to_string(), true)],
+        "the vouched name, not the new Hello's"
+    );
+}
