@@ -386,6 +386,25 @@ async fn one_address_gets_its_rate_and_another_is_unaffected() {
     server.stop().await;
 }
 
+/// Asks `path` until it is answered 200: the server frees a stream or a run on its own
+/// threads once the client holding it has gone, with nothing a client can await, so this
+/// polls (every 50 ms, within [`WAIT`]).
+async fn served_once_freed(viewer: SocketAddr, path: &str) -> Reply {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = get(viewer, path).await;
+        if reply.status == 200 {
+            return reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: never freed ({})",
+            reply.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_and_open_runs_are_capped_and_freed_when_their_client_leaves() {
     let _alone = HEAVY.lock().await;
@@ -433,16 +452,8 @@ async fn streams_and_open_runs_are_capped_and_freed_when_their_client_leaves() {
         200
     );
     drop(holder);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let reply = get(viewer, &format!("/api/replays/{a}/frames?from=1&count=2")).await;
-        if reply.status == 200 {
-            assert_eq!(reply.json()["frames"].as_array().map(Vec::len), Some(2));
-            break;
-        }
-        assert!(Instant::now() < deadline, "the stream was never freed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let reply = served_once_freed(viewer, &format!("/api/replays/{a}/frames?from=1&count=2")).await;
+    assert_eq!(reply.json()["frames"].as_array().map(Vec::len), Some(2));
     let meta = get(viewer, &format!("/api/replays/{b}/meta")).await;
     assert_eq!(meta.status, 200, "indexed once a stream is free");
     assert_eq!(meta.json()["id"], b.as_str());
@@ -461,15 +472,7 @@ async fn streams_and_open_runs_are_capped_and_freed_when_their_client_leaves() {
     assert_eq!(other_run.header("retry-after"), Some("1"));
     assert_eq!(rejected(&server, "runs_open"), 1);
     drop(holder);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let reply = get(viewer, &format!("/api/replays/{b}/frames?from=1&count=2")).await;
-        if reply.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run was never freed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    served_once_freed(viewer, &format!("/api/replays/{b}/frames?from=1&count=2")).await;
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

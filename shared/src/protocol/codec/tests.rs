@@ -201,16 +201,21 @@ fn every_message_round_trips() {
     );
 }
 
-#[test]
-fn reject_and_disconnect_codes_are_distinct() {
-    let mut codes: Vec<u32> = every_server_msg()
+/// The Arena code of every `Reject` and `Disconnect` reason in [`every_server_msg`].
+fn reason_codes() -> Vec<u32> {
+    every_server_msg()
         .iter()
         .filter_map(|m| match m {
             ServerMsg::Reject(r) => Some(r.reason.code()),
             ServerMsg::Disconnect(d) => Some(d.reason.code()),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn reject_and_disconnect_codes_are_distinct() {
+    let mut codes = reason_codes();
     let n = codes.len();
     codes.sort_unstable();
     codes.dedup();
@@ -227,14 +232,7 @@ fn close_codes_live_in_webtransports_application_range_and_read_back() {
     assert_eq!(close_code(0x1d), WT_APPLICATION_ERROR_FIRST + 0x1d);
     assert_eq!(close_code(0x1e), WT_APPLICATION_ERROR_FIRST + 0x1f);
     assert_eq!(close_code(u32::MAX), WT_APPLICATION_ERROR_LAST);
-    let mut codes: Vec<u32> = every_server_msg()
-        .iter()
-        .filter_map(|m| match m {
-            ServerMsg::Reject(r) => Some(r.reason.code()),
-            ServerMsg::Disconnect(d) => Some(d.reason.code()),
-            _ => None,
-        })
-        .collect();
+    let mut codes = reason_codes();
     codes.extend([CLOSE_CLIENT_LEFT, 0x1e, 0x3c, u32::MAX - 1, u32::MAX]);
     for code in codes {
         let wire = close_code(code);
