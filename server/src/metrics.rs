@@ -441,7 +441,7 @@ const LABELLED: &[(&str, &str)] = &[
     ),
     (
         "arena_http_rejected_total",
-        "HTTP connections closed at accept (over a cap) or requests refused (too slow, too large), by listener and reason.",
+        "HTTP connections closed at accept (over a cap), closed to make room for a newcomer (evicted while waiting for a head), or requests refused (too slow, too large), by listener and reason.",
     ),
     (
         "arena_connect_rejected_total",

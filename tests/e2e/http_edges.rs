@@ -1,6 +1,6 @@
 //! The game's HTTP side under abuse: slowloris connections, one address holding connections,
-//! every connection taken, oversized requests, and one address asking `/api/connect` in a
-//! burst. Clients bind 127.0.0.2 and up to act as different hosts (`--exempt-loopback false`).
+//! every connection taken (the longest waiting is evicted for a newcomer), oversized requests,
+//! and one address asking `/api/connect` in a burst. Clients bind 127.0.0.2 and up to act as different hosts (`--exempt-loopback false`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -285,7 +285,7 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
 }
 
 #[tokio::test]
-async fn the_total_cap_refuses_every_address_once_full() {
+async fn the_total_cap_makes_room_by_closing_the_longest_idle_connection() {
     let server = common::start(&[
         "--http-max-connections",
         "4",
@@ -300,21 +300,24 @@ async fn the_total_cap_refuses_every_address_once_full() {
         assert_eq!(conn.get("/healthz").await.map(|r| r.status), Some(200));
         held.push(conn);
     }
-    // Loopback is spared per-address caps, never the total.
-    let mut fifth = connect_from("127.0.0.1", addr).await;
+    // Loopback is spared per-address caps, never the total: a fifth connection finds the
+    // table full, and the one idle longest (the first, kept alive since its answer) is
+    // closed for it. Refusal, when every connection is in a request, is checked by
+    // serve.rs's own tests: the game's handlers all answer at once.
+    let mut fifth = Conn::open("127.0.0.1", addr).await;
+    assert_eq!(fifth.get("/healthz").await.map(|r| r.status), Some(200));
+    assert_eq!(http_rejected(&server, "evicted_waiting"), 1);
+    assert_eq!(http_rejected(&server, "too_many_connections"), 0);
+    let mut first = held.remove(0).stream.into_inner();
     assert!(
-        closed_unanswered(&mut fifth, Duration::from_secs(2)).await,
-        "a fifth connection is closed unanswered"
+        closed_unanswered(&mut first, Duration::from_secs(2)).await,
+        "the longest idle connection is closed"
     );
-    assert_eq!(http_rejected(&server, "too_many_connections"), 1);
-    let mut gone = held.pop().expect("four held").stream.into_inner();
-    gone.shutdown().await.expect("a clean close");
-    closed(&mut gone).await;
-    until("a place frees up", async || {
-        get_from("127.0.0.5", addr, "/healthz").await == 200
-    })
-    .await;
-    drop(held);
+    // The others were not touched.
+    for conn in &mut held {
+        assert_eq!(conn.get("/healthz").await.map(|r| r.status), Some(200));
+    }
+    drop((held, fifth));
     server.stop().await;
 }
 
@@ -420,5 +423,69 @@ async fn a_connect_burst_from_one_address_gets_its_rate_and_another_is_unaffecte
         ),
         limited
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_table_evicts_the_oldest_waiting_connection_so_newcomers_get_in() {
+    const CAP: usize = 50;
+    const PROBES: usize = 10;
+    let server = common::start(&[
+        "--exempt-loopback",
+        "false",
+        "--http-max-connections",
+        "50",
+        "--http-max-connections-per-address",
+        "0",
+        // Long enough that the deadline frees nobody during the test.
+        "--http-header-timeout",
+        "30s",
+    ])
+    .await;
+    let addr = server.http_addr;
+    // An attacker with enough addresses to fill the total holds every place with a head
+    // it never finishes.
+    let mut slow = Vec::new();
+    for _ in 0..CAP {
+        let mut stream = connect_from("127.0.0.2", addr).await;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: arena\r\n")
+            .await
+            .expect("a partial head");
+        slow.push(stream);
+    }
+    // A newcomer is served promptly all the same, again and again. Its connections are kept
+    // open (idle, so evictable too, but newer than every slowloris one), so each one takes a
+    // place: every probe finds the table full.
+    let mut kept = Vec::new();
+    for _ in 0..PROBES {
+        for path in ["/healthz", "/api/connect"] {
+            let start = Instant::now();
+            let mut conn = Conn::open("127.0.0.3", addr).await;
+            let status = conn.get(path).await.map(|r| r.status);
+            assert_eq!(status, Some(200), "{path}");
+            let took = start.elapsed();
+            assert!(took < Duration::from_secs(1), "{path} took {took:?}");
+            kept.push(conn);
+        }
+    }
+    let evictions = 2 * PROBES;
+    assert_eq!(http_rejected(&server, "evicted_waiting"), evictions as u64);
+    assert_eq!(http_rejected(&server, "too_many_connections"), 0);
+    // The oldest slowloris connections were the ones closed, unanswered; the rest are held.
+    for stream in &mut slow[..evictions] {
+        assert!(
+            closed_unanswered(stream, Duration::from_secs(2)).await,
+            "an evicted connection is closed"
+        );
+    }
+    let mut buf = [0u8; 16];
+    for stream in &slow[evictions..] {
+        assert!(
+            matches!(stream.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a newer slowloris connection is still open"
+        );
+    }
+    drop((slow, kept));
     server.stop().await;
 }
