@@ -28,8 +28,10 @@ pub struct Config {
     /// lines to hold connections open gets nothing for long. 0s: no deadline.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub http_header_timeout: Duration,
-    /// HTTP connections open at once, all clients together; one more is closed as it is
-    /// accepted (and counted). Keep it well below the process's open-file limit (`ulimit -n`,
+    /// HTTP connections open at once, all clients together. When full, a new connection takes
+    /// the place of the one that has waited longest for a request head (slowloris, or kept
+    /// alive and idle), which is closed and counted; only when every connection is in the
+    /// middle of a request is the new one closed as it is accepted. Keep it well below the process's open-file limit (`ulimit -n`,
     /// often 1024), so replay files, logs and the certificate reload still get descriptors
     /// (the WebTransport side needs one socket whatever the player count). 0: no cap.
     #[arg(long, default_value_t = 512)]
