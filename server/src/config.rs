@@ -397,6 +397,29 @@ pub struct Config {
 /// Tools the binary runs instead of serving.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
+    /// Prints a connect token for one player and one server, signed with the fleet's shared
+    /// secret: what a matchmaker or login service hands a player with the server it allocated
+    /// (PROTOCOL.md, "Connect token format", has the format for minting it in any language).
+    Token {
+        /// The file holding the secret every server of the fleet reads with
+        /// --token-secret-file (its bytes, a trailing newline trimmed; at least 16).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The server's WebTransport URL, exactly as that server's /api/connect hands it out
+        /// (its --public-url, or https://<bound WT address>/): a token admits on that server
+        /// only.
+        #[arg(long)]
+        url: String,
+        /// The player's client id (one session at a time per id on a server).
+        #[arg(long)]
+        client_id: u64,
+        /// The name the server gives the player (1-32 bytes, no control characters).
+        #[arg(long, value_parser = parse_player_name)]
+        name: String,
+        /// How long the token stays valid.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
     /// Replay files.
     Replay {
         #[command(subcommand)]
@@ -428,6 +451,35 @@ pub enum ReplayCommand {
 /// The fewest bytes a token secret may have, from a flag or a file: shorter ones are guessable
 /// offline from one token.
 pub const MIN_TOKEN_SECRET: usize = 16;
+
+/// Reads a token secret file: its bytes, one trailing newline (`\n` or `\r\n`) trimmed, at
+/// least [`MIN_TOKEN_SECRET`] of them. The server's `--token-secret-file` and the `token`
+/// tool read it the same way, so a secret that works for one works for the other.
+pub fn read_token_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    if text.len() < MIN_TOKEN_SECRET {
+        return Err(format!(
+            "{}: a secret of at least {MIN_TOKEN_SECRET} bytes is needed",
+            path.display()
+        ));
+    }
+    Ok(text.to_vec())
+}
+
+/// A player's name as `Hello` allows it: 1 to [`MAX_NAME_LEN`] bytes, no control characters.
+///
+/// [`MAX_NAME_LEN`]: arena_shared::protocol::MAX_NAME_LEN
+fn parse_player_name(s: &str) -> Result<String, String> {
+    let max = arena_shared::protocol::MAX_NAME_LEN;
+    if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
+        return Err(format!(
+            "a name has 1 to {max} bytes and no control characters"
+        ));
+    }
+    Ok(s.to_string())
+}
 
 /// `--token-secret`: taken as bytes, at least [`MIN_TOKEN_SECRET`] of them.
 fn parse_token_secret(s: &str) -> Result<String, String> {

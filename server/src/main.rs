@@ -10,8 +10,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    if let Some(Command::Replay { action }) = &config.command {
-        return replay_tool(action);
+    match &config.command {
+        Some(Command::Replay { action }) => return replay_tool(action),
+        Some(Command::Token {
+            secret_file,
+            url,
+            client_id,
+            name,
+            ttl,
+        }) => return token_tool(secret_file, url, *client_id, name, *ttl),
+        None => {}
     }
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|e| {
         eprintln!("bad --log filter {:?}: {e}; using \"info\"", config.log);
@@ -48,6 +56,34 @@ async fn serve(config: Config) -> Result<(), arena_server::ServerError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     server.run(shutdown).await
+}
+
+/// `arena-server token ...`: prints one connect token and exits 0, or says why not and exits 1.
+fn token_tool(
+    secret_file: &std::path::Path,
+    url: &str,
+    client_id: u64,
+    name: &str,
+    ttl: std::time::Duration,
+) -> std::process::ExitCode {
+    let secret = match arena_server::config::read_token_secret(secret_file) {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("token secret file {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let claims = arena_shared::token::Claims {
+        client_id,
+        name: name.to_string(),
+        expires_at_ms: now_ms.saturating_add(ttl.as_millis() as u64),
+        server: url.to_string(),
+    };
+    println!("{}", arena_shared::token::sign(&secret, &claims));
+    std::process::ExitCode::SUCCESS
 }
 
 /// `arena-server replay ...`: prints, exits 0, or says why not and exits 1.

@@ -159,21 +159,9 @@ impl Server {
         };
 
         let from_file = match &config.token_secret_file {
-            Some(path) => {
-                let bytes = tokio::fs::read(path)
-                    .await
-                    .map_err(|e| ServerError::TokenSecret(format!("{}: {e}", path.display())))?;
-                let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-                let text = text.strip_suffix(b"\r").unwrap_or(text);
-                if text.len() < crate::config::MIN_TOKEN_SECRET {
-                    return Err(ServerError::TokenSecret(format!(
-                        "{}: a secret of at least {} bytes is needed",
-                        path.display(),
-                        crate::config::MIN_TOKEN_SECRET
-                    )));
-                }
-                Some(Arc::<[u8]>::from(text))
-            }
+            Some(path) => Some(Arc::<[u8]>::from(
+                crate::config::read_token_secret(path).map_err(ServerError::TokenSecret)?,
+            )),
             None => None,
         };
         let token_secret: Arc<[u8]> = match (from_file, &config.token_secret) {

@@ -766,3 +766,123 @@ async fn clients_that_never_read_are_disconnected_and_server_memory_stays_bounde
         "{sent} stream bytes sent to {DEAF} clients whose windows hold {CLIENT_STREAM_WINDOW} each"
     );
 }
+
+/// Runs `arena-server token` with `args`: its exit status, stdout and stderr.
+async fn token_tool(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_arena-server"))
+        .arg("token")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("arena-server token runs");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8");
+    (out.status, text(out.stdout), text(out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_minted_by_the_tool_for_one_server_of_a_fleet_admits_there_and_not_on_the_other() {
+    // A two-server "fleet" on loopback: one secret file, read by both servers and by the tool.
+    let dir = std::env::temp_dir().join(format!("arena-process-fleet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let secret = dir.join("secret");
+    const SECRET: &str = "a fleet's shared secret";
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("written");
+    let secret_arg = secret.to_str().expect("a UTF-8 path");
+    let guarded = ["--token-secret-file", secret_arg, "--no-replays"];
+    let a = ServerProcess::start(&guarded).await;
+    let b = ServerProcess::start(&guarded).await;
+    // Each server's URL and certificate hash, as /api/connect gives them to its players.
+    let info_a = client::fetch_connect_info(&a.http, "x").await.expect("A");
+    let info_b = client::fetch_connect_info(&b.http, "x").await.expect("B");
+    assert_ne!(info_a.url, info_b.url);
+
+    let (status, minted, err) = token_tool(&[
+        "--secret-file",
+        secret_arg,
+        "--url",
+        &info_b.url,
+        "--client-id",
+        "4242",
+        "--name",
+        "alloc-7",
+        "--ttl",
+        "1m",
+    ])
+    .await;
+    assert!(status.success(), "{status}: {err}");
+    let minted = minted.trim().to_string();
+    let claims = token::verify(
+        SECRET.as_bytes(),
+        &minted,
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64,
+        &info_b.url,
+    )
+    .expect("a token for B under the shared secret");
+    assert_eq!((claims.client_id, claims.name.as_str()), (4242, "alloc-7"));
+
+    // A refuses it: it was minted for B.
+    let mut on_a = client::open(&info_a, Duration::from_secs(10))
+        .await
+        .expect("a session with A");
+    let refused = on_a
+        .handshake(&minted, "alloc-7", &mut FrameReader::new())
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(client::ClientError::Rejected {
+                reason: RejectReason::TokenWrongServer,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // B admits it, under the name it vouches for.
+    let mut on_b = client::open(&info_b, Duration::from_secs(10))
+        .await
+        .expect("a session with B");
+    let welcome = on_b
+        .handshake(&minted, "someone else", &mut FrameReader::new())
+        .await
+        .expect("B admits its token");
+    assert_eq!(welcome.client_id, 4242);
+
+    // The tool refuses what a server would: a short secret, a bad name.
+    std::fs::write(dir.join("short"), "too short\n").expect("written");
+    let short = dir.join("short");
+    let (status, _, err) = token_tool(&[
+        "--secret-file",
+        short.to_str().expect("UTF-8"),
+        "--url",
+        &info_b.url,
+        "--client-id",
+        "1",
+        "--name",
+        "p",
+    ])
+    .await;
+    assert!(
+        !status.success() && err.contains("at least 16 bytes"),
+        "{err}"
+    );
+    let (status, _, err) = token_tool(&[
+        "--secret-file",
+        secret_arg,
+        "--url",
+        &info_b.url,
+        "--client-id",
+        "1",
+        "--name",
+        "",
+    ])
+    .await;
+    assert!(
+        !status.success() && err.contains("no control characters"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

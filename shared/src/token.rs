@@ -148,3 +148,27 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod vector {
+    /// PROTOCOL.md's test vector ("Connect token format"), for anyone minting tokens in
+    /// another language: if this changes, the format changed.
+    #[test]
+    fn the_documented_test_vector_signs_and_verifies() {
+        let claims = super::Claims {
+            client_id: 7,
+            name: "ada".into(),
+            expires_at_ms: 1_767_225_600_000,
+            server: "https://play.example.com:4433/".into(),
+        };
+        let token = super::sign(b"0123456789abcdef", &claims);
+        assert_eq!(
+            token,
+            "BgcDYWRhAACo2nabAQAAHmh0dHBzOi8vcGxheS5leGFtcGxlLmNvbTo0NDMzLwGgtrDf59VNepX6sKQRc2AKoRSpgM2f1tBWtbMdZZOk"
+        );
+        assert_eq!(
+            super::verify(b"0123456789abcdef", &token, 0, &claims.server),
+            Ok(claims)
+        );
+    }
+}
