@@ -207,9 +207,6 @@ pub fn validate_sim_args(header: &Header) -> Result<Config, String> {
         Err(format!("--{flag} {value} is out of range ({bound})"))
     };
     use sim_bounds as b;
-    if c.npcs > b::NPCS {
-        return out_of_range("npcs", c.npcs.to_string(), format!("at most {}", b::NPCS));
-    }
     if !b::WORLD_SIZE.contains(&c.world_size) {
         return out_of_range(
             "world-size",
@@ -217,40 +214,48 @@ pub fn validate_sim_args(header: &Header) -> Result<Config, String> {
             format!("{:?}", b::WORLD_SIZE),
         );
     }
-    if c.obstacles > b::OBSTACLES {
-        return out_of_range(
+    // Counts: (flag, value, least, most).
+    for (flag, value, least, most) in [
+        ("npcs", u64::from(c.npcs), 0, u64::from(b::NPCS)),
+        (
             "obstacles",
-            c.obstacles.to_string(),
-            format!("at most {}", b::OBSTACLES),
-        );
-    }
-    if !(1..=b::INPUT_WINDOW).contains(&c.input_window) {
-        return out_of_range(
+            u64::from(c.obstacles),
+            0,
+            u64::from(b::OBSTACLES),
+        ),
+        (
             "input-window",
-            c.input_window.to_string(),
-            format!("1..={}", b::INPUT_WINDOW),
-        );
-    }
-    if !(1..=b::INBOX_CAPACITY).contains(&c.inbox_capacity) {
-        return out_of_range(
+            u64::from(c.input_window),
+            1,
+            u64::from(b::INPUT_WINDOW),
+        ),
+        (
             "inbox-capacity",
-            c.inbox_capacity.to_string(),
-            format!("1..={}", b::INBOX_CAPACITY),
-        );
-    }
-    if c.npc_max_engaged > b::NPC_MAX_ENGAGED {
-        return out_of_range(
+            c.inbox_capacity as u64,
+            1,
+            b::INBOX_CAPACITY as u64,
+        ),
+        (
             "npc-max-engaged",
-            c.npc_max_engaged.to_string(),
-            format!("at most {}", b::NPC_MAX_ENGAGED),
-        );
-    }
-    if !(1..=b::KEYFRAME_TICKS).contains(&c.replay_keyframe_ticks) {
-        return out_of_range(
+            u64::from(c.npc_max_engaged),
+            0,
+            u64::from(b::NPC_MAX_ENGAGED),
+        ),
+        (
             "replay-keyframe-ticks",
-            c.replay_keyframe_ticks.to_string(),
-            format!("1..={}", b::KEYFRAME_TICKS),
-        );
+            u64::from(c.replay_keyframe_ticks),
+            1,
+            u64::from(b::KEYFRAME_TICKS),
+        ),
+    ] {
+        if !(least..=most).contains(&value) {
+            let bound = if least == 0 {
+                format!("at most {most}")
+            } else {
+                format!("{least}..={most}")
+            };
+            return out_of_range(flag, value.to_string(), bound);
+        }
     }
     for (flag, value, max) in [
         ("respawn-delay", c.respawn_delay, b::RESPAWN_DELAY),
