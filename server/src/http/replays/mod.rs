@@ -342,40 +342,44 @@ impl Library {
                     })
                     .unwrap_or(false)
         };
+        // The run opened at the keyframe before `from`, holding the records through `until`.
+        let fresh = || -> Result<(Cursor, u32), Refused> {
+            let permit = self.open_slot().ok_or(Refused::RunsBusy)?;
+            let window = self
+                .with_index(id, false, true, |ix| {
+                    ix.read(
+                        Position {
+                            file: entry.file,
+                            offset: entry.offset,
+                        },
+                        until,
+                        MAX_WINDOW_RECORDS,
+                    )
+                })?
+                .map_err(Refused::NotFound)?;
+            let mut header = header.clone();
+            // Records that begin at a keyframe cannot start from a fresh world.
+            header.first_tick = entry.tick + 1;
+            let replayer =
+                Replayer::from_records(&paths[entry.file..], header, window.records, true)
+                    .map_err(|e| Refused::NotFound(e.to_string()))?;
+            Ok((
+                Cursor {
+                    id: id.to_string(),
+                    replayer,
+                    next: window.next,
+                    through: window.through,
+                    _open: permit,
+                },
+                last_tick,
+            ))
+        };
         let mut cursor = match kept {
             Some(c) if reusable(&c) => c,
             other => {
                 // A kept cursor that would have to go back gives its place to a fresh one.
                 drop(other);
-                let permit = self.open_slot().ok_or(Refused::RunsBusy)?;
-                let window = self
-                    .with_index(id, false, true, |ix| {
-                        ix.read(
-                            Position {
-                                file: entry.file,
-                                offset: entry.offset,
-                            },
-                            until,
-                            MAX_WINDOW_RECORDS,
-                        )
-                    })?
-                    .map_err(Refused::NotFound)?;
-                let mut header = header;
-                // Records that begin at a keyframe cannot start from a fresh world.
-                header.first_tick = entry.tick + 1;
-                let replayer =
-                    Replayer::from_records(&paths[entry.file..], header, window.records, true)
-                        .map_err(|e| Refused::NotFound(e.to_string()))?;
-                return Ok((
-                    Cursor {
-                        id: id.to_string(),
-                        replayer,
-                        next: window.next,
-                        through: window.through,
-                        _open: permit,
-                    },
-                    last_tick,
-                ));
+                return fresh();
             }
         };
         if cursor.through < until {
@@ -389,6 +393,13 @@ impl Library {
             }
             cursor.next = window.next;
             cursor.replayer.extend(window.records);
+        }
+        if cursor.through < until.min(last_tick) {
+            // A kept run that could not be carried to the ticks asked for would answer with
+            // fewer frames than a fresh one (none, when it stopped before `from`): it gives
+            // its place to a fresh one.
+            drop(cursor);
+            return fresh();
         }
         Ok((cursor, last_tick))
     }
