@@ -389,6 +389,33 @@ pub struct Config {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub viewer_send_timeout: Duration,
 
+    /// Run as an Agones GameServer (a build with the cargo feature `agones`): connect to the
+    /// SDK sidecar (AGONES_SDK_GRPC_PORT, default 9357), take the public WebTransport URL from
+    /// the GameServer (status.address and the host port of the port named `wt`), call Ready
+    /// once bound and ticking, ping Health, keep the list `players` in step with the seats,
+    /// and call Shutdown after the drain. Without a sidecar the server does not start.
+    #[arg(long)]
+    pub agones: bool,
+    /// How often Health is pinged while the simulation ticks (a stalled simulation stops the
+    /// pings, so Agones marks the server Unhealthy). Keep it under the fleet's
+    /// health.periodSeconds.
+    #[arg(long, default_value = "2s", value_parser = parse_positive_duration)]
+    pub agones_health_period: Duration,
+    /// With --agones: once Allocated, call Shutdown after this long without a player
+    /// (session-based matches: the server goes when its match is over). Absent: never.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub agones_shutdown_when_empty: Option<Duration>,
+    /// With --agones: how long to wait for the SDK sidecar at start before giving up (exit 1).
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    pub agones_connect_timeout: Duration,
+    /// A test hook: at this tick the simulation thread stops for --debug-stall-for (what a
+    /// stuck tick looks like from outside: no Health pings, no snapshots).
+    #[arg(long, hide = true)]
+    pub debug_stall_at_tick: Option<u64>,
+    /// See --debug-stall-at-tick.
+    #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub debug_stall_for: Duration,
+
     /// A tool instead of a server (`arena-server replay info FILE`).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -500,6 +527,15 @@ fn parse_viewer_bind(s: &str) -> Result<Option<SocketAddr>, String> {
     s.parse()
         .map(Some)
         .map_err(|e| format!("{e} (an address such as 127.0.0.1:8090, or off)"))
+}
+
+/// A humantime duration above zero.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(d)
 }
 
 /// `--cert-validity`: a humantime duration within what Chromium accepts.

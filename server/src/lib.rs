@@ -13,11 +13,16 @@
 //! - [`http`]: the axum side: `/healthz`, `/api/connect` (connect tokens), `/metrics`.
 //! - [`stats`]: counters and gauges the server keeps about itself, read by tests and the log.
 //! - [`metrics`]: the Prometheus side of those: histograms, labelled counters, rendering.
+//! - [`fleet`]: the rules of running as one GameServer of an Agones fleet (sans-IO), and
+//!   `agones` (cargo feature `agones`, flag `--agones`): the SDK calls that carry them out.
 //!
 //! [`Server::bind`] binds both sockets (port 0 works) and returns the bound addresses;
 //! [`Server::run`] serves until the cancellation token fires, then drains and returns.
 
+#[cfg(feature = "agones")]
+pub mod agones;
 pub mod config;
+pub mod fleet;
 pub mod game;
 pub mod http;
 pub mod metrics;
@@ -29,4 +34,4 @@ pub mod stats;
 mod server;
 
 pub use config::Config;
-pub use server::{Server, ServerError};
+pub use server::{Seated, Server, ServerError};

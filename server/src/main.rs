@@ -46,16 +46,62 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(config: Config) -> Result<(), arena_server::ServerError> {
+async fn serve(
+    #[allow(unused_mut)] mut config: Config,
+) -> Result<(), arena_server::ServerError> {
+    // The signal handler first: a SIGTERM while the sidecar is being reached still drains.
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    #[cfg(feature = "agones")]
+    let fleet = if config.agones {
+        let agones = arena_server::agones::connect(&config)
+            .await
+            .map_err(arena_server::ServerError::Agones)?;
+        match &config.public_url {
+            Some(url) => info!(
+                public_url = url.as_str(),
+                game_server_url = agones.public_url.as_str(),
+                "--public-url given: players are handed it, not the GameServer's address"
+            ),
+            None => config.public_url = Some(agones.public_url.clone()),
+        }
+        Some(agones)
+    } else {
+        None
+    };
+    #[cfg(not(feature = "agones"))]
+    if config.agones {
+        return Err(arena_server::ServerError::Agones(
+            "--agones: this arena-server was built without Agones support; build it with \
+             `cargo build --release -p arena-server --features agones` (needs protoc)"
+                .into(),
+        ));
+    }
     let server = Server::bind(config).await?;
     let http = server.http_addr();
     info!(
         "WebTransport on {} (UDP), HTTP on http://{http} -- next: cargo run --release -p arena-client-sim -- --server http://{http} --bots 50",
         server.wt_addr()
     );
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
-    server.run(shutdown).await
+    #[cfg(feature = "agones")]
+    let drained = CancellationToken::new();
+    #[cfg(feature = "agones")]
+    let fleet = fleet.map(|agones| {
+        tokio::spawn(agones.run(
+            server.stats(),
+            server.seated(),
+            shutdown.clone(),
+            drained.clone(),
+        ))
+    });
+    let served = server.run(shutdown).await;
+    // Shutdown once the last session has closed (or the server failed).
+    #[cfg(feature = "agones")]
+    if let Some(fleet) = fleet {
+        drained.cancel();
+        let _ = fleet.await;
+    }
+    served
 }
 
 /// `arena-server token ...`: prints one connect token and exits 0, or says why not and exits 1.

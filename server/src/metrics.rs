@@ -101,6 +101,11 @@ const COUNTERS: &[Source] = &[
         |s| &s.sessions_resumed,
     ),
     (
+        "arena_agones_sidecar_lost_total",
+        "Times the Agones SDK sidecar stopped answering (--agones); each is retried with backoff.",
+        |s| &s.agones_sidecar_lost,
+    ),
+    (
         "arena_datagrams_sent_total",
         "Snapshot datagrams handed to QUIC.",
         |s| &s.datagrams_sent,

@@ -59,6 +59,8 @@ pub enum ServerError {
     Replay(String),
     #[error("the simulation thread panicked")]
     SimulationPanicked,
+    #[error("{0}")]
+    Agones(String),
 }
 
 /// A server with its sockets bound, ready to [`run`](Server::run).
@@ -83,6 +85,9 @@ pub struct Server {
     map: Arc<Map>,
     stats: Arc<Stats>,
     frame_tap: broadcast::Sender<Arc<WorldFrame>>,
+    /// Live and lingering seats (the sessions' registry), made here so that a fleet
+    /// integration can follow them before [`run`](Server::run) starts.
+    registry: Arc<Mutex<net::registry::Registry>>,
 }
 
 impl Server {
@@ -185,6 +190,14 @@ impl Server {
         let stats = Arc::new(Stats::new(Duration::from_secs_f64(
             1.0 / f64::from(config.tick_rate.max(1)),
         )));
+        let registry = Arc::new(Mutex::new(
+            net::registry::Registry::new(
+                config.max_clients,
+                config.max_per_ip,
+                config.resume_grace.as_millis() as u64,
+            )
+            .exempting_loopback(config.exempt_loopback),
+        ));
         Ok(Self {
             config: Arc::new(config),
             endpoint: Arc::new(endpoint),
@@ -201,6 +214,7 @@ impl Server {
             map,
             stats,
             frame_tap: broadcast::channel(FRAME_TAP_CAPACITY).0,
+            registry,
         })
     }
 
@@ -248,6 +262,11 @@ impl Server {
         self.frame_tap.subscribe()
     }
 
+    /// Who holds a seat, for a fleet's player list (see [`Seated`]).
+    pub fn seated(&self) -> Seated {
+        Seated(self.registry.clone())
+    }
+
     /// The `server` claim this server requires in tokens.
     pub fn token_audience(&self) -> &str {
         &self.token_audience
@@ -293,14 +312,7 @@ impl Server {
             map: self.map.clone(),
             inbox: inbox_tx,
             stats: self.stats.clone(),
-            registry: Mutex::new(
-                net::registry::Registry::new(
-                    self.config.max_clients,
-                    self.config.max_per_ip,
-                    self.config.resume_grace.as_millis() as u64,
-                )
-                .exempting_loopback(self.config.exempt_loopback),
-            ),
+            registry: self.registry.clone(),
             used_tokens: Mutex::new(net::UsedTokens::new(self.config.max_used_tokens)),
             handshakes: Mutex::new(net::limits::TokenBucket::new(
                 self.config.handshakes_per_sec,
@@ -416,6 +428,21 @@ impl Server {
         }
         info!("Arena stopped");
         Ok(())
+    }
+}
+
+/// A handle on the seats: the client ids of every live and lingering player (a player whose
+/// connection was lost holds its seat until the end of `--resume-grace`).
+#[derive(Clone)]
+pub struct Seated(Arc<Mutex<net::registry::Registry>>);
+
+impl Seated {
+    pub fn client_ids(&self) -> std::collections::BTreeSet<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .client_ids()
+            .collect()
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Stats {
     pub sessions_closed: AtomicU64,
     /// Sessions that took back an earlier session's seat and entity.
     pub sessions_resumed: AtomicU64,
+    /// Times the Agones SDK sidecar stopped answering (`--agones`).
+    pub agones_sidecar_lost: AtomicU64,
     /// Players whose connection was lost and whose entity waits out `--resume-grace`.
     pub lingering: AtomicU64,
     players: watch::Sender<u64>,
@@ -107,6 +109,7 @@ impl Stats {
             sessions_rejected: AtomicU64::new(0),
             sessions_closed: AtomicU64::new(0),
             sessions_resumed: AtomicU64::new(0),
+            agones_sidecar_lost: AtomicU64::new(0),
             lingering: AtomicU64::new(0),
             players: watch::Sender::new(0),
             entities: watch::Sender::new(0),

@@ -148,6 +148,8 @@ pub struct Simulation {
     inbox: mpsc::Receiver<SimCommand>,
     inbox_capacity: usize,
     tick_interval: Duration,
+    /// `--debug-stall-at-tick`/`--debug-stall-for`: a test hook that stops this thread once.
+    stall: Option<(u64, Duration)>,
 }
 
 impl Simulation {
@@ -222,6 +224,9 @@ impl Simulation {
             inbox,
             inbox_capacity: config.inbox_capacity.max(1),
             tick_interval: Duration::from_secs_f64(1.0 / f64::from(config.tick_rate)),
+            stall: config
+                .debug_stall_at_tick
+                .map(|tick| (tick, config.debug_stall_for)),
         }
     }
 
@@ -318,6 +323,17 @@ impl Simulation {
                 }
                 next += self.tick_interval;
                 ran += 1;
+                if let Some((at, stall_for)) = self.stall
+                    && Stats::get(&stats.tick) >= at
+                {
+                    self.stall = None;
+                    warn!(
+                        tick = at,
+                        stall_ms = stall_for.as_millis() as u64,
+                        "test hook (--debug-stall-at-tick): the simulation thread stops"
+                    );
+                    std::thread::sleep(stall_for);
+                }
             }
             if Instant::now() >= next {
                 let behind = Instant::now() - next;

@@ -80,7 +80,7 @@ pub struct NetContext {
     pub stats: Arc<Stats>,
     /// Live and lingering seats: capacity, `--max-per-ip`, one session per client id,
     /// resume. Locked after `used_tokens` when both are needed.
-    pub registry: Mutex<registry::Registry>,
+    pub registry: Arc<Mutex<registry::Registry>>,
     /// Tokens that admitted a session, remembered until they expire: each admits one.
     pub used_tokens: Mutex<UsedTokens>,
     /// Handshakes admitted per second (`--handshakes-per-sec`), spent after the per-address

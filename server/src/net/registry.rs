@@ -285,6 +285,11 @@ impl Registry {
         self.expiries.first().map(|&(until_ms, _)| until_ms)
     }
 
+    /// The client id of every seat, live and lingering.
+    pub fn client_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.live.keys().chain(self.lingering.keys()).copied()
+    }
+
     pub fn live(&self) -> usize {
         self.live.len()
     }
