@@ -1,0 +1,368 @@
+//! The rules of running as one GameServer of a fleet, sans-IO: what the Agones integration
+//! (`agones.rs`, cargo feature `agones`) decides, apart from the gRPC calls that carry it out.
+//! Times and randomness are passed in, so every rule is tested here without a sidecar.
+//!
+//! - [`public_url`]: the WebTransport URL players are handed, from the GameServer's
+//!   `status.address` and the host port of the port named [`WT_PORT`].
+//! - [`PlayerList`]: which client ids to add to and remove from the list [`PLAYERS_LIST`] so
+//!   it holds the seats (live and lingering), without touching the ids a matchmaker put there
+//!   for players who have not arrived yet.
+//! - [`HealthGate`]: a Health ping only when the simulation has ticked since the last one.
+//! - [`EmptyShutdown`]: the rule of `--agones-shutdown-when-empty`.
+//! - [`Backoff`]: jittered, growing waits between attempts to reach a lost sidecar.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// The GameServer port (in the Fleet's template) that carries WebTransport (UDP).
+pub const WT_PORT: &str = "wt";
+/// The GameServer port that carries the HTTP side (TCP): the page, `/api/connect`, `/healthz`.
+pub const HTTP_PORT: &str = "http";
+/// The Agones list (Counters and Lists) that holds the client id of every seat.
+pub const PLAYERS_LIST: &str = "players";
+/// Agones refuses a list capacity above this.
+pub const MAX_LIST_CAPACITY: usize = 1000;
+/// The label a server sets on itself when it becomes Allocated (the SDK prefixes it with
+/// `agones.dev/sdk-`); its value is the allocation's time, Unix seconds.
+pub const ALLOCATED_LABEL: &str = "arena-allocated-at";
+
+/// `https://<address>:<host port of WT_PORT>/`, with an IPv6 address in brackets.
+pub fn public_url<'a>(
+    address: &str,
+    ports: impl IntoIterator<Item = (&'a str, i32)>,
+) -> Result<String, String> {
+    if address.is_empty() {
+        return Err("the GameServer has no status.address yet".into());
+    }
+    let port = ports
+        .into_iter()
+        .find(|(name, _)| *name == WT_PORT)
+        .map(|(_, port)| port)
+        .ok_or_else(|| format!("the GameServer has no port named {WT_PORT:?}"))?;
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("the GameServer's port {WT_PORT:?} is {port}"))?;
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    Ok(format!("https://{host}:{port}/"))
+}
+
+/// The list [`PLAYERS_LIST`] as this server knows it, and the changes that bring it in step
+/// with the seats.
+///
+/// The list may hold ids this server did not put there: a `GameServerAllocation` with a list
+/// action adds the player it allocated for, before the player connects, so that two
+/// allocations cannot both count the same free place. Those stay until their player has held
+/// a seat here and left. An id is removed only once it was seated here.
+#[derive(Debug, Default)]
+pub struct PlayerList {
+    /// What the sidecar's list holds, as read at (re)registration and changed since by us.
+    known: BTreeSet<String>,
+    /// Every client id that has held a seat on this server, for as long as it is listed.
+    seen: BTreeSet<u64>,
+}
+
+/// What to change in the list: ids to add, ids to remove.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub add: Vec<u64>,
+    pub remove: Vec<u64>,
+}
+
+impl PlayerList {
+    /// The list as the sidecar holds it now (after a (re)connection).
+    pub fn reset(&mut self, values: impl IntoIterator<Item = String>) {
+        self.known = values.into_iter().collect();
+    }
+
+    /// The changes that make the list hold `seats`.
+    pub fn changes(&mut self, seats: &BTreeSet<u64>) -> Changes {
+        self.seen.extend(seats.iter().copied());
+        let add = seats
+            .iter()
+            .filter(|id| !self.known.contains(&id.to_string()))
+            .copied()
+            .collect();
+        let remove = self
+            .seen
+            .iter()
+            .filter(|id| !seats.contains(id) && self.known.contains(&id.to_string()))
+            .copied()
+            .collect();
+        Changes { add, remove }
+    }
+
+    /// `id` is in the list now (added, or it was there already).
+    pub fn added(&mut self, id: u64) {
+        self.known.insert(id.to_string());
+    }
+
+    /// `id` is not in the list now (removed, or it was not there).
+    pub fn removed(&mut self, id: u64) {
+        self.known.remove(&id.to_string());
+        self.seen.remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+}
+
+/// Health pings follow the simulation: each period, a ping only if the tick moved since the
+/// period before. A simulation thread that is stuck (a deadlock, an endless loop, a tick
+/// that takes seconds) stops the pings, and Agones marks the server Unhealthy after its
+/// failure threshold; the async runtime alone being alive proves nothing.
+#[derive(Debug, Default)]
+pub struct HealthGate {
+    last_tick: Option<u64>,
+    stalled: bool,
+}
+
+/// What one health period decides.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Health {
+    Ping,
+    /// No tick since the last period: no ping. `first` the first period of a stall (to log).
+    Stalled { first: bool },
+    /// The simulation ticks again after a stall: ping (and log).
+    Recovered,
+}
+
+impl HealthGate {
+    pub fn period(&mut self, tick: u64) -> Health {
+        let moved = self.last_tick.is_none_or(|last| tick > last);
+        self.last_tick = Some(tick);
+        match (moved, self.stalled) {
+            (true, false) => Health::Ping,
+            (true, true) => {
+                self.stalled = false;
+                Health::Recovered
+            }
+            (false, stalled) => {
+                self.stalled = true;
+                Health::Stalled { first: !stalled }
+            }
+        }
+    }
+}
+
+/// `--agones-shutdown-when-empty`: Shutdown once the server has been Allocated and then
+/// without a player for the whole delay. A server that was never allocated waits in the
+/// fleet's pool however long it is empty; a player arriving restarts the delay.
+#[derive(Debug)]
+pub struct EmptyShutdown {
+    after: Option<Duration>,
+    /// Since when the allocated server has had no player (`None`: not allocated, or a player
+    /// is there).
+    empty_since: Option<Duration>,
+}
+
+impl EmptyShutdown {
+    pub fn new(after: Option<Duration>) -> Self {
+        Self {
+            after,
+            empty_since: None,
+        }
+    }
+
+    /// The delay (`None`: the rule is off).
+    pub fn after(&self) -> Option<Duration> {
+        self.after
+    }
+
+    /// Whether to shut down now. `now` is any monotonic clock's reading.
+    pub fn observe(&mut self, now: Duration, allocated: bool, players: usize) -> bool {
+        let Some(after) = self.after else {
+            return false;
+        };
+        if !allocated || players > 0 {
+            self.empty_since = None;
+            return false;
+        }
+        let since = *self.empty_since.get_or_insert(now);
+        now.saturating_sub(since) >= after
+    }
+}
+
+/// Exponential backoff with full jitter (a wait drawn uniformly below a ceiling that doubles
+/// from `first` up to `max`), so a fleet whose sidecars all restart at once does not call back
+/// in step.
+#[derive(Debug)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    ceiling: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            ceiling: first,
+        }
+    }
+
+    /// The next wait; `random` is any uniformly random u64.
+    pub fn next(&mut self, random: u64) -> Duration {
+        let ceiling = self.ceiling;
+        self.ceiling = (self.ceiling * 2).min(self.max);
+        // At least a tenth of the ceiling: a zero wait would spin.
+        let floor = ceiling / 10;
+        floor + (ceiling - floor).mul_f64(random as f64 / u64::MAX as f64)
+    }
+
+    /// After a success: start again from `first`.
+    pub fn reset(&mut self) {
+        self.ceiling = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_is_the_address_with_the_host_port_of_the_port_named_wt() {
+        let ports = [("http", 7001), ("wt", 7002)];
+        assert_eq!(
+            public_url("203.0.113.7", ports).as_deref(),
+            Ok("https://203.0.113.7:7002/")
+        );
+        assert_eq!(
+            public_url("2001:db8::7", ports).as_deref(),
+            Ok("https://[2001:db8::7]:7002/")
+        );
+        assert_eq!(
+            public_url("node-3.example.net", ports).as_deref(),
+            Ok("https://node-3.example.net:7002/")
+        );
+        assert!(public_url("", ports).unwrap_err().contains("address"));
+        assert!(
+            public_url("203.0.113.7", [("http", 7001)])
+                .unwrap_err()
+                .contains("\"wt\"")
+        );
+        assert!(public_url("203.0.113.7", [("wt", 0)]).is_err());
+        assert!(public_url("203.0.113.7", [("wt", 70000)]).is_err());
+    }
+
+    fn ids(v: &[u64]) -> BTreeSet<u64> {
+        v.iter().copied().collect()
+    }
+
+    /// Applies `changes` as the sidecar would.
+    fn apply(list: &mut PlayerList, changes: &Changes) {
+        for id in &changes.add {
+            list.added(*id);
+        }
+        for id in &changes.remove {
+            list.removed(*id);
+        }
+    }
+
+    #[test]
+    fn the_list_follows_the_seats() {
+        let mut list = PlayerList::default();
+        let c = list.changes(&ids(&[1, 2, 3]));
+        assert_eq!(c.add, [1, 2, 3]);
+        assert!(c.remove.is_empty());
+        apply(&mut list, &c);
+        assert_eq!(list.changes(&ids(&[1, 2, 3])), Changes::default());
+        let c = list.changes(&ids(&[2, 4]));
+        assert_eq!((c.add.as_slice(), c.remove.as_slice()), (&[4][..], &[1, 3][..]));
+        apply(&mut list, &c);
+        assert_eq!(list.len(), 2);
+        let c = list.changes(&ids(&[]));
+        assert_eq!(c.remove, [2, 4]);
+        apply(&mut list, &c);
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn ids_a_matchmaker_listed_stay_until_their_player_has_come_and_gone() {
+        let mut list = PlayerList::default();
+        // An allocation reserved 7 (and someone listed a name that is not an id at all).
+        list.reset(["7".to_string(), "lobby-host".to_string()]);
+        assert_eq!(list.changes(&ids(&[])), Changes::default());
+        // 7 arrives: nothing to add, it is listed.
+        assert_eq!(list.changes(&ids(&[7])), Changes::default());
+        // 7 leaves: now it goes.
+        let c = list.changes(&ids(&[]));
+        assert_eq!((c.add.as_slice(), c.remove.as_slice()), (&[][..], &[7][..]));
+        apply(&mut list, &c);
+        assert_eq!(list.changes(&ids(&[])), Changes::default());
+        assert_eq!(list.len(), 1, "the foreign value is left alone");
+    }
+
+    #[test]
+    fn after_a_sidecar_comes_back_the_list_is_read_again_and_mended() {
+        let mut list = PlayerList::default();
+        let c = list.changes(&ids(&[1, 2]));
+        apply(&mut list, &c);
+        // The list came back without 2 and with 1 and 9 (9 left while the sidecar was away).
+        let c = list.changes(&ids(&[1, 2, 9]));
+        apply(&mut list, &c);
+        list.reset(["1".to_string(), "9".to_string()]);
+        let c = list.changes(&ids(&[1, 2]));
+        assert_eq!((c.add.as_slice(), c.remove.as_slice()), (&[2][..], &[9][..]));
+    }
+
+    #[test]
+    fn health_pings_stop_while_the_tick_stands_still_and_resume_after() {
+        let mut gate = HealthGate::default();
+        assert_eq!(gate.period(0), Health::Ping);
+        assert_eq!(gate.period(60), Health::Ping);
+        assert_eq!(gate.period(60), Health::Stalled { first: true });
+        assert_eq!(gate.period(60), Health::Stalled { first: false });
+        assert_eq!(gate.period(61), Health::Recovered);
+        assert_eq!(gate.period(120), Health::Ping);
+    }
+
+    #[test]
+    fn an_allocated_server_shuts_down_after_being_empty_for_the_delay() {
+        let s = Duration::from_secs;
+        let mut rule = EmptyShutdown::new(Some(s(2)));
+        // Empty and not allocated: never.
+        assert!(!rule.observe(s(0), false, 0));
+        assert!(!rule.observe(s(100), false, 0));
+        // Allocated and full: never.
+        assert!(!rule.observe(s(101), true, 3));
+        assert!(!rule.observe(s(200), true, 1));
+        // Empty from 201: at 203, not before.
+        assert!(!rule.observe(s(201), true, 0));
+        assert!(!rule.observe(s(202), true, 0));
+        // A player in between restarts the delay.
+        assert!(!rule.observe(Duration::from_millis(202_500), true, 1));
+        assert!(!rule.observe(s(203), true, 0));
+        assert!(!rule.observe(Duration::from_millis(204_900), true, 0));
+        assert!(rule.observe(s(205), true, 0));
+        // Off: never.
+        let mut off = EmptyShutdown::new(None);
+        assert!(!off.observe(s(0), true, 0));
+        assert!(!off.observe(s(10_000), true, 0));
+    }
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_with_jitter_and_starts_over_after_a_success() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(800));
+        assert_eq!(b.next(u64::MAX), ms(100));
+        assert_eq!(b.next(u64::MAX), ms(200));
+        assert_eq!(b.next(0), ms(40), "a tenth of the ceiling at least");
+        assert_eq!(b.next(u64::MAX), ms(800));
+        assert_eq!(b.next(u64::MAX), ms(800), "capped");
+        let mid = b.next(u64::MAX / 2);
+        assert!(mid > ms(400) && mid < ms(480), "{mid:?}");
+        b.reset();
+        assert_eq!(b.next(u64::MAX), ms(100));
+    }
+}
