@@ -148,11 +148,9 @@ pub async fn connect(config: &Config) -> Result<Agones, String> {
                             .map_err(|f| unreachable(f.into_lost()))?,
                     );
                 }
-                let next = tokio::time::timeout_at(
-                    deadline,
-                    watch.as_mut().expect("set above").message(),
-                )
-                .await;
+                let next =
+                    tokio::time::timeout_at(deadline, watch.as_mut().expect("set above").message())
+                        .await;
                 gs = match next {
                     Ok(Ok(Some(gs))) => gs,
                     Ok(Ok(None)) | Ok(Err(_)) => {
@@ -409,8 +407,11 @@ impl Run {
     ) -> Result<(), String> {
         let changes = self.list.changes(seats);
         for id in changes.add {
-            match call("AddListValue", beta.append_list_value(PLAYERS_LIST, &id.to_string()))
-                .await
+            match call(
+                "AddListValue",
+                beta.append_list_value(PLAYERS_LIST, &id.to_string()),
+            )
+            .await
             {
                 Ok(()) | Err(Failure::Refused(Code::AlreadyExists, _)) => {}
                 // Full (a matchmaker's reservations and the seats together), or refused for
@@ -455,7 +456,8 @@ async fn shut_down(mut sdk: Sdk, port: u16) {
                     return;
                 }
                 tokio::time::sleep(backoff.next(getrandom::u64().unwrap_or(u64::MAX / 2))).await;
-                if let Ok(Ok(again)) = tokio::time::timeout_at(until, Sdk::new(Some(port), None)).await
+                if let Ok(Ok(again)) =
+                    tokio::time::timeout_at(until, Sdk::new(Some(port), None)).await
                 {
                     sdk = again;
                 }

@@ -131,7 +131,9 @@ pub struct HealthGate {
 pub enum Health {
     Ping,
     /// No tick since the last period: no ping. `first` the first period of a stall (to log).
-    Stalled { first: bool },
+    Stalled {
+        first: bool,
+    },
     /// The simulation ticks again after a stall: ping (and log).
     Recovered,
 }
@@ -278,7 +280,10 @@ mod tests {
         apply(&mut list, &c);
         assert_eq!(list.changes(&ids(&[1, 2, 3])), Changes::default());
         let c = list.changes(&ids(&[2, 4]));
-        assert_eq!((c.add.as_slice(), c.remove.as_slice()), (&[4][..], &[1, 3][..]));
+        assert_eq!(
+            (c.add.as_slice(), c.remove.as_slice()),
+            (&[4][..], &[1, 3][..])
+        );
         apply(&mut list, &c);
         assert_eq!(list.len(), 2);
         let c = list.changes(&ids(&[]));
@@ -313,7 +318,10 @@ mod tests {
         apply(&mut list, &c);
         list.reset(["1".to_string(), "9".to_string()]);
         let c = list.changes(&ids(&[1, 2]));
-        assert_eq!((c.add.as_slice(), c.remove.as_slice()), (&[2][..], &[9][..]));
+        assert_eq!(
+            (c.add.as_slice(), c.remove.as_slice()),
+            (&[2][..], &[9][..])
+        );
     }
 
     #[test]

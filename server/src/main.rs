@@ -46,9 +46,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(
-    #[allow(unused_mut)] mut config: Config,
-) -> Result<(), arena_server::ServerError> {
+async fn serve(#[allow(unused_mut)] mut config: Config) -> Result<(), arena_server::ServerError> {
     // The signal handler first: a SIGTERM while the sidecar is being reached still drains.
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));

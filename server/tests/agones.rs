@@ -1,0 +1,512 @@
+//! `arena-server --agones` as a child process against an Agones SDK sidecar double
+//! (`tools/agones-double`: the official `sdk.proto` and `beta.proto` services, every call
+//! recorded with its time), with real bots over QUIC. Kubernetes and the real sidecar cannot
+//! run here; what the server says to the sidecar, and when, is all tested here.
+//!
+//! Needs the server built with the feature `agones` (README's test command enables it).
+#![cfg(all(target_os = "linux", feature = "agones"))]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use arena_agones_double::{Call, Double, Init};
+use arena_client_sim::swarm::{self, SwarmConfig};
+use arena_server::fleet::{ALLOCATED_LABEL, HTTP_PORT, PLAYERS_LIST, WT_PORT};
+
+use common::*;
+
+/// The Health period the tests run with (the default is 2 s).
+const HEALTH_PERIOD: Duration = Duration::from_millis(200);
+
+/// A UDP port free on loopback now: the GameServer's host port for `wt`, which the server
+/// must bind (in a pod, Agones maps the host port to the container port).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
+}
+
+/// A double whose GameServer has the fleet's ports and list, `wt` on `wt_port`.
+fn double(wt_port: u16, capacity: i64) -> Double {
+    Double::start(init(wt_port, capacity)).expect("the double starts")
+}
+
+fn init(wt_port: u16, capacity: i64) -> Init {
+    Init {
+        name: "arena-fleet-7x2k9".into(),
+        address: "127.0.0.1".into(),
+        ports: vec![(WT_PORT.into(), wt_port), (HTTP_PORT.into(), 7654)],
+        lists: vec![(PLAYERS_LIST.into(), capacity)],
+        ..Init::default()
+    }
+}
+
+/// `arena-server --agones` against `double`, its WebTransport endpoint on `wt_port`.
+async fn start(double: &Double, wt_port: u16, extra: &[&str]) -> ServerProcess {
+    let wt_bind = format!("127.0.0.1:{wt_port}");
+    let period = format!("{}ms", HEALTH_PERIOD.as_millis());
+    let mut args = vec![
+        "--agones",
+        "--agones-health-period",
+        &period,
+        "--agones-connect-timeout",
+        "10s",
+        "--wt-bind",
+        &wt_bind,
+        "--npcs",
+        "100",
+        "--max-clients",
+        "50",
+        "--no-replays",
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start_with_env(
+        &args,
+        &[("AGONES_SDK_GRPC_PORT", double.port().to_string())],
+    )
+    .await
+}
+
+fn listed(double: &Double) -> Vec<String> {
+    double
+        .list(PLAYERS_LIST)
+        .map(|(_, values)| values)
+        .unwrap_or_default()
+}
+
+fn named<'a>(calls: &'a [Call], rpc: &str) -> Vec<&'a Call> {
+    calls.iter().filter(|c| c.rpc == rpc).collect()
+}
+
+/// The gaps between consecutive Health pings from `from` on.
+fn health_gaps(calls: &[Call], from: Instant) -> Vec<Duration> {
+    let pings: Vec<Instant> = named(calls, "Health")
+        .into_iter()
+        .map(|c| c.at)
+        .filter(|at| *at >= from)
+        .collect();
+    pings.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+async fn wait_for_call(double: &Double, rpc: &str, within: Duration) -> Call {
+    let seen = double
+        .wait_for(|calls| calls.iter().any(|c| c.rpc == rpc), within)
+        .await;
+    assert!(seen, "no {rpc} within {within:?}: {:?}", double.calls());
+    double
+        .calls()
+        .into_iter()
+        .find(|c| c.rpc == rpc)
+        .expect("seen above")
+}
+
+fn bots(server: &ServerProcess, n: u32, seed: u64) -> SwarmConfig {
+    swarm(server, n, seed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_server_is_ready_once_bound_pings_health_lists_its_players_and_shuts_down_after_the_drain()
+ {
+    let wt_port = free_udp_port();
+    let double = double(wt_port, 50);
+    let mut server = start(
+        &double,
+        wt_port,
+        &["--drain-secs", "2", "--resume-grace", "30s"],
+    )
+    .await;
+
+    // Ready, once bound (the server logged its bound addresses before we got here) and
+    // ticking; nothing but reading the GameServer before it.
+    let ready = wait_for_call(&double, "Ready", WAIT).await;
+    let before: Vec<String> = double
+        .calls()
+        .iter()
+        .take_while(|c| c.at < ready.at)
+        .map(|c| c.rpc.clone())
+        .collect();
+    assert!(
+        before.iter().all(|rpc| rpc == "GetGameServer"),
+        "only GetGameServer before Ready: {before:?}"
+    );
+    assert_eq!(double.state(), "Ready");
+    assert_eq!(
+        double.list(PLAYERS_LIST).map(|(capacity, _)| capacity),
+        Some(50),
+        "the list's capacity is --max-clients"
+    );
+
+    // The URL players are handed is the GameServer's address and the host port of `wt`.
+    let connect: serde_json::Value =
+        serde_json::from_str(&server.get("/api/connect").await).expect("JSON");
+    assert_eq!(
+        connect["url"].as_str(),
+        Some(format!("https://127.0.0.1:{wt_port}/").as_str()),
+        "{connect}"
+    );
+
+    // Ten bots join through that URL; the list holds their ten ids within a second.
+    let config = bots(&server, 10, 31);
+    let swarm_task = tokio::spawn(swarm::run(config.clone()));
+    welcomes_reach(&config, 10).await;
+    let joined = Instant::now();
+    let ten = double
+        .wait_for(|_| listed(&double).len() == 10, Duration::from_secs(1))
+        .await;
+    assert!(
+        ten,
+        "the list holds {:?} {:?} after the tenth Welcome",
+        listed(&double),
+        joined.elapsed()
+    );
+    let ids: std::collections::BTreeSet<u64> = listed(&double)
+        .iter()
+        .map(|v| v.parse().expect("a client id"))
+        .collect();
+    assert_eq!(ids.len(), 10, "ten distinct client ids");
+    eprintln!(
+        "10 bots listed {:?} after the tenth Welcome",
+        joined.elapsed()
+    );
+
+    // Health at its period while the simulation ticks.
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let gaps = health_gaps(&double.calls(), from);
+    assert!(
+        gaps.len() >= 7,
+        "pings every {HEALTH_PERIOD:?} for 2 s: {gaps:?}"
+    );
+    let longest = gaps.iter().max().copied().unwrap_or_default();
+    assert!(
+        longest < HEALTH_PERIOD * 3,
+        "no ping missed while ticking: {gaps:?}"
+    );
+
+    // They leave: the list is empty within a second (a clean leave frees the seat at once;
+    // --resume-grace 30s would hold a lost one).
+    let result = stop(&config, swarm_task).await;
+    assert_eq!(
+        result.report.bots_connected,
+        10,
+        "{}",
+        result.report.table()
+    );
+    let left = Instant::now();
+    let empty = double
+        .wait_for(|_| listed(&double).is_empty(), Duration::from_secs(1))
+        .await;
+    assert!(
+        empty,
+        "still listed a second after leaving: {:?}",
+        listed(&double)
+    );
+    eprintln!("list empty {:?} after the bots left", left.elapsed());
+
+    // Three more play; SIGTERM drains them, then Shutdown, then exit 0.
+    let config = bots(&server, 3, 32);
+    let swarm_task = tokio::spawn(swarm::run(config.clone()));
+    welcomes_reach(&config, 3).await;
+    server.sigterm();
+    let shutdown = wait_for_call(&double, "Shutdown", Duration::from_secs(5)).await;
+    let open = config
+        .live
+        .connected
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(open, 0, "Shutdown came after the last session closed");
+    let status = server
+        .exit_within(Duration::from_secs(4))
+        .await
+        .expect("exits after the drain");
+    assert_eq!(status.code(), Some(0), "{status}");
+    let calls = double.calls();
+    assert_eq!(
+        calls.last().map(|c| c.rpc.as_str()),
+        Some("Shutdown"),
+        "Shutdown is the last call"
+    );
+    assert_eq!(named(&calls, "Shutdown").len(), 1);
+    assert!(shutdown.at > ready.at);
+    // The server's own order (one stream, so the log's order is the order of events): the
+    // drain ended ("Arena stopped": every session closed, the simulation stopped), then
+    // Shutdown.
+    server.log_complete().await;
+    let log = server.log_text();
+    let at = |line: &str| {
+        log.find(line)
+            .unwrap_or_else(|| panic!("{line:?} in the log:\n{log}"))
+    };
+    assert!(
+        at("Arena stopped") < at("Agones: Shutdown"),
+        "Shutdown only after the drain:\n{log}"
+    );
+    let result = stop(&config, swarm_task).await;
+    assert!(
+        result.bots.iter().all(|b| b
+            .errors
+            .get("disconnected_server_shutdown")
+            .is_some_and(|n| *n >= 1)),
+        "every bot was told ServerShutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_bind_never_says_ready() {
+    let wt_port = free_udp_port();
+    let double = double(wt_port, 50);
+    // Someone else holds the GameServer's UDP port.
+    let squatter = std::net::UdpSocket::bind(("127.0.0.1", wt_port)).expect("bind");
+    let wt_bind = format!("127.0.0.1:{wt_port}");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_arena-server"))
+        .args([
+            "--agones",
+            "--wt-bind",
+            &wt_bind,
+            "--http-bind",
+            "127.0.0.1:0",
+        ])
+        .args(["--viewer-bind", "off", "--no-replays", "--npcs", "10"])
+        .env("AGONES_SDK_GRPC_PORT", double.port().to_string())
+        .env("NO_COLOR", "1")
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("exits")
+        .expect("runs");
+    drop(squatter);
+    let stderr =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("binding WebTransport"), "{stderr}");
+    let calls = double.calls();
+    assert!(
+        !calls.is_empty() && calls.iter().all(|c| c.rpc == "GetGameServer"),
+        "it read the GameServer and said nothing else: {calls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_sidecar_the_server_exits_1_naming_agones_sdk_grpc_port() {
+    // A port nobody listens on: bound and closed again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let started = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_arena-server"))
+        .args(["--agones", "--agones-connect-timeout", "1s"])
+        .args(["--wt-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"])
+        .args(["--viewer-bind", "off", "--no-replays"])
+        .env("AGONES_SDK_GRPC_PORT", port.to_string())
+        .env("NO_COLOR", "1")
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("exits")
+        .expect("runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "no sidecar: exit {:?} after {:?}",
+        out.status.code(),
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("AGONES_SDK_GRPC_PORT") && text.contains(&port.to_string()),
+        "the message names the variable and the port: {text}"
+    );
+    assert!(!text.contains("Arena serving"), "it never served: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_pings_stop_while_the_simulation_thread_is_stuck_and_resume_after() {
+    let wt_port = free_udp_port();
+    // The node's address differs from the address the server binds (as in a pod): players are
+    // handed the node's.
+    let double = Double::start(Init {
+        address: "127.0.0.5".into(),
+        ..init(wt_port, 50)
+    })
+    .expect("the double starts");
+    // At 30 Hz, tick 60 is two seconds in: the thread then stops for 2.5 s.
+    let server = start(
+        &double,
+        wt_port,
+        &["--debug-stall-at-tick", "60", "--debug-stall-for", "2500ms"],
+    )
+    .await;
+    wait_for_call(&double, "Ready", WAIT).await;
+    let connect: serde_json::Value =
+        serde_json::from_str(&server.get("/api/connect").await).expect("JSON");
+    assert_eq!(
+        connect["url"].as_str(),
+        Some(format!("https://127.0.0.5:{wt_port}/").as_str()),
+        "the URL is the GameServer's status.address with the host port of `wt`: {connect}"
+    );
+    // Wait for the pings to come back after the stall: a gap of 2 s or more, then a ping.
+    let resumed = double
+        .wait_for(
+            |calls| {
+                let gaps = health_gaps(calls, calls[0].at);
+                gaps.iter().any(|g| *g >= Duration::from_secs(2))
+                    && gaps.last().is_some_and(|g| *g < Duration::from_secs(1))
+            },
+            WAIT,
+        )
+        .await;
+    let calls = double.calls();
+    let gaps = health_gaps(&calls, calls[0].at);
+    assert!(resumed, "no stall seen in the pings: {gaps:?}");
+    let longest = gaps.iter().max().copied().unwrap_or_default();
+    eprintln!("longest gap between Health pings: {longest:?} (the thread stopped for 2.5 s)");
+    // The pings stopped for about the stall (a period's rounding either way), not longer.
+    assert!(
+        longest >= Duration::from_secs(2) && longest <= Duration::from_millis(3200),
+        "{gaps:?}"
+    );
+    let log = server.log_text();
+    assert!(log.contains("Health pings stop"), "{log}");
+    assert!(log.contains("Health pings resume"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocated_server_shuts_down_after_being_empty_for_the_delay() {
+    let wt_port = free_udp_port();
+    let double = double(wt_port, 50);
+    let mut server = start(
+        &double,
+        wt_port,
+        &["--agones-shutdown-when-empty", "2s", "--drain-secs", "2"],
+    )
+    .await;
+    wait_for_call(&double, "Ready", WAIT).await;
+    // Unallocated and empty: it waits in the pool however long (3 s here, past the delay).
+    let idle = double
+        .wait_for(
+            |calls| calls.iter().any(|c| c.rpc == "Shutdown"),
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(
+        !idle,
+        "an unallocated server does not shut down for being empty"
+    );
+
+    // A player comes and goes; then the server is allocated (as a matchmaker's
+    // GameServerAllocation does) and stays empty.
+    let config = bots(&server, 1, 41);
+    let swarm_task = tokio::spawn(swarm::run(config.clone()));
+    welcomes_reach(&config, 1).await;
+    double.set_state("Allocated");
+    let allocated = Instant::now();
+    let labelled = double
+        .wait_for(
+            |_| double.label(ALLOCATED_LABEL).is_some(),
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(
+        labelled,
+        "the server labels itself when allocated: {:?}",
+        double.game_server()
+    );
+    // With a player on it, no Shutdown, however long.
+    let early = double
+        .wait_for(
+            |calls| calls.iter().any(|c| c.rpc == "Shutdown"),
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(!early, "no Shutdown while a player plays");
+    stop(&config, swarm_task).await;
+    let emptied = Instant::now();
+    let shutdown = wait_for_call(&double, "Shutdown", Duration::from_secs(5)).await;
+    let after = shutdown.at - emptied;
+    eprintln!(
+        "Shutdown {after:?} after the last player left ({:?} after allocation)",
+        shutdown.at - allocated
+    );
+    assert!(
+        after >= Duration::from_secs(2) && after < Duration::from_secs(4),
+        "Shutdown {after:?} after the server emptied, --agones-shutdown-when-empty 2s"
+    );
+    let status = server
+        .exit_within(Duration::from_secs(4))
+        .await
+        .expect("it drains and exits on its own");
+    assert_eq!(status.code(), Some(0), "{status}");
+    server.log_complete().await;
+    assert!(server.log_text().contains("Agones: Allocated"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_keep_playing_while_the_sidecar_is_down_and_the_server_registers_again() {
+    const BOTS: u32 = 10;
+    let wt_port = free_udp_port();
+    let mut double = double(wt_port, 50);
+    let port = double.port();
+    let server = start(&double, wt_port, &[]).await;
+    wait_for_call(&double, "Ready", WAIT).await;
+    let config = bots(&server, BOTS, 51);
+    let swarm_task = tokio::spawn(swarm::run(config.clone()));
+    welcomes_reach(&config, u64::from(BOTS)).await;
+    assert!(
+        double
+            .wait_for(
+                |_| listed(&double).len() == BOTS as usize,
+                Duration::from_secs(2)
+            )
+            .await
+    );
+
+    // The sidecar dies for three seconds; the bots play on.
+    double.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // It comes back as a fresh sidecar would (Scheduled, an empty list): the server reaches
+    // it, says Ready again and lists its players again.
+    let back = Double::start_on(port, init(wt_port, 50)).expect("restarts on its port");
+    let restarted = Instant::now();
+    let ready = wait_for_call(&back, "Ready", Duration::from_secs(15)).await;
+    let relisted = back
+        .wait_for(
+            |_| listed(&back).len() == BOTS as usize,
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(relisted, "the players listed again: {:?}", listed(&back));
+    eprintln!(
+        "the server registered again {:?} after the sidecar came back",
+        ready.at - restarted
+    );
+    let pings = back
+        .wait_for(
+            |calls| named(calls, "Health").len() >= 3,
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(pings, "Health pings again: {:?}", back.calls());
+
+    let result = stop(&config, swarm_task).await;
+    let r = &result.report;
+    let tick_rate = f64::from(result.bots[0].tick_rate);
+    eprintln!(
+        "{BOTS} bots through the sidecar's loss: worst {:.2} snapshots/s (tick rate {tick_rate})",
+        r.snapshots_per_bot_hz_min
+    );
+    assert_eq!(r.bots_disconnected, 0, "{}", r.table());
+    assert!(
+        r.snapshots_per_bot_hz_min >= 0.95 * tick_rate,
+        "the worst bot got {:.2} snapshots/s, under 95% of {tick_rate}",
+        r.snapshots_per_bot_hz_min
+    );
+    let metrics = server.get("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("arena_agones_sidecar_lost_total ") && !l.ends_with(" 0")),
+        "the loss is counted"
+    );
+}
