@@ -290,6 +290,10 @@ mod tests {
         assert_eq!(c.remove, [2, 4]);
         apply(&mut list, &c);
         assert!(list.is_empty());
+        assert!(
+            list.seen.is_empty(),
+            "the ids that left are forgotten: memory follows the seats, not the server's age"
+        );
     }
 
     #[test]
