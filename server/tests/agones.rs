@@ -7,6 +7,11 @@
 #![cfg(all(target_os = "linux", feature = "agones"))]
 
 mod common;
+// The e2e tests' UDP relay that a test can cut (a player's network vanishing); its `restore`
+// is not needed here.
+#[path = "../../tests/e2e/relay.rs"]
+#[allow(dead_code)]
+mod relay;
 
 use std::time::{Duration, Instant};
 
@@ -509,4 +514,65 @@ async fn players_keep_playing_while_the_sidecar_is_down_and_the_server_registers
             .any(|l| l.starts_with("arena_agones_sidecar_lost_total ") && !l.ends_with(" 0")),
         "the loss is counted"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_lost_without_a_goodbye_stay_listed_until_the_end_of_the_resume_grace() {
+    const BOTS: u32 = 3;
+    const GRACE: Duration = Duration::from_secs(2);
+    let wt_port = free_udp_port();
+    let double = double(wt_port, 50);
+    let server = start(
+        &double,
+        wt_port,
+        &["--idle-timeout", "1500ms", "--resume-grace", "2s"],
+    )
+    .await;
+    wait_for_call(&double, "Ready", WAIT).await;
+    let relay = relay::Relay::start(format!("127.0.0.1:{wt_port}").parse().expect("addr")).await;
+    let mut config = bots(&server, BOTS, 61);
+    config.connect_via = Some(relay.addr);
+    let swarm_task = tokio::spawn(swarm::run(config.clone()));
+    welcomes_reach(&config, u64::from(BOTS)).await;
+    assert!(
+        double
+            .wait_for(
+                |_| listed(&double).len() == BOTS as usize,
+                Duration::from_secs(2)
+            )
+            .await
+    );
+
+    // Their network vanishes: no goodbye arrives, the server notices at its idle timeout and
+    // holds their seats for the grace period.
+    relay.cut();
+    config.stop.cancel();
+    let lingering = format!("arena_players_lingering {BOTS}");
+    let deadline = Instant::now() + WAIT;
+    while !server.get("/metrics").await.lines().any(|l| l == lingering) {
+        assert!(Instant::now() < deadline, "the seats never lingered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lost = Instant::now();
+    assert_eq!(
+        listed(&double).len(),
+        BOTS as usize,
+        "a lingering seat is still a seat: listed"
+    );
+    let gone = double
+        .wait_for(
+            |_| listed(&double).is_empty(),
+            GRACE + Duration::from_secs(2),
+        )
+        .await;
+    let after = lost.elapsed();
+    eprintln!(
+        "lost players unlisted {after:?} after their seats began to linger (grace {GRACE:?})"
+    );
+    assert!(gone, "still listed after the grace: {:?}", listed(&double));
+    assert!(
+        after >= GRACE - Duration::from_millis(300),
+        "unlisted {after:?} into a {GRACE:?} grace"
+    );
+    let _ = tokio::time::timeout(WAIT, swarm_task).await;
 }
