@@ -28,9 +28,10 @@ use tracing::{error, info, warn};
 
 use crate::Config;
 use crate::fleet::{
-    ALLOCATED_LABEL, Backoff, EmptyShutdown, Health, HealthGate, MAX_LIST_CAPACITY, PLAYERS_LIST,
-    PlayerList, public_url,
+    ALLOCATED_LABEL, Backoff, CERT_ANNOTATION, EmptyShutdown, Health, HealthGate,
+    MAX_LIST_CAPACITY, PLAYERS_LIST, PlayerList, public_url,
 };
+use crate::net::identity::CertHashes;
 use crate::server::Seated;
 use crate::stats::Stats;
 
@@ -187,6 +188,8 @@ pub async fn connect(config: &Config) -> Result<Agones, String> {
 struct Run {
     stats: Arc<Stats>,
     seated: Seated,
+    /// The hashes `/api/connect` hands out, published as [`CERT_ANNOTATION`].
+    certs: tokio::sync::watch::Receiver<CertHashes>,
     /// Cancelled on SIGTERM, or here to drain an empty allocated server.
     shutdown: CancellationToken,
     health_period: Duration,
@@ -208,6 +211,7 @@ impl Agones {
         self,
         stats: Arc<Stats>,
         seated: Seated,
+        certs: tokio::sync::watch::Receiver<CertHashes>,
         shutdown: CancellationToken,
         drained: CancellationToken,
     ) {
@@ -215,6 +219,7 @@ impl Agones {
         let mut run = Run {
             stats,
             seated,
+            certs,
             shutdown,
             health_period: self.health_period,
             capacity: self.capacity,
@@ -268,6 +273,9 @@ impl Run {
         self.allocated = state == "Allocated";
         // Ready on an Allocated (or Reserved) server would put it back in the pool with its
         // players on it; a draining server must not be handed out again.
+        if let Err(why) = self.publish_certs(sdk).await {
+            return why;
+        }
         if !matches!(state.as_str(), "Allocated" | "Reserved" | "Shutdown")
             && !self.shutdown.is_cancelled()
         {
@@ -367,6 +375,15 @@ impl Run {
                         self.shutdown.cancel();
                     }
                 }
+                changed = self.certs.changed() => {
+                    // A rotation made or installed a certificate. (A closed channel: the
+                    // server is going; nothing more to publish.)
+                    if changed.is_ok()
+                        && let Err(why) = self.publish_certs(sdk).await
+                    {
+                        return why;
+                    }
+                }
                 update = watch.message() => {
                     let gs = match update {
                         Ok(Some(gs)) => gs,
@@ -392,6 +409,22 @@ impl Run {
                     self.allocated = allocated;
                 }
             }
+        }
+    }
+
+    /// Sets [`CERT_ANNOTATION`] to the hashes to pin now (nothing with a real certificate).
+    async fn publish_certs(&mut self, sdk: &mut Sdk) -> Result<(), String> {
+        let hashes = self.certs.borrow_and_update().pinnable();
+        let Some(value) = crate::fleet::cert_annotation(&hashes) else {
+            return Ok(());
+        };
+        match call("SetAnnotation", sdk.set_annotation(CERT_ANNOTATION, value)).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Refused(_, why)) => {
+                warn!(%why, "publishing the certificate hashes");
+                Ok(())
+            }
+            Err(Failure::Lost(why)) => Err(why),
         }
     }
 

@@ -26,6 +26,19 @@ pub const MAX_LIST_CAPACITY: usize = 1000;
 /// `agones.dev/sdk-`); its value is the allocation's time, Unix seconds.
 pub const ALLOCATED_LABEL: &str = "arena-allocated-at";
 
+/// The annotation that carries the hashes of the server's self-signed certificates (base64
+/// SHA-256, comma-separated, the current one first; the SDK prefixes the key with
+/// `agones.dev/sdk-`), kept current across rotations. A matchmaker reads it from the
+/// allocation's answer (`status.metadata.annotations`) and hands it to the player with the
+/// URL and the token: with `--no-guest-tokens` nothing else tells a browser what to pin. With
+/// `--cert`/`--key` (a certificate the browser trusts) it is not set.
+pub const CERT_ANNOTATION: &str = "arena-cert-sha256";
+
+/// The value of [`CERT_ANNOTATION`] for these hashes (`None`: nothing to pin).
+pub fn cert_annotation(pinnable: &[String]) -> Option<String> {
+    (!pinnable.is_empty()).then(|| pinnable.join(","))
+}
+
 /// `https://<address>:<host port of WT_PORT>/`, with an IPv6 address in brackets.
 pub fn public_url<'a>(
     address: &str,
@@ -255,6 +268,16 @@ mod tests {
         );
         assert!(public_url("203.0.113.7", [("wt", 0)]).is_err());
         assert!(public_url("203.0.113.7", [("wt", 70000)]).is_err());
+    }
+
+    #[test]
+    fn the_certificate_annotation_lists_every_hash_to_pin_current_first() {
+        assert_eq!(cert_annotation(&[]), None);
+        assert_eq!(cert_annotation(&["a+/=".into()]).as_deref(), Some("a+/="));
+        assert_eq!(
+            cert_annotation(&["now".into(), "next".into()]).as_deref(),
+            Some("now,next")
+        );
     }
 
     fn ids(v: &[u64]) -> BTreeSet<u64> {

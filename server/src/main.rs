@@ -88,6 +88,7 @@ async fn serve(#[allow(unused_mut)] mut config: Config) -> Result<(), arena_serv
         tokio::spawn(agones.run(
             server.stats(),
             server.seated(),
+            server.watch_cert_hashes(),
             shutdown.clone(),
             drained.clone(),
         ))

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use arena_agones_double::{Call, Double, Init};
 use arena_client_sim::swarm::{self, SwarmConfig};
-use arena_server::fleet::{ALLOCATED_LABEL, HTTP_PORT, PLAYERS_LIST, WT_PORT};
+use arena_server::fleet::{ALLOCATED_LABEL, CERT_ANNOTATION, HTTP_PORT, PLAYERS_LIST, WT_PORT};
 
 use common::*;
 
@@ -81,6 +81,18 @@ fn listed(double: &Double) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The certificate hashes the server published on its GameServer.
+fn cert_annotation(double: &Double) -> Option<String> {
+    double.game_server().object_meta.and_then(|m| {
+        m.annotations
+            .get(&format!(
+                "{}{CERT_ANNOTATION}",
+                arena_agones_double::METADATA_PREFIX
+            ))
+            .cloned()
+    })
+}
+
 fn named<'a>(calls: &'a [Call], rpc: &str) -> Vec<&'a Call> {
     calls.iter().filter(|c| c.rpc == rpc).collect()
 }
@@ -124,7 +136,8 @@ async fn a_fleet_server_is_ready_once_bound_pings_health_lists_its_players_and_s
     .await;
 
     // Ready, once bound (the server logged its bound addresses before we got here) and
-    // ticking; nothing but reading the GameServer before it.
+    // ticking; before it, only reading the GameServer and publishing the certificate's hash
+    // (so that an allocation of this server already carries it).
     let ready = wait_for_call(&double, "Ready", WAIT).await;
     let before: Vec<String> = double
         .calls()
@@ -133,9 +146,12 @@ async fn a_fleet_server_is_ready_once_bound_pings_health_lists_its_players_and_s
         .map(|c| c.rpc.clone())
         .collect();
     assert!(
-        before.iter().all(|rpc| rpc == "GetGameServer"),
-        "only GetGameServer before Ready: {before:?}"
+        before
+            .iter()
+            .all(|rpc| rpc == "GetGameServer" || rpc == "SetAnnotation"),
+        "only GetGameServer and SetAnnotation before Ready: {before:?}"
     );
+    assert_eq!(before.last().map(String::as_str), Some("SetAnnotation"));
     assert_eq!(double.state(), "Ready");
     assert_eq!(
         double.list(PLAYERS_LIST).map(|(capacity, _)| capacity),
@@ -151,6 +167,15 @@ async fn a_fleet_server_is_ready_once_bound_pings_health_lists_its_players_and_s
         Some(format!("https://127.0.0.1:{wt_port}/").as_str()),
         "{connect}"
     );
+    // And what a browser must pin is on the GameServer, for a matchmaker to hand out with a
+    // token of its own (--no-guest-tokens leaves /api/connect closed).
+    let pinned: Vec<&str> = connect["cert_sha256s"]
+        .as_array()
+        .expect("hashes")
+        .iter()
+        .map(|h| h.as_str().expect("a hash"))
+        .collect();
+    assert_eq!(cert_annotation(&double), Some(pinned.join(",")));
 
     // Ten bots join through that URL; the list holds their ten ids within a second.
     let config = bots(&server, 10, 31);
@@ -575,4 +600,39 @@ async fn players_lost_without_a_goodbye_stay_listed_until_the_end_of_the_resume_
         "unlisted {after:?} into a {GRACE:?} grace"
     );
     let _ = tokio::time::timeout(WAIT, swarm_task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_hashes_on_the_game_server_follow_a_rotation() {
+    let wt_port = free_udp_port();
+    let double = double(wt_port, 50);
+    // A certificate lives 12 s after it is made (16 s, a quarter back-dated) and is replaced
+    // 4 s before it ends; the next one's hash is announced ahead of that.
+    let server = start(
+        &double,
+        wt_port,
+        &["--cert-validity", "16s", "--cert-rotate-before", "4s"],
+    )
+    .await;
+    wait_for_call(&double, "Ready", WAIT).await;
+    let first = cert_annotation(&double).expect("published before Ready");
+    assert!(!first.contains(','), "one certificate so far: {first}");
+    let rotated = double
+        .wait_for(
+            |_| cert_annotation(&double).is_some_and(|now| !now.starts_with(&first)),
+            WAIT,
+        )
+        .await;
+    let now = cert_annotation(&double).unwrap_or_default();
+    assert!(rotated, "the annotation never moved on from {first}: {now}");
+    let connect: serde_json::Value =
+        serde_json::from_str(&server.get("/api/connect").await).expect("JSON");
+    let current = connect["cert_sha256s"][0].as_str().expect("a hash");
+    assert!(
+        now.starts_with(current),
+        "the annotation leads with the certificate served now ({current}): {now}"
+    );
+    let announced = named(&double.calls(), "SetAnnotation").len();
+    eprintln!("certificate annotation set {announced} times: {first} then {now}");
+    assert!(announced >= 2, "published again on rotation");
 }
