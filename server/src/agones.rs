@@ -55,6 +55,7 @@ pub struct Agones {
     pub public_url: String,
     health_period: Duration,
     shutdown_when_empty: Option<Duration>,
+    reservation_ttl: Option<Duration>,
     capacity: usize,
 }
 
@@ -180,6 +181,7 @@ pub async fn connect(config: &Config) -> Result<Agones, String> {
         public_url,
         health_period: config.agones_health_period,
         shutdown_when_empty: config.agones_shutdown_when_empty,
+        reservation_ttl: Some(config.agones_reservation_ttl).filter(|d| !d.is_zero()),
         capacity: config.max_clients,
     })
 }
@@ -223,7 +225,7 @@ impl Agones {
             shutdown,
             health_period: self.health_period,
             capacity: self.capacity,
-            list: PlayerList::default(),
+            list: PlayerList::new(self.reservation_ttl),
             list_kept: true,
             gate: HealthGate::default(),
             empty: EmptyShutdown::new(self.shutdown_when_empty),
@@ -318,7 +320,7 @@ impl Run {
         }
         if self.list_kept {
             match call("GetList", beta.get_list_values(PLAYERS_LIST)).await {
-                Ok(values) => self.list.reset(values),
+                Ok(values) => self.list.reset(values, self.started.elapsed()),
                 Err(Failure::Refused(_, why)) => warn!(%why, "reading the players list"),
                 Err(Failure::Lost(why)) => return why,
             }
@@ -390,7 +392,11 @@ impl Run {
                         Ok(None) => return "the GameServer watch ended".into(),
                         Err(status) => return format!("the GameServer watch: {status}"),
                     };
-                    let state = gs.status.map(|s| s.state).unwrap_or_default();
+                    let status = gs.status.unwrap_or_default();
+                    if let Some(players) = status.lists.get(PLAYERS_LIST) {
+                        self.list.observe(&players.values, self.started.elapsed());
+                    }
+                    let state = status.state;
                     let allocated = state == "Allocated";
                     if allocated && !self.allocated {
                         let now = std::time::SystemTime::now()
@@ -438,7 +444,7 @@ impl Run {
         beta: &mut agones::beta::Beta,
         seats: &std::collections::BTreeSet<u64>,
     ) -> Result<(), String> {
-        let changes = self.list.changes(seats);
+        let changes = self.list.changes(seats, self.started.elapsed());
         for id in changes.add {
             match call(
                 "AddListValue",

@@ -405,6 +405,12 @@ pub struct Config {
     /// (session-based matches: the server goes when its match is over). Absent: never.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub agones_shutdown_when_empty: Option<Duration>,
+    /// With --agones: a client id in the list `players` that never held a seat here (a
+    /// matchmaker's allocation reserved the place, and its player did not come) is removed
+    /// after it has been listed this long, so no-shows do not fill the server for good. Keep
+    /// it above the connect tokens' lifetime. 0s: never.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub agones_reservation_ttl: Duration,
     /// With --agones: how long to wait for the SDK sidecar at start before giving up (exit 1).
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     pub agones_connect_timeout: Duration,

@@ -11,7 +11,7 @@
 //! - [`EmptyShutdown`]: the rule of `--agones-shutdown-when-empty`.
 //! - [`Backoff`]: jittered, growing waits between attempts to reach a lost sidecar.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// The GameServer port (in the Fleet's template) that carries WebTransport (UDP).
@@ -69,14 +69,20 @@ pub fn public_url<'a>(
 ///
 /// The list may hold ids this server did not put there: a `GameServerAllocation` with a list
 /// action adds the player it allocated for, before the player connects, so that two
-/// allocations cannot both count the same free place. Those stay until their player has held
-/// a seat here and left. An id is removed only once it was seated here.
+/// allocations cannot both count the same free place. Such a reservation stays until its
+/// player has held a seat here and left, or, if the player never comes, until it has been
+/// listed for `--agones-reservation-ttl` (its token has expired by then). Values that are not
+/// client ids are left alone.
 #[derive(Debug, Default)]
 pub struct PlayerList {
     /// What the sidecar's list holds, as read at (re)registration and changed since by us.
     known: BTreeSet<String>,
     /// Every client id that has held a seat on this server, for as long as it is listed.
     seen: BTreeSet<u64>,
+    /// Listed client ids that have not held a seat here, with when they were first seen listed.
+    reserved: BTreeMap<u64, Duration>,
+    /// How long a reservation may wait for its player (`None`: for ever).
+    reservation_ttl: Option<Duration>,
 }
 
 /// What to change in the list: ids to add, ids to remove.
@@ -87,24 +93,62 @@ pub struct Changes {
 }
 
 impl PlayerList {
-    /// The list as the sidecar holds it now (after a (re)connection).
-    pub fn reset(&mut self, values: impl IntoIterator<Item = String>) {
-        self.known = values.into_iter().collect();
+    pub fn new(reservation_ttl: Option<Duration>) -> Self {
+        Self {
+            reservation_ttl,
+            ..Self::default()
+        }
     }
 
-    /// The changes that make the list hold `seats`.
-    pub fn changes(&mut self, seats: &BTreeSet<u64>) -> Changes {
+    /// The list as the sidecar holds it now (after a (re)connection), at `now`.
+    pub fn reset(&mut self, values: impl IntoIterator<Item = String>, now: Duration) {
+        self.known = values.into_iter().collect();
+        self.note_reservations(now);
+    }
+
+    /// The list as the GameServer showed it (a watch update): ids we did not know are
+    /// reservations from now on; reservations no longer listed are gone. An update may lag
+    /// our own calls by the sidecar's batching; what that costs is a call answered
+    /// AlreadyExists or NotFound, which counts as done.
+    pub fn observe(&mut self, values: &[String], now: Duration) {
+        self.known = values.iter().cloned().collect();
+        let known = &self.known;
+        self.reserved
+            .retain(|id, _| known.contains(&id.to_string()));
+        self.note_reservations(now);
+    }
+
+    fn note_reservations(&mut self, now: Duration) {
+        for id in self.known.iter().filter_map(|v| v.parse::<u64>().ok()) {
+            if !self.seen.contains(&id) {
+                self.reserved.entry(id).or_insert(now);
+            }
+        }
+    }
+
+    /// The changes that make the list hold `seats` at `now`.
+    pub fn changes(&mut self, seats: &BTreeSet<u64>, now: Duration) -> Changes {
         self.seen.extend(seats.iter().copied());
+        // A reservation whose player arrived is a seat like any other.
+        self.reserved.retain(|id, _| !seats.contains(id));
         let add = seats
             .iter()
             .filter(|id| !self.known.contains(&id.to_string()))
             .copied()
             .collect();
+        let ttl = self.reservation_ttl;
+        let expired = self
+            .reserved
+            .iter()
+            .filter(|(_, since)| ttl.is_some_and(|ttl| now.saturating_sub(**since) >= ttl))
+            .map(|(id, _)| *id);
         let remove = self
             .seen
             .iter()
-            .filter(|id| !seats.contains(id) && self.known.contains(&id.to_string()))
+            .filter(|id| !seats.contains(id))
             .copied()
+            .chain(expired)
+            .filter(|id| self.known.contains(&id.to_string()))
             .collect();
         Changes { add, remove }
     }
@@ -118,6 +162,7 @@ impl PlayerList {
     pub fn removed(&mut self, id: u64) {
         self.known.remove(&id.to_string());
         self.seen.remove(&id);
+        self.reserved.remove(&id);
     }
 
     pub fn len(&self) -> usize {
@@ -294,57 +339,84 @@ mod tests {
         }
     }
 
+    const T0: Duration = Duration::ZERO;
+
     #[test]
     fn the_list_follows_the_seats() {
-        let mut list = PlayerList::default();
-        let c = list.changes(&ids(&[1, 2, 3]));
+        let mut list = PlayerList::new(None);
+        let c = list.changes(&ids(&[1, 2, 3]), T0);
         assert_eq!(c.add, [1, 2, 3]);
         assert!(c.remove.is_empty());
         apply(&mut list, &c);
-        assert_eq!(list.changes(&ids(&[1, 2, 3])), Changes::default());
-        let c = list.changes(&ids(&[2, 4]));
+        assert_eq!(list.changes(&ids(&[1, 2, 3]), T0), Changes::default());
+        let c = list.changes(&ids(&[2, 4]), T0);
         assert_eq!(
             (c.add.as_slice(), c.remove.as_slice()),
             (&[4][..], &[1, 3][..])
         );
         apply(&mut list, &c);
         assert_eq!(list.len(), 2);
-        let c = list.changes(&ids(&[]));
+        let c = list.changes(&ids(&[]), T0);
         assert_eq!(c.remove, [2, 4]);
         apply(&mut list, &c);
         assert!(list.is_empty());
         assert!(
-            list.seen.is_empty(),
+            list.seen.is_empty() && list.reserved.is_empty(),
             "the ids that left are forgotten: memory follows the seats, not the server's age"
         );
     }
 
     #[test]
     fn ids_a_matchmaker_listed_stay_until_their_player_has_come_and_gone() {
-        let mut list = PlayerList::default();
+        let mut list = PlayerList::new(None);
         // An allocation reserved 7 (and someone listed a name that is not an id at all).
-        list.reset(["7".to_string(), "lobby-host".to_string()]);
-        assert_eq!(list.changes(&ids(&[])), Changes::default());
+        list.reset(["7".to_string(), "lobby-host".to_string()], T0);
+        assert_eq!(list.changes(&ids(&[]), T0), Changes::default());
         // 7 arrives: nothing to add, it is listed.
-        assert_eq!(list.changes(&ids(&[7])), Changes::default());
+        assert_eq!(list.changes(&ids(&[7]), T0), Changes::default());
         // 7 leaves: now it goes.
-        let c = list.changes(&ids(&[]));
+        let c = list.changes(&ids(&[]), T0);
         assert_eq!((c.add.as_slice(), c.remove.as_slice()), (&[][..], &[7][..]));
         apply(&mut list, &c);
-        assert_eq!(list.changes(&ids(&[])), Changes::default());
+        assert_eq!(list.changes(&ids(&[]), T0), Changes::default());
         assert_eq!(list.len(), 1, "the foreign value is left alone");
     }
 
     #[test]
+    fn a_reservation_whose_player_never_comes_is_removed_after_its_ttl() {
+        let s = Duration::from_secs;
+        let mut list = PlayerList::new(Some(s(60)));
+        list.reset(["lobby-host".to_string()], s(0));
+        // Allocations reserve 7 at 10 s and 8 at 30 s (seen on the watch).
+        list.observe(&["lobby-host".into(), "7".into()], s(10));
+        list.observe(&["lobby-host".into(), "7".into(), "8".into()], s(30));
+        assert_eq!(list.changes(&ids(&[]), s(69)), Changes::default());
+        // 7's player never came: gone at 70 s; 8's player arrives at 80 s and stays.
+        let c = list.changes(&ids(&[]), s(70));
+        assert_eq!((c.add.as_slice(), c.remove.as_slice()), (&[][..], &[7][..]));
+        apply(&mut list, &c);
+        assert_eq!(list.changes(&ids(&[8]), s(80)), Changes::default());
+        assert_eq!(list.changes(&ids(&[8]), s(500)), Changes::default());
+        // A reservation the matchmaker took back itself is forgotten.
+        list.observe(&["lobby-host".into(), "8".into(), "9".into()], s(600));
+        list.observe(&["lobby-host".into(), "8".into()], s(610));
+        assert_eq!(list.changes(&ids(&[8]), s(1000)), Changes::default());
+        // Never expiring without a TTL.
+        let mut forever = PlayerList::new(None);
+        forever.reset(["7".to_string()], s(0));
+        assert_eq!(forever.changes(&ids(&[]), s(1_000_000)), Changes::default());
+    }
+
+    #[test]
     fn after_a_sidecar_comes_back_the_list_is_read_again_and_mended() {
-        let mut list = PlayerList::default();
-        let c = list.changes(&ids(&[1, 2]));
+        let mut list = PlayerList::new(None);
+        let c = list.changes(&ids(&[1, 2]), T0);
+        apply(&mut list, &c);
+        let c = list.changes(&ids(&[1, 2, 9]), T0);
         apply(&mut list, &c);
         // The list came back without 2 and with 1 and 9 (9 left while the sidecar was away).
-        let c = list.changes(&ids(&[1, 2, 9]));
-        apply(&mut list, &c);
-        list.reset(["1".to_string(), "9".to_string()]);
-        let c = list.changes(&ids(&[1, 2]));
+        list.reset(["1".to_string(), "9".to_string()], T0);
+        let c = list.changes(&ids(&[1, 2]), T0);
         assert_eq!(
             (c.add.as_slice(), c.remove.as_slice()),
             (&[2][..], &[9][..])

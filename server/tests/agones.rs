@@ -636,3 +636,46 @@ async fn the_certificate_hashes_on_the_game_server_follow_a_rotation() {
     eprintln!("certificate annotation set {announced} times: {first} then {now}");
     assert!(announced >= 2, "published again on rotation");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_place_a_matchmaker_reserved_for_a_player_who_never_comes_is_freed_after_the_ttl() {
+    let wt_port = free_udp_port();
+    let double = double(wt_port, 50);
+    let _server = start(&double, wt_port, &["--agones-reservation-ttl", "2s"]).await;
+    // Registered: it has read the list and watches the GameServer, so what follows reaches it
+    // through the watch, as an allocation would.
+    wait_for_call(&double, "WatchGameServer", WAIT).await;
+    // Two allocations reserve places for players 700 and 701 (the GameServerAllocation's list
+    // action); a third party lists something that is not a client id.
+    let reserved = Instant::now();
+    assert!(double.list_append(PLAYERS_LIST, "700"));
+    assert!(double.list_append(PLAYERS_LIST, "701"));
+    assert!(double.list_append(PLAYERS_LIST, "lobby-host"));
+    // Their players have not come: the places are kept until the TTL, then freed; the
+    // foreign value stays.
+    let kept = double
+        .wait_for(
+            |calls| calls.iter().any(|c| c.rpc == "RemoveListValue"),
+            Duration::from_millis(1500),
+        )
+        .await;
+    assert!(
+        !kept,
+        "nothing removed before the TTL: {:?}",
+        listed(&double)
+    );
+    let freed = double
+        .wait_for(
+            |_| listed(&double) == ["lobby-host".to_string()],
+            Duration::from_secs(3),
+        )
+        .await;
+    let after = reserved.elapsed();
+    assert!(
+        freed,
+        "the no-shows' places were freed: {:?}",
+        listed(&double)
+    );
+    eprintln!("reservations of players who never came freed after {after:?} (TTL 2 s)");
+    assert!(after >= Duration::from_secs(2), "{after:?}");
+}

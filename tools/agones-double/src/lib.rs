@@ -652,6 +652,25 @@ impl Double {
         self.shared.set_state(state);
     }
 
+    /// Appends `value` to the List `name` as the Agones controller does for an allocation's
+    /// list action (a matchmaker reserving a player's place), pushed to every watch; not
+    /// recorded as a call. False if there is no such List or the value is there already.
+    pub fn list_append(&self, name: &str, value: &str) -> bool {
+        self.shared
+            .modify(|status, _| {
+                let list = status
+                    .lists
+                    .get_mut(name)
+                    .ok_or_else(|| Status::not_found(name.to_string()))?;
+                if list.values.iter().any(|v| v == value) {
+                    return Err(Status::already_exists(value.to_string()));
+                }
+                list.values.push(value.to_string());
+                Ok(())
+            })
+            .is_ok()
+    }
+
     /// The List `name`: (capacity, values in the order they were added), or `None` if the
     /// GameServer has no such List.
     pub fn list(&self, name: &str) -> Option<(i64, Vec<String>)> {
