@@ -14,7 +14,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use arena_server::Config;
+use arena_server::config::Command;
 use arena_server::fleet::{HTTP_PORT, MAX_LIST_CAPACITY, PLAYERS_LIST, WT_PORT};
+use clap::Parser;
 use deploy::{Containerfile, effective_config};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -404,5 +406,57 @@ fn allocation_selects_allocated_then_ready_servers_with_room_in_players() {
     assert_eq!(
         (string(priority, "type"), string(priority, "key")),
         ("List", PLAYERS_LIST)
+    );
+}
+
+/// The `arena-server token ...` command that gameserverallocation.yaml's comment gives, as
+/// words (its continued lines joined).
+fn token_command_in_allocation_comment() -> Vec<String> {
+    let text = deploy::read("deploy/agones/gameserverallocation.yaml");
+    let mut words = Vec::new();
+    for line in text.lines() {
+        let Some(comment) = line.trim_start().strip_prefix('#') else {
+            continue;
+        };
+        let comment = comment.trim();
+        if words.is_empty() && !comment.starts_with("arena-server token") {
+            continue;
+        }
+        words.extend(
+            comment
+                .trim_end_matches('\\')
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        if !comment.ends_with('\\') {
+            break;
+        }
+    }
+    assert!(
+        !words.is_empty(),
+        "gameserverallocation.yaml says how to mint the token"
+    );
+    words
+}
+
+#[test]
+fn a_reservation_outlives_the_token_minted_for_its_player() {
+    let config = fleet_config(&the("Fleet"));
+    let words = token_command_in_allocation_comment();
+    let minted = Config::try_parse_from(&words)
+        .unwrap_or_else(|e| panic!("the server refuses the documented {words:?}:\n{e}"));
+    let Some(Command::Token { ttl, client_id, .. }) = minted.command else {
+        panic!("{words:?} is not the token tool");
+    };
+    // The allocation reserves the seat under the id the token is for.
+    let allocation = the("GameServerAllocation");
+    let added = array(&allocation, &format!("spec.lists.{PLAYERS_LIST}.addValues"));
+    assert_eq!(added[0].as_str(), Some(client_id.to_string().as_str()));
+    // A reservation freed while its token still admits would let a late player take a seat
+    // that another allocation was given meanwhile.
+    let reservation = config.agones_reservation_ttl;
+    assert!(
+        reservation.is_zero() || ttl < reservation,
+        "the token lives {ttl:?}, the reservation {reservation:?} (--agones-reservation-ttl)"
     );
 }
