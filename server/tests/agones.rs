@@ -93,6 +93,11 @@ fn cert_annotation(double: &Double) -> Option<String> {
     })
 }
 
+/// Whether the list holds `n` values within `within`.
+async fn listed_within(double: &Double, n: usize, within: Duration) -> bool {
+    double.wait_for(|_| listed(double).len() == n, within).await
+}
+
 fn named<'a>(calls: &'a [Call], rpc: &str) -> Vec<&'a Call> {
     calls.iter().filter(|c| c.rpc == rpc).collect()
 }
@@ -483,14 +488,7 @@ async fn players_keep_playing_while_the_sidecar_is_down_and_the_server_registers
     let config = bots(&server, BOTS, 51);
     let swarm_task = tokio::spawn(swarm::run(config.clone()));
     welcomes_reach(&config, u64::from(BOTS)).await;
-    assert!(
-        double
-            .wait_for(
-                |_| listed(&double).len() == BOTS as usize,
-                Duration::from_secs(2)
-            )
-            .await
-    );
+    assert!(listed_within(&double, BOTS as usize, Duration::from_secs(2)).await);
 
     // The sidecar dies for three seconds; the bots play on.
     double.kill();
@@ -500,12 +498,7 @@ async fn players_keep_playing_while_the_sidecar_is_down_and_the_server_registers
     let back = Double::start_on(port, init(wt_port, 50)).expect("restarts on its port");
     let restarted = Instant::now();
     let ready = wait_for_call(&back, "Ready", Duration::from_secs(15)).await;
-    let relisted = back
-        .wait_for(
-            |_| listed(&back).len() == BOTS as usize,
-            Duration::from_secs(2),
-        )
-        .await;
+    let relisted = listed_within(&back, BOTS as usize, Duration::from_secs(2)).await;
     assert!(relisted, "the players listed again: {:?}", listed(&back));
     eprintln!(
         "the server registered again {:?} after the sidecar came back",
@@ -559,14 +552,7 @@ async fn players_lost_without_a_goodbye_stay_listed_until_the_end_of_the_resume_
     config.connect_via = Some(relay.addr);
     let swarm_task = tokio::spawn(swarm::run(config.clone()));
     welcomes_reach(&config, u64::from(BOTS)).await;
-    assert!(
-        double
-            .wait_for(
-                |_| listed(&double).len() == BOTS as usize,
-                Duration::from_secs(2)
-            )
-            .await
-    );
+    assert!(listed_within(&double, BOTS as usize, Duration::from_secs(2)).await);
 
     // Their network vanishes: no goodbye arrives, the server notices at its idle timeout and
     // holds their seats for the grace period.

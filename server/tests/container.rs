@@ -17,6 +17,7 @@
 //! the bots' rates, the drain's length).
 #![cfg(target_os = "linux")]
 
+mod common;
 mod deploy;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig};
+use common::{rss_kib, settled_rss_kib};
 use deploy::{Containerfile, effective_config, exec_form};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
@@ -411,35 +413,6 @@ async fn follow(
             }
         }
         log.lock().unwrap_or_else(|e| e.into_inner()).push(text);
-    }
-}
-
-/// A process's resident set size now, KiB (`VmRSS` in `/proc/PID/status`).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc status")
-}
-
-/// RSS once it has settled: polled every 250 ms (there is no event for "memory settled")
-/// until the last 2 s of readings lie within 1% of each other, at most 10 s.
-async fn settled_rss_kib(pid: u32) -> u64 {
-    const WINDOW: usize = 8;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut every = tokio::time::interval(Duration::from_millis(250));
-    let mut readings = Vec::new();
-    loop {
-        every.tick().await;
-        readings.push(rss_kib(pid));
-        let last = &readings[readings.len().saturating_sub(WINDOW)..];
-        let (lo, hi) = (last.iter().min(), last.iter().max());
-        let steady = last.len() == WINDOW && lo.zip(hi).is_some_and(|(lo, hi)| hi - lo <= hi / 100);
-        if steady || tokio::time::Instant::now() >= deadline {
-            return *last.last().unwrap_or(&0);
-        }
     }
 }
 

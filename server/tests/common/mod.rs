@@ -238,3 +238,22 @@ pub async fn stop(config: &SwarmConfig, swarm: JoinHandle<SwarmResult>) -> Swarm
         .expect("the swarm stops in time")
         .expect("swarm task")
 }
+
+/// RSS once it has settled: polled every 250 ms (there is no event for "memory settled")
+/// until the last 2 s of readings lie within 1% of each other, at most 10 s.
+pub async fn settled_rss_kib(pid: u32) -> u64 {
+    const WINDOW: usize = 8;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    let mut readings = Vec::new();
+    loop {
+        every.tick().await;
+        readings.push(rss_kib(pid));
+        let last = &readings[readings.len().saturating_sub(WINDOW)..];
+        let (lo, hi) = (last.iter().min(), last.iter().max());
+        let steady = last.len() == WINDOW && lo.zip(hi).is_some_and(|(lo, hi)| hi - lo <= hi / 100);
+        if steady || tokio::time::Instant::now() >= deadline {
+            return *last.last().unwrap_or(&0);
+        }
+    }
+}
