@@ -1,5 +1,6 @@
 //! Every setting of the server, with its flag and its default. Every bound the server keeps
-//! (queues, frames, rates, connections) is named here.
+//! (queues, frames, rates, connections) is named here. A leaf: it imports nothing from the rest
+//! of the server (the other modules read their settings and defaults from it).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -150,7 +151,7 @@ pub struct Config {
 
     /// Game events (hits, kills, respawns, score) waiting per session for its reliable
     /// stream; beyond this they are dropped and counted (the client is not reading).
-    #[arg(long, default_value_t = crate::net::outbox::DEFAULT_EVENT_CAPACITY)]
+    #[arg(long, default_value_t = DEFAULT_EVENT_CAPACITY)]
     pub event_queue: usize,
 
     /// Whether NPCs notice, chase and shoot players (`false`: they only wander, which is what
@@ -196,7 +197,7 @@ pub struct Config {
     /// How snapshots are built: `delta` (acknowledged baselines, interest, budget) or `full`
     /// (every entity to every client every tick; for comparison).
     #[arg(long, value_enum, default_value = "delta")]
-    pub replication: crate::replication::Mode,
+    pub replication: ReplicationMode,
 
     /// Radius of a client's area of interest around its own entity, world units. Entities
     /// further away are never sent to it.
@@ -427,6 +428,44 @@ pub struct Config {
     pub command: Option<Command>,
 }
 
+/// How snapshots are built (`--replication`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplicationMode {
+    /// Deltas against acknowledged views, interest management, byte budget.
+    Delta,
+    /// The full state of every entity to every client every tick.
+    Full,
+}
+
+/// Game events waiting per session for its reliable stream (`--event-queue`).
+pub const DEFAULT_EVENT_CAPACITY: usize = 256;
+
+/// The longest validity Chromium accepts for a certificate pinned by its hash.
+pub const MAX_SELF_SIGNED_VALIDITY: Duration = Duration::from_secs(14 * 24 * 3600);
+/// The shortest validity `--cert-validity` accepts (short ones are for tests): the certificate
+/// must outlive its back-dating, the second its `not_before` is rounded down by, and a rotation
+/// margin.
+pub const MIN_SELF_SIGNED_VALIDITY: Duration = Duration::from_secs(4);
+
+/// `--cert-validity` within what Chromium accepts and what rotation needs.
+pub fn check_validity(validity: Duration) -> Result<(), String> {
+    if validity > MAX_SELF_SIGNED_VALIDITY {
+        return Err(format!(
+            "--cert-validity {} is over 14 days: Chromium refuses a hash-pinned certificate \
+             valid that long",
+            humantime::format_duration(validity)
+        ));
+    }
+    if validity < MIN_SELF_SIGNED_VALIDITY {
+        return Err(format!(
+            "--cert-validity {} is under the minimum of {}",
+            humantime::format_duration(validity),
+            humantime::format_duration(MIN_SELF_SIGNED_VALIDITY)
+        ));
+    }
+    Ok(())
+}
+
 /// Tools the binary runs instead of serving.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
@@ -547,7 +586,7 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 /// `--cert-validity`: a humantime duration within what Chromium accepts.
 fn parse_cert_validity(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    crate::net::identity::check_validity(d)?;
+    check_validity(d)?;
     Ok(d)
 }
 

@@ -19,12 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use wtransport::Identity;
 use wtransport::tls::self_signed::time::OffsetDateTime;
 
-/// The longest validity Chromium accepts for a certificate pinned by its hash.
-pub const MAX_SELF_SIGNED_VALIDITY: Duration = Duration::from_secs(14 * 24 * 3600);
-/// The shortest validity `--cert-validity` accepts (short ones are for tests): the certificate
-/// must outlive its back-dating, the second its `not_before` is rounded down by, and a rotation
-/// margin.
-pub const MIN_SELF_SIGNED_VALIDITY: Duration = Duration::from_secs(4);
+pub use crate::config::{MAX_SELF_SIGNED_VALIDITY, MIN_SELF_SIGNED_VALIDITY, check_validity};
 /// The most `not_before` is set in the past (a quarter of the validity when that is shorter).
 pub const MAX_BACKDATE: Duration = Duration::from_secs(3600);
 
@@ -224,25 +219,6 @@ impl Rotation {
             _ => due,
         }
     }
-}
-
-/// `--cert-validity` within what Chromium accepts and what rotation needs.
-pub fn check_validity(validity: Duration) -> Result<(), String> {
-    if validity > MAX_SELF_SIGNED_VALIDITY {
-        return Err(format!(
-            "--cert-validity {} is over 14 days: Chromium refuses a hash-pinned certificate \
-             valid that long",
-            humantime::format_duration(validity)
-        ));
-    }
-    if validity < MIN_SELF_SIGNED_VALIDITY {
-        return Err(format!(
-            "--cert-validity {} is under the minimum of {}",
-            humantime::format_duration(validity),
-            humantime::format_duration(MIN_SELF_SIGNED_VALIDITY)
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

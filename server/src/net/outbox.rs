@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 pub type SnapshotDatagrams = Arc<Vec<Vec<u8>>>;
 
 /// Pending events per session when no `--event-queue` is given.
-pub const DEFAULT_EVENT_CAPACITY: usize = 256;
+pub use crate::config::DEFAULT_EVENT_CAPACITY;
 
 #[derive(Debug)]
 pub struct Outbox {

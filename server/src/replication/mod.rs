@@ -22,7 +22,6 @@ use arena_shared::protocol::codec::encode_snapshot_parts;
 use arena_shared::protocol::{EntityState, InputStatus};
 use arena_shared::sim;
 use bevy_ecs::prelude::*;
-use clap::ValueEnum;
 use rayon::prelude::*;
 use tokio::sync::broadcast;
 use tracing::warn;
@@ -36,13 +35,8 @@ use client::RepSettings;
 use frame::WorldFrame;
 use grid::Grid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// Deltas against acknowledged views, interest management, byte budget.
-    Delta,
-    /// The full state of every entity to every client every tick.
-    Full,
-}
+/// How snapshots are built (`--replication`; the type lives with the other settings).
+pub use crate::config::ReplicationMode as Mode;
 
 /// Below this many clients, snapshots are built on the simulation thread: handing work to the
 /// pool costs more than it saves.
