@@ -10,6 +10,8 @@
 //! Network tasks never touch the ECS world; they talk to it only through the bounded inbox
 //! and the bounded outboxes.
 
+pub mod admission;
+pub mod frame_policy;
 pub mod identity;
 pub mod in_flight;
 pub mod limits;

@@ -3,17 +3,21 @@
 //! Handshake (bounded by `--handshake-timeout` from the first packet, and counted among the
 //! handshakes in flight until admitted or refused): QUIC + HTTP/3 CONNECT (its path and
 //! origin checked), the client opens one bidirectional stream and sends `Hello`. The server
-//! checks, in order: magic, protocol version and a `Hello` that decodes (no rate spent), a
-//! resume token it knows (admitted at once), the address's handshake bucket, the global one,
-//! the token (signature, expiry, audience, not used before), a live session with the same
-//! client id, the per-address seat limit, capacity. Only then does it allocate anything for
-//! the client: a session slot, an outbox, a player entity. A refused client gets `Reject` and
-//! a connection close whose code says the same.
+//! checks it ([`admission`](super::admission)), in order: magic, protocol version and a
+//! `Hello` that decodes (no rate spent); that the connection carries datagrams, the server is
+//! not shutting down and there was randomness for a resume token; a resume token it knows
+//! (admitted at once); the address's handshake bucket, the global one; the token (present,
+//! signature, expiry, audience, not used before) and room to remember it; then, in the
+//! registry, a live session with the same client id, the per-address seat limit, capacity.
+//! Only then does it allocate anything for the client: a session slot, an outbox, a player
+//! entity. A refused client gets `Reject` and a connection close whose code says the same.
 //!
 //! Play: frames in (inputs to the simulation inbox, pings answered best-effort), snapshots
 //! out (one datagram per part), reliable frames out through a writer bounded in bytes
-//! (`--max-send-backlog`). Any malformed frame, oversized frame or client datagram ends the
-//! session with a `Disconnect` naming the reason; it never panics and never reaches the world.
+//! (`--max-send-backlog`). What each frame and datagram gets is decided by
+//! [`FramePolicy`](super::frame_policy); this loop only reads and acts. Any malformed frame,
+//! oversized frame or client datagram ends the session with a `Disconnect` naming the reason;
+//! it never panics and never reaches the world.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,14 +25,12 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arena_shared::protocol::codec::{self, FrameReader, HelloError};
+use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
-    CLOSE_CLIENT_LEFT, ClientDatagram, ClientMsg, Disconnect, DisconnectReason, GameEvent,
-    InputFault, MAX_WHOIS, PROTOCOL_VERSION, Pong, Reject, RejectReason, ResumeToken, ServerMsg,
-    Welcome,
+    CLOSE_CLIENT_LEFT, Disconnect, DisconnectReason, GameEvent, Pong, Reject, RejectReason,
+    ResumeToken, ServerMsg, Welcome,
 };
 use arena_shared::rng::SplitMix64;
-use arena_shared::token::{self, TokenError};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -38,9 +40,11 @@ use wtransport::endpoint::IncomingSession;
 use wtransport::error::SendDatagramError;
 use wtransport::{Connection, RecvStream, SendStream};
 
-use super::limits::{AddressKey, Backlog, Delivery, TokenBucket, exempt, judge_frame};
+use super::admission::{Arrival, Gate, Refusal};
+use super::frame_policy::{self, Close, Datagram, Dropped, FramePolicy, Verdict};
+use super::limits::{Backlog, Delivery, judge_frame};
 use super::outbox::Outbox;
-use super::registry::{Claim, Ended, RETRY_AFTER_MS, Seat};
+use super::registry::{Ended, RETRY_AFTER_MS, Seat};
 use super::{HandshakeSlot, NetContext, request};
 use crate::game::{JoinAck, JoinRequest, SimCommand};
 use crate::stats::Stats;
@@ -174,9 +178,7 @@ pub async fn run(
             writer,
             outbox,
             client_id: slot.seat.client_id,
-            inputs: TokenBucket::new(ctx.config.max_inputs_per_sec, ctx.config.max_inputs_per_sec),
-            whois: TokenBucket::new(ctx.config.max_whois_per_sec, ctx.config.max_whois_per_sec),
-            excess: InputExcess::default(),
+            policy: FramePolicy::new(ctx.config.max_inputs_per_sec, ctx.config.max_whois_per_sec),
             events: Vec::new(),
         };
         let end = session.play(&shutdown, &slot.seat.superseded).await;
@@ -288,35 +290,8 @@ impl Drop for Slot {
     }
 }
 
-/// Why a handshake was refused: the reason, a message for logs, how long to wait before
-/// trying again (0: no hint), and the `reason` label of `arena_sessions_rejected_total` (the
-/// reason's own name, except where one reason has two causes worth telling apart).
-struct Refusal {
-    reason: RejectReason,
-    message: String,
-    retry_after_ms: u32,
-    metric: &'static str,
-}
-
-impl From<(RejectReason, String, u32)> for Refusal {
-    fn from((reason, message, retry_after_ms): (RejectReason, String, u32)) -> Self {
-        Self {
-            reason,
-            message,
-            retry_after_ms,
-            metric: reason.as_str(),
-        }
-    }
-}
-
-/// Every check on `Hello`, cheapest first; nothing is allocated until all have passed.
-///
-/// The order keeps strangers from spending what others need: what costs nothing to check
-/// (magic, version, a `Hello` that decodes) is checked before any rate is spent, so junk
-/// spends no one's budget; a resume token the registry knows admits before any rate (it is
-/// 16 random bytes, so only the player who lost its connection has it); then the address's
-/// own bucket, so one address cannot spend the shared one; then the shared bucket; and only
-/// then the work worth limiting (the token's signature, the registry).
+/// Reads what admission needs from the connection, the clocks and the system's randomness,
+/// and runs it (see [`admission`](super::admission) for the checks and their order).
 fn admit(
     ctx: &Arc<NetContext>,
     conn: &Connection,
@@ -324,136 +299,37 @@ fn admit(
     body: &[u8],
     shutdown: &CancellationToken,
 ) -> Result<Slot, Refusal> {
-    let hello = codec::decode_hello(body).map_err(|e| match e {
-        HelloError::NotArena => (RejectReason::NotArena, e.to_string(), 0),
-        HelloError::Version(v) => (
-            RejectReason::ProtocolVersion {
-                server: PROTOCOL_VERSION,
-            },
-            format!("client speaks protocol {v}, this server speaks {PROTOCOL_VERSION}"),
-            0,
-        ),
-        HelloError::Malformed => (RejectReason::MalformedHello, e.to_string(), 0),
-    })?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let Some(max_datagram) = conn.max_datagram_size() else {
-        return Err((
-            RejectReason::DatagramsUnsupported,
-            "snapshots travel as datagrams".into(),
-            0,
-        )
-            .into());
-    };
-    if shutdown.is_cancelled() {
-        return Err((
-            RejectReason::ShuttingDown,
-            "server is shutting down".into(),
-            RETRY_AFTER_MS,
-        )
-            .into());
-    }
     let mut key = [0u8; 16];
-    getrandom::fill(&mut key).map_err(|e| {
-        warn!(error = %e, "no randomness for a resume token");
-        (
-            RejectReason::ServerFull,
-            "server cannot admit now".to_string(),
-            RETRY_AFTER_MS,
-        )
-    })?;
-    let key = ResumeToken(key);
-    // A resume token the server still knows admits by itself, before any rate: its holder is
-    // the player whose seat it names, and it keeps the name that seat was vouched for. An
-    // unknown one (its grace ran out, or a guess) falls back to the connect token and its
-    // limits.
-    if let Some(resume) = hello.resume
-        && let Ok(seat) = ctx.with_registry(|r| r.admit(Claim::Resume(resume), ip, key))
-    {
-        return Ok(Slot::new(ctx, seat, max_datagram));
-    }
-    let now_s = ctx.now_s();
-    if !exempt(ip, ctx.config.exempt_loopback) {
-        let rate = ctx
-            .handshakes_per_address
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(AddressKey::of(ip), now_s);
-        if let Err(wait_ms) = rate {
-            return Err(Refusal {
-                reason: RejectReason::RateLimited,
-                message: "too many handshakes from this address; retry later".into(),
-                retry_after_ms: wait_ms,
-                metric: "rate_limited_address",
-            });
+    let new_key = match getrandom::fill(&mut key) {
+        Ok(()) => Some(ResumeToken(key)),
+        Err(e) => {
+            warn!(error = %e, "no randomness for a resume token");
+            None
         }
-    }
-    let rate = ctx
-        .handshakes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take(now_s);
-    if let Err(wait_ms) = rate {
-        return Err((
-            RejectReason::RateLimited,
-            "too many handshakes; retry later".into(),
-            wait_ms,
-        )
-            .into());
-    }
-    if hello.token.is_empty() {
-        return Err((
-            RejectReason::TokenMissing,
-            "Hello carries no token; get one from /api/connect".into(),
-            0,
-        )
-            .into());
-    }
-    let claims = token::verify(&ctx.token_secret, &hello.token, now_ms, &ctx.token_audience)
-        .map_err(|e| {
-            let reason = match e {
-                TokenError::Malformed => RejectReason::TokenMalformed,
-                TokenError::Forged => RejectReason::TokenForged,
-                TokenError::Expired => RejectReason::TokenExpired,
-                TokenError::WrongServer => RejectReason::TokenWrongServer,
-            };
-            (reason, e.to_string(), 0)
-        })?;
-    // A token admits one session. It is marked used only once the session is admitted, so a
-    // client refused for a reason that waiting cures (server full) may retry with it.
-    let fingerprint = token::fingerprint(&hello.token);
-    let mut used = ctx.used_tokens.lock().unwrap_or_else(|e| e.into_inner());
-    if used.was_used(&fingerprint, now_ms) {
-        return Err((
-            RejectReason::TokenInUse,
-            "this token was used already; get a new one".into(),
-            0,
-        )
-            .into());
-    }
-    // The token's name is the one the issuer vouched for; Hello's is a fallback.
-    let name = if claims.name.is_empty() {
-        hello.name.as_str()
-    } else {
-        claims.name.as_str()
     };
-    // Every token that admits must be remembered until it expires; with the set full, the
-    // session waits rather than a remembered token being forgotten (and so replayable).
-    if let Err(wait_ms) = used.room(now_ms) {
-        return Err((
-            RejectReason::ServerFull,
-            "too many recent sessions to remember their tokens; retry later".to_string(),
-            wait_ms.min(u64::from(u32::MAX)) as u32,
-        )
-            .into());
-    }
-    let client_id = claims.client_id;
-    let seat = ctx.with_registry(|r| r.admit(Claim::Token { client_id, name }, ip, key))?;
-    let remembered = used.mark_used(fingerprint, claims.expires_at_ms);
-    debug_assert!(remembered, "room was checked under the same lock");
-    drop(used);
-    Ok(Slot::new(ctx, seat, max_datagram))
+    let arrival = Arrival {
+        body,
+        ip,
+        max_datagram: conn.max_datagram_size(),
+        shutting_down: shutdown.is_cancelled(),
+        now_s: ctx.now_s(),
+        unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        new_key,
+    };
+    let gate = Gate {
+        token_secret: &ctx.token_secret,
+        token_audience: &ctx.token_audience,
+        exempt_loopback: ctx.config.exempt_loopback,
+        per_address: &ctx.handshakes_per_address,
+        global: &ctx.handshakes,
+        used_tokens: &ctx.used_tokens,
+    };
+    let admitted = gate.admit(&arrival, |claim, ip, key| {
+        ctx.with_registry(|r| r.admit(claim, ip, key))
+    })?;
+    Ok(Slot::new(ctx, admitted.seat, admitted.max_datagram))
 }
 
 impl Slot {
@@ -697,21 +573,10 @@ struct Session {
     writer: Writer,
     outbox: Arc<Outbox>,
     client_id: u64,
-    /// `--max-inputs-per-sec`, and the inputs over it in the current one-second window.
-    inputs: TokenBucket,
-    excess: InputExcess,
-    /// `--max-whois-per-sec`.
-    whois: TokenBucket,
+    /// What to do with each frame and datagram the client sends.
+    policy: FramePolicy,
     /// Game events taken from the outbox, reused.
     events: Vec<GameEvent>,
-}
-
-/// Inputs dropped for exceeding the rate, counted per one-second window: more than the rate
-/// itself in one window (the client sends over twice what is allowed) is a flood.
-#[derive(Debug, Default)]
-struct InputExcess {
-    window_start: f64,
-    dropped: f64,
 }
 
 /// How a session ended: the `reason` label of `arena_sessions_closed_total`, and whether the
@@ -771,11 +636,9 @@ impl Session {
                             tokio::task::yield_now().await;
                         }
                     }
-                    Ok(None) if self.reader.pending() > 0 => {
-                        return self.disconnect(DisconnectReason::StreamClosed, "stream ended inside a frame").await;
-                    }
                     Ok(None) => {
-                        return self.disconnect(DisconnectReason::StreamClosed, "stream finished").await;
+                        let (reason, message) = frame_policy::stream_ended(self.reader.pending());
+                        return self.disconnect(reason, &message).await;
                     }
                     Err(_) => return ended(&self.conn).await,
                 },
@@ -784,10 +647,15 @@ impl Session {
                         let payload = d.payload();
                         Stats::add(&self.ctx.stats.datagrams_received, 1);
                         Stats::add(&self.ctx.stats.datagram_bytes_received, payload.len() as u64);
-                        match codec::decode_client_datagram(&payload) {
-                            Ok(ClientDatagram::Ack(ack)) => self.on_ack(ack.newest),
-                            Err(e) => {
-                                return self.disconnect(DisconnectReason::MalformedDatagram, &e.to_string()).await;
+                        let server_tick = self.ctx.stats.tick.load(Ordering::Relaxed) as u32;
+                        match frame_policy::datagram(&payload, server_tick) {
+                            Datagram::Ack(tick) => {
+                                Stats::add(&self.ctx.stats.acks_received, 1);
+                                self.outbox.record_ack(tick);
+                            }
+                            Datagram::AckIgnored => Stats::add(&self.ctx.stats.acks_ignored, 1),
+                            Datagram::Close((reason, message)) => {
+                                return self.disconnect(reason, &message).await;
                             }
                         }
                     }
@@ -797,107 +665,53 @@ impl Session {
         }
     }
 
-    /// Decodes every whole frame buffered; inputs go to the simulation, pings are answered.
-    fn handle_frames(&mut self) -> Result<(), (DisconnectReason, String)> {
+    /// Acts on every whole frame buffered, as the [`FramePolicy`] says.
+    fn handle_frames(&mut self) -> Result<(), Close> {
         loop {
             let body = match self.reader.next_frame() {
                 Ok(Some(body)) => body,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err((DisconnectReason::FrameTooLarge, e.to_string())),
+                Err(e) => return Err(frame_policy::too_large(e)),
             };
-            match codec::decode_client(&body) {
-                Ok(ClientMsg::Input(input)) => {
-                    // Every input spends the rate first, a refused one too: otherwise a client
-                    // sending only inputs the server throws away would never meet the rate or
-                    // the flood rule.
-                    let now = self.ctx.now_s();
-                    if self.inputs.take(now).is_err() {
-                        Stats::add(&self.ctx.stats.inputs_rate_limited, 1);
-                        if now - self.excess.window_start >= 1.0 {
-                            self.excess = InputExcess {
-                                window_start: now,
-                                dropped: 0.0,
-                            };
-                        }
-                        self.excess.dropped += 1.0;
-                        if self.excess.dropped > self.ctx.config.max_inputs_per_sec {
-                            return Err((
-                                DisconnectReason::InputFlood,
-                                format!(
-                                    "over {} inputs a second",
-                                    2.0 * self.ctx.config.max_inputs_per_sec
-                                ),
-                            ));
-                        }
-                        continue;
-                    }
-                    if let Some(fault) = input.fault() {
-                        let stats = &self.ctx.stats;
-                        Stats::add(
-                            match fault {
-                                InputFault::MoveOutOfRange => &stats.inputs_move_out_of_range,
-                                InputFault::UnknownButtons => &stats.inputs_unknown_buttons,
-                            },
-                            1,
-                        );
-                        continue;
-                    }
+            let stats = &self.ctx.stats;
+            match self.policy.frame(&body, self.ctx.now_s()) {
+                Verdict::Forward(input) => {
                     let cmd = SimCommand::Input {
                         client_id: self.client_id,
                         input,
                     };
                     if self.ctx.inbox.try_send(cmd).is_err() {
-                        Stats::add(&self.ctx.stats.inputs_dropped_inbox_full, 1);
+                        Stats::add(&stats.inputs_dropped_inbox_full, 1);
                     }
                 }
-                Ok(ClientMsg::Ping(ping)) => {
-                    // Answered best-effort: a burst of pings is never by itself a reason to
-                    // end a session (see `judge_frame`).
-                    let server_tick = self.ctx.stats.tick.load(Ordering::Relaxed) as u32;
-                    self.writer.send_best_effort(&ServerMsg::Pong(Pong {
-                        nonce: ping.nonce,
-                        server_tick,
-                    }));
+                Verdict::Pong { nonce } => {
+                    let server_tick = stats.tick.load(Ordering::Relaxed) as u32;
+                    self.writer
+                        .send_best_effort(&ServerMsg::Pong(Pong { nonce, server_tick }));
                 }
-                Ok(ClientMsg::WhoIs(who)) => {
-                    if who.entities.len() > MAX_WHOIS {
-                        return Err((
-                            DisconnectReason::MalformedFrame,
-                            format!(
-                                "WhoIs for {} entities, at most {MAX_WHOIS}",
-                                who.entities.len()
-                            ),
-                        ));
-                    }
-                    if self.whois.take(self.ctx.now_s()).is_err() {
-                        Stats::add(&self.ctx.stats.whois_rate_limited, 1);
-                        continue;
-                    }
-                    Stats::add(&self.ctx.stats.whois_answered, 1);
-                    let names = self.ctx.names.lookup(&who.entities);
+                Verdict::Names(entities) => {
+                    Stats::add(&stats.whois_answered, 1);
+                    let names = self.ctx.names.lookup(&entities);
                     if self.writer.send(&ServerMsg::Names(names)).is_err() {
                         return Err(self.backlogged());
                     }
                 }
-                Err(e) => return Err((DisconnectReason::MalformedFrame, e.to_string())),
+                Verdict::Drop(dropped) => Stats::add(
+                    match dropped {
+                        Dropped::InputOverRate => &stats.inputs_rate_limited,
+                        Dropped::MoveOutOfRange => &stats.inputs_move_out_of_range,
+                        Dropped::UnknownButtons => &stats.inputs_unknown_buttons,
+                        Dropped::WhoIsOverRate => &stats.whois_rate_limited,
+                    },
+                    1,
+                ),
+                Verdict::Close(close) => return Err(close),
             }
         }
     }
 
-    /// An acknowledgement for a tick the server has not reached is a lie or a bug: ignored
-    /// and counted (it could only make this client's own snapshots full).
-    fn on_ack(&self, tick: u32) {
-        let now = self.ctx.stats.tick.load(Ordering::Relaxed) as u32;
-        if tick == 0 || tick > now.saturating_add(1) {
-            Stats::add(&self.ctx.stats.acks_ignored, 1);
-            return;
-        }
-        Stats::add(&self.ctx.stats.acks_received, 1);
-        self.outbox.record_ack(tick);
-    }
-
     /// Writes every pending game event to the reliable stream.
-    fn send_events(&mut self) -> Result<(), (DisconnectReason, String)> {
+    fn send_events(&mut self) -> Result<(), Close> {
         self.outbox.drain_events(&mut self.events);
         for event in &self.events {
             if self.writer.send(&ServerMsg::Event(*event)).is_err() {
@@ -907,7 +721,7 @@ impl Session {
         Ok(())
     }
 
-    fn backlogged(&self) -> (DisconnectReason, String) {
+    fn backlogged(&self) -> Close {
         (
             DisconnectReason::SlowConsumer,
             format!(
