@@ -390,7 +390,7 @@ async fn connect_as_page(
 async fn a_webtransport_request_needs_the_path_handed_out_and_a_page_of_ours_if_any() {
     let server = common::start(&["--allowed-origin", "https://portal.example.net"]).await;
     let refused = |reason: &str| {
-        let text = server.stats.metrics.render(&server.stats);
+        let text = server.stats.render_metrics();
         let sample = format!("arena_handshakes_rejected_total{{reason=\"{reason}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(sample.as_str())?.parse::<u64>().ok())

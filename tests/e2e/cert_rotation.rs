@@ -163,7 +163,7 @@ async fn a_rotated_certificate_keeps_connected_players_and_admits_new_ones_by_th
     snapshot_after(&a, after.max(Stats::get(&server.stats.tick) as u32)).await;
     ping(&mut a, &mut reader_a, 8).await;
     assert_eq!(presented(&a), old);
-    let metrics = server.stats.metrics.render(&server.stats);
+    let metrics = server.stats.render_metrics();
     let rotated: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("arena_cert_rotations_total "))

@@ -126,7 +126,7 @@ async fn reaches(counter: &AtomicU64, n: u64) {
 
 /// The value of one sample line of the server's metrics, 0 when absent.
 fn metric(server: &TestServer, sample: &str) -> u64 {
-    let text = server.stats.metrics.render(&server.stats);
+    let text = server.stats.render_metrics();
     text.lines()
         .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
         .unwrap_or(0)

@@ -117,7 +117,7 @@ fn http_rejected(server: &TestServer, reason: &str) -> u64 {
 }
 
 fn counter(server: &TestServer, name: &str, label: &str) -> u64 {
-    let text = server.stats.metrics.render(&server.stats);
+    let text = server.stats.render_metrics();
     text.lines()
         .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())

@@ -435,7 +435,7 @@ async fn inputs_outside_their_range_are_dropped_and_counted_by_reason_and_the_se
             other => panic!("expected the pong, got {other:?}"),
         }
     }
-    let text = server.stats.metrics.render(&server.stats);
+    let text = server.stats.render_metrics();
     for reason in ["move_out_of_range", "unknown_buttons"] {
         assert!(
             text.contains(&format!(

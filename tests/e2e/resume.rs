@@ -100,7 +100,7 @@ async fn fifty_players_lost_without_a_close_are_freed_within_the_idle_timeout_an
         .expect("swarm ends")
         .expect("swarm task");
     assert_eq!(result.report.bots_connected, u64::from(BOTS));
-    let closed = server.stats.metrics.render(&server.stats);
+    let closed = server.stats.render_metrics();
     assert!(
         closed.contains(&format!(
             "arena_sessions_closed_total{{reason=\"idle_timeout\"}} {BOTS}"

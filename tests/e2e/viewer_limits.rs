@@ -260,7 +260,7 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The value of `arena_viewer_rejected_total{reason}`.
 fn rejected(server: &TestServer, reason: &str) -> u64 {
-    let text = server.stats.metrics.render(&server.stats);
+    let text = server.stats.render_metrics();
     let key = format!("arena_viewer_rejected_total{{reason=\"{reason}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&key))

@@ -144,7 +144,7 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.stats.metrics.render(&state.stats),
+        state.stats.render_metrics(),
     )
 }
 

@@ -761,7 +761,7 @@ mod tests {
             shutdown.clone(),
         ));
         let rejected = |reason: &str| {
-            let text = stats.metrics.render(&stats);
+            let text = stats.render_metrics();
             text.lines()
                 .find(|l| {
                     l.starts_with("arena_http_rejected_total{")
