@@ -13,7 +13,7 @@
 
 use std::hint::black_box;
 
-use arena_server::replication::client::{ClientReplicator, RepSettings, Scratch};
+use arena_server::replication::replicator::{ClientReplicator, RepSettings, Scratch};
 use arena_server::replication::frame::WorldFrame;
 use arena_server::replication::grid::Grid;
 use arena_shared::protocol::EntityKind;

@@ -351,7 +351,7 @@ impl Server {
         // Our own accept loop, not axum::serve: that one sets no header timeout and no cap.
         let http_task = tokio::spawn(http::serve::serve(
             self.http,
-            http::router(http_state).merge(http::client::router()),
+            http::router(http_state).merge(http::page::router()),
             http::serve::HttpLimits::game(&self.config),
             self.stats.clone(),
             shutdown.clone(),

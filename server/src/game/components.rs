@@ -99,7 +99,7 @@ pub struct ClientLink {
     /// The network session this link belongs to.
     pub session: u64,
     pub outbox: Arc<Outbox>,
-    pub replicator: crate::replication::client::ClientReplicator,
+    pub replicator: crate::replication::replicator::ClientReplicator,
 }
 
 /// Players whose connection was lost, by client id: their entity stays in the world (still,

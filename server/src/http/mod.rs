@@ -8,12 +8,12 @@
 //!   fresh connect token that `Hello` must carry. At most `--connect-per-sec-per-address`
 //!   a second to one address (after a burst); beyond that 429 with `Retry-After`.
 //! - `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
-//! - `GET /`, `/arena.js`, `/arena_web.wasm`: the browser game client ([`client`]).
+//! - `GET /`, `/arena.js`, `/arena_web.wasm`: the browser game client ([`page`]).
 //!
 //! The replay viewer ([`replays`]) is served on a listener of its own (`--viewer-bind`), never
 //! here; it runs the same accept loop ([`serve`]).
 
-pub mod client;
+pub mod page;
 pub mod replays;
 pub mod serve;
 

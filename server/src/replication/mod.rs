@@ -3,12 +3,12 @@
 //! Two modes (`--replication`):
 //! - `delta` (default): per client, a delta snapshot against the newest view it acknowledged,
 //!   limited to its area of interest and its byte budget, chosen by priority. The decisions
-//!   live in [`client::ClientReplicator`] (sans-IO); the quantized [`frame::WorldFrame`] and
+//!   live in [`replicator::ClientReplicator`] (sans-IO); the quantized [`frame::WorldFrame`] and
 //!   the interest [`grid::Grid`] are built once per tick and shared by every client.
 //! - `full`: every client gets every entity every tick, split into datagrams of the path's
 //!   size. Kept as the baseline that benchmarks compare against.
 
-pub mod client;
+pub mod replicator;
 pub mod frame;
 pub mod grid;
 
@@ -31,7 +31,7 @@ use crate::game::components::{
 };
 use crate::net::outbox::SnapshotDatagrams;
 use crate::stats::Stats;
-use client::RepSettings;
+use replicator::RepSettings;
 use frame::WorldFrame;
 use grid::Grid;
 
@@ -54,7 +54,7 @@ pub struct Replicator {
     pool: Option<rayon::ThreadPool>,
     /// Working memory for building snapshots, one per worker (clients are split into as many
     /// contiguous chunks).
-    scratch: Vec<client::Scratch>,
+    scratch: Vec<replicator::Scratch>,
     /// Full mode: the encodings of this tick, by maximum datagram size.
     encoded: Vec<(usize, SnapshotDatagrams)>,
     full_state: Vec<EntityState>,
@@ -95,7 +95,7 @@ impl Replicator {
             frame: WorldFrame::default(),
             grid: Grid::default(),
             pool,
-            scratch: (0..workers).map(|_| client::Scratch::default()).collect(),
+            scratch: (0..workers).map(|_| replicator::Scratch::default()).collect(),
             encoded: Vec::new(),
             full_state: Vec::new(),
             tap,
@@ -134,7 +134,7 @@ impl std::ops::Add for Tally {
 fn build_one(
     link: &mut ClientLink,
     input: InputStatus,
-    scratch: &mut client::Scratch,
+    scratch: &mut replicator::Scratch,
     frame: &WorldFrame,
     grid: &Grid,
     settings: &RepSettings,

@@ -10,7 +10,7 @@ use arena_shared::rng::SplitMix64;
 use arena_shared::snapshot::{Receiver, View};
 use glam::Vec2;
 
-use super::client::{Built, ClientReplicator, RepSettings, Scratch};
+use super::replicator::{Built, ClientReplicator, RepSettings, Scratch};
 use super::frame::WorldFrame;
 use super::grid::Grid;
 
