@@ -12,6 +12,8 @@
 //! - [`clock`]: the client's estimate of the server tick, the RTT, and its own input lead.
 //! - [`interp`]: interpolation buffer for remote entities.
 //! - [`predict`]: client prediction of its own entity and reconciliation with the server.
+//! - [`client_session`]: the client's end of a session: the pieces above (handshake, framing,
+//!   snapshots and acks, clock, prediction, interpolation, pings) wired once, for every client.
 //! - [`map`]: the arena's bounds and rectangular obstacles, generated from a seed.
 //! - [`quant`]: quantization of what crosses the wire (positions, velocities, movement, aim).
 //! - [`snapshot`]: delta snapshots against acknowledged baselines, and the client's receiver.
@@ -19,6 +21,7 @@
 //! - [`rng`]: a small seeded generator, so maps and NPCs are the same on every platform.
 //! - [`fuzzing`]: what the fuzz targets in `fuzz/` run, also replayed and proptested on stable.
 
+pub mod client_session;
 pub mod clock;
 pub mod combat;
 pub mod fuzzing;

@@ -1,22 +1,23 @@
 //! A client and the real simulation in memory, on a virtual clock: no sockets, no sleeping.
 //!
-//! The server side is the real [`Simulation`] (its inbox and a session's outbox); the client
-//! side is the shared crate's clock, snapshot receiver, predictor and interpolator, wired the
-//! way `arena-bots` wires them. Between them, a seeded path with latency, jitter and datagram
-//! loss (inputs and pings ride the reliable stream: delayed, never lost, kept in order).
+//! The server side is the real [`Simulation`] (its inbox and a session's outbox), reached
+//! through the same messages and bytes the server's network session handles: the `Hello`,
+//! inputs and pings framed on the stream, acknowledgements as datagrams, the `Welcome`, pongs
+//! and events framed back, snapshots as datagrams. The client side is the shared crate's
+//! [`ClientSession`], the one client wiring; this file adds only the IO and the behaviour (a
+//! random walk). Between them, a seeded path with latency, jitter and
+//! datagram loss (the stream is delayed, never lost, kept in order).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arena_shared::clock::ClockSync;
-use arena_shared::interp::Interpolator;
-use arena_shared::predict::Predictor;
-use arena_shared::protocol::codec::decode_datagram;
-use arena_shared::protocol::{Input, ServerDatagram};
-use arena_shared::quant::MoveDir;
+use arena_shared::client_session::{
+    AckTiming, ClientSession, Controls, Event, SessionConfig, Transmit,
+};
+use arena_shared::protocol::codec::{self, FrameReader};
+use arena_shared::protocol::{ClientDatagram, ClientMsg, Pong, ResumeToken, ServerMsg, Welcome};
 use arena_shared::rng::SplitMix64;
-use arena_shared::sim::{self, Body};
-use arena_shared::snapshot::Receiver;
+use arena_shared::sim;
 use glam::Vec2;
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,17 +34,6 @@ struct Path {
     latency_ms: f64,
     jitter_ms: f64,
     loss: f64,
-}
-
-enum Up {
-    Input(Input),
-    Ack(u32),
-    Ping(f64),
-}
-
-enum Down {
-    Snapshot(Vec<u8>),
-    Pong(f64),
 }
 
 /// Things in flight, by arrival time (ties in send order).
@@ -92,6 +82,20 @@ struct Outcome {
     inputs: u32,
 }
 
+/// Bytes one way: the stream's (reliable, in order) or one datagram.
+enum Bytes {
+    Stream(Vec<u8>),
+    Datagram(Vec<u8>),
+}
+
+/// The server's end of the connection: what its network session does with the client's bytes.
+struct ServerEnd {
+    reader: FrameReader,
+    /// The `Hello` was handled; the join's reply, until the `Welcome` went out.
+    joined: Option<oneshot::Receiver<JoinAck>>,
+    welcomed: bool,
+}
+
 /// Plays `seconds` of virtual time: one client wandering among NPCs and obstacles.
 fn play(path: Path, seconds: f64, seed: u64) -> Outcome {
     let config = Config::try_parse_from([
@@ -111,30 +115,44 @@ fn play(path: Path, seconds: f64, seed: u64) -> Outcome {
     let (tx, rx) = mpsc::channel(4096);
     let mut server = Simulation::new(&config, map.clone(), rx, Arc::new(Stats::default()), None);
     let outbox = Arc::new(Outbox::new(64, 1200));
-    let (reply, mut ack_rx) = oneshot::channel();
-    tx.try_send(SimCommand::Join(JoinRequest {
-        client_id: 1,
-        session: 1,
-        name: "v".into(),
-        outbox: outbox.clone(),
-        resume: false,
-        reply,
-    }))
-    .unwrap();
+    let mut end = ServerEnd {
+        reader: FrameReader::new(),
+        joined: None,
+        welcomed: false,
+    };
 
     let mut rng = SplitMix64::new(seed);
     let delay_us = |rng: &mut SplitMix64| {
         ((path.latency_ms + path.jitter_ms * f64::from(rng.next_f32())) * 1000.0) as u64
     };
-    let (mut up, mut down) = (Wire::<Up>::new(), Wire::<Down>::new());
-    let mut clock = ClockSync::new(RATE);
-    let mut receiver = Receiver::new(RATE);
-    let mut interp = Interpolator::new(RATE);
-    let mut predictor: Option<Predictor> = None;
-    let mut entity = None;
-    let (mut seq, mut walk_left, mut dir) = (0u32, 0u32, MoveDir::default());
+    // Datagrams are lost on the path; the stream's bytes only wait.
+    let send = |wire: &mut Wire<Bytes>, rng: &mut SplitMix64, now_us: u64, bytes: Bytes| {
+        let reliable = matches!(bytes, Bytes::Stream(_));
+        if reliable || f64::from(rng.next_f32()) >= path.loss {
+            let at = now_us + delay_us(rng);
+            wire.send(at, reliable, bytes);
+        }
+    };
+    let ship = |wire: &mut Wire<Bytes>, rng: &mut SplitMix64, now_us: u64, t: Transmit| {
+        if !t.stream.is_empty() {
+            send(wire, rng, now_us, Bytes::Stream(t.stream));
+        }
+        for d in t.datagrams {
+            send(wire, rng, now_us, Bytes::Datagram(d));
+        }
+    };
+    let (mut up, mut down) = (Wire::<Bytes>::new(), Wire::<Bytes>::new());
+    let mut client = ClientSession::new(SessionConfig {
+        name: "v".into(),
+        // As the bots send it: with the next input.
+        ack: AckTiming::WithNextInput,
+        ask_names: false,
+    });
+    client.connect("");
+    let (mut walk_left, mut dir) = (0u32, Vec2::ZERO);
     let mut next_tick_ms = 0.0;
-    let mut next_ping_ms = 0.0;
+    let mut server_tick = 0u32;
+    let mut game_events = Vec::new();
     let mut out = Outcome {
         reconciled: 0,
         corrections: 0,
@@ -144,116 +162,136 @@ fn play(path: Path, seconds: f64, seed: u64) -> Outcome {
     };
     let end_us = (seconds * 1e6) as u64;
     let mut now_us = 0u64;
+    ship(&mut up, &mut rng, now_us, client.poll_transmit());
     while now_us < end_us {
         let now_ms = now_us as f64 / 1000.0;
-        // Server: deliver what arrived, run due ticks, ship snapshots.
-        for item in up.due(now_us) {
-            match item {
-                Up::Input(input) => drop(tx.try_send(SimCommand::Input {
-                    client_id: 1,
-                    input,
-                })),
-                Up::Ack(tick) => outbox.record_ack(tick),
-                Up::Ping(sent) => {
-                    let at = now_us + delay_us(&mut rng);
-                    down.send(at, true, Down::Pong(sent));
+        // Server: handle what arrived, run due ticks, ship snapshots.
+        for bytes in up.due(now_us) {
+            match bytes {
+                Bytes::Stream(bytes) => {
+                    end.reader.push(&bytes);
+                    while let Some(body) = end.reader.next_frame().unwrap() {
+                        if end.joined.is_none() && !end.welcomed {
+                            let hello = codec::decode_hello(&body).unwrap();
+                            let (reply, joined) = oneshot::channel();
+                            tx.try_send(SimCommand::Join(JoinRequest {
+                                client_id: 1,
+                                session: 1,
+                                name: hello.name,
+                                outbox: outbox.clone(),
+                                resume: false,
+                                reply,
+                            }))
+                            .unwrap();
+                            end.joined = Some(joined);
+                            continue;
+                        }
+                        match codec::decode_client(&body).unwrap() {
+                            ClientMsg::Input(input) => {
+                                drop(tx.try_send(SimCommand::Input {
+                                    client_id: 1,
+                                    input,
+                                }));
+                            }
+                            ClientMsg::Ping(p) => {
+                                let mut frame = Vec::new();
+                                let pong = Pong {
+                                    nonce: p.nonce,
+                                    server_tick,
+                                };
+                                codec::encode_server(&ServerMsg::Pong(pong), &mut frame).unwrap();
+                                send(&mut down, &mut rng, now_us, Bytes::Stream(frame));
+                            }
+                            ClientMsg::WhoIs(_) => {}
+                        }
+                    }
+                }
+                Bytes::Datagram(bytes) => {
+                    let ClientDatagram::Ack(ack) = codec::decode_client_datagram(&bytes).unwrap();
+                    outbox.record_ack(ack.newest);
                 }
             }
         }
         while now_ms >= next_tick_ms {
             server.tick();
+            server_tick += 1;
             next_tick_ms += TICK_MS;
-            if entity.is_none() {
-                entity = ack_rx.try_recv().ok().map(|a| a.entity);
+            if let Some(ack) = end.joined.as_mut().and_then(|j| j.try_recv().ok()) {
+                end.joined = None;
+                end.welcomed = true;
+                let welcome = ServerMsg::Welcome(Welcome {
+                    client_id: 1,
+                    entity: ack.entity,
+                    tick_rate: RATE,
+                    server_tick: ack.server_tick,
+                    map: (*map).clone(),
+                    resume_token: ResumeToken([1; 16]),
+                    resumed: ack.resumed,
+                });
+                let mut frame = Vec::new();
+                codec::encode_server(&welcome, &mut frame).unwrap();
+                send(&mut down, &mut rng, now_us, Bytes::Stream(frame));
+            }
+            outbox.drain_events(&mut game_events);
+            for event in game_events.drain(..) {
+                let mut frame = Vec::new();
+                codec::encode_server(&ServerMsg::Event(event), &mut frame).unwrap();
+                send(&mut down, &mut rng, now_us, Bytes::Stream(frame));
             }
             for snapshot in outbox.drain() {
                 for datagram in snapshot.iter() {
-                    if f64::from(rng.next_f32()) >= path.loss {
-                        let at = now_us + delay_us(&mut rng);
-                        down.send(at, false, Down::Snapshot(datagram.clone()));
-                    }
+                    send(
+                        &mut down,
+                        &mut rng,
+                        now_us,
+                        Bytes::Datagram(datagram.clone()),
+                    );
                 }
             }
         }
         // Client: receive, then run its frame.
-        for item in down.due(now_us) {
-            match item {
-                Down::Pong(sent) => clock.on_rtt(now_ms - sent),
-                Down::Snapshot(bytes) => {
-                    let Ok(ServerDatagram::Delta(status, snap)) = decode_datagram(&bytes) else {
-                        continue;
-                    };
-                    let Ok(view) = receiver.receive(&snap).cloned() else {
-                        continue;
-                    };
-                    let newest = receiver.latest().is_some_and(|l| l.tick == view.tick);
-                    if newest {
-                        clock.on_server_tick(view.tick, now_ms);
-                        clock.on_input_report(status.late, status.lead, now_ms);
-                        interp.push(&view, now_ms);
-                        out.late = status.late;
-                    }
-                    if let Some(ack) = receiver.ack()
-                        && f64::from(rng.next_f32()) >= path.loss
-                    {
-                        let at = now_us + delay_us(&mut rng);
-                        up.send(at, false, Up::Ack(ack.newest));
-                    }
-                    let Some(me) = entity.and_then(|e| view.get(e)) else {
-                        continue;
-                    };
-                    let body = Body {
-                        pos: me.pos_at(view.tick, RATE),
-                        vel: me.vel(),
-                    };
-                    match &mut predictor {
-                        None => predictor = Some(Predictor::new(body, sim::PLAYER, RATE)),
-                        Some(p) if newest && status.last_seq != 0 => {
-                            out.reconciled += 1;
-                            if let Some(c) = p.reconcile(status.last_seq, body, &map) {
-                                out.corrections += 1;
-                                out.max_error = out.max_error.max(c.error);
-                            }
-                        }
-                        Some(_) => {}
-                    }
-                }
+        for bytes in down.due(now_us) {
+            match bytes {
+                Bytes::Stream(bytes) => client.on_stream(&bytes, now_ms),
+                Bytes::Datagram(bytes) => client.on_datagram(&bytes, now_ms),
             }
         }
-        if now_ms >= next_ping_ms {
-            up.send(now_us + delay_us(&mut rng), true, Up::Ping(now_ms));
-            next_ping_ms += 250.0;
-        }
-        for tick in clock.advance(now_ms) {
+        client.frame(now_ms, |_, _| {
             if walk_left == 0 {
                 walk_left = 15 + rng.below(45);
-                dir = MoveDir::from_vec2(Vec2::new(
-                    rng.range_f32(-1.0, 1.0),
-                    rng.range_f32(-1.0, 1.0),
-                ));
+                dir = Vec2::new(rng.range_f32(-1.0, 1.0), rng.range_f32(-1.0, 1.0));
             }
             walk_left -= 1;
-            seq += 1;
-            if let Some(p) = &mut predictor {
-                p.apply(seq, dir, &map);
-            }
-            let input = Input {
-                seq,
-                tick,
+            Controls {
                 movement: dir,
-                ..Default::default()
-            };
-            up.send(now_us + delay_us(&mut rng), true, Up::Input(input));
-            out.inputs += 1;
+                aim: dir,
+                ..Controls::default()
+            }
+        });
+        while let Some(event) = client.poll_event() {
+            match event {
+                Event::SnapshotApplied(applied) => {
+                    if applied.newest {
+                        out.late = applied.status.late;
+                    }
+                    if applied.reconciled {
+                        out.reconciled += 1;
+                    }
+                    if let Some(c) = applied.correction {
+                        out.corrections += 1;
+                        out.max_error = out.max_error.max(c.error);
+                    }
+                }
+                Event::Rejected { .. } | Event::Disconnected(_) | Event::Closed { .. } => {
+                    panic!("the session ended: {event:?}")
+                }
+                _ => {}
+            }
         }
-        if let Some(p) = &mut predictor {
-            p.advance_render(0.004);
-        }
-        if let Some(render) = clock.render_tick(now_ms, interp.delay_ticks()) {
-            interp.frame(render);
-        }
+        ship(&mut up, &mut rng, now_us, client.poll_transmit());
         now_us += 4_000;
     }
+    out.inputs = client.inputs_sent();
     out
 }
 
