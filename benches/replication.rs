@@ -13,9 +13,9 @@
 
 use std::hint::black_box;
 
-use arena_server::replication::replicator::{ClientReplicator, RepSettings, Scratch};
 use arena_server::replication::frame::WorldFrame;
 use arena_server::replication::grid::Grid;
+use arena_server::replication::replicator::{ClientReplicator, RepSettings, Scratch};
 use arena_shared::protocol::EntityKind;
 use arena_shared::quant;
 use arena_shared::rng::SplitMix64;

@@ -8,9 +8,9 @@
 //! - `full`: every client gets every entity every tick, split into datagrams of the path's
 //!   size. Kept as the baseline that benchmarks compare against.
 
-pub mod replicator;
 pub mod frame;
 pub mod grid;
+pub mod replicator;
 
 #[cfg(test)]
 mod tests;
@@ -31,9 +31,9 @@ use crate::game::components::{
 };
 use crate::net::outbox::SnapshotDatagrams;
 use crate::stats::Stats;
-use replicator::RepSettings;
 use frame::WorldFrame;
 use grid::Grid;
+use replicator::RepSettings;
 
 /// How snapshots are built (`--replication`; the type lives with the other settings).
 pub use crate::config::ReplicationMode as Mode;
@@ -95,7 +95,9 @@ impl Replicator {
             frame: WorldFrame::default(),
             grid: Grid::default(),
             pool,
-            scratch: (0..workers).map(|_| replicator::Scratch::default()).collect(),
+            scratch: (0..workers)
+                .map(|_| replicator::Scratch::default())
+                .collect(),
             encoded: Vec::new(),
             full_state: Vec::new(),
             tap,

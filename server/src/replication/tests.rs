@@ -10,9 +10,9 @@ use arena_shared::rng::SplitMix64;
 use arena_shared::snapshot::{Receiver, View};
 use glam::Vec2;
 
-use super::replicator::{Built, ClientReplicator, RepSettings, Scratch};
 use super::frame::WorldFrame;
 use super::grid::Grid;
+use super::replicator::{Built, ClientReplicator, RepSettings, Scratch};
 
 const RATE: u16 = 30;
 const OWN: u32 = 1;
