@@ -17,6 +17,8 @@
 //! - [`map`]: the arena's bounds and rectangular obstacles, generated from a seed.
 //! - [`quant`]: quantization of what crosses the wire (positions, velocities, movement, aim).
 //! - [`snapshot`]: delta snapshots against acknowledged baselines, and the client's receiver.
+//! - [`replay`]: the replay file format (records framed with a length and a CRC) and its
+//!   streaming reader, which bounds what a file can make it allocate.
 //! - [`token`]: connect tokens, signed with HMAC-SHA256, issued by the HTTP side, checked at `Hello`.
 //! - [`rng`]: a small seeded generator, so maps and NPCs are the same on every platform.
 //! - [`fuzzing`]: what the fuzz targets in `fuzz/` run, also replayed and proptested on stable.
