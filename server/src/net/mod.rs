@@ -4,6 +4,9 @@
 //!   the caps on handshakes in flight ([`in_flight`]; a QUIC Retry above a threshold).
 //! - [`session`] runs the handshake (admission before any per-client state), then moves client
 //!   frames into the simulation's inbox and snapshots out of the session's [`outbox::Outbox`].
+//!   What it decides lives sans-IO beside it: [`admission`] (every check on `Hello`, in
+//!   order), [`registry`] (who holds a seat), [`frame_policy`] (what each client frame and
+//!   datagram gets), [`limits`] (rates and the backlog rule).
 //! - [`identity`] makes or loads the TLS certificate; [`rotate_identity`] replaces a
 //!   self-signed one on the live endpoint before it expires.
 //!
