@@ -7,7 +7,7 @@
 //!   sending only inputs the server throws away would never meet the rate or the flood rule.
 //!   An input over the rate is dropped and counted; more dropped in one one-second window
 //!   than the rate itself (the client sends over twice what is allowed) is a flood, and ends
-//!   the session.
+//!   the session (the input that makes it one is counted as dropped too).
 //! - An input within the rate whose movement or buttons are out of range is dropped and
 //!   counted; the others go to the simulation.
 //! - A ping is answered best-effort: a burst of pings is never by itself a reason to end a
@@ -41,6 +41,9 @@ pub enum Verdict {
     Names(Vec<u32>),
     /// Leave the frame out and count it.
     Drop(Dropped),
+    /// An input over the rate that makes the excess a flood: count it as
+    /// [`Dropped::InputOverRate`], then end the session.
+    Flood(Close),
     /// End the session.
     Close(Close),
 }
@@ -129,7 +132,7 @@ impl FramePolicy {
             }
             self.excess.dropped += 1.0;
             if self.excess.dropped > self.max_inputs_per_sec {
-                return Verdict::Close((
+                return Verdict::Flood((
                     DisconnectReason::InputFlood,
                     format!("over {} inputs a second", 2.0 * self.max_inputs_per_sec),
                 ));
@@ -218,7 +221,7 @@ mod tests {
                     forwarded += 1;
                 }
                 Verdict::Drop(Dropped::InputOverRate) => dropped += 1,
-                Verdict::Close((DisconnectReason::InputFlood, message)) => return Err(message),
+                Verdict::Flood((DisconnectReason::InputFlood, message)) => return Err(message),
                 other => panic!("unexpected {other:?}"),
             }
         }

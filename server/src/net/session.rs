@@ -705,6 +705,10 @@ impl Session {
                     },
                     1,
                 ),
+                Verdict::Flood(close) => {
+                    Stats::add(&stats.inputs_rate_limited, 1);
+                    return Err(close);
+                }
                 Verdict::Close(close) => return Err(close),
             }
         }
