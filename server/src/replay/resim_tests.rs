@@ -11,9 +11,14 @@ use arena_shared::replay::{self, Header, MAGIC, Record, Role};
 use arena_shared::rng::SplitMix64;
 use clap::Parser;
 
+use std::path::Path;
+
+use arena_shared::protocol::PROTOCOL_VERSION;
+
 use super::*;
 use crate::game::{JoinRequest, SimCommand};
 use crate::net::outbox::Outbox;
+use crate::replay::sim_args;
 
 const KEYFRAME_TICKS: u32 = 30;
 const TICKS: u32 = 420;
