@@ -5,9 +5,10 @@
 //! (the bots' transport, the browser module, the end-to-end tests' helpers), and this is the
 //! client's half of what the server's `net::session` drives from its side.
 //!
-//! The server's virtual-clock harness (`server/src/game/virtual_play.rs`) runs it; the bots
-//! (`client-sim/src/bot.rs`) and the browser module (`web/src/client.rs`) still wire the same
-//! pieces by hand and are to move onto it, which is what the [`AckTiming`] setting is for.
+//! The server's virtual-clock harness (`server/src/game/virtual_play.rs`) and the browser module
+//! (`web/src/client.rs`, which keeps only what the page shows) run it; the bots
+//! (`client-sim/src/bot.rs`) still wire the same pieces by hand and are to move onto it, which
+//! is what the [`AckTiming`] setting is for.
 //!
 //! It owns the handshake (`Hello`, `Welcome` or `Reject`, the resume token kept across
 //! connections), the stream's framing, the datagram decode, the snapshot [`Receiver`] and its

@@ -1,7 +1,8 @@
 //! Arena's browser client core, compiled to `wasm32-unknown-unknown` and served by the server
-//! (`/arena_web.wasm`): the netcode of [`client::Client`] behind a small C ABI that the page's
-//! JavaScript (`web/www/arena.js`) calls. No wasm-bindgen: the module imports nothing (the
-//! server's tests check its import section), and the page needs no generated glue.
+//! (`/arena_web.wasm`): [`client::Client`] (the shared client session and what the page shows of
+//! it) behind a small C ABI that the page's JavaScript (`web/www/arena.js`) calls. No
+//! wasm-bindgen: the module imports nothing (the server's tests check its import section), and
+//! the page needs no generated glue.
 //!
 //! Calling convention: the page copies bytes in through [`arena_input`] (a buffer of the size
 //! asked for, valid until the next call), calls a function with their length, and reads what

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, VecDeque};
 use arena_shared::map::Map;
 use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
-    ClientMsg, DisconnectReason, EntityKind, Input, InputStatus, PlayerName, Pong, Reject,
-    RejectReason, ResumeToken, ServerDatagram, ServerMsg, Welcome,
+    ClientMsg, DisconnectReason, EntityKind, GameEvent, Input, InputStatus, PlayerName, Pong,
+    Reject, RejectReason, ResumeToken, ServerDatagram, ServerMsg, Welcome,
 };
 use arena_shared::quant::{self, MoveDir};
 use arena_shared::sim::{self, Body};
@@ -357,11 +357,7 @@ fn holding_right_moves_the_player_right_and_prediction_matches_the_server() {
     // nothing needed correcting.
     assert_eq!(stat(&stats, "corrections"), 0.0, "{stats}");
     assert_eq!(stat(&stats, "late_inputs"), 0.0, "{stats}");
-    let predicted = c
-        .game
-        .as_ref()
-        .and_then(|g| g.predictor.as_ref())
-        .map(|p| p.body().pos);
+    let predicted = c.session.predictor().map(|p| p.body().pos);
     assert_eq!(predicted, Some(server.body.pos), "{stats}");
     let rate = stat(&stats, "snapshot_rate");
     assert!(rate >= 27.0, "{rate} snapshots a second: {stats}");
@@ -378,4 +374,80 @@ fn holding_right_moves_the_player_right_and_prediction_matches_the_server() {
         "the other player is drawn named: {render}"
     );
     assert_eq!(server.whois, [vec![OTHER]]);
+}
+
+#[test]
+fn hits_deaths_and_respawns_show_in_the_hud_and_the_kill_feed_under_names() {
+    let map = Map::open(1000.0, 1000.0);
+    let mut c = Client::new("ana");
+    c.hello("tok").expect("hello");
+    c.on_stream(&frame_of(&ServerMsg::Welcome(welcome(&map))), 0.0);
+    let at = |x: f32| Body {
+        pos: Vec2::new(x, 500.0),
+        vel: Vec2::ZERO,
+    };
+    let updates = [
+        TinyServer::update(NPC, EntityKind::Npc, at(100.0)),
+        TinyServer::update(ME, EntityKind::Player, at(300.0)),
+        TinyServer::update(OTHER, EntityKind::Player, at(600.0)),
+    ];
+    let (snap, _) = snapshot::encode(1, RATE, None, [0, 0], &[], &updates);
+    c.on_datagram(
+        &codec::encode_datagram(&ServerDatagram::Delta(InputStatus::default(), snap)),
+        10.0,
+    );
+    let mut bytes = frame_of(&ServerMsg::Names(vec![PlayerName {
+        entity: OTHER,
+        name: "zed".into(),
+    }]));
+    for e in [
+        GameEvent::Hit {
+            attacker: ME,
+            target: OTHER,
+            damage: 10,
+            health: 90,
+        },
+        GameEvent::Hit {
+            attacker: NPC,
+            target: ME,
+            damage: 30,
+            health: 70,
+        },
+        GameEvent::Killed {
+            killer: OTHER,
+            victim: ME,
+        },
+    ] {
+        bytes.extend(frame_of(&ServerMsg::Event(e)));
+    }
+    c.on_stream(&bytes, 20.0);
+    let stats = c.stats_json(20.0);
+    assert_eq!(stat(&stats, "health"), 70.0, "{stats}");
+    assert!(stats.contains("\"dead\":true"), "{stats}");
+    let render = c.render_json(20.0);
+    assert!(render.starts_with("{\"me\":null"), "dead: {render}");
+    assert!(
+        render.contains("\"f\":[\"you hit zed for 10\",\"zed killed you\"]"),
+        "{render}"
+    );
+    c.on_stream(
+        &frame_of(&ServerMsg::Event(GameEvent::Respawned {
+            entity: ME,
+            pos: Vec2::new(200.0, 200.0),
+            health: 100,
+        })),
+        30.0,
+    );
+    let stats = c.stats_json(30.0);
+    assert_eq!(stat(&stats, "health"), 100.0, "{stats}");
+    assert!(stats.contains("\"dead\":false"), "{stats}");
+    let render = c.render_json(30.0);
+    assert!(render.starts_with("{\"me\":[200,200]"), "{render}");
+    assert!(
+        render.ends_with("\"zed killed you\",\"you respawned\"]}"),
+        "{render}"
+    );
+    // The feed forgets its lines after a while.
+    let later = c.render_json(30.0 + 6000.0);
+    assert!(later.ends_with("\"f\":[]}"), "{later}");
 }
