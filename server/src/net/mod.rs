@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod registry;
 pub mod request;
 pub mod session;
+mod writer;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
