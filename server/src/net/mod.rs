@@ -6,7 +6,8 @@
 //!   frames into the simulation's inbox and snapshots out of the session's [`outbox::Outbox`].
 //!   What it decides lives sans-IO beside it: [`admission`] (every check on `Hello`, in
 //!   order), [`registry`] (who holds a seat), [`frame_policy`] (what each client frame and
-//!   datagram gets), [`limits`] (rates and the backlog rule).
+//!   datagram gets), [`limits`] (rates and the backlog rule). Its reliable stream is written
+//!   by `writer.rs`, a task of its own behind a buffer bounded in bytes.
 //! - [`identity`] makes or loads the TLS certificate; [`rotate_identity`] replaces a
 //!   self-signed one on the live endpoint before it expires.
 //!
