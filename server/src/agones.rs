@@ -371,7 +371,7 @@ impl Run {
                             "allocated and without a player for {}: draining, then Shutdown \
                              (--agones-shutdown-when-empty)",
                             humantime::format_duration(
-                                self.empty_after().unwrap_or_default()
+                                self.empty.after().unwrap_or_default()
                             )
                         );
                         self.shutdown.cancel();
@@ -432,10 +432,6 @@ impl Run {
             }
             Err(Failure::Lost(why)) => Err(why),
         }
-    }
-
-    fn empty_after(&self) -> Option<Duration> {
-        self.empty.after()
     }
 
     /// Adds the new seats to the list and removes the ones that have ended.

@@ -255,6 +255,33 @@ fn list_not_found(name: &str) -> Status {
     Status::not_found(format!("list {name} is not defined on the GameServer"))
 }
 
+/// Appends `value` to the List `name` under the sidecar's rules: the List must exist, the
+/// value must not be in it, and it must have room. The SDK's `AddListValue` and the
+/// controller's allocation (`Double::list_append`) both go through here.
+fn append_value<'a>(
+    status: &'a mut GsStatus,
+    name: &str,
+    value: &str,
+) -> Result<&'a status::ListStatus, Status> {
+    let list = status
+        .lists
+        .get_mut(name)
+        .ok_or_else(|| list_not_found(name))?;
+    if list.values.iter().any(|v| v == value) {
+        return Err(Status::already_exists(format!(
+            "{value} is already in list {name}"
+        )));
+    }
+    if i64::try_from(list.values.len()).unwrap_or(i64::MAX) >= list.capacity {
+        return Err(Status::out_of_range(format!(
+            "list {name} is at its capacity {}",
+            list.capacity
+        )));
+    }
+    list.values.push(value.to_string());
+    Ok(list)
+}
+
 fn counter_answer(name: &str, counter: &status::CounterStatus) -> beta::Counter {
     beta::Counter {
         name: name.to_string(),
@@ -514,22 +541,7 @@ impl beta::sdk_server::Sdk for Sidecar {
     ) -> Result<Response<beta::List>, Status> {
         let beta::AddListValueRequest { name, value } = request.into_inner();
         let result = self.0.modify(|status, _| {
-            let list = status
-                .lists
-                .get_mut(&name)
-                .ok_or_else(|| list_not_found(&name))?;
-            if list.values.contains(&value) {
-                return Err(Status::already_exists(format!(
-                    "{value} is already in list {name}"
-                )));
-            }
-            if i64::try_from(list.values.len()).unwrap_or(i64::MAX) >= list.capacity {
-                return Err(Status::out_of_range(format!(
-                    "list {name} is at its capacity {}",
-                    list.capacity
-                )));
-            }
-            list.values.push(value.clone());
+            let list = append_value(status, &name, &value)?;
             Ok(list_answer(&name, list))
         });
         self.0.answer("AddListValue", value, result)
@@ -654,20 +666,11 @@ impl Double {
 
     /// Appends `value` to the List `name` as the Agones controller does for an allocation's
     /// list action (a matchmaker reserving a player's place), pushed to every watch; not
-    /// recorded as a call. False if there is no such List or the value is there already.
+    /// recorded as a call. False if there is no such List, the value is there already or the
+    /// List is full.
     pub fn list_append(&self, name: &str, value: &str) -> bool {
         self.shared
-            .modify(|status, _| {
-                let list = status
-                    .lists
-                    .get_mut(name)
-                    .ok_or_else(|| Status::not_found(name.to_string()))?;
-                if list.values.iter().any(|v| v == value) {
-                    return Err(Status::already_exists(value.to_string()));
-                }
-                list.values.push(value.to_string());
-                Ok(())
-            })
+            .modify(|status, _| append_value(status, name, value).map(|_| ()))
             .is_ok()
     }
 
