@@ -4,7 +4,6 @@
 mod admission;
 mod browser;
 mod cert_rotation;
-mod client;
 mod combat;
 mod common;
 mod flood;
@@ -12,6 +11,7 @@ mod http_edges;
 mod metrics;
 mod misbehaving;
 mod names;
+mod page;
 mod play;
 mod relay;
 mod replay;

@@ -1,5 +1,5 @@
 //! Arena's browser client core, compiled to `wasm32-unknown-unknown` and served by the server
-//! (`/arena_web.wasm`): [`client::Client`] (the shared client session and what the page shows of
+//! (`/arena_web.wasm`): [`screen::Screen`] (the shared client session and what the page shows of
 //! it) behind a small C ABI that the page's JavaScript (`web/www/arena.js`) calls. No
 //! wasm-bindgen: the module imports nothing (the server's tests check its import section), and
 //! the page needs no generated glue.
@@ -12,16 +12,16 @@
 //!
 //! Wasm is single-threaded: the one client lives in a thread-local.
 
-pub mod client;
+pub mod screen;
 
 use std::cell::RefCell;
 
-use client::{Client, Controls};
 use glam::Vec2;
+use screen::{Controls, Screen};
 
 #[derive(Default)]
 struct Module {
-    client: Option<Client>,
+    client: Option<Screen>,
     input: Vec<u8>,
     output: Vec<u8>,
 }
@@ -32,7 +32,7 @@ thread_local! {
 
 /// Runs `f` with the input's first `len` bytes and the client, and stores what it returns as
 /// the output; returns the output's length.
-fn with_client(len: u32, f: impl FnOnce(&mut Client, &[u8]) -> Vec<u8>) -> u32 {
+fn with_client(len: u32, f: impl FnOnce(&mut Screen, &[u8]) -> Vec<u8>) -> u32 {
     MODULE.with_borrow_mut(|m| {
         let Module {
             client,
@@ -74,7 +74,7 @@ pub extern "C" fn arena_new(name_len: u32) {
     MODULE.with_borrow_mut(|m| {
         let name = String::from_utf8_lossy(&m.input[..(name_len as usize).min(m.input.len())])
             .into_owned();
-        m.client = Some(Client::new(&name));
+        m.client = Some(Screen::new(&name));
     });
 }
 
@@ -150,19 +150,19 @@ pub extern "C" fn arena_frame(
     })
 }
 
-/// Output: what to draw, as JSON ([`Client::render_json`]).
+/// Output: what to draw, as JSON ([`Screen::render_json`]).
 #[unsafe(no_mangle)]
 pub extern "C" fn arena_render(now_ms: f64) -> u32 {
     with_client(0, |c, _| c.render_json(now_ms).into_bytes())
 }
 
-/// Output: the HUD's numbers, as JSON ([`Client::stats_json`]).
+/// Output: the HUD's numbers, as JSON ([`Screen::stats_json`]).
 #[unsafe(no_mangle)]
 pub extern "C" fn arena_stats(now_ms: f64) -> u32 {
     with_client(0, |c, _| c.stats_json(now_ms).into_bytes())
 }
 
-/// Output: the session's map, as JSON ([`Client::map_json`]).
+/// Output: the session's map, as JSON ([`Screen::map_json`]).
 #[unsafe(no_mangle)]
 pub extern "C" fn arena_map() -> u32 {
     with_client(0, |c, _| c.map_json().into_bytes())

@@ -45,11 +45,11 @@ fn frame_of(msg: &ServerMsg) -> Vec<u8> {
 #[test]
 fn a_welcome_starts_play_and_the_next_hello_presents_its_resume_token() {
     let map = Map::open(1000.0, 1000.0);
-    let mut c = Client::new("ana");
+    let mut c = Screen::new("ana");
     let hello = c.hello("tok").expect("hello");
     let decoded = codec::decode_hello(&hello[4..]).expect("a hello");
     assert_eq!((decoded.name.as_str(), decoded.resume), ("ana", None));
-    assert_eq!(c.phase(), &Phase::Handshaking);
+    assert_eq!(c.status(), &Status::Handshaking);
     // The welcome and an event in one read.
     let mut bytes = frame_of(&ServerMsg::Welcome(welcome(&map)));
     bytes.extend(frame_of(&ServerMsg::Event(GameEvent::Score {
@@ -57,11 +57,11 @@ fn a_welcome_starts_play_and_the_next_hello_presents_its_resume_token() {
         deaths: 1,
     })));
     c.on_stream(&bytes, 0.0);
-    assert_eq!(c.phase(), &Phase::Playing);
+    assert_eq!(c.status(), &Status::Playing);
     assert!(c.stats_json(0.0).contains("\"kills\":2"));
     assert!(c.map_json().starts_with("{\"width\":1000"));
     c.on_closed("network gone");
-    assert!(c.phase().ended());
+    assert!(c.status().ended());
     let again = c.hello("tok").expect("hello");
     let decoded = codec::decode_hello(&again[4..]).expect("a hello");
     assert_eq!(decoded.resume, Some(ResumeToken([9; 16])));
@@ -69,7 +69,7 @@ fn a_welcome_starts_play_and_the_next_hello_presents_its_resume_token() {
 
 #[test]
 fn refusals_and_disconnects_say_why_and_whether_waiting_helps() {
-    let mut c = Client::new("ana");
+    let mut c = Screen::new("ana");
     c.hello("tok").expect("hello");
     c.on_stream(
         &frame_of(&ServerMsg::Reject(Reject {
@@ -80,8 +80,8 @@ fn refusals_and_disconnects_say_why_and_whether_waiting_helps() {
         0.0,
     );
     assert!(matches!(
-        c.phase(),
-        Phase::Rejected {
+        c.status(),
+        Status::Rejected {
             retry_after_ms: 1500,
             permanent: false,
             ..
@@ -101,8 +101,8 @@ fn refusals_and_disconnects_say_why_and_whether_waiting_helps() {
         0.0,
     );
     assert!(matches!(
-        c.phase(),
-        Phase::Rejected {
+        c.status(),
+        Status::Rejected {
             permanent: true,
             ..
         }
@@ -120,27 +120,35 @@ fn refusals_and_disconnects_say_why_and_whether_waiting_helps() {
         0.0,
     );
     assert!(matches!(
-        c.phase(),
-        Phase::Disconnected {
+        c.status(),
+        Status::Disconnected {
             reconnect_after_ms: 700,
             ..
         }
     ));
     // A close after the server said why keeps the reason.
     c.on_closed("closed");
-    assert!(matches!(c.phase(), Phase::Disconnected { .. }));
+    assert!(matches!(c.status(), Status::Disconnected { .. }));
 }
 
 #[test]
 fn bytes_that_do_not_decode_end_the_session_with_a_message_never_a_panic() {
-    let mut c = Client::new("ana");
+    let mut c = Screen::new("ana");
     c.hello("tok").expect("hello");
     c.on_stream(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3], 0.0);
-    assert!(matches!(c.phase(), Phase::Closed { .. }), "{:?}", c.phase());
-    let mut c = Client::new("ana");
+    assert!(
+        matches!(c.status(), Status::Closed { .. }),
+        "{:?}",
+        c.status()
+    );
+    let mut c = Screen::new("ana");
     c.hello("tok").expect("hello");
     c.on_stream(&[3, 0, 0, 0, 0xde, 0xad, 0xbe], 0.0);
-    assert!(matches!(c.phase(), Phase::Closed { .. }), "{:?}", c.phase());
+    assert!(
+        matches!(c.status(), Status::Closed { .. }),
+        "{:?}",
+        c.status()
+    );
     // Garbage datagrams are dropped like lost ones.
     let map = Map::open(100.0, 100.0);
     c.hello("tok").expect("hello");
@@ -148,7 +156,7 @@ fn bytes_that_do_not_decode_end_the_session_with_a_message_never_a_panic() {
     for n in 0..64u8 {
         c.on_datagram(&vec![n; n as usize], 1.0);
     }
-    assert_eq!(c.phase(), &Phase::Playing);
+    assert_eq!(c.status(), &Status::Playing);
 }
 
 /// A server in memory: steps the player with the shared rules at 30 Hz from the inputs it
@@ -310,7 +318,7 @@ fn holding_right_moves_the_player_right_and_prediction_matches_the_server() {
         latency_ms: 20.0,
         whois: Vec::new(),
     };
-    let mut c = Client::new("ana");
+    let mut c = Screen::new("ana");
     c.hello("tok").expect("hello");
     c.on_stream(&frame_of(&ServerMsg::Welcome(welcome(&map))), 0.0);
     // 60 frames a second for 4 s: right for the first 2 s, then still.
@@ -349,7 +357,7 @@ fn holding_right_moves_the_player_right_and_prediction_matches_the_server() {
         }
         assert!(c.render_json(now).starts_with("{\"me\":"));
     }
-    assert_eq!(c.phase(), &Phase::Playing);
+    assert_eq!(c.status(), &Status::Playing);
     let stats = c.stats_json(now);
     assert!(server.body.pos.x > start.pos.x + 300.0, "{:?}", server.body);
     assert_eq!(server.body.pos.y, start.pos.y, "straight right");
@@ -379,7 +387,7 @@ fn holding_right_moves_the_player_right_and_prediction_matches_the_server() {
 #[test]
 fn hits_deaths_and_respawns_show_in_the_hud_and_the_kill_feed_under_names() {
     let map = Map::open(1000.0, 1000.0);
-    let mut c = Client::new("ana");
+    let mut c = Screen::new("ana");
     c.hello("tok").expect("hello");
     c.on_stream(&frame_of(&ServerMsg::Welcome(welcome(&map))), 0.0);
     let at = |x: f32| Body {

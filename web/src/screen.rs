@@ -4,13 +4,13 @@
 //! the server-tick clock, prediction of the own player, interpolation of the others, pings,
 //! fire cooldowns, respawns, `WhoIs`) is [`arena_shared::client_session`], the same session
 //! the server's virtual-clock harness drives. This module keeps what is the browser's: the
-//! page's controls turned into the session's, the HUD's numbers ([`Client::stats_json`]),
-//! what to draw ([`Client::render_json`], [`Client::map_json`]), players' names and the kill
+//! page's controls turned into the session's, the HUD's numbers ([`Screen::stats_json`]),
+//! what to draw ([`Screen::render_json`], [`Screen::map_json`]), players' names and the kill
 //! feed. Time is always a parameter (`now_ms`, the page's `performance.now()`), so this is
 //! tested natively without a browser.
 //!
-//! Per session: [`Client::hello`] gives the first frame; [`Client::on_stream`] and
-//! [`Client::on_datagram`] take what arrives; [`Client::frame`] (called at about twice the tick
+//! Per session: [`Screen::hello`] gives the first frame; [`Screen::on_stream`] and
+//! [`Screen::on_datagram`] take what arrives; [`Screen::frame`] (called at about twice the tick
 //! rate, and on every animation frame) returns what the session sends: one input per server
 //! tick that became due, pings, and the acknowledgement of the snapshots received since the
 //! last frame ([`AckTiming::NextFrame`], the soonest the page can).
@@ -40,7 +40,7 @@ const MAX_KNOWN_HEALTH: usize = 512;
 
 /// Where the session stands.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Phase {
+pub enum Status {
     /// No session yet.
     Idle,
     /// `Hello` sent, waiting for `Welcome`.
@@ -67,15 +67,15 @@ pub enum Phase {
     },
 }
 
-impl Phase {
+impl Status {
     fn name(&self) -> &'static str {
         match self {
-            Phase::Idle => "idle",
-            Phase::Handshaking => "connecting",
-            Phase::Playing => "playing",
-            Phase::Rejected { .. } => "rejected",
-            Phase::Disconnected { .. } => "disconnected",
-            Phase::Closed { .. } => "closed",
+            Status::Idle => "idle",
+            Status::Handshaking => "connecting",
+            Status::Playing => "playing",
+            Status::Rejected { .. } => "rejected",
+            Status::Disconnected { .. } => "disconnected",
+            Status::Closed { .. } => "closed",
         }
     }
 
@@ -83,7 +83,7 @@ impl Phase {
     pub fn ended(&self) -> bool {
         matches!(
             self,
-            Phase::Rejected { .. } | Phase::Disconnected { .. } | Phase::Closed { .. }
+            Status::Rejected { .. } | Status::Disconnected { .. } | Status::Closed { .. }
         )
     }
 }
@@ -109,10 +109,10 @@ pub struct Outgoing {
     pub datagrams: Vec<Vec<u8>>,
 }
 
-pub struct Client {
+pub struct Screen {
     name: String,
     session: ClientSession,
-    phase: Phase,
+    status: Status,
     /// Sessions welcomed, and whether the last one resumed an earlier one's entity.
     sessions: u32,
     resumed: bool,
@@ -198,7 +198,7 @@ fn drawn_me(session: &ClientSession) -> Option<Vec2> {
         .or(session.server_body().map(|b| b.pos))
 }
 
-impl Client {
+impl Screen {
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_string(),
@@ -207,25 +207,25 @@ impl Client {
                 ack: AckTiming::NextFrame,
                 ask_names: true,
             }),
-            phase: Phase::Idle,
+            status: Status::Idle,
             sessions: 0,
             resumed: false,
             hud: None,
         }
     }
 
-    pub fn phase(&self) -> &Phase {
-        &self.phase
+    pub fn status(&self) -> &Status {
+        &self.status
     }
 
     /// Starts a session: the `Hello` frame to write first on the stream. It presents the
     /// last session's resume token, if any (the server ignores one it no longer knows).
     pub fn hello(&mut self, token: &str) -> Result<Vec<u8>, String> {
-        self.phase = Phase::Handshaking;
+        self.status = Status::Handshaking;
         self.hud = None;
         self.session.connect(token);
         self.drain(0.0, &[]);
-        if let Phase::Closed { message } = &self.phase {
+        if let Status::Closed { message } = &self.status {
             return Err(format!("hello: {message}"));
         }
         Ok(self.session.poll_transmit().stream)
@@ -285,7 +285,7 @@ impl Client {
         }
     }
 
-    /// Takes the session's events into the phase, the HUD's numbers, the kill feed and the
+    /// Takes the session's events into the status, the HUD's numbers, the kill feed and the
     /// tracers. `aimed_from`: where the inputs of this frame were aimed from, by tick.
     fn drain(&mut self, now_ms: f64, aimed_from: &[(u32, Vec2)]) {
         while let Some(event) = self.session.poll_event() {
@@ -294,10 +294,10 @@ impl Client {
                     self.sessions += 1;
                     self.resumed = resumed;
                     self.hud = Some(Hud::new());
-                    self.phase = Phase::Playing;
+                    self.status = Status::Playing;
                 }
                 Event::Rejected { reject, permanent } => {
-                    self.phase = Phase::Rejected {
+                    self.status = Status::Rejected {
                         reason: reject.reason.as_str().to_string(),
                         message: reject.message,
                         retry_after_ms: reject.retry_after_ms,
@@ -305,13 +305,13 @@ impl Client {
                     };
                 }
                 Event::Disconnected(d) => {
-                    self.phase = Phase::Disconnected {
+                    self.status = Status::Disconnected {
                         reason: d.reason.as_str().to_string(),
                         message: d.message,
                         reconnect_after_ms: d.reconnect_after_ms,
                     };
                 }
-                Event::Closed { message } => self.phase = Phase::Closed { message },
+                Event::Closed { message } => self.status = Status::Closed { message },
                 event => {
                     if let Some(h) = &mut self.hud {
                         on_game_event(h, &self.session, event, now_ms, aimed_from);
@@ -352,28 +352,28 @@ impl Client {
     /// What the HUD shows, as JSON (also `window.arena.stats()`).
     pub fn stats_json(&self, now_ms: f64) -> String {
         let mut s = String::from("{");
-        let _ = write!(s, "\"state\":\"{}\"", self.phase.name());
-        let message = match &self.phase {
-            Phase::Rejected {
+        let _ = write!(s, "\"state\":\"{}\"", self.status.name());
+        let message = match &self.status {
+            Status::Rejected {
                 reason, message, ..
             }
-            | Phase::Disconnected {
+            | Status::Disconnected {
                 reason, message, ..
             } => format!("{reason}: {message}"),
-            Phase::Closed { message } => message.clone(),
+            Status::Closed { message } => message.clone(),
             _ => String::new(),
         };
         let _ = write!(s, ",\"message\":{}", json_string(&message));
-        let hint = match &self.phase {
-            Phase::Rejected { retry_after_ms, .. } => *retry_after_ms,
-            Phase::Disconnected {
+        let hint = match &self.status {
+            Status::Rejected { retry_after_ms, .. } => *retry_after_ms,
+            Status::Disconnected {
                 reconnect_after_ms, ..
             } => *reconnect_after_ms,
             _ => 0,
         };
         let permanent = matches!(
-            self.phase,
-            Phase::Rejected {
+            self.status,
+            Status::Rejected {
                 permanent: true,
                 ..
             }
