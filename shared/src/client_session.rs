@@ -5,10 +5,10 @@
 //! (the bots' transport, the browser module, the end-to-end tests' helpers), and this is the
 //! client's half of what the server's `net::session` drives from its side.
 //!
-//! The server's virtual-clock harness (`server/src/game/virtual_play.rs`) and the browser module
-//! (`web/src/client.rs`, which keeps only what the page shows) run it; the bots
-//! (`client-sim/src/bot.rs`) still wire the same pieces by hand and are to move onto it, which
-//! is what the [`AckTiming`] setting is for.
+//! The server's virtual-clock harness (`server/src/game/virtual_play.rs`), the browser module
+//! (`web/src/screen.rs`, which keeps only what the page shows) and the bots
+//! (`client-sim/src/player.rs`, which keeps only their behaviour and accounting) run it. They
+//! differ only where [`AckTiming`] and [`ClientSession::watch_only`] say.
 //!
 //! It owns the handshake (`Hello`, `Welcome` or `Reject`, the resume token kept across
 //! connections), the stream's framing, the datagram decode, the snapshot [`Receiver`] and its
@@ -73,8 +73,9 @@ pub const ACK_WAIT_FRAMES: u8 = 2;
 /// A setting rather than one rule, because the clients differ for a reason: a bot sends it with
 /// its next input, so the two leave in one QUIC packet (one packet up per tick instead of two,
 /// for thousands of bots and for the server); the browser sends it at its next frame, the
-/// soonest the page can; an idle bot, which runs no frames, sends it on receipt. The ack only
-/// chooses the server's next baseline, so the timing costs bytes, never correctness.
+/// soonest the page can; an idle bot, which runs no frames ([`ClientSession::watch_only`]),
+/// sends it on receipt. The ack only chooses the server's next baseline, so the timing costs
+/// bytes, never correctness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckTiming {
     /// With the datagram's own call (clients that run no frames).
@@ -303,12 +304,15 @@ impl Game {
             .or(self.server_body.map(|b| b.pos))
     }
 
+    /// `watching`: the session runs no frames ([`ClientSession::watch_only`]), so the clock,
+    /// the interpolator and the predictor are left alone.
     fn on_delta(
         &mut self,
         status: InputStatus,
         snap: &DeltaSnapshot,
         bytes: usize,
         now_ms: f64,
+        watching: bool,
     ) -> Event {
         let tick = match self.receiver.receive(snap) {
             Ok(view) => view.tick,
@@ -337,6 +341,8 @@ impl Game {
         };
         if newest {
             self.status = status;
+        }
+        if newest && !watching {
             self.clock.on_server_tick(tick, now_ms);
             self.clock.on_input_report(status.late, status.lead, now_ms);
             self.interp.push(view, now_ms);
@@ -353,6 +359,9 @@ impl Game {
         applied.me = Some(server);
         if newest {
             self.server_body = Some(server);
+        }
+        if watching {
+            return Event::SnapshotApplied(applied);
         }
         match &mut self.predictor {
             None => {
@@ -422,6 +431,8 @@ impl Game {
 /// The client's end of a session: see the module docs.
 pub struct ClientSession {
     config: SessionConfig,
+    /// [`ClientSession::watch_only`].
+    watching: bool,
     stage: Stage,
     resume: Option<ResumeToken>,
     reader: FrameReader,
@@ -434,6 +445,7 @@ impl ClientSession {
     pub fn new(config: SessionConfig) -> Self {
         Self {
             config,
+            watching: false,
             stage: Stage::Idle,
             resume: None,
             reader: FrameReader::new(),
@@ -441,6 +453,17 @@ impl ClientSession {
             out: Transmit::default(),
             events: VecDeque::new(),
         }
+    }
+
+    /// A session that only watches: it runs no frames ([`ClientSession::frame`] does nothing,
+    /// so it sends no inputs and no pings) and acknowledges each snapshot on receipt, whatever
+    /// the config's [`AckTiming`]. Per snapshot it keeps the views and the own entity
+    /// ([`SnapshotApplied::me`]) and skips the clock, the interpolator and the predictor that
+    /// only frames use: an idle bot is one, and a load test runs thousands of them.
+    #[must_use]
+    pub fn watch_only(mut self) -> Self {
+        self.watching = true;
+        self
     }
 
     pub fn stage(&self) -> Stage {
@@ -576,14 +599,19 @@ impl ClientSession {
         };
         match codec::decode_datagram(bytes) {
             Ok(ServerDatagram::Delta(status, snap)) => {
-                let event = g.on_delta(status, &snap, bytes.len(), now_ms);
+                let event = g.on_delta(status, &snap, bytes.len(), now_ms, self.watching);
                 self.events.push_back(event);
-                if self.config.ack == AckTiming::OnReceipt {
+                if self.config.ack == AckTiming::OnReceipt || self.watching {
                     self.send_ack();
                 }
             }
             Ok(ServerDatagram::Snapshot(s)) => {
-                g.clock.on_server_tick(s.tick, now_ms);
+                // Every part moves the clock, not only the one that completes its tick: the
+                // server sends a tick's parts together, so the first to arrive is the one
+                // least delayed on the way, the best sample of when the server sent it.
+                if !self.watching {
+                    g.clock.on_server_tick(s.tick, now_ms);
+                }
                 self.events.push_back(Event::FullSnapshot(s));
             }
             Err(_) => {}
@@ -622,7 +650,11 @@ impl ClientSession {
     /// [`PING_INTERVAL_MS`]; the acknowledgement, as [`AckTiming`] says; a `WhoIs` if names are
     /// asked for; then prediction smoothing and interpolation move on to `now_ms`.
     pub fn frame(&mut self, now_ms: f64, mut controls: impl FnMut(&Self, u32) -> Controls) {
-        let Some(g) = self.game.as_mut().filter(|_| self.stage == Stage::Playing) else {
+        let Some(g) = self
+            .game
+            .as_mut()
+            .filter(|_| self.stage == Stage::Playing && !self.watching)
+        else {
             return;
         };
         let frame_dt = g.last_frame_ms.map_or(0.0, |t| (now_ms - t).max(0.0)) as f32 / 1000.0;
@@ -731,6 +763,16 @@ impl ClientSession {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Transmit {
         std::mem::take(&mut self.out)
+    }
+
+    /// Bytes to send now, swapped into `buf`; the session keeps `buf`'s buffers, emptied, to
+    /// fill next. A caller that sends from `buf` and passes it back each time allocates nothing
+    /// here once both buffers have grown ([`ClientSession::poll_transmit`] leaves the session
+    /// new, empty buffers to grow again): the bots call this after every datagram.
+    pub fn swap_transmit(&mut self, buf: &mut Transmit) {
+        buf.stream.clear();
+        buf.datagrams.clear();
+        std::mem::swap(&mut self.out, buf);
     }
 
     /// The next event, in the order things happened.

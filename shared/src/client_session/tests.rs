@@ -477,3 +477,91 @@ fn unnamed_players_in_view_are_asked_about_once_per_retry_interval() {
         "a named player is not asked about"
     );
 }
+
+#[test]
+fn a_watching_session_acks_on_receipt_and_keeps_no_clock_prediction_or_interpolation() {
+    // Configured to ack at the next frame, but it runs none: the ack leaves on receipt.
+    let mut s = session(AckTiming::NextFrame).watch_only();
+    s.connect("tok");
+    s.on_stream(&welcome_bytes(1, false), 0.0);
+    let _ = sent(&mut s, true);
+    let _ = events(&mut s);
+    let here = Vec2::new(100.0, 200.0);
+    s.on_datagram(&snapshot(3, Some(here), 0), 100.0);
+    let out = sent(&mut s, false);
+    assert_eq!(out.acks.len(), 1);
+    assert_eq!(out.acks[0].newest, 3);
+    let [Event::SnapshotApplied(applied)] = events(&mut s)[..] else {
+        panic!("one snapshot applied")
+    };
+    assert_eq!(
+        applied.me.map(|b| b.pos),
+        Some(here),
+        "the own entity is still reported"
+    );
+    assert!(applied.newest && !applied.reconciled);
+    assert!(s.predictor().is_none());
+    assert_eq!(
+        s.clock().unwrap().server_tick(100.0),
+        None,
+        "the clock never ran"
+    );
+    assert_eq!(s.render_tick(100.0), None);
+    // Frames do nothing: no inputs, no pings.
+    s.frame(150.0, walk_right);
+    s.frame(400.0, walk_right);
+    assert!(sent(&mut s, false).msgs.is_empty());
+    assert_eq!(s.inputs_sent(), 0);
+    // The same session not watching predicts and runs its clock.
+    let mut s = session(AckTiming::NextFrame);
+    s.connect("tok");
+    s.on_stream(&welcome_bytes(1, false), 0.0);
+    s.on_datagram(&snapshot(3, Some(here), 0), 100.0);
+    assert!(s.predictor().is_some());
+    assert!(s.clock().unwrap().server_tick(100.0).is_some());
+    assert!(sent(&mut s, true).acks.is_empty());
+}
+
+#[test]
+fn swapped_transmits_hand_over_the_bytes_once_and_reuse_the_callers_buffers() {
+    let mut s = playing(AckTiming::OnReceipt);
+    let mut buf = Transmit::default();
+    s.swap_transmit(&mut buf);
+    assert!(buf.is_empty(), "playing() took everything queued before");
+    s.on_datagram(&snapshot(4, None, 0), 120.0);
+    s.frame(200.0, walk_right);
+    s.swap_transmit(&mut buf);
+    assert_eq!(buf.datagrams.len(), 1, "the ack");
+    let seqs = |stream: &[u8]| {
+        let mut reader = FrameReader::new();
+        reader.push(stream);
+        std::iter::from_fn(|| reader.next_frame().unwrap())
+            .filter_map(|body| match decode_client(&body).unwrap() {
+                ClientMsg::Input(i) => Some(i.seq),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = seqs(&buf.stream);
+    assert!(!first.is_empty(), "the input");
+    // Sent; handed back: the session fills this buffer next, emptied first.
+    let stream_at = buf.stream.as_ptr();
+    let capacity = buf.stream.capacity();
+    s.swap_transmit(&mut buf);
+    assert!(buf.is_empty(), "nothing is handed over twice");
+    s.frame(300.0, walk_right);
+    s.swap_transmit(&mut buf);
+    let next = seqs(&buf.stream);
+    assert!(!next.is_empty());
+    assert!(
+        next.iter().all(|seq| !first.contains(seq)),
+        "inputs {first:?} were sent again: {next:?}"
+    );
+    if buf.stream.len() <= capacity {
+        assert_eq!(
+            buf.stream.as_ptr(),
+            stream_at,
+            "the same allocation, reused"
+        );
+    }
+}
