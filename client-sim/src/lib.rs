@@ -3,14 +3,20 @@
 //!
 //! # Layout
 //! - [`http`]: a minimal HTTP/1.1 GET for `/api/connect` (the only HTTP the bots need).
-//! - [`client`]: one connection: fetch a token, connect pinning the certificate hash, `Hello`,
-//!   `Welcome` or `Reject`. Also the building blocks the integration tests use to misbehave.
+//! - [`connect`]: one connection's transport: fetch a token, connect over WebTransport pinning
+//!   the certificate hash, and the errors a bot counts. Also the building blocks the
+//!   integration tests use to speak the protocol by hand (`Hello`, `Welcome` or `Reject`) and
+//!   to misbehave.
 //! - [`impair`]: seeded loss, latency, jitter, duplication and reordering for bots and tests.
 //! - [`behaviour`]: what a bot does (wander, chase, idle), and the weighted mix that decides
 //!   which bot does what.
 //! - [`backoff`]: when a dropped or refused bot tries again (exponential, full jitter).
-//! - [`bot`]: one bot's life: sessions, inputs at the tick rate, pings, snapshots counted,
-//!   reconnects.
+//! - [`player`]: one bot's client, sans-IO: the shared client session
+//!   (`arena_shared::client_session`: the netcode, inputs at the tick rate, pings, acks) plus
+//!   the bot's steering and what it counts, fed bytes and times.
+//! - [`bot`]: one bot's life, the IO: its transport, frame timer, impairment delay lines,
+//!   sessions and reconnects.
+//! - [`outcome`]: what a bot saw ([`outcome::BotOutcome`]: sessions, counts, histograms).
 //! - [`swarm`]: many bots, ramped, and the merged [`report::Report`].
 //! - [`live`]: counters the bots bump while they play, and the progress line on stderr.
 //! - [`report`]: the flat JSON report and the summary table a person reads.
@@ -19,10 +25,12 @@
 pub mod backoff;
 pub mod behaviour;
 pub mod bot;
-pub mod client;
+pub mod connect;
 pub mod gate;
 pub mod http;
 pub mod impair;
 pub mod live;
+pub mod outcome;
+pub mod player;
 pub mod report;
 pub mod swarm;

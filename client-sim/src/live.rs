@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::bot::new_rtt_histogram;
+use crate::outcome::new_rtt_histogram;
 
 /// How often the progress line is redrawn (and the live RTT window reset).
 pub const REFRESH: Duration = Duration::from_secs(1);

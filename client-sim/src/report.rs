@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bot::{BotOutcome, new_count_histogram, new_rtt_histogram};
+use crate::outcome::{BotOutcome, new_count_histogram, new_rtt_histogram};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
@@ -256,7 +256,7 @@ mod tests {
 
     use super::*;
     use crate::behaviour::Behaviour;
-    use crate::bot::Session;
+    use crate::outcome::Session;
 
     #[test]
     fn the_json_has_the_documented_flat_keys() {

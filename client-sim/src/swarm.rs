@@ -9,8 +9,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::behaviour::{Behaviour, Mix};
-use crate::bot::{self, BotConfig, BotOutcome};
+use crate::bot::{self, BotConfig};
 use crate::live::{self, LiveStats};
+use crate::outcome::BotOutcome;
 use crate::report::Report;
 
 #[derive(Debug, Clone)]

@@ -1,6 +1,6 @@
 //! The handshake refuses what it must, with the reason, before allocating anything.
 
-use arena_client_sim::client::{ClientError, close_error};
+use arena_client_sim::connect::{ClientError, close_error};
 use arena_shared::protocol::codec::FrameReader;
 use arena_shared::protocol::{Hello, PROTOCOL_VERSION, Reject, RejectReason, close_code};
 use arena_shared::token;
@@ -57,7 +57,7 @@ async fn expect_refusal(
 }
 
 /// A session welcomed with a token minted for `id`.
-async fn welcome(server: &TestServer, id: u64) -> arena_client_sim::client::Transport {
+async fn welcome(server: &TestServer, id: u64) -> arena_client_sim::connect::Transport {
     welcome_with(server, &server.mint(id, 60_000))
         .await
         .unwrap_or_else(|e| panic!("client {id}: {e}"))
@@ -67,7 +67,7 @@ async fn welcome(server: &TestServer, id: u64) -> arena_client_sim::client::Tran
 async fn welcome_with(
     server: &TestServer,
     token: &str,
-) -> Result<arena_client_sim::client::Transport, ClientError> {
+) -> Result<arena_client_sim::connect::Transport, ClientError> {
     let info = server.connect_info("p").await;
     let mut t = server.open(&info).await;
     t.handshake(token, "p", &mut FrameReader::new()).await?;
@@ -217,13 +217,13 @@ async fn without_guest_tokens_only_tokens_signed_with_the_secret_file_get_in() {
         "newline trimmed"
     );
 
-    let refused = arena_client_sim::client::fetch_connect_info(&server.http, "p").await;
+    let refused = arena_client_sim::connect::fetch_connect_info(&server.http, "p").await;
     assert!(
         matches!(&refused, Err(ClientError::Http(e)) if e.to_string().contains("404")),
         "{refused:?}"
     );
     // What a login service holding the same secret issues is accepted.
-    let info = arena_client_sim::client::ConnectInfo {
+    let info = arena_client_sim::connect::ConnectInfo {
         url: format!("https://{}/", server.wt_addr),
         cert_sha256: server.cert_sha256.clone(),
         cert_sha256s: Vec::new(),
@@ -292,8 +292,8 @@ async fn handshakes_beyond_the_rate_are_refused_with_the_time_to_the_next_slot()
 
 /// Connect info for a minted token for `id`, without asking `/api/connect` (whose own
 /// per-address limits are not what these tests are about).
-fn minted_info(server: &TestServer, id: u64) -> arena_client_sim::client::ConnectInfo {
-    arena_client_sim::client::ConnectInfo {
+fn minted_info(server: &TestServer, id: u64) -> arena_client_sim::connect::ConnectInfo {
+    arena_client_sim::connect::ConnectInfo {
         url: format!("https://{}/", server.wt_addr),
         cert_sha256: server.cert_sha256.clone(),
         cert_sha256s: Vec::new(),
@@ -306,10 +306,10 @@ async fn welcome_from(
     server: &TestServer,
     n: u8,
     id: u64,
-) -> Result<arena_client_sim::client::Transport, ClientError> {
+) -> Result<arena_client_sim::connect::Transport, ClientError> {
     let info = minted_info(server, id);
     let from = std::net::SocketAddr::from(([127, 0, 0, n], 0));
-    let mut t = arena_client_sim::client::open_from(&info, WAIT, Some(from)).await?;
+    let mut t = arena_client_sim::connect::open_from(&info, WAIT, Some(from)).await?;
     t.handshake(&info.token, "p", &mut FrameReader::new())
         .await?;
     Ok(t)

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use arena_client_sim::client::{self, Transport};
+use arena_client_sim::connect::{self, Transport};
 use arena_client_sim::http;
 use arena_server::ServerError;
 use arena_server::net::identity::IdentityError;
@@ -131,7 +131,9 @@ async fn a_rotated_certificate_keeps_connected_players_and_admits_new_ones_by_th
     stale.cert_sha256 = Some(old.clone());
     stale.cert_sha256s = vec![old.clone()];
     assert!(
-        client::open(&stale, Duration::from_secs(10)).await.is_err(),
+        connect::open(&stale, Duration::from_secs(10))
+            .await
+            .is_err(),
         "the old certificate is no longer presented"
     );
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arena_client_sim::client::{self, ConnectInfo, Transport};
+use arena_client_sim::connect::{self, ConnectInfo, Transport};
 use arena_client_sim::report::Report;
 use arena_client_sim::swarm::{SwarmBehaviour, SwarmConfig};
 use arena_server::replication::frame::WorldFrame;
@@ -216,14 +216,14 @@ impl TestServer {
 
     /// Connect info from the real `/api/connect`.
     pub async fn connect_info(&self, name: &str) -> ConnectInfo {
-        client::fetch_connect_info(&self.http, name)
+        connect::fetch_connect_info(&self.http, name)
             .await
             .expect("/api/connect answers")
     }
 
     /// An open WebTransport session (before `Hello`).
     pub async fn open(&self, info: &ConnectInfo) -> Transport {
-        client::open(info, Duration::from_secs(10))
+        connect::open(info, Duration::from_secs(10))
             .await
             .expect("QUIC connect on loopback")
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use arena_client_sim::client::{self, ClientError, Transport};
+use arena_client_sim::connect::{self, ClientError, Transport};
 use arena_client_sim::swarm::{self, SwarmBehaviour};
 use arena_shared::protocol::codec::FrameReader;
 use arena_shared::protocol::{HELLO_MAGIC, Hello, PROTOCOL_VERSION, ResumeToken, ServerMsg};
@@ -24,7 +24,7 @@ fn host(n: u8) -> SocketAddr {
 /// A WebTransport session (before `Hello`) from `from`.
 async fn open_from(server: &TestServer, from: SocketAddr) -> Result<Transport, ClientError> {
     let info = server.connect_info("p").await;
-    client::open_from(&info, Duration::from_secs(10), Some(from)).await
+    connect::open_from(&info, Duration::from_secs(10), Some(from)).await
 }
 
 /// The `i`-th junk first frame: every kind a stranger can send for free. Frames whose body
@@ -95,7 +95,7 @@ async fn junk_hellos(
         let (info, refused, frame) = (info.clone(), refused.clone(), junk(sent, &server));
         sent += 1;
         tasks.spawn(async move {
-            let Ok(mut t) = client::open_from(&info, WAIT, Some(from)).await else {
+            let Ok(mut t) = connect::open_from(&info, WAIT, Some(from)).await else {
                 return;
             };
             if t.write_raw(&frame).await.is_ok()

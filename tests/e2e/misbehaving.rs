@@ -1,6 +1,6 @@
 //! A client that sends garbage loses its own session, and nobody else notices.
 
-use arena_client_sim::client::Transport;
+use arena_client_sim::connect::Transport;
 use arena_client_sim::swarm::{self, SwarmBehaviour};
 use arena_shared::protocol::codec::FrameReader;
 use arena_shared::protocol::{
@@ -30,10 +30,10 @@ async fn welcomed(server: &TestServer, name: &str) -> (Transport, FrameReader) {
 
 /// [`welcomed`] by the server's HTTP address, for tasks that cannot borrow the server.
 async fn welcomed_at(http: &str, name: &str) -> (Transport, FrameReader) {
-    let info = arena_client_sim::client::fetch_connect_info(http, name)
+    let info = arena_client_sim::connect::fetch_connect_info(http, name)
         .await
         .expect("/api/connect answers");
-    let mut t = arena_client_sim::client::open(&info, std::time::Duration::from_secs(10))
+    let mut t = arena_client_sim::connect::open(&info, std::time::Duration::from_secs(10))
         .await
         .expect("QUIC connect on loopback");
     let mut reader = FrameReader::new();

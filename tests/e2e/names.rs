@@ -1,7 +1,7 @@
 //! Player names on demand: snapshots carry entity ids only, and `WhoIs` turns the ids of
 //! players into their names, bounded per request and per second.
 
-use arena_client_sim::client::Transport;
+use arena_client_sim::connect::Transport;
 use arena_server::stats::Stats;
 use arena_shared::protocol::codec::FrameReader;
 use arena_shared::protocol::{

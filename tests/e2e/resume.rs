@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use arena_client_sim::client::{self, Transport};
+use arena_client_sim::connect::{self, Transport};
 use arena_client_sim::swarm::{self, SwarmBehaviour};
 use arena_server::stats::Stats;
 use arena_shared::protocol::codec::{FrameReader, decode_datagram};
@@ -27,7 +27,7 @@ async fn session(
 ) -> (Transport, FrameReader, Welcome) {
     let mut info = server.connect_info("p").await;
     if let Some(relay) = via {
-        info.url = client::url_via(&info.url, relay.addr);
+        info.url = connect::url_via(&info.url, relay.addr);
     }
     let mut t = server.open(&info).await;
     let mut reader = FrameReader::new();
@@ -188,7 +188,7 @@ async fn a_resume_token_gives_back_the_entity_with_a_full_snapshot_once_and_only
     assert!(
         matches!(
             &refused,
-            Err(client::ClientError::Rejected {
+            Err(connect::ClientError::Rejected {
                 reason: RejectReason::TokenMissing,
                 ..
             })
@@ -258,7 +258,7 @@ async fn a_resumed_player_keeps_the_name_its_token_vouched_for_whatever_its_new_
     .await;
     let relay = Relay::start(server.wt_addr).await;
     let mut info = server.connect_info("ada").await;
-    info.url = client::url_via(&info.url, relay.addr);
+    info.url = connect::url_via(&info.url, relay.addr);
     let mut lost = server.open(&info).await;
     let first = lost
         .resume_handshake(&info.token, "ada", None, &mut FrameReader::new())

@@ -1,6 +1,10 @@
-//! One Arena connection, step by step: ask the HTTP side for a token, connect over
+//! One Arena connection's transport, step by step: ask the HTTP side for a token, connect over
 //! WebTransport pinning the certificate by the hash it gave (never by turning verification
-//! off), send `Hello`, read `Welcome` or `Reject`.
+//! off), and the errors a bot counts by kind.
+//!
+//! The bots speak the protocol through the shared client session ([`crate::player`]); the
+//! [`Transport`] methods that send `Hello` and read `Welcome` or `Reject` by hand are for the
+//! integration tests, which must also send what no well-behaved client would.
 
 use std::time::Duration;
 

@@ -1,0 +1,193 @@
+//! What a bot saw: its sessions, its counts and its histograms ([`BotOutcome`]), which the
+//! swarm merges into its report. [`crate::player`] fills it from the session's events,
+//! [`crate::bot`] from the transport (bytes, sessions, errors).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arena_shared::snapshot::View;
+use glam::Vec2;
+use hdrhistogram::Histogram;
+
+use crate::behaviour::Behaviour;
+use crate::connect::ClientError;
+
+/// One session of a bot: from its `Welcome` to its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// When its `Welcome` arrived, counted from the swarm's start.
+    pub welcomed_at: Duration,
+    /// From the start of the attempt (`GET /api/connect`) to the `Welcome`.
+    pub connect: Duration,
+    pub played: Duration,
+    /// Why it ended before the bot meant to leave, if it did.
+    pub lost: Option<String>,
+    /// Its entity in this session.
+    pub entity: u32,
+    /// The server handed back an earlier session's entity.
+    pub resumed: bool,
+}
+
+/// What one bot saw, over all its sessions.
+///
+/// Memory: a [`Session`] record per session, and sessions are either at least
+/// [`STABLE_SESSION`](crate::backoff::STABLE_SESSION) long or separated by growing backoff
+/// delays (see [`crate::backoff`]), so a bot keeps at most about one record per
+/// `STABLE_SESSION` of play time.
+#[derive(Debug, Clone)]
+pub struct BotOutcome {
+    pub name: String,
+    pub index: u32,
+    pub behaviour: Behaviour,
+    /// The first successful connect's time, or `Err` with the last failure if it never got a
+    /// `Welcome`.
+    pub connect: Result<Duration, String>,
+    /// Every session, in order.
+    pub sessions: Vec<Session>,
+    /// Failed connects and lost sessions, by kind (`ClientError::kind`), each counted.
+    pub errors: BTreeMap<String, u64>,
+    /// Why its last lost session ended; `Some` if it lost any session before it meant to leave.
+    pub disconnected: Option<String>,
+    /// Time played, all sessions together.
+    pub played: Duration,
+    /// Its entity in its last session.
+    pub entity: Option<u32>,
+    pub tick_rate: u16,
+    /// Ticks for which every part arrived.
+    pub snapshots: u64,
+    pub datagrams: u64,
+    pub down_bytes: u64,
+    pub up_bytes: u64,
+    pub inputs_sent: u64,
+    /// Inputs sent with the fire button held (a chaser that sees someone).
+    pub fire_inputs: u64,
+    /// Rifle shots and rockets fired (fire held on a tick its weapon was ready, counted with
+    /// the server's fire rates).
+    pub shots_fired: u64,
+    /// `Hit` events naming this bot as the attacker.
+    pub hits_confirmed: u64,
+    /// `Killed` events naming it as the killer, and as the victim.
+    pub kills: u64,
+    pub deaths: u64,
+    /// Round trips in microseconds (pings; an idle bot sends none).
+    pub rtt_us: Histogram<u64>,
+    /// Its own position at the first and the last snapshot of its last session.
+    pub first_pos: Option<Vec2>,
+    pub last_pos: Option<Vec2>,
+    /// Sum of the movement directions sent in its last session.
+    pub input_sum: Vec2,
+    /// Sizes of snapshot datagrams (delta mode) or of whole snapshots (full mode), bytes.
+    pub snapshot_bytes: Histogram<u64>,
+    /// Entities in the bot's view, one sample per snapshot.
+    pub in_view: Histogram<u64>,
+    /// Delta snapshots that could not be decoded for want of their baseline.
+    pub baseline_misses: u64,
+    /// The newest view the bot reconstructed (delta mode), in the session it ended by leaving.
+    pub last_view: Option<View>,
+    /// Predictions the server's state corrected, after each session's warm-up.
+    pub prediction_corrections: u64,
+    /// Largest of those corrections, world units.
+    pub prediction_max_error: f32,
+    /// The server's count of this bot's inputs that arrived too late, after each session's
+    /// warm-up, all sessions together.
+    pub inputs_late: u64,
+    /// Times the interpolation buffer ran dry, all sessions together.
+    pub interp_underruns: u64,
+    /// Error of the server-tick estimate at each snapshot after the warm-up, microseconds.
+    pub clock_error_us: Histogram<u64>,
+}
+
+impl BotOutcome {
+    pub(crate) fn new(name: String, index: u32, behaviour: Behaviour) -> Self {
+        Self {
+            name,
+            index,
+            behaviour,
+            connect: Err("not attempted".into()),
+            sessions: Vec::new(),
+            errors: BTreeMap::new(),
+            disconnected: None,
+            played: Duration::ZERO,
+            entity: None,
+            tick_rate: 0,
+            snapshots: 0,
+            datagrams: 0,
+            down_bytes: 0,
+            up_bytes: 0,
+            inputs_sent: 0,
+            fire_inputs: 0,
+            shots_fired: 0,
+            hits_confirmed: 0,
+            kills: 0,
+            deaths: 0,
+            rtt_us: new_rtt_histogram(),
+            first_pos: None,
+            last_pos: None,
+            input_sum: Vec2::ZERO,
+            snapshot_bytes: new_count_histogram(),
+            in_view: new_count_histogram(),
+            baseline_misses: 0,
+            last_view: None,
+            prediction_corrections: 0,
+            prediction_max_error: 0.0,
+            inputs_late: 0,
+            interp_underruns: 0,
+            clock_error_us: new_rtt_histogram(),
+        }
+    }
+
+    /// Got a `Welcome` at least once.
+    pub fn connected(&self) -> bool {
+        !self.sessions.is_empty()
+    }
+
+    /// Sessions after its first.
+    pub fn reconnects(&self) -> u64 {
+        self.sessions.len().saturating_sub(1) as u64
+    }
+
+    /// Sessions that took back an earlier session's entity.
+    pub fn resumes(&self) -> u64 {
+        self.sessions.iter().filter(|s| s.resumed).count() as u64
+    }
+
+    /// When each of its sessions got its `Welcome`, from the swarm's start.
+    pub fn welcome_times(&self) -> impl Iterator<Item = Duration> + '_ {
+        self.sessions.iter().map(|s| s.welcomed_at)
+    }
+
+    pub(crate) fn count_error(&mut self, e: &ClientError) {
+        *self.errors.entry(e.kind()).or_insert(0) += 1;
+    }
+}
+
+/// Significant figures of every histogram a bot keeps (values within 1%). Each bot keeps
+/// four, so this is most of a bot's own memory: ~17 KB a histogram at 2 figures, ~140 KB at 3
+/// (half a megabyte a bot, gigabytes for a swarm of thousands).
+pub const HISTOGRAM_SIGFIG: u8 = 2;
+
+/// RTTs from 1 µs to 60 s.
+pub fn new_rtt_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, HISTOGRAM_SIGFIG)
+        .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
+}
+
+/// Counts and sizes from 1 to 10^7.
+pub fn new_count_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 10_000_000, HISTOGRAM_SIGFIG)
+        .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bots_histograms_stay_small() {
+        // Four a bot, thousands of bots: each must stay in the tens of kilobytes.
+        for h in [new_rtt_histogram(), new_count_histogram()] {
+            let bytes = h.distinct_values() * std::mem::size_of::<u64>();
+            assert!(bytes <= 24 * 1024, "{bytes} bytes");
+        }
+    }
+}
