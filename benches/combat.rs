@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arena_server::Config;
-use arena_server::game::{JoinRequest, Phase, SimCommand, Simulation};
+use arena_server::game::{JoinRequest, SimCommand};
 use arena_server::net::outbox::Outbox;
 use arena_server::stats::Stats;
+use arena_server::tick::{Phase, Simulation};
 use arena_shared::protocol::{Buttons, Input};
 use arena_shared::quant::{Aim, MoveDir};
 use arena_shared::rng::SplitMix64;

@@ -5,11 +5,17 @@
 //! - [`net`]: the WebTransport endpoint and one task per session: the only code with sockets.
 //!   It decodes client frames, admits or rejects a `Hello` before anything is allocated, and
 //!   moves inputs into the simulation's inbox and snapshots out of the session's outbox.
-//! - [`game`]: the bevy_ecs world and its fixed-tick schedule, run on its own OS thread.
-//!   Systems call `arena_shared::sim` to move anything.
+//! - [`tick`]: the one place the simulation is assembled: the game's systems, replication and
+//!   the recorder in one fixed-tick schedule per phase, and the loop that runs it on its own
+//!   OS thread.
+//! - [`game`]: the rules on a bevy_ecs world: components, systems, combat, names and the
+//!   keyframe state. Systems call `arena_shared::sim` to move anything. It imports neither
+//!   replication, replay nor the tick (`tests/imports.rs` checks the whole picture).
 //! - [`replication`]: what each client is sent each tick: interest, priority, byte budget and
-//!   delta snapshots against the newest view the client acknowledged.
-//! - [`replay`]: recording the run off the tick thread, and the `replay` tools.
+//!   delta snapshots against the newest view the client acknowledged; it keeps each client's
+//!   state on the player's entity.
+//! - [`recording`]: recording the run off the tick thread (a leaf the game's systems use).
+//! - [`replay`]: reading a run back: re-simulation through [`tick`], `replay verify`, `replay info`.
 //! - [`http`]: the axum side: `/healthz`, `/api/connect` (connect tokens), `/metrics`.
 //! - [`stats`]: counters and gauges the server keeps about itself, read by tests and the log.
 //! - [`metrics`]: the Prometheus side of those: histograms, labelled counters, rendering.
@@ -27,9 +33,11 @@ pub mod game;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod recording;
 pub mod replay;
 pub mod replication;
 pub mod stats;
+pub mod tick;
 
 mod server;
 

@@ -15,12 +15,12 @@ use wtransport::endpoint::endpoint_side::Server as ServerSide;
 use wtransport::{Endpoint, Identity, ServerConfig};
 
 use crate::config::Config;
-use crate::game::Simulation;
 use crate::http::{self, HttpState};
 use crate::metrics::UPKEEP_INTERVAL;
 use crate::net::identity::{self, CertHashes, Rotation};
 use crate::net::{self, NetContext};
 use crate::replication::frame::WorldFrame;
+use crate::tick::Simulation;
 
 /// Frames the tap holds for a slow subscriber before it starts skipping.
 const FRAME_TAP_CAPACITY: usize = 256;
@@ -291,9 +291,9 @@ impl Server {
             None
         } else {
             let (recorder, writer) =
-                crate::replay::start(&self.config, &self.map, self.stats.clone()).map_err(|e| {
-                    ServerError::Replay(format!("{}: {e}", self.config.replay_dir.display()))
-                })?;
+                crate::recording::start(&self.config, &self.map, self.stats.clone()).map_err(
+                    |e| ServerError::Replay(format!("{}: {e}", self.config.replay_dir.display())),
+                )?;
             sim.set_recorder(recorder);
             Some(writer)
         };

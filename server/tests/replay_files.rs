@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arena_server::config::Config;
-use arena_server::replay::{sim_args, validate_sim_args};
+use arena_server::recording::{sim_args, validate_sim_args};
 use arena_shared::protocol::PROTOCOL_VERSION;
 use arena_shared::replay::{
     self, FORMAT_VERSION, Header, MAGIC, Record, SimState, crc32, encode_record,

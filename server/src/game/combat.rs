@@ -41,7 +41,7 @@ use bevy_ecs::prelude::*;
 use glam::Vec2;
 
 use super::components::*;
-use crate::replay::Recorder;
+use crate::recording::Recorder;
 use crate::stats::Stats;
 
 /// Hit points left; at 0 or below the entity dies.

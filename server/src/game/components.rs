@@ -99,8 +99,14 @@ pub struct ClientLink {
     /// The network session this link belongs to.
     pub session: u64,
     pub outbox: Arc<Outbox>,
-    pub replicator: crate::replication::replicator::ClientReplicator,
 }
+
+/// Player entities whose client link was made, replaced or dropped this tick (a join, a
+/// resume, a detach or a leave), in the order it happened; emptied when the tick ends. What is
+/// kept per connection beside the game (replication's view of each client) follows the links
+/// from here, so a link that changed is noticed without looking at every client every tick.
+#[derive(Resource, Debug, Default)]
+pub struct LinkChanges(pub Vec<Entity>);
 
 /// Players whose connection was lost, by client id: their entity stays in the world (still,
 /// not replicated to anyone's own view of it) until the network layer says the grace period

@@ -1,13 +1,20 @@
-//! The simulation: a bevy_ecs `World` and a fixed-tick `Schedule`, driven by [`Simulation::run`]
-//! on its own OS thread.
+//! The game's rules on a bevy_ecs `World`: its components and resources, the systems of a
+//! tick (players' inputs, NPC brains, movement, projectiles, rifles, damage, respawns), the
+//! names directory and the keyframe state a re-simulation restores. [`new_world`] makes a
+//! world ready for its first tick.
+//!
+//! What this module does not know: how the systems are put in order and timed, and what
+//! happens to the world after the rules have run (snapshots, the tick loop). That is
+//! [`crate::tick`], which assembles these systems with replication. The systems that record a
+//! run hold a [`crate::recording::Recorder`], a leaf; `game` imports neither replication,
+//! replay nor the tick, so the rules can be read, tested and changed on their own.
 //!
 //! Invariants:
-//! - The simulation never waits on the network: it drains its inbox without blocking, and
-//!   pushes snapshots into bounded outboxes that drop the oldest when full.
-//! - One tick is always the same sequence of phases ([`Phase`]), every system in a fixed order,
-//!   so the same inbox gives the same world.
-//! - Time enters only through [`Simulation::run`]'s accumulator; [`Simulation::tick`] is pure in
-//!   the sense that tests can call it directly, as fast as they like.
+//! - The systems never wait on the network: they read the commands the tick drained into the
+//!   [`components::Inbox`] and push events into bounded outboxes that drop when full.
+//! - Every system that depends on the order it visits entities visits them by
+//!   [`components::NetId`], so the same inbox gives the same world, and a world restored from a
+//!   keyframe takes the same decisions as the one recorded.
 
 pub mod combat;
 pub mod components;
@@ -16,23 +23,17 @@ pub mod state;
 pub mod systems;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use arena_shared::map::Map;
 use arena_shared::protocol::{EntityKind, Input};
 use arena_shared::rng::SplitMix64;
 use arena_shared::sim::{self, Body};
 use bevy_ecs::prelude::*;
-use bevy_ecs::schedule::{LogLevel, ScheduleBuildSettings};
 use glam::Vec2;
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::net::outbox::Outbox;
-use crate::replication;
 use crate::stats::Stats;
 use components::*;
 
@@ -78,320 +79,59 @@ pub struct JoinAck {
     pub resumed: bool,
 }
 
-/// The phases of one tick, in order. Each is its own `Schedule`, so the tick loop can time
-/// them (an overrun is logged with the phase that took the time; Prometheus gets each).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
-    /// Apply joins, leaves and inputs that arrived since the last tick; players' intents.
-    Receive,
-    /// NPC brains: targets, steering, bolts.
-    Ai,
-    /// Move every body; file the living for queries and lag compensation.
-    Movement,
-    /// Launch and fly projectiles.
-    Projectiles,
-    /// Rifle shots (lag compensated), damage, deaths, respawns.
-    Hits,
-    /// Build and queue each client's snapshot.
-    Replicate,
-    /// Publish gauges, advance the tick counter.
-    End,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 7] = [
-        Phase::Receive,
-        Phase::Ai,
-        Phase::Movement,
-        Phase::Projectiles,
-        Phase::Hits,
-        Phase::Replicate,
-        Phase::End,
-    ];
-
-    /// The label used in logs and metrics ([`crate::metrics::PHASES`]).
-    pub fn name(self) -> &'static str {
-        crate::metrics::PHASES[self as usize]
-    }
-}
-
-/// How long each phase of one tick took, indexed by `Phase as usize`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TickTimes(pub [Duration; Phase::ALL.len()]);
-
-impl TickTimes {
-    pub fn total(&self) -> Duration {
-        self.0.iter().sum()
-    }
-
-    /// The phase that took longest, and how long.
-    pub fn slowest(&self) -> (Phase, Duration) {
-        Phase::ALL
-            .into_iter()
-            .map(|p| (p, self.0[p as usize]))
-            .max_by_key(|(_, d)| *d)
-            .unwrap_or((Phase::Receive, Duration::ZERO))
-    }
-}
-
-/// Most ticks run back to back to catch up after a stall before the loop gives up on
-/// real time and skips ahead (counted as an overrun).
-const MAX_CATCH_UP_TICKS: u32 = 5;
-
-/// Ticks per window of `arena_tick_duration_max_seconds` (5 s at 30 Hz).
-const TICK_MAX_WINDOW_TICKS: u32 = 150;
-
-pub struct Simulation {
-    world: World,
-    /// One schedule per [`Phase`], run in order.
-    phases: [Schedule; Phase::ALL.len()],
-    inbox: mpsc::Receiver<SimCommand>,
-    inbox_capacity: usize,
-    tick_interval: Duration,
-    /// `--debug-stall-at-tick`/`--debug-stall-for`: a test hook that stops this thread once.
-    stall: Option<(u64, Duration)>,
-}
-
-impl Simulation {
-    pub fn new(
-        config: &Config,
-        map: Arc<Map>,
-        inbox: mpsc::Receiver<SimCommand>,
-        stats: Arc<Stats>,
-        frame_tap: Option<tokio::sync::broadcast::Sender<Arc<replication::frame::WorldFrame>>>,
-    ) -> Self {
-        let mut world = World::new();
-        let mut rng = SplitMix64::new(config.seed);
-        let mut ids = NetIds::default();
-        for _ in 0..config.npcs {
-            let pos = map.random_free_point(&mut rng, sim::NPC.radius);
-            world.spawn((
-                ids.allocate(),
-                Kind(EntityKind::Npc),
-                Motion(Body {
-                    pos,
-                    vel: Vec2::ZERO,
-                }),
-                MoveIntent::default(),
-                Wander {
-                    rng: SplitMix64::new(rng.next_u64()),
-                    ticks_left: 0,
-                },
-                combat::Health(arena_shared::combat::NPC_HEALTH),
-                combat::NpcBrain::default(),
-            ));
-        }
-        world.insert_resource(ids);
-        world.insert_resource(WorldRng(rng));
-        world.insert_resource(MapRes(map));
-        // Tick 0 means "no baseline" on the wire; the first tick is 1.
-        world.insert_resource(Tick(1));
-        world.insert_resource(SimSettings {
-            dt: config.dt(),
-            tick_rate: config.tick_rate,
-            input_window: config.input_window.max(1),
-        });
-        world.insert_resource(Inbox::default());
-        world.insert_resource(Clients::default());
-        world.insert_resource(Lingering::default());
-        let history_ticks = config.ticks(config.lag_comp_history, 1);
-        world.insert_resource(combat::CombatSettings {
-            respawn_ticks: config.ticks(config.respawn_delay, 1),
-            max_rewind_ticks: config.ticks(config.max_rewind, 0).min(history_ticks),
-            npc_combat: config.npc_combat,
-            spawn_protection_ticks: config.ticks(config.spawn_protection, 0),
-            npc_max_engaged: config.npc_max_engaged,
-            npc_reaction_ticks: config.ticks(config.npc_reaction, 0),
-        });
-        world.insert_resource(combat::LagComp(arena_shared::combat::History::new(
-            history_ticks,
-        )));
-        world.insert_resource(combat::HitGrid::new(config.world_size));
-        world.insert_resource(combat::Blows::default());
-        world.insert_resource(combat::Launches::default());
-        world.insert_resource(StatsRes(stats));
-        world.insert_resource(replication::Replicator::new(
-            config.replication,
-            replication::settings(config),
-            config.world_size,
-            config.replication_threads,
-            frame_tap,
+/// A world ready for its first tick: the map, `--npcs` NPCs at random free points, and every
+/// resource the systems read, from the config. The same flags give the same world.
+pub fn new_world(config: &Config, map: Arc<Map>, stats: Arc<Stats>) -> World {
+    let mut world = World::new();
+    let mut rng = SplitMix64::new(config.seed);
+    let mut ids = NetIds::default();
+    for _ in 0..config.npcs {
+        let pos = map.random_free_point(&mut rng, sim::NPC.radius);
+        world.spawn((
+            ids.allocate(),
+            Kind(EntityKind::Npc),
+            Motion(Body {
+                pos,
+                vel: Vec2::ZERO,
+            }),
+            MoveIntent::default(),
+            Wander {
+                rng: SplitMix64::new(rng.next_u64()),
+                ticks_left: 0,
+            },
+            combat::Health(arena_shared::combat::NPC_HEALTH),
+            combat::NpcBrain::default(),
         ));
-
-        Self {
-            world,
-            phases: build_schedules(),
-            inbox,
-            inbox_capacity: config.inbox_capacity.max(1),
-            tick_interval: Duration::from_secs_f64(1.0 / f64::from(config.tick_rate)),
-            stall: config
-                .debug_stall_at_tick
-                .map(|tick| (tick, config.debug_stall_for)),
-        }
     }
-
-    /// Runs one tick now: drains the inbox (at most its capacity, so a flood cannot stall the
-    /// tick), then runs each phase's schedule; says how long each phase took.
-    pub fn tick(&mut self) -> TickTimes {
-        {
-            let mut inbox = self.world.resource_mut::<Inbox>();
-            while inbox.0.len() < self.inbox_capacity {
-                match self.inbox.try_recv() {
-                    Ok(cmd) => inbox.0.push(cmd),
-                    Err(_) => break,
-                }
-            }
-        }
-        let mut times = TickTimes::default();
-        let mut mark = Instant::now();
-        for (i, schedule) in self.phases.iter_mut().enumerate() {
-            schedule.run(&mut self.world);
-            let now = Instant::now();
-            times.0[i] = now - mark;
-            mark = now;
-        }
-        times
-    }
-
-    pub fn world(&self) -> &World {
-        &self.world
-    }
-
-    /// Stops building snapshots (a re-simulation has no one to send them to; the world is
-    /// the same either way, replication only reads it).
-    pub fn without_replication(&mut self) {
-        self.phases[Phase::Replicate as usize] = Schedule::default();
-    }
-
-    /// Records the run from the next tick on (`crate::replay::start` makes the recorder).
-    pub fn set_recorder(&mut self, recorder: crate::replay::Recorder) {
-        self.world.insert_resource(recorder);
-    }
-
-    /// The world, to set up a scene (tests, benchmarks). The tick loop never needs it.
-    pub fn world_mut(&mut self) -> &mut World {
-        &mut self.world
-    }
-
-    /// The fixed-tick loop. Ticks are scheduled on an absolute timeline (`next += interval`), so
-    /// rounding never drifts; after a stall it runs up to [`MAX_CATCH_UP_TICKS`] back to back,
-    /// and beyond that skips ahead and counts an overrun.
-    pub fn run(mut self, shutdown: CancellationToken) {
-        let stats = self.world.resource::<StatsRes>().0.clone();
-        info!(
-            tick_interval_ms = self.tick_interval.as_secs_f64() * 1e3,
-            "simulation running"
-        );
-        let metrics = &stats.metrics;
-        // The longest tick of the current window, published when the window closes.
-        let window = u64::from(TICK_MAX_WINDOW_TICKS);
-        let mut window_max = Duration::ZERO;
-        let mut last = TickTimes::default();
-        let mut next = Instant::now();
-        while !shutdown.is_cancelled() {
-            let now = Instant::now();
-            if now < next {
-                std::thread::sleep(next - now);
-                continue;
-            }
-            let mut ran = 0;
-            while Instant::now() >= next && ran < MAX_CATCH_UP_TICKS {
-                last = self.tick();
-                let took = last.total();
-                Stats::add(&stats.tick_us, took.as_micros() as u64);
-                Stats::add(&stats.ticks, 1);
-                metrics.tick.record(took.as_secs_f64());
-                for (h, d) in metrics.phases.iter().zip(last.0) {
-                    h.record(d.as_secs_f64());
-                }
-                window_max = window_max.max(took);
-                if Stats::get(&stats.ticks).is_multiple_of(window) {
-                    stats
-                        .tick_max_us_recent
-                        .store(window_max.as_micros() as u64, Ordering::Relaxed);
-                    window_max = Duration::ZERO;
-                }
-                if took > self.tick_interval {
-                    let (phase, phase_took) = last.slowest();
-                    warn!(
-                        took_ms = took.as_secs_f64() * 1e3,
-                        slowest = phase.name(),
-                        slowest_ms = phase_took.as_secs_f64() * 1e3,
-                        phases_ms = ?last.0.map(|d| d.as_secs_f64() * 1e3),
-                        "tick took longer than its interval"
-                    );
-                }
-                next += self.tick_interval;
-                ran += 1;
-                if let Some((at, stall_for)) = self.stall
-                    && Stats::get(&stats.tick) >= at
-                {
-                    self.stall = None;
-                    warn!(
-                        tick = at,
-                        stall_ms = stall_for.as_millis() as u64,
-                        "test hook (--debug-stall-at-tick): the simulation thread stops"
-                    );
-                    std::thread::sleep(stall_for);
-                }
-            }
-            if Instant::now() >= next {
-                let behind = Instant::now() - next;
-                let (phase, phase_took) = last.slowest();
-                warn!(
-                    behind_ms = behind.as_secs_f64() * 1e3,
-                    last_tick_ms = last.total().as_secs_f64() * 1e3,
-                    slowest = phase.name(),
-                    slowest_ms = phase_took.as_secs_f64() * 1e3,
-                    "simulation fell behind; skipping ahead"
-                );
-                Stats::add(&stats.tick_overruns, 1);
-                next = Instant::now() + self.tick_interval;
-            }
-        }
-        info!("simulation stopped");
-    }
-}
-
-/// One schedule per phase. Determinism depends on every conflicting pair of systems in a
-/// phase being ordered: the ambiguity check fails loudly.
-fn build_schedules() -> [Schedule; Phase::ALL.len()] {
-    let mut phases = Phase::ALL.map(|_| {
-        let mut schedule = Schedule::default();
-        schedule.set_build_settings(ScheduleBuildSettings {
-            ambiguity_detection: LogLevel::Error,
-            ..Default::default()
-        });
-        schedule
+    world.insert_resource(ids);
+    world.insert_resource(WorldRng(rng));
+    world.insert_resource(MapRes(map));
+    // Tick 0 means "no baseline" on the wire; the first tick is 1.
+    world.insert_resource(Tick(1));
+    world.insert_resource(SimSettings {
+        dt: config.dt(),
+        tick_rate: config.tick_rate,
+        input_window: config.input_window.max(1),
     });
-    let [receive, ai, movement, projectiles, hits, replicate, end] = &mut phases;
-    receive.add_systems(
-        (
-            systems::admit_and_release,
-            systems::route_inputs,
-            systems::player_intent,
-        )
-            .chain(),
-    );
-    ai.add_systems(combat::npc_ai);
-    movement.add_systems(
-        (
-            systems::movement,
-            systems::quantize,
-            combat::record_hittables,
-        )
-            .chain(),
-    );
-    projectiles.add_systems((combat::launch_projectiles, combat::step_projectiles).chain());
-    hits.add_systems((combat::fire_rifles, combat::apply_damage, combat::respawn).chain());
-    replicate.add_systems(replication::replicate);
-    end.add_systems((systems::record_keyframe, systems::end_tick).chain());
-    phases
+    world.insert_resource(Inbox::default());
+    world.insert_resource(Clients::default());
+    world.insert_resource(Lingering::default());
+    world.insert_resource(LinkChanges::default());
+    let history_ticks = config.ticks(config.lag_comp_history, 1);
+    world.insert_resource(combat::CombatSettings {
+        respawn_ticks: config.ticks(config.respawn_delay, 1),
+        max_rewind_ticks: config.ticks(config.max_rewind, 0).min(history_ticks),
+        npc_combat: config.npc_combat,
+        spawn_protection_ticks: config.ticks(config.spawn_protection, 0),
+        npc_max_engaged: config.npc_max_engaged,
+        npc_reaction_ticks: config.ticks(config.npc_reaction, 0),
+    });
+    world.insert_resource(combat::LagComp(arena_shared::combat::History::new(
+        history_ticks,
+    )));
+    world.insert_resource(combat::HitGrid::new(config.world_size));
+    world.insert_resource(combat::Blows::default());
+    world.insert_resource(combat::Launches::default());
+    world.insert_resource(StatsRes(stats));
+    world
 }
-
-#[cfg(test)]
-mod combat_tests;
-#[cfg(test)]
-mod tests;
-#[cfg(test)]
-mod virtual_play;

@@ -9,7 +9,9 @@
 //!   tick; its pending inputs: the recording has each one at the tick it was applied;
 //! - the [`HitGrid`]: rebuilt from the newest lag-compensation frame, which is exactly what it
 //!   was filed from;
-//! - sessions and outboxes: a re-simulation sends nothing; replication only reads the world.
+//! - sessions and outboxes: a re-simulation sends nothing; replication only reads the world
+//!   (a restored link is listed in [`LinkChanges`], so a world that does build snapshots starts
+//!   each client from a full one).
 //!
 //! Restoring is only half of determinism: every system whose result depends on the order it
 //! visits entities visits them by [`NetId`] (see `combat`), so a restored world, whose ECS
@@ -145,6 +147,8 @@ pub fn restore(world: &mut World, tick: u32, state: &SimState) {
     }
     let mut clients = Clients::default();
     let mut lingering = Lingering::default();
+    // Every link is new to whatever follows links (replication, if this world builds snapshots).
+    let mut changes = Vec::new();
     let mut by_id: HashMap<u32, (Entity, EntityKind)> = HashMap::new();
     // Owners first (projectiles name theirs by id).
     let owners = state
@@ -240,9 +244,9 @@ pub fn restore(world: &mut World, tick: u32, state: &SimState) {
                             net_id: rec.id,
                             session: 1,
                             outbox: Arc::new(Outbox::new(1, 1200)),
-                            replicator: Default::default(),
                         },
                     );
+                    changes.push(entity);
                 }
                 EntityKind::Player
             }
@@ -272,6 +276,7 @@ pub fn restore(world: &mut World, tick: u32, state: &SimState) {
     }
     world.insert_resource(clients);
     world.insert_resource(lingering);
+    world.insert_resource(LinkChanges(changes));
     world.insert_resource(NetIds::after(state.last_id));
     world.insert_resource(WorldRng(SplitMix64::new(state.rng)));
     world.insert_resource(Tick(tick.wrapping_add(1)));

@@ -18,7 +18,7 @@ use super::combat::{
 };
 use super::components::*;
 use super::{JoinAck, SimCommand};
-use crate::replay::Recorder;
+use crate::recording::Recorder;
 use crate::stats::Stats;
 
 /// Applies joins, detaches and leaves, in arrival order: a join spawns a player (or hands a
@@ -30,6 +30,7 @@ pub fn admit_and_release(
     mut inbox: ResMut<Inbox>,
     mut clients: ResMut<Clients>,
     mut lingering: ResMut<Lingering>,
+    mut changes: ResMut<LinkChanges>,
     mut ids: ResMut<NetIds>,
     mut rng: ResMut<WorldRng>,
     map: Res<MapRes>,
@@ -54,8 +55,8 @@ pub fn admit_and_release(
                 let (entity, net_id, resumed) = match old {
                     Some((entity, net_id)) if join.resume => {
                         // Same entity, fresh inputs: the new connection's sequence numbers
-                        // and clock start over. Its replicator starts empty, so the first
-                        // snapshot is a full one.
+                        // and clock start over. The link is new (see `LinkChanges`), so what
+                        // replication knew of the old one goes: the first snapshot is full.
                         commands.entity(entity).insert((
                             InputBuffer::default(),
                             MoveIntent::default(),
@@ -113,9 +114,9 @@ pub fn admit_and_release(
                     net_id,
                     session: join.session,
                     outbox: join.outbox,
-                    replicator: Default::default(),
                 };
                 clients.0.insert(join.client_id, link);
+                changes.0.push(entity);
                 // The session may have gone already; then its Leave or Detach follows.
                 let _ = join.reply.send(JoinAck {
                     entity: net_id,
@@ -136,6 +137,7 @@ pub fn admit_and_release(
                     .is_some_and(|l| l.session == session)
                     && let Some(link) = clients.0.remove(&client_id)
                 {
+                    changes.0.push(link.entity);
                     // It stands still, not firing, until it comes back or is removed.
                     commands.entity(link.entity).insert((
                         InputBuffer::default(),
@@ -176,6 +178,7 @@ pub fn admit_and_release(
                     None
                 };
                 if let Some(entity) = entity {
+                    changes.0.push(entity);
                     commands.entity(entity).despawn();
                     if let Some(r) = recorder.as_mut() {
                         r.record(Record::Leave {
@@ -344,9 +347,10 @@ pub fn record_keyframe(world: &mut World) {
     }
 }
 
-/// Publishes gauges and moves to the next tick.
+/// Publishes gauges, forgets this tick's link changes and moves to the next tick.
 pub fn end_tick(
     mut tick: ResMut<Tick>,
+    mut changes: ResMut<LinkChanges>,
     stats: Res<StatsRes>,
     players: Query<(), With<Player>>,
     all: Query<(), With<NetId>>,
@@ -356,5 +360,6 @@ pub fn end_tick(
     stats.0.tick.store(u64::from(tick.0), Relaxed);
     // Last: it wakes whoever awaits a player count, and they may read the others.
     stats.0.set_players(players.iter().count() as u64);
+    changes.0.clear();
     tick.0 = tick.0.wrapping_add(1);
 }

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use clap::Parser;
 
 use super::*;
+use crate::game::{JoinAck, JoinRequest};
 use crate::net::outbox::Outbox;
 
 const RATE: u16 = 30;

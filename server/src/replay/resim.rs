@@ -9,10 +9,11 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use arena_shared::replay::{self, FORMAT_VERSION, Header, Record};
 
 use crate::config::Config;
+use crate::game::{JoinRequest, SimCommand};
+use crate::net::outbox::Outbox;
+use crate::recording::{Recorder, validate_sim_args};
 use crate::stats::Stats;
-
-use super::args::validate_sim_args;
-use super::record::Recorder;
+use crate::tick::Simulation;
 /// What `replay verify` found.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Verified {
@@ -170,8 +171,8 @@ pub struct Replayer {
     next: usize,
     /// The last tick simulated.
     tick: u32,
-    sim: crate::game::Simulation,
-    inbox: tokio::sync::mpsc::Sender<crate::game::SimCommand>,
+    sim: Simulation,
+    inbox: tokio::sync::mpsc::Sender<SimCommand>,
     out: Receiver<Record>,
     /// The session number the re-simulation gave each client's current session.
     sessions: std::collections::HashMap<u64, u64>,
@@ -191,8 +192,8 @@ const MAX_TICK_RECORDS: usize = 1 << 16;
 
 /// A fresh simulation for the header's flags, recording into a channel.
 type Fresh = (
-    crate::game::Simulation,
-    tokio::sync::mpsc::Sender<crate::game::SimCommand>,
+    Simulation,
+    tokio::sync::mpsc::Sender<SimCommand>,
     Receiver<Record>,
 );
 
@@ -206,7 +207,7 @@ fn fresh_sim(config: &Config, first_keyframe: bool) -> Fresh {
         replication_threads: 1,
         ..config.clone()
     };
-    let mut sim = crate::game::Simulation::new(config, map, rx, stats.clone(), None);
+    let mut sim = Simulation::new(config, map, rx, stats.clone(), None);
     sim.without_replication();
     // `step` drains it every tick: it needs room for one tick's records, which the recording
     // itself could not exceed without a gap (the live recorder's queue is as long).
@@ -383,8 +384,6 @@ impl Replayer {
 
     /// Simulates the next tick, fed what the recording says the network delivered before it.
     pub fn step(&mut self) -> Result<Stepped, VerifyError> {
-        use crate::game::{JoinRequest, SimCommand};
-        use crate::net::outbox::Outbox;
         let tick = self.tick + 1;
         let start = self.next;
         while self.next < self.records.len() && self.records[self.next].tick() <= tick {

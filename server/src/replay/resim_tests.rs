@@ -16,9 +16,7 @@ use std::path::Path;
 use arena_shared::protocol::PROTOCOL_VERSION;
 
 use super::*;
-use crate::game::{JoinRequest, SimCommand};
-use crate::net::outbox::Outbox;
-use crate::replay::sim_args;
+use crate::recording::sim_args;
 
 const KEYFRAME_TICKS: u32 = 30;
 const TICKS: u32 = 420;

@@ -7,6 +7,12 @@
 //!   the interest [`grid::Grid`] are built once per tick and shared by every client.
 //! - `full`: every client gets every entity every tick, split into datagrams of the path's
 //!   size. Kept as the baseline that benchmarks compare against.
+//!
+//! Replication keeps what it knows of each client itself, in a [`Replica`] component on the
+//! client's player entity: [`follow_links`] gives an entity a fresh one whenever the game makes
+//! or replaces its link (a join, a resume: the first snapshot is a full one) and takes it away
+//! when the link is dropped (a detach; a leave despawns the entity). [`replicate`] then queries
+//! the replicas directly, as cheaply per client as when the state sat in the game's link.
 
 pub mod frame;
 pub mod grid;
@@ -26,10 +32,11 @@ use rayon::prelude::*;
 use tokio::sync::broadcast;
 use tracing::warn;
 
+use crate::game::combat::Dead;
 use crate::game::components::{
-    ClientLink, Clients, InputBuffer, Kind, Motion, NetId, StatsRes, Tick,
+    Clients, InputBuffer, Kind, LinkChanges, Motion, NetId, Player, StatsRes, Tick,
 };
-use crate::net::outbox::SnapshotDatagrams;
+use crate::net::outbox::{Outbox, SnapshotDatagrams};
 use crate::stats::Stats;
 use frame::WorldFrame;
 use grid::Grid;
@@ -105,6 +112,43 @@ impl Replicator {
     }
 }
 
+/// One connected client's replication: where its snapshots go and the views it was sent
+/// (baselines, acknowledgements, interest). On the player entity for as long as the game links
+/// the entity to a session; a new link (a resume) gets a new one.
+#[derive(Component)]
+pub struct Replica {
+    outbox: Arc<Outbox>,
+    replicator: replicator::ClientReplicator,
+}
+
+/// Gives a fresh [`Replica`] to each player whose link was made or replaced this tick and takes
+/// it from one whose link was dropped ([`LinkChanges`]). Runs before [`replicate`], in the same
+/// phase; on a tick without joins, detaches or leaves it does nothing.
+pub fn follow_links(
+    mut commands: Commands,
+    changes: Res<LinkChanges>,
+    clients: Res<Clients>,
+    players: Query<&Player>,
+) {
+    for &entity in &changes.0 {
+        // A leave despawned it: nothing to follow.
+        let Ok(player) = players.get(entity) else {
+            continue;
+        };
+        match clients.0.get(&player.client_id) {
+            Some(link) if link.entity == entity => {
+                commands.entity(entity).insert(Replica {
+                    outbox: link.outbox.clone(),
+                    replicator: Default::default(),
+                });
+            }
+            _ => {
+                commands.entity(entity).remove::<Replica>();
+            }
+        }
+    }
+}
+
 /// What building snapshots produced, summed for the stats.
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
@@ -134,23 +178,24 @@ impl std::ops::Add for Tally {
 
 /// One client's snapshot for this tick, built and queued in its outbox.
 fn build_one(
-    link: &mut ClientLink,
+    replica: &mut Replica,
+    net_id: u32,
     input: InputStatus,
     scratch: &mut replicator::Scratch,
     frame: &WorldFrame,
     grid: &Grid,
     settings: &RepSettings,
 ) -> Tally {
-    if let Some(acked) = link.outbox.acked() {
-        link.replicator.on_ack(acked);
+    if let Some(acked) = replica.outbox.acked() {
+        replica.replicator.on_ack(acked);
     }
-    let built = link.replicator.build(
+    let built = replica.replicator.build(
         scratch,
         frame,
         grid,
-        link.net_id,
+        net_id,
         settings,
-        link.outbox.max_datagram(),
+        replica.outbox.max_datagram(),
         input,
     );
     Tally {
@@ -160,7 +205,7 @@ fn build_one(
         in_view: built.in_view,
         deferred: built.deferred,
         passes: built.encode_passes,
-        dropped: link.outbox.push(Arc::new(vec![built.bytes])),
+        dropped: replica.outbox.push(Arc::new(vec![built.bytes])),
     }
 }
 
@@ -179,9 +224,9 @@ pub fn settings(config: &crate::Config) -> RepSettings {
 
 /// Builds this tick's snapshot for every client and queues it in the client's outbox.
 pub fn replicate(
-    bodies: Query<(&NetId, &Kind, &Motion), Without<crate::game::combat::Dead>>,
-    inputs: Query<&InputBuffer>,
-    mut clients: ResMut<Clients>,
+    bodies: Query<(&NetId, &Kind, &Motion), Without<Dead>>,
+    mut replicas: Query<(&NetId, &mut Replica, Option<&InputBuffer>)>,
+    clients: Res<Clients>,
     tick: Res<Tick>,
     stats: Res<StatsRes>,
     mut rep: ResMut<Replicator>,
@@ -234,19 +279,15 @@ pub fn replicate(
             if let Some(tap) = rep.tap.as_ref().filter(|t| t.receiver_count() > 0) {
                 let _ = tap.send(Arc::new(rep.frame.clone()));
             }
-            let mut work: Vec<(&mut ClientLink, InputStatus)> = clients
-                .0
-                .values_mut()
-                .map(|link| {
-                    let input =
-                        inputs
-                            .get(link.entity)
-                            .map_or(InputStatus::default(), |b| InputStatus {
-                                last_seq: b.last_seq,
-                                late: b.late,
-                                lead: b.lead,
-                            });
-                    (link, input)
+            let mut work: Vec<(&mut Replica, u32, InputStatus)> = replicas
+                .iter_mut()
+                .map(|(net_id, replica, buffer)| {
+                    let input = buffer.map_or(InputStatus::default(), |b| InputStatus {
+                        last_seq: b.last_seq,
+                        late: b.late,
+                        lead: b.lead,
+                    });
+                    (replica.into_inner(), net_id.0, input)
                 })
                 .collect();
             let Replicator {
@@ -267,16 +308,32 @@ pub fn replicate(
                         work.par_chunks_mut(chunk)
                             .zip(scratch.par_iter_mut())
                             .map(|(part, scratch)| {
-                                part.iter_mut().fold(Tally::default(), |t, (link, input)| {
-                                    t + build_one(link, *input, scratch, frame, grid, settings)
-                                })
+                                part.iter_mut().fold(
+                                    Tally::default(),
+                                    |t, (replica, net_id, input)| {
+                                        t + build_one(
+                                            replica, *net_id, *input, scratch, frame, grid,
+                                            settings,
+                                        )
+                                    },
+                                )
                             })
                             .reduce(Tally::default, |a, b| a + b)
                     })
                 }
-                _ => work.iter_mut().fold(Tally::default(), |t, (link, input)| {
-                    t + build_one(link, *input, &mut scratch[0], frame, grid, settings)
-                }),
+                _ => work
+                    .iter_mut()
+                    .fold(Tally::default(), |t, (replica, net_id, input)| {
+                        t + build_one(
+                            replica,
+                            *net_id,
+                            *input,
+                            &mut scratch[0],
+                            frame,
+                            grid,
+                            settings,
+                        )
+                    }),
             }
         }
     };

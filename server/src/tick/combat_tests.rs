@@ -11,9 +11,9 @@ use arena_shared::sim::Body;
 use bevy_ecs::prelude::*;
 use glam::Vec2;
 
-use super::combat::{Dead, Health, NpcBrain, Projectile, SpawnProtection};
-use super::components::{Kind, MapRes, Motion, NetId};
 use super::tests::{Harness, harness, harness_with, join, now};
+use crate::game::combat::{Dead, Health, NpcBrain, Projectile, SpawnProtection};
+use crate::game::components::{Kind, MapRes, Motion, NetId};
 use crate::net::outbox::Outbox;
 use crate::stats::Stats;
 
@@ -45,7 +45,7 @@ fn health(h: &mut Harness, id: u32) -> i32 {
 }
 
 fn input(h: &Harness, client_id: u64, input: Input) {
-    h.tx.try_send(super::SimCommand::Input { client_id, input })
+    h.tx.try_send(crate::game::SimCommand::Input { client_id, input })
         .unwrap();
 }
 
@@ -295,7 +295,7 @@ fn a_kill_hides_the_victim_scores_and_tells_both_then_it_respawns_away_from_its_
     let respawn_ticks = h
         .sim
         .world()
-        .resource::<super::combat::CombatSettings>()
+        .resource::<crate::game::combat::CombatSettings>()
         .respawn_ticks;
     for _ in 0..respawn_ticks {
         h.sim.tick();
@@ -514,7 +514,7 @@ fn an_npc_that_notices_a_player_waits_its_reaction_time_before_its_first_bolt() 
     let reaction = h
         .sim
         .world()
-        .resource::<super::combat::CombatSettings>()
+        .resource::<crate::game::combat::CombatSettings>()
         .npc_reaction_ticks;
     assert_eq!(reaction, 30);
     // In range and in sight all along, yet no bolt for a second...

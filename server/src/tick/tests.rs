@@ -8,6 +8,8 @@ use arena_shared::quant::MoveDir;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::game::components::{self, Clients};
+use crate::game::{JoinAck, JoinRequest};
 use crate::net::outbox::Outbox;
 
 pub(super) struct Harness {
@@ -401,4 +403,121 @@ fn the_grace_period_ends_in_removal_and_a_join_without_resume_gets_a_new_entity(
     assert!(!second.resumed && !third.resumed);
     assert!(first.entity != second.entity && second.entity != third.entity);
     assert_eq!(h.stats.players(), 1, "the old entity went");
+}
+
+/// The baseline of each delta snapshot queued since the last drain (0: a full snapshot).
+fn baselines(outbox: &Outbox) -> Vec<u32> {
+    outbox
+        .drain()
+        .iter()
+        .flat_map(|snapshot| snapshot.iter())
+        .map(|d| match decode_datagram(d) {
+            Ok(ServerDatagram::Delta(_, delta)) => delta.baseline,
+            other => panic!("expected a delta snapshot, got {other:?}"),
+        })
+        .collect()
+}
+
+/// Acknowledges the newest tick simulated, then runs one tick.
+fn ack_and_tick(h: &mut Harness, outbox: &Outbox) {
+    outbox.record_ack(now(h) - 1);
+    h.sim.tick();
+}
+
+#[test]
+fn every_link_gets_its_own_replica_so_a_resume_starts_from_a_full_snapshot_and_a_detach_stops_them()
+{
+    // Delta replication (the default): what a client is sent depends on what it acknowledged.
+    let config = config(&["--npcs", "3", "--obstacles", "0"]);
+    let map = Arc::new(config.map());
+    let (tx, rx) = mpsc::channel(1024);
+    let stats = Arc::new(Stats::default());
+    let mut h = Harness {
+        sim: Simulation::new(&config, map, rx, stats.clone(), None),
+        tx,
+        stats,
+    };
+    let has_replica =
+        |h: &Harness, entity: Entity| h.sim.world().get::<replication::Replica>(entity).is_some();
+    let entity_of = |h: &Harness| h.sim.world().resource::<Clients>().0[&7].entity;
+
+    let (first, _) = join_session(&mut h, 7, 1, false);
+    assert_eq!(
+        baselines(&first),
+        [0],
+        "a new client starts from a full snapshot"
+    );
+    ack_and_tick(&mut h, &first);
+    let acked = baselines(&first);
+    assert!(acked.len() == 1 && acked[0] != 0, "then deltas: {acked:?}");
+    let entity = entity_of(&h);
+
+    // A resume while the old session's link is still there (its Detach not yet arrived): the
+    // new session knows nothing of what the old one acknowledged.
+    let (second, again) = join_session(&mut h, 7, 2, true);
+    assert!(again.resumed);
+    assert_eq!(
+        baselines(&second),
+        [0],
+        "a resumed client starts from a full snapshot"
+    );
+    assert!(
+        first.drain().is_empty(),
+        "nothing more for the replaced session"
+    );
+    ack_and_tick(&mut h, &second);
+    assert!(baselines(&second).iter().all(|&b| b != 0));
+
+    h.tx.try_send(SimCommand::Detach {
+        client_id: 7,
+        session: 2,
+    })
+    .unwrap();
+    h.sim.tick();
+    assert!(second.drain().is_empty(), "no snapshots once detached");
+    assert!(
+        !has_replica(&h, entity),
+        "a detached player keeps no replica"
+    );
+
+    let (third, _) = join_session(&mut h, 7, 3, true);
+    assert_eq!(entity_of(&h), entity);
+    assert_eq!(baselines(&third), [0], "resumed after a detach: full");
+    ack_and_tick(&mut h, &third);
+    assert!(baselines(&third).iter().all(|&b| b != 0));
+
+    // The connection drops and the player resumes within one tick.
+    h.tx.try_send(SimCommand::Detach {
+        client_id: 7,
+        session: 3,
+    })
+    .unwrap();
+    let (fourth, _) = join_session(&mut h, 7, 4, true);
+    assert_eq!(
+        baselines(&fourth),
+        [0],
+        "detached and resumed in one tick: full"
+    );
+    assert!(third.drain().is_empty());
+    let built = Stats::get(&h.stats.snapshots_built);
+    h.sim.tick();
+    assert_eq!(
+        Stats::get(&h.stats.snapshots_built) - built,
+        1,
+        "one client, one snapshot a tick"
+    );
+
+    fourth.drain();
+
+    h.tx.try_send(SimCommand::Leave {
+        client_id: 7,
+        session: 4,
+    })
+    .unwrap();
+    h.sim.tick();
+    assert_eq!(h.stats.players(), 0);
+    assert!(
+        fourth.drain().is_empty(),
+        "nothing from the leave's tick on"
+    );
 }

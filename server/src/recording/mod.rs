@@ -1,6 +1,22 @@
-//! Recording: the [`Recorder`] the simulation's systems hold, the bounded channel, and the
-//! writer thread with its files and rotation. A leaf: it knows the settings and the counters,
-//! nothing of the game or of re-simulation.
+//! Recording a run to `--replay-dir` (format: `arena_shared::replay`), off the tick thread.
+//!
+//! The simulation's systems hand records to a [`Recorder`] (a resource), which passes them
+//! through a bounded channel (`--replay-queue`) to a writer thread. The tick never waits: a
+//! record that finds the channel full is dropped and counted, and the next record that gets
+//! through is preceded by a `Gap` saying how many were lost. The writer appends framed records
+//! to the current file and starts a new file (header, then the keyframe that triggered it)
+//! when the current one is over `--replay-rotate-mb` or `--replay-rotate-secs` old, so every
+//! file starts from a full world. Files are flushed at every keyframe and when the run ends.
+//!
+//! A leaf: it knows the settings and the counters, nothing of the game, the tick or
+//! re-simulation (`crate::replay`), so the game's systems can hold a recorder without the
+//! game depending on what reads the files back.
+//!
+//! - this file: the recorder, the writer thread and the run's files;
+//! - [`args`]: the simulation's flags in the header, written here and range-checked when a
+//!   run is re-simulated.
+
+pub mod args;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -18,8 +34,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::stats::Stats;
-
-use super::args::sim_args;
+pub use args::{sim_args, validate_sim_args};
 
 /// The simulation's end of the recording.
 #[derive(Resource)]
