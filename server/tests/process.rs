@@ -12,7 +12,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arena_client_sim::client::{self, ConnectInfo};
+use arena_client_sim::connect::{self, ConnectInfo};
 use arena_client_sim::swarm::{self, SwarmConfig};
 use arena_shared::protocol::codec::FrameReader;
 use arena_shared::protocol::{GameEvent, Hello, PROTOCOL_VERSION, RejectReason, ServerMsg};
@@ -177,7 +177,7 @@ async fn bad_handshake(info: &ConnectInfo, kind: BadToken, i: u64) -> Result<Rej
     let mut tries = 0;
     let mut t = loop {
         tries += 1;
-        match client::open(info, Duration::from_secs(10)).await {
+        match connect::open(info, Duration::from_secs(10)).await {
             Ok(t) => break t,
             Err(e) if tries >= OPEN_TRIES => return Err(format!("open, {tries} tries: {e}")),
             Err(e) => eprintln!("attempt {i}: session setup failed ({e}); dialing again"),
@@ -326,7 +326,7 @@ async fn flood_of_500_bad_tokens_refused_while_20_bots_keep_95pct_and_rss_within
     // malloc_trim(0) gives back 4.5 MB); jemalloc and mimalloc (LD_PRELOAD) still end +35%
     // and +22% ten seconds after. Each later flood reuses it: RSS stayed within 21.4-22.3 MB
     // over eight. A leak would show as a flood that does not return to where the last left.
-    let info = client::fetch_connect_info(&server.http, "mallory")
+    let info = connect::fetch_connect_info(&server.http, "mallory")
         .await
         .expect("/api/connect answers");
     let (warm_up, warm_rate, warm_peak, before) = measured_flood(&server, &info, &config).await;
@@ -453,10 +453,10 @@ async fn clients_that_never_read_are_disconnected_and_server_memory_stays_bounde
         let http = server.http.clone();
         clients.spawn(async move {
             let name = format!("deaf-{i}");
-            let info = client::fetch_connect_info(&http, &name)
+            let info = connect::fetch_connect_info(&http, &name)
                 .await
                 .expect("/api/connect");
-            let mut t = client::open(&info, Duration::from_secs(10))
+            let mut t = connect::open(&info, Duration::from_secs(10))
                 .await
                 .expect("connect");
             let welcome = t
@@ -555,8 +555,8 @@ async fn a_token_minted_by_the_tool_for_one_server_of_a_fleet_admits_there_and_n
     let a = ServerProcess::start(&guarded).await;
     let b = ServerProcess::start(&guarded).await;
     // Each server's URL and certificate hash, as /api/connect gives them to its players.
-    let info_a = client::fetch_connect_info(&a.http, "x").await.expect("A");
-    let info_b = client::fetch_connect_info(&b.http, "x").await.expect("B");
+    let info_a = connect::fetch_connect_info(&a.http, "x").await.expect("A");
+    let info_b = connect::fetch_connect_info(&b.http, "x").await.expect("B");
     assert_ne!(info_a.url, info_b.url);
 
     let (status, minted, err) = token_tool(&[
@@ -587,7 +587,7 @@ async fn a_token_minted_by_the_tool_for_one_server_of_a_fleet_admits_there_and_n
     assert_eq!((claims.client_id, claims.name.as_str()), (4242, "alloc-7"));
 
     // A refuses it: it was minted for B.
-    let mut on_a = client::open(&info_a, Duration::from_secs(10))
+    let mut on_a = connect::open(&info_a, Duration::from_secs(10))
         .await
         .expect("a session with A");
     let refused = on_a
@@ -596,7 +596,7 @@ async fn a_token_minted_by_the_tool_for_one_server_of_a_fleet_admits_there_and_n
     assert!(
         matches!(
             &refused,
-            Err(client::ClientError::Rejected {
+            Err(connect::ClientError::Rejected {
                 reason: RejectReason::TokenWrongServer,
                 ..
             })
@@ -604,7 +604,7 @@ async fn a_token_minted_by_the_tool_for_one_server_of_a_fleet_admits_there_and_n
         "{refused:?}"
     );
     // B admits it, under the name it vouches for.
-    let mut on_b = client::open(&info_b, Duration::from_secs(10))
+    let mut on_b = connect::open(&info_b, Duration::from_secs(10))
         .await
         .expect("a session with B");
     let welcome = on_b
