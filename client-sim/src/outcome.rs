@@ -98,7 +98,9 @@ pub struct BotOutcome {
 }
 
 impl BotOutcome {
-    pub(crate) fn new(name: String, index: u32, behaviour: Behaviour) -> Self {
+    /// Nothing seen yet: a bot before its first connect, or a test driving a
+    /// [`crate::player::Player`] by hand.
+    pub fn new(name: String, index: u32, behaviour: Behaviour) -> Self {
         Self {
             name,
             index,

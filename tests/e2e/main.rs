@@ -18,5 +18,6 @@ mod replay;
 mod replication;
 mod resume;
 mod swarm;
+mod three_drivers;
 mod viewer;
 mod viewer_limits;
