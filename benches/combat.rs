@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use arena_server::Config;
 use arena_server::game::{JoinRequest, SimCommand};
-use arena_server::net::outbox::Outbox;
+use arena_server::outbox::Outbox;
 use arena_server::stats::Stats;
 use arena_server::tick::{Phase, Simulation};
 use arena_shared::protocol::{Buttons, Input};

@@ -11,6 +11,8 @@
 //! - [`game`]: the rules on a bevy_ecs world: components, systems, combat, names and the
 //!   keyframe state. Systems call `arena_shared::sim` to move anything. It imports neither
 //!   replication, replay nor the tick (`tests/imports.rs` checks the whole picture).
+//! - [`outbox`]: what the simulation leaves for one session to send (snapshots and events),
+//!   bounded, dropping the oldest: the one thing the tick thread and a session share.
 //! - [`replication`]: what each client is sent each tick: interest, priority, byte budget and
 //!   delta snapshots against the newest view the client acknowledged; it keeps each client's
 //!   state on the player's entity.
@@ -33,6 +35,7 @@ pub mod game;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod outbox;
 pub mod recording;
 pub mod replay;
 pub mod replication;

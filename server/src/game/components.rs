@@ -11,7 +11,7 @@ use arena_shared::sim::Body;
 use bevy_ecs::prelude::*;
 
 use super::SimCommand;
-use crate::net::outbox::Outbox;
+use crate::outbox::Outbox;
 use crate::stats::Stats;
 
 /// The id clients see in snapshots. Allocated by [`NetIds`], never reused within a run, and

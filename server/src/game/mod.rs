@@ -33,7 +33,7 @@ use glam::Vec2;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::net::outbox::Outbox;
+use crate::outbox::Outbox;
 use crate::stats::Stats;
 use components::*;
 

@@ -32,7 +32,7 @@ use super::combat::{
     SpawnProtection, Trigger,
 };
 use super::components::*;
-use crate::net::outbox::Outbox;
+use crate::outbox::Outbox;
 
 /// The living entities as clients see them (sorted by id), and the whole state.
 pub fn capture(world: &mut World) -> (Vec<EntityState>, SimState) {

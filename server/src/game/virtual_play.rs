@@ -30,7 +30,7 @@ use clap::Parser;
 
 use super::*;
 use crate::game::{JoinAck, JoinRequest};
-use crate::net::outbox::Outbox;
+use crate::outbox::Outbox;
 
 const RATE: u16 = 30;
 const TICK_MS: f64 = 1000.0 / 30.0;

@@ -3,7 +3,8 @@
 //! - [`serve`] accepts connections until shutdown and spawns [`session::run`] for each, within
 //!   the caps on handshakes in flight ([`in_flight`]; a QUIC Retry above a threshold).
 //! - [`session`] runs the handshake (admission before any per-client state), then moves client
-//!   frames into the simulation's inbox and snapshots out of the session's [`outbox::Outbox`].
+//!   frames into the simulation's inbox and snapshots out of the session's
+//!   [`Outbox`](crate::outbox::Outbox).
 //!   What it decides lives sans-IO beside it: [`admission`] (every check on `Hello`, in
 //!   order), [`registry`] (who holds a seat), [`frame_policy`] (what each client frame and
 //!   datagram gets), [`limits`] (rates and the backlog rule). Its reliable stream is written
@@ -19,7 +20,6 @@ pub mod frame_policy;
 pub mod identity;
 pub mod in_flight;
 pub mod limits;
-pub mod outbox;
 pub mod registry;
 pub mod request;
 pub mod session;

@@ -40,11 +40,11 @@ use wtransport::{Connection, RecvStream};
 
 use super::admission::{Arrival, Gate, Refusal};
 use super::frame_policy::{self, Close, Datagram, Dropped, FramePolicy, Verdict};
-use super::outbox::Outbox;
 use super::registry::{Ended, RETRY_AFTER_MS, Seat};
 use super::writer::{LINGER, Writer};
 use super::{HandshakeSlot, NetContext, request};
 use crate::game::{JoinAck, JoinRequest, SimCommand};
+use crate::outbox::Outbox;
 use crate::stats::Stats;
 
 /// Bytes read from the stream at a time.

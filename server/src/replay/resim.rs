@@ -10,7 +10,7 @@ use arena_shared::replay::{self, FORMAT_VERSION, Header, Record};
 
 use crate::config::Config;
 use crate::game::{JoinRequest, SimCommand};
-use crate::net::outbox::Outbox;
+use crate::outbox::Outbox;
 use crate::recording::{Recorder, validate_sim_args};
 use crate::stats::Stats;
 use crate::tick::Simulation;

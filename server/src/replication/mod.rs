@@ -36,7 +36,7 @@ use crate::game::combat::Dead;
 use crate::game::components::{
     Clients, InputBuffer, Kind, LinkChanges, Motion, NetId, Player, StatsRes, Tick,
 };
-use crate::net::outbox::{Outbox, SnapshotDatagrams};
+use crate::outbox::{Outbox, SnapshotDatagrams};
 use crate::stats::Stats;
 use frame::WorldFrame;
 use grid::Grid;

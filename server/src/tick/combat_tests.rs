@@ -14,7 +14,7 @@ use glam::Vec2;
 use super::tests::{Harness, harness, harness_with, join, now};
 use crate::game::combat::{Dead, Health, NpcBrain, Projectile, SpawnProtection};
 use crate::game::components::{Kind, MapRes, Motion, NetId};
-use crate::net::outbox::Outbox;
+use crate::outbox::Outbox;
 use crate::stats::Stats;
 
 fn entity(h: &mut Harness, id: u32) -> Entity {

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::*;
 use crate::game::components::{self, Clients};
 use crate::game::{JoinAck, JoinRequest};
-use crate::net::outbox::Outbox;
+use crate::outbox::Outbox;
 
 pub(super) struct Harness {
     pub(super) sim: Simulation,
