@@ -3,7 +3,8 @@
 //! its client and what the client did; the bots' player (`arena_client_sim::player`) and the
 //! browser module's C ABI (`arena_web`, built natively) are then fed the same arrivals at the
 //! same times with the same controls, and must send the same bytes (inputs, pings, acks,
-//! `WhoIs`) and have the own player at the same place, bit for bit, after every frame.
+//! `WhoIs` about the other player in the run) and have the own player at the same place, bit
+//! for bit, after every frame.
 //!
 //! All three run the browser's settings (acks at the next frame, names asked for): the
 //! browser's are fixed, and the bots' player takes a session set up by its caller
@@ -20,6 +21,8 @@ use arena_client_sim::outcome::BotOutcome;
 use arena_client_sim::player::Player;
 use arena_server::tick::virtual_play::{self, FrameControls, Path, Positions, Step, Transcript};
 use arena_shared::client_session::{AckTiming, ClientSession, SessionConfig, Transmit};
+use arena_shared::protocol::codec::{self, FrameReader};
+use arena_shared::protocol::{ClientMsg, ServerMsg};
 
 const NAME: &str = "three";
 const SEED: u64 = 19;
@@ -33,6 +36,28 @@ fn browser_settings() -> SessionConfig {
         ack: AckTiming::NextFrame,
         ask_names: true,
     }
+}
+
+/// The client's frames in `stream` (whole frames: a frame's bytes leave together).
+fn client_msgs(stream: &[u8]) -> Vec<ClientMsg> {
+    let mut reader = FrameReader::new();
+    reader.push(stream);
+    let mut msgs = Vec::new();
+    while let Some(body) = reader.next_frame().unwrap() {
+        msgs.push(codec::decode_client(&body).unwrap());
+    }
+    msgs
+}
+
+/// The server's frames in `stream`.
+fn server_msgs(stream: &[u8]) -> Vec<ServerMsg> {
+    let mut reader = FrameReader::new();
+    reader.push(stream);
+    let mut msgs = Vec::new();
+    while let Some(body) = reader.next_frame().unwrap() {
+        msgs.push(codec::decode_server(&body).unwrap());
+    }
+    msgs
 }
 
 /// A client of the session, fed bytes and times.
@@ -284,6 +309,25 @@ fn the_bots_player_and_the_browsers_c_abi_answer_a_recorded_impaired_run_byte_fo
         "{datagrams_in} snapshots reached the client of 600 ticks: some lost on the way"
     );
     assert!(acks > 300, "{acks} acks");
+    // The other player was asked about and named, so the names path is in the comparison.
+    let whois = frames
+        .iter()
+        .flat_map(|(s, _)| client_msgs(&s.stream))
+        .filter(|m| matches!(m, ClientMsg::WhoIs(_)))
+        .count();
+    let named = transcript
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Stream { bytes, .. } => Some(server_msgs(bytes)),
+            _ => None,
+        })
+        .flatten()
+        .any(|m| matches!(&m, ServerMsg::Names(n) if n.iter().any(|p| p.name == "other")));
+    assert!(
+        whois >= 1 && named,
+        "{whois} WhoIs sent, other named: {named}"
+    );
     assert!(
         predicted > frames.len() / 2,
         "{predicted} of {} frames predicted",

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use clap::Parser;
 
 use super::*;
+use crate::game::names::{NameDirectory, Names};
 use crate::game::{JoinAck, JoinRequest};
 use crate::outbox::Outbox;
 
@@ -197,8 +198,10 @@ struct ServerEnd {
 
 /// Records `seconds` of virtual time on `path` (seeded by `seed`): one client set up with
 /// `config`, running a frame every `frame_ms` (a multiple of 4) with [`scripted_controls`],
-/// among NPCs and obstacles. Its bytes must leave at frames (acks at the next frame or with
-/// the next input, not on receipt), where the transcript has them.
+/// among NPCs and obstacles and one other player standing still (a name to ask for: its
+/// `WhoIs` is answered as the server's session answers it, from the names directory). Its
+/// bytes must leave at frames (acks at the next frame or with the next input, not on
+/// receipt), where the transcript has them.
 pub fn record(
     path: Path,
     seconds: f64,
@@ -219,14 +222,16 @@ pub fn record(
         frame_every,
         |_, frame| scripted_controls(seed, frame),
         Some(&mut transcript),
+        true,
     );
     (transcript, out)
 }
 
 /// Plays `seconds` of virtual time: one client set up with `session` among NPCs and
-/// obstacles, running a frame every `frame_every` steps with `controls(rng, frame)` for each
-/// input of the frame (`rng`: the run's, shared with the path), recording into `transcript`
-/// if given.
+/// obstacles (and another player standing still if `other`), running a frame every
+/// `frame_every` steps with `controls(rng, frame)` for each input of the frame (`rng`: the
+/// run's, shared with the path), recording into `transcript` if given.
+#[allow(clippy::too_many_arguments)]
 fn run(
     path: Path,
     seconds: f64,
@@ -235,6 +240,7 @@ fn run(
     frame_every: u64,
     mut controls: impl FnMut(&mut SplitMix64, u32) -> FrameControls,
     mut transcript: Option<&mut Transcript>,
+    other: bool,
 ) -> Outcome {
     let config = Config::try_parse_from([
         "arena-server",
@@ -252,7 +258,28 @@ fn run(
     let map = Arc::new(config.map());
     let (tx, rx) = mpsc::channel(4096);
     let mut server = Simulation::new(&config, map.clone(), rx, Arc::new(Stats::default()), None);
+    let names = Arc::new(Names::default());
+    server
+        .world_mut()
+        .insert_resource(NameDirectory(names.clone()));
     let outbox = Arc::new(Outbox::new(64, 1200));
+    // The other player: joined before the client, never sends anything; its outbox only
+    // fills (bounded, oldest dropped) and its join's reply is kept so the join stands.
+    let other_outbox = Arc::new(Outbox::new(4, 1200));
+    let mut _other_joined = None;
+    if other {
+        let (reply, joined) = oneshot::channel();
+        tx.try_send(SimCommand::Join(JoinRequest {
+            client_id: 2,
+            session: 2,
+            name: "other".into(),
+            outbox: other_outbox.clone(),
+            resume: false,
+            reply,
+        }))
+        .unwrap();
+        _other_joined = Some(joined);
+    }
     let mut end = ServerEnd {
         reader: FrameReader::new(),
         joined: None,
@@ -339,7 +366,12 @@ fn run(
                                 codec::encode_server(&ServerMsg::Pong(pong), &mut frame).unwrap();
                                 send(&mut down, &mut rng, now_us, Bytes::Stream(frame));
                             }
-                            ClientMsg::WhoIs(_) => {}
+                            ClientMsg::WhoIs(who) => {
+                                let mut frame = Vec::new();
+                                let answer = ServerMsg::Names(names.lookup(&who.entities));
+                                codec::encode_server(&answer, &mut frame).unwrap();
+                                send(&mut down, &mut rng, now_us, Bytes::Stream(frame));
+                            }
                         }
                     }
                 }
@@ -496,6 +528,7 @@ mod tests {
                 }
             },
             None,
+            false,
         )
     }
 
