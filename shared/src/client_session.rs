@@ -538,6 +538,13 @@ impl ClientSession {
                 );
                 self.end(Event::Rejected { reject, permanent });
             }
+            // A destination past the protocol's bounds is not followed: the client does not
+            // trust the sizes the server sends.
+            (ServerMsg::Disconnect(d), _) if !d.well_formed() => self.end(Event::Closed {
+                message: "the server sent a Disconnect whose destination breaks the bounds".into(),
+            }),
+            // `Moved` ends this connection like any goodbye; the resume token stays for the
+            // next one, to the server named in `moved_to`.
             (ServerMsg::Disconnect(d), _) => self.end(Event::Disconnected(d)),
             (ServerMsg::Pong(p), Some(g)) => {
                 if let Some(sent) = g.pings.remove(&p.nonce) {

@@ -143,6 +143,7 @@ pub async fn run(
                 reason,
                 message: "try again".into(),
                 reconnect_after_ms: RETRY_AFTER_MS,
+                moved_to: None,
             }));
             close(&conn, writer, reason.code(), "simulation unavailable").await;
             ctx.stats.metrics.session_ended(reason.as_str());
@@ -610,6 +611,7 @@ impl Session {
             reason,
             message: message.to_string(),
             reconnect_after_ms,
+            moved_to: None,
         }));
         close(&self.conn, self.writer, reason.code(), message).await;
         Outcome::on_purpose(reason.as_str())

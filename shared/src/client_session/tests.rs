@@ -205,6 +205,7 @@ fn a_disconnect_or_a_bad_frame_ends_the_session() {
         reason: DisconnectReason::ServerShutdown,
         message: "bye".into(),
         reconnect_after_ms: 300,
+        moved_to: None,
     };
     s.on_stream(&server_msg(&ServerMsg::Disconnect(d.clone())), 200.0);
     assert_eq!(events(&mut s), [Event::Disconnected(d)]);
@@ -218,6 +219,57 @@ fn a_disconnect_or_a_bad_frame_ends_the_session() {
     let mut s = playing(AckTiming::NextFrame);
     s.on_stream(&welcome_bytes(2, false), 200.0);
     assert!(matches!(events(&mut s)[..], [Event::Closed { .. }]));
+}
+
+#[test]
+fn a_move_ends_the_session_and_the_next_connection_presents_the_resume_token() {
+    let mut s = playing(AckTiming::NextFrame);
+    let mut now = 100.0;
+    for _ in 0..5 {
+        now += 16.0;
+        s.frame(now, walk_right);
+    }
+    let _ = sent(&mut s, false);
+    let d = Disconnect {
+        reason: DisconnectReason::Moved,
+        message: "moving".into(),
+        reconnect_after_ms: 640,
+        moved_to: Some(crate::protocol::MovedTo {
+            url: "https://b:4433/".into(),
+            cert_sha256: vec!["aGFzaA==".into()],
+            http: "http://b:8080".into(),
+        }),
+    };
+    s.on_stream(&server_msg(&ServerMsg::Disconnect(d.clone())), now);
+    assert_eq!(events(&mut s), [Event::Disconnected(d)]);
+    assert_eq!(s.stage(), Stage::Ended);
+    // Nothing more goes out on the old connection.
+    s.frame(now + 100.0, walk_right);
+    assert!(sent(&mut s, false).msgs.is_empty());
+
+    // The driver connects to the new server: the Hello carries the token of the Welcome.
+    s.connect("");
+    let hello = sent(&mut s, true).hello.expect("a Hello");
+    assert_eq!(hello.resume, Some(ResumeToken([1; 16])));
+    assert_eq!(hello.token, "");
+}
+
+#[test]
+fn a_move_past_the_bounds_is_malformed() {
+    let mut s = playing(AckTiming::NextFrame);
+    let d = Disconnect {
+        reason: DisconnectReason::Moved,
+        message: "moving".into(),
+        reconnect_after_ms: 0,
+        moved_to: Some(crate::protocol::MovedTo {
+            url: "https://b:4433/".into(),
+            cert_sha256: vec!["h".into(); crate::protocol::MAX_MOVED_CERT_HASHES + 1],
+            http: String::new(),
+        }),
+    };
+    s.on_stream(&server_msg(&ServerMsg::Disconnect(d)), 200.0);
+    assert!(matches!(events(&mut s)[..], [Event::Closed { .. }]));
+    assert_eq!(s.stage(), Stage::Ended);
 }
 
 #[test]

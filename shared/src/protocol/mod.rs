@@ -18,8 +18,9 @@ use crate::quant::{Aim, MoveDir};
 use crate::snapshot::{Ack, DeltaSnapshot};
 
 /// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts). 8: the
-/// QUIC close codes moved out of HTTP/3's error space (see [`close_code`]).
-pub const PROTOCOL_VERSION: u16 = 8;
+/// QUIC close codes moved out of HTTP/3's error space (see [`close_code`]). 9: `Disconnect`
+/// carries where a moved player goes ([`MovedTo`], [`DisconnectReason::Moved`]).
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
 /// from "an Arena client of another version".
@@ -35,6 +36,15 @@ pub const MAX_NAME_LEN: usize = 32;
 /// Most entities one [`WhoIs`] may ask about; a client asking about more is disconnected
 /// (`MalformedFrame`).
 pub const MAX_WHOIS: usize = 64;
+
+/// Longest [`MovedTo::url`] and [`MovedTo::http`], in bytes: a client follows these, so it
+/// takes none it would not send on itself.
+pub const MAX_MOVED_URL_LEN: usize = 512;
+/// Most certificate hashes one [`MovedTo`] may name (the current certificate and the next
+/// one during a rotation need two).
+pub const MAX_MOVED_CERT_HASHES: usize = 4;
+/// Longest certificate hash in a [`MovedTo`], in bytes (base64 of a SHA-256 is 44).
+pub const MAX_CERT_HASH_LEN: usize = 64;
 
 /// The client's first frame. Encoded specially (see [`codec::encode_hello`]): the version is
 /// read before anything else, so any server can tell an old client why it is refused.
@@ -240,8 +250,53 @@ pub struct Disconnect {
     pub message: String,
     /// Reconnect no sooner than this (0: no hint). On `ServerShutdown` each client gets a
     /// different value, spread over the server's `--drain-secs`, so they do not all come back
-    /// (to this server restarted, or another) at once.
+    /// (to this server restarted, or another) at once; on `Moved`, spread over the move's
+    /// window the same way.
     pub reconnect_after_ms: u32,
+    /// With `Moved`: the server that now holds this client's session. `None` otherwise.
+    pub moved_to: Option<MovedTo>,
+}
+
+impl Disconnect {
+    /// Whether a client may act on this message: a [`MovedTo`] within its bounds, and only on
+    /// `Moved`. A client treats any other as a malformed frame.
+    pub fn well_formed(&self) -> bool {
+        match (&self.moved_to, self.reason) {
+            (Some(to), DisconnectReason::Moved) => to.within_bounds(),
+            (Some(_), _) => false,
+            (None, _) => true,
+        }
+    }
+}
+
+/// Where a moved player reconnects: the server its session (client id, entity, resume token)
+/// was handed to.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct MovedTo {
+    /// The new server's WebTransport URL, `https://host:port/`.
+    pub url: String,
+    /// Base64 SHA-256 hashes of the certificates to pin for `url` (as `/api/connect`'s
+    /// `cert_sha256s`); empty when the new server's certificate is trusted by a CA.
+    pub cert_sha256: Vec<String>,
+    /// The new server's HTTP base (`http://host:port`), for `/api/connect` if the resume is
+    /// refused there; empty when there is none to ask.
+    pub http: String,
+}
+
+impl MovedTo {
+    /// At most [`MAX_MOVED_URL_LEN`] bytes of `url` and of `http`, at most
+    /// [`MAX_MOVED_CERT_HASHES`] hashes of at most [`MAX_CERT_HASH_LEN`] bytes each, and a
+    /// `url` to go to.
+    pub fn within_bounds(&self) -> bool {
+        !self.url.is_empty()
+            && self.url.len() <= MAX_MOVED_URL_LEN
+            && self.http.len() <= MAX_MOVED_URL_LEN
+            && self.cert_sha256.len() <= MAX_MOVED_CERT_HASHES
+            && self
+                .cert_sha256
+                .iter()
+                .all(|h| h.len() <= MAX_CERT_HASH_LEN)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -351,6 +406,9 @@ pub enum DisconnectReason {
     /// A newer connection presented this session's resume token and took the session over
     /// (this connection is presumed dead: the client changed networks).
     Superseded,
+    /// The server handed this session to another server ([`Disconnect::moved_to`]): reconnect
+    /// there after `reconnect_after_ms`, presenting the resume token. Not a failure.
+    Moved,
 }
 
 impl DisconnectReason {
@@ -367,6 +425,7 @@ impl DisconnectReason {
             Self::InputFlood => 0x207,
             Self::SlowConsumer => 0x208,
             Self::Superseded => 0x209,
+            Self::Moved => 0x20A,
         }
     }
 
@@ -381,6 +440,7 @@ impl DisconnectReason {
             Self::InputFlood => "input_flood",
             Self::SlowConsumer => "slow_consumer",
             Self::Superseded => "superseded",
+            Self::Moved => "moved",
         }
     }
 }

@@ -116,6 +116,7 @@ fn refusals_and_disconnects_say_why_and_whether_waiting_helps() {
             reason: DisconnectReason::ServerShutdown,
             message: "bye".into(),
             reconnect_after_ms: 700,
+            moved_to: None,
         })),
         0.0,
     );

@@ -8,7 +8,7 @@ use super::*;
 use crate::map::{Map, Rect};
 use crate::protocol::{
     Buttons, CLOSE_CLIENT_LEFT, Disconnect, DisconnectReason, EntityKind, GameEvent, Input,
-    InputFault, Ping, PlayerName, Pong, Reject, RejectReason, ResumeToken, Welcome, WhoIs,
+    InputFault, MovedTo, Ping, PlayerName, Pong, Reject, RejectReason, ResumeToken, Welcome, WhoIs,
 };
 use crate::quant::{Aim, MoveDir};
 
@@ -78,6 +78,7 @@ fn every_server_msg() -> Vec<ServerMsg> {
         DisconnectReason::InputFlood,
         DisconnectReason::SlowConsumer,
         DisconnectReason::Superseded,
+        DisconnectReason::Moved,
     ];
     let mut all = vec![
         ServerMsg::Welcome(Welcome {
@@ -136,9 +137,18 @@ fn every_server_msg() -> Vec<ServerMsg> {
             reason,
             message: "bye".into(),
             reconnect_after_ms: 2500,
+            moved_to: (reason == DisconnectReason::Moved).then(moved_to),
         })
     }));
     all
+}
+
+fn moved_to() -> MovedTo {
+    MovedTo {
+        url: "https://b:4433/".into(),
+        cert_sha256: vec!["aGFzaA==".into()],
+        http: "http://b:8080".into(),
+    }
 }
 
 fn entities(n: u32) -> Vec<EntityState> {
@@ -397,12 +407,72 @@ fn golden_bytes() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(hex, GOLDEN_ACK);
+    let moved = ServerMsg::Disconnect(Disconnect {
+        reason: DisconnectReason::Moved,
+        message: "m".into(),
+        reconnect_after_ms: 700,
+        moved_to: Some(moved_to()),
+    });
+    let mut out = Vec::new();
+    encode_server(&moved, &mut out).unwrap();
+    let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, GOLDEN_MOVED);
+}
+
+#[test]
+fn a_moved_to_past_its_bounds_is_not_well_formed() {
+    use crate::protocol::{MAX_CERT_HASH_LEN, MAX_MOVED_CERT_HASHES, MAX_MOVED_URL_LEN};
+    let moved = |to: MovedTo| Disconnect {
+        reason: DisconnectReason::Moved,
+        message: String::new(),
+        reconnect_after_ms: 0,
+        moved_to: Some(to),
+    };
+    let at_bounds = MovedTo {
+        url: format!("https://{}/", "a".repeat(MAX_MOVED_URL_LEN - 9)),
+        cert_sha256: vec!["h".repeat(MAX_CERT_HASH_LEN); MAX_MOVED_CERT_HASHES],
+        http: "h".repeat(MAX_MOVED_URL_LEN),
+    };
+    assert_eq!(at_bounds.url.len(), MAX_MOVED_URL_LEN);
+    assert!(moved(at_bounds.clone()).well_formed());
+    let past = [
+        MovedTo {
+            url: format!("{}a", at_bounds.url),
+            ..at_bounds.clone()
+        },
+        MovedTo {
+            http: format!("{}a", at_bounds.http),
+            ..at_bounds.clone()
+        },
+        MovedTo {
+            cert_sha256: vec!["h".into(); MAX_MOVED_CERT_HASHES + 1],
+            ..at_bounds.clone()
+        },
+        MovedTo {
+            cert_sha256: vec!["h".repeat(MAX_CERT_HASH_LEN + 1)],
+            ..at_bounds.clone()
+        },
+        MovedTo {
+            url: String::new(),
+            ..at_bounds.clone()
+        },
+    ];
+    for to in past {
+        assert!(!moved(to.clone()).well_formed(), "{to:?}");
+    }
+    // A destination only comes with Moved; Moved without one is a plain goodbye.
+    let mut shutdown = moved(moved_to());
+    shutdown.reason = DisconnectReason::ServerShutdown;
+    assert!(!shutdown.well_formed());
+    shutdown.moved_to = None;
+    assert!(shutdown.well_formed());
 }
 
 const GOLDEN_INPUT: &str = "0f00000000040902d2048140409c0102cd0480";
-const GOLDEN_HELLO: &str = "1300000041524e41080003746f6b03616e610109070000";
+const GOLDEN_HELLO: &str = "1300000041524e41090003746f6b03616e610109070000";
 const GOLDEN_DELTA: &str = "000409040203040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
 const GOLDEN_ACK: &str = "040a0403";
+const GOLDEN_MOVED: &str = "300000000209016d02bc02010f68747470733a2f2f623a343433332f01086147467a61413d3d0d687474703a2f2f623a38303830";
 
 proptest! {
     #[test]
