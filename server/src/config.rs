@@ -319,6 +319,11 @@ pub struct Config {
     /// dropped and counted, never a reason to disconnect.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_send_backlog: usize,
+    /// When a live handoff moves every player to the new server, each is told to reconnect
+    /// after a delay spread uniformly over this window (`Disconnect(Moved)`'s
+    /// `reconnect_after_ms`), as the drain spreads its hints. At most 60s.
+    #[arg(long, default_value = "2s", value_parser = parse_handoff_spread)]
+    pub handoff_spread: Duration,
     /// On SIGTERM every player is told to reconnect after a delay spread uniformly over this
     /// many seconds (`Disconnect.reconnect_after_ms`), so a restart is not met by everyone at
     /// once; the server exits within this time (connections still open then are closed).
@@ -592,6 +597,23 @@ fn parse_cert_validity(s: &str) -> Result<Duration, String> {
 
 impl Default for Config {
     fn default() -> Self {
+/// The longest `--handoff-spread`: moved players are away from the game at least until their
+/// delay is over, so a long window is a long outage for some of them.
+pub const MAX_HANDOFF_SPREAD: Duration = Duration::from_secs(60);
+
+/// `--handoff-spread`: a humantime duration up to [`MAX_HANDOFF_SPREAD`] (0: everyone at once).
+fn parse_handoff_spread(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > MAX_HANDOFF_SPREAD {
+        return Err(format!(
+            "{} is longer than {}",
+            humantime::format_duration(d),
+            humantime::format_duration(MAX_HANDOFF_SPREAD)
+        ));
+    }
+    Ok(d)
+}
+
         Self::parse_from(["arena-server"])
     }
 }
@@ -662,6 +684,17 @@ mod tests {
             .expect("16 bytes");
         assert_eq!(c.token_secret.as_deref(), Some("0123456789abcdef"));
     }
+    fn the_handoff_spread_is_two_seconds_and_at_most_a_minute() {
+        assert_eq!(Config::default().handoff_spread, Duration::from_secs(2));
+        let c = Config::try_parse_from(["arena-server", "--handoff-spread", "60s"]).unwrap();
+        assert_eq!(c.handoff_spread, MAX_HANDOFF_SPREAD);
+        let err = Config::try_parse_from(["arena-server", "--handoff-spread", "61s"])
+            .expect_err("over the bound")
+            .to_string();
+        assert!(err.contains("longer than 1m"), "{err}");
+    }
+
+    #[test]
 
     #[test]
     fn the_viewer_listens_on_loopback_8090_unless_moved_or_off() {

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::http::{self, HttpState};
 use crate::metrics::UPKEEP_INTERVAL;
 use crate::net::identity::{self, CertHashes, Rotation};
+use crate::net::mover::Mover;
 use crate::net::{self, NetContext};
 use crate::replication::frame::WorldFrame;
 use crate::tick::Simulation;
@@ -88,6 +89,8 @@ pub struct Server {
     /// Live and lingering seats (the sessions' registry), made here so that a fleet
     /// integration can follow them before [`run`](Server::run) starts.
     registry: Arc<Mutex<net::registry::Registry>>,
+    /// Moves every live session to another server ([`Server::mover`]).
+    mover: Mover,
 }
 
 impl Server {
@@ -215,6 +218,7 @@ impl Server {
             stats,
             frame_tap: broadcast::channel(FRAME_TAP_CAPACITY).0,
             registry,
+            mover: Mover::new(),
         })
     }
 
@@ -265,6 +269,12 @@ impl Server {
     /// Who holds a seat, for a fleet's player list (see [`Seated`]).
     pub fn seated(&self) -> Seated {
         Seated(self.registry.clone())
+    }
+
+    /// A handle that sends every live session to another server (see [`Mover`]); take it
+    /// before [`run`](Server::run), as [`seated`](Server::seated).
+    pub fn mover(&self) -> Mover {
+        self.mover.clone()
     }
 
     /// The `server` claim this server requires in tokens.
@@ -332,6 +342,7 @@ impl Server {
             request_rules: net::request::Rules::from_config(&self.config),
             started: std::time::Instant::now(),
             names,
+            moves: self.mover.watch(),
         });
         let mut first_id = [0u8; 4];
         getrandom::fill(&mut first_id).map_err(|e| ServerError::Random(e.to_string()))?;

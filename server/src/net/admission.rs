@@ -12,7 +12,8 @@
 //!    randomness for a resume token;
 //! 3. a resume token the registry knows admits at once, before any rate (it is 16 random
 //!    bytes, so only the player who lost its connection has it); an unknown one falls through
-//!    to the connect token and its limits;
+//!    to the connect token and its limits, unless the server has moved its sessions away
+//!    (then only those resumes are admitted);
 //! 4. the address's handshake bucket (spared for loopback under `--exempt-loopback`), so one
 //!    address cannot spend the shared one; then the shared bucket;
 //! 5. the connect token: present, its signature, expiry and audience, not used before;
@@ -43,6 +44,9 @@ pub struct Arrival<'a> {
     /// The largest datagram the connection carries now; `None`: the peer refused datagrams.
     pub max_datagram: Option<usize>,
     pub shutting_down: bool,
+    /// The server moved its sessions to another ([`Mover`](super::mover::Mover)): it takes
+    /// back only seats lingering here, by their resume tokens.
+    pub moved: bool,
     /// The limiters' clock: seconds since the server started.
     pub now_s: f64,
     /// The wall clock: milliseconds since the Unix epoch, which tokens' expiries count in.
@@ -156,6 +160,14 @@ impl Gate<'_> {
             && let Ok(seat) = registry(Claim::Resume(resume), ip, key)
         {
             return Ok(admitted(seat));
+        }
+        if arrival.moved {
+            return Err((
+                RejectReason::ShuttingDown,
+                "server is moving its players to another; it admits no new ones".into(),
+                RETRY_AFTER_MS,
+            )
+                .into());
         }
         let now_s = arrival.now_s;
         if !exempt(ip, self.exempt_loopback)
@@ -287,6 +299,7 @@ mod tests {
                 ip,
                 max_datagram: Some(1200),
                 shutting_down: false,
+                moved: false,
                 now_s,
                 unix_ms: NOW_MS,
                 new_key: Some(ResumeToken([self.next_key; 16])),
@@ -400,6 +413,7 @@ mod tests {
             ip: A,
             max_datagram: None,
             shutting_down: true,
+            moved: false,
             now_s: 0.0,
             unix_ms: NOW_MS,
             new_key: None,
@@ -465,6 +479,44 @@ mod tests {
             refused(s.admit(&resume(first.resume_token), A)),
             (RejectReason::RateLimited, 1000, "rate_limited_address"),
             "a spent resume token falls back to the connect token and its limits"
+        );
+    }
+
+    #[test]
+    fn after_a_move_only_a_lingering_seat_comes_back() {
+        let mut s = Server::new();
+        let first = s.admit(&hello(&token_for(7)), A).unwrap().seat;
+        s.registry.end(7, first.session, true, 0);
+        let moved = |s: &mut Server, body: &[u8]| {
+            let arrival = Arrival {
+                body,
+                ip: A,
+                max_datagram: Some(1200),
+                shutting_down: false,
+                moved: true,
+                now_s: 0.0,
+                unix_ms: NOW_MS,
+                new_key: Some(ResumeToken([42; 16])),
+            };
+            s.admit_arrival(&arrival)
+        };
+        let back = moved(&mut s, &resume(first.resume_token)).expect("a resume");
+        let shutting_down = (
+            RejectReason::ShuttingDown,
+            RETRY_AFTER_MS,
+            RejectReason::ShuttingDown.as_str(),
+        );
+        assert!(back.seat.resumed);
+        assert_eq!(back.seat.client_id, 7);
+        assert_eq!(
+            refused(moved(&mut s, &hello(&token_for(8)))),
+            shutting_down,
+            "a new player goes elsewhere"
+        );
+        assert_eq!(
+            refused(moved(&mut s, &resume(ResumeToken([0xAB; 16])))),
+            shutting_down,
+            "an unknown resume token, too"
         );
     }
 

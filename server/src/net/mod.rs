@@ -11,6 +11,7 @@
 //!   by `writer.rs`, a task of its own behind a buffer bounded in bytes.
 //! - [`identity`] makes or loads the TLS certificate; [`rotate_identity`] replaces a
 //!   self-signed one on the live endpoint before it expires.
+//! - [`mover`] tells every live session to reconnect to another server (`Disconnect(Moved)`).
 //!
 //! Network tasks never touch the ECS world; they talk to it only through the bounded inbox
 //! and the bounded outboxes.
@@ -20,6 +21,7 @@ pub mod frame_policy;
 pub mod identity;
 pub mod in_flight;
 pub mod limits;
+pub mod mover;
 pub mod registry;
 pub mod request;
 pub mod session;
@@ -104,6 +106,8 @@ pub struct NetContext {
     pub started: Instant,
     /// Player names by snapshot id, kept by the simulation, for `WhoIs`.
     pub names: Arc<crate::game::names::Names>,
+    /// Set once every session is to move to another server ([`mover::Mover`]).
+    pub moves: watch::Receiver<Option<Arc<mover::Move>>>,
 }
 
 impl NetContext {

@@ -309,6 +309,7 @@ fn admit(
         ip,
         max_datagram: conn.max_datagram_size(),
         shutting_down: shutdown.is_cancelled(),
+        moved: ctx.moves.borrow().is_some(),
         now_s: ctx.now_s(),
         unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -433,10 +434,25 @@ impl Session {
         superseded: &CancellationToken,
     ) -> Outcome {
         let mut buf = vec![0u8; READ_CHUNK];
+        // A move published while this session was being admitted is acted on at once.
+        let mut moves = self.ctx.moves.clone();
+        let mut moves_open = true;
+        let pending = moves.borrow_and_update().clone();
+        if let Some(to) = pending {
+            return self.moved(&to).await;
+        }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     return self.disconnect(DisconnectReason::ServerShutdown, "server shutting down").await;
+                }
+                changed = moves.changed(), if moves_open => {
+                    // The mover is gone (the server was made without one kept): nothing moves.
+                    moves_open = changed.is_ok();
+                    let pending = moves.borrow_and_update().clone();
+                    if let Some(to) = pending {
+                        return self.moved(&to).await;
+                    }
                 }
                 _ = superseded.cancelled() => {
                     return self.disconnect(DisconnectReason::Superseded, "this session was resumed on another connection").await;
@@ -597,24 +613,62 @@ impl Session {
         Ok(())
     }
 
-    async fn disconnect(mut self, reason: DisconnectReason, message: &str) -> Outcome {
+    async fn disconnect(self, reason: DisconnectReason, message: &str) -> Outcome {
         let reconnect_after_ms = match reason {
             // Spread over the drain time, so the players do not all come back at once.
             DisconnectReason::ServerShutdown => {
-                let drain_ms = self.ctx.config.drain_secs.saturating_mul(1000);
-                let seed = self.client_id ^ self.ctx.started.elapsed().as_nanos() as u64;
-                SplitMix64::new(seed).below(drain_ms.saturating_add(1))
+                self.spread_ms(self.ctx.config.drain_secs.saturating_mul(1000))
             }
             _ => 0,
         };
-        let _ = self.writer.send(&ServerMsg::Disconnect(Disconnect {
-            reason,
-            message: message.to_string(),
-            reconnect_after_ms,
-            moved_to: None,
-        }));
-        close(&self.conn, self.writer, reason.code(), message).await;
+        self.goodbye(
+            Disconnect {
+                reason,
+                message: message.to_string(),
+                reconnect_after_ms,
+                moved_to: None,
+            },
+            message,
+        )
+        .await;
         Outcome::on_purpose(reason.as_str())
+    }
+
+    /// Sends the player to another server. The session ends as lost, not on purpose: its seat
+    /// lingers for the grace period, so the player can also resume here.
+    async fn moved(self, to: &super::mover::Move) -> Outcome {
+        let reason = DisconnectReason::Moved;
+        let window_ms = u32::try_from(to.spread.as_millis()).unwrap_or(u32::MAX);
+        let message = "the server moved; reconnect to the one named";
+        let reconnect_after_ms = self.spread_ms(window_ms);
+        self.goodbye(
+            Disconnect {
+                reason,
+                message: message.to_string(),
+                reconnect_after_ms,
+                moved_to: Some(to.to.clone()),
+            },
+            message,
+        )
+        .await;
+        Outcome {
+            reason: reason.as_str(),
+            lost: true,
+        }
+    }
+
+    /// A reconnect delay drawn uniformly over `0..=window_ms`, each client its own, so that
+    /// the players sent away together do not all come back at once.
+    fn spread_ms(&self, window_ms: u32) -> u32 {
+        let seed = self.client_id ^ self.ctx.started.elapsed().as_nanos() as u64;
+        SplitMix64::new(seed).below(window_ms.saturating_add(1))
+    }
+
+    /// Sends `goodbye`, then closes with its reason's code.
+    async fn goodbye(mut self, goodbye: Disconnect, message: &str) {
+        let code = goodbye.reason.code();
+        let _ = self.writer.send(&ServerMsg::Disconnect(goodbye));
+        close(&self.conn, self.writer, code, message).await;
     }
 }
 
