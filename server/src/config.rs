@@ -588,15 +588,6 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// `--cert-validity`: a humantime duration within what Chromium accepts.
-fn parse_cert_validity(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    check_validity(d)?;
-    Ok(d)
-}
-
-impl Default for Config {
-    fn default() -> Self {
 /// The longest `--handoff-spread`: moved players are away from the game at least until their
 /// delay is over, so a long window is a long outage for some of them.
 pub const MAX_HANDOFF_SPREAD: Duration = Duration::from_secs(60);
@@ -614,6 +605,15 @@ fn parse_handoff_spread(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--cert-validity`: a humantime duration within what Chromium accepts.
+fn parse_cert_validity(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    check_validity(d)?;
+    Ok(d)
+}
+
+impl Default for Config {
+    fn default() -> Self {
         Self::parse_from(["arena-server"])
     }
 }
@@ -675,15 +675,6 @@ mod tests {
     }
 
     #[test]
-    fn a_token_secret_has_at_least_sixteen_bytes() {
-        let err = Config::try_parse_from(["arena-server", "--token-secret", "hunter2"])
-            .expect_err("7 bytes")
-            .to_string();
-        assert!(err.contains("at least 16 bytes"), "{err}");
-        let c = Config::try_parse_from(["arena-server", "--token-secret", "0123456789abcdef"])
-            .expect("16 bytes");
-        assert_eq!(c.token_secret.as_deref(), Some("0123456789abcdef"));
-    }
     fn the_handoff_spread_is_two_seconds_and_at_most_a_minute() {
         assert_eq!(Config::default().handoff_spread, Duration::from_secs(2));
         let c = Config::try_parse_from(["arena-server", "--handoff-spread", "60s"]).unwrap();
@@ -695,6 +686,15 @@ mod tests {
     }
 
     #[test]
+    fn a_token_secret_has_at_least_sixteen_bytes() {
+        let err = Config::try_parse_from(["arena-server", "--token-secret", "hunter2"])
+            .expect_err("7 bytes")
+            .to_string();
+        assert!(err.contains("at least 16 bytes"), "{err}");
+        let c = Config::try_parse_from(["arena-server", "--token-secret", "0123456789abcdef"])
+            .expect("16 bytes");
+        assert_eq!(c.token_secret.as_deref(), Some("0123456789abcdef"));
+    }
 
     #[test]
     fn the_viewer_listens_on_loopback_8090_unless_moved_or_off() {
