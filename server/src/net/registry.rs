@@ -21,12 +21,18 @@
 //!   back whatever name the new `Hello` carries.
 //! - `--max-per-ip` counts seats per [`AddressKey`] (an IPv4 address, an IPv6 /64); loopback
 //!   is spared under `--exempt-loopback`.
+//! - The registry keeps the SHA-256 of each resume token ([`TokenHash`]), never the token: a
+//!   memory dump of the server holds no token that works, and a live handoff can carry the
+//!   seats ([`Registry::export`], [`Registry::import`]) without carrying secrets.
+//! - An imported seat lingers until the grace it had left (a live one: the full grace), held
+//!   as any lingering seat, so its player can resume on this server with the token they hold.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use arena_shared::protocol::{RejectReason, ResumeToken};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::limits::{AddressKey, exempt};
@@ -69,11 +75,67 @@ pub enum Claim<'a> {
     Resume(ResumeToken),
 }
 
+/// SHA-256 of a resume token: what the registry keeps and a handoff carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bitcode::Encode, bitcode::Decode)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &ResumeToken) -> Self {
+        Self(Sha256::digest(token.0).into())
+    }
+}
+
+/// One seat as a handoff carries it ([`Registry::export`]).
+#[derive(Debug, Clone, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
+pub struct SeatRecord {
+    pub client_id: u64,
+    /// The name the seat's connect token vouched for.
+    pub name: String,
+    pub token_hash: TokenHash,
+    /// The player's address (IPv4 as mapped IPv6): the per-address limit counts the seat there.
+    pub address: [u8; 16],
+    pub held: Held,
+}
+
+fn address_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl SeatRecord {
+    pub fn ip(&self) -> IpAddr {
+        IpAddr::V6(self.address.into()).to_canonical()
+    }
+}
+
+/// Whether an exported seat had a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
+pub enum Held {
+    Live,
+    /// Its connection was lost; the grace period has this long left.
+    Lingering {
+        remaining_ms: u64,
+    },
+}
+
+/// The session number every imported seat has: the one `game::state::restore` gives the
+/// players it restores, so the simulation's `Leave` for an expired seat names the same one.
+pub const IMPORTED_SESSION: u64 = 1;
+
+/// Why a seat was not imported (the rest were).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotImported {
+    pub client_id: u64,
+    pub reason: RejectReason,
+}
+
 #[derive(Debug)]
 struct Live {
     session: u64,
     ip: IpAddr,
-    key: ResumeToken,
+    key: TokenHash,
     name: String,
     superseded: CancellationToken,
 }
@@ -82,7 +144,7 @@ struct Live {
 struct Lingering {
     session: u64,
     ip: IpAddr,
-    key: ResumeToken,
+    key: TokenHash,
     name: String,
     until_ms: u64,
 }
@@ -99,8 +161,8 @@ pub struct Registry {
     lingering: HashMap<u64, Lingering>,
     /// `(until_ms, client_id)` of every lingering seat, soonest first.
     expiries: BTreeSet<(u64, u64)>,
-    /// Resume token → client id, for every live and lingering seat.
-    keys: HashMap<ResumeToken, u64>,
+    /// Resume token's hash → client id, for every live and lingering seat.
+    keys: HashMap<TokenHash, u64>,
     /// Seats (live and lingering) per client address (IPv6 by /64).
     per_ip: HashMap<AddressKey, usize>,
     next_session: u64,
@@ -136,7 +198,7 @@ impl Registry {
 
     /// The client id a resume token would resume, if the registry knows it.
     pub fn resumable(&self, token: &ResumeToken) -> Option<u64> {
-        self.keys.get(token).copied()
+        self.keys.get(&TokenHash::of(token)).copied()
     }
 
     /// Gives a seat to a session from `ip`: the one its claim resumes, or a new one.
@@ -216,12 +278,12 @@ impl Registry {
             Live {
                 session: self.next_session,
                 ip,
-                key: new_key,
+                key: TokenHash::of(&new_key),
                 name: name.clone(),
                 superseded: superseded.clone(),
             },
         );
-        self.keys.insert(new_key, client_id);
+        self.keys.insert(TokenHash::of(&new_key), client_id);
         *self.per_ip.entry(address).or_insert(0) += 1;
         Ok(Seat {
             client_id,
@@ -292,6 +354,87 @@ impl Registry {
 
     pub fn live(&self) -> usize {
         self.live.len()
+    }
+
+    /// Every seat, for a handoff: sorted by client id, lingering ones with the grace they have
+    /// left at `now_ms`.
+    pub fn export(&self, now_ms: u64) -> Vec<SeatRecord> {
+        let live = self.live.iter().map(|(&client_id, l)| SeatRecord {
+            client_id,
+            name: l.name.clone(),
+            token_hash: l.key,
+            address: address_bytes(l.ip),
+            held: Held::Live,
+        });
+        let lingering = self.lingering.iter().map(|(&client_id, l)| SeatRecord {
+            client_id,
+            name: l.name.clone(),
+            token_hash: l.key,
+            address: address_bytes(l.ip),
+            held: Held::Lingering {
+                remaining_ms: l.until_ms.saturating_sub(now_ms),
+            },
+        });
+        let mut seats: Vec<SeatRecord> = live.chain(lingering).collect();
+        seats.sort_unstable_by_key(|s| s.client_id);
+        seats
+    }
+
+    /// Takes over seats another server exported: each lingers here (session
+    /// [`IMPORTED_SESSION`]) until `now_ms` plus the grace it had left, a live one the full
+    /// grace, and is resumed by its player's token as any lingering seat. The seats count against
+    /// `--max-clients` and, at the player's address, against `--max-per-ip`, as lingering seats
+    /// do; one that does not fit, or whose client id or token already holds a seat here, is
+    /// left out and named in the answer (its player, coming back, is a new player).
+    pub fn import(&mut self, records: Vec<SeatRecord>, now_ms: u64) -> Vec<NotImported> {
+        let mut refused = Vec::new();
+        // Sessions admitted here from now on are numbered after the imported ones.
+        self.next_session = self.next_session.max(IMPORTED_SESSION);
+        for rec in records {
+            let ip = rec.ip();
+            let address = AddressKey::of(ip);
+            let refuse = if self.live.contains_key(&rec.client_id)
+                || self.lingering.contains_key(&rec.client_id)
+                || self.keys.contains_key(&rec.token_hash)
+            {
+                Some(RejectReason::TokenInUse)
+            } else if self.seats() >= self.max_clients {
+                Some(RejectReason::ServerFull)
+            } else if self.max_per_ip > 0
+                && !exempt(ip, self.exempt_loopback)
+                && self.per_ip.get(&address).copied().unwrap_or(0) >= self.max_per_ip
+            {
+                Some(RejectReason::TooManyFromAddress)
+            } else {
+                None
+            };
+            if let Some(reason) = refuse {
+                refused.push(NotImported {
+                    client_id: rec.client_id,
+                    reason,
+                });
+                continue;
+            }
+            let remaining_ms = match rec.held {
+                Held::Live => self.grace_ms,
+                Held::Lingering { remaining_ms } => remaining_ms.min(self.grace_ms),
+            };
+            let until_ms = now_ms.saturating_add(remaining_ms);
+            self.expiries.insert((until_ms, rec.client_id));
+            self.keys.insert(rec.token_hash, rec.client_id);
+            *self.per_ip.entry(address).or_insert(0) += 1;
+            self.lingering.insert(
+                rec.client_id,
+                Lingering {
+                    session: IMPORTED_SESSION,
+                    ip,
+                    key: rec.token_hash,
+                    name: rec.name,
+                    until_ms,
+                },
+            );
+        }
+        refused
     }
 
     pub fn lingering(&self) -> usize {
@@ -503,5 +646,133 @@ mod tests {
             .unwrap();
         assert!(renamed.resumed);
         assert_eq!(renamed.name, "alicia");
+    }
+
+    #[test]
+    fn the_registry_keeps_each_resume_tokens_hash_and_never_the_token() {
+        let mut r = Registry::new(10, 0, 1_000);
+        r.admit(token(7), A, key(1)).unwrap();
+        assert!(r.keys.contains_key(&TokenHash::of(&key(1))));
+        assert!(!format!("{r:?}").contains(&format!("{:?}", key(1).0)));
+        assert_eq!(
+            r.resumable(&key(1)),
+            Some(7),
+            "the token presented is hashed"
+        );
+        assert_eq!(r.resumable(&key(2)), None);
+    }
+
+    /// A registry with 7 live at A and 8 lingering at B (500 ms left at t=1,500).
+    fn exported() -> Vec<SeatRecord> {
+        let mut r = Registry::new(10, 0, 1_000);
+        r.admit(token(7), A, key(7)).unwrap();
+        let s8 = r.admit(token(8), B, key(8)).unwrap();
+        r.end(8, s8.session, true, 1_000);
+        r.export(1_500)
+    }
+
+    #[test]
+    fn export_carries_each_seat_with_its_hash_address_and_remaining_grace() {
+        let seats = exported();
+        assert_eq!(
+            seats,
+            vec![
+                SeatRecord {
+                    client_id: 7,
+                    name: "vouched".into(),
+                    token_hash: TokenHash::of(&key(7)),
+                    address: address_bytes(A),
+                    held: Held::Live,
+                },
+                SeatRecord {
+                    client_id: 8,
+                    name: "vouched".into(),
+                    token_hash: TokenHash::of(&key(8)),
+                    address: address_bytes(B),
+                    held: Held::Lingering { remaining_ms: 500 },
+                },
+            ]
+        );
+        assert_eq!((seats[0].ip(), seats[1].ip()), (A, B));
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(IpAddr::V6(address_bytes(v6).into()).to_canonical(), v6);
+    }
+
+    #[test]
+    fn an_imported_seat_lingers_is_resumed_once_by_its_token_and_keeps_its_name() {
+        let mut r = Registry::new(10, 0, 2_000);
+        assert!(r.import(exported(), 10_000).is_empty());
+        assert_eq!((r.live(), r.lingering()), (0, 2));
+        // The live one gets the full grace, the lingering one what it had left.
+        assert_eq!(r.next_expiry(), Some(10_500));
+        assert_eq!(r.expiries.last(), Some(&(12_000, 7)));
+        let back = r.admit(Claim::Resume(key(7)), A, key(17)).unwrap();
+        assert!(back.resumed);
+        assert_eq!((back.client_id, back.name.as_str()), (7, "vouched"));
+        assert!(
+            back.session > IMPORTED_SESSION,
+            "new sessions follow the imported"
+        );
+        assert_eq!(
+            r.admit(Claim::Resume(key(7)), A, key(27)).unwrap_err().0,
+            RejectReason::TokenExpired,
+            "single use"
+        );
+        // The imported session ends like any: its Leave names IMPORTED_SESSION.
+        assert_eq!(r.expire(10_499), vec![]);
+        assert_eq!(r.expire(10_500), vec![(8, IMPORTED_SESSION)]);
+        assert_eq!(
+            r.resumable(&key(8)),
+            None,
+            "expired like any lingering seat"
+        );
+        assert_eq!((r.live(), r.lingering()), (1, 0));
+        assert_eq!(r.per_ip.get(&at(B)), None);
+    }
+
+    #[test]
+    fn import_refuses_what_a_lingering_seat_could_not_hold_and_names_it() {
+        // Capacity: one seat free.
+        let mut full = Registry::new(1, 0, 1_000);
+        assert_eq!(
+            full.import(exported(), 0),
+            vec![NotImported {
+                client_id: 8,
+                reason: RejectReason::ServerFull
+            }]
+        );
+        assert_eq!(full.seats(), 1);
+        // Per address: A already holds its one seat here.
+        let mut one = Registry::new(10, 1, 1_000);
+        one.admit(token(1), A, key(1)).unwrap();
+        assert_eq!(
+            one.import(exported(), 0),
+            vec![NotImported {
+                client_id: 7,
+                reason: RejectReason::TooManyFromAddress
+            }]
+        );
+        assert_eq!(one.per_ip.get(&at(B)), Some(&1));
+        // A client id or a token already seated here.
+        let mut taken = Registry::new(10, 0, 1_000);
+        taken.admit(token(7), A, key(99)).unwrap();
+        taken.admit(token(9), A, key(8)).unwrap();
+        let refused: Vec<u64> = taken
+            .import(exported(), 0)
+            .iter()
+            .map(|n| n.client_id)
+            .collect();
+        assert_eq!(refused, vec![7, 8]);
+        assert_eq!(taken.seats(), 2);
+    }
+
+    #[test]
+    fn an_imported_seat_never_lingers_longer_than_this_servers_grace() {
+        let mut r = Registry::new(10, 0, 100);
+        r.import(exported(), 0);
+        assert_eq!(r.next_expiry(), Some(100));
+        assert_eq!(r.expire(100).len(), 2);
+        assert_eq!(r.seats(), 0);
+        assert!(r.keys.is_empty() && r.per_ip.is_empty());
     }
 }
