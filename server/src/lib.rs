@@ -21,6 +21,8 @@
 //! - [`http`]: the axum side: `/healthz`, `/api/connect` (connect tokens), `/metrics`.
 //! - [`stats`]: counters and gauges the server keeps about itself, read by tests and the log.
 //! - [`metrics`]: the Prometheus side of those: histograms, labelled counters, rendering.
+//! - [`handoff`]: live handoff's parts without sockets: the state bundle and its decoder, the
+//!   signed request, the old server's freeze-and-confirm state machine.
 //! - [`fleet`]: the rules of running as one GameServer of an Agones fleet (sans-IO), and
 //!   `agones` (cargo feature `agones`, flag `--agones`): the SDK calls that carry them out.
 //!
@@ -32,6 +34,7 @@ pub mod agones;
 pub mod config;
 pub mod fleet;
 pub mod game;
+pub mod handoff;
 pub mod http;
 pub mod metrics;
 pub mod net;
