@@ -34,9 +34,21 @@ use super::combat::{
 use super::components::*;
 use crate::outbox::Outbox;
 
-/// The living entities as clients see them (sorted by id), and the whole state.
+/// The living entities as clients see them (sorted by id), and the whole state, during the
+/// tick being run (a keyframe, written at the end of its tick).
 pub fn capture(world: &mut World) -> (Vec<EntityState>, SimState) {
     let tick = world.resource::<Tick>().0;
+    capture_at(world, tick)
+}
+
+/// The whole state between two ticks (a live handoff freezes there), and the last tick run:
+/// what [`capture`] would have written at the end of that tick, so [`restore`] takes either.
+pub fn capture_after_tick(world: &mut World) -> (u32, SimState) {
+    let tick = world.resource::<Tick>().0.wrapping_sub(1);
+    (tick, capture_at(world, tick).1)
+}
+
+fn capture_at(world: &mut World, tick: u32) -> (Vec<EntityState>, SimState) {
     let lingering = &world.resource::<Lingering>().0;
     let lingering: Vec<u64> = lingering.keys().copied().collect();
     let mut q = world.query::<(
@@ -299,4 +311,29 @@ pub fn restore(world: &mut World, tick: u32, state: &SimState) {
         world.resource_mut::<HitGrid>().rebuild(items);
     }
     world.insert_resource(LagComp(history));
+}
+
+/// Parks every connected player as a lost connection would (`SimCommand::Detach`): it stands
+/// still, not firing, keeping its entity and its session number, until its player resumes or
+/// its seat expires. A world restored on another server has no connections yet: its players
+/// come back through `SimCommand::Join` with `resume`. Nothing is recorded (a restored world's
+/// first keyframe shows them lingering).
+pub fn park_players(world: &mut World) {
+    let links: Vec<(u64, ClientLink)> = world.resource_mut::<Clients>().0.drain().collect();
+    for (client_id, link) in links {
+        world.entity_mut(link.entity).insert((
+            InputBuffer::default(),
+            MoveIntent::default(),
+            Trigger::default(),
+        ));
+        world.resource_mut::<LinkChanges>().0.push(link.entity);
+        world.resource_mut::<Lingering>().0.insert(
+            client_id,
+            LingeringPlayer {
+                entity: link.entity,
+                net_id: link.net_id,
+                session: link.session,
+            },
+        );
+    }
 }

@@ -16,6 +16,9 @@
 //!   unordered conflict (ambiguity detection set to error).
 //! - Time enters only through [`Simulation::run`]'s accumulator; [`Simulation::tick`] is pure in
 //!   the sense that tests can call it directly, as fast as they like.
+//! - A live handoff freezes the running loop only between two ticks ([`freeze`]), and a world
+//!   restored from that state ([`Simulation::restore_from`]) runs the next tick as the old one
+//!   would have.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,6 +37,10 @@ use crate::game::{self, SimCommand, combat, systems};
 use crate::recording::Recorder;
 use crate::replication;
 use crate::stats::Stats;
+
+pub mod freeze;
+
+pub use freeze::{FreezeError, Freezer, Frozen, Release};
 
 /// The phases of one tick, in order. Each is its own `Schedule`, so the tick loop can time
 /// them (an overrun is logged with the phase that took the time; Prometheus gets each).
@@ -107,6 +114,8 @@ pub struct Simulation {
     tick_interval: Duration,
     /// `--debug-stall-at-tick`/`--debug-stall-for`: a test hook that stops this thread once.
     stall: Option<(u64, Duration)>,
+    /// Where a live handoff's freeze request arrives ([`Simulation::freezer`]).
+    freeze: Option<mpsc::Receiver<freeze::FreezeRequest>>,
 }
 
 impl Simulation {
@@ -135,7 +144,37 @@ impl Simulation {
             stall: config
                 .debug_stall_at_tick
                 .map(|tick| (tick, config.debug_stall_for)),
+            freeze: None,
         }
+    }
+
+    /// A simulation that goes on from another's state at the end of `tick` (a live handoff's
+    /// [`Frozen`], or a keyframe): built as [`Simulation::new`] builds one from the same flags,
+    /// then restored as a re-simulation restores a keyframe (`game::state::restore`), so it
+    /// runs `tick + 1` next and takes the decisions the old one would have. Its players have no
+    /// connection here yet: each lingers (`game::state::park_players`) with session
+    /// `net::registry::IMPORTED_SESSION` until it resumes or its seat expires.
+    pub fn restore_from(
+        config: &Config,
+        map: Arc<Map>,
+        inbox: mpsc::Receiver<SimCommand>,
+        stats: Arc<Stats>,
+        frame_tap: Option<tokio::sync::broadcast::Sender<Arc<replication::frame::WorldFrame>>>,
+        tick: u32,
+        state: &arena_shared::replay::SimState,
+    ) -> Self {
+        let mut sim = Self::new(config, map, inbox, stats, frame_tap);
+        game::state::restore(&mut sim.world, tick, state);
+        game::state::park_players(&mut sim.world);
+        sim
+    }
+
+    /// The handle a live handoff freezes this simulation with, once it runs
+    /// ([`Simulation::run`] answers between two ticks). One simulation has one.
+    pub fn freezer(&mut self) -> Freezer {
+        let (freezer, rx) = Freezer::new();
+        self.freeze = Some(rx);
+        freezer
     }
 
     /// Runs one tick now: drains the inbox (at most its capacity, so a flood cannot stall the
@@ -203,6 +242,7 @@ impl Simulation {
                 continue;
             }
             let mut ran = 0;
+            let mut thawed = false;
             while Instant::now() >= next && ran < MAX_CATCH_UP_TICKS {
                 last = self.tick();
                 let took = last.total();
@@ -231,6 +271,19 @@ impl Simulation {
                 }
                 next += self.tick_interval;
                 ran += 1;
+                if let Some(request) = self.freeze.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                    let (tick, state) = game::state::capture_after_tick(&mut self.world);
+                    info!(tick, "simulation frozen for a handoff");
+                    if freeze::hold(request, tick, state) {
+                        info!(tick, "the world runs elsewhere now");
+                        return;
+                    }
+                    info!(tick, "simulation unfrozen");
+                    // The frozen span is not lag: the next tick is due now, none is caught up.
+                    next = Instant::now();
+                    thawed = true;
+                    break;
+                }
                 if let Some((at, stall_for)) = self.stall
                     && Stats::get(&stats.tick) >= at
                 {
@@ -243,7 +296,7 @@ impl Simulation {
                     std::thread::sleep(stall_for);
                 }
             }
-            if Instant::now() >= next {
+            if !thawed && Instant::now() >= next {
                 let behind = Instant::now() - next;
                 let (phase, phase_took) = last.slowest();
                 warn!(
@@ -299,6 +352,8 @@ fn build_schedules() -> [Schedule; Phase::ALL.len()] {
 
 #[cfg(test)]
 mod combat_tests;
+#[cfg(test)]
+mod handoff_tests;
 #[cfg(test)]
 mod tests;
 // The virtual-clock harness drives the whole assembled tick, so it is a module of `tick`; its
