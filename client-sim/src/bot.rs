@@ -15,7 +15,8 @@
 //! time. Every attempt fetches a fresh token and certificate hash from `/api/connect` (a
 //! restarted server has a new self-signed certificate) and presents the resume token of its
 //! last session: within the server's grace period it gets its entity back
-//! (`Welcome::resumed`), after it a new one.
+//! (`Welcome::resumed`), after it a new one. A move (`Disconnect(Moved)`) is no failure: the
+//! bot waits the server's hint and goes straight to the new server ([`Route`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -33,6 +34,7 @@ use crate::impair::{DelayLine, Direction, ImpairConfig, Impairment};
 use crate::live::{self, Held, LiveStats};
 use crate::outcome::{BotOutcome, Session};
 use crate::player::{Player, Welcomed};
+use crate::route::{Attempt, Route};
 
 /// Mixed into a bot's seed for its backoff jitter, so the jitter is not its random walk.
 pub const BACKOFF_SALT: u64 = 0xB4C0_FF5A_17E7_0001;
@@ -74,10 +76,13 @@ pub async fn run(config: BotConfig) -> BotOutcome {
     let mut player = Player::new(&config.name, config.behaviour, config.seed, live.clone());
     // The player's clock: any monotonic origin will do.
     let origin = Instant::now();
+    let mut route = Route::new(config.server.clone());
     loop {
         let attempt = tokio::time::Instant::now();
+        let next = route.next_attempt();
+        let resuming = matches!(next, Attempt::Resume { .. });
         let connected = tokio::select! {
-            c = connect(&config, &mut player, origin, &mut out) => Some(c),
+            c = connect(&config, next, &mut player, origin, &mut out) => Some(c),
             _ = tokio::time::sleep_until(deadline) => None,
             _ = config.stop.cancelled() => None,
         };
@@ -92,7 +97,11 @@ pub async fn run(config: BotConfig) -> BotOutcome {
         };
         // The server's hint, when it refused us for a reason that waiting cures.
         let mut hint = Duration::ZERO;
+        // A move's wait: exactly the server's hint, no backoff.
+        let mut moved_wait = None;
         match connected {
+            // The new server does not know the bot: it asks for a token there at once.
+            Err(e) if resuming && Route::resume_refused(&e) => continue,
             Err(e) => {
                 if let ClientError::Rejected { retry_after_ms, .. } = &e {
                     hint = Duration::from_millis(u64::from(*retry_after_ms));
@@ -144,7 +153,14 @@ pub async fn run(config: BotConfig) -> BotOutcome {
                 let _ =
                     tokio::time::timeout(Duration::from_secs(1), transport.endpoint.wait_idle())
                         .await;
-                let lost = ended.err();
+                let mut lost = ended.err();
+                if let Some(ClientError::Moved {
+                    to,
+                    reconnect_after_ms,
+                }) = lost.take_if(|e| matches!(e, ClientError::Moved { .. }))
+                {
+                    moved_wait = Some(route.moved(to, reconnect_after_ms));
+                }
                 if let Some(ClientError::Disconnected {
                     reconnect_after_ms, ..
                 }) = &lost
@@ -159,7 +175,7 @@ pub async fn run(config: BotConfig) -> BotOutcome {
                     session.played = played;
                     session.lost = lost.as_ref().map(ToString::to_string);
                 }
-                if lost.is_none() {
+                if lost.is_none() && moved_wait.is_none() {
                     break; // its time is up
                 }
                 if played >= STABLE_SESSION {
@@ -168,7 +184,7 @@ pub async fn run(config: BotConfig) -> BotOutcome {
             }
         }
         // Never sooner than the server asked; jitter still spreads the bots it refused.
-        let delay = backoff.next_delay().max(hint);
+        let delay = moved_wait.unwrap_or_else(|| backoff.next_delay().max(hint));
         if tokio::time::Instant::now() + delay >= deadline {
             break;
         }
@@ -183,11 +199,15 @@ pub async fn run(config: BotConfig) -> BotOutcome {
 
 async fn connect(
     config: &BotConfig,
+    attempt: Attempt,
     player: &mut Player,
     origin: Instant,
     out: &mut BotOutcome,
 ) -> Result<(Transport, Welcomed), ClientError> {
-    let mut info = connect::fetch_connect_info(&config.server, &config.name).await?;
+    let mut info = match attempt {
+        Attempt::Connect { server } => connect::fetch_connect_info(&server, &config.name).await?,
+        Attempt::Resume { to } => connect::ConnectInfo::moved(&to),
+    };
     if let Some(addr) = config.connect_via {
         info.url = connect::url_via(&info.url, addr);
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
-    ClientMsg, DisconnectReason, Hello, PROTOCOL_VERSION, RejectReason, ResumeToken, ServerMsg,
-    Welcome,
+    ClientMsg, DisconnectReason, Hello, MovedTo, PROTOCOL_VERSION, RejectReason, ResumeToken,
+    ServerMsg, Welcome,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -57,6 +57,14 @@ pub enum ClientError {
         /// The server's hint: reconnect no sooner than this (0: none).
         reconnect_after_ms: u32,
     },
+    /// The server handed the session to another (`Disconnect(Moved)`): not a failure, the
+    /// bot follows it.
+    #[error("moved to {}", to.url)]
+    Moved {
+        to: MovedTo,
+        /// Reconnect no sooner than this.
+        reconnect_after_ms: u32,
+    },
     #[error("connection closed: {0}")]
     Closed(String),
     #[error("server sent a frame that does not decode")]
@@ -74,6 +82,7 @@ impl ClientError {
             Self::Connect(_) => "connect".into(),
             Self::Rejected { reason, .. } => format!("rejected_{}", reason.as_str()),
             Self::Disconnected { reason, .. } => format!("disconnected_{}", reason.as_str()),
+            Self::Moved { .. } => "moved".into(),
             Self::Closed(_) => "closed".into(),
             Self::BadFrame => "bad_frame".into(),
             Self::Timeout(_) => "timeout".into(),
@@ -83,6 +92,19 @@ impl ClientError {
 
 /// How long each handshake step may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ConnectInfo {
+    /// Where a move sends a bot: the new server's URL, pinning the hashes it named, with no
+    /// connect token (the resume token admits by itself where it is known).
+    pub fn moved(to: &MovedTo) -> Self {
+        Self {
+            url: to.url.clone(),
+            cert_sha256: None,
+            cert_sha256s: to.cert_sha256.clone(),
+            token: String::new(),
+        }
+    }
+}
 
 /// `GET /api/connect?name=NAME` on the server's HTTP side (`http://HOST:PORT`).
 pub async fn fetch_connect_info(server: &str, name: &str) -> Result<ConnectInfo, ClientError> {

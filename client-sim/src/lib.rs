@@ -11,6 +11,8 @@
 //! - [`behaviour`]: what a bot does (wander, chase, idle), and the weighted mix that decides
 //!   which bot does what.
 //! - [`backoff`]: when a dropped or refused bot tries again (exponential, full jitter).
+//! - [`route`]: where the next connection goes: `/api/connect`, or after a move straight to
+//!   the new server with the resume token (sans-IO).
 //! - [`player`]: one bot's client, sans-IO: the shared client session
 //!   (`arena_shared::client_session`: the netcode, inputs at the tick rate, pings, acks) plus
 //!   the bot's steering and what it counts, fed bytes and times.
@@ -33,4 +35,5 @@ pub mod live;
 pub mod outcome;
 pub mod player;
 pub mod report;
+pub mod route;
 pub mod swarm;

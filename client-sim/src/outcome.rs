@@ -48,6 +48,9 @@ pub struct BotOutcome {
     pub errors: BTreeMap<String, u64>,
     /// Why its last lost session ended; `Some` if it lost any session before it meant to leave.
     pub disconnected: Option<String>,
+    /// Times the server moved it to another server (`Disconnect(Moved)`): not a lost session
+    /// and not an error; the bot followed.
+    pub moves: u64,
     /// Time played, all sessions together.
     pub played: Duration,
     /// Its entity in its last session.
@@ -109,6 +112,7 @@ impl BotOutcome {
             sessions: Vec::new(),
             errors: BTreeMap::new(),
             disconnected: None,
+            moves: 0,
             played: Duration::ZERO,
             entity: None,
             tick_rate: 0,

@@ -31,7 +31,7 @@ use arena_shared::client_session::{
     AckTiming, ClientSession, Controls, Event, SessionConfig, SnapshotApplied, Transmit,
 };
 use arena_shared::combat;
-use arena_shared::protocol::Snapshot;
+use arena_shared::protocol::{DisconnectReason, Snapshot};
 use arena_shared::quant::MoveDir;
 use arena_shared::rng::SplitMix64;
 use arena_shared::snapshot::ReceiveError;
@@ -251,6 +251,13 @@ impl Player {
                     });
                 }
                 Event::Disconnected(d) => {
+                    if let (DisconnectReason::Moved, Some(to)) = (d.reason, d.moved_to) {
+                        out.moves += 1;
+                        return Err(ClientError::Moved {
+                            to,
+                            reconnect_after_ms: d.reconnect_after_ms,
+                        });
+                    }
                     return Err(ClientError::Disconnected {
                         reason: d.reason,
                         message: d.message,
@@ -491,5 +498,108 @@ mod tests {
         a.part(100, 2);
         assert!(!a.part(12, 3), "ticks far behind the newest are ignored");
         assert!(a.ticks.len() <= Assembly::WINDOW as usize + 1);
+    }
+
+    fn server_bytes(msg: &arena_shared::protocol::ServerMsg) -> Vec<u8> {
+        let mut out = Vec::new();
+        arena_shared::protocol::codec::encode_server(msg, &mut out).unwrap();
+        out
+    }
+
+    fn welcome(token: u8, resumed: bool) -> Vec<u8> {
+        server_bytes(&arena_shared::protocol::ServerMsg::Welcome(
+            arena_shared::protocol::Welcome {
+                client_id: 1,
+                entity: 7,
+                tick_rate: 30,
+                server_tick: 1,
+                map: arena_shared::map::Map::open(100.0, 100.0),
+                resume_token: arena_shared::protocol::ResumeToken([token; 16]),
+                resumed,
+            },
+        ))
+    }
+
+    /// The `Hello` the player queued, decoded.
+    fn hello(p: &mut Player) -> arena_shared::protocol::Hello {
+        let mut t = Transmit::default();
+        p.transmit(&mut t);
+        let mut r = arena_shared::protocol::codec::FrameReader::new();
+        r.push(&t.stream);
+        let body = r.next_frame().unwrap().expect("a frame");
+        arena_shared::protocol::codec::decode_hello(&body).unwrap()
+    }
+
+    #[test]
+    fn a_move_is_counted_not_lost_and_the_next_hello_resumes_with_no_token() {
+        use arena_shared::protocol::{Disconnect, MovedTo, ResumeToken, ServerMsg};
+        let live = Arc::new(LiveStats::default());
+        let mut p = Player::new("bot", Behaviour::Idle, 1, live);
+        let mut out = BotOutcome::new("bot".into(), 0, Behaviour::Idle);
+        p.connect("tok");
+        assert_eq!(hello(&mut p).resume, None);
+        p.on_stream(&welcome(3, false), 0.0, &mut out).unwrap();
+        assert!(p.take_welcome().is_some());
+        let to = MovedTo {
+            url: "https://b:4433/".into(),
+            cert_sha256: vec!["aGFzaA==".into()],
+            http: "http://b:8080".into(),
+        };
+        let moved = ServerMsg::Disconnect(Disconnect {
+            reason: DisconnectReason::Moved,
+            message: "moving".into(),
+            reconnect_after_ms: 900,
+            moved_to: Some(to.clone()),
+        });
+        let ended = p.on_stream(&server_bytes(&moved), 50.0, &mut out);
+        match ended {
+            Err(ClientError::Moved {
+                to: got,
+                reconnect_after_ms: 900,
+            }) => assert_eq!(got, to),
+            other => panic!("expected a move, got {other:?}"),
+        }
+        assert_eq!(out.moves, 1);
+        assert!(out.errors.is_empty() && out.disconnected.is_none());
+
+        // The next connection, to the new server, presents the token of the Welcome alone.
+        let info = crate::connect::ConnectInfo::moved(&to);
+        assert_eq!(
+            (info.url.as_str(), info.token.as_str()),
+            (to.url.as_str(), "")
+        );
+        assert_eq!(info.cert_sha256s, to.cert_sha256);
+        p.connect(&info.token);
+        let h = hello(&mut p);
+        assert_eq!(h.resume, Some(ResumeToken([3; 16])));
+        assert_eq!(h.token, "");
+        p.on_stream(&welcome(4, true), 100.0, &mut out).unwrap();
+        assert_eq!(
+            p.take_welcome(),
+            Some(Welcomed {
+                entity: 7,
+                tick_rate: 30,
+                resumed: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_plain_shutdown_is_still_a_lost_session() {
+        use arena_shared::protocol::{Disconnect, ServerMsg};
+        let live = Arc::new(LiveStats::default());
+        let mut p = Player::new("bot", Behaviour::Idle, 1, live);
+        let mut out = BotOutcome::new("bot".into(), 0, Behaviour::Idle);
+        p.connect("tok");
+        p.on_stream(&welcome(3, false), 0.0, &mut out).unwrap();
+        let bye = ServerMsg::Disconnect(Disconnect {
+            reason: DisconnectReason::ServerShutdown,
+            message: "bye".into(),
+            reconnect_after_ms: 900,
+            moved_to: None,
+        });
+        let ended = p.on_stream(&server_bytes(&bye), 50.0, &mut out);
+        assert!(matches!(ended, Err(ClientError::Disconnected { .. })));
+        assert_eq!(out.moves, 0);
     }
 }

@@ -29,6 +29,10 @@ pub struct Report {
     /// Of those, sessions that took back the bot's entity (the server still kept it).
     #[serde(default)]
     pub resumes: u64,
+    /// Times a server moved a bot to another (`Disconnect(Moved)`), all bots together; not
+    /// counted as lost sessions (0 when reading an older report).
+    #[serde(default)]
+    pub moves: u64,
     /// How long each bot was asked to play, seconds.
     pub duration_s: f64,
     /// Complete snapshots per second per connected bot.
@@ -124,6 +128,7 @@ impl Report {
                 .count() as u64,
             reconnects: bots.iter().map(|b| b.reconnects()).sum(),
             resumes: bots.iter().map(|b| b.resumes()).sum(),
+            moves: bots.iter().map(|b| b.moves).sum(),
             duration_s,
             snapshots_per_bot_hz: per_bot(&|b| b.snapshots),
             snapshots_per_bot_hz_min: connected
@@ -171,7 +176,10 @@ impl Report {
             ("bots disconnected", self.bots_disconnected.to_string()),
             (
                 "reconnects",
-                format!("{} ({} resumed)", self.reconnects, self.resumes),
+                format!(
+                    "{} ({} resumed, {} moved)",
+                    self.reconnects, self.resumes, self.moves
+                ),
             ),
             ("duration", format!("{:.1} s", self.duration_s)),
             (
@@ -269,6 +277,7 @@ mod tests {
             "bots_disconnected",
             "reconnects",
             "resumes",
+            "moves",
             "duration_s",
             "snapshots_per_bot_hz",
             "snapshots_per_bot_hz_min",

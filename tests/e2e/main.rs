@@ -10,6 +10,7 @@ mod flood;
 mod http_edges;
 mod metrics;
 mod misbehaving;
+mod moved;
 mod names;
 mod page;
 mod play;

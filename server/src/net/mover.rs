@@ -36,9 +36,11 @@ impl Mover {
 
     /// Tells every live session to reconnect to `to` after a delay drawn uniformly over
     /// `spread` (each its own), and closes admission to everyone but the seats it leaves
-    /// lingering. Sessions act on it within a moment, each on its own task; a session admitted
-    /// while it happens is moved as soon as it starts playing. A second call replaces the
-    /// destination for the sessions that have not gone yet.
+    /// lingering. Sessions act on it within a moment, each on its own task; a session whose
+    /// admission was decided before the move and which had not started playing yet is moved
+    /// as soon as it starts. A session admitted after it (a lingering seat taken back) is not
+    /// moved by it; a second call moves every session live then, and replaces the destination
+    /// for those that have not gone yet.
     pub fn move_everyone(&self, to: MovedTo, spread: Duration) {
         self.moves.send_replace(Some(Arc::new(Move { to, spread })));
     }

@@ -30,7 +30,7 @@ use arena_shared::protocol::{
     ResumeToken, ServerMsg, Welcome,
 };
 use arena_shared::rng::SplitMix64;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
@@ -40,6 +40,7 @@ use wtransport::{Connection, RecvStream};
 
 use super::admission::{Arrival, Gate, Refusal};
 use super::frame_policy::{self, Close, Datagram, Dropped, FramePolicy, Verdict};
+use super::mover::Move;
 use super::registry::{Ended, RETRY_AFTER_MS, Seat};
 use super::writer::{LINGER, Writer};
 use super::{HandshakeSlot, NetContext, request};
@@ -82,6 +83,7 @@ pub async fn run(
                 return debug!("no stream opened in time");
             }
         };
+        let mut moves = ctx.moves.clone();
         let mut reader = FrameReader::new();
         let mut writer = Writer::spawn(send, ctx.stats.clone(), ctx.config.max_send_backlog);
         let checked =
@@ -106,7 +108,14 @@ pub async fn run(
                     );
                     return debug!("stream ended before Hello");
                 }
-                Ok(Ok(body)) => admit(&ctx, &conn, remote.ip(), &body, &shutdown),
+                Ok(Ok(body)) => {
+                    // The moves this session is subject to are those published after its
+                    // admission was decided: one published before it has already shaped it
+                    // (only a seat it left lingering is taken back), and the session that
+                    // takes that seat back is not moved again.
+                    let moved = moves.borrow_and_update().is_some();
+                    admit(&ctx, &conn, remote.ip(), &body, &shutdown, moved)
+                }
             };
         drop(in_flight);
         let slot = match checked {
@@ -178,7 +187,9 @@ pub async fn run(
             policy: FramePolicy::new(ctx.config.max_inputs_per_sec, ctx.config.max_whois_per_sec),
             events: Vec::new(),
         };
-        let end = session.play(&shutdown, &slot.seat.superseded).await;
+        let end = session
+            .play(&shutdown, &slot.seat.superseded, &mut moves)
+            .await;
         info!(reason = end.reason, lost = end.lost, "session ended");
         ctx.stats.metrics.session_ended(end.reason);
         slot.end(end.lost).await;
@@ -295,6 +306,7 @@ fn admit(
     ip: IpAddr,
     body: &[u8],
     shutdown: &CancellationToken,
+    moved: bool,
 ) -> Result<Slot, Refusal> {
     let mut key = [0u8; 16];
     let new_key = match getrandom::fill(&mut key) {
@@ -309,7 +321,7 @@ fn admit(
         ip,
         max_datagram: conn.max_datagram_size(),
         shutting_down: shutdown.is_cancelled(),
-        moved: ctx.moves.borrow().is_some(),
+        moved,
         now_s: ctx.now_s(),
         unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -432,14 +444,16 @@ impl Session {
         mut self,
         shutdown: &CancellationToken,
         superseded: &CancellationToken,
+        moves: &mut watch::Receiver<Option<Arc<Move>>>,
     ) -> Outcome {
         let mut buf = vec![0u8; READ_CHUNK];
         // A move published while this session was being admitted is acted on at once.
-        let mut moves = self.ctx.moves.clone();
         let mut moves_open = true;
-        let pending = moves.borrow_and_update().clone();
-        if let Some(to) = pending {
-            return self.moved(&to).await;
+        if moves.has_changed().unwrap_or(false) {
+            let pending = moves.borrow_and_update().clone();
+            if let Some(to) = pending {
+                return self.moved(&to).await;
+            }
         }
         loop {
             tokio::select! {
@@ -636,7 +650,7 @@ impl Session {
 
     /// Sends the player to another server. The session ends as lost, not on purpose: its seat
     /// lingers for the grace period, so the player can also resume here.
-    async fn moved(self, to: &super::mover::Move) -> Outcome {
+    async fn moved(self, to: &Move) -> Outcome {
         let reason = DisconnectReason::Moved;
         let window_ms = u32::try_from(to.spread.as_millis()).unwrap_or(u32::MAX);
         let message = "the server moved; reconnect to the one named";
