@@ -9,7 +9,9 @@
 
 use arena_shared::replay::SimState;
 
+use crate::config::Config;
 use crate::net::registry::SeatRecord;
+use crate::recording::RunFiles;
 
 /// First bytes of an encoded bundle.
 pub const MAGIC: [u8; 8] = *b"ARNAHAND";
@@ -49,6 +51,30 @@ pub struct RunLink {
     pub tick_rate: u16,
     /// The header's `sim_args`: the new server refuses a run its own flags would not continue.
     pub sim_args: Vec<String>,
+}
+
+impl RunLink {
+    /// The run `files` is writing (`Recorder::files`), recorded with `config`'s flags.
+    pub fn of(config: &Config, files: &RunFiles) -> Self {
+        Self {
+            run_start_unix_ms: files.run_start_unix_ms(),
+            last_file: files.last_file(),
+            seed: config.seed,
+            tick_rate: config.tick_rate,
+            sim_args: crate::recording::sim_args(config),
+        }
+    }
+
+    /// Whether a server started with `config` records the same run (the check a
+    /// re-simulation makes across files: seed, tick rate and simulation flags).
+    pub fn continues_with(&self, config: &Config) -> bool {
+        (self.seed, self.tick_rate, &self.sim_args)
+            == (
+                config.seed,
+                config.tick_rate,
+                &crate::recording::sim_args(config),
+            )
+    }
 }
 
 /// Why bytes are not a bundle this server can take.
@@ -210,6 +236,21 @@ mod tests {
             decode(&relabelled, b.len()),
             Err(BundleError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_run_link_names_the_run_and_continues_only_under_the_same_simulation_flags() {
+        use clap::Parser;
+        let config = Config::try_parse_from(["arena-server", "--npcs", "10"]).unwrap();
+        let files = RunFiles::default();
+        let link = RunLink::of(&config, &files);
+        assert_eq!((link.run_start_unix_ms, link.last_file), (0, 0));
+        assert_eq!(link.sim_args, crate::recording::sim_args(&config));
+        assert!(link.continues_with(&config));
+        let other = Config::try_parse_from(["arena-server", "--npcs", "11"]).unwrap();
+        assert!(!link.continues_with(&other));
+        let reseeded = Config::try_parse_from(["arena-server", "--npcs", "10", "--seed", "2"]);
+        assert!(!link.continues_with(&reseeded.unwrap()));
     }
 
     proptest! {

@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -47,6 +48,28 @@ pub struct Recorder {
     /// No keyframe written yet: the first tick recorded gets one, so playback can start there.
     first_keyframe: bool,
     stats: Arc<Stats>,
+    /// The run's files as the writer names them (`None`: records go to a re-simulation).
+    files: Option<Arc<RunFiles>>,
+}
+
+/// Which run the writer records and the number of the file it writes now: what a live
+/// handoff tells the new server so its files continue the same run.
+#[derive(Debug, Default)]
+pub struct RunFiles {
+    start_unix_ms: AtomicU64,
+    last_file: AtomicU32,
+}
+
+impl RunFiles {
+    /// The run's id as its file names carry it ([`run_id`]).
+    pub fn run_start_unix_ms(&self) -> u64 {
+        self.start_unix_ms.load(Ordering::Acquire)
+    }
+
+    /// The number of the newest file opened (0: none yet).
+    pub fn last_file(&self) -> u32 {
+        self.last_file.load(Ordering::Acquire)
+    }
 }
 
 impl Recorder {
@@ -64,7 +87,13 @@ impl Recorder {
             keyframe_ticks,
             first_keyframe,
             stats,
+            files: None,
         }
+    }
+
+    /// The run's files, when this recorder writes them.
+    pub fn files(&self) -> Option<Arc<RunFiles>> {
+        self.files.clone()
     }
 
     /// Whether the end of `tick` gets a keyframe.
@@ -135,9 +164,14 @@ pub fn start(
     };
     let (tx, rx) = sync_channel(config.replay_queue.max(1));
     let writer_stats = stats.clone();
+    let files = Arc::new(RunFiles {
+        start_unix_ms: AtomicU64::new(unix_ms()),
+        last_file: AtomicU32::new(0),
+    });
+    let writer_files = files.clone();
     let handle = std::thread::Builder::new()
         .name("arena-replay".into())
-        .spawn(move || write_loop(rx, settings, writer_stats))?;
+        .spawn(move || write_loop(rx, settings, writer_stats, writer_files))?;
     Ok((
         Recorder {
             tx,
@@ -145,6 +179,7 @@ pub fn start(
             keyframe_ticks: config.replay_keyframe_ticks.max(1),
             first_keyframe: true,
             stats,
+            files: Some(files),
         },
         handle,
     ))
@@ -218,9 +253,14 @@ pub fn run_ids(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(ids)
 }
 
-fn write_loop(rx: Receiver<Record>, settings: WriterSettings, stats: Arc<Stats>) {
+fn write_loop(
+    rx: Receiver<Record>,
+    settings: WriterSettings,
+    stats: Arc<Stats>,
+    files: Arc<RunFiles>,
+) {
     let mut header = settings.header.clone();
-    let run = unix_ms();
+    let run = files.run_start_unix_ms();
     let mut current: Option<Current> = None;
     let mut seq = 0u32;
     let mut buf = Vec::new();
@@ -238,7 +278,10 @@ fn write_loop(rx: Receiver<Record>, settings: WriterSettings, stats: Arc<Stats>)
             header.first_tick = record.tick();
             seq += 1;
             match open(&settings.dir, &header, run, seq) {
-                Ok(c) => current = Some(c),
+                Ok(c) => {
+                    current = Some(c);
+                    files.last_file.store(seq, Ordering::Release);
+                }
                 Err(e) => {
                     warn!(error = %e, dir = %settings.dir.display(), "cannot write replays; recording stops");
                     return;
@@ -283,8 +326,13 @@ mod tests {
             keyframe_ticks: 300,
             first_keyframe: true,
             stats: stats.clone(),
+            files: None,
         };
         (r, rx, stats)
+    }
+
+    fn run_files_named(dir: &Path, run_start_unix_ms: u64) -> Vec<PathBuf> {
+        run_files(dir, &run_id(run_start_unix_ms)).unwrap()
     }
 
     fn leave(tick: u32) -> Record {
@@ -357,9 +405,13 @@ mod tests {
         };
         let (tx, rx) = sync_channel(1024);
         let stats = Arc::new(Stats::default());
+        let run_files = Arc::new(RunFiles {
+            start_unix_ms: AtomicU64::new(1_700_000_000_000),
+            last_file: AtomicU32::new(0),
+        });
         let writer = std::thread::spawn({
-            let stats = stats.clone();
-            move || write_loop(rx, settings, stats)
+            let (stats, run_files) = (stats.clone(), run_files.clone());
+            move || write_loop(rx, settings, stats, run_files)
         });
         for t in 1..=60 {
             let record = if t % 20 == 1 { keyframe(t) } else { leave(t) };
@@ -373,6 +425,9 @@ mod tests {
             .collect();
         files.sort();
         assert_eq!(files.len(), 3, "{files:?}");
+        // What a handoff carries names the newest of them.
+        assert_eq!(run_files.last_file(), 3);
+        assert_eq!(run_files_named(&dir, run_files.run_start_unix_ms()), files);
         let mut total = 0;
         for f in &files {
             let read = arena_shared::replay::read(&std::fs::read(f).unwrap());
