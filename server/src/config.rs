@@ -335,9 +335,9 @@ pub struct Config {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub resume_grace: Duration,
     /// Largest live-handoff state (`handoff::Bundle`, encoded) a server sends or accepts; a
-    /// longer one is refused before it is decoded. The default holds 5,000 NPCs and 500
-    /// players several times over (BENCHMARKS.md, "Live handoff").
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    /// longer one is refused before it is decoded. 5,000 NPCs and 500 players in combat take
+    /// about 0.4 MB (BENCHMARKS.md, "Live handoff"): the default is ten times that.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub handoff_max_bytes: usize,
     /// How long a server that handed its state out stays frozen waiting for the new server's
     /// confirmation; then it unfreezes and carries on (the handoff counted as failed).
