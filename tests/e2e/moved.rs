@@ -252,3 +252,74 @@ async fn bots_moved_to_a_server_that_does_not_know_them_fall_back_to_its_connect
     b.stop().await;
     a.stop().await;
 }
+
+/// The browser page follows a move to its own server and takes its entity back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_follows_a_move_to_its_own_server_and_resumes_its_entity() {
+    let a = Movable::start().await;
+    let mut b = crate::browser::Browser::launch().await;
+    b.goto(&format!("{}/?name=mover", a.http)).await;
+    let before = b
+        .wait_for(
+            "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.snapshots >= 30 && s; })()",
+            Duration::from_secs(30),
+        )
+        .await;
+    a.mover.move_everyone(a.moved_to(), SPREAD);
+    let after = b
+        .wait_for(
+            "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.sessions >= 2 && s.snapshots >= 10 && s; })()",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(after["resumed"], true, "{after}");
+    assert_eq!(
+        after["entity"], before["entity"],
+        "the same entity: {after}"
+    );
+    assert_eq!(after["sessions"], 2, "one move, one reconnect: {after}");
+    // It went straight to the server named, with its resume token alone: the only token it
+    // ever asked for is its first.
+    let asked = b
+        .eval("performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/connect')).length")
+        .await;
+    assert_eq!(asked, 1, "/api/connect requests");
+    assert_eq!(Stats::get(&a.stats.sessions_resumed), 1);
+    assert_eq!(
+        a.moved_sessions(),
+        "arena_sessions_closed_total{reason=\"moved\"} 1"
+    );
+    b.close().await;
+    a.stop().await;
+}
+
+/// Moved to a server that does not know it, the page must ask that server's `/api/connect`,
+/// another origin that allows no cross-origin requests: it says why on screen and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_moved_to_a_server_of_another_origin_that_does_not_know_it_says_why_and_stops() {
+    let a = Movable::start().await;
+    let b_server = Movable::start().await;
+    let mut b = crate::browser::Browser::launch().await;
+    b.goto(&format!("{}/?name=mover", a.http)).await;
+    b.wait_for(
+        "(() => { const s = window.arena.stats(); return s.state === 'playing' && s; })()",
+        Duration::from_secs(30),
+    )
+    .await;
+    a.mover.move_everyone(b_server.moved_to(), SPREAD);
+    let message = b
+        .wait_for(
+            "(() => { const m = document.getElementById('message'); return m.textContent.includes('cannot be asked from this page') && m.textContent; })()",
+            Duration::from_secs(20),
+        )
+        .await;
+    eprintln!("the page says: {message}");
+    assert!(
+        message.as_str().is_some_and(|m| m.contains(&b_server.http)),
+        "{message}"
+    );
+    assert_eq!(b_server.stats.sessions(), 0, "it never joined B");
+    b.close().await;
+    b_server.stop().await;
+    a.stop().await;
+}

@@ -23,7 +23,7 @@ use arena_shared::client_session::{
 };
 use arena_shared::combat::{self, RIFLE, ROCKET};
 use arena_shared::predict::Predictor;
-use arena_shared::protocol::EntityKind;
+use arena_shared::protocol::{EntityKind, MovedTo};
 use arena_shared::sim;
 use glam::Vec2;
 
@@ -54,11 +54,13 @@ pub enum Status {
         retry_after_ms: u32,
         permanent: bool,
     },
-    /// The server ended the session.
+    /// The server ended the session; `moved_to`: it handed the session to another server,
+    /// where the page reconnects with its resume token (`Disconnect(Moved)`).
     Disconnected {
         reason: String,
         message: String,
         reconnect_after_ms: u32,
+        moved_to: Option<MovedTo>,
     },
     /// The connection ended without a word from the server (network lost, server gone), or
     /// the server sent something that does not decode.
@@ -309,6 +311,7 @@ impl Screen {
                         reason: d.reason.as_str().to_string(),
                         message: d.message,
                         reconnect_after_ms: d.reconnect_after_ms,
+                        moved_to: d.moved_to,
                     };
                 }
                 Event::Closed { message } => self.status = Status::Closed { message },
@@ -385,6 +388,19 @@ impl Screen {
             self.resumed,
             json_string(&self.name)
         );
+        if let Status::Disconnected {
+            moved_to: Some(to), ..
+        } = &self.status
+        {
+            let hashes: Vec<String> = to.cert_sha256.iter().map(|h| json_string(h)).collect();
+            let _ = write!(
+                s,
+                ",\"moved_to\":{{\"url\":{},\"cert_sha256s\":[{}],\"http\":{}}}",
+                json_string(&to.url),
+                hashes.join(","),
+                json_string(&to.http)
+            );
+        }
         let session = &self.session;
         if let (Some(h), Some(entity), Some(tick_rate), Some(clock), Some(interp)) = (
             &self.hud,

@@ -37,6 +37,11 @@ let ending = true;        // no session is running (none yet, or it ended and th
 let attempt = 0;          // consecutive failures, for the backoff
 let playingSince = 0;     // performance.now() of the last Welcome
 let map = null;
+// After a move (Disconnect(Moved)): where /api/connect is asked from then on ("" is this page's
+// own server), and the destination the current attempt follows, if it does.
+let apiBase = "";
+let following = null;
+let stopped = false;      // nothing more can be tried from this page (said on screen)
 
 function b64bytes(s) {
   const bin = atob(s), out = new Uint8Array(bin.length);
@@ -44,14 +49,35 @@ function b64bytes(s) {
   return out;
 }
 
-async function connect() {
+/** Whether `http` (a server's HTTP base) is this page's own origin. */
+function ownOrigin(http) {
+  try { return new URL(http).origin === location.origin; } catch (_) { return false; }
+}
+
+/** A connect token and where to use it, from /api/connect on the current base. */
+async function connectInfo() {
+  let r;
+  try {
+    r = await fetch(`${apiBase}/api/connect?name=${encodeURIComponent(NAME)}`);
+  } catch (e) {
+    // A cross-origin request the other server does not allow fails like this (so does one it
+    // never answers); the page cannot tell which, and retrying changes neither.
+    if (apiBase) throw { stop: `${apiBase}/api/connect cannot be asked from this page (another origin, which allows no cross-origin requests, or unreachable): ${e.message || e}. Open ${apiBase}/ to play there.` };
+    throw e;
+  }
+  if (!r.ok) throw new Error(`/api/connect: ${r.status} ${await r.text()}`);
+  return r.json();
+}
+
+/** Starts a session: by a token from /api/connect, or, after a move, straight to the server
+ * named (`target`: the stats' moved_to) with the resume token alone. */
+async function connect(target) {
   const my = ++session;
   map = null;
-  showMessage("connecting…");
+  following = target || null;
+  showMessage(target ? `following the server to ${target.url}…` : "connecting…");
   try {
-    const r = await fetch(`/api/connect?name=${encodeURIComponent(NAME)}`);
-    if (!r.ok) throw new Error(`/api/connect: ${r.status} ${await r.text()}`);
-    const info = await r.json();
+    const info = target ? { url: target.url, cert_sha256s: target.cert_sha256s, token: "" } : await connectInfo();
     // The current certificate's hash, then the next one's shortly before a rotation (the
     // server may present either by the time the handshake arrives); none with a real one.
     const hashes = info.cert_sha256s || (info.cert_sha256 ? [info.cert_sha256] : []);
@@ -74,6 +100,7 @@ async function connect() {
     await conn.writer.write(hello);
   } catch (e) {
     if (my !== session) return;
+    if (e && e.stop) { stopped = true; showMessage(e.stop); return; }
     const why = String(e && e.message ? e.message : e);
     // Before the hello, the module knows nothing of this attempt: retry from here.
     if (ending) retry({ state: "closed", message: why, retry_after_ms: 0, permanent: false });
@@ -118,6 +145,27 @@ function sessionEnded(stats) {
 /** Closes what is left of the session and schedules the next attempt, saying why. */
 function retry(stats) {
   if (conn) { try { conn.wt.close(); } catch (_) { /* already closed */ } conn = null; }
+  if (stopped) return;
+  const moved = stats.state === "disconnected" && stats.moved_to;
+  if (moved) {
+    // Not a failure: no backoff grows. The server's hint is the wait; from now on tokens come
+    // from the new server (this page's own origin needs no base).
+    playingSince = 0;
+    const to = stats.moved_to;
+    if (to.http && !ownOrigin(to.http)) apiBase = to.http.replace(/\/$/, "");
+    const delay = stats.retry_after_ms || 0;
+    showMessage(`the server moved to ${to.url}\nreconnecting in ${(delay / 1000).toFixed(1)} s`);
+    setTimeout(() => connect(to), delay);
+    return;
+  }
+  if (following && stats.state === "rejected") {
+    // The new server does not know this player: a token from its /api/connect, at once.
+    following = null;
+    showMessage(`the new server does not know this player (${stats.message}): joining it anew…`);
+    setTimeout(connect, 0);
+    return;
+  }
+  following = null;
   if (playingSince && performance.now() - playingSince >= STABLE_SESSION_MS) attempt = 0;
   playingSince = 0;
   const cap = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);

@@ -130,6 +130,48 @@ fn refusals_and_disconnects_say_why_and_whether_waiting_helps() {
     // A close after the server said why keeps the reason.
     c.on_closed("closed");
     assert!(matches!(c.status(), Status::Disconnected { .. }));
+    assert!(
+        !c.stats_json(0.0).contains("moved_to"),
+        "no move, no destination"
+    );
+}
+
+#[test]
+fn a_move_puts_the_destination_in_the_stats_and_the_next_hello_resumes() {
+    let mut c = Screen::new("mover");
+    let map = Map::open(100.0, 100.0);
+    c.hello("tok").expect("hello");
+    c.on_stream(&frame_of(&ServerMsg::Welcome(welcome(&map))), 0.0);
+    c.on_stream(
+        &frame_of(&ServerMsg::Disconnect(arena_shared::protocol::Disconnect {
+            reason: DisconnectReason::Moved,
+            message: "moving".into(),
+            reconnect_after_ms: 640,
+            moved_to: Some(arena_shared::protocol::MovedTo {
+                url: "https://b:4433/".into(),
+                cert_sha256: vec!["aGFzaA==".into(), "bmV4dA==".into()],
+                http: "http://b:8080".into(),
+            }),
+        })),
+        0.0,
+    );
+    let stats = c.stats_json(0.0);
+    assert!(stats.contains("\"state\":\"disconnected\""), "{stats}");
+    assert!(stats.contains("\"retry_after_ms\":640"), "{stats}");
+    assert!(
+        stats.contains(
+            "\"moved_to\":{\"url\":\"https://b:4433/\",\"cert_sha256s\":[\"aGFzaA==\",\"bmV4dA==\"],\"http\":\"http://b:8080\"}"
+        ),
+        "{stats}"
+    );
+    // The page connects there with no connect token: the Hello carries the resume token.
+    let hello = c.hello("").expect("hello");
+    let mut reader = arena_shared::protocol::codec::FrameReader::new();
+    reader.push(&hello);
+    let body = reader.next_frame().unwrap().expect("a frame");
+    let hello = arena_shared::protocol::codec::decode_hello(&body).unwrap();
+    assert_eq!(hello.token, "");
+    assert!(hello.resume.is_some());
 }
 
 #[test]
