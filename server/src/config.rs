@@ -343,6 +343,13 @@ pub struct Config {
     /// confirmation; then it unfreezes and carries on (the handoff counted as failed).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub handoff_timeout: Duration,
+    /// Start by taking over a running server's world: once bound, ask the server whose HTTP
+    /// side is at this URL (`http://host:port`) for its state (`POST /api/handoff`, signed
+    /// with the token secret both share: give the same --token-secret-file), restore it, tick
+    /// on from the next tick and confirm; the old server then moves its players here. Any
+    /// failure before the confirmation: exit 1 (the old server unfreezes and carries on).
+    #[arg(long, value_name = "URL")]
+    pub take_over_from: Option<String>,
 
     /// Directory the run is recorded to (`arena-<start ms>-<n>.replay` files; see
     /// `arena-server replay info`).
@@ -436,6 +443,10 @@ pub struct Config {
     /// See --debug-stall-at-tick.
     #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
     pub debug_stall_for: Duration,
+    /// A test hook: with --take-over-from, exit 1 once the state is restored and ticking,
+    /// before confirming (a new server dying mid-handoff).
+    #[arg(long, hide = true)]
+    pub debug_exit_before_confirm: bool,
 
     /// A tool instead of a server (`arena-server replay info FILE`).
     #[command(subcommand)]

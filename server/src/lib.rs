@@ -23,6 +23,8 @@
 //! - [`metrics`]: the Prometheus side of those: histograms, labelled counters, rendering.
 //! - [`handoff`]: live handoff's parts without sockets: the state bundle and its decoder, the
 //!   signed request, the old server's freeze-and-confirm state machine.
+//! - [`takeover`]: `--take-over-from`: the new server's side of a live handoff (ask, restore,
+//!   tick, confirm); the old server's side is the HTTP route `http::handoff`.
 //! - [`fleet`]: the rules of running as one GameServer of an Agones fleet (sans-IO), and
 //!   `agones` (cargo feature `agones`, flag `--agones`): the SDK calls that carry them out.
 //!
@@ -43,6 +45,7 @@ pub mod recording;
 pub mod replay;
 pub mod replication;
 pub mod stats;
+pub mod takeover;
 pub mod tick;
 
 mod server;

@@ -93,7 +93,10 @@ async fn serve(#[allow(unused_mut)] mut config: Config) -> Result<(), arena_serv
             drained.clone(),
         ))
     });
-    let served = server.run(shutdown).await;
+    let served = match server.config().take_over_from.clone() {
+        Some(from) => arena_server::takeover::run(server, &from, shutdown).await,
+        None => server.run(shutdown).await,
+    };
     // Shutdown once the last session has closed (or the server failed).
     #[cfg(feature = "agones")]
     if let Some(fleet) = fleet {

@@ -152,6 +152,14 @@ impl Metrics {
         .increment(1);
     }
 
+    /// A live handoff asked of this server, by how it ended: `confirmed` (the world moved),
+    /// `expired` (no confirmation in time, or the freeze failed: the server carried on) or
+    /// `refused` (a bad signature, or one already under way).
+    pub fn handoff(&self, outcome: &'static str) {
+        self.counter("arena_handoffs_total", vec![Label::new("outcome", outcome)])
+            .increment(1);
+    }
+
     /// An `/api/connect` request refused, by why.
     pub fn connect_rejected(&self, reason: &'static str) {
         self.counter(

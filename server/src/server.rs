@@ -62,6 +62,8 @@ pub enum ServerError {
     SimulationPanicked,
     #[error("{0}")]
     Agones(String),
+    #[error("taking over: {0}")]
+    Takeover(String),
 }
 
 /// A server with its sockets bound, ready to [`run`](Server::run).
@@ -91,6 +93,10 @@ pub struct Server {
     registry: Arc<Mutex<net::registry::Registry>>,
     /// Moves every live session to another server ([`Server::mover`]).
     mover: Mover,
+    /// `--take-over-from`: the world to run instead of a new one ([`Server::restore`]).
+    restored: Option<crate::handoff::bundle::Bundle>,
+    /// Told once the simulation ticks ([`Server::ticking`]).
+    ticking: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Server {
@@ -219,7 +225,14 @@ impl Server {
             frame_tap: broadcast::channel(FRAME_TAP_CAPACITY).0,
             registry,
             mover: Mover::new(),
+            restored: None,
+            ticking: None,
         })
+    }
+
+    /// The flags it was started with.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.clone()
     }
 
     pub fn wt_addr(&self) -> SocketAddr {
@@ -277,6 +290,30 @@ impl Server {
         self.mover.clone()
     }
 
+    /// Where players moved here by a live handoff reconnect: the WebTransport URL tokens are
+    /// made for, the certificate hashes to pin and the HTTP base.
+    pub fn moved_to(&self) -> arena_shared::protocol::MovedTo {
+        arena_shared::protocol::MovedTo {
+            url: self.token_audience.clone(),
+            cert_sha256: self.certs.borrow().pinnable(),
+            http: format!("http://{}", self.http_addr),
+        }
+    }
+
+    /// Runs the world in `bundle` (a live handoff's state) instead of a new one: the
+    /// simulation restored at its tick, its seats imported, its next client id. Call before
+    /// [`run`](Server::run).
+    pub fn restore(&mut self, bundle: crate::handoff::bundle::Bundle) {
+        self.restored = Some(bundle);
+    }
+
+    /// Resolves once [`run`](Server::run) has started the simulation thread.
+    pub fn ticking(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ticking = Some(tx);
+        rx
+    }
+
     /// The `server` claim this server requires in tokens.
     pub fn token_audience(&self) -> &str {
         &self.token_audience
@@ -284,16 +321,54 @@ impl Server {
 
     /// Serves until `shutdown` fires, then: stops accepting, tells every session why it ends,
     /// waits for them, stops the simulation, stops HTTP.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let (inbox_tx, inbox_rx) = mpsc::channel(self.config.inbox_capacity.max(1));
         let sim_stop = CancellationToken::new();
-        let mut sim = Simulation::new(
-            &self.config,
-            self.map.clone(),
-            inbox_rx,
-            self.stats.clone(),
-            Some(self.frame_tap.clone()),
-        );
+        let started = std::time::Instant::now();
+        let restored = self.restored.take();
+        let mut sim = match &restored {
+            None => Simulation::new(
+                &self.config,
+                self.map.clone(),
+                inbox_rx,
+                self.stats.clone(),
+                Some(self.frame_tap.clone()),
+            ),
+            Some(bundle) => {
+                // Simulation::restore_from's steps, with a capture between the restore and the
+                // parking: the restored world, captured before its first tick, is the same
+                // bytes as the old server's capture when the state moved whole (parking then
+                // marks every player lingering until its session comes back).
+                let mut sim = Simulation::new(
+                    &self.config,
+                    self.map.clone(),
+                    inbox_rx,
+                    self.stats.clone(),
+                    Some(self.frame_tap.clone()),
+                );
+                crate::game::state::restore(sim.world_mut(), bundle.tick, &bundle.sim);
+                let (tick, state) = crate::game::state::capture_after_tick(sim.world_mut());
+                crate::game::state::park_players(sim.world_mut());
+                let refused = self
+                    .registry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .import(bundle.seats.clone(), started.elapsed().as_millis() as u64);
+                for r in &refused {
+                    warn!(client_id = r.client_id, reason = ?r.reason, "handoff: a seat was not imported");
+                }
+                info!(
+                    tick,
+                    state_sha256 = http::handoff::state_sha256(&state).as_str(),
+                    received_sha256 = http::handoff::state_sha256(&bundle.sim).as_str(),
+                    seats = bundle.seats.len() - refused.len(),
+                    "handoff: state restored"
+                );
+                sim
+            }
+        };
+        let freezer = sim.freezer();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let names = Arc::new(crate::game::names::Names::default());
         sim.world_mut()
             .insert_resource(crate::game::names::NameDirectory(names.clone()));
@@ -314,6 +389,9 @@ impl Server {
                 .spawn(move || sim.run(stop))
                 .map_err(|e| ServerError::Random(e.to_string()))?
         };
+        if let Some(ticking) = self.ticking.take() {
+            let _ = ticking.send(());
+        }
 
         let ctx = Arc::new(NetContext {
             config: self.config.clone(),
@@ -340,9 +418,10 @@ impl Server {
                 self.config.exempt_loopback,
             )),
             request_rules: net::request::Rules::from_config(&self.config),
-            started: std::time::Instant::now(),
+            started,
             names,
             moves: self.mover.watch(),
+            frozen: frozen.clone(),
         });
         let mut first_id = [0u8; 4];
         getrandom::fill(&mut first_id).map_err(|e| ServerError::Random(e.to_string()))?;
@@ -354,15 +433,41 @@ impl Server {
             certs: self.certs.subscribe(),
             token_ttl: self.config.token_ttl,
             // Ids differ across runs, so a stale client id never collides with a new one.
-            next_client_id: AtomicU64::new(u64::from(u32::from_le_bytes(first_id)) << 32 | 1),
+            // A handed-over world goes on with the old server's count, so no newcomer gets a
+            // seated player's id.
+            next_client_id: AtomicU64::new(
+                restored
+                    .as_ref()
+                    .map_or(u64::from(u32::from_le_bytes(first_id)) << 32 | 1, |b| {
+                        b.next_client_id
+                    }),
+            ),
             stats: self.stats.clone(),
             guest_tokens: !self.config.no_guest_tokens,
             connect_limit: http::ConnectLimit::from_config(&self.config),
         });
+        let handoff = Arc::new(http::handoff::Handoff {
+            config: self.config.clone(),
+            http: http_state.clone(),
+            verifier: Mutex::new(crate::handoff::auth::Verifier::new(&self.token_secret)),
+            handover: Mutex::new(crate::handoff::handover::Handover::new(
+                self.config.handoff_timeout,
+            )),
+            freezer,
+            registry: self.registry.clone(),
+            started,
+            mover: self.mover.clone(),
+            stats: self.stats.clone(),
+            frozen,
+            shutdown: shutdown.clone(),
+            pending: Mutex::new(None),
+        });
         // Our own accept loop, not axum::serve: that one sets no header timeout and no cap.
         let http_task = tokio::spawn(http::serve::serve(
             self.http,
-            http::router(http_state).merge(http::page::router()),
+            http::router(http_state)
+                .merge(http::handoff::router(handoff))
+                .merge(http::page::router()),
             http::serve::HttpLimits::game(&self.config),
             self.stats.clone(),
             shutdown.clone(),

@@ -8,11 +8,14 @@
 //!   fresh connect token that `Hello` must carry. At most `--connect-per-sec-per-address`
 //!   a second to one address (after a burst); beyond that 429 with `Retry-After`.
 //! - `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
+//! - `POST /api/handoff`, `POST /api/handoff/confirm`: a live handoff's old side, signed with
+//!   the token secret ([`handoff`]).
 //! - `GET /`, `/arena.js`, `/arena_web.wasm`: the browser game client ([`page`]).
 //!
 //! The replay viewer ([`replays`]) is served on a listener of its own (`--viewer-bind`), never
 //! here; it runs the same accept loop ([`serve`]).
 
+pub mod handoff;
 pub mod page;
 pub mod replays;
 pub mod serve;

@@ -108,6 +108,10 @@ pub struct NetContext {
     pub names: Arc<crate::game::names::Names>,
     /// Set once every session is to move to another server ([`mover::Mover`]).
     pub moves: watch::Receiver<Option<Arc<mover::Move>>>,
+    /// Set while a live handoff holds the simulation frozen (and after the world moved):
+    /// a handshake then is refused as at shutdown, with a retry hint, rather than joining a
+    /// world that is no longer ticking here.
+    pub frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl NetContext {

@@ -320,7 +320,8 @@ fn admit(
         body,
         ip,
         max_datagram: conn.max_datagram_size(),
-        shutting_down: shutdown.is_cancelled(),
+        shutting_down: shutdown.is_cancelled()
+            || ctx.frozen.load(std::sync::atomic::Ordering::Relaxed),
         moved,
         now_s: ctx.now_s(),
         unix_ms: SystemTime::now()

@@ -1,0 +1,288 @@
+//! Live handoff between two real `arena-server` processes on loopback: B started with
+//! `--take-over-from A` takes A's world over and A's bots follow it there; a stranger's
+//! request is refused and changes nothing; a B that dies before confirming leaves A serving.
+
+mod common;
+
+use std::time::Duration;
+
+use arena_client_sim::swarm::{self, SwarmConfig, SwarmResult};
+use arena_server::http::handoff::{CONFIRM_PATH, PATH};
+use arena_server::takeover;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use common::{ServerProcess, WAIT, between};
+
+const SECRET: &[u8] = b"handoff-test-secret-of-at-least-32-bytes";
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A token secret file both servers read, removed on drop.
+struct SecretFile(std::path::PathBuf);
+
+impl SecretFile {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "arena-handoff-{}-{name}.secret",
+            std::process::id()
+        ));
+        std::fs::write(&path, SECRET).expect("secret file written");
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn start_swarm(
+    server: &ServerProcess,
+    bots: u32,
+    seed: u64,
+) -> (SwarmConfig, JoinHandle<SwarmResult>) {
+    let config = common::swarm(server, bots, seed);
+    let task = tokio::spawn(swarm::run(config.clone()));
+    (config, task)
+}
+
+/// The first log line containing `needle`.
+fn line_with(server: &ServerProcess, needle: &str) -> Option<String> {
+    server
+        .log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|l| l.contains(needle))
+        .cloned()
+}
+
+/// The value of a `key=value` field in a tracing line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let pattern = format!(" {key}=");
+    let from = line
+        .find(&pattern)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + pattern.len();
+    line[from..].split(' ').next().unwrap_or_default()
+}
+
+async fn healthz_tick(server: &ServerProcess) -> u64 {
+    let health: serde_json::Value =
+        serde_json::from_str(&server.get("/healthz").await).expect("healthz JSON");
+    health["tick"].as_u64().expect("a tick")
+}
+
+/// The value of one metric line (`name{labels} value`), 0 when absent.
+async fn metric(server: &ServerProcess, line_start: &str) -> u64 {
+    server
+        .get("/metrics")
+        .await
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// A `POST` with no signature header at all.
+async fn post_unsigned(http: &str, path: &str) -> u16 {
+    let authority = http.strip_prefix("http://").expect("an http base");
+    let mut stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("connects");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("an answer");
+    between(&answer, "HTTP/1.1 ", " ")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer}"))
+}
+
+/// Every bot played one session from start to stop: none was lost, none errored.
+fn kept_their_sessions(result: &SwarmResult) {
+    for bot in &result.bots {
+        assert_eq!(bot.sessions.len(), 1, "{}: {:?}", bot.name, bot.sessions);
+        assert!(
+            bot.sessions[0].lost.is_none(),
+            "{}: {:?}",
+            bot.name,
+            bot.sessions
+        );
+        assert!(bot.errors.is_empty(), "{}: {:?}", bot.name, bot.errors);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_world_moves_to_the_new_server_bit_for_bit_and_its_bots_follow() {
+    const BOTS: u32 = 10;
+    let secret = SecretFile::new("moves");
+    let world = ["--npcs", "1000", "--token-secret-file", secret.path()];
+    let mut a = ServerProcess::start(&[&world[..], &["--handoff-spread", "1s"]].concat()).await;
+    let (bots, swarm) = start_swarm(&a, BOTS, 20);
+    common::welcomes_reach(&bots, u64::from(BOTS)).await;
+    // Let the bots and the NPCs play a second first, so the world handed over has moved,
+    // fought and died. Nothing announces a tick: /healthz is polled.
+    while healthz_tick(&a).await < 30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let b = ServerProcess::start(&[&world[..], &["--take-over-from", &a.http]].concat()).await;
+    let status = a
+        .exit_within(WAIT)
+        .await
+        .expect("A exits once it has handed over");
+    assert!(status.success(), "A exits 0: {status:?}\n{}", a.log_text());
+    a.log_complete().await;
+    // Every bot is welcomed a second time: by B.
+    common::welcomes_reach(&bots, u64::from(2 * BOTS)).await;
+
+    let captured = line_with(&a, "handoff: state captured").expect("A logged its capture");
+    let restored = line_with(&b, "handoff: state restored").expect("B logged its restore");
+    let tick: u64 = field(&captured, "tick").parse().expect("a tick");
+    assert_eq!(field(&restored, "tick"), field(&captured, "tick"));
+    assert_eq!(
+        field(&restored, "received_sha256"),
+        field(&captured, "state_sha256"),
+        "B received A's state"
+    );
+    assert_eq!(
+        field(&restored, "state_sha256"),
+        field(&captured, "state_sha256"),
+        "B's restored world captures as A's did"
+    );
+    assert!(healthz_tick(&b).await > tick, "B ticks on after {tick}");
+    assert_eq!(
+        metric(&b, "arena_sessions_resumed_total").await,
+        u64::from(BOTS),
+        "every bot resumed on B"
+    );
+
+    let result = common::stop(&bots, swarm).await;
+    for bot in &result.bots {
+        assert_eq!(bot.sessions.len(), 2, "{}: {:?}", bot.name, bot.sessions);
+        let (before, after) = (&bot.sessions[0], &bot.sessions[1]);
+        assert!(after.resumed, "{}: {after:?}", bot.name);
+        assert_eq!(after.entity, before.entity, "{}", bot.name);
+        assert_eq!(bot.moves, 1, "{}", bot.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_is_refused_and_a_second_request_waits_its_turn() {
+    const BOTS: u32 = 3;
+    let secret = SecretFile::new("refused");
+    let a = ServerProcess::start(&[
+        "--npcs",
+        "50",
+        "--token-secret-file",
+        secret.path(),
+        "--handoff-timeout",
+        "1s",
+    ])
+    .await;
+    let (bots, swarm) = start_swarm(&a, BOTS, 21);
+    common::welcomes_reach(&bots, u64::from(BOTS)).await;
+
+    assert_eq!(post_unsigned(&a.http, PATH).await, 403, "no signature");
+    assert_eq!(
+        post_unsigned(&a.http, CONFIRM_PATH).await,
+        403,
+        "no signature"
+    );
+    let wrong = b"another-fleet-secret-of-at-least-32-bytes";
+    let body = bitcode::encode(&arena_shared::protocol::MovedTo {
+        url: "https://127.0.0.1:9/".into(),
+        cert_sha256: Vec::new(),
+        http: String::new(),
+    });
+    let (status, _) = takeover::post(&a.http, PATH, wrong, &body, 1 << 20)
+        .await
+        .expect("an answer");
+    assert_eq!(status, 403, "a wrong secret");
+    let before = healthz_tick(&a).await;
+
+    // The right secret freezes A; a second request meanwhile is refused with 409.
+    let (status, state) = takeover::post(&a.http, PATH, SECRET, &body, 64 << 20)
+        .await
+        .expect("an answer");
+    assert_eq!(status, 200);
+    let bundle = arena_server::handoff::bundle::decode(&state, 64 << 20).expect("a bundle");
+    assert!(u64::from(bundle.tick) >= before);
+    assert_eq!(bundle.seats.len(), BOTS as usize);
+    let (status, _) = takeover::post(&a.http, PATH, SECRET, &body, 1 << 20)
+        .await
+        .expect("an answer");
+    assert_eq!(status, 409, "one handoff at a time");
+    // Never confirmed: A unfreezes at its timeout and serves on.
+    let deadline = Instant::now() + TIMEOUT + WAIT;
+    while healthz_tick(&a).await <= u64::from(bundle.tick) + 1 {
+        assert!(Instant::now() < deadline, "A never unfroze");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&a, "arena_handoffs_total{outcome=\"refused\"}").await,
+        4
+    );
+    assert_eq!(
+        metric(&a, "arena_handoffs_total{outcome=\"expired\"}").await,
+        1
+    );
+    assert_eq!(
+        metric(&a, "arena_clients_connected ").await,
+        u64::from(BOTS)
+    );
+    kept_their_sessions(&common::stop(&bots, swarm).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_dying_before_it_confirms_leaves_the_old_one_serving() {
+    const BOTS: u32 = 5;
+    let secret = SecretFile::new("dies");
+    let world = ["--npcs", "200", "--token-secret-file", secret.path()];
+    let a = ServerProcess::start(&[&world[..], &["--handoff-timeout", "2s"]].concat()).await;
+    let (bots, swarm) = start_swarm(&a, BOTS, 22);
+    common::welcomes_reach(&bots, u64::from(BOTS)).await;
+
+    let mut b = ServerProcess::start(
+        &[
+            &world[..],
+            &["--take-over-from", &a.http, "--debug-exit-before-confirm"],
+        ]
+        .concat(),
+    )
+    .await;
+    let status = b.exit_within(WAIT).await.expect("B exits");
+    let died = Instant::now();
+    assert_eq!(status.code(), Some(1), "{}", b.log_text());
+    b.log_complete().await;
+    let restored = line_with(&b, "handoff: state restored").expect("B got the state");
+    let tick: u64 = field(&restored, "tick").parse().expect("a tick");
+
+    // No event tells the test that A's simulation moves again: its tick is polled.
+    while healthz_tick(&a).await <= tick + 1 {
+        assert!(
+            died.elapsed() < TIMEOUT + Duration::from_secs(1),
+            "A still frozen {:?} after B died",
+            died.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric(&a, "arena_handoffs_total{outcome=\"expired\"}").await,
+        1
+    );
+    assert_eq!(
+        metric(&a, "arena_clients_connected ").await,
+        u64::from(BOTS)
+    );
+    kept_their_sessions(&common::stop(&bots, swarm).await);
+}
