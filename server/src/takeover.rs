@@ -67,7 +67,7 @@ pub async fn run(
     }
     match post(from, CONFIRM_PATH, &secret, b"", MAX_HEAD_BYTES).await {
         Ok((200, _)) => info!(
-            freeze_ms = asked.elapsed().as_secs_f64() * 1e3,
+            asked_to_confirmed_ms = asked.elapsed().as_secs_f64() * 1e3,
             "handoff confirmed: this server runs the world"
         ),
         failed => {

@@ -174,7 +174,7 @@ async fn request(State(state): State<Arc<Handoff>>, headers: HeaderMap, body: By
         state_sha256 = sha.as_str(),
         seats = bundle.seats.len(),
         bytes = bytes.len(),
-        capture_ms = began.elapsed().as_secs_f64() * 1e3,
+        request_to_capture_ms = began.elapsed().as_secs_f64() * 1e3,
         "handoff: state captured"
     );
     if bytes.len() > state.config.handoff_max_bytes {
