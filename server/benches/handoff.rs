@@ -143,7 +143,7 @@ fn measure(npcs: usize, players: usize, runs: usize, warm_up: u32) -> Row {
         assert!(back == b, "the bundle decodes to what was encoded");
         let (_tx, rx) = mpsc::channel(16);
         let t = Instant::now();
-        let restored = Simulation::restore_from(
+        let (restored, _) = Simulation::restore_from(
             &config,
             map.clone(),
             rx,

@@ -335,20 +335,16 @@ impl Server {
                 Some(self.frame_tap.clone()),
             ),
             Some(bundle) => {
-                // Simulation::restore_from's steps, with a capture between the restore and the
-                // parking: the restored world, captured before its first tick, is the same
-                // bytes as the old server's capture when the state moved whole (parking then
-                // marks every player lingering until its session comes back).
-                let mut sim = Simulation::new(
+                let (sim, state) = Simulation::restore_from(
                     &self.config,
                     self.map.clone(),
                     inbox_rx,
                     self.stats.clone(),
                     Some(self.frame_tap.clone()),
+                    bundle.tick,
+                    &bundle.sim,
                 );
-                crate::game::state::restore(sim.world_mut(), bundle.tick, &bundle.sim);
-                let (tick, state) = crate::game::state::capture_after_tick(sim.world_mut());
-                crate::game::state::park_players(sim.world_mut());
+                let tick = bundle.tick;
                 let refused = self
                     .registry
                     .lock()

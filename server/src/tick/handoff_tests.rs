@@ -199,7 +199,7 @@ fn a_restored_world_goes_on_bit_for_bit_as_the_one_it_was_captured_from() {
     assert!(fights(&state) > 0, "the scene has fighting in it");
 
     let (b_tx, b_rx) = mpsc::channel(1024);
-    let mut b = Simulation::restore_from(
+    let (mut b, restored) = Simulation::restore_from(
         &config,
         Arc::new(config.map()),
         b_rx,
@@ -207,6 +207,10 @@ fn a_restored_world_goes_on_bit_for_bit_as_the_one_it_was_captured_from() {
         None,
         tick,
         &state,
+    );
+    assert!(
+        restored == state,
+        "the restored world captures as the state it came from"
     );
     // On the new server every player lingers until it resumes; the old one's players lose
     // their connections as they are moved.

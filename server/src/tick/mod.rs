@@ -154,6 +154,9 @@ impl Simulation {
     /// runs `tick + 1` next and takes the decisions the old one would have. Its players have no
     /// connection here yet: each lingers (`game::state::park_players`) with session
     /// `net::registry::IMPORTED_SESSION` until it resumes or its seat expires.
+    ///
+    /// Also returns the restored world as captured before its players were parked: the same
+    /// state as `state` when it moved whole (a live handoff logs both hashes to show it).
     pub fn restore_from(
         config: &Config,
         map: Arc<Map>,
@@ -162,11 +165,12 @@ impl Simulation {
         frame_tap: Option<tokio::sync::broadcast::Sender<Arc<replication::frame::WorldFrame>>>,
         tick: u32,
         state: &arena_shared::replay::SimState,
-    ) -> Self {
+    ) -> (Self, arena_shared::replay::SimState) {
         let mut sim = Self::new(config, map, inbox, stats, frame_tap);
         game::state::restore(&mut sim.world, tick, state);
+        let (_, restored) = game::state::capture_after_tick(&mut sim.world);
         game::state::park_players(&mut sim.world);
-        sim
+        (sim, restored)
     }
 
     /// The handle a live handoff freezes this simulation with, once it runs
