@@ -48,7 +48,8 @@ if confirmed and back:
           f"last {(max(back) - t0).total_seconds():.3f} s after A confirmed")
 r = json.load(open(w + "/bots.json"))
 keys = ("bots_connected", "bots_disconnected", "moves", "resumes", "reconnects", "snapshots_per_bot_hz",
-        "snapshots_per_bot_hz_min", "connect_ms_p99", "prediction_max_error", "errors")
+        "snapshots_per_bot_hz_min", "snapshot_gap_ms_p50", "snapshot_gap_ms_p99", "snapshot_gap_ms_max",
+        "connect_ms_p99", "prediction_max_error", "errors")
 print({k: r[k] for k in keys if k in r})
 PY
 echo "logs in $W"

@@ -98,6 +98,9 @@ pub struct BotOutcome {
     pub interp_underruns: u64,
     /// Error of the server-tick estimate at each snapshot after the warm-up, microseconds.
     pub clock_error_us: Histogram<u64>,
+    /// The longest time between two whole snapshots, across its sessions: what a stall, a
+    /// reconnect or a move to another server cost it in snapshots (zero before its second).
+    pub longest_snapshot_gap: Duration,
 }
 
 impl BotOutcome {
@@ -139,6 +142,7 @@ impl BotOutcome {
             inputs_late: 0,
             interp_underruns: 0,
             clock_error_us: new_rtt_histogram(),
+            longest_snapshot_gap: Duration::ZERO,
         }
     }
 

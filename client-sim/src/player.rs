@@ -66,6 +66,8 @@ pub struct Player {
     late_before: u64,
     underruns_before: u64,
     welcomed: Option<Welcomed>,
+    /// When the last whole snapshot arrived, on the player's clock (it runs across sessions).
+    last_snapshot_ms: Option<f64>,
 }
 
 impl Player {
@@ -103,6 +105,7 @@ impl Player {
             late_before: 0,
             underruns_before: 0,
             welcomed: None,
+            last_snapshot_ms: None,
         }
     }
 
@@ -148,8 +151,17 @@ impl Player {
             .clock()
             .filter(|_| self.session.warm(now_ms))
             .and_then(|c| c.server_tick(now_ms));
+        let whole = out.snapshots;
         self.session.on_datagram(bytes, now_ms);
-        self.drain(out, bytes.len(), estimate)
+        let drained = self.drain(out, bytes.len(), estimate);
+        if out.snapshots > whole {
+            if let Some(last) = self.last_snapshot_ms {
+                let gap = Duration::from_secs_f64((now_ms - last).max(0.0) / 1000.0);
+                out.longest_snapshot_gap = out.longest_snapshot_gap.max(gap);
+            }
+            self.last_snapshot_ms = Some(now_ms);
+        }
+        drained
     }
 
     /// One frame at `now_ms`: an input for every server tick that became due, as the bot's
@@ -582,6 +594,56 @@ mod tests {
                 resumed: true
             })
         );
+    }
+
+    /// A one-part full snapshot of `tick`, as a datagram.
+    fn whole_snapshot(tick: u32) -> Vec<u8> {
+        arena_shared::protocol::codec::encode_datagram(
+            &arena_shared::protocol::ServerDatagram::Snapshot(arena_shared::protocol::Snapshot {
+                tick,
+                part: 0,
+                parts: 1,
+                entities: Vec::new(),
+            }),
+        )
+    }
+
+    #[test]
+    fn the_longest_gap_between_whole_snapshots_spans_sessions() {
+        let live = Arc::new(LiveStats::default());
+        let mut p = Player::new("bot", Behaviour::Idle, 1, live);
+        let mut out = BotOutcome::new("bot".into(), 0, Behaviour::Idle);
+        p.connect("tok");
+        p.on_stream(&welcome(3, false), 0.0, &mut out).unwrap();
+        p.on_datagram(&whole_snapshot(2), 100.0, &mut out).unwrap();
+        assert_eq!(
+            out.longest_snapshot_gap,
+            Duration::ZERO,
+            "one snapshot: no gap"
+        );
+        p.on_datagram(&whole_snapshot(3), 133.0, &mut out).unwrap();
+        p.on_datagram(&whole_snapshot(4), 166.0, &mut out).unwrap();
+        assert_eq!(out.longest_snapshot_gap, Duration::from_millis(33));
+        // A new connection (a move, a reconnect): the gap runs from the last snapshot of the
+        // one before to the first of the next.
+        p.connect("");
+        p.on_stream(&welcome(4, true), 900.0, &mut out).unwrap();
+        p.on_datagram(&whole_snapshot(30), 1_366.0, &mut out)
+            .unwrap();
+        assert_eq!(out.longest_snapshot_gap, Duration::from_millis(1_200));
+        // Only whole snapshots count: a part of a two-part tick is not one.
+        let half = arena_shared::protocol::codec::encode_datagram(
+            &arena_shared::protocol::ServerDatagram::Snapshot(arena_shared::protocol::Snapshot {
+                tick: 31,
+                part: 0,
+                parts: 2,
+                entities: Vec::new(),
+            }),
+        );
+        p.on_datagram(&half, 1_400.0, &mut out).unwrap();
+        p.on_datagram(&whole_snapshot(32), 3_000.0, &mut out)
+            .unwrap();
+        assert_eq!(out.longest_snapshot_gap, Duration::from_millis(1_634));
     }
 
     #[test]

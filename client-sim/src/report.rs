@@ -73,6 +73,14 @@ pub struct Report {
     pub interp_underruns: u64,
     /// 99th percentile of the server-tick estimate's error, milliseconds.
     pub clock_offset_ms_p99: f64,
+    /// Each bot's longest time between two whole snapshots (a stall, a reconnect, a move),
+    /// milliseconds: the median bot's, the 99th percentile's and the worst's.
+    #[serde(default)]
+    pub snapshot_gap_ms_p50: f64,
+    #[serde(default)]
+    pub snapshot_gap_ms_p99: f64,
+    #[serde(default)]
+    pub snapshot_gap_ms_max: f64,
     /// Failed connects and lost sessions by kind (e.g. `rejected_server_full`), each
     /// occurrence counted (a bot that retried five times against a stopped server counts five).
     pub errors: BTreeMap<String, u64>,
@@ -86,7 +94,11 @@ impl Report {
         let mut errors = BTreeMap::new();
         let (mut sizes, mut in_view) = (new_count_histogram(), new_count_histogram());
         let mut clock = new_rtt_histogram();
+        let mut gaps = new_rtt_histogram();
         for b in bots {
+            if b.snapshots > 1 {
+                gaps.saturating_record(b.longest_snapshot_gap.as_micros().max(1) as u64);
+            }
             let _ = clock.add(&b.clock_error_us);
             let _ = sizes.add(&b.snapshot_bytes);
             let _ = in_view.add(&b.in_view);
@@ -160,6 +172,9 @@ impl Report {
             inputs_late: bots.iter().map(|b| b.inputs_late).sum(),
             interp_underruns: bots.iter().map(|b| b.interp_underruns).sum(),
             clock_offset_ms_p99: ms(&clock, 0.99),
+            snapshot_gap_ms_p50: ms(&gaps, 0.5),
+            snapshot_gap_ms_p99: ms(&gaps, 0.99),
+            snapshot_gap_ms_max: ms(&gaps, 1.0),
             errors,
         }
     }
@@ -167,7 +182,7 @@ impl Report {
     /// A table a person reads at the end of a run.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let rows: [(&str, String); 21] = [
+        let rows: [(&str, String); 22] = [
             (
                 "bots connected",
                 format!("{} / {}", self.bots_connected, self.bots_requested),
@@ -235,6 +250,13 @@ impl Report {
                 format!("{:.2} ms", self.clock_offset_ms_p99),
             ),
             (
+                "longest snapshot gap",
+                format!(
+                    "{:.0} / {:.0} / {:.0} ms (p50 / p99 / worst bot)",
+                    self.snapshot_gap_ms_p50, self.snapshot_gap_ms_p99, self.snapshot_gap_ms_max
+                ),
+            ),
+            (
                 "RTT p50 / p99",
                 format!("{:.2} / {:.2} ms", self.rtt_ms_p50, self.rtt_ms_p99),
             ),
@@ -300,6 +322,9 @@ mod tests {
             "inputs_late",
             "interp_underruns",
             "clock_offset_ms_p99",
+            "snapshot_gap_ms_p50",
+            "snapshot_gap_ms_p99",
+            "snapshot_gap_ms_max",
         ] {
             assert!(v.get(key).is_some_and(|x| x.is_number()), "missing {key}");
         }
