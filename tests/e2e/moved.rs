@@ -224,7 +224,18 @@ async fn bots_moved_to_a_server_that_does_not_know_them_fall_back_to_its_connect
     common::welcomes_reach(&config, 2 * u64::from(BOTS)).await;
     b.sessions_reach(BOTS as usize).await;
     a.sessions_reach(0).await;
-    assert_eq!(b.stats.players(), u64::from(BOTS));
+    // A session counts once admitted; its player exists once the simulation has applied the
+    // join, at its next tick: await that rather than read the count at once.
+    let mut players = b.stats.watch_players();
+    tokio::time::timeout(WAIT, players.wait_for(|p| *p == u64::from(BOTS)))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "B's players never reached {BOTS} (now {})",
+                b.stats.players()
+            )
+        })
+        .expect("stats live as long as the server");
     assert_eq!(Stats::get(&b.stats.sessions_resumed), 0, "B knew no token");
     assert_eq!(
         a.moved_sessions(),
