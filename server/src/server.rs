@@ -368,15 +368,28 @@ impl Server {
         let names = Arc::new(crate::game::names::Names::default());
         sim.world_mut()
             .insert_resource(crate::game::names::NameDirectory(names.clone()));
-        let replay_writer = if self.config.no_replays {
-            None
+        let (replay_writer, run_files) = if self.config.no_replays {
+            (None, None)
         } else {
+            // A world handed over goes on with the old server's run, under the same flags.
+            let continues = restored.as_ref().and_then(|b| b.run.as_ref()).and_then(|link| {
+                let same = link.continues_with(&self.config);
+                if !same {
+                    warn!(
+                        run = crate::recording::run_id(link.run_start_unix_ms).as_str(),
+                        "handoff: this server's simulation flags differ from the run's; a new run starts"
+                    );
+                }
+                same.then(|| link.continuation())
+            });
             let (recorder, writer) =
-                crate::recording::start(&self.config, &self.map, self.stats.clone()).map_err(
-                    |e| ServerError::Replay(format!("{}: {e}", self.config.replay_dir.display())),
-                )?;
+                crate::recording::start(&self.config, &self.map, self.stats.clone(), continues)
+                    .map_err(|e| {
+                        ServerError::Replay(format!("{}: {e}", self.config.replay_dir.display()))
+                    })?;
+            let files = recorder.files();
             sim.set_recorder(recorder);
-            Some(writer)
+            (Some(writer), files)
         };
         let sim_thread = {
             let stop = sim_stop.clone();
@@ -457,6 +470,7 @@ impl Server {
             frozen,
             shutdown: shutdown.clone(),
             pending: Mutex::new(None),
+            run: run_files,
         });
         // Our own accept loop, not axum::serve: that one sets no header timeout and no cap.
         let http_task = tokio::spawn(http::serve::serve(

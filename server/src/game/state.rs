@@ -313,27 +313,26 @@ pub fn restore(world: &mut World, tick: u32, state: &SimState) {
     world.insert_resource(LagComp(history));
 }
 
-/// Parks every connected player as a lost connection would (`SimCommand::Detach`): it stands
-/// still, not firing, keeping its entity and its session number, until its player resumes or
-/// its seat expires. A world restored on another server has no connections yet: its players
-/// come back through `SimCommand::Join` with `resume`. Nothing is recorded (a restored world's
-/// first keyframe shows them lingering).
-pub fn park_players(world: &mut World) {
-    let links: Vec<(u64, ClientLink)> = world.resource_mut::<Clients>().0.drain().collect();
-    for (client_id, link) in links {
-        world.entity_mut(link.entity).insert((
-            InputBuffer::default(),
-            MoveIntent::default(),
-            Trigger::default(),
-        ));
-        world.resource_mut::<LinkChanges>().0.push(link.entity);
-        world.resource_mut::<Lingering>().0.insert(
-            client_id,
-            LingeringPlayer {
-                entity: link.entity,
-                net_id: link.net_id,
-                session: link.session,
-            },
-        );
-    }
+/// Detaches every connected player at the next tick, as a lost connection would: a
+/// `SimCommand::Detach` for each, queued ahead of anything the network delivers. A world
+/// restored on another server has no connections yet; its players stand still, not firing,
+/// keeping their entities, until each resumes through `SimCommand::Join` or its seat expires.
+/// Going through the command, the next tick records a `Detach` for each, in client-id order,
+/// so a re-simulation of the old server's run, fed those records, reaches the same state (a
+/// live handoff's replay verifies across both servers' files).
+pub fn detach_players(world: &mut World) {
+    let mut links: Vec<(u64, u64)> = world
+        .resource::<Clients>()
+        .0
+        .iter()
+        .map(|(&client_id, link)| (client_id, link.session))
+        .collect();
+    links.sort_unstable();
+    let mut inbox = world.resource_mut::<Inbox>();
+    let queued = std::mem::take(&mut inbox.0);
+    inbox.0 = links
+        .into_iter()
+        .map(|(client_id, session)| super::SimCommand::Detach { client_id, session })
+        .chain(queued)
+        .collect();
 }

@@ -11,12 +11,12 @@ use arena_shared::replay::SimState;
 
 use crate::config::Config;
 use crate::net::registry::SeatRecord;
-use crate::recording::RunFiles;
+use crate::recording::Continuation;
 
 /// First bytes of an encoded bundle.
 pub const MAGIC: [u8; 8] = *b"ARNAHAND";
 /// Bumped whenever the bundle's meaning or layout changes; a server reads only its own.
-pub const FORMAT: u16 = 1;
+pub const FORMAT: u16 = 2;
 /// Bytes before the bitcode body.
 const PREFIX_LEN: usize = MAGIC.len() + 2;
 
@@ -45,8 +45,12 @@ pub struct Bundle {
 pub struct RunLink {
     /// The run's id, as its file names carry it.
     pub run_start_unix_ms: u64,
-    /// The number of the last file the old server wrote; the new server's first is the next.
-    pub last_file: u32,
+    /// The number of the new server's first file: the old server gave it away
+    /// (`RunFiles::hand_over`) and never opens it.
+    pub first_file: u32,
+    /// Records the old server dropped just before the freeze: the new server's first record
+    /// is a `Gap` saying so.
+    pub lost: u64,
     pub seed: u64,
     pub tick_rate: u16,
     /// The header's `sim_args`: the new server refuses a run its own flags would not continue.
@@ -54,14 +58,24 @@ pub struct RunLink {
 }
 
 impl RunLink {
-    /// The run `files` is writing (`Recorder::files`), recorded with `config`'s flags.
-    pub fn of(config: &Config, files: &RunFiles) -> Self {
+    /// The run handed over as `continues`, recorded with `config`'s flags.
+    pub fn of(config: &Config, continues: Continuation) -> Self {
         Self {
-            run_start_unix_ms: files.run_start_unix_ms(),
-            last_file: files.last_file(),
+            run_start_unix_ms: continues.run_start_unix_ms,
+            first_file: continues.first_file,
+            lost: continues.lost,
             seed: config.seed,
             tick_rate: config.tick_rate,
             sim_args: crate::recording::sim_args(config),
+        }
+    }
+
+    /// Where the new server's recording goes on.
+    pub fn continuation(&self) -> Continuation {
+        Continuation {
+            run_start_unix_ms: self.run_start_unix_ms,
+            first_file: self.first_file,
+            lost: self.lost,
         }
     }
 
@@ -186,7 +200,8 @@ mod tests {
             next_client_id: 43,
             run: Some(RunLink {
                 run_start_unix_ms: 1_700_000_000_000,
-                last_file: 2,
+                first_file: 3,
+                lost: 1,
                 seed: 7,
                 tick_rate: 30,
                 sim_args: vec!["--npcs".into(), "10".into()],
@@ -218,10 +233,10 @@ mod tests {
         );
         assert_eq!(decode(b"GET / HTTP/1.1", 100), Err(BundleError::NotABundle));
         let mut other = bytes.clone();
-        other[8] = 2;
+        other[8] = 1;
         assert_eq!(
             decode(&other, other.len()),
-            Err(BundleError::Format { found: 2 })
+            Err(BundleError::Format { found: 1 })
         );
         assert!(matches!(
             decode(&bytes[..bytes.len() - 1], bytes.len()),
@@ -242,9 +257,13 @@ mod tests {
     fn a_run_link_names_the_run_and_continues_only_under_the_same_simulation_flags() {
         use clap::Parser;
         let config = Config::try_parse_from(["arena-server", "--npcs", "10"]).unwrap();
-        let files = RunFiles::default();
-        let link = RunLink::of(&config, &files);
-        assert_eq!((link.run_start_unix_ms, link.last_file), (0, 0));
+        let continues = Continuation {
+            run_start_unix_ms: 5,
+            first_file: 4,
+            lost: 0,
+        };
+        let link = RunLink::of(&config, continues);
+        assert_eq!(link.continuation(), continues);
         assert_eq!(link.sim_args, crate::recording::sim_args(&config));
         assert!(link.continues_with(&config));
         let other = Config::try_parse_from(["arena-server", "--npcs", "11"]).unwrap();

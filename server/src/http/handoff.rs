@@ -31,10 +31,11 @@ use tracing::{info, warn};
 use super::HttpState;
 use crate::config::Config;
 use crate::handoff::auth::Verifier;
-use crate::handoff::bundle::{Bundle, FORMAT};
+use crate::handoff::bundle::{Bundle, FORMAT, RunLink};
 use crate::handoff::handover::{Handover, Refused};
 use crate::net::mover::Mover;
 use crate::net::registry::Registry;
+use crate::recording::RunFiles;
 use crate::stats::Stats;
 use crate::tick::freeze::{Freezer, Release};
 
@@ -70,6 +71,9 @@ pub struct Handoff {
     pub shutdown: CancellationToken,
     /// The frozen simulation's release and where the players go, while a state is out.
     pub pending: Mutex<Option<(Release, MovedTo)>>,
+    /// The replay run this server records (`None`: `--no-replays`), which the new server
+    /// continues.
+    pub run: Option<Arc<RunFiles>>,
 }
 
 impl Handoff {
@@ -159,6 +163,21 @@ async fn request(State(state): State<Arc<Handoff>>, headers: HeaderMap, body: By
         }
     };
     let sha = state_sha256(&frozen.state);
+    // The replay writer gets half of --handoff-timeout to write what the simulation recorded
+    // before the freeze: the simulation's own timeout (twice --handoff-timeout) must not run
+    // out before the confirmation's deadline.
+    let run = match &state.run {
+        Some(files) => match files.hand_over(timeout / 2).await {
+            Some(continues) => Some(RunLink::of(&state.config, continues)),
+            None => {
+                warn!(
+                    "handoff: the replay writer is behind; the new server starts a run of its own"
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let seats = lock(&state.registry).export(state.now_ms());
     let bundle = Bundle {
         format: FORMAT,
@@ -166,7 +185,7 @@ async fn request(State(state): State<Arc<Handoff>>, headers: HeaderMap, body: By
         sim: frozen.state,
         seats,
         next_client_id: state.http.next_client_id.load(Ordering::Relaxed),
-        run: None,
+        run,
     };
     let bytes = bundle.encode();
     info!(

@@ -8,6 +8,12 @@
 //! when the current one is over `--replay-rotate-mb` or `--replay-rotate-secs` old, so every
 //! file starts from a full world. Files are flushed at every keyframe and when the run ends.
 //!
+//! A live handoff continues the run on the new server: the old one, frozen, waits for its
+//! writer to have written every record it was given and gives the next file's number away
+//! ([`RunFiles::hand_over`]); the new server's writer starts at that number under the same run
+//! id ([`Continuation`]), its header's `first_tick` the tick after the handoff. Read in order,
+//! the two servers' files are one run, as rotated files are.
+//!
 //! A leaf: it knows the settings and the counters, nothing of the game, the tick or
 //! re-simulation (`crate::replay`), so the game's systems can hold a recorder without the
 //! game depending on what reads the files back.
@@ -58,9 +64,38 @@ pub struct Recorder {
 pub struct RunFiles {
     start_unix_ms: AtomicU64,
     last_file: AtomicU32,
+    /// The number the writer's next file takes.
+    next_file: AtomicU32,
+    /// Records the recorder handed to the writer, and those the writer has written (or given
+    /// up on): equal once the writer has caught up.
+    sent: AtomicU64,
+    written: AtomicU64,
+    /// Records dropped since the last one that got through (`Recorder::lost`): a handoff now
+    /// would owe the run a `Gap`.
+    lost: AtomicU64,
+}
+
+/// Where a new server's recording goes on with a run another server began (a live handoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuation {
+    /// The run's id ([`run_id`]).
+    pub run_start_unix_ms: u64,
+    /// The number of this server's first file.
+    pub first_file: u32,
+    /// Records the old server dropped just before the handoff: this server's first record is
+    /// preceded by a `Gap` saying so, as the old one's next record would have been.
+    pub lost: u64,
 }
 
 impl RunFiles {
+    fn new(start_unix_ms: u64, next_file: u32) -> Self {
+        Self {
+            start_unix_ms: AtomicU64::new(start_unix_ms),
+            next_file: AtomicU32::new(next_file.max(1)),
+            ..Self::default()
+        }
+    }
+
     /// The run's id as its file names carry it ([`run_id`]).
     pub fn run_start_unix_ms(&self) -> u64 {
         self.start_unix_ms.load(Ordering::Acquire)
@@ -69,6 +104,33 @@ impl RunFiles {
     /// The number of the newest file opened (0: none yet).
     pub fn last_file(&self) -> u32 {
         self.last_file.load(Ordering::Acquire)
+    }
+
+    /// Whether the writer has written every record it was handed.
+    pub fn caught_up(&self) -> bool {
+        self.written.load(Ordering::Acquire) >= self.sent.load(Ordering::Acquire)
+    }
+
+    /// For a live handoff, with the simulation frozen (no record on its way): waits up to
+    /// `within` for the writer to catch up, then gives the next file's number away, so that
+    /// this server's writer never opens it (if the handoff fails and this server carries on,
+    /// its files skip it). `None` if the writer did not catch up in time: the new server then
+    /// starts a run of its own.
+    pub async fn hand_over(&self, within: Duration) -> Option<Continuation> {
+        let deadline = Instant::now() + within;
+        // Nothing announces a write: the writer is polled, at most `within` (a bound in the
+        // handoff's own time).
+        while !self.caught_up() {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Some(Continuation {
+            run_start_unix_ms: self.run_start_unix_ms(),
+            first_file: self.next_file.fetch_add(1, Ordering::AcqRel),
+            lost: self.lost.load(Ordering::Acquire),
+        })
     }
 }
 
@@ -96,6 +158,12 @@ impl Recorder {
         self.files.clone()
     }
 
+    /// The end of the next tick gets a keyframe, due or not (a re-simulation matching a
+    /// recording's keyframe off the interval: the first of a run continued after a handoff).
+    pub fn force_keyframe(&mut self) {
+        self.first_keyframe = true;
+    }
+
     /// Whether the end of `tick` gets a keyframe.
     pub fn keyframe_due(&mut self, tick: u32) -> bool {
         std::mem::take(&mut self.first_keyframe) || tick.is_multiple_of(self.keyframe_ticks)
@@ -109,7 +177,10 @@ impl Recorder {
                 dropped: self.lost,
             };
             match self.tx.try_send(gap) {
-                Ok(()) => self.lost = 0,
+                Ok(()) => {
+                    self.lost = 0;
+                    self.sent(0);
+                }
                 Err(_) => {
                     self.lose();
                     return;
@@ -117,16 +188,30 @@ impl Recorder {
             }
         }
         match self.tx.try_send(record) {
-            Ok(()) => Stats::add(&self.stats.replay_records, 1),
+            Ok(()) => {
+                Stats::add(&self.stats.replay_records, 1);
+                self.sent(self.lost);
+            }
             Err(TrySendError::Full(_)) => self.lose(),
             // The writer stopped (a disk error, logged there): nothing more is recorded.
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
+    /// One more record is on its way to the writer; `lost` are owed a `Gap`.
+    fn sent(&self, lost: u64) {
+        if let Some(files) = &self.files {
+            files.sent.fetch_add(1, Ordering::AcqRel);
+            files.lost.store(lost, Ordering::Release);
+        }
+    }
+
     fn lose(&mut self) {
         self.lost += 1;
         Stats::add(&self.stats.replay_dropped, 1);
+        if let Some(files) = &self.files {
+            files.lost.store(self.lost, Ordering::Release);
+        }
     }
 }
 
@@ -141,10 +226,13 @@ pub struct WriterSettings {
 
 /// Starts the writer thread; the returned [`Recorder`] goes to the simulation, the handle is
 /// joined once the simulation has stopped (the recorder dropped), which flushes the file.
+/// With `continues`, the files go on with a run another server began (a live handoff),
+/// starting at the number it gave away; otherwise a new run starts now.
 pub fn start(
     config: &Config,
     map: &Map,
     stats: Arc<Stats>,
+    continues: Option<Continuation>,
 ) -> std::io::Result<(Recorder, JoinHandle<()>)> {
     std::fs::create_dir_all(&config.replay_dir)?;
     let settings = WriterSettings {
@@ -164,9 +252,9 @@ pub fn start(
     };
     let (tx, rx) = sync_channel(config.replay_queue.max(1));
     let writer_stats = stats.clone();
-    let files = Arc::new(RunFiles {
-        start_unix_ms: AtomicU64::new(unix_ms()),
-        last_file: AtomicU32::new(0),
+    let files = Arc::new(match continues {
+        Some(c) => RunFiles::new(c.run_start_unix_ms, c.first_file),
+        None => RunFiles::new(unix_ms(), 1),
     });
     let writer_files = files.clone();
     let handle = std::thread::Builder::new()
@@ -175,7 +263,7 @@ pub fn start(
     Ok((
         Recorder {
             tx,
-            lost: 0,
+            lost: continues.map_or(0, |c| c.lost),
             keyframe_ticks: config.replay_keyframe_ticks.max(1),
             first_keyframe: true,
             stats,
@@ -262,9 +350,17 @@ fn write_loop(
     let mut header = settings.header.clone();
     let run = files.run_start_unix_ms();
     let mut current: Option<Current> = None;
-    let mut seq = 0u32;
     let mut buf = Vec::new();
+    // Counts the record as written however its write ends (a failed write stops the
+    // recording, and a handoff must not wait for it).
+    struct Written<'a>(&'a RunFiles);
+    impl Drop for Written<'_> {
+        fn drop(&mut self) {
+            self.0.written.fetch_add(1, Ordering::AcqRel);
+        }
+    }
     while let Ok(record) = rx.recv() {
+        let _written = Written(&files);
         let due = current.as_ref().is_none_or(|c| {
             matches!(record, Record::Keyframe { .. })
                 && (c.bytes >= settings.rotate_bytes || c.opened.elapsed() >= settings.rotate_after)
@@ -276,7 +372,7 @@ fn write_loop(
             }
             header.start_unix_ms = unix_ms();
             header.first_tick = record.tick();
-            seq += 1;
+            let seq = files.next_file.fetch_add(1, Ordering::AcqRel);
             match open(&settings.dir, &header, run, seq) {
                 Ok(c) => {
                     current = Some(c);
@@ -374,6 +470,164 @@ mod tests {
         );
     }
 
+    fn settings(dir: &Path) -> WriterSettings {
+        WriterSettings {
+            dir: dir.to_path_buf(),
+            rotate_bytes: 200,
+            rotate_after: Duration::from_secs(3600),
+            header: Header {
+                format_version: FORMAT_VERSION,
+                protocol_version: PROTOCOL_VERSION,
+                seed: 1,
+                map: Map::open(10.0, 10.0),
+                tick_rate: 30,
+                start_unix_ms: 0,
+                first_tick: 1,
+                sim_args: Vec::new(),
+            },
+        }
+    }
+
+    /// A writer thread for `files` and the recorder that feeds it.
+    fn writing(dir: &Path, files: &Arc<RunFiles>, lost: u64) -> (Recorder, JoinHandle<()>) {
+        let (tx, rx) = sync_channel(1024);
+        let stats = Arc::new(Stats::default());
+        let writer = std::thread::spawn({
+            let (settings, stats, files) = (settings(dir), stats.clone(), files.clone());
+            move || write_loop(rx, settings, stats, files)
+        });
+        let recorder = Recorder {
+            tx,
+            lost,
+            keyframe_ticks: 10,
+            first_keyframe: true,
+            stats,
+            files: Some(files.clone()),
+        };
+        (recorder, writer)
+    }
+
+    fn ticks(r: &mut Recorder, ticks: std::ops::RangeInclusive<u32>) {
+        for t in ticks {
+            if r.keyframe_due(t) {
+                r.record(keyframe(t));
+            } else {
+                r.record(leave(t));
+            }
+        }
+    }
+
+    /// The file numbers of `dir`'s replays, in order.
+    fn numbers(dir: &Path) -> Vec<u32> {
+        let mut n: Vec<u32> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".replay")?
+                    .rsplit_once('-')?
+                    .1
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[tokio::test]
+    async fn a_handoff_gives_the_next_file_away_once_the_writer_caught_up() {
+        let base = std::env::temp_dir().join(format!("arena-handover-unit-{}", std::process::id()));
+        let (a_dir, b_dir) = (base.join("a"), base.join("b"));
+        for d in [&a_dir, &b_dir] {
+            let _ = std::fs::remove_dir_all(d);
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let run = 1_700_000_000_000;
+        let a_files = Arc::new(RunFiles::new(run, 1));
+        let (mut a, a_writer) = writing(&a_dir, &a_files, 0);
+        ticks(&mut a, 1..=40);
+        // Frozen after tick 40: the file number goes once every record before it is written.
+        let c = a_files
+            .hand_over(Duration::from_secs(10))
+            .await
+            .expect("the writer catches up");
+        assert!(a_files.caught_up());
+        let written = a_files.last_file();
+        assert!(written >= 2, "rotated at least once: {written}");
+        assert_eq!(
+            c,
+            Continuation {
+                run_start_unix_ms: run,
+                first_file: written + 1,
+                lost: 0
+            }
+        );
+
+        // The new server's files go on from there under the same run id.
+        let b_files = Arc::new(RunFiles::new(c.run_start_unix_ms, c.first_file));
+        let (mut b, b_writer) = writing(&b_dir, &b_files, c.lost);
+        ticks(&mut b, 41..=60);
+        drop(b);
+        b_writer.join().unwrap();
+        let b_numbers = numbers(&b_dir);
+        assert_eq!(b_numbers[0], c.first_file, "{b_numbers:?}");
+        let b_first = &run_files_named(&b_dir, run)[0];
+        let read = arena_shared::replay::read(&std::fs::read(b_first).unwrap());
+        let Record::Header(h) = &read.records[0] else {
+            panic!("no header")
+        };
+        assert_eq!(h.first_tick, 41, "its header says where it goes on");
+
+        // Had the handoff failed, the old server carries on and skips the number given away.
+        ticks(&mut a, 41..=80);
+        drop(a);
+        a_writer.join().unwrap();
+        let a_numbers = numbers(&a_dir);
+        assert!(!a_numbers.contains(&c.first_file), "{a_numbers:?}");
+        assert_eq!(a_numbers.last(), Some(&a_files.last_file()));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[tokio::test]
+    async fn a_writer_behind_gives_no_number_and_records_lost_before_a_handoff_open_the_next_file_with_a_gap()
+     {
+        // A writer that never catches up (nothing reads its channel): no continuation.
+        let (tx, _rx) = sync_channel(1);
+        let files = Arc::new(RunFiles::new(5, 1));
+        let mut r = Recorder {
+            tx,
+            lost: 0,
+            keyframe_ticks: 10,
+            first_keyframe: false,
+            stats: Arc::new(Stats::default()),
+            files: Some(files.clone()),
+        };
+        ticks(&mut r, 1..=3);
+        assert!(!files.caught_up());
+        assert_eq!(files.hand_over(Duration::from_millis(20)).await, None);
+        // Two records found the channel full: a handoff owes the run a Gap for them.
+        assert_eq!(files.lost.load(Ordering::Acquire), 2);
+
+        let dir = std::env::temp_dir().join(format!("arena-gap-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let b_files = Arc::new(RunFiles::new(5, 7));
+        let (mut b, writer) = writing(&dir, &b_files, 2);
+        ticks(&mut b, 4..=4);
+        drop(b);
+        writer.join().unwrap();
+        let read =
+            arena_shared::replay::read(&std::fs::read(&run_files_named(&dir, 5)[0]).unwrap());
+        assert_eq!(
+            read.records[1],
+            Record::Gap {
+                tick: 4,
+                dropped: 2
+            }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn keyframes_come_first_then_every_interval() {
         let (mut r, _rx, _) = recorder(1);
@@ -388,27 +642,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("arena-replay-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let settings = WriterSettings {
-            dir: dir.clone(),
-            rotate_bytes: 200,
-            rotate_after: Duration::from_secs(3600),
-            header: Header {
-                format_version: FORMAT_VERSION,
-                protocol_version: PROTOCOL_VERSION,
-                seed: 1,
-                map: Map::open(10.0, 10.0),
-                tick_rate: 30,
-                start_unix_ms: 0,
-                first_tick: 1,
-                sim_args: Vec::new(),
-            },
-        };
+        let settings = settings(&dir);
         let (tx, rx) = sync_channel(1024);
         let stats = Arc::new(Stats::default());
-        let run_files = Arc::new(RunFiles {
-            start_unix_ms: AtomicU64::new(1_700_000_000_000),
-            last_file: AtomicU32::new(0),
-        });
+        let run_files = Arc::new(RunFiles::new(1_700_000_000_000, 1));
         let writer = std::thread::spawn({
             let (stats, run_files) = (stats.clone(), run_files.clone());
             move || write_loop(rx, settings, stats, run_files)

@@ -434,6 +434,17 @@ impl Replayer {
             }
             self.next += 1;
         }
+        // A keyframe off the interval (a file that continues a run handed over opens with
+        // one) is re-simulated too, so it is checked like any other.
+        if self.records[start..self.next]
+            .iter()
+            .any(|r| matches!(r, Record::Keyframe { .. }))
+        {
+            self.sim
+                .world_mut()
+                .resource_mut::<Recorder>()
+                .force_keyframe();
+        }
         self.sim.tick();
         self.tick = tick;
         Ok(Stepped {

@@ -152,11 +152,13 @@ impl Simulation {
     /// [`Frozen`], or a keyframe): built as [`Simulation::new`] builds one from the same flags,
     /// then restored as a re-simulation restores a keyframe (`game::state::restore`), so it
     /// runs `tick + 1` next and takes the decisions the old one would have. Its players have no
-    /// connection here yet: each lingers (`game::state::park_players`) with session
-    /// `net::registry::IMPORTED_SESSION` until it resumes or its seat expires.
+    /// connection here yet: `tick + 1` detaches each (`game::state::detach_players`, recorded
+    /// as the old server's next tick would have recorded their lost connections), and each
+    /// lingers with session `net::registry::IMPORTED_SESSION` until it resumes or its seat
+    /// expires.
     ///
-    /// Also returns the restored world as captured before its players were parked: the same
-    /// state as `state` when it moved whole (a live handoff logs both hashes to show it).
+    /// Also returns the restored world as captured: the same state as `state` when it moved
+    /// whole (a live handoff logs both hashes to show it).
     pub fn restore_from(
         config: &Config,
         map: Arc<Map>,
@@ -169,7 +171,7 @@ impl Simulation {
         let mut sim = Self::new(config, map, inbox, stats, frame_tap);
         game::state::restore(&mut sim.world, tick, state);
         let (_, restored) = game::state::capture_after_tick(&mut sim.world);
-        game::state::park_players(&mut sim.world);
+        game::state::detach_players(&mut sim.world);
         (sim, restored)
     }
 
