@@ -163,6 +163,7 @@ async fn request(State(state): State<Arc<Handoff>>, headers: HeaderMap, body: By
         }
     };
     let sha = state_sha256(&frozen.state);
+    let captured = began.elapsed();
     // The replay writer gets half of --handoff-timeout to write what the simulation recorded
     // before the freeze: the simulation's own timeout (twice --handoff-timeout) must not run
     // out before the confirmation's deadline.
@@ -193,7 +194,8 @@ async fn request(State(state): State<Arc<Handoff>>, headers: HeaderMap, body: By
         state_sha256 = sha.as_str(),
         seats = bundle.seats.len(),
         bytes = bytes.len(),
-        request_to_capture_ms = began.elapsed().as_secs_f64() * 1e3,
+        request_to_capture_ms = captured.as_secs_f64() * 1e3,
+        replay_catch_up_ms = (began.elapsed() - captured).as_secs_f64() * 1e3,
         "handoff: state captured"
     );
     if bytes.len() > state.config.handoff_max_bytes {
