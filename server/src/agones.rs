@@ -11,6 +11,9 @@
 //!   labelled; `--agones-shutdown-when-empty`. A lost sidecar is logged and reached again
 //!   with jittered backoff while players keep playing (nothing here is on their path); once
 //!   back, the server registers again: Ready unless it is Allocated, the list read and mended.
+//! - Taking a live world over (`--take-over-from`): not Ready while the handoff is pending;
+//!   once the old server confirms, `Ready` (if need be) and `Allocate`, since the server now
+//!   holds the old server's players.
 //! - At the end: `Shutdown`, once the drain is over and the last session has closed.
 //!
 //! Every call has a deadline ([`CALL_TIMEOUT`]): a sidecar that hangs counts as lost; it never
@@ -29,7 +32,7 @@ use tracing::{error, info, warn};
 use crate::Config;
 use crate::fleet::{
     ALLOCATED_LABEL, Backoff, CERT_ANNOTATION, EmptyShutdown, Health, HealthGate,
-    MAX_LIST_CAPACITY, PLAYERS_LIST, PlayerList, public_url,
+    MAX_LIST_CAPACITY, PLAYERS_LIST, PlayerList, Register, Takeover, public_url,
 };
 use crate::net::identity::CertHashes;
 use crate::server::Seated;
@@ -57,6 +60,8 @@ pub struct Agones {
     shutdown_when_empty: Option<Duration>,
     reservation_ttl: Option<Duration>,
     capacity: usize,
+    /// Started with `--take-over-from`.
+    taking_over: bool,
 }
 
 /// Why an SDK call failed: the sidecar is gone or hangs (try again later, elsewhere), or it
@@ -183,6 +188,7 @@ pub async fn connect(config: &Config) -> Result<Agones, String> {
         shutdown_when_empty: config.agones_shutdown_when_empty,
         reservation_ttl: Some(config.agones_reservation_ttl).filter(|d| !d.is_zero()),
         capacity: config.max_clients,
+        taking_over: config.take_over_from.is_some(),
     })
 }
 
@@ -202,18 +208,26 @@ struct Run {
     gate: HealthGate,
     empty: EmptyShutdown,
     allocated: bool,
+    /// The GameServer's `status.state`, as last read or watched.
+    state: String,
+    /// Started with `--take-over-from`.
+    taking_over: bool,
+    /// Whether the old server confirmed the takeover (set by [`crate::takeover::run`]).
+    confirmed: tokio::sync::watch::Receiver<bool>,
     started: Instant,
 }
 
 impl Agones {
     /// Keeps the GameServer in step with the server until `drained` fires (after
     /// [`crate::Server::run`] returned), then calls `Shutdown`. Cancels `shutdown` itself when
-    /// `--agones-shutdown-when-empty` says the match is over.
+    /// `--agones-shutdown-when-empty` says the match is over. `confirmed` turns true when a
+    /// takeover (`--take-over-from`) is confirmed; the server then allocates itself.
     pub async fn run(
         self,
         stats: Arc<Stats>,
         seated: Seated,
         certs: tokio::sync::watch::Receiver<CertHashes>,
+        confirmed: tokio::sync::watch::Receiver<bool>,
         shutdown: CancellationToken,
         drained: CancellationToken,
     ) {
@@ -230,6 +244,9 @@ impl Agones {
             gate: HealthGate::default(),
             empty: EmptyShutdown::new(self.shutdown_when_empty),
             allocated: false,
+            state: String::new(),
+            taking_over: self.taking_over,
+            confirmed,
             started: Instant::now(),
         };
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
@@ -271,24 +288,13 @@ impl Run {
             Ok(gs) => gs,
             Err(f) => return f.into_lost(),
         };
-        let state = gs.status.map(|s| s.state).unwrap_or_default();
-        self.allocated = state == "Allocated";
-        // Ready on an Allocated (or Reserved) server would put it back in the pool with its
-        // players on it; a draining server must not be handed out again.
+        self.state = gs.status.map(|s| s.state).unwrap_or_default();
+        self.allocated = self.state == "Allocated";
         if let Err(why) = self.publish_certs(sdk).await {
             return why;
         }
-        if !matches!(state.as_str(), "Allocated" | "Reserved" | "Shutdown")
-            && !self.shutdown.is_cancelled()
-        {
-            // The sockets are bound; Ready once the simulation ticks.
-            while Stats::get(&self.stats.ticks) == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            if let Err(f) = call("Ready", sdk.ready()).await {
-                return f.into_lost();
-            }
-            info!(previous_state = state.as_str(), "Agones: Ready");
+        if let Err(why) = self.register(sdk).await {
+            return why;
         }
         let mut beta = sdk.beta().clone();
         if self.list_kept {
@@ -333,8 +339,20 @@ impl Run {
         let mut health_timer = tokio::time::interval(self.health_period);
         let mut sync_timer = tokio::time::interval(PLAYERS_SYNC);
         sync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A confirmation that came after `register` read it above is still unseen here.
+        let mut awaiting_confirmation = self.taking_over;
         loop {
             tokio::select! {
+                changed = self.confirmed.changed(), if awaiting_confirmation => {
+                    // Closed: the takeover is over (the server runs on, or exits 1 if it was
+                    // not confirmed).
+                    awaiting_confirmation = changed.is_ok();
+                    if changed.is_ok()
+                        && let Err(why) = self.register(sdk).await
+                    {
+                        return why;
+                    }
+                }
                 _ = health_timer.tick() => {
                     let tick = self.stats.tick.load(Relaxed);
                     match self.gate.period(tick) {
@@ -396,8 +414,8 @@ impl Run {
                     if let Some(players) = status.lists.get(PLAYERS_LIST) {
                         self.list.observe(&players.values, self.started.elapsed());
                     }
-                    let state = status.state;
-                    let allocated = state == "Allocated";
+                    self.state = status.state;
+                    let allocated = self.state == "Allocated";
                     if allocated && !self.allocated {
                         let now = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
@@ -416,6 +434,52 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// The takeover as it stands, the confirmation marked seen.
+    fn takeover(&mut self) -> Takeover {
+        match (self.taking_over, *self.confirmed.borrow_and_update()) {
+            (false, _) => Takeover::Fresh,
+            (true, false) => Takeover::Pending,
+            (true, true) => Takeover::Confirmed,
+        }
+    }
+
+    /// Ready, Allocate or neither, as [`crate::fleet::register`] says for the GameServer's
+    /// state as last seen. Ready on an Allocated (or Reserved) server would put it back in the
+    /// pool with its players on it; a draining server must not be handed out again.
+    async fn register(&mut self, sdk: &mut Sdk) -> Result<(), String> {
+        let draining = self.shutdown.is_cancelled();
+        let takeover = self.takeover();
+        let (ready, allocate) = match crate::fleet::register(&self.state, draining, takeover) {
+            Register::Keep => return Ok(()),
+            Register::Wait => {
+                info!("Agones: not Ready until the takeover is confirmed");
+                return Ok(());
+            }
+            Register::Ready => (true, false),
+            Register::Allocate { ready_first } => (ready_first, true),
+        };
+        if ready {
+            // The sockets are bound; Ready once the simulation ticks.
+            while Stats::get(&self.stats.ticks) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            call("Ready", sdk.ready())
+                .await
+                .map_err(Failure::into_lost)?;
+            info!(previous_state = self.state.as_str(), "Agones: Ready");
+        }
+        if allocate {
+            call("Allocate", sdk.allocate())
+                .await
+                .map_err(Failure::into_lost)?;
+            info!(
+                "Agones: Allocate (by itself: this server runs the world it took over, and \
+                 its players are moving here)"
+            );
+        }
+        Ok(())
     }
 
     /// Sets [`CERT_ANNOTATION`] to the hashes to pin now (nothing with a real certificate).

@@ -9,6 +9,8 @@
 //!   for players who have not arrived yet.
 //! - [`HealthGate`]: a Health ping only when the simulation has ticked since the last one.
 //! - [`EmptyShutdown`]: the rule of `--agones-shutdown-when-empty`.
+//! - [`register`]: Ready, Allocate or neither, for a fresh server and for one that takes a
+//!   live world over (`--take-over-from`).
 //! - [`Backoff`]: jittered, growing waits between attempts to reach a lost sidecar.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -252,6 +254,53 @@ impl EmptyShutdown {
     }
 }
 
+/// Where a server stands in taking a live world over (`--take-over-from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// Not a takeover: the server starts a world of its own.
+    Fresh,
+    /// The world is asked for, restored or ticking here, but the old server has not confirmed:
+    /// it is still the old server's, and this process exits if the handoff fails.
+    Pending,
+    /// The old server confirmed: this server runs the world, and the old server's players
+    /// are on their way here.
+    Confirmed,
+}
+
+/// What registering with the sidecar asks of the GameServer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Register {
+    /// Nothing: it is Allocated or Shutdown already, a Reserved server is left to its
+    /// reservation, or the server is draining and must not be handed out.
+    Keep,
+    /// Nothing yet: a takeover waits for its confirmation. Ready now would put a server into
+    /// the pool that is about to hold someone else's players.
+    Wait,
+    /// Into the pool: a fresh server, once its simulation ticks.
+    Ready,
+    /// A confirmed takeover: the server holds a world with players, so it allocates itself
+    /// and the fleet neither scales it down nor hands it to a new match. `ready_first` when
+    /// the GameServer is not Ready yet (Agones allocates from Ready).
+    Allocate { ready_first: bool },
+}
+
+/// What to ask of the GameServer in `state` (its `status.state`), the server `draining` or
+/// not, its takeover as it stands. Asked at every (re)registration and again when a takeover
+/// is confirmed.
+pub fn register(state: &str, draining: bool, takeover: Takeover) -> Register {
+    if draining || matches!(state, "Allocated" | "Shutdown") {
+        return Register::Keep;
+    }
+    match takeover {
+        Takeover::Pending => Register::Wait,
+        Takeover::Confirmed => Register::Allocate {
+            ready_first: !matches!(state, "Ready" | "Reserved"),
+        },
+        Takeover::Fresh if state == "Reserved" => Register::Keep,
+        Takeover::Fresh => Register::Ready,
+    }
+}
+
 /// Exponential backoff with full jitter (a wait drawn uniformly below a ceiling that doubles
 /// from `first` up to `max`), so a fleet whose sidecars all restart at once does not call back
 /// in step.
@@ -456,6 +505,45 @@ mod tests {
         let mut off = EmptyShutdown::new(None);
         assert!(!off.observe(s(0), true, 0));
         assert!(!off.observe(s(10_000), true, 0));
+    }
+
+    #[test]
+    fn a_fresh_server_is_ready_unless_it_is_allocated_reserved_going_or_draining() {
+        for state in ["", "Scheduled", "RequestReady", "Ready"] {
+            assert_eq!(register(state, false, Takeover::Fresh), Register::Ready);
+        }
+        for state in ["Allocated", "Reserved", "Shutdown"] {
+            assert_eq!(register(state, false, Takeover::Fresh), Register::Keep);
+        }
+        assert_eq!(register("Scheduled", true, Takeover::Fresh), Register::Keep);
+    }
+
+    #[test]
+    fn a_takeover_waits_for_its_confirmation_then_allocates_itself() {
+        // Before the confirmation the world is not this server's: not in the pool.
+        for state in ["Scheduled", "RequestReady", "Ready", "Reserved"] {
+            assert_eq!(register(state, false, Takeover::Pending), Register::Wait);
+        }
+        // Confirmed: Ready first where Agones needs it, then Allocate.
+        for state in ["Scheduled", "RequestReady"] {
+            assert_eq!(
+                register(state, false, Takeover::Confirmed),
+                Register::Allocate { ready_first: true }
+            );
+        }
+        // A sidecar lost between Ready and Allocate: Allocate on registering again.
+        for state in ["Ready", "Reserved"] {
+            assert_eq!(
+                register(state, false, Takeover::Confirmed),
+                Register::Allocate { ready_first: false }
+            );
+        }
+        // Allocated already (by itself, or a matchmaker got there first), or going: nothing.
+        for takeover in [Takeover::Pending, Takeover::Confirmed] {
+            assert_eq!(register("Allocated", false, takeover), Register::Keep);
+            assert_eq!(register("Shutdown", false, takeover), Register::Keep);
+            assert_eq!(register("Ready", true, takeover), Register::Keep);
+        }
     }
 
     #[test]

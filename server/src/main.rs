@@ -81,6 +81,8 @@ async fn serve(#[allow(unused_mut)] mut config: Config) -> Result<(), arena_serv
         "WebTransport on {} (UDP), HTTP on http://{http} -- next: cargo run --release -p arena-client-sim -- --server http://{http} --bots 50",
         server.wt_addr()
     );
+    // A takeover's confirmation, for the fleet loop (a confirmed server allocates itself).
+    let (confirmed, _) = tokio::sync::watch::channel(false);
     #[cfg(feature = "agones")]
     let drained = CancellationToken::new();
     #[cfg(feature = "agones")]
@@ -89,12 +91,13 @@ async fn serve(#[allow(unused_mut)] mut config: Config) -> Result<(), arena_serv
             server.stats(),
             server.seated(),
             server.watch_cert_hashes(),
+            confirmed.subscribe(),
             shutdown.clone(),
             drained.clone(),
         ))
     });
     let served = match server.config().take_over_from.clone() {
-        Some(from) => arena_server::takeover::run(server, &from, shutdown).await,
+        Some(from) => arena_server::takeover::run(server, &from, confirmed, shutdown).await,
         None => server.run(shutdown).await,
     };
     // Shutdown once the last session has closed (or the server failed).

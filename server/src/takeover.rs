@@ -23,10 +23,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Takes the world over from the server whose HTTP side is `from`, then serves it until
-/// `shutdown` (as [`Server::run`]).
+/// `shutdown` (as [`Server::run`]). `confirmed` turns true once the old server confirmed (under
+/// Agones the server then allocates itself).
 pub async fn run(
     mut server: Server,
     from: &str,
+    confirmed: tokio::sync::watch::Sender<bool>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let config = server.config();
@@ -66,10 +68,13 @@ pub async fn run(
         std::process::exit(1);
     }
     match post(from, CONFIRM_PATH, &secret, b"", MAX_HEAD_BYTES).await {
-        Ok((200, _)) => info!(
-            asked_to_confirmed_ms = asked.elapsed().as_secs_f64() * 1e3,
-            "handoff confirmed: this server runs the world"
-        ),
+        Ok((200, _)) => {
+            info!(
+                asked_to_confirmed_ms = asked.elapsed().as_secs_f64() * 1e3,
+                "handoff confirmed: this server runs the world"
+            );
+            confirmed.send_replace(true);
+        }
         failed => {
             let why = match failed {
                 Ok((status, body)) => format!("{status}: {}", String::from_utf8_lossy(&body)),

@@ -665,3 +665,130 @@ async fn a_place_a_matchmaker_reserved_for_a_player_who_never_comes_is_freed_aft
     eprintln!("reservations of players who never came freed after {after:?} (TTL 2 s)");
     assert!(after >= Duration::from_secs(2), "{after:?}");
 }
+
+/// A token secret file two servers of one fleet read, removed on drop.
+struct SecretFile(std::path::PathBuf);
+
+impl SecretFile {
+    fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("arena-agones-{}-{name}.secret", std::process::id()));
+        std::fs::write(&path, b"agones-handoff-test-secret-at-least-32-bytes")
+            .expect("secret file written");
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Where `line` first appears in `log`.
+fn position(log: &str, line: &str) -> usize {
+    log.find(line)
+        .unwrap_or_else(|| panic!("{line:?} in the log:\n{log}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_taking_a_live_world_over_allocates_itself_and_the_old_one_shuts_down() {
+    const BOTS: u32 = 5;
+    let secret = SecretFile::new("takeover");
+    let shared = ["--token-secret-file", secret.path()];
+    // A: an Allocated GameServer with players on it.
+    let (wt_a, wt_b) = (free_udp_port(), free_udp_port());
+    let double_a = double(wt_a, 50);
+    let mut a = start(
+        &double_a,
+        wt_a,
+        &[&shared[..], &["--handoff-spread", "1s"]].concat(),
+    )
+    .await;
+    wait_for_call(&double_a, "Ready", WAIT).await;
+    double_a.set_state("Allocated");
+    let config = bots(&a, BOTS, 33);
+    let swarm_task = tokio::spawn(swarm::run(config.clone()));
+    welcomes_reach(&config, u64::from(BOTS)).await;
+    assert!(
+        listed_within(&double_a, BOTS as usize, WAIT).await,
+        "A lists its players: {:?}",
+        listed(&double_a)
+    );
+    let players = listed(&double_a);
+
+    // B: a GameServer of its own whose arguments point at A's HTTP side.
+    let double_b = &double(wt_b, 50);
+    let b = start(
+        double_b,
+        wt_b,
+        &[&shared[..], &["--take-over-from", &a.http]].concat(),
+    )
+    .await;
+    let allocate = wait_for_call(double_b, "Allocate", WAIT).await;
+    assert!(allocate.error.is_none(), "{allocate:?}");
+    assert_eq!(double_b.state(), "Allocated");
+    // Allocated like any other server: the label is set from the watch.
+    assert!(
+        double_b
+            .wait_for(|_| double_b.label(ALLOCATED_LABEL).is_some(), WAIT)
+            .await,
+        "B labelled its allocation: {:?}",
+        double_b.calls()
+    );
+
+    // A: its players moved, it stopped, then Shutdown, and exit 0.
+    let status = a
+        .exit_within(WAIT)
+        .await
+        .expect("A exits after the handoff");
+    assert!(status.success(), "A exits 0: {status:?}\n{}", a.log_text());
+    let shutdown = wait_for_call(&double_a, "Shutdown", WAIT).await;
+    assert!(shutdown.error.is_none(), "{shutdown:?}");
+    assert_eq!(double_a.state(), "Shutdown");
+    a.log_complete().await;
+    let log_a = a.log_text();
+    let moved = position(&log_a, "handoff: the sessions have moved; stopping");
+    let stopping = log_a[moved..].lines().next().unwrap_or_default();
+    assert!(
+        stopping.contains("left=0"),
+        "A stopped once every session had left: {stopping}"
+    );
+    assert!(
+        moved < position(&log_a, "Agones: Shutdown"),
+        "A's Shutdown came after its players left:\n{log_a}"
+    );
+
+    // The players are B's now, listed there under the same client ids.
+    welcomes_reach(&config, u64::from(2 * BOTS)).await;
+    assert!(
+        double_b
+            .wait_for(|_| listed(double_b) == players, WAIT)
+            .await,
+        "B lists A's players {players:?}: {:?}",
+        listed(double_b)
+    );
+    let calls = double_b.calls();
+    assert_eq!(named(&calls, "Allocate").len(), 1, "{calls:?}");
+    assert!(named(&calls, "Shutdown").is_empty(), "{calls:?}");
+    // B went into the pool only once the world was its own, and allocated itself at once.
+    let log_b = b.log_text();
+    let confirmed = position(&log_b, "handoff confirmed: this server runs the world");
+    let ready = position(&log_b, "Agones: Ready");
+    assert!(
+        position(&log_b, "Agones: not Ready until the takeover is confirmed") < confirmed
+            && confirmed < ready
+            && ready < position(&log_b, "Agones: Allocate"),
+        "B: not Ready before the confirmation, then Ready and Allocate:\n{log_b}"
+    );
+    let result = stop(&config, swarm_task).await;
+    for bot in &result.bots {
+        assert_eq!(bot.moves, 1, "{}: {:?}", bot.name, bot.sessions);
+    }
+    b.sigterm();
+    wait_for_call(double_b, "Shutdown", WAIT).await;
+}
