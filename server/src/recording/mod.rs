@@ -73,6 +73,8 @@ pub struct RunFiles {
     /// Records dropped since the last one that got through (`Recorder::lost`): a handoff now
     /// would owe the run a `Gap`.
     lost: AtomicU64,
+    /// The writer has stopped (a disk error): it will never catch up.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// Where a new server's recording goes on with a run another server began (a live handoff).
@@ -114,17 +116,20 @@ impl RunFiles {
     /// For a live handoff, with the simulation frozen (no record on its way): waits up to
     /// `within` for the writer to catch up, then gives the next file's number away, so that
     /// this server's writer never opens it (if the handoff fails and this server carries on,
-    /// its files skip it). `None` if the writer did not catch up in time: the new server then
-    /// starts a run of its own.
+    /// its files skip it). `None` if the writer did not catch up in time or has stopped (a disk
+    /// error): the new server then starts a run of its own.
     pub async fn hand_over(&self, within: Duration) -> Option<Continuation> {
         let deadline = Instant::now() + within;
         // Nothing announces a write: the writer is polled, at most `within` (a bound in the
-        // handoff's own time).
-        while !self.caught_up() {
+        // handoff's own time); nothing more is written once it stopped.
+        while !self.caught_up() && !self.stopped.load(Ordering::Acquire) {
             if Instant::now() >= deadline {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if self.stopped.load(Ordering::Acquire) {
+            return None;
         }
         Some(Continuation {
             run_start_unix_ms: self.run_start_unix_ms(),
@@ -359,6 +364,13 @@ fn write_loop(
             self.0.written.fetch_add(1, Ordering::AcqRel);
         }
     }
+    struct Stopped<'a>(&'a RunFiles);
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            self.0.stopped.store(true, Ordering::Release);
+        }
+    }
+    let _stopped = Stopped(&files);
     while let Ok(record) = rx.recv() {
         let _written = Written(&files);
         let due = current.as_ref().is_none_or(|c| {
@@ -626,6 +638,26 @@ mod tests {
             }
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_stopped_on_a_disk_error_gives_no_number_at_once() {
+        // A "directory" that is a file: the writer cannot open its first file and stops.
+        let not_a_dir =
+            std::env::temp_dir().join(format!("arena-stopped-unit-{}", std::process::id()));
+        std::fs::write(&not_a_dir, b"").unwrap();
+        let files = Arc::new(RunFiles::new(9, 1));
+        let (mut r, writer) = writing(&not_a_dir, &files, 0);
+        ticks(&mut r, 1..=1);
+        writer.join().unwrap();
+        ticks(&mut r, 2..=3);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            files.hand_over(Duration::from_secs(3600)),
+        )
+        .await;
+        assert_eq!(answer, Ok(None), "no wait for a writer that is gone");
+        let _ = std::fs::remove_file(&not_a_dir);
     }
 
     #[test]
