@@ -7,6 +7,7 @@ mod cert_rotation;
 mod combat;
 mod common;
 mod flood;
+mod handoff;
 mod http_edges;
 mod metrics;
 mod misbehaving;
