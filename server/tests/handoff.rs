@@ -1,8 +1,14 @@
 //! Live handoff between two real `arena-server` processes on loopback: B started with
-//! `--take-over-from A` takes A's world over and A's bots follow it there; a stranger's
-//! request is refused and changes nothing; a B that dies before confirming leaves A serving.
+//! `--take-over-from A` takes A's world over and A's bots and a Chromium page follow it
+//! there; a stranger's request is refused and changes nothing; a B that dies before
+//! confirming leaves A serving.
 
 mod common;
+
+// The e2e tests' Chromium harness, shared rather than copied; this file uses a part of it.
+#[allow(dead_code)]
+#[path = "../../tests/e2e/browser.rs"]
+mod browser;
 
 use std::time::Duration;
 
@@ -13,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use browser::Browser;
 use common::{ServerProcess, WAIT, between};
 
 const SECRET: &[u8] = b"handoff-test-secret-of-at-least-32-bytes";
@@ -121,19 +128,32 @@ fn kept_their_sessions(result: &SwarmResult) {
     }
 }
 
+/// A condition on the page: it plays its `sessions`-th session (or a later one) and has
+/// applied `snapshots` snapshots of it; its value is then `window.arena.stats()`.
+fn page_playing(sessions: u32, snapshots: u32) -> String {
+    format!(
+        "(() => {{ const s = window.arena.stats(); return s.state === 'playing' \
+         && s.sessions >= {sessions} && s.snapshots >= {snapshots} && s; }})()"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_world_moves_to_the_new_server_bit_for_bit_and_its_bots_follow() {
-    const BOTS: u32 = 10;
+    const BOTS: u32 = 50;
+    // The bots and the page.
+    const PLAYERS: u64 = BOTS as u64 + 1;
+    let t0 = Instant::now();
     let secret = SecretFile::new("moves");
     let world = ["--npcs", "1000", "--token-secret-file", secret.path()];
-    let mut a = ServerProcess::start(&[&world[..], &["--handoff-spread", "1s"]].concat()).await;
+    // Chromium starts while A does: both take a while, and neither needs the other.
+    let a_flags = [&world[..], &["--handoff-spread", "1s"]].concat();
+    let (mut a, mut page) = tokio::join!(ServerProcess::start(&a_flags), Browser::launch());
     let (bots, swarm) = start_swarm(&a, BOTS, 20);
+    page.goto(&format!("{}/?name=page", a.http)).await;
     common::welcomes_reach(&bots, u64::from(BOTS)).await;
-    // Let the bots and the NPCs play a second first, so the world handed over has moved,
-    // fought and died. Nothing announces a tick: /healthz is polled.
-    while healthz_tick(&a).await < 30 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Let the bots, the page and the NPCs (which fight by default) play a second first, so
+    // the world handed over has moved, fought and died: 30 snapshots of the page at 30 Hz.
+    let before = page.wait_for(&page_playing(1, 30), WAIT).await;
 
     let b = ServerProcess::start(&[&world[..], &["--take-over-from", &a.http]].concat()).await;
     let status = a
@@ -144,6 +164,7 @@ async fn a_running_world_moves_to_the_new_server_bit_for_bit_and_its_bots_follow
     a.log_complete().await;
     // Every bot is welcomed a second time: by B.
     common::welcomes_reach(&bots, u64::from(2 * BOTS)).await;
+    let after = page.wait_for(&page_playing(2, 10), WAIT).await;
 
     let captured = line_with(&a, "handoff: state captured").expect("A logged its capture");
     let restored = line_with(&b, "handoff: state restored").expect("B logged its restore");
@@ -154,17 +175,48 @@ async fn a_running_world_moves_to_the_new_server_bit_for_bit_and_its_bots_follow
         field(&captured, "state_sha256"),
         "B received A's state"
     );
+    // Same health and score: the state hashed holds every entity's health and every
+    // player's kills and deaths (with every NPC and projectile), so equal hashes are that
+    // check, to the bit. The page's own numbers cannot add to it: its HUD starts afresh at
+    // each Welcome (`Hud::new` in web/src/screen.rs) and learns health and score only from
+    // later events, so after resuming it shows full health and no score until something
+    // happens, whatever the server holds; the bots count kills from events, not the totals.
     assert_eq!(
         field(&restored, "state_sha256"),
         field(&captured, "state_sha256"),
         "B's restored world captures as A's did"
     );
     assert!(healthz_tick(&b).await > tick, "B ticks on after {tick}");
+    // No new player on B: every session it opened resumed a seat A handed over, and its
+    // players are the ones A had (a join would add an entity).
     assert_eq!(
         metric(&b, "arena_sessions_resumed_total").await,
-        u64::from(BOTS),
-        "every bot resumed on B"
+        PLAYERS,
+        "every bot and the page resumed on B"
     );
+    assert_eq!(
+        metric(&b, "arena_sessions_opened_total").await,
+        PLAYERS,
+        "B opened no session that was not a resume"
+    );
+    assert_eq!(metric(&b, "arena_players ").await, PLAYERS, "B's players");
+
+    // The page, as the e2e test of a move within one server asks it: the same entity, back
+    // with its resume token alone (its only `/api/connect` was its first, on A).
+    assert_eq!(after["resumed"], true, "{after}");
+    assert_eq!(
+        after["entity"], before["entity"],
+        "the same entity: {after}"
+    );
+    assert_eq!(after["sessions"], 2, "one move, one reconnect: {after}");
+    assert_eq!(after["name"], "page", "{after}");
+    let asked = page
+        .eval(
+            "performance.getEntriesByType('resource') \
+             .filter((e) => e.name.includes('/api/connect')).length",
+        )
+        .await;
+    assert_eq!(asked, 1, "/api/connect requests");
 
     let result = common::stop(&bots, swarm).await;
     for bot in &result.bots {
@@ -174,6 +226,12 @@ async fn a_running_world_moves_to_the_new_server_bit_for_bit_and_its_bots_follow
         assert_eq!(after.entity, before.entity, "{}", bot.name);
         assert_eq!(bot.moves, 1, "{}", bot.name);
     }
+    page.close().await;
+    // The replay's continuation: `replay verify` over A's and B's recordings goes here.
+    eprintln!(
+        "{BOTS} bots and a page handed over at tick {tick}: test took {:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

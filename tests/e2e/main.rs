@@ -3,11 +3,11 @@
 
 mod admission;
 mod browser;
+mod browser_selftest;
 mod cert_rotation;
 mod combat;
 mod common;
 mod flood;
-mod handoff;
 mod http_edges;
 mod metrics;
 mod misbehaving;
