@@ -6,12 +6,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arena_client_sim::connect::{self, ConnectInfo, Transport};
 use arena_client_sim::report::Report;
-use arena_client_sim::swarm::{SwarmBehaviour, SwarmConfig};
+use arena_client_sim::swarm::{SwarmBehaviour, SwarmConfig, SwarmResult};
+use arena_server::net::mover::Mover;
 use arena_server::replication::frame::WorldFrame;
 use arena_server::stats::Stats;
 use arena_server::{Config, Server, ServerError};
-use arena_shared::protocol::Welcome;
-use arena_shared::protocol::codec::FrameReader;
+use arena_shared::protocol::codec::{FrameReader, decode_datagram};
+use arena_shared::protocol::{ServerDatagram, Welcome};
 use arena_shared::token::{self, Claims};
 use clap::Parser;
 use tokio::task::JoinHandle;
@@ -52,6 +53,15 @@ pub async fn welcomes_reach(config: &SwarmConfig, n: u64) {
     }
 }
 
+/// Stops a swarm and waits for its result.
+pub async fn stop_swarm(config: &SwarmConfig, swarm: JoinHandle<SwarmResult>) -> SwarmResult {
+    config.stop.cancel();
+    tokio::time::timeout(WAIT, swarm)
+        .await
+        .expect("swarm ends")
+        .expect("swarm task")
+}
+
 /// Every one of `n` bots connected and none lost its session.
 pub fn assert_all_played(r: &Report, n: u64) {
     assert_eq!(
@@ -80,6 +90,8 @@ pub struct TestServer {
     pub cert_sha256: Option<String>,
     /// Every tick's world frame, subscribed before the server started.
     pub frames: Option<tokio::sync::broadcast::Receiver<Arc<WorldFrame>>>,
+    /// Moves every session to another server, as a confirmed handoff does.
+    pub mover: Mover,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -149,6 +161,7 @@ pub async fn try_start(extra: &[&str]) -> Result<TestServer, ServerError> {
         audience: server.token_audience().to_string(),
         cert_sha256: server.cert_sha256().map(String::from),
         frames: Some(server.frame_tap()),
+        mover: server.mover(),
         shutdown: shutdown.clone(),
         task: tokio::spawn(server.run(shutdown)),
     })
@@ -197,6 +210,16 @@ impl TestServer {
             .expect("stats live as long as the server");
     }
 
+    /// The value of the metric series `series` (name and labels, as `/metrics` writes them);
+    /// 0 while the series is absent.
+    pub fn metric(&self, series: &str) -> u64 {
+        self.stats
+            .render_metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0, |v| v.parse::<f64>().expect("a numeric sample") as u64)
+    }
+
     /// A token signed with the server's own secret, for claims a test chooses.
     pub fn mint(&self, client_id: u64, expires_in_ms: i64) -> String {
         let now = SystemTime::now()
@@ -242,6 +265,22 @@ impl TestServer {
             t,
             reader,
             welcome,
+        }
+    }
+}
+
+/// Reads snapshots until one for a tick after `after`; returns its tick.
+pub async fn snapshot_after(t: &Transport, after: u32) -> u32 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let d = tokio::time::timeout_at(deadline, t.conn.receive_datagram())
+            .await
+            .expect("a snapshot in time")
+            .expect("connection open");
+        match decode_datagram(&d.payload()) {
+            Ok(ServerDatagram::Delta(_, delta)) if delta.tick > after => return delta.tick,
+            Ok(ServerDatagram::Delta(..)) => {}
+            other => panic!("expected a delta snapshot, got {other:?}"),
         }
     }
 }

@@ -8,6 +8,7 @@ mod cert_rotation;
 mod combat;
 mod common;
 mod flood;
+mod handoff;
 mod http_edges;
 mod metrics;
 mod misbehaving;

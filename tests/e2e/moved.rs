@@ -3,126 +3,46 @@
 //! the same server they get their entity back; on a server that does not know them, they ask
 //! its `/api/connect` and come in as new players).
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use arena_client_sim::outcome::{BotOutcome, Session};
 use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmResult};
-use arena_server::net::mover::Mover;
 use arena_server::stats::Stats;
-use arena_server::{Config, Server, ServerError};
 use arena_shared::protocol::MovedTo;
-use clap::Parser;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::common::{self, WAIT};
+use crate::common::{self, TestServer};
 
-/// A server on loopback port 0 whose sessions a test can move (the common helpers do not
-/// keep its [`Mover`]).
-struct Movable {
-    http: String,
-    wt_addr: std::net::SocketAddr,
-    stats: Arc<Stats>,
-    cert_sha256: String,
-    mover: Mover,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), ServerError>>,
-}
-
-impl Movable {
-    async fn start() -> Self {
-        let config = Config::try_parse_from([
-            "arena-server",
-            "--wt-bind",
-            "127.0.0.1:0",
-            "--http-bind",
-            "127.0.0.1:0",
-            "--viewer-bind",
-            "off",
-            "--npcs",
-            "50",
-            "--npc-combat",
-            "false",
-            "--no-replays",
-            "--log",
-            "warn",
-        ])
-        .expect("valid test flags");
-        let server = Server::bind(config)
-            .await
-            .expect("server binds on loopback");
-        let shutdown = CancellationToken::new();
-        Self {
-            http: format!("http://{}", server.http_addr()),
-            wt_addr: server.wt_addr(),
-            stats: server.stats(),
-            cert_sha256: server.cert_sha256().expect("self-signed").to_string(),
-            mover: server.mover(),
-            shutdown: shutdown.clone(),
-            task: tokio::spawn(server.run(shutdown)),
-        }
-    }
-
-    /// What a move to this server tells its players.
-    fn moved_to(&self) -> MovedTo {
-        MovedTo {
-            url: format!("https://{}/", self.wt_addr),
-            cert_sha256: vec![self.cert_sha256.clone()],
-            http: self.http.clone(),
-        }
-    }
-
-    async fn sessions_reach(&self, n: usize) {
-        let mut rx = self.stats.watch_sessions();
-        tokio::time::timeout(WAIT, rx.wait_for(|s| *s == n))
-            .await
-            .unwrap_or_else(|_| {
-                panic!("sessions never reached {n} (now {})", self.stats.sessions())
-            })
-            .expect("stats live as long as the server");
-    }
-
-    fn moved_sessions(&self) -> String {
-        self.stats
-            .render_metrics()
-            .lines()
-            .find(|l| l.starts_with("arena_sessions_closed_total{reason=\"moved\"}"))
-            .unwrap_or("none")
-            .to_string()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("server stops in time")
-            .expect("server task did not panic")
-            .expect("server stopped cleanly");
+/// What a move to `server` tells its players.
+fn moved_to(server: &TestServer) -> MovedTo {
+    MovedTo {
+        url: format!("https://{}/", server.wt_addr),
+        cert_sha256: vec![server.cert_sha256.clone().expect("self-signed")],
+        http: server.http.clone(),
     }
 }
 
-/// A swarm of `bots` on `server` for a minute, running, and its config.
-fn swarm_on(
-    server: &Movable,
-    bots: u32,
-    seed: u64,
-) -> (
-    arena_client_sim::swarm::SwarmConfig,
-    JoinHandle<SwarmResult>,
-) {
-    let config = arena_client_sim::swarm::SwarmConfig {
-        server: server.http.clone(),
-        bots,
-        ramp_per_s: 200.0,
-        play_for: Duration::from_secs(60),
-        seed,
-        behaviour: SwarmBehaviour::default(),
-        idle_timeout: Duration::from_secs(10),
-        ..Default::default()
-    };
-    let task = tokio::spawn(swarm::run(config.clone()));
-    (config, task)
+/// Sessions `server` closed by moving them.
+fn moved_sessions(server: &TestServer) -> u64 {
+    server.metric("arena_sessions_closed_total{reason=\"moved\"}")
+}
+
+/// Each bot's sessions before and after its move, once checked that every bot moved once, had
+/// its first session end by the move (not lost) and met no error.
+fn before_and_after(result: &SwarmResult) -> Vec<(&BotOutcome, &Session, &Session)> {
+    result
+        .bots
+        .iter()
+        .map(|bot| {
+            let [before, after] = &bot.sessions[..] else {
+                panic!("{}: sessions {:?}", bot.name, bot.sessions);
+            };
+            assert_eq!(bot.moves, 1, "{}", bot.name);
+            assert!(before.lost.is_none(), "{}: {before:?}", bot.name);
+            assert!(bot.errors.is_empty(), "{}: {:?}", bot.name, bot.errors);
+            (bot, before, after)
+        })
+        .collect()
 }
 
 const BOTS: u32 = 10;
@@ -130,13 +50,14 @@ const SPREAD: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bots_moved_to_their_own_server_come_back_resumed_with_the_same_entity_within_the_spread() {
-    let a = Movable::start().await;
-    let (config, swarm) = swarm_on(&a, BOTS, 31);
+    let a = common::start(&[]).await;
+    let config = common::swarm(&a, BOTS, 60, SwarmBehaviour::default(), 31);
+    let swarm = tokio::spawn(swarm::run(config.clone()));
     common::welcomes_reach(&config, u64::from(BOTS)).await;
     a.sessions_reach(BOTS as usize).await;
 
     let moved = Instant::now();
-    a.mover.move_everyone(a.moved_to(), SPREAD);
+    a.mover.move_everyone(moved_to(&a), SPREAD);
     assert!(a.mover.moved());
     common::welcomes_reach(&config, 2 * u64::from(BOTS)).await;
     let back = moved.elapsed();
@@ -151,17 +72,10 @@ async fn bots_moved_to_their_own_server_come_back_resumed_with_the_same_entity_w
         "nobody got a second entity"
     );
     assert_eq!(Stats::get(&a.stats.sessions_resumed), u64::from(BOTS));
-    assert_eq!(
-        a.moved_sessions(),
-        format!("arena_sessions_closed_total{{reason=\"moved\"}} {BOTS}")
-    );
+    assert_eq!(moved_sessions(&a), u64::from(BOTS));
     // A stranger is not let in after the move: only the seats it sent away come back.
-    let info = arena_client_sim::connect::fetch_connect_info(&a.http, "late")
-        .await
-        .expect("/api/connect answers");
-    let mut t = arena_client_sim::connect::open(&info, Duration::from_secs(10))
-        .await
-        .expect("QUIC connect on loopback");
+    let info = a.connect_info("late").await;
+    let mut t = a.open(&info).await;
     let refused = t
         .handshake(
             &info.token,
@@ -180,20 +94,10 @@ async fn bots_moved_to_their_own_server_come_back_resumed_with_the_same_entity_w
         "{refused:?}"
     );
 
-    config.stop.cancel();
-    let result = tokio::time::timeout(WAIT, swarm)
-        .await
-        .expect("swarm ends")
-        .expect("swarm task");
-    for bot in &result.bots {
-        let [before, after] = &bot.sessions[..] else {
-            panic!("{}: sessions {:?}", bot.name, bot.sessions);
-        };
-        assert_eq!(bot.moves, 1, "{}", bot.name);
-        assert!(before.lost.is_none(), "{}: {before:?}", bot.name);
+    let result = common::stop_swarm(&config, swarm).await;
+    for (bot, before, after) in before_and_after(&result) {
         assert!(after.resumed, "{}: {after:?}", bot.name);
         assert_eq!(after.entity, before.entity, "{}", bot.name);
-        assert!(bot.errors.is_empty(), "{}: {:?}", bot.name, bot.errors);
     }
     // Spread over the window, not all at once: ten draws over a second span far more than a
     // quarter of it (all within a quarter: a chance of about 4 in 100,000).
@@ -214,48 +118,27 @@ async fn bots_moved_to_their_own_server_come_back_resumed_with_the_same_entity_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bots_moved_to_a_server_that_does_not_know_them_fall_back_to_its_connect_and_play_there() {
-    let a = Movable::start().await;
-    let b = Movable::start().await;
-    let (config, swarm) = swarm_on(&a, BOTS, 32);
+    let a = common::start(&[]).await;
+    let b = common::start(&[]).await;
+    let config = common::swarm(&a, BOTS, 60, SwarmBehaviour::default(), 32);
+    let swarm = tokio::spawn(swarm::run(config.clone()));
     common::welcomes_reach(&config, u64::from(BOTS)).await;
     a.sessions_reach(BOTS as usize).await;
 
-    a.mover.move_everyone(b.moved_to(), SPREAD);
+    a.mover.move_everyone(moved_to(&b), SPREAD);
     common::welcomes_reach(&config, 2 * u64::from(BOTS)).await;
     b.sessions_reach(BOTS as usize).await;
     a.sessions_reach(0).await;
     // A session counts once admitted; its player exists once the simulation has applied the
     // join, at its next tick: await that rather than read the count at once.
-    let mut players = b.stats.watch_players();
-    tokio::time::timeout(WAIT, players.wait_for(|p| *p == u64::from(BOTS)))
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "B's players never reached {BOTS} (now {})",
-                b.stats.players()
-            )
-        })
-        .expect("stats live as long as the server");
+    b.players_reach(u64::from(BOTS)).await;
     assert_eq!(Stats::get(&b.stats.sessions_resumed), 0, "B knew no token");
-    assert_eq!(
-        a.moved_sessions(),
-        format!("arena_sessions_closed_total{{reason=\"moved\"}} {BOTS}")
-    );
+    assert_eq!(moved_sessions(&a), u64::from(BOTS));
 
-    config.stop.cancel();
-    let result = tokio::time::timeout(WAIT, swarm)
-        .await
-        .expect("swarm ends")
-        .expect("swarm task");
-    for bot in &result.bots {
-        let [before, after] = &bot.sessions[..] else {
-            panic!("{}: sessions {:?}", bot.name, bot.sessions);
-        };
-        assert_eq!(bot.moves, 1, "{}", bot.name);
-        assert!(before.lost.is_none(), "{}: {before:?}", bot.name);
+    let result = common::stop_swarm(&config, swarm).await;
+    for (bot, _, after) in before_and_after(&result) {
         assert!(!after.resumed, "{}: a new player on B: {after:?}", bot.name);
         assert!(after.played > Duration::ZERO, "{}", bot.name);
-        assert!(bot.errors.is_empty(), "{}: {:?}", bot.name, bot.errors);
     }
     let r = &result.report;
     common::assert_all_played(r, u64::from(BOTS));
@@ -267,7 +150,7 @@ async fn bots_moved_to_a_server_that_does_not_know_them_fall_back_to_its_connect
 /// The browser page follows a move to its own server and takes its entity back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_follows_a_move_to_its_own_server_and_resumes_its_entity() {
-    let a = Movable::start().await;
+    let a = common::start(&[]).await;
     let mut b = crate::browser::Browser::launch().await;
     b.goto(&format!("{}/?name=mover", a.http)).await;
     let before = b
@@ -276,7 +159,7 @@ async fn chromium_follows_a_move_to_its_own_server_and_resumes_its_entity() {
             Duration::from_secs(30),
         )
         .await;
-    a.mover.move_everyone(a.moved_to(), SPREAD);
+    a.mover.move_everyone(moved_to(&a), SPREAD);
     let after = b
         .wait_for(
             "(() => { const s = window.arena.stats(); return s.state === 'playing' && s.sessions >= 2 && s.snapshots >= 10 && s; })()",
@@ -296,10 +179,7 @@ async fn chromium_follows_a_move_to_its_own_server_and_resumes_its_entity() {
         .await;
     assert_eq!(asked, 1, "/api/connect requests");
     assert_eq!(Stats::get(&a.stats.sessions_resumed), 1);
-    assert_eq!(
-        a.moved_sessions(),
-        "arena_sessions_closed_total{reason=\"moved\"} 1"
-    );
+    assert_eq!(moved_sessions(&a), 1);
     b.close().await;
     a.stop().await;
 }
@@ -308,8 +188,8 @@ async fn chromium_follows_a_move_to_its_own_server_and_resumes_its_entity() {
 /// another origin that allows no cross-origin requests: it says why on screen and stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_moved_to_a_server_of_another_origin_that_does_not_know_it_says_why_and_stops() {
-    let a = Movable::start().await;
-    let b_server = Movable::start().await;
+    let a = common::start(&[]).await;
+    let b_server = common::start(&[]).await;
     let mut b = crate::browser::Browser::launch().await;
     b.goto(&format!("{}/?name=mover", a.http)).await;
     b.wait_for(
@@ -317,7 +197,7 @@ async fn a_page_moved_to_a_server_of_another_origin_that_does_not_know_it_says_w
         Duration::from_secs(30),
     )
     .await;
-    a.mover.move_everyone(b_server.moved_to(), SPREAD);
+    a.mover.move_everyone(moved_to(&b_server), SPREAD);
     let message = b
         .wait_for(
             "(() => { const m = document.getElementById('message'); return m.textContent.includes('cannot be asked from this page') && m.textContent; })()",
