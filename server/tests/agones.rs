@@ -792,3 +792,35 @@ async fn a_server_taking_a_live_world_over_allocates_itself_and_the_old_one_shut
     b.sigterm();
     wait_for_call(double_b, "Shutdown", WAIT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_that_fails_never_says_ready_and_shuts_its_game_server_down() {
+    // The old server shares no secret with the new one: it refuses the request (403).
+    let a = ServerProcess::start(&["--npcs", "50"]).await;
+    let secret = SecretFile::new("refused");
+    let wt_port = free_udp_port();
+    let double = double(wt_port, 50);
+    let mut b = start(
+        &double,
+        wt_port,
+        &[
+            "--token-secret-file",
+            secret.path(),
+            "--take-over-from",
+            &a.http,
+        ],
+    )
+    .await;
+    let status = b.exit_within(WAIT).await.expect("B exits");
+    assert_eq!(status.code(), Some(1), "{}", b.log_text());
+    let calls = double.calls();
+    assert!(named(&calls, "Ready").is_empty(), "{calls:?}");
+    assert!(named(&calls, "Allocate").is_empty(), "{calls:?}");
+    assert_eq!(
+        calls.last().map(|c| c.rpc.as_str()),
+        Some("Shutdown"),
+        "Shutdown, so that Agones deletes the GameServer rather than restart the takeover: \
+         {calls:?}"
+    );
+    assert_eq!(double.state(), "Shutdown");
+}
