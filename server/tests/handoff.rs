@@ -155,7 +155,7 @@ async fn a_running_world_moves_to_the_new_server_bit_for_bit_and_its_bots_follow
     // the world handed over has moved, fought and died: 30 snapshots of the page at 30 Hz.
     let before = page.wait_for(&page_playing(1, 30), WAIT).await;
 
-    let b = ServerProcess::start(&[&world[..], &["--take-over-from", &a.http]].concat()).await;
+    let mut b = ServerProcess::start(&[&world[..], &["--take-over-from", &a.http]].concat()).await;
     let status = a
         .exit_within(WAIT)
         .await
@@ -227,7 +227,47 @@ async fn a_running_world_moves_to_the_new_server_bit_for_bit_and_its_bots_follow
         assert_eq!(bot.moves, 1, "{}", bot.name);
     }
     page.close().await;
-    // The replay's continuation: `replay verify` over A's and B's recordings goes here.
+
+    // The replay goes on across the handoff: B records the same run from the file number A
+    // gave away, and `replay verify` re-simulates A's files and B's as one run.
+    b.sigterm();
+    let status = b.exit_within(WAIT).await.expect("B drains and exits");
+    assert!(status.success(), "B exits 0: {status:?}");
+    let files = |dir: &std::path::Path| {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("a replay directory")
+            .map(|e| e.expect("an entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "replay"))
+            .collect();
+        files.sort();
+        files
+    };
+    let (a_files, b_files) = (files(&a.replays), files(&b.replays));
+    let name = |p: &std::path::PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+    let last_a = name(a_files.last().expect("A recorded"));
+    let (run, number) = last_a
+        .strip_suffix(".replay")
+        .and_then(|n| n.rsplit_once('-'))
+        .expect("arena-<run>-<n>.replay");
+    let next: u32 = number.parse::<u32>().expect("a file number") + 1;
+    assert_eq!(
+        b_files.iter().map(name).collect::<Vec<_>>(),
+        [format!("{run}-{next:04}.replay")],
+        "B's file goes on with A's run"
+    );
+    let verify = tokio::process::Command::new(env!("CARGO_BIN_EXE_arena-server"))
+        .args(["replay", "verify"])
+        .args(a_files.iter().chain(&b_files))
+        .output()
+        .await
+        .expect("arena-server replay verify runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(verify.status.success(), "replay verify: {said}");
+    eprintln!("replay verify over {last_a} and B's file: {said}");
     eprintln!(
         "{BOTS} bots and a page handed over at tick {tick}: test took {:?}",
         t0.elapsed()
