@@ -666,28 +666,8 @@ async fn a_place_a_matchmaker_reserved_for_a_player_who_never_comes_is_freed_aft
     assert!(after >= Duration::from_secs(2), "{after:?}");
 }
 
-/// A token secret file two servers of one fleet read, removed on drop.
-struct SecretFile(std::path::PathBuf);
-
-impl SecretFile {
-    fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("arena-agones-{}-{name}.secret", std::process::id()));
-        std::fs::write(&path, b"agones-handoff-test-secret-at-least-32-bytes")
-            .expect("secret file written");
-        Self(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 temp path")
-    }
-}
-
-impl Drop for SecretFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+/// The fleet's token secret in the handoff tests.
+const AGONES_SECRET: &[u8] = b"agones-handoff-test-secret-at-least-32-bytes";
 
 /// Where `line` first appears in `log`.
 fn position(log: &str, line: &str) -> usize {
@@ -698,7 +678,7 @@ fn position(log: &str, line: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_taking_a_live_world_over_allocates_itself_and_the_old_one_shuts_down() {
     const BOTS: u32 = 5;
-    let secret = SecretFile::new("takeover");
+    let secret = SecretFile::new("agones-takeover", AGONES_SECRET);
     let shared = ["--token-secret-file", secret.path()];
     // A: an Allocated GameServer with players on it.
     let (wt_a, wt_b) = (free_udp_port(), free_udp_port());
@@ -797,7 +777,7 @@ async fn a_server_taking_a_live_world_over_allocates_itself_and_the_old_one_shut
 async fn a_takeover_that_fails_never_says_ready_and_shuts_its_game_server_down() {
     // The old server shares no secret with the new one: it refuses the request (403).
     let a = ServerProcess::start(&["--npcs", "50"]).await;
-    let secret = SecretFile::new("refused");
+    let secret = SecretFile::new("agones-refused", AGONES_SECRET);
     let wt_port = free_udp_port();
     let double = double(wt_port, 50);
     let mut b = start(

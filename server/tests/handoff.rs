@@ -20,34 +20,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use browser::Browser;
-use common::{ServerProcess, WAIT, between};
+use common::{SecretFile, ServerProcess, WAIT, between};
 
 const SECRET: &[u8] = b"handoff-test-secret-of-at-least-32-bytes";
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A token secret file both servers read, removed on drop.
-struct SecretFile(std::path::PathBuf);
-
-impl SecretFile {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "arena-handoff-{}-{name}.secret",
-            std::process::id()
-        ));
-        std::fs::write(&path, SECRET).expect("secret file written");
-        Self(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 temp path")
-    }
-}
-
-impl Drop for SecretFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 fn start_swarm(
     server: &ServerProcess,
@@ -143,7 +119,7 @@ async fn a_running_world_moves_to_the_new_server_bit_for_bit_and_its_bots_follow
     // The bots and the page.
     const PLAYERS: u64 = BOTS as u64 + 1;
     let t0 = Instant::now();
-    let secret = SecretFile::new("moves");
+    let secret = SecretFile::new("handoff-moves", SECRET);
     let world = ["--npcs", "1000", "--token-secret-file", secret.path()];
     // Chromium starts while A does: both take a while, and neither needs the other.
     let a_flags = [&world[..], &["--handoff-spread", "1s"]].concat();
@@ -277,7 +253,7 @@ async fn a_running_world_moves_to_the_new_server_bit_for_bit_and_its_bots_follow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_is_refused_and_a_second_request_waits_its_turn() {
     const BOTS: u32 = 3;
-    let secret = SecretFile::new("refused");
+    let secret = SecretFile::new("handoff-refused", SECRET);
     let a = ServerProcess::start(&[
         "--npcs",
         "50",
@@ -344,7 +320,7 @@ async fn a_stranger_is_refused_and_a_second_request_waits_its_turn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_server_dying_before_it_confirms_leaves_the_old_one_serving() {
     const BOTS: u32 = 5;
-    let secret = SecretFile::new("dies");
+    let secret = SecretFile::new("handoff-dies", SECRET);
     let world = ["--npcs", "200", "--token-secret-file", secret.path()];
     let a = ServerProcess::start(&[&world[..], &["--handoff-timeout", "2s"]].concat()).await;
     let (bots, swarm) = start_swarm(&a, BOTS, 22);

@@ -10,8 +10,8 @@ use arena_client_sim::http;
 use arena_server::ServerError;
 use arena_server::net::identity::IdentityError;
 use arena_server::stats::Stats;
-use arena_shared::protocol::codec::{FrameReader, decode_datagram};
-use arena_shared::protocol::{ClientMsg, Ping, ServerDatagram, ServerMsg};
+use arena_shared::protocol::codec::FrameReader;
+use arena_shared::protocol::{ClientMsg, Ping, ServerMsg};
 
 use crate::common::{self, TestServer, WAIT};
 
@@ -40,22 +40,6 @@ fn presented(t: &Transport) -> String {
     let chain = t.conn.peer_identity().expect("the server's certificate");
     let hash = chain.as_slice().first().expect("a certificate").hash();
     base64::engine::general_purpose::STANDARD.encode(hash.as_ref())
-}
-
-/// Reads snapshots until one for a tick after `after`; returns its tick.
-async fn snapshot_after(t: &Transport, after: u32) -> u32 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let d = tokio::time::timeout_at(deadline, t.conn.receive_datagram())
-            .await
-            .expect("a snapshot in time")
-            .expect("connection open");
-        match decode_datagram(&d.payload()) {
-            Ok(ServerDatagram::Delta(_, delta)) if delta.tick > after => return delta.tick,
-            Ok(ServerDatagram::Delta(..)) => {}
-            other => panic!("expected a delta snapshot, got {other:?}"),
-        }
-    }
 }
 
 /// A `Ping` answered on the reliable stream.
@@ -101,7 +85,7 @@ async fn a_rotated_certificate_keeps_connected_players_and_admits_new_ones_by_th
         0,
         "A must be connected before the first rotation for this test to mean anything"
     );
-    let before = snapshot_after(&a, 0).await;
+    let before = common::snapshot_after(&a, 0).await;
 
     tokio::time::timeout(WAIT, rotations.wait_for(|n| *n >= 1))
         .await
@@ -111,7 +95,7 @@ async fn a_rotated_certificate_keeps_connected_players_and_admits_new_ones_by_th
 
     // A, on the old certificate, still gets snapshots from after the rotation and answers on
     // its stream.
-    let after = snapshot_after(&a, tick_at_rotation.max(before)).await;
+    let after = common::snapshot_after(&a, tick_at_rotation.max(before)).await;
     assert!(after > before);
     ping(&mut a, &mut reader_a, 7).await;
     assert!(
@@ -147,13 +131,13 @@ async fn a_rotated_certificate_keeps_connected_players_and_admits_new_ones_by_th
         info_b.cert_sha256,
         "B verified the certificate by the hash it was given"
     );
-    snapshot_after(&b, 0).await;
+    common::snapshot_after(&b, 0).await;
     server.players_reach(2).await;
     server.sessions_reach(2).await;
 
     // A is still there after all of it, and still after the next rotation, by when its own
     // certificate has expired: TLS checks a certificate at the handshake only.
-    let after = snapshot_after(&a, after).await;
+    let after = common::snapshot_after(&a, after).await;
     tokio::time::timeout(WAIT, rotations.wait_for(|n| *n >= 2))
         .await
         .expect("a second rotation")
@@ -162,7 +146,7 @@ async fn a_rotated_certificate_keeps_connected_players_and_admits_new_ones_by_th
         SystemTime::now() >= old_expired_by,
         "the second rotation comes after the first certificate's expiry"
     );
-    snapshot_after(&a, after.max(Stats::get(&server.stats.tick) as u32)).await;
+    common::snapshot_after(&a, after.max(Stats::get(&server.stats.tick) as u32)).await;
     ping(&mut a, &mut reader_a, 8).await;
     assert_eq!(presented(&a), old);
     let metrics = server.stats.render_metrics();

@@ -16,6 +16,29 @@ use tokio::task::JoinHandle;
 /// Long enough for a loaded 2-core CI machine, short enough that a hang fails the test.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// A token secret file the servers of one fleet read (`--token-secret-file`), removed on drop.
+pub struct SecretFile(std::path::PathBuf);
+
+impl SecretFile {
+    /// `secret` (at least 32 bytes) in a file of this test process named after `name`.
+    pub fn new(name: &str, secret: &[u8]) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("arena-secret-{}-{name}.secret", std::process::id()));
+        std::fs::write(&path, secret).expect("secret file written");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The real server binary, running as a child of the test. Killed on drop, so a failing test
 /// never leaves a server behind.
 pub struct ServerProcess {
