@@ -136,6 +136,7 @@ impl Scenario {
     fn build_frame(&mut self) {
         self.frame.rebuild(
             self.tick,
+            RATE,
             self.bodies
                 .iter()
                 .map(|&(id, p, v, _)| (id, EntityKind::Npc, p, v)),

@@ -270,6 +270,7 @@ pub fn replicate(
         Mode::Delta => {
             rep.frame.rebuild(
                 tick.0,
+                rep.settings.tick_rate,
                 bodies
                     .iter()
                     .map(|(id, kind, m)| (id.0, kind.0, m.0.pos, m.0.vel)),

@@ -9,7 +9,9 @@
 //!    (else none, and the snapshot is full);
 //! 3. classifies: baseline entities out of interest are removed; interest members the client
 //!    does not have must enter; members it has are up to date when its dead-reckoning
-//!    prediction equals the truth, and otherwise need a change;
+//!    prediction equals the truth, and otherwise need a change. The frame's
+//!    [`WorldFrame::current_from`] settles most of them by the record's tick alone; the rest
+//!    are predicted and compared;
 //! 4. raises the priority of every entity that needs sending (closer and faster gain more;
 //!    the client's own entity always goes first), takes them in priority order until the byte
 //!    budget (`min(--client-kbps per tick, max datagram size)`) is met, and resets the
@@ -78,7 +80,7 @@ struct Candidate {
 }
 
 /// What one build produced, for the caller's metrics.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Built {
     pub bytes: Vec<u8>,
     /// No acknowledged baseline was available.
@@ -238,11 +240,17 @@ impl ClientReplicator {
                 bi += 1;
             }
             let fi = m.frame_index as usize;
-            let e = &frame.entities[fi];
             let cost = if bi < base_entities.len() && base_entities[bi].id == m.id {
                 let rec = &base_entities[bi];
                 bi += 1;
+                // The frame knows since when a record of this entity stays exact: most
+                // members are settled by this one compare, without reading their entry.
+                if rec.tick >= frame.current_from[fi] {
+                    m.priority = 0.0;
+                    continue;
+                }
                 let predicted = rec.predict(t, s.tick_rate);
+                let e = &frame.entities[fi];
                 if predicted == e.fields {
                     m.priority = 0.0;
                     continue;
@@ -263,6 +271,7 @@ impl ClientReplicator {
             } else {
                 ENTER_COST
             };
+            let e = &frame.entities[fi];
             if m.id == own {
                 m.priority = f32::INFINITY;
             } else {
@@ -420,8 +429,8 @@ impl ClientReplicator {
         if near_d2.len() < frame.entities.len() {
             near_d2.resize(frame.entities.len(), 0.0);
         }
-        grid.query(center, exit, |i| {
-            let d2 = frame.entities[i].pos.distance_squared(center);
+        grid.query(center, exit, |i, pos| {
+            let d2 = pos.distance_squared(center);
             if d2 <= exit2 {
                 near_bits[i / 64] |= 1 << (i % 64);
                 near_d2[i] = d2;
