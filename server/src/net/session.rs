@@ -53,6 +53,11 @@ const READ_CHUNK: usize = 1024;
 
 /// Runs one session from its first packet to its end, in a span naming the peer. `in_flight`
 /// is its place among the handshakes in flight, given back once it is admitted or refused.
+///
+/// Every step before the play loop, and every way out of it, is awaited boxed: a task's
+/// allocation is as large as the largest state of its future and lasts the whole session,
+/// and those steps (wtransport's request and stream futures, the first read's buffer, the
+/// goodbye) are bigger than the loop itself. Boxed, each holds its memory only while it runs.
 pub async fn run(
     incoming: IncomingSession,
     in_flight: HandshakeSlot,
@@ -63,12 +68,12 @@ pub async fn run(
     let span = info_span!("session", %remote, client_id = field::Empty);
     async move {
         let deadline = Instant::now() + ctx.config.handshake_timeout;
-        let conn = match tokio::time::timeout_at(deadline, accept(incoming, &ctx)).await {
+        let conn = match tokio::time::timeout_at(deadline, Box::pin(accept(incoming, &ctx))).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
             Err(_) => return debug!("QUIC/HTTP3 handshake timed out"),
         };
-        let stream = tokio::time::timeout_at(deadline, conn.accept_bi()).await;
+        let stream = tokio::time::timeout_at(deadline, Box::pin(conn.accept_bi())).await;
         let (send, mut recv) = match stream {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return debug!(error = %e, "connection ended before its stream opened"),
@@ -87,7 +92,9 @@ pub async fn run(
         let mut reader = FrameReader::new();
         let mut writer = Writer::spawn(send, ctx.stats.clone(), ctx.config.max_send_backlog);
         let checked =
-            match tokio::time::timeout_at(deadline, read_frame(&mut recv, &mut reader)).await {
+            match tokio::time::timeout_at(deadline, Box::pin(read_frame(&mut recv, &mut reader)))
+                .await
+            {
                 Err(_) => Err(Refusal::from((
                     RejectReason::HandshakeTimeout,
                     "no Hello in time".to_string(),
@@ -137,7 +144,7 @@ pub async fn run(
                     message: message.clone(),
                     retry_after_ms,
                 }));
-                close(&conn, writer, reason.code(), &message).await;
+                Box::pin(close(&conn, writer, reason.code(), &message)).await;
                 return;
             }
         };
@@ -146,7 +153,7 @@ pub async fn run(
             Outbox::new(ctx.config.outbox_snapshots, slot.max_datagram)
                 .with_event_capacity(ctx.config.event_queue),
         );
-        let Some(ack) = join(&ctx, &slot, outbox.clone()).await else {
+        let Some(ack) = Box::pin(join(&ctx, &slot, outbox.clone())).await else {
             let reason = DisconnectReason::SimulationUnavailable;
             let _ = writer.send(&ServerMsg::Disconnect(Disconnect {
                 reason,
@@ -154,7 +161,13 @@ pub async fn run(
                 reconnect_after_ms: RETRY_AFTER_MS,
                 moved_to: None,
             }));
-            close(&conn, writer, reason.code(), "simulation unavailable").await;
+            Box::pin(close(
+                &conn,
+                writer,
+                reason.code(),
+                "simulation unavailable",
+            ))
+            .await;
             ctx.stats.metrics.session_ended(reason.as_str());
             slot.end(false).await;
             return;
@@ -192,7 +205,7 @@ pub async fn run(
             .await;
         info!(reason = end.reason, lost = end.lost, "session ended");
         ctx.stats.metrics.session_ended(end.reason);
-        slot.end(end.lost).await;
+        Box::pin(slot.end(end.lost)).await;
     }
     .instrument(span)
     .await
@@ -453,32 +466,32 @@ impl Session {
         if moves.has_changed().unwrap_or(false) {
             let pending = moves.borrow_and_update().clone();
             if let Some(to) = pending {
-                return self.moved(&to).await;
+                return Box::pin(self.moved(&to)).await;
             }
         }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    return self.disconnect(DisconnectReason::ServerShutdown, "server shutting down").await;
+                    return Box::pin(self.disconnect(DisconnectReason::ServerShutdown, "server shutting down")).await;
                 }
                 changed = moves.changed(), if moves_open => {
                     // The mover is gone (the server was made without one kept): nothing moves.
                     moves_open = changed.is_ok();
                     let pending = moves.borrow_and_update().clone();
                     if let Some(to) = pending {
-                        return self.moved(&to).await;
+                        return Box::pin(self.moved(&to)).await;
                     }
                 }
                 _ = superseded.cancelled() => {
-                    return self.disconnect(DisconnectReason::Superseded, "this session was resumed on another connection").await;
+                    return Box::pin(self.disconnect(DisconnectReason::Superseded, "this session was resumed on another connection")).await;
                 }
                 _ = self.outbox.ready() => {
                     if let Err(outcome) = self.send_snapshots() {
                         // A lost connection says why (timed out, reset) once it is closed.
-                        return if outcome.lost { ended(&self.conn).await } else { outcome };
+                        return if outcome.lost { Box::pin(ended(&self.conn)).await } else { outcome };
                     }
                     if let Err((reason, message)) = self.send_events() {
-                        return self.disconnect(reason, &message).await;
+                        return Box::pin(self.disconnect(reason, &message)).await;
                     }
                 }
                 read = self.recv.read(&mut buf) => match read {
@@ -486,7 +499,7 @@ impl Session {
                         Stats::add(&self.ctx.stats.stream_bytes_received, n as u64);
                         self.reader.push(&buf[..n]);
                         if let Err((reason, message)) = self.handle_frames() {
-                            return self.disconnect(reason, &message).await;
+                            return Box::pin(self.disconnect(reason, &message)).await;
                         }
                         // Answers were queued: let the writer hand them to QUIC before the
                         // next read. While a burst of requests sits in the stream every read
@@ -498,9 +511,9 @@ impl Session {
                     }
                     Ok(None) => {
                         let (reason, message) = frame_policy::stream_ended(self.reader.pending());
-                        return self.disconnect(reason, &message).await;
+                        return Box::pin(self.disconnect(reason, &message)).await;
                     }
-                    Err(_) => return ended(&self.conn).await,
+                    Err(_) => return Box::pin(ended(&self.conn)).await,
                 },
                 datagram = self.conn.receive_datagram() => match datagram {
                     Ok(d) => {
@@ -515,11 +528,11 @@ impl Session {
                             }
                             Datagram::AckIgnored => Stats::add(&self.ctx.stats.acks_ignored, 1),
                             Datagram::Close((reason, message)) => {
-                                return self.disconnect(reason, &message).await;
+                                return Box::pin(self.disconnect(reason, &message)).await;
                             }
                         }
                     }
-                    Err(_) => return ended(&self.conn).await,
+                    Err(_) => return Box::pin(ended(&self.conn)).await,
                 },
             }
         }
