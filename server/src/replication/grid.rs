@@ -1,11 +1,23 @@
 //! A uniform spatial grid over the frame, rebuilt every tick with a counting sort (O(n), no
 //! allocation once warm). Cells are half the interest radius, so a query touches at most 5x5
-//! cells. Each entity's position is copied next to its index, in cell order: a query reads
-//! memory in order instead of visiting the frame entry of every entity it tests.
+//! cells. What a client's interest needs of each entity (index, id, position, the tick its
+//! record is current from) is copied into the grid in cell order: a query reads memory in
+//! order instead of visiting the frame entry of every entity it tests.
 
 use glam::Vec2;
 
 use super::frame::WorldFrame;
+
+/// One entity as a query sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Item {
+    /// Index in the frame's entities.
+    pub index: u32,
+    pub id: u32,
+    /// [`WorldFrame::current_from`] of the entity.
+    pub current_from: u32,
+    pub pos: Vec2,
+}
 
 #[derive(Debug, Default)]
 pub struct Grid {
@@ -14,10 +26,8 @@ pub struct Grid {
     rows: usize,
     /// `starts[c]..starts[c + 1]` indexes `items` for cell `c`.
     starts: Vec<u32>,
-    /// Indices into the frame's entities, grouped by cell.
-    items: Vec<u32>,
-    /// The position of the entity `items` names at the same place.
-    points: Vec<Vec2>,
+    /// The frame's entities, grouped by cell.
+    items: Vec<Item>,
     cell_of: Vec<u32>,
 }
 
@@ -40,14 +50,17 @@ impl Grid {
             self.starts[c + 1] += self.starts[c];
         }
         self.items.clear();
-        self.items.resize(frame.entities.len(), 0);
-        self.points.clear();
-        self.points.resize(frame.entities.len(), Vec2::ZERO);
+        self.items.resize(frame.entities.len(), Item::default());
         let mut fill = self.starts.clone();
         for (i, &c) in self.cell_of.iter().enumerate() {
             let slot = &mut fill[c as usize];
-            self.items[*slot as usize] = i as u32;
-            self.points[*slot as usize] = frame.entities[i].pos;
+            let e = &frame.entities[i];
+            self.items[*slot as usize] = Item {
+                index: i as u32,
+                id: e.id,
+                current_from: frame.current_from[i],
+                pos: e.pos,
+            };
             *slot += 1;
         }
     }
@@ -65,10 +78,9 @@ impl Grid {
         self.clamp_row(p.y) * self.cols + self.clamp_col(p.x)
     }
 
-    /// Calls `f` with the frame index and position of every entity in the cells overlapping the
-    /// square of half-side `radius` around `center` (a superset of the circle; callers test
-    /// distance).
-    pub fn query(&self, center: Vec2, radius: f32, mut f: impl FnMut(usize, Vec2)) {
+    /// Calls `f` with every entity in the cells overlapping the square of half-side `radius`
+    /// around `center` (a superset of the circle; callers test distance).
+    pub fn query(&self, center: Vec2, radius: f32, mut f: impl FnMut(&Item)) {
         if self.cols == 0 {
             return;
         }
@@ -85,8 +97,8 @@ impl Grid {
             let last = row * self.cols + c1;
             // Cells of one row are contiguous in `items`.
             let (a, b) = (self.starts[first] as usize, self.starts[last + 1] as usize);
-            for (&i, &p) in self.items[a..b].iter().zip(&self.points[a..b]) {
-                f(i as usize, p);
+            for item in &self.items[a..b] {
+                f(item);
             }
         }
     }
@@ -122,10 +134,18 @@ mod tests {
         ] {
             let r = 600.0;
             let mut found = Vec::new();
-            grid.query(center, r, |i, pos| {
-                assert_eq!(pos, frame.entities[i].pos);
-                if pos.distance_squared(center) <= r * r {
-                    found.push(frame.entities[i].id)
+            grid.query(center, r, |item| {
+                let i = item.index as usize;
+                assert_eq!(
+                    (item.id, item.pos, item.current_from),
+                    (
+                        frame.entities[i].id,
+                        frame.entities[i].pos,
+                        frame.current_from[i]
+                    )
+                );
+                if item.pos.distance_squared(center) <= r * r {
+                    found.push(item.id)
                 }
             });
             found.sort_unstable();

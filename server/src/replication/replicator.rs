@@ -27,7 +27,7 @@ use arena_shared::snapshot::{self, BASELINE_RING, Update, View};
 use glam::Vec2;
 
 use super::frame::WorldFrame;
-use super::grid::Grid;
+use super::grid::{Grid, Item};
 
 /// Settings every client shares.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +68,18 @@ struct Member {
     id: u32,
     /// Index of the entity in this tick's frame.
     frame_index: u32,
+    /// The entity's [`WorldFrame::current_from`] this tick.
+    current_from: u32,
     priority: f32,
+}
+
+/// An entity within the exit radius, as the grid gave it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Near {
+    /// Squared distance to the client.
+    d2: f32,
+    id: u32,
+    current_from: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -101,10 +112,10 @@ pub struct Built {
 pub struct Scratch {
     /// One bit per frame entity: within the exit radius of the client being built.
     near_bits: Vec<u64>,
-    /// Squared distance to the client, by frame index (valid where the bit is set).
-    near_d2: Vec<f32>,
-    /// `(id, frame index, squared distance)`, in id order.
-    near: Vec<(u32, u32, f32)>,
+    /// By frame index (valid where the bit is set): what the grid said of the entity.
+    near_at: Vec<Near>,
+    /// `(frame index, entity)`, in id order.
+    near: Vec<(u32, Near)>,
     next_interest: Vec<Member>,
     candidates: Vec<Candidate>,
     removed: Vec<u32>,
@@ -245,7 +256,7 @@ impl ClientReplicator {
                 bi += 1;
                 // The frame knows since when a record of this entity stays exact: most
                 // members are settled by this one compare, without reading their entry.
-                if rec.tick >= frame.current_from[fi] {
+                if rec.tick >= m.current_from {
                     m.priority = 0.0;
                     continue;
                 }
@@ -419,39 +430,56 @@ impl ClientReplicator {
         // frame is sorted by id, so `near` comes out in id order without a sort.
         let Scratch {
             near_bits,
-            near_d2,
+            near_at,
             near,
             next_interest,
             ..
         } = scratch;
         near_bits.clear();
         near_bits.resize(frame.entities.len().div_ceil(64), 0);
-        if near_d2.len() < frame.entities.len() {
-            near_d2.resize(frame.entities.len(), 0.0);
+        if near_at.len() < frame.entities.len() {
+            near_at.resize(frame.entities.len(), Near::default());
         }
-        grid.query(center, exit, |i, pos| {
-            let d2 = pos.distance_squared(center);
+        grid.query(center, exit, |item: &Item| {
+            let d2 = item.pos.distance_squared(center);
             if d2 <= exit2 {
+                let i = item.index as usize;
                 near_bits[i / 64] |= 1 << (i % 64);
-                near_d2[i] = d2;
+                near_at[i] = Near {
+                    d2,
+                    id: item.id,
+                    current_from: item.current_from,
+                };
             }
         });
         if let Some(i) = frame.index_of(own) {
             near_bits[i / 64] |= 1 << (i % 64);
-            near_d2[i] = 0.0;
+            near_at[i] = Near {
+                d2: 0.0,
+                id: own,
+                current_from: frame.current_from[i],
+            };
         }
         near.clear();
         for (w, &word) in near_bits.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
                 let i = w * 64 + bits.trailing_zeros() as usize;
-                near.push((frame.entities[i].id, i as u32, near_d2[i]));
+                near.push((i as u32, near_at[i]));
                 bits &= bits - 1;
             }
         }
         next_interest.clear();
         let mut old = self.interest.iter().peekable();
-        for &(id, frame_index, d2) in near.iter() {
+        for &(
+            frame_index,
+            Near {
+                d2,
+                id,
+                current_from,
+            },
+        ) in near.iter()
+        {
             while old.peek().is_some_and(|m| m.id < id) {
                 old.next();
             }
@@ -460,6 +488,7 @@ impl ClientReplicator {
                 next_interest.push(Member {
                     id,
                     frame_index,
+                    current_from,
                     priority: was.unwrap_or(0.0),
                 });
             }
@@ -469,7 +498,7 @@ impl ClientReplicator {
             let mut by_distance: Vec<(f32, u32)> = next_interest
                 .iter()
                 .map(|m| {
-                    let d2 = near_d2[m.frame_index as usize];
+                    let d2 = near_at[m.frame_index as usize].d2;
                     (if m.id == own { -1.0 } else { d2 }, m.id)
                 })
                 .collect();
