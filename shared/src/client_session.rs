@@ -38,6 +38,7 @@ use crate::clock::ClockSync;
 use crate::combat::{RIFLE, ROCKET};
 use crate::interp::Interpolator;
 use crate::map::Map;
+use crate::obstacle_grid::ObstacleGrid;
 use crate::predict::{Correction, Predictor};
 use crate::protocol::codec::{self, FrameReader};
 use crate::protocol::{
@@ -232,7 +233,8 @@ pub enum Event {
 struct Game {
     entity: u32,
     tick_rate: u16,
-    map: Map,
+    /// The welcome's map, with the grid movement reads it through.
+    map: ObstacleGrid,
     first_snapshot_ms: Option<f64>,
     clock: ClockSync,
     receiver: Receiver,
@@ -265,7 +267,7 @@ impl Game {
         Self {
             entity: welcome.entity,
             tick_rate,
-            map: welcome.map.clone(),
+            map: ObstacleGrid::new(&welcome.map),
             first_snapshot_ms: None,
             clock: ClockSync::new(tick_rate),
             receiver: Receiver::new(tick_rate),
@@ -798,7 +800,7 @@ impl ClientSession {
     }
 
     pub fn map(&self) -> Option<&Map> {
-        self.game.as_ref().map(|g| &g.map)
+        self.game.as_ref().map(|g| g.map.map())
     }
 
     /// Whether the clock has settled: [`WARM_UP_MS`] since the first snapshot.

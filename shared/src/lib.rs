@@ -15,6 +15,8 @@
 //! - [`client_session`]: the client's end of a session: the pieces above (handshake, framing,
 //!   snapshots and acks, clock, prediction, interpolation, pings) wired once, for every client.
 //! - [`map`]: the arena's bounds and rectangular obstacles, generated from a seed.
+//! - [`obstacle_grid`]: a coarse grid over the map's obstacles, built once per map, that
+//!   movement asks for the obstacles near a body (the same result as testing them all).
 //! - [`quant`]: quantization of what crosses the wire (positions, velocities, movement, aim).
 //! - [`snapshot`]: delta snapshots against acknowledged baselines, and the client's receiver.
 //! - [`replay`]: the replay file format (records framed with a length and a CRC) and its
@@ -29,6 +31,7 @@ pub mod combat;
 pub mod fuzzing;
 pub mod interp;
 pub mod map;
+pub mod obstacle_grid;
 pub mod predict;
 pub mod protocol;
 pub mod quant;

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 
 use glam::Vec2;
 
-use crate::map::Map;
+use crate::obstacle_grid::ObstacleGrid;
 use crate::quant::MoveDir;
 use crate::sim::{self, Body, MoveParams};
 
@@ -72,7 +72,7 @@ impl Predictor {
     }
 
     /// Predicts one tick with this input (the same input the client sends as `seq`).
-    pub fn apply(&mut self, seq: u32, movement: MoveDir, map: &Map) -> Body {
+    pub fn apply(&mut self, seq: u32, movement: MoveDir, map: &ObstacleGrid) -> Body {
         self.body = sim::tick_body(self.body, movement, map, &self.params, self.dt);
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
@@ -87,7 +87,12 @@ impl Predictor {
 
     /// The server applied inputs up to `acked_seq` and its entity was then `server`.
     /// Returns the correction, if the prediction was wrong.
-    pub fn reconcile(&mut self, acked_seq: u32, server: Body, map: &Map) -> Option<Correction> {
+    pub fn reconcile(
+        &mut self,
+        acked_seq: u32,
+        server: Body,
+        map: &ObstacleGrid,
+    ) -> Option<Correction> {
         let mut predicted_then = None;
         while self
             .pending
@@ -165,31 +170,31 @@ fn seq_le(a: u32, b: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::map::MapParams;
+    use crate::map::{Map, MapParams};
     use proptest::prelude::*;
 
     const RATE: u16 = 30;
 
-    fn map() -> Map {
-        Map::generate(MapParams {
+    fn map() -> ObstacleGrid {
+        ObstacleGrid::new(&Map::generate(MapParams {
             seed: 3,
             width: 2048.0,
             height: 2048.0,
             obstacles: 16,
-        })
+        }))
     }
 
-    fn start(map: &Map) -> Body {
+    fn start(map: &ObstacleGrid) -> Body {
         let mut rng = crate::rng::SplitMix64::new(1);
         Body {
-            pos: crate::quant::snap_pos(map.random_free_point(&mut rng, sim::PLAYER.radius)),
+            pos: crate::quant::snap_pos(map.map().random_free_point(&mut rng, sim::PLAYER.radius)),
             vel: Vec2::ZERO,
         }
     }
 
     /// The server's side of one player: one input per tick, the last one repeated when the
     /// next has not arrived.
-    fn server_run(map: &Map, from: Body, inputs: &[MoveDir]) -> Vec<Body> {
+    fn server_run(map: &ObstacleGrid, from: Body, inputs: &[MoveDir]) -> Vec<Body> {
         let mut b = from;
         inputs
             .iter()
@@ -250,7 +255,7 @@ mod tests {
 
     #[test]
     fn small_corrections_blend_out_and_large_ones_snap() {
-        let map = Map::open(4096.0, 4096.0);
+        let map = ObstacleGrid::new(&Map::open(4096.0, 4096.0));
         let from = Body {
             pos: Vec2::splat(2000.0),
             vel: Vec2::ZERO,
@@ -299,7 +304,7 @@ mod tests {
 
     #[test]
     fn pending_inputs_are_bounded_and_sequence_numbers_may_wrap() {
-        let map = Map::open(1000.0, 1000.0);
+        let map = ObstacleGrid::new(&Map::open(1000.0, 1000.0));
         let mut p = at_rest_in_the_middle();
         for i in 0..(MAX_PENDING as u32 + 50) {
             p.apply(i, MoveDir::default(), &map);

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arena_shared::map::Map;
+use arena_shared::obstacle_grid::ObstacleGrid;
 use arena_shared::protocol::{EntityKind, Input};
 use arena_shared::quant::MoveDir;
 use arena_shared::rng::SplitMix64;
@@ -84,6 +85,10 @@ pub struct SimSettings {
 
 #[derive(Resource, Debug, Clone)]
 pub struct MapRes(pub Arc<Map>);
+
+/// The map's obstacle grid, which movement reads the map through (built once, from `MapRes`).
+#[derive(Resource, Debug)]
+pub struct Obstacles(pub ObstacleGrid);
 
 /// Commands drained from the network this tick, in arrival order.
 #[derive(Resource, Default)]

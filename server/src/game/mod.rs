@@ -25,6 +25,7 @@ pub mod systems;
 use std::sync::Arc;
 
 use arena_shared::map::Map;
+use arena_shared::obstacle_grid::ObstacleGrid;
 use arena_shared::protocol::{EntityKind, Input};
 use arena_shared::rng::SplitMix64;
 use arena_shared::sim::{self, Body};
@@ -105,6 +106,7 @@ pub fn new_world(config: &Config, map: Arc<Map>, stats: Arc<Stats>) -> World {
     }
     world.insert_resource(ids);
     world.insert_resource(WorldRng(rng));
+    world.insert_resource(Obstacles(ObstacleGrid::new(&map)));
     world.insert_resource(MapRes(map));
     // Tick 0 means "no baseline" on the wire; the first tick is 1.
     world.insert_resource(Tick(1));

@@ -314,7 +314,7 @@ pub fn quantize(mut bodies: Query<&mut Motion>) {
 /// phase, the dead stay where they fell).
 pub fn movement(
     mut bodies: Query<(&mut Motion, &MoveIntent, &Kind), (Without<Dead>, Without<Projectile>)>,
-    map: Res<MapRes>,
+    obstacles: Res<Obstacles>,
     settings: Res<SimSettings>,
 ) {
     for (mut motion, intent, kind) in &mut bodies {
@@ -322,7 +322,7 @@ pub fn movement(
             EntityKind::Player => &sim::PLAYER,
             EntityKind::Npc | EntityKind::Projectile => &sim::NPC,
         };
-        motion.0 = sim::step(motion.0, intent.0, &map.0, params, settings.dt);
+        motion.0 = sim::step(motion.0, intent.0, &obstacles.0, params, settings.dt);
     }
 }
 

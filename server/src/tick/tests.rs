@@ -235,7 +235,10 @@ fn the_server_moves_a_player_exactly_as_the_client_predicts() {
     use arena_shared::predict::Predictor;
     use arena_shared::rng::SplitMix64;
     let mut h = harness(0);
-    let map = h.sim.world().resource::<components::MapRes>().0.clone();
+    // The client builds its own grid from the map, as a welcomed session does.
+    let map = arena_shared::obstacle_grid::ObstacleGrid::new(
+        &h.sim.world().resource::<components::MapRes>().0,
+    );
     let (_outbox, _ack) = join(&mut h, 3);
     let body = |h: &Harness| {
         let world = h.sim.world();

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use arena_shared::map::Map;
+use arena_shared::obstacle_grid::ObstacleGrid;
 use arena_shared::protocol::codec::{self, FrameReader};
 use arena_shared::protocol::{
     ClientMsg, DisconnectReason, EntityKind, GameEvent, Input, InputStatus, PlayerName, Pong,
@@ -205,7 +206,7 @@ fn bytes_that_do_not_decode_end_the_session_with_a_message_never_a_panic() {
 /// A server in memory: steps the player with the shared rules at 30 Hz from the inputs it
 /// received, answers pings, and sends a full snapshot every tick, each way `latency_ms` late.
 struct TinyServer {
-    map: Map,
+    map: ObstacleGrid,
     tick: u32,
     body: Body,
     npc: Body,
@@ -344,7 +345,7 @@ fn holding_right_moves_the_player_right_and_prediction_matches_the_server() {
         vel: Vec2::ZERO,
     };
     let mut server = TinyServer {
-        map: map.clone(),
+        map: ObstacleGrid::new(&map),
         tick: 0,
         body: start,
         npc: Body {
