@@ -359,7 +359,7 @@ fn build_schedules() -> [Schedule; Phase::ALL.len()] {
 #[cfg(test)]
 mod combat_tests;
 #[cfg(test)]
-mod handoff_tests;
+pub(crate) mod handoff_tests;
 #[cfg(test)]
 mod tests;
 // The virtual-clock harness drives the whole assembled tick, so it is a module of `tick`; its
