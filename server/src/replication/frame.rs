@@ -92,9 +92,17 @@ impl WorldFrame {
             }
             // Still on last tick's path when one tick of dead reckoning from last tick's
             // fields gives exactly this tick's (velocity included: a turn starts a new path).
+            // The velocity is compared first, and a still entity's prediction is its position:
+            // most entities are settled without the prediction's divisions.
+            let [.., vx, vy] = e.fields;
             let on_path = p < prev.len()
                 && prev[p].id == e.id
-                && record(prev[p].fields, tick - 1).predict(tick, tick_rate) == e.fields;
+                && prev[p].fields[2..] == e.fields[2..]
+                && if vx == 0 && vy == 0 {
+                    prev[p].fields[..2] == e.fields[..2]
+                } else {
+                    record(prev[p].fields, tick - 1).predict(tick, tick_rate) == e.fields
+                };
             let start = if on_path {
                 self.prev_path_start[p]
             } else {
@@ -102,8 +110,10 @@ impl WorldFrame {
             };
             self.path_start.push(start);
             // Dead reckoning extrapolates at most `MAX_PREDICT_TICKS`: a moving entity's
-            // record older than that predicts short of it, a still one's stays exact.
-            let moving = record(e.fields, 0).predict(1, tick_rate) != e.fields;
+            // record older than that predicts short of it, a still one's stays exact. (A
+            // velocity too small to move a step a tick counts as moving: that only sends
+            // more records through the full comparison, never fewer.)
+            let moving = vx != 0 || vy != 0;
             self.current_from.push(if moving {
                 start.max(tick.saturating_sub(MAX_PREDICT_TICKS))
             } else {
