@@ -184,7 +184,10 @@ impl Recorder {
             match self.tx.try_send(gap) {
                 Ok(()) => {
                     self.lost = 0;
-                    self.sent(0);
+                    self.sent();
+                    if let Some(files) = &self.files {
+                        files.lost.store(0, Ordering::Release);
+                    }
                 }
                 Err(_) => {
                     self.lose();
@@ -195,7 +198,7 @@ impl Recorder {
         match self.tx.try_send(record) {
             Ok(()) => {
                 Stats::add(&self.stats.replay_records, 1);
-                self.sent(self.lost);
+                self.sent();
             }
             Err(TrySendError::Full(_)) => self.lose(),
             // The writer stopped (a disk error, logged there): nothing more is recorded.
@@ -203,11 +206,11 @@ impl Recorder {
         }
     }
 
-    /// One more record is on its way to the writer; `lost` are owed a `Gap`.
-    fn sent(&self, lost: u64) {
+    /// One more record is on its way to the writer (one uncontended add per record; the
+    /// count of records owed a `Gap` is stored only when it changes).
+    fn sent(&self) {
         if let Some(files) = &self.files {
-            files.sent.fetch_add(1, Ordering::AcqRel);
-            files.lost.store(lost, Ordering::Release);
+            files.sent.fetch_add(1, Ordering::Release);
         }
     }
 
