@@ -104,6 +104,25 @@ fn kept_their_sessions(result: &SwarmResult) {
     }
 }
 
+/// A carried on after a handoff that expired (counted once), its bots still connected, each
+/// having kept its one session.
+async fn served_on(
+    a: &ServerProcess,
+    bots_n: u32,
+    bots: &SwarmConfig,
+    swarm: JoinHandle<SwarmResult>,
+) {
+    assert_eq!(
+        metric(a, "arena_handoffs_total{outcome=\"expired\"}").await,
+        1
+    );
+    assert_eq!(
+        metric(a, "arena_clients_connected ").await,
+        u64::from(bots_n)
+    );
+    kept_their_sessions(&common::stop(bots, swarm).await);
+}
+
 /// A condition on the page: it plays its `sessions`-th session (or a later one) and has
 /// applied `snapshots` snapshots of it; its value is then `window.arena.stats()`.
 fn page_playing(sessions: u32, snapshots: u32) -> String {
@@ -306,15 +325,7 @@ async fn a_stranger_is_refused_and_a_second_request_waits_its_turn() {
         metric(&a, "arena_handoffs_total{outcome=\"refused\"}").await,
         4
     );
-    assert_eq!(
-        metric(&a, "arena_handoffs_total{outcome=\"expired\"}").await,
-        1
-    );
-    assert_eq!(
-        metric(&a, "arena_clients_connected ").await,
-        u64::from(BOTS)
-    );
-    kept_their_sessions(&common::stop(&bots, swarm).await);
+    served_on(&a, BOTS, &bots, swarm).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,13 +361,5 @@ async fn a_new_server_dying_before_it_confirms_leaves_the_old_one_serving() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        metric(&a, "arena_handoffs_total{outcome=\"expired\"}").await,
-        1
-    );
-    assert_eq!(
-        metric(&a, "arena_clients_connected ").await,
-        u64::from(BOTS)
-    );
-    kept_their_sessions(&common::stop(&bots, swarm).await);
+    served_on(&a, BOTS, &bots, swarm).await;
 }
