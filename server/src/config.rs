@@ -340,7 +340,9 @@ pub struct Config {
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub handoff_max_bytes: usize,
     /// How long a server that handed its state out stays frozen waiting for the new server's
-    /// confirmation; then it unfreezes and carries on (the handoff counted as failed).
+    /// confirmation; then it unfreezes and carries on (the handoff counted as failed). Its
+    /// replay writer gets at most half of it, before the state goes out, to catch up so the
+    /// new server can continue the run.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub handoff_timeout: Duration,
     /// Start by taking over a running server's world: once bound, ask the server whose HTTP
