@@ -30,11 +30,17 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{Backoff, STABLE_SESSION};
 use crate::behaviour::Behaviour;
 use crate::connect::{self, ClientError, STEP_TIMEOUT, Transport};
+use crate::endpoints::EndpointPool;
 use crate::impair::{DelayLine, Direction, ImpairConfig, Impairment};
 use crate::live::{self, Held, LiveStats};
 use crate::outcome::{BotOutcome, Session};
 use crate::player::{Player, Welcomed};
 use crate::route::{Attempt, Route};
+
+/// Bytes a bot reads from its stream at a time. The buffer lives in the bot's task, thousands
+/// of them in a swarm: one packet's worth, as the stream carries small events after the
+/// welcome (which takes a few reads).
+const STREAM_READ_BYTES: usize = 1200;
 
 /// Mixed into a bot's seed for its backoff jitter, so the jitter is not its random walk.
 pub const BACKOFF_SALT: u64 = 0xB4C0_FF5A_17E7_0001;
@@ -62,6 +68,8 @@ pub struct BotConfig {
     /// Dial this address instead of the one `/api/connect` names (a proxy, a port forward, a
     /// test's relay).
     pub connect_via: Option<std::net::SocketAddr>,
+    /// The swarm's endpoints, which this bot's connections share with other bots'.
+    pub endpoints: Arc<EndpointPool>,
 }
 
 /// Runs one bot to its deadline (or until `stop`), reconnecting as needed. Never panics on
@@ -146,13 +154,11 @@ pub async fn run(config: BotConfig) -> BotOutcome {
                 };
                 let played = welcomed.elapsed();
                 out.played += played;
+                // The close frame leaves from the shared endpoint, which outlives the bot (the
+                // swarm waits for its endpoints to go idle before it reports).
                 transport
                     .conn
                     .close(connect::close_varint(CLOSE_CLIENT_LEFT), b"bot done");
-                // Let the close frame leave before the endpoint is dropped.
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), transport.endpoint.wait_idle())
-                        .await;
                 let mut lost = ended.err();
                 if let Some(ClientError::Moved {
                     to,
@@ -211,14 +217,14 @@ async fn connect(
     if let Some(addr) = config.connect_via {
         info.url = connect::url_via(&info.url, addr);
     }
-    let mut transport = connect::open(&info, config.idle_timeout).await?;
+    let mut transport = connect::open_on(&config.endpoints, &info, config.idle_timeout).await?;
     player.connect(&info.token);
     let mut hello = Transmit::default();
     player.transmit(&mut hello);
     out.up_bytes += hello.stream.len() as u64;
     transport.write_raw(&hello.stream).await?;
     let welcome = tokio::time::timeout(STEP_TIMEOUT, async {
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; STREAM_READ_BYTES];
         loop {
             match transport.recv.read(&mut buf).await {
                 // The welcome (with the map) comes on the stream before the play loop reads it.
@@ -355,14 +361,20 @@ async fn play(
         in_dgram: DelayLine::default(),
         tx: Transmit::default(),
     };
-    let mut buf = [0u8; 4096];
+    let mut buf = [0u8; STREAM_READ_BYTES];
     let live = &config.live;
+    // Made once, not at every turn of the loop: a timer entry registered and dropped, and a
+    // waiter on the stop token every bot shares, at each of ~100 turns a second cost the swarm
+    // more than the frames did.
+    let end = tokio::time::sleep_until(deadline);
+    let stopped = config.stop.cancelled();
+    tokio::pin!(end, stopped);
 
     loop {
         let due = io.next_due();
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = config.stop.cancelled() => break,
+            _ = &mut end => break,
+            _ = &mut stopped => break,
             _ = frame_timer.tick(), if !idle => {
                 player.frame(now_ms(origin), out)?;
                 io.flush(t, player, out).await?;

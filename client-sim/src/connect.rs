@@ -6,6 +6,7 @@
 //! [`Transport`] methods that send `Hello` and read `Welcome` or `Reject` by hand are for the
 //! integration tests, which must also send what no well-behaved client would.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use arena_shared::protocol::codec::{self, FrameReader};
@@ -17,8 +18,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use wtransport::tls::Sha256Digest;
-use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
+use wtransport::{ClientConfig, Connection, RecvStream, SendStream};
 
+use crate::endpoints::{self, EndpointPool, Lease};
 use crate::http::{self, HttpError};
 
 /// Body of the server's `/api/connect`.
@@ -151,7 +153,8 @@ fn pinned_hashes(info: &ConnectInfo) -> Result<Vec<Sha256Digest>, ClientError> {
 
 /// An open WebTransport session with its one bidirectional stream, before `Hello`.
 pub struct Transport {
-    pub endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
+    /// Its own endpoint ([`open`], [`open_from`]) or a place on a shared one ([`open_on`]).
+    pub endpoint: Lease,
     pub conn: Connection,
     pub send: SendStream,
     pub recv: RecvStream,
@@ -177,7 +180,8 @@ pub async fn open(info: &ConnectInfo, idle_timeout: Duration) -> Result<Transpor
 
 /// [`open`] from the local address `bind` (port 0: any free port) instead of the wildcard
 /// address. Tests act as other hosts this way: Linux routes all of 127.0.0.0/8 to loopback,
-/// so a client bound to 127.0.0.2 reaches a server on 127.0.0.1 from its own address.
+/// so a client bound to 127.0.0.2 reaches a server on 127.0.0.1 from its own address. Either
+/// way the connection gets an endpoint (a socket) of its own.
 pub async fn open_from(
     info: &ConnectInfo,
     idle_timeout: Duration,
@@ -188,18 +192,24 @@ pub async fn open_from(
         None => ClientConfig::builder().with_bind_default(),
     };
     let hashes = pinned_hashes(info)?;
-    let config = if hashes.is_empty() {
-        builder.with_native_certs()
-    } else {
-        builder.with_server_certificate_hashes(hashes)
-    };
-    let config = config
-        .keep_alive_interval(Some(idle_timeout / 3))
-        .max_idle_timeout(Some(idle_timeout))
-        .map_err(|e| ClientError::Connect(e.to_string()))?
-        .build();
-    let endpoint = Endpoint::client(config).map_err(|e| ClientError::Connect(e.to_string()))?;
-    let conn = tokio::time::timeout(STEP_TIMEOUT, endpoint.connect(&info.url))
+    let endpoint = endpoints::client_endpoint(builder, &hashes, idle_timeout)?;
+    dial(Lease::own(endpoint), &info.url).await
+}
+
+/// [`open`] on an endpoint of `pool`, shared with other bots (each connection still its own).
+pub async fn open_on(
+    pool: &Arc<EndpointPool>,
+    info: &ConnectInfo,
+    idle_timeout: Duration,
+) -> Result<Transport, ClientError> {
+    let hashes = pinned_hashes(info)?;
+    let endpoint = pool.lease(&hashes, idle_timeout)?;
+    dial(endpoint, &info.url).await
+}
+
+/// Connects to `url` through `endpoint` and opens the session's stream.
+async fn dial(endpoint: Lease, url: &str) -> Result<Transport, ClientError> {
+    let conn = tokio::time::timeout(STEP_TIMEOUT, endpoint.connect(url))
         .await
         .map_err(|_| ClientError::Timeout("connect"))?
         .map_err(|e| ClientError::Connect(e.to_string()))?;

@@ -7,6 +7,8 @@
 //!   the certificate hash, and the errors a bot counts. Also the building blocks the
 //!   integration tests use to speak the protocol by hand (`Hello`, `Welcome` or `Reject`) and
 //!   to misbehave.
+//! - [`endpoints`]: the swarm's QUIC endpoints, each shared by a bounded number of bots
+//!   (one socket, driver and TLS configuration for many connections).
 //! - [`impair`]: seeded loss, latency, jitter, duplication and reordering for bots and tests.
 //! - [`behaviour`]: what a bot does (wander, chase, idle), and the weighted mix that decides
 //!   which bot does what.
@@ -28,6 +30,7 @@ pub mod backoff;
 pub mod behaviour;
 pub mod bot;
 pub mod connect;
+pub mod endpoints;
 pub mod gate;
 pub mod http;
 pub mod impair;

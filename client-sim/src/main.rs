@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use arena_client_sim::behaviour::Mix;
+use arena_client_sim::endpoints::DEFAULT_BOTS_PER_ENDPOINT;
 use arena_client_sim::gate::{self, Gate};
 use arena_client_sim::impair::ImpairConfig;
 use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig};
@@ -71,6 +72,10 @@ struct Args {
     /// cannot reach.
     #[arg(long)]
     connect_via: Option<std::net::SocketAddr>,
+    /// At most this many bots share one QUIC endpoint (one UDP socket, its receive buffer
+    /// sized for them); every bot is still its own connection. 1: a socket each.
+    #[arg(long, default_value_t = DEFAULT_BOTS_PER_ENDPOINT, value_parser = clap::value_parser!(u32).range(1..))]
+    bots_per_endpoint: u32,
     /// QUIC idle timeout of each bot's connection.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
@@ -136,6 +141,8 @@ fn main() -> ExitCode {
             reorder: args.reorder.clamp(0.0, 1.0),
         },
         connect_via: args.connect_via,
+        bots_per_endpoint: args.bots_per_endpoint,
+        bind: None,
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         stop: stop.clone(),
         live: Default::default(),

@@ -40,7 +40,7 @@ use glam::Vec2;
 use crate::behaviour::{self, Behaviour, Walk};
 use crate::connect::ClientError;
 use crate::live::{self, LiveStats};
-use crate::outcome::BotOutcome;
+use crate::outcome::{self, BotOutcome};
 
 /// A welcomed connection, as the runtime records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,7 +227,7 @@ impl Player {
                 ),
                 Event::SnapshotApplied(a) => self.on_snapshot(&a, estimate, out),
                 Event::SnapshotDropped { error, bytes } => {
-                    out.snapshot_bytes.saturating_record(bytes as u64);
+                    outcome::record(&mut out.snapshot_bytes, bytes as u64);
                     if matches!(error, ReceiveError::MissingBaseline(_)) {
                         out.baseline_misses += 1;
                     }
@@ -235,7 +235,7 @@ impl Player {
                 Event::FullSnapshot(snap) => self.on_full_part(&snap, datagram, out),
                 Event::Pong { rtt_ms } => {
                     let rtt = Duration::from_secs_f64(rtt_ms / 1000.0);
-                    out.rtt_us.saturating_record(rtt.as_micros().max(1) as u64);
+                    outcome::record(&mut out.rtt_us, rtt.as_micros().max(1) as u64);
                     self.live.record_rtt(rtt);
                 }
                 Event::Fired { .. } => out.shots_fired += 1,
@@ -305,10 +305,10 @@ impl Player {
     }
 
     fn on_snapshot(&mut self, a: &SnapshotApplied, estimate: Option<f64>, out: &mut BotOutcome) {
-        out.snapshot_bytes.saturating_record(a.bytes as u64);
+        outcome::record(&mut out.snapshot_bytes, a.bytes as u64);
         out.snapshots += 1;
         live::bump(&self.live.snapshots);
-        out.in_view.saturating_record(a.entities as u64);
+        outcome::record(&mut out.in_view, a.entities as u64);
         if let Some(me) = a.me {
             out.first_pos.get_or_insert(me.pos);
             out.last_pos = Some(me.pos);
@@ -325,8 +325,7 @@ impl Player {
             let tick_ms = 1000.0 / f64::from(tick_rate);
             let truth = f64::from(a.tick) + rtt / 2.0 / tick_ms;
             let err_ms = (est - truth).abs() * tick_ms;
-            out.clock_error_us
-                .saturating_record((err_ms * 1000.0).max(1.0) as u64);
+            outcome::record(&mut out.clock_error_us, (err_ms * 1000.0).max(1.0) as u64);
         }
         if a.warm {
             let base = *self.late_base.get_or_insert(a.status.late);
@@ -355,7 +354,7 @@ impl Player {
         if self.assembly.part(snap.tick, snap.parts) {
             out.snapshots += 1;
             live::bump(&self.live.snapshots);
-            out.snapshot_bytes.saturating_record(self.part_bytes);
+            outcome::record(&mut out.snapshot_bytes, self.part_bytes);
             self.part_bytes = 0;
         }
         if let Some(me) = snap

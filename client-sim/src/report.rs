@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::outcome::{BotOutcome, new_count_histogram, new_rtt_histogram};
+use crate::outcome::{BotOutcome, new_bot_histogram, new_rtt_histogram};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
@@ -89,11 +89,12 @@ pub struct Report {
 impl Report {
     pub fn from_outcomes(requested: u64, duration_s: f64, bots: &[BotOutcome]) -> Self {
         let connected: Vec<&BotOutcome> = bots.iter().filter(|b| b.connected()).collect();
-        let mut rtt = new_rtt_histogram();
+        // The bots' own histograms grow to what they recorded; these grow with them.
+        let mut rtt = new_bot_histogram();
         let mut connect = new_rtt_histogram();
         let mut errors = BTreeMap::new();
-        let (mut sizes, mut in_view) = (new_count_histogram(), new_count_histogram());
-        let mut clock = new_rtt_histogram();
+        let (mut sizes, mut in_view) = (new_bot_histogram(), new_bot_histogram());
+        let mut clock = new_bot_histogram();
         let mut gaps = new_rtt_histogram();
         for b in bots {
             if b.snapshots > 1 {

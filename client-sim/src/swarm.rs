@@ -1,5 +1,6 @@
 //! Many bots on one tokio runtime, launched at a steady rate, each playing (and reconnecting
-//! when dropped) until its own deadline: its launch plus the play time.
+//! when dropped) until its own deadline: its launch plus the play time. The bots' connections
+//! share QUIC endpoints, a bounded number on each ([`crate::endpoints`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::behaviour::{Behaviour, Mix};
 use crate::bot::{self, BotConfig};
+use crate::endpoints::{DEFAULT_BOTS_PER_ENDPOINT, EndpointPool};
 use crate::live::{self, LiveStats};
 use crate::outcome::BotOutcome;
 use crate::report::Report;
@@ -30,6 +32,11 @@ pub struct SwarmConfig {
     pub impair: crate::impair::ImpairConfig,
     /// Dial this WebTransport address instead of the one `/api/connect` names.
     pub connect_via: Option<std::net::SocketAddr>,
+    /// At most this many bots share one QUIC endpoint (one UDP socket); 1: a socket each.
+    pub bots_per_endpoint: u32,
+    /// Bind the bots' sockets to this local address (any free port) rather than the wildcard
+    /// address: a test's swarm acting as another host.
+    pub bind: Option<std::net::IpAddr>,
     /// Draw the live progress line on stderr (only where stderr is a terminal; never in tests).
     pub progress: bool,
     /// Cancelled: every bot leaves now, as if its time were up, and the swarm reports. Bots
@@ -54,6 +61,8 @@ impl Default for SwarmConfig {
             idle_timeout: Duration::from_secs(10),
             impair: Default::default(),
             connect_via: None,
+            bots_per_endpoint: DEFAULT_BOTS_PER_ENDPOINT,
+            bind: None,
             progress: false,
             stop: CancellationToken::new(),
             live: Arc::default(),
@@ -95,6 +104,8 @@ impl SwarmBehaviour {
 pub struct SwarmResult {
     pub report: Report,
     pub bots: Vec<BotOutcome>,
+    /// How many endpoints (UDP sockets) the bots' connections went through.
+    pub endpoints: usize,
 }
 
 /// The fixed direction of bot `i` under [`SwarmBehaviour::Headings`].
@@ -114,6 +125,7 @@ pub async fn run(config: SwarmConfig) -> SwarmResult {
     let progress = config
         .progress
         .then(|| tokio::spawn(live::show(live.clone(), config.bots, progress_done.clone())));
+    let endpoints = EndpointPool::new(config.bots_per_endpoint, config.bind);
     let mut set = JoinSet::new();
     let gap = Duration::from_secs_f64(1.0 / config.ramp_per_s.max(0.001));
     let start = tokio::time::Instant::now();
@@ -132,6 +144,7 @@ pub async fn run(config: SwarmConfig) -> SwarmResult {
             idle_timeout: config.idle_timeout,
             impair: config.impair,
             connect_via: config.connect_via,
+            endpoints: endpoints.clone(),
             swarm_start: start,
             live: live.clone(),
             stop: config.stop.clone(),
@@ -144,6 +157,8 @@ pub async fn run(config: SwarmConfig) -> SwarmResult {
             bots.push(outcome);
         }
     }
+    // The bots' close frames leave before the swarm reports (and its process may exit).
+    endpoints.wait_idle(Duration::from_secs(1)).await;
     progress_done.cancel();
     if let Some(task) = progress {
         let _ = task.await;
@@ -151,5 +166,9 @@ pub async fn run(config: SwarmConfig) -> SwarmResult {
     bots.sort_by_key(|b| b.index);
     let report =
         Report::from_outcomes(u64::from(config.bots), config.play_for.as_secs_f64(), &bots);
-    SwarmResult { report, bots }
+    SwarmResult {
+        report,
+        bots,
+        endpoints: endpoints.endpoints(),
+    }
 }

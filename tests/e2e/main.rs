@@ -20,6 +20,7 @@ mod relay;
 mod replay;
 mod replication;
 mod resume;
+mod shared_endpoints;
 mod swarm;
 mod three_drivers;
 mod viewer;
