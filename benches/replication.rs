@@ -192,12 +192,14 @@ impl Scenario {
             }
         }
         let per = f64::from(ticks) * self.clients.len() as f64;
+        let view_bytes: usize = self.clients.iter().map(|(_, c)| c.view_bytes()).sum();
         eprintln!(
-            "{name}: {:.1} B per client per tick, {:.1} entities in view, {:.1} sent, {:.2} B per moving entity in view",
+            "{name}: {:.1} B per client per tick, {:.1} entities in view, {:.1} sent, {:.2} B per moving entity in view, {:.1} KiB of views per client",
             bytes as f64 / per,
             in_view as f64 / per,
             sent as f64 / per,
             bytes as f64 / moving_in_view.max(1) as f64,
+            view_bytes as f64 / self.clients.len() as f64 / 1024.0,
         );
     }
 }

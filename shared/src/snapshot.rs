@@ -193,14 +193,19 @@ pub fn encode(
     removed: &[u32],
     updates: &[Update],
 ) -> (DeltaSnapshot, View) {
-    let mut view = View::default();
-    let snap = encode_into(
-        tick, tick_rate, baseline, origin, removed, updates, &mut view,
+    let (mut view, mut snap) = (View::default(), DeltaSnapshot::default());
+    encode_into(
+        tick, tick_rate, baseline, origin, removed, updates, &mut view, &mut snap,
     );
     (snap, view)
 }
 
-/// [`encode`], writing the client's next view into `view` (its allocation is reused).
+/// [`encode`], writing the client's next view into `view` and the snapshot into `snap`, both
+/// cleared first (their allocations are reused).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "encode's arguments and the two buffers it refills"
+)]
 pub fn encode_into(
     tick: u32,
     tick_rate: u16,
@@ -209,50 +214,61 @@ pub fn encode_into(
     removed: &[u32],
     updates: &[Update],
     view: &mut View,
-) -> DeltaSnapshot {
+    snap: &mut DeltaSnapshot,
+) {
     let empty = View::default();
     let base = baseline.unwrap_or(&empty);
-    let mut snap = DeltaSnapshot {
-        tick,
-        baseline: baseline.map_or(0, |b| b.tick),
-        origin,
-        ..DeltaSnapshot::default()
-    };
+    snap.tick = tick;
+    snap.baseline = baseline.map_or(0, |b| b.tick);
+    snap.origin = origin;
+    for column in [&mut snap.removed, &mut snap.entered, &mut snap.changed] {
+        column.clear();
+    }
+    snap.entered_kind.clear();
+    snap.entered_fields.clear();
+    snap.changed_mask.clear();
+    snap.small.clear();
+    snap.large.clear();
     push_gaps(removed.iter().copied(), &mut snap.removed);
 
     view.tick = tick;
     view.entities.clear();
     view.entities.reserve(base.entities.len() + updates.len());
-    let (mut entered, mut changed) = (Vec::new(), Vec::new());
-    let mut b = base.entities.iter().peekable();
-    let mut r = removed.iter().peekable();
-    let mut u = updates.iter().peekable();
+    // Few ids change against many that stay: walk the removed and updated ids, and copy the
+    // baseline's records between them as whole runs. An id both removed and updated counts
+    // as updated; a removed id the baseline lacks removes nothing from the view.
+    let base = base.entities.as_slice();
+    let (mut bi, mut ri, mut ui) = (0, 0, 0);
+    let (mut last_entered, mut last_changed) = (0u32, 0u32);
     loop {
-        let next_base = b.peek().map(|e| e.id);
-        let next_update = u.peek().map(|e| e.id);
-        let step = match (next_base, next_update) {
+        let next_removed = removed.get(ri).copied();
+        let next_update = updates.get(ui);
+        let (id, up) = match (next_removed, next_update) {
             (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(bid), Some(uid)) => bid.cmp(&uid),
-        };
-        match step {
-            std::cmp::Ordering::Less => {
-                let rec = *b.next().unwrap_or_else(|| unreachable!());
-                let bid = rec.id;
-                while r.peek().is_some_and(|&&x| x < bid) {
-                    r.next();
+            (Some(r), Some(u)) if r < u.id => (r, None),
+            (Some(r), None) => (r, None),
+            (Some(r), Some(u)) => {
+                if r == u.id {
+                    ri += 1;
                 }
-                if r.peek() == Some(&&bid) {
-                    r.next();
-                } else {
-                    view.entities.push(rec);
-                }
+                (u.id, Some(*u))
             }
-            std::cmp::Ordering::Equal => {
-                let rec = *b.next().unwrap_or_else(|| unreachable!());
-                let up = *u.next().unwrap_or_else(|| unreachable!());
-                let uid = up.id;
+            (None, Some(u)) => (u.id, Some(*u)),
+        };
+        let run = base[bi..].partition_point(|e| e.id < id);
+        view.entities.extend_from_slice(&base[bi..bi + run]);
+        bi += run;
+        let in_base = base.get(bi).filter(|e| e.id == id).copied();
+        if in_base.is_some() {
+            bi += 1;
+        }
+        let Some(up) = up else {
+            ri += 1;
+            continue;
+        };
+        ui += 1;
+        match in_base {
+            Some(rec) => {
                 let predicted = rec.predict(tick, tick_rate);
                 if predicted == up.fields {
                     view.entities.push(rec);
@@ -272,19 +288,19 @@ pub fn encode_into(
                     };
                     mask |= code << (2 * f);
                 }
-                changed.push(uid);
+                snap.changed.push(id.wrapping_sub(last_changed));
+                last_changed = id;
                 snap.changed_mask.push(mask);
                 view.entities.push(EntityRecord {
-                    id: uid,
+                    id,
                     kind: rec.kind,
                     fields: up.fields,
                     tick,
                 });
             }
-            std::cmp::Ordering::Greater => {
-                let up = *u.next().unwrap_or_else(|| unreachable!());
-                let uid = up.id;
-                entered.push(uid);
+            None => {
+                snap.entered.push(id.wrapping_sub(last_entered));
+                last_entered = id;
                 snap.entered_kind.push(up.kind);
                 let [px, py, vx, vy] = up.fields;
                 snap.entered_fields.extend_from_slice(&[
@@ -294,7 +310,7 @@ pub fn encode_into(
                     vy,
                 ]);
                 view.entities.push(EntityRecord {
-                    id: uid,
+                    id,
                     kind: up.kind,
                     fields: up.fields,
                     tick,
@@ -302,9 +318,7 @@ pub fn encode_into(
             }
         }
     }
-    push_gaps(entered.into_iter(), &mut snap.entered);
-    push_gaps(changed.into_iter(), &mut snap.changed);
-    snap
+    view.entities.extend_from_slice(&base[bi..]);
 }
 
 /// Applies a snapshot to the view it names as baseline (`None` for a full snapshot).

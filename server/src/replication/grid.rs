@@ -119,7 +119,8 @@ mod tests {
                 (
                     id,
                     EntityKind::Npc,
-                    Vec2::new(rng.range_f32(0.0, 4096.0), rng.range_f32(0.0, 4096.0)),
+                    // Some beyond the world: they sit in the edge cells.
+                    Vec2::new(rng.range_f32(-200.0, 4300.0), rng.range_f32(-200.0, 4300.0)),
                     Vec2::ZERO,
                 )
             })
@@ -127,12 +128,20 @@ mod tests {
         frame.rebuild(1, 30, bodies.into_iter());
         let mut grid = Grid::default();
         grid.rebuild(&frame, 4096.0, 300.0);
-        for center in [
-            Vec2::new(10.0, 10.0),
-            Vec2::new(2048.0, 2048.0),
-            Vec2::new(4090.0, 100.0),
-        ] {
-            let r = 600.0;
+        // Fixed centres, then random ones, some beyond the world's edges, with radii from
+        // under a cell to several.
+        let mut cases = vec![
+            (Vec2::new(10.0, 10.0), 600.0),
+            (Vec2::new(2048.0, 2048.0), 600.0),
+            (Vec2::new(4090.0, 100.0), 600.0),
+        ];
+        for _ in 0..200 {
+            cases.push((
+                Vec2::new(rng.range_f32(-500.0, 4600.0), rng.range_f32(-500.0, 4600.0)),
+                rng.range_f32(10.0, 1500.0),
+            ));
+        }
+        for (center, r) in cases {
             let mut found = Vec::new();
             grid.query(center, r, |item| {
                 let i = item.index as usize;

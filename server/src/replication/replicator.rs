@@ -21,9 +21,9 @@
 //! Invariant: the ring holds exactly the views the client computes from what it was sent, so
 //! a snapshot built against an acknowledged view always decodes on the client.
 
-use arena_shared::protocol::codec::encode_datagram;
+use arena_shared::protocol::codec::DatagramEncoder;
 use arena_shared::protocol::{InputStatus, ServerDatagram};
-use arena_shared::snapshot::{self, BASELINE_RING, Update, View};
+use arena_shared::snapshot::{self, BASELINE_RING, DeltaSnapshot, Update, View};
 use glam::Vec2;
 
 use super::frame::WorldFrame;
@@ -53,6 +53,17 @@ impl RepSettings {
 /// steady state allocates nothing, and a client holds about (RTT in ticks + 2) views' memory
 /// instead of [`BASELINE_RING`].
 const SPARE_VIEWS: usize = 2;
+
+/// Sizes a reused view buffer for `needed` records with an eighth more as headroom, so a
+/// view that grows a little does not double its allocation (a doubled buffer is kept, and
+/// handed on, for as long as the client stays), and one far larger than needed (the client
+/// left a crowd) is given back.
+fn fit_capacity(records: &mut Vec<snapshot::EntityRecord>, needed: usize) {
+    let target = needed + needed / 8 + 8;
+    if records.capacity() < needed || records.capacity() > 2 * target {
+        *records = Vec::with_capacity(target);
+    }
+}
 
 /// Estimated bytes of one entity in a snapshot; the encoder then checks the real size.
 const ENTER_COST: usize = 9;
@@ -114,12 +125,13 @@ pub struct Scratch {
     near_bits: Vec<u64>,
     /// By frame index (valid where the bit is set): what the grid said of the entity.
     near_at: Vec<Near>,
-    /// `(frame index, entity)`, in id order.
-    near: Vec<(u32, Near)>,
     next_interest: Vec<Member>,
     candidates: Vec<Candidate>,
     removed: Vec<u32>,
     updates: Vec<Update>,
+    /// The snapshot being encoded and the codec's buffers, refilled for each client.
+    snap: DeltaSnapshot,
+    encoder: DatagramEncoder,
 }
 
 #[derive(Debug)]
@@ -192,6 +204,14 @@ impl ClientReplicator {
             + self.spare.len()
     }
 
+    /// Bytes of view records this client holds room for (ring slots and spares): its share of
+    /// replication's memory.
+    pub fn view_bytes(&self) -> usize {
+        let held = self.ring.iter().map(|v| v.entities.capacity());
+        let spare = self.spare.iter().map(Vec::capacity);
+        held.chain(spare).sum::<usize>() * std::mem::size_of::<snapshot::EntityRecord>()
+    }
+
     /// Builds this tick's snapshot for the client whose own entity is `own`.
     #[expect(
         clippy::too_many_arguments,
@@ -216,6 +236,8 @@ impl ClientReplicator {
             candidates,
             removed,
             updates,
+            snap,
+            encoder,
             ..
         } = scratch;
 
@@ -352,6 +374,8 @@ impl ClientReplicator {
         let origin = own_index.map_or([0, 0], |i| {
             [frame.entities[i].fields[0], frame.entities[i].fields[1]]
         });
+        // Room for the next view: at most the baseline and every chosen entity.
+        fit_capacity(&mut next_view.entities, base_entities.len() + chosen);
         let mut passes = 1;
         let bytes = loop {
             updates.clear();
@@ -364,7 +388,7 @@ impl ClientReplicator {
                 }
             }));
             updates.sort_unstable_by_key(|u| u.id);
-            let snap = snapshot::encode_into(
+            snapshot::encode_into(
                 t,
                 s.tick_rate,
                 base,
@@ -372,8 +396,14 @@ impl ClientReplicator {
                 removed,
                 updates,
                 &mut next_view,
+                snap,
             );
-            let bytes = encode_datagram(&ServerDatagram::Delta(input, snap));
+            // Lent to the datagram for encoding and taken back, allocations and all.
+            let datagram = ServerDatagram::Delta(input, std::mem::take(snap));
+            let bytes = encoder.encode(&datagram);
+            if let ServerDatagram::Delta(_, lent) = datagram {
+                *snap = lent;
+            }
             if bytes.len() <= limit || (chosen <= 1 && removed.is_empty()) {
                 break bytes;
             }
@@ -431,7 +461,6 @@ impl ClientReplicator {
         let Scratch {
             near_bits,
             near_at,
-            near,
             next_interest,
             ..
         } = scratch;
@@ -460,37 +489,34 @@ impl ClientReplicator {
                 current_from: frame.current_from[i],
             };
         }
-        near.clear();
+        // Read the bits in order (frame index order is id order) and merge with the old
+        // interest as they come: members stay while within the exit radius, newcomers enter
+        // within the enter radius.
+        next_interest.clear();
+        let old = &self.interest;
+        let mut oi = 0;
         for (w, &word) in near_bits.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
-                let i = w * 64 + bits.trailing_zeros() as usize;
-                near.push((i as u32, near_at[i]));
+                let frame_index = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-            }
-        }
-        next_interest.clear();
-        let mut old = self.interest.iter().peekable();
-        for &(
-            frame_index,
-            Near {
-                d2,
-                id,
-                current_from,
-            },
-        ) in near.iter()
-        {
-            while old.peek().is_some_and(|m| m.id < id) {
-                old.next();
-            }
-            let was = old.peek().filter(|m| m.id == id).map(|m| m.priority);
-            if d2 <= enter2 || was.is_some() || id == own {
-                next_interest.push(Member {
+                let Near {
+                    d2,
                     id,
-                    frame_index,
                     current_from,
-                    priority: was.unwrap_or(0.0),
-                });
+                } = near_at[frame_index];
+                while oi < old.len() && old[oi].id < id {
+                    oi += 1;
+                }
+                let was = (oi < old.len() && old[oi].id == id).then(|| old[oi].priority);
+                if d2 <= enter2 || was.is_some() || id == own {
+                    next_interest.push(Member {
+                        id,
+                        frame_index: frame_index as u32,
+                        current_from,
+                        priority: was.unwrap_or(0.0),
+                    });
+                }
             }
         }
         if next_interest.len() > s.max_view {

@@ -449,10 +449,12 @@ fn a_client_that_acknowledges_holds_a_round_trip_of_views_not_the_whole_ring() {
     let mut scratch = Scratch::default();
     // Acks come back 3 ticks after their snapshot (a 100 ms round trip at 30 Hz).
     let rtt_ticks = 3;
+    let mut largest_view = 0;
     for _ in 0..200 {
         world.step(&mut frame);
         grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
-        own_snapshot(&mut server, &mut scratch, &frame, &grid, &s);
+        let built = own_snapshot(&mut server, &mut scratch, &frame, &grid, &s);
+        largest_view = largest_view.max(built.in_view);
         if frame.tick > rtt_ticks {
             server.on_ack(frame.tick - rtt_ticks);
         }
@@ -464,6 +466,15 @@ fn a_client_that_acknowledges_holds_a_round_trip_of_views_not_the_whole_ring() {
         "{} view buffers held (bound {bound}, ring {})",
         server.view_allocations(),
         arena_shared::snapshot::BASELINE_RING
+    );
+    // Each of them sized to a view, with an eighth as headroom: not a doubled buffer.
+    let record = std::mem::size_of::<arena_shared::snapshot::EntityRecord>();
+    let per_view = (largest_view + largest_view / 8 + 8) * record;
+    assert!(
+        server.view_bytes() <= bound * per_view,
+        "{} bytes of views held, bound {} ({bound} views of at most {largest_view} records)",
+        server.view_bytes(),
+        bound * per_view,
     );
 }
 

@@ -131,6 +131,24 @@ pub fn encode_datagram(msg: &ServerDatagram) -> Vec<u8> {
     bitcode::encode(msg)
 }
 
+/// [`encode_datagram`] keeping the encoder's working memory between calls: the server encodes
+/// one snapshot per client per tick, and a fresh encoder allocates for every column.
+#[derive(Default)]
+pub struct DatagramEncoder(bitcode::Buffer);
+
+impl std::fmt::Debug for DatagramEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatagramEncoder")
+    }
+}
+
+impl DatagramEncoder {
+    /// The same bytes as [`encode_datagram`].
+    pub fn encode(&mut self, msg: &ServerDatagram) -> Vec<u8> {
+        self.0.encode(msg).to_vec()
+    }
+}
+
 pub fn decode_datagram(bytes: &[u8]) -> Result<ServerDatagram, DecodeError> {
     bitcode::decode(bytes).map_err(|_| DecodeError::Malformed)
 }
