@@ -448,7 +448,15 @@ impl History {
         } else {
             Vec::new()
         };
+        // Grow a frame to what it must hold and an eighth more, not to double: the history
+        // keeps thirty frames, so a few players joining a world of thousands would otherwise
+        // double thirty buffers and cost the server tens of KiB per player.
+        let positions = positions.into_iter();
+        let needed = positions.size_hint().0;
         slot.clear();
+        if slot.capacity() < needed {
+            slot.reserve_exact(needed + needed / 8);
+        }
         slot.extend(positions);
         // Unstable sort: no scratch allocation. The key is total, so the order is still defined.
         slot.sort_unstable_by(|a, b| {
@@ -956,6 +964,29 @@ mod tests {
             // The oldest frame's buffer became the newest one's.
             expected.rotate_left(1);
             assert_eq!(buffers(&h), expected);
+        }
+    }
+
+    #[test]
+    fn a_few_more_entities_grow_each_frame_by_an_eighth_not_double() {
+        let mut h = History::new(30);
+        let entities = |n: u32| (0..n).map(|id| (id, Vec2::splat(id as f32)));
+        for tick in 0..30 {
+            h.push(tick, entities(5_000));
+        }
+        // A hundred players join a world of 5,000: every frame, as it is reused, grows to
+        // hold them with an eighth to spare, never to twice the world.
+        for tick in 30..90 {
+            h.push(tick, entities(5_100));
+        }
+        let bound = 5_100 + 5_100 / 8;
+        for f in &h.frames {
+            assert_eq!(f.positions.len(), 5_100);
+            assert!(
+                f.positions.capacity() <= bound,
+                "a frame holds room for {} entities, bound {bound}",
+                f.positions.capacity()
+            );
         }
     }
 
