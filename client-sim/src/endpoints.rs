@@ -11,8 +11,9 @@
 //! `bots × ~300 B` that the kernel's receive buffer may not hold while the driver waits for a
 //! thread. Each endpoint's socket asks for [`RECV_BUFFER_PER_BOT`] per bot it may carry (never
 //! less than the system's default): many ticks' bursts, for a machine so loaded that the bots'
-//! process goes unscheduled for a while (a bot with a socket of its own had a whole default
-//! buffer, ~200 KiB, to itself).
+//! process goes unscheduled for a while. The kernel caps the request at `net.core.rmem_max`
+//! (4 MiB on the project's machines, 208 KiB on a stock kernel); where it is low, fewer bots
+//! an endpoint keep the room per bot.
 //!
 //! Endpoints are keyed by what their TLS configuration pins (the certificate hashes
 //! `/api/connect` or a move named) and the idle timeout: a bot only shares with bots that
@@ -38,11 +39,13 @@ use crate::connect::ClientError;
 /// wire, well inside a default receive buffer, and 1,000 bots need 16 endpoints.
 pub const DEFAULT_BOTS_PER_ENDPOINT: u32 = 64;
 
-/// Receive buffer asked for per bot an endpoint carries. The kernel charges a small datagram
-/// about 1 KiB of buffer (its whole allocation, not its ~300 bytes) and doubles the request, so
-/// this holds about a second of a bot's snapshots. It costs nothing while the driver keeps up:
-/// the kernel takes memory only for what waits.
-pub const RECV_BUFFER_PER_BOT: usize = 16 * 1024;
+/// Receive buffer asked for per bot an endpoint carries. The kernel charges a datagram of a
+/// few hundred bytes ~1.3 KiB of buffer (its whole allocation) and doubles the request, so this
+/// holds a few seconds of a bot's snapshots, as much as a socket of its own had by default
+/// (208 KiB): on a machine too loaded to run the bots for a while, 16 KiB a bot lost snapshots
+/// that sockets of their own only delayed. It costs nothing while the driver keeps up: the
+/// kernel takes memory only for what waits.
+pub const RECV_BUFFER_PER_BOT: usize = 64 * 1024;
 
 /// A client endpoint, shared.
 pub type ClientEndpoint = Endpoint<Client>;
