@@ -5,9 +5,16 @@ Starts a release server, then for each step runs an `arena-bots` swarm of that s
 until every bot is connected, measures a steady window by scraping `/metrics` and reading
 /proc, and prints one row per step:
 
-  bots held?, server tick p50/p99/max, server CPU %, server RSS and RSS per client,
-  downstream bytes per bot per second, snapshot rate seen by bots (mean and worst bot),
-  prediction corrections, plus the bots' own CPU % (they share the machine).
+  bots held?, server tick p50/p99/max, server CPU % and CPU % per client, server RSS and RSS
+  per client, downstream bytes per bot per second, snapshot rate seen by bots (mean and worst
+  bot), prediction corrections, UDP datagrams the kernel dropped for a full receive buffer,
+  plus the bots' own CPU %, CPU % per bot and RSS per bot (they share the machine).
+
+CPU % is of one core. Server RSS per client is the growth over the idle server; the bots' RSS
+per bot is their process's largest RSS in the window over the bots (its fixed part included).
+UDP drops are datagrams the kernel dropped for a full socket receive buffer during the window,
+per socket from /proc/net/udp{,6} (its `drops` column): the server's WebTransport socket, then
+all the others' (the bots'; on a machine running nothing else).
 
 "Held" means: tick p99 under a third of the tick budget, every bot getting >= 95% of the tick
 rate in snapshots, no failed connects, no disconnects, no reconnects.
@@ -105,6 +112,32 @@ def proc_rss(pid: int) -> int:
     return 0
 
 
+def udp_drops() -> dict[str, tuple[int, int]]:
+    """Every UDP socket's local port and the datagrams the kernel dropped for it, by inode."""
+    out = {}
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            out[f[9]] = (int(f[1].rsplit(":", 1)[1], 16), int(f[-1]))
+    return out
+
+
+def drops_between(before: dict, after: dict, server_port: int) -> tuple[int, int]:
+    """Datagrams dropped between two readings: on the server's port, and on every other socket."""
+    server = bots = 0
+    for inode, (port, n) in after.items():
+        d = n - before.get(inode, (port, 0))[1]
+        if port == server_port:
+            server += d
+        else:
+            bots += d
+    return server, bots
+
+
 def pinned(cpus: str | None, argv: list[str]) -> list[str]:
     if cpus and shutil.which("taskset"):
         return ["taskset", "-c", cpus] + argv
@@ -144,6 +177,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--bots-bin", type=Path, default=None, help="another arena-bots binary (A/B runs)")
+    ap.add_argument("--bots-flag", action="append", default=[],
+                    help="extra arena-bots flag (repeatable), e.g. --bots-flag=--bots-per-endpoint=1")
     args = ap.parse_args()
 
     steps = [int(s) for s in args.steps.split(",") if s]
@@ -183,8 +218,9 @@ def main() -> int:
               f"idle tick p50 {floor[0.5]:.2f} ms, p99 {floor[0.99]:.2f} ms over {args.idle_secs:.0f} s "
               f"(held needs p99 < {budget / 3 * 1e3:.1f} ms)")
         rows.append({"idle": True, "tick_p50_ms": floor[0.5], "tick_p99_ms": floor[0.99], "server_rss_mib": base_rss / 2**20})
-        header = ("| bots | held | tick p50 ms | tick p99 ms | tick max ms | server CPU % | RSS MiB | RSS/client KiB "
-                  "| down B/bot/s | snapshots Hz mean / worst | corrections | bots CPU % |")
+        header = ("| bots | held | tick p50 ms | tick p99 ms | tick max ms | server CPU % | CPU %/client | RSS MiB "
+                  "| RSS/client KiB | down B/bot/s | snapshots Hz mean / worst | corrections | UDP drops server / bots "
+                  "| bots CPU % | CPU %/bot | bots RSS/bot KiB |")
         print(header)
         print("|" + "---|" * (header.count("|") - 1))
         fails_in_row = 0
@@ -222,7 +258,7 @@ def run_step(args, n: int, http: str, server_pid: int, bots_bin: Path, budget: f
         pinned(args.bot_cpus, [
             str(bots_bin), "--server", http, "--bots", str(n), "--ramp", str(args.ramp),
             "--duration", f"{duration:.1f}s", "--seed", str(args.seed), "--behaviour", args.behaviour,
-            "--report", str(report), "--no-progress", "--log", "error",
+            "--report", str(report), "--no-progress", "--log", "error", *args.bots_flag,
         ]),
         stdout=open(work / f"bots-{n}.out", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
     # Everyone in (or the ramp plus a margin gone by), then settle.
@@ -230,14 +266,17 @@ def run_step(args, n: int, http: str, server_pid: int, bots_bin: Path, budget: f
     time.sleep(args.settle)
     before = scrape(http)
     cpu0, bots_cpu0, t0 = proc_cpu_s(server_pid), proc_cpu_s(bots.pid), time.monotonic()
-    tick_max, rss, clients_min = 0.0, 0, n
+    drops0 = udp_drops()
+    tick_max, rss, bots_rss, clients_min = 0.0, 0, 0, n
     while time.monotonic() - t0 < args.hold:
         time.sleep(1.0)
         m = scrape(http)
         tick_max = max(tick_max, m.get(("arena_tick_duration_max_seconds", ""), 0.0))
         clients_min = min(clients_min, int(m[("arena_clients_connected", "")]))
         rss = max(rss, proc_rss(server_pid))
+        bots_rss = max(bots_rss, proc_rss(bots.pid))
     after = scrape(http)
+    server_drops, bots_drops = drops_between(drops0, udp_drops(), args.wt_port)
     wall = time.monotonic() - t0
     cpu = (proc_cpu_s(server_pid) - cpu0) / wall * 100
     bots_cpu = (proc_cpu_s(bots.pid) - bots_cpu0) / wall * 100
@@ -266,6 +305,7 @@ def run_step(args, n: int, http: str, server_pid: int, bots_bin: Path, budget: f
         "tick_p99_ms": p99 * 1e3,
         "tick_max_ms": tick_max * 1e3,
         "server_cpu_pct": cpu,
+        "server_cpu_pct_per_client": cpu / max(n, 1),
         "server_rss_mib": rss / 2**20,
         "rss_per_client_kib": (rss - base_rss) / max(n, 1) / 1024,
         "down_bytes_per_bot_per_s": rep.get("down_bytes_per_bot_per_s", 0.0),
@@ -273,6 +313,10 @@ def run_step(args, n: int, http: str, server_pid: int, bots_bin: Path, budget: f
         "snapshots_hz_worst": worst,
         "corrections": rep.get("prediction_corrections", 0),
         "bots_cpu_pct": bots_cpu,
+        "bots_cpu_pct_per_bot": bots_cpu / max(n, 1),
+        "bots_rss_per_bot_kib": bots_rss / max(n, 1) / 1024,
+        "udp_drops_server": server_drops,
+        "udp_drops_bots": bots_drops,
         "clients_min": clients_min,
         "bots_failed": rep.get("bots_failed"),
         "bots_disconnected": rep.get("bots_disconnected"),
@@ -292,9 +336,11 @@ def format_row(r: dict) -> str:
             why.append(f"{r['bots_failed']} failed/{r['bots_disconnected']} dropped/{r['reconnects']} re")
     held = "yes" if r["held"] else "no" + (f" ({', '.join(why)})" if why else "")
     return (f"| {r['bots']} | {held} | {r['tick_p50_ms']:.2f} | {r['tick_p99_ms']:.2f} | {r['tick_max_ms']:.1f} "
-            f"| {r['server_cpu_pct']:.0f} | {r['server_rss_mib']:.0f} | {r['rss_per_client_kib']:.1f} "
+            f"| {r['server_cpu_pct']:.0f} | {r['server_cpu_pct_per_client']:.3f} | {r['server_rss_mib']:.0f} "
+            f"| {r['rss_per_client_kib']:.1f} "
             f"| {r['down_bytes_per_bot_per_s']:.0f} | {r['snapshots_hz_mean']:.1f} / {r['snapshots_hz_worst']:.1f} "
-            f"| {r['corrections']} | {r['bots_cpu_pct']:.0f} |")
+            f"| {r['corrections']} | {r['udp_drops_server']} / {r['udp_drops_bots']} | {r['bots_cpu_pct']:.0f} | {r['bots_cpu_pct_per_bot']:.3f} "
+            f"| {r['bots_rss_per_bot_kib']:.0f} |")
 
 
 if __name__ == "__main__":
