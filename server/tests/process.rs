@@ -366,12 +366,7 @@ async fn flood_of_500_bad_tokens_refused_while_20_bots_keep_95pct_and_rss_within
 
     let result = stop(&config, bots).await;
     let r = &result.report;
-    assert_eq!(
-        (r.bots_connected, r.bots_failed, r.bots_disconnected),
-        (u64::from(BOTS), 0, 0),
-        "{}",
-        r.table()
-    );
+    assert_all_played(r, BOTS);
     let tick_rate = f64::from(result.bots[0].tick_rate);
     assert!(
         result
@@ -674,12 +669,7 @@ async fn a_hundred_playing_clients_cost_the_server_at_most_128_kib_each() {
     let metrics = server.get("/metrics").await;
     let result = stop(&config, bots).await;
     let r = &result.report;
-    assert_eq!(
-        (r.bots_connected, r.bots_failed, r.bots_disconnected),
-        (u64::from(BOTS), 0, 0),
-        "{}",
-        r.table()
-    );
+    assert_all_played(r, BOTS);
     // They were playing when RSS was read: every one connected, with entities in view.
     assert_eq!(
         metric(&metrics, "arena_clients_connected"),

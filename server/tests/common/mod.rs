@@ -262,6 +262,16 @@ pub async fn stop(config: &SwarmConfig, swarm: JoinHandle<SwarmResult>) -> Swarm
         .expect("swarm task")
 }
 
+/// Every one of `n` bots connected and none failed or lost its session.
+pub fn assert_all_played(r: &arena_client_sim::report::Report, n: u32) {
+    assert_eq!(
+        (r.bots_connected, r.bots_failed, r.bots_disconnected),
+        (u64::from(n), 0, 0),
+        "{}",
+        r.table()
+    );
+}
+
 /// RSS once it has settled: polled every 250 ms (there is no event for "memory settled")
 /// until the last 2 s of readings lie within 1% of each other, at most 10 s.
 pub async fn settled_rss_kib(pid: u32) -> u64 {
