@@ -35,9 +35,13 @@ use wtransport::{ClientConfig, Endpoint};
 
 use crate::connect::ClientError;
 
-/// Bots on one endpoint unless told otherwise: a tick's burst for 64 bots is ~20 KB on the
-/// wire, well inside a default receive buffer, and 1,000 bots need 16 endpoints.
-pub const DEFAULT_BOTS_PER_ENDPOINT: u32 = 64;
+/// Bots on one endpoint unless told otherwise. An endpoint's driver reads for at most 50 µs a
+/// turn (quinn's bound) and then waits behind every other task of the swarm: 16 bots' burst,
+/// a datagram each a tick, fits in one turn. With 64 on an endpoint, 600 bots on a saturated
+/// 2-core machine got their snapshots late (no loss, the buffer held them): 84,000 corrections
+/// where sockets of their own had 3,300, and sessions lost (BENCHMARKS.md, "Issue 21: lighter
+/// bots"); 16 kept the corrections at 3,000 and most of the saving.
+pub const DEFAULT_BOTS_PER_ENDPOINT: u32 = 16;
 
 /// Receive buffer asked for per bot an endpoint carries. The kernel charges a datagram of a
 /// few hundred bytes ~1.3 KiB of buffer (its whole allocation) and doubles the request, so this
@@ -304,7 +308,7 @@ mod tests {
 
     #[test]
     fn an_endpoints_socket_buffer_holds_its_bots_bursts() {
-        let wanted = 64 * RECV_BUFFER_PER_BOT;
+        let wanted = DEFAULT_BOTS_PER_ENDPOINT as usize * RECV_BUFFER_PER_BOT;
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         size_recv_buffer(&socket, wanted);
         let state = UdpSocketState::new(UdpSockRef::from(&socket)).unwrap();
