@@ -78,7 +78,7 @@ async fn forward(
 }
 
 /// `bots` bots, `per_endpoint` to an endpoint, bound to `bind`, dialling the server through a
-/// counting relay and playing three seconds: the server holds each as its own session and
+/// counting relay and playing five seconds: the server holds each as its own session and
 /// player, every bot plays to its end and sees snapshots. Returns the sources the relay saw
 /// and the swarm's result.
 async fn play_through_relay(
@@ -92,7 +92,7 @@ async fn play_through_relay(
         bots_per_endpoint: per_endpoint,
         bind,
         connect_via: Some(relay.addr),
-        ..common::swarm(&server, bots, 3, SwarmBehaviour::default(), 21)
+        ..common::swarm(&server, bots, 5, SwarmBehaviour::default(), 21)
     };
     let running = tokio::spawn(swarm::run(config.clone()));
     server.sessions_reach(bots as usize).await;
