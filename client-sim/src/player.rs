@@ -8,7 +8,11 @@
 //! The session's settings for a bot: acknowledgements leave with the next input
 //! ([`AckTiming::WithNextInput`], one packet up per tick), no names are asked for, and an idle
 //! bot only watches ([`ClientSession::watch_only`]: acks on receipt, no frames, no clock,
-//! prediction or interpolation to keep), as before the session existed.
+//! prediction or interpolation to keep), as before the session existed. Only a chaser
+//! interpolates: it aims where its interpolation draws its target, while a wanderer never looks
+//! at anyone, so its session keeps no views ([`ClientSession::without_interpolation`]; twelve
+//! views of everything in sight were a third of a bot's memory) and interpolation underruns
+//! are the chasers'.
 //!
 //! What the figures mean, unchanged by the move onto the session:
 //! - A snapshot counts when the bot has it whole: a delta snapshot (one datagram) when it was
@@ -79,10 +83,11 @@ impl Player {
             ack: AckTiming::WithNextInput,
             ask_names: false,
         });
-        let session = if behaviour == Behaviour::Idle {
-            session.watch_only()
-        } else {
-            session
+        let session = match behaviour {
+            Behaviour::Idle => session.watch_only(),
+            // Only a chaser aims where its interpolation draws others; the rest keep no views.
+            Behaviour::Chase => session,
+            Behaviour::Wander | Behaviour::Heading(_) => session.without_interpolation(),
         };
         Self::with_session(session, behaviour, seed, live)
     }

@@ -307,7 +307,8 @@ impl Game {
     }
 
     /// `watching`: the session runs no frames ([`ClientSession::watch_only`]), so the clock,
-    /// the interpolator and the predictor are left alone.
+    /// the interpolator and the predictor are left alone. `interpolating`: false when the
+    /// session keeps no views to draw others ([`ClientSession::without_interpolation`]).
     fn on_delta(
         &mut self,
         status: InputStatus,
@@ -315,6 +316,7 @@ impl Game {
         bytes: usize,
         now_ms: f64,
         watching: bool,
+        interpolating: bool,
     ) -> Event {
         let tick = match self.receiver.receive(snap) {
             Ok(view) => view.tick,
@@ -347,7 +349,9 @@ impl Game {
         if newest && !watching {
             self.clock.on_server_tick(tick, now_ms);
             self.clock.on_input_report(status.late, status.lead, now_ms);
-            self.interp.push(view, now_ms);
+            if interpolating {
+                self.interp.push(view, now_ms);
+            }
         }
         let Some(me) = view.get(self.entity) else {
             // Dead (hidden until it respawns elsewhere): nothing to reconcile with.
@@ -435,6 +439,8 @@ pub struct ClientSession {
     config: SessionConfig,
     /// [`ClientSession::watch_only`].
     watching: bool,
+    /// Not [`ClientSession::without_interpolation`].
+    interpolating: bool,
     stage: Stage,
     resume: Option<ResumeToken>,
     reader: FrameReader,
@@ -448,6 +454,7 @@ impl ClientSession {
         Self {
             config,
             watching: false,
+            interpolating: true,
             stage: Stage::Idle,
             resume: None,
             reader: FrameReader::new(),
@@ -465,6 +472,18 @@ impl ClientSession {
     #[must_use]
     pub fn watch_only(mut self) -> Self {
         self.watching = true;
+        self
+    }
+
+    /// A session that draws no one but itself: it keeps no views for interpolation (twelve
+    /// views of every entity in sight, most of a bot's memory) and [`ClientSession::interp`]
+    /// is `None`; others' positions are read from [`ClientSession::latest`]. The render tick
+    /// its inputs carry then assumes the interpolator's starting delay. Bots that never aim at
+    /// anyone (a wanderer) are such sessions; everything else (inputs, prediction, the clock,
+    /// acks) is as in any session.
+    #[must_use]
+    pub fn without_interpolation(mut self) -> Self {
+        self.interpolating = false;
         self
     }
 
@@ -608,7 +627,14 @@ impl ClientSession {
         };
         match codec::decode_datagram(bytes) {
             Ok(ServerDatagram::Delta(status, snap)) => {
-                let event = g.on_delta(status, &snap, bytes.len(), now_ms, self.watching);
+                let event = g.on_delta(
+                    status,
+                    &snap,
+                    bytes.len(),
+                    now_ms,
+                    self.watching,
+                    self.interpolating,
+                );
                 self.events.push_back(event);
                 if self.config.ack == AckTiming::OnReceipt || self.watching {
                     self.send_ack();
@@ -659,6 +685,7 @@ impl ClientSession {
     /// [`PING_INTERVAL_MS`]; the acknowledgement, as [`AckTiming`] says; a `WhoIs` if names are
     /// asked for; then prediction smoothing and interpolation move on to `now_ms`.
     pub fn frame(&mut self, now_ms: f64, mut controls: impl FnMut(&Self, u32) -> Controls) {
+        let interpolating = self.interpolating;
         let Some(g) = self
             .game
             .as_mut()
@@ -711,7 +738,9 @@ impl ClientSession {
         if let Some(p) = &mut g.predictor {
             p.advance_render(frame_dt);
         }
-        if let Some(r) = render {
+        if let Some(r) = render
+            && interpolating
+        {
             g.interp.frame(r);
         }
     }
@@ -838,8 +867,13 @@ impl ClientSession {
         self.game.as_ref().map(|g| &g.clock)
     }
 
+    /// The interpolator, unless the session keeps none
+    /// ([`ClientSession::without_interpolation`]).
     pub fn interp(&self) -> Option<&Interpolator> {
-        self.game.as_ref().map(|g| &g.interp)
+        self.game
+            .as_ref()
+            .filter(|_| self.interpolating)
+            .map(|g| &g.interp)
     }
 
     /// The newest view reconstructed.

@@ -531,6 +531,39 @@ fn unnamed_players_in_view_are_asked_about_once_per_retry_interval() {
 }
 
 #[test]
+fn a_session_without_interpolation_keeps_no_views_and_plays_as_any_other() {
+    let here = Vec2::new(100.0, 200.0);
+    let play = |s: ClientSession| {
+        let mut s = s;
+        s.connect("tok");
+        s.on_stream(&welcome_bytes(1, false), 0.0);
+        let _ = sent(&mut s, true);
+        let _ = events(&mut s);
+        for (i, tick) in (3..8u32).enumerate() {
+            let now = 100.0 + 34.0 * i as f64;
+            s.on_datagram(&snapshot(tick, Some(here), 0), now);
+            s.frame(now + 10.0, walk_right);
+        }
+        let out = sent(&mut s, false);
+        (s, out.acks.len(), out.msgs.len())
+    };
+    let (lean, lean_acks, lean_msgs) = play(session(AckTiming::NextFrame).without_interpolation());
+    let (full, full_acks, full_msgs) = play(session(AckTiming::NextFrame));
+    assert!(lean.interp().is_none(), "no interpolator to read");
+    assert!(full.interp().is_some());
+    // Everything else is the same: acks, inputs and pings, prediction, the clock, the view.
+    assert_eq!((lean_acks, lean_msgs), (full_acks, full_msgs));
+    assert!(lean_msgs > 0 && lean_acks > 0);
+    assert_eq!(lean.inputs_sent(), full.inputs_sent());
+    assert!(lean.predictor().is_some());
+    assert_eq!(
+        lean.clock().unwrap().server_tick(300.0),
+        full.clock().unwrap().server_tick(300.0)
+    );
+    assert_eq!(lean.latest(), full.latest());
+}
+
+#[test]
 fn a_watching_session_acks_on_receipt_and_keeps_no_clock_prediction_or_interpolation() {
     // Configured to ack at the next frame, but it runs none: the ack leaves on receipt.
     let mut s = session(AckTiming::NextFrame).watch_only();
