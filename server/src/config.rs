@@ -17,6 +17,14 @@ pub struct Config {
     /// is logged).
     #[arg(long, default_value = "127.0.0.1:4433")]
     pub wt_bind: SocketAddr,
+    /// Bytes of receive buffer asked of the kernel for the WebTransport UDP socket. Every
+    /// client sends an input and an acknowledgement each tick, and they wait there while the
+    /// endpoint's driver is not scheduled (a long tick's replication holds both cores): the
+    /// kernel's default (~208 KiB, a few hundred small datagrams at its accounting) overflowed
+    /// at 400 clients on two cores. The kernel caps the request at `net.core.rmem_max`; the
+    /// size granted is logged and exported (`arena_udp_receive_buffer_bytes`).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub udp_recv_buffer: usize,
 
     /// TCP address of the HTTP side (/healthz, /api/connect).
     #[arg(long, default_value = "127.0.0.1:8080")]

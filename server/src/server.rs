@@ -134,7 +134,12 @@ impl Server {
             current: cert_sha256.clone(),
             next: None,
         });
-        let wt_config = wt_server_config(&config, identity)?;
+        let (socket, udp_recv_buffer) = net::bind_udp(config.wt_bind, config.udp_recv_buffer)
+            .map_err(|source| ServerError::BindWt {
+                addr: config.wt_bind,
+                source,
+            })?;
+        let wt_config = wt_server_config(&config, identity, Some(socket))?;
         let endpoint = Endpoint::server(wt_config).map_err(|source| ServerError::BindWt {
             addr: config.wt_bind,
             source,
@@ -199,6 +204,9 @@ impl Server {
         let stats = Arc::new(Stats::new(Duration::from_secs_f64(
             1.0 / f64::from(config.tick_rate.max(1)),
         )));
+        if let Some(bytes) = udp_recv_buffer {
+            Stats::add(&stats.udp_recv_buffer, bytes as u64);
+        }
         let registry = Arc::new(Mutex::new(
             net::registry::Registry::new(
                 config.max_clients,
@@ -511,7 +519,7 @@ impl Server {
                     let made = identity::self_signed(&names, rotation.validity)
                         .map_err(|e| e.to_string())?;
                     Ok(net::NextIdentity {
-                        config: wt_server_config(&config, made.identity)
+                        config: wt_server_config(&config, made.identity, None)
                             .map_err(|e| e.to_string())?,
                         cert_sha256: made.cert_sha256,
                         not_after: made.not_after,
@@ -590,11 +598,19 @@ async fn read_viewer_token(path: &std::path::Path) -> Result<Vec<u8>, ServerErro
     Ok(text.to_vec())
 }
 
-/// The WebTransport endpoint's configuration around `identity`: at bind, and again at each
-/// certificate rotation (the bind address is then unused: the endpoint keeps its socket).
-fn wt_server_config(config: &Config, identity: Identity) -> Result<ServerConfig, ServerError> {
-    Ok(ServerConfig::builder()
-        .with_bind_address(config.wt_bind)
+/// The WebTransport endpoint's configuration around `identity`: at bind, on `socket`, and
+/// again at each certificate rotation (`None`: the bind address is then unused, the endpoint
+/// keeps its socket).
+fn wt_server_config(
+    config: &Config,
+    identity: Identity,
+    socket: Option<std::net::UdpSocket>,
+) -> Result<ServerConfig, ServerError> {
+    let builder = match socket {
+        Some(socket) => ServerConfig::builder().with_bind_socket(socket),
+        None => ServerConfig::builder().with_bind_address(config.wt_bind),
+    };
+    Ok(builder
         .with_custom_transport(identity, net::transport_config())
         .keep_alive_interval(Some(config.keep_alive()))
         .max_idle_timeout(Some(config.idle_timeout))

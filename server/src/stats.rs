@@ -25,6 +25,8 @@ pub struct Stats {
     pub agones_sidecar_lost: AtomicU64,
     /// Players whose connection was lost and whose entity waits out `--resume-grace`.
     pub lingering: AtomicU64,
+    /// The WebTransport socket's receive buffer as the kernel granted it, bytes.
+    pub udp_recv_buffer: AtomicU64,
     players: watch::Sender<u64>,
     entities: watch::Sender<u64>,
     pub tick: AtomicU64,
@@ -111,6 +113,7 @@ impl Stats {
             sessions_resumed: AtomicU64::new(0),
             agones_sidecar_lost: AtomicU64::new(0),
             lingering: AtomicU64::new(0),
+            udp_recv_buffer: AtomicU64::new(0),
             players: watch::Sender::new(0),
             entities: watch::Sender::new(0),
             tick: AtomicU64::new(0),
@@ -191,6 +194,10 @@ impl Stats {
             Stats::get(&self.lingering) as f64,
         );
         m.set_gauge("arena_entities", self.entities() as f64);
+        m.set_gauge(
+            "arena_udp_receive_buffer_bytes",
+            Stats::get(&self.udp_recv_buffer) as f64,
+        );
         m.set_gauge("arena_server_tick", Stats::get(&self.tick) as f64);
         m.set_gauge(
             "arena_tick_duration_max_seconds",
@@ -526,6 +533,10 @@ const GAUGES: &[(&str, &str)] = &[
         "Players whose connection was lost, their entity and seat held for --resume-grace.",
     ),
     ("arena_entities", "Entities in the world."),
+    (
+        "arena_udp_receive_buffer_bytes",
+        "The WebTransport UDP socket's receive buffer as the kernel granted it (--udp-recv-buffer, capped by net.core.rmem_max).",
+    ),
     ("arena_server_tick", "The simulation's current tick."),
     (
         "arena_tick_duration_max_seconds",

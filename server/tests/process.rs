@@ -687,3 +687,24 @@ async fn a_hundred_playing_clients_cost_the_server_at_most_140_kib_each() {
          {CLIENT_RSS_KIB}"
     );
 }
+
+/// `--udp-recv-buffer` reaches the WebTransport socket: the kernel grants at least what was
+/// asked, or `net.core.rmem_max` where that is lower (Linux reports double what it was asked,
+/// its bookkeeping included), and the server exports what it got. The kernel's default
+/// (~208 KiB) is what overflowed at 400 clients on two cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webtransport_socket_gets_the_receive_buffer_asked_for() {
+    const ASKED: usize = 1024 * 1024;
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("/proc/sys/net/core/rmem_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    let server = ServerProcess::start(&["--udp-recv-buffer", &ASKED.to_string()]).await;
+    let metrics = server.get("/metrics").await;
+    let granted = metric(&metrics, "arena_udp_receive_buffer_bytes").expect("the gauge") as usize;
+    assert!(
+        granted >= ASKED.min(rmem_max),
+        "{granted} bytes granted for {ASKED} asked (net.core.rmem_max {rmem_max})"
+    );
+}

@@ -60,6 +60,34 @@ pub const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
 /// this bounds what QUIC buffers for a client that stops reading.
 pub const STREAM_WINDOW: u32 = 64 * 1024;
 
+/// Binds the WebTransport UDP socket at `addr` and asks the kernel for `recv_buffer` bytes of
+/// receive buffer (`--udp-recv-buffer`). Returns the socket and the size the kernel granted
+/// (as it reports it: Linux counts its bookkeeping and doubles the request), or `None` where it
+/// cannot be read. A request the kernel refuses or caps leaves what it gave, with a warning
+/// naming `net.core.rmem_max`.
+pub fn bind_udp(
+    addr: std::net::SocketAddr,
+    recv_buffer: usize,
+) -> std::io::Result<(std::net::UdpSocket, Option<usize>)> {
+    use wtransport::quinn::udp::{UdpSockRef, UdpSocketState};
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+    if let Err(e) = state.set_recv_buffer_size(UdpSockRef::from(&socket), recv_buffer) {
+        warn!(error = %e, recv_buffer, "the UDP socket's receive buffer was not raised");
+    }
+    let granted = state.recv_buffer_size(UdpSockRef::from(&socket)).ok();
+    match granted {
+        Some(got) if got < recv_buffer => warn!(
+            asked = recv_buffer,
+            granted = got,
+            "the kernel capped the UDP socket's receive buffer (net.core.rmem_max): datagrams \
+             may be dropped while the server is busy; raise it with sysctl"
+        ),
+        _ => info!(asked = recv_buffer, granted, "UDP socket receive buffer"),
+    }
+    Ok((socket, granted))
+}
+
 /// QUIC transport settings for the game: quinn's defaults are sized for bulk transfer (100
 /// streams each way, allocated up front; a 1.25 MB datagram queue) and cost ~100 KiB per
 /// connection; Arena's traffic is one stream and small datagrams. Segmentation offload is off:
