@@ -73,10 +73,7 @@ fn main() {
         let tick = n as u32 + 2;
         for (i, dir) in dirs.iter_mut().enumerate() {
             if rng.below(15) == 0 {
-                *dir = MoveDir::from_vec2(glam::Vec2::new(
-                    rng.range_f32(-1.0, 1.0),
-                    rng.range_f32(-1.0, 1.0),
-                ));
+                *dir = MoveDir::from_vec2(rng.square(-1.0, 1.0));
             }
             let mut buttons = Buttons::FIRE;
             if rng.below(20) == 0 {

@@ -87,17 +87,11 @@ impl Scenario {
     }
 
     fn random_pos(&mut self) -> Vec2 {
-        Vec2::new(
-            self.rng.range_f32(0.0, self.size),
-            self.rng.range_f32(0.0, self.size),
-        )
+        self.rng.square(0.0, self.size)
     }
 
     fn random_vel(&mut self) -> Vec2 {
-        Vec2::new(
-            self.rng.range_f32(-150.0, 150.0),
-            self.rng.range_f32(-150.0, 150.0),
-        )
+        self.rng.square(-150.0, 150.0)
     }
 
     fn step_world(&mut self) {
@@ -244,10 +238,7 @@ fn clusters(
             s.add_client(center);
         }
         for _ in 0..entities {
-            let off = Vec2::new(
-                s.rng.range_f32(-250.0, 250.0),
-                s.rng.range_f32(-250.0, 250.0),
-            );
+            let off = s.rng.square(-250.0, 250.0);
             s.add(center + off, motion);
         }
     }

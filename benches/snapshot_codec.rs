@@ -9,7 +9,6 @@ use arena_shared::protocol::codec::{decode_datagram, encode_snapshot_parts};
 use arena_shared::protocol::{EntityKind, EntityState};
 use arena_shared::rng::SplitMix64;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use glam::Vec2;
 
 /// Entities spread over a 4096 world with velocities like the game's (NPCs up to 200 u/s).
 fn world(n: u32) -> Vec<EntityState> {
@@ -22,8 +21,8 @@ fn world(n: u32) -> Vec<EntityState> {
             } else {
                 EntityKind::Npc
             },
-            pos: Vec2::new(rng.range_f32(16.0, 4080.0), rng.range_f32(16.0, 4080.0)),
-            vel: Vec2::new(rng.range_f32(-200.0, 200.0), rng.range_f32(-200.0, 200.0)),
+            pos: rng.square(16.0, 4080.0),
+            vel: rng.square(-200.0, 200.0),
         })
         .collect()
 }

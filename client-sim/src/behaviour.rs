@@ -155,7 +155,7 @@ impl Walk {
             self.dir = if rng.below(6) == 0 {
                 Vec2::ZERO
             } else {
-                Vec2::new(rng.range_f32(-1.0, 1.0), rng.range_f32(-1.0, 1.0)).normalize_or_zero()
+                rng.square(-1.0, 1.0).normalize_or_zero()
             };
         }
         self.ticks_left -= 1;

@@ -93,10 +93,7 @@ fn measure(npcs: usize, players: usize, runs: usize, warm_up: u32) -> Row {
             let input = Input {
                 seq: n + 1,
                 tick,
-                movement: MoveDir::from_vec2(glam::Vec2::new(
-                    rng.range_f32(-1.0, 1.0),
-                    rng.range_f32(-1.0, 1.0),
-                )),
+                movement: MoveDir::from_vec2(rng.square(-1.0, 1.0)),
                 aim: Aim(rng.below(65536) as u16),
                 buttons: Buttons(if rng.below(20) == 0 {
                     Buttons::FIRE | Buttons::ALT_FIRE

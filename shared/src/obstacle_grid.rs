@@ -234,7 +234,7 @@ mod tests {
         assert_eq!((grid.cols, grid.rows), (16, 16));
         let mut rng = crate::rng::SplitMix64::new(3);
         for _ in 0..5_000 {
-            let c = Vec2::new(rng.range_f32(-50.0, 4150.0), rng.range_f32(-50.0, 4150.0));
+            let c = rng.square(-50.0, 4150.0);
             let query = Rect::around(c, rng.range_f32(0.5, 300.0));
             let got = near(&grid, &query);
             assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?} not ascending");

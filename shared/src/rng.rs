@@ -38,6 +38,12 @@ impl SplitMix64 {
         lo + (hi - lo) * self.next_f32()
     }
 
+    /// A point uniform in the square `[lo, hi)²`: x drawn first, then y.
+    pub fn square(&mut self, lo: f32, hi: f32) -> glam::Vec2 {
+        let x = self.range_f32(lo, hi);
+        glam::Vec2::new(x, self.range_f32(lo, hi))
+    }
+
     /// Uniform in `0..n` (`n > 0`); the tiny modulo bias is irrelevant for gameplay.
     pub fn below(&mut self, n: u32) -> u32 {
         (self.next_u64() % u64::from(n.max(1))) as u32

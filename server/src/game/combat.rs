@@ -463,10 +463,7 @@ fn wander_step(wander: &mut Wander, intent: &mut MoveIntent, rate: u32) {
     intent.0 = if wander.rng.below(5) == 0 {
         MoveDir::default()
     } else {
-        MoveDir::from_vec2(Vec2::new(
-            wander.rng.range_f32(-1.0, 1.0),
-            wander.rng.range_f32(-1.0, 1.0),
-        ))
+        MoveDir::from_vec2(wander.rng.square(-1.0, 1.0))
     };
 }
 

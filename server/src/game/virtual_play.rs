@@ -77,7 +77,7 @@ impl FrameControls {
 pub fn scripted_controls(seed: u64, frame: u32) -> FrameControls {
     let mut rng = SplitMix64::new(seed ^ u64::from(frame / 30).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     FrameControls {
-        movement: Vec2::new(rng.range_f32(-1.0, 1.0), rng.range_f32(-1.0, 1.0)),
+        movement: rng.square(-1.0, 1.0),
         fire: frame % 90 < 20,
         alt_fire: frame % 200 == 7,
     }
@@ -518,7 +518,7 @@ mod tests {
             |rng, _| {
                 if walk_left == 0 {
                     walk_left = 15 + rng.below(45);
-                    dir = Vec2::new(rng.range_f32(-1.0, 1.0), rng.range_f32(-1.0, 1.0));
+                    dir = rng.square(-1.0, 1.0);
                 }
                 walk_left -= 1;
                 FrameControls {

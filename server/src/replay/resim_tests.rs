@@ -116,10 +116,7 @@ fn record_brawl() -> Vec<Record> {
             let input = Input {
                 seq,
                 tick,
-                movement: MoveDir::from_vec2(glam::Vec2::new(
-                    rng.range_f32(-1.0, 1.0),
-                    rng.range_f32(-1.0, 1.0),
-                )),
+                movement: MoveDir::from_vec2(rng.square(-1.0, 1.0)),
                 aim: Aim(rng.below(1 << 16) as u16),
                 buttons: Buttons(if rng.below(3) == 0 {
                     Buttons::FIRE | Buttons::ALT_FIRE

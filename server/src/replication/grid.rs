@@ -120,7 +120,7 @@ mod tests {
                     id,
                     EntityKind::Npc,
                     // Some beyond the world: they sit in the edge cells.
-                    Vec2::new(rng.range_f32(-200.0, 4300.0), rng.range_f32(-200.0, 4300.0)),
+                    rng.square(-200.0, 4300.0),
                     Vec2::ZERO,
                 )
             })
@@ -136,10 +136,7 @@ mod tests {
             (Vec2::new(4090.0, 100.0), 600.0),
         ];
         for _ in 0..200 {
-            cases.push((
-                Vec2::new(rng.range_f32(-500.0, 4600.0), rng.range_f32(-500.0, 4600.0)),
-                rng.range_f32(10.0, 1500.0),
-            ));
+            cases.push((rng.square(-500.0, 4600.0), rng.range_f32(10.0, 1500.0)));
         }
         for (center, r) in cases {
             let mut found = Vec::new();

@@ -37,8 +37,8 @@ impl World {
         let mut rng = SplitMix64::new(seed);
         let mut bodies = vec![(OWN, own_pos, Vec2::ZERO)];
         for id in 2..=n + 1 {
-            let pos = Vec2::new(rng.range_f32(0.0, size), rng.range_f32(0.0, size));
-            let vel = Vec2::new(rng.range_f32(-150.0, 150.0), rng.range_f32(-150.0, 150.0));
+            let pos = rng.square(0.0, size);
+            let vel = rng.square(-150.0, 150.0);
             bodies.push((id, pos, vel));
         }
         Self {
@@ -58,10 +58,7 @@ impl World {
         for (id, pos, vel) in &mut self.bodies {
             if *id != OWN {
                 if self.rng.below(self.turn_one_in) == 0 {
-                    *vel = Vec2::new(
-                        self.rng.range_f32(-150.0, 150.0),
-                        self.rng.range_f32(-150.0, 150.0),
-                    );
+                    *vel = self.rng.square(-150.0, 150.0);
                 }
                 *pos += *vel * dt;
                 for axis in 0..2 {
@@ -552,17 +549,11 @@ impl Churn {
     }
 
     fn random_pos(&mut self) -> Vec2 {
-        Vec2::new(
-            self.rng.range_f32(0.0, self.size),
-            self.rng.range_f32(0.0, self.size),
-        )
+        self.rng.square(0.0, self.size)
     }
 
     fn random_vel(&mut self) -> Vec2 {
-        Vec2::new(
-            self.rng.range_f32(-200.0, 200.0),
-            self.rng.range_f32(-200.0, 200.0),
-        )
+        self.rng.square(-200.0, 200.0)
     }
 
     /// Advances one tick (two, now and then, the skipped one without a frame) and rebuilds

@@ -141,10 +141,7 @@ pub(crate) fn inputs(tx: &mpsc::Sender<SimCommand>, rng: &mut SplitMix64, tick: 
         let input = Input {
             seq,
             tick,
-            movement: MoveDir::from_vec2(glam::Vec2::new(
-                rng.range_f32(-1.0, 1.0),
-                rng.range_f32(-1.0, 1.0),
-            )),
+            movement: MoveDir::from_vec2(rng.square(-1.0, 1.0)),
             aim: Aim(rng.below(65536) as u16),
             buttons: Buttons(if rng.below(10) == 0 {
                 Buttons::FIRE | Buttons::ALT_FIRE
