@@ -16,14 +16,6 @@
 //! ([`EntityRecord::predict`]), equals its fields now. This needs frames of strictly
 //! increasing ticks (one frame per tick number), which the server's tick gives; a frame whose
 //! tick does not follow the previous one by exactly one starts every entity's path afresh.
-//!
-//! The frame also says how far the world moved since the previous frame, for the clients'
-//! incremental interest ([`super::replicator`]): [`WorldFrame::remap`] takes last frame's
-//! indices to this one's, [`WorldFrame::jumped`] lists the entities that appeared or moved
-//! faster than [`JUMP_SPEED`] over the tick, and [`WorldFrame::drift`] adds up, tick after tick, the
-//! longest step any other entity took. Invariant: between two frames of one
-//! [`WorldFrame::generation`], an entity that is in both and in no `jumped` list between them
-//! moved at most the difference of their `drift`.
 
 use arena_shared::protocol::EntityKind;
 use arena_shared::quant::{quantize_pos, quantize_vel};
@@ -52,37 +44,10 @@ pub struct WorldFrame {
     /// By frame index: the first tick of the entity's current dead-reckoned path (the tick it
     /// last left the previous one, appeared, or the frames stopped following each other).
     path_start: Vec<u32>,
-    /// By frame index: the entity's position, a compact column for the clients' distance tests
-    /// (a tenth of a cache line each, where an entity's row takes more than half of one).
-    pub positions: Vec<Vec2>,
     /// The previous frame's entities and path starts, to continue the paths from.
     prev_entities: Vec<FrameEntity>,
     prev_path_start: Vec<u32>,
-    /// By the previous frame's index: the entity's index in this frame, [`GONE`] if it is not
-    /// in it. Meaningful only within a generation.
-    pub remap: Vec<u32>,
-    /// Every index maps to itself (the same entities as the previous frame, none gone or
-    /// new): `remap` need not be read.
-    pub same_indices: bool,
-    /// Indices of the entities that are new in this frame (or back) or moved faster than
-    /// [`JUMP_SPEED`] since the previous one.
-    pub jumped: Vec<u32>,
-    /// The sum over this generation's frames of the longest step an entity took that is not
-    /// in `jumped`.
-    pub drift: f64,
-    /// Changes whenever a frame does not follow the previous one (a skipped tick, the first
-    /// frame): `remap`, `jumped` and `drift` then say nothing of the previous frame.
-    pub generation: u64,
 }
-
-/// [`WorldFrame::remap`] of an entity that left.
-pub const GONE: u32 = u32::MAX;
-
-/// An entity faster than this (world units a second) over a tick jumped: a respawn, a
-/// teleport, or a projectile. It is listed in [`WorldFrame::jumped`] instead of lengthening
-/// the drift, so that a few fast or displaced entities do not make every client query its
-/// interest again; the drift then grows by at most a running player's step a tick.
-pub const JUMP_SPEED: f32 = 1.25 * arena_shared::sim::PLAYER.max_speed;
 
 impl WorldFrame {
     /// Refills the frame from `(id, kind, pos, vel)` in any order. `tick_rate` is the rate
@@ -115,39 +80,15 @@ impl WorldFrame {
 
         self.path_start.clear();
         self.current_from.clear();
-        self.remap.clear();
-        self.jumped.clear();
         let prev = if follows {
             self.prev_entities.as_slice()
         } else {
-            self.generation = self.generation.wrapping_add(1);
-            self.drift = 0.0;
             &[]
         };
-        self.remap.resize(prev.len(), GONE);
-        self.same_indices = follows && prev.len() == self.entities.len();
-        self.positions.clear();
-        self.positions.extend(self.entities.iter().map(|e| e.pos));
-        let jump = JUMP_SPEED / f32::from(tick_rate.max(1));
-        let mut longest_step = 0.0f32;
         let mut p = 0;
-        for (i, e) in self.entities.iter().enumerate() {
+        for e in &self.entities {
             while p < prev.len() && prev[p].id < e.id {
                 p += 1;
-            }
-            if p < prev.len() && prev[p].id == e.id {
-                self.remap[p] = i as u32;
-                self.same_indices &= p == i;
-                let step = e.pos.distance(prev[p].pos);
-                // NaN (a position that is not finite) counts as a jump.
-                if step <= jump {
-                    longest_step = longest_step.max(step);
-                } else {
-                    self.jumped.push(i as u32);
-                }
-            } else {
-                self.same_indices = false;
-                self.jumped.push(i as u32);
             }
             // Still on last tick's path when one tick of dead reckoning from last tick's
             // fields gives exactly this tick's (velocity included: a turn starts a new path).
@@ -179,7 +120,6 @@ impl WorldFrame {
                 start
             });
         }
-        self.drift += f64::from(longest_step);
     }
 
     pub fn index_of(&self, id: u32) -> Option<usize> {

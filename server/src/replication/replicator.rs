@@ -2,17 +2,9 @@
 //! it acknowledged, and how its next snapshot is chosen.
 //!
 //! Each tick [`ClientReplicator::build`]:
-//! 1. updates the interest set: entities within `aoi_radius` of the client's own entity
-//!    enter; members leave only beyond `aoi_radius + aoi_hysteresis`, so an entity on the
-//!    border does not flicker. At most `max_view` nearest entities are kept. The distances
-//!    are tested over the client's *neighbour list*, not over the grid: the entities within
-//!    the exit radius plus a skin ([`SKIN_OF_EXIT`]) of where the list was made. The list is
-//!    carried from tick to tick through the frame's [`WorldFrame::remap`], takes in the
-//!    entities that jumped near it ([`WorldFrame::jumped`]), and is made again from the grid
-//!    only once the client's own move plus the world's [`WorldFrame::drift`] could have
-//!    brought an entity from outside it into the exit radius (a Verlet list, as molecular
-//!    dynamics keeps one). So the interest is exactly what a query of the whole grid every
-//!    tick gives (a property test holds it to that), for a walk over a few hundred entries;
+//! 1. updates the interest set from the grid: entities within `aoi_radius` of the client's
+//!    own entity enter; members leave only beyond `aoi_radius + aoi_hysteresis`, so an entity
+//!    on the border does not flicker. At most `max_view` nearest entities are kept;
 //! 2. picks the baseline: the newest view the client acknowledged that is still in the ring
 //!    (else none, and the snapshot is full);
 //! 3. classifies: baseline entities out of interest are removed; interest members the client
@@ -34,7 +26,7 @@ use arena_shared::protocol::{InputStatus, ServerDatagram};
 use arena_shared::snapshot::{self, BASELINE_RING, DeltaSnapshot, Update, View};
 use glam::Vec2;
 
-use super::frame::{GONE, WorldFrame};
+use super::frame::WorldFrame;
 use super::grid::{Grid, Item};
 
 /// Settings every client shares.
@@ -55,13 +47,6 @@ impl RepSettings {
         self.aoi_radius + self.aoi_hysteresis
     }
 }
-
-/// The neighbour list's skin, as a fraction of the exit radius: the list holds the entities
-/// within `exit * (1 + SKIN_OF_EXIT)` of where it was made, and is made again when the world
-/// may have moved an entity through the skin. A thicker skin means a longer walk each tick
-/// and fewer grid queries; at a quarter, a client among players at top speed queries about
-/// every three ticks and walks about 1.2 times the entities within its exit radius.
-pub const SKIN_OF_EXIT: f32 = 0.1;
 
 /// Released view allocations a client keeps for reuse. Views alive at once are those from the
 /// acknowledged one to the newest (a round trip's worth of ticks); with these spares the
@@ -89,16 +74,23 @@ const REMOVE_COST: usize = 2;
 /// Tag, ticks, origin and column lengths.
 const HEADER_COST: usize = 20;
 
-/// An entry of a client's neighbour list: an entity near enough to be tested each tick.
 #[derive(Debug, Clone, Copy)]
-struct Slot {
+struct Member {
     id: u32,
-    /// Index of the entity in the frame of the list's last update.
+    /// Index of the entity in this tick's frame.
     frame_index: u32,
-    /// In the client's interest set.
-    member: bool,
-    /// Members only (0 otherwise): grows each tick the entity needs sending and is not sent.
+    /// The entity's [`WorldFrame::current_from`] this tick.
+    current_from: u32,
     priority: f32,
+}
+
+/// An entity within the exit radius, as the grid gave it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Near {
+    /// Squared distance to the client.
+    d2: f32,
+    id: u32,
+    current_from: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -129,12 +121,11 @@ pub struct Built {
 /// are built one after another): per-client memory is only what must survive between ticks.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    /// One bit per frame entity: within the list radius of the client whose list is made.
+    /// One bit per frame entity: within the exit radius of the client being built.
     near_bits: Vec<u64>,
-    /// The neighbour list being made.
-    next_list: Vec<Slot>,
-    /// By list position: the squared distance to the client this tick (-1 for its own).
-    d2: Vec<f32>,
+    /// By frame index (valid where the bit is set): what the grid said of the entity.
+    near_at: Vec<Near>,
+    next_interest: Vec<Member>,
     candidates: Vec<Candidate>,
     removed: Vec<u32>,
     updates: Vec<Update>,
@@ -147,16 +138,7 @@ pub struct Scratch {
 pub struct ClientReplicator {
     ring: Vec<View>,
     acked: Option<u32>,
-    /// The neighbour list, by id; its members are the interest set.
-    list: Vec<Slot>,
-    /// Where the list was made, the frame generation and drift then, and the tick of the frame
-    /// its indices point into (`None`: no list yet).
-    list_center: Vec2,
-    list_drift: f64,
-    list_made: Option<(u64, u32)>,
-    /// Tests: make the list from the grid every tick, with no skin (the full computation).
-    #[cfg(test)]
-    query_every_tick: bool,
+    interest: Vec<Member>,
     last_center: Vec2,
     /// Allocations of released views, reused for the next ones (at most [`SPARE_VIEWS`]).
     spare: Vec<Vec<snapshot::EntityRecord>>,
@@ -169,12 +151,7 @@ impl Default for ClientReplicator {
         Self {
             ring: vec![View::default(); BASELINE_RING],
             acked: None,
-            list: Vec::new(),
-            list_center: Vec2::ZERO,
-            list_drift: 0.0,
-            list_made: None,
-            #[cfg(test)]
-            query_every_tick: false,
+            interest: Vec::new(),
             last_center: Vec2::ZERO,
             spare: Vec::new(),
             cost_scale: 1.0,
@@ -183,16 +160,6 @@ impl Default for ClientReplicator {
 }
 
 impl ClientReplicator {
-    /// A replicator that queries the grid for its interest every tick, with no neighbour list
-    /// to carry: what the list must reproduce.
-    #[cfg(test)]
-    pub(super) fn querying_every_tick() -> Self {
-        Self {
-            query_every_tick: true,
-            ..Self::default()
-        }
-    }
-
     fn slot(tick: u32) -> usize {
         tick as usize % BASELINE_RING
     }
@@ -300,9 +267,7 @@ impl ClientReplicator {
         let base_entities = base.map_or(empty, |b| b.entities.as_slice());
         let mut bi = 0;
         let exit = s.exit_radius();
-        let mut in_view = 0;
-        for m in self.list.iter_mut().filter(|m| m.member) {
-            in_view += 1;
+        for m in &mut self.interest {
             while bi < base_entities.len() && base_entities[bi].id < m.id {
                 removed.push(base_entities[bi].id);
                 bi += 1;
@@ -313,7 +278,7 @@ impl ClientReplicator {
                 bi += 1;
                 // The frame knows since when a record of this entity stays exact: most
                 // members are settled by this one compare, without reading their entry.
-                if rec.tick >= frame.current_from[fi] {
+                if rec.tick >= m.current_from {
                     m.priority = 0.0;
                     continue;
                 }
@@ -463,13 +428,13 @@ impl ClientReplicator {
 
         // Those sent start accumulating again from zero.
         for c in &candidates[..chosen] {
-            if let Ok(i) = self.list.binary_search_by_key(&c.id, |m| m.id) {
-                self.list[i].priority = 0.0;
+            if let Ok(i) = self.interest.binary_search_by_key(&c.id, |m| m.id) {
+                self.interest[i].priority = 0.0;
             }
         }
         let built = Built {
             full: base_tick.is_none(),
-            in_view,
+            in_view: self.interest.len(),
             deferred: candidates.len() - chosen,
             encode_passes: passes,
             sent: chosen,
@@ -479,8 +444,7 @@ impl ClientReplicator {
         built
     }
 
-    /// Updates the interest set around `center` (see the module's step 1), carrying the
-    /// priorities of members that stay.
+    /// Rebuilds the interest set around `center`, carrying priorities of members that stay.
     fn update_interest(
         &mut self,
         scratch: &mut Scratch,
@@ -492,149 +456,83 @@ impl ClientReplicator {
     ) {
         let (enter2, exit) = (s.aoi_radius * s.aoi_radius, s.exit_radius());
         let exit2 = exit * exit;
-        #[cfg(test)]
-        let skin = if self.query_every_tick {
-            0.0
-        } else {
-            exit * SKIN_OF_EXIT
-        };
-        #[cfg(not(test))]
-        let skin = exit * SKIN_OF_EXIT;
-        let reach = exit + skin;
-        // The list stays usable while nothing outside it can have come within the exit
-        // radius: the client moved and the world drifted by less than the skin (less a unit
-        // for the rounding of the distances).
-        let carried = self.list_made.is_some_and(|(generation, tick)| {
-            generation == frame.generation && tick.checked_add(1) == Some(frame.tick)
-        });
-        let moved = (frame.drift - self.list_drift) as f32 + center.distance(self.list_center);
-        if carried && moved < skin - 1.0 {
-            self.carry_list(frame, reach);
-        } else {
-            self.make_list(scratch, frame, grid, center, own, reach);
-        }
-        self.list_made = Some((frame.generation, frame.tick));
-
-        // Test the distances: members stay within the exit radius, others enter within the
-        // enter radius, the client's own entity is always in.
-        let d2s = &mut scratch.d2;
-        d2s.clear();
-        let mut members = 0;
-        for slot in &mut self.list {
-            let d2 = frame.positions[slot.frame_index as usize].distance_squared(center);
-            let is_own = slot.id == own;
-            slot.member = is_own || d2 <= if slot.member { exit2 } else { enter2 };
-            if !slot.member {
-                slot.priority = 0.0;
-            }
-            members += usize::from(slot.member);
-            d2s.push(if is_own { -1.0 } else { d2 });
-        }
-        if members > s.max_view {
-            // Keep the nearest (and always the client's own entity).
-            let mut by_distance: Vec<(f32, u32)> = self
-                .list
-                .iter()
-                .zip(d2s.iter())
-                .filter(|(m, _)| m.member)
-                .map(|(m, &d2)| (d2, m.id))
-                .collect();
-            by_distance.select_nth_unstable_by(s.max_view - 1, |a, b| a.0.total_cmp(&b.0));
-            let mut keep: Vec<u32> = by_distance[..s.max_view].iter().map(|x| x.1).collect();
-            keep.sort_unstable();
-            for slot in self.list.iter_mut().filter(|m| m.member) {
-                if keep.binary_search(&slot.id).is_err() {
-                    slot.member = false;
-                    slot.priority = 0.0;
-                }
-            }
-        }
-    }
-
-    /// Carries the list to this frame: indices through the remap, entities that left
-    /// dropped, entities that jumped to within `reach` of the list's centre taken in.
-    fn carry_list(&mut self, frame: &WorldFrame, reach: f32) {
-        if !frame.same_indices {
-            self.list.retain_mut(|slot| {
-                slot.frame_index = frame.remap[slot.frame_index as usize];
-                slot.frame_index != GONE
-            });
-        }
-        let reach2 = reach * reach;
-        for &j in &frame.jumped {
-            let e = &frame.entities[j as usize];
-            if frame.positions[j as usize].distance_squared(self.list_center) > reach2 {
-                continue;
-            }
-            match self.list.binary_search_by_key(&e.id, |m| m.id) {
-                Ok(_) => {}
-                Err(at) => self.list.insert(
-                    at,
-                    Slot {
-                        id: e.id,
-                        frame_index: j,
-                        member: false,
-                        priority: 0.0,
-                    },
-                ),
-            }
-        }
-    }
-
-    /// Makes the list afresh from the grid around `center`, carrying the members (and their
-    /// priorities) that are still within `reach`.
-    fn make_list(
-        &mut self,
-        scratch: &mut Scratch,
-        frame: &WorldFrame,
-        grid: &Grid,
-        center: Vec2,
-        own: u32,
-        reach: f32,
-    ) {
-        let reach2 = reach * reach;
         // Mark what is near in a bitmap over frame indices, then read the bits in order: the
-        // frame is sorted by id, so the list comes out in id order without a sort.
+        // frame is sorted by id, so `near` comes out in id order without a sort.
         let Scratch {
             near_bits,
-            next_list,
+            near_at,
+            next_interest,
             ..
         } = scratch;
         near_bits.clear();
         near_bits.resize(frame.entities.len().div_ceil(64), 0);
-        grid.query(center, reach, |item: &Item| {
-            if item.pos.distance_squared(center) <= reach2 {
+        if near_at.len() < frame.entities.len() {
+            near_at.resize(frame.entities.len(), Near::default());
+        }
+        grid.query(center, exit, |item: &Item| {
+            let d2 = item.pos.distance_squared(center);
+            if d2 <= exit2 {
                 let i = item.index as usize;
                 near_bits[i / 64] |= 1 << (i % 64);
+                near_at[i] = Near {
+                    d2,
+                    id: item.id,
+                    current_from: item.current_from,
+                };
             }
         });
-        // The client's own entity, wherever it is (even where no distance can be taken).
         if let Some(i) = frame.index_of(own) {
             near_bits[i / 64] |= 1 << (i % 64);
+            near_at[i] = Near {
+                d2: 0.0,
+                id: own,
+                current_from: frame.current_from[i],
+            };
         }
-        next_list.clear();
-        let old = &self.list;
+        // Read the bits in order (frame index order is id order) and merge with the old
+        // interest as they come: members stay while within the exit radius, newcomers enter
+        // within the enter radius.
+        next_interest.clear();
+        let old = &self.interest;
         let mut oi = 0;
         for (w, &word) in near_bits.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
                 let frame_index = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                let id = frame.entities[frame_index].id;
+                let Near {
+                    d2,
+                    id,
+                    current_from,
+                } = near_at[frame_index];
                 while oi < old.len() && old[oi].id < id {
                     oi += 1;
                 }
-                let was = (oi < old.len() && old[oi].id == id).then(|| old[oi]);
-                next_list.push(Slot {
-                    id,
-                    frame_index: frame_index as u32,
-                    member: was.is_some_and(|m| m.member),
-                    priority: was.map_or(0.0, |m| m.priority),
-                });
+                let was = (oi < old.len() && old[oi].id == id).then(|| old[oi].priority);
+                if d2 <= enter2 || was.is_some() || id == own {
+                    next_interest.push(Member {
+                        id,
+                        frame_index: frame_index as u32,
+                        current_from,
+                        priority: was.unwrap_or(0.0),
+                    });
+                }
             }
         }
-        std::mem::swap(&mut self.list, next_list);
-        self.list_center = center;
-        self.list_drift = frame.drift;
+        if next_interest.len() > s.max_view {
+            // Keep the nearest (and always the client's own entity).
+            let mut by_distance: Vec<(f32, u32)> = next_interest
+                .iter()
+                .map(|m| {
+                    let d2 = near_at[m.frame_index as usize].d2;
+                    (if m.id == own { -1.0 } else { d2 }, m.id)
+                })
+                .collect();
+            by_distance.select_nth_unstable_by(s.max_view - 1, |a, b| a.0.total_cmp(&b.0));
+            let mut keep: Vec<u32> = by_distance[..s.max_view].iter().map(|x| x.1).collect();
+            keep.sort_unstable();
+            next_interest.retain(|m| keep.binary_search(&m.id).is_ok());
+        }
+        std::mem::swap(&mut self.interest, next_interest);
     }
 }
