@@ -266,6 +266,8 @@ impl ClientReplicator {
         let empty: &[snapshot::EntityRecord] = &[];
         let base_entities = base.map_or(empty, |b| b.entities.as_slice());
         let mut bi = 0;
+        // Estimated bytes of all candidates, for the size of the chunks selected below.
+        let mut candidates_cost = 0usize;
         let exit = s.exit_radius();
         for m in &mut self.interest {
             while bi < base_entities.len() && base_entities[bi].id < m.id {
@@ -314,6 +316,7 @@ impl ClientReplicator {
                 // as often as far, still ones, and nobody's wait grows without bound.
                 m.priority += 1.0 + closeness + 0.5 * speed;
             }
+            candidates_cost += cost;
             candidates.push(Candidate {
                 id: m.id,
                 frame_index: fi as u32,
@@ -332,42 +335,18 @@ impl ClientReplicator {
         // Aim a little under the limit: estimates are averages, and an overshoot costs a
         // second encoding.
         let fill = limit * 15 / 16;
-        // Only the first few candidates can fit: no more than the budget over the cheapest
-        // possible record. Sort just those (a selection finds them in linear time); the rest
-        // is sorted only in the rare case that the greedy pass leaves room for more.
-        let cheapest = ((CHANGE_COST + SMALL_FIELD_COST) as f32 * self.cost_scale)
-            .ceil()
-            .max(1.0) as usize;
-        let can_fit = fill.saturating_sub(spent) / cheapest + 2;
-        let by_priority =
-            |a: &Candidate, b: &Candidate| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id));
-        let head = if candidates.len() > can_fit {
-            candidates.select_nth_unstable_by(can_fit, by_priority);
-            can_fit
-        } else {
-            candidates.len()
-        };
-        candidates[..head].sort_unstable_by(by_priority);
-        let mut chosen = 0;
-        let mut estimated = 0usize;
-        let mut i = 0;
-        while i < candidates.len() {
-            if i == head {
-                if spent + cheapest > fill {
-                    break;
-                }
-                candidates[head..].sort_unstable_by(by_priority);
-            }
-            let c = candidates[i];
-            let cost = (f32::from(c.cost) * self.cost_scale).ceil() as usize;
-            if spent + cost <= fill || c.id == own {
-                spent += cost;
-                estimated += usize::from(c.cost);
-                candidates.swap(chosen, i);
-                chosen += 1;
-            }
-            i += 1;
-        }
+        let Selection {
+            mut chosen,
+            estimated,
+            ..
+        } = select(
+            candidates,
+            candidates_cost,
+            spent,
+            fill,
+            self.cost_scale,
+            own,
+        );
 
         // Encode, shrinking the selection if the estimate was short. The first `chosen`
         // candidates are in priority order, so truncating drops the least urgent.
@@ -534,5 +513,157 @@ impl ClientReplicator {
             next_interest.retain(|m| keep.binary_search(&m.id).is_ok());
         }
         std::mem::swap(&mut self.interest, next_interest);
+    }
+}
+
+/// What [`select`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Selection {
+    /// The first `chosen` candidates are those taken, in priority order.
+    chosen: usize,
+    /// Bytes spent (estimated, scaled), `spent` given included.
+    spent: usize,
+    /// The chosen candidates' estimates, unscaled.
+    estimated: usize,
+}
+
+/// Takes candidates in priority order (highest first, ties by id) while their estimated cost,
+/// scaled by `cost_scale`, fits in `fill` bytes with `spent` already spent; the client's own
+/// entity always (its priority is infinite, the others' finite: it comes first). Moves those
+/// taken to the front, in that order. `total_cost` is the sum of the
+/// candidates' estimates.
+///
+/// Only the first few can fit: about the budget over their average cost. So the order is found
+/// a chunk at a time: a selection (linear) puts the chunk's candidates ahead of the rest, and
+/// only the chunk is sorted; the next chunk (twice as long at least) only when the budget still
+/// has room after this one.
+/// The result is that of sorting every candidate (`select_by_sorting_all` in the tests): the
+/// order is total, and a chunk's end stops the pass only when not even the cheapest record fits.
+fn select(
+    candidates: &mut [Candidate],
+    total_cost: usize,
+    mut spent: usize,
+    fill: usize,
+    cost_scale: f32,
+    own: u32,
+) -> Selection {
+    let cheapest = ceil((CHANGE_COST + SMALL_FIELD_COST) as f32 * cost_scale).max(1);
+    let average =
+        (total_cost as f32 / candidates.len().max(1) as f32 * cost_scale).max(cheapest as f32);
+    let (mut chosen, mut estimated, mut chunk_end, mut chunk) = (0, 0, 0, 0);
+    let len = candidates.len();
+    for i in 0..len {
+        if i == chunk_end {
+            if i > 0 && spent + cheapest > fill {
+                break;
+            }
+            // A quarter more than the average says will fit, and a few more; at least twice
+            // the last chunk, so that a pass hunting for a cheap record to fill the last few
+            // bytes makes a few selections, not one for every few candidates.
+            let room = fill.saturating_sub(spent) as f32;
+            chunk = ((room / average * 1.25) as usize + 4).max(2 * chunk);
+            chunk_end = len.min(i + chunk);
+            let rest = &mut candidates[i..];
+            if chunk_end < len {
+                rest.select_nth_unstable_by(chunk_end - i, by_priority);
+            }
+            rest[..chunk_end - i].sort_unstable_by(by_priority);
+        }
+        let c = candidates[i];
+        let cost = ceil(f32::from(c.cost) * cost_scale);
+        if spent + cost <= fill || c.id == own {
+            spent += cost;
+            estimated += usize::from(c.cost);
+            candidates.swap(chosen, i);
+            chosen += 1;
+        }
+    }
+    Selection {
+        chosen,
+        spent,
+        estimated,
+    }
+}
+
+/// `x.ceil() as usize` for the small, non-negative costs here, without `f32::ceil` (a libm
+/// call on the baseline x86-64 target, once for every candidate of every client).
+fn ceil(x: f32) -> usize {
+    let t = x as usize;
+    t + usize::from((t as f32) < x)
+}
+
+/// Highest priority first, then lowest id: a total order.
+fn by_priority(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id))
+}
+
+#[cfg(test)]
+mod selection_tests {
+    use super::*;
+    use arena_shared::rng::SplitMix64;
+
+    /// The selection as first written: sort every candidate, then take while they fit.
+    fn select_by_sorting_all(
+        candidates: &mut [Candidate],
+        mut spent: usize,
+        fill: usize,
+        cost_scale: f32,
+        own: u32,
+    ) -> Selection {
+        candidates.sort_unstable_by(by_priority);
+        let (mut chosen, mut estimated) = (0, 0);
+        for i in 0..candidates.len() {
+            let c = candidates[i];
+            let cost = (f32::from(c.cost) * cost_scale).ceil() as usize;
+            if spent + cost <= fill || c.id == own {
+                spent += cost;
+                estimated += usize::from(c.cost);
+                candidates.swap(chosen, i);
+                chosen += 1;
+            }
+        }
+        Selection {
+            chosen,
+            spent,
+            estimated,
+        }
+    }
+
+    #[test]
+    fn choosing_a_chunk_at_a_time_takes_what_sorting_every_candidate_takes() {
+        let mut rng = SplitMix64::new(11);
+        for case in 0..3000 {
+            let n = rng.below(400) as usize;
+            let own = rng.below(1000);
+            let candidates: Vec<Candidate> = (0..n)
+                .map(|k| {
+                    // Ids distinct; priorities often tied (whole numbers); the client's own
+                    // entity, when it is among them, infinite.
+                    let id = k as u32 * 2 + rng.below(2);
+                    let priority = match rng.below(10) {
+                        _ if id == own => f32::INFINITY,
+                        0..=3 => rng.below(6) as f32,
+                        _ => rng.range_f32(0.0, 50.0),
+                    };
+                    let cost = [3, 4, 5, 8, 9, 12, 40][rng.below(7) as usize];
+                    Candidate {
+                        id,
+                        frame_index: 0,
+                        priority,
+                        cost,
+                    }
+                })
+                .collect();
+            let total = candidates.iter().map(|c| usize::from(c.cost)).sum();
+            let spent = 20 + rng.below(30) as usize;
+            let fill = [0, 60, 250, 1265, 5000][rng.below(5) as usize];
+            let scale = [0.25, 0.8, 1.0, 1.7, 4.0][rng.below(5) as usize];
+            let (mut a, mut b) = (candidates.clone(), candidates);
+            let got = select(&mut a, total, spent, fill, scale, own);
+            let want = select_by_sorting_all(&mut b, spent, fill, scale, own);
+            assert_eq!(got, want, "case {case}");
+            let ids = |v: &[Candidate]| v.iter().map(|c| c.id).collect::<Vec<_>>();
+            assert_eq!(ids(&a[..got.chosen]), ids(&b[..want.chosen]), "case {case}");
+        }
     }
 }
