@@ -332,6 +332,18 @@ pub fn apply(
     Ok(view)
 }
 
+/// Sizes a reused view buffer for `needed` records with an eighth more as headroom, so a view
+/// that grows a little does not double its allocation (`Vec::reserve` doubles, and a doubled
+/// buffer is kept and handed on from view to view for as long as the session lasts), and one
+/// far larger than needed (its owner left a crowd) is given back. The server's views and a
+/// client's [`Receiver`] both size theirs with it.
+pub fn fit_capacity(records: &mut Vec<EntityRecord>, needed: usize) {
+    let target = needed + needed / 8 + 8;
+    if records.capacity() < needed || records.capacity() > 2 * target {
+        *records = Vec::with_capacity(target);
+    }
+}
+
 /// [`apply`] into `view`, reusing its allocation. On error `view` holds no meaningful state.
 pub fn apply_into(
     snap: &DeltaSnapshot,
@@ -358,7 +370,7 @@ pub fn apply_into(
 
     let mut out = std::mem::take(&mut view.entities);
     out.clear();
-    out.reserve(base.entities.len() + entered.len());
+    fit_capacity(&mut out, base.entities.len() + entered.len());
     let (mut r, mut c, mut e) = (0usize, 0usize, 0usize);
     let push_entered_below = |limit: Option<u32>, out: &mut Vec<EntityRecord>, e: &mut usize| {
         while *e < entered.len() && limit.is_none_or(|l| entered[*e] < l) {
@@ -487,6 +499,12 @@ impl Receiver {
     /// Views held (ring and spares): the receiver's memory is about this many views.
     pub fn held(&self) -> usize {
         self.ring.iter().flatten().count() + self.spare.len()
+    }
+
+    /// Bytes of view records held room for (ring and spares): the receiver's memory.
+    pub fn view_bytes(&self) -> usize {
+        let views = self.ring.iter().flatten().chain(&self.spare);
+        views.map(|v| v.entities.capacity()).sum::<usize>() * std::mem::size_of::<EntityRecord>()
     }
 
     fn slot(tick: u32) -> usize {

@@ -54,17 +54,6 @@ impl RepSettings {
 /// instead of [`BASELINE_RING`].
 const SPARE_VIEWS: usize = 2;
 
-/// Sizes a reused view buffer for `needed` records with an eighth more as headroom, so a
-/// view that grows a little does not double its allocation (a doubled buffer is kept, and
-/// handed on, for as long as the client stays), and one far larger than needed (the client
-/// left a crowd) is given back.
-fn fit_capacity(records: &mut Vec<snapshot::EntityRecord>, needed: usize) {
-    let target = needed + needed / 8 + 8;
-    if records.capacity() < needed || records.capacity() > 2 * target {
-        *records = Vec::with_capacity(target);
-    }
-}
-
 /// Estimated bytes of one entity in a snapshot; the encoder then checks the real size.
 const ENTER_COST: usize = 9;
 const CHANGE_COST: usize = 2;
@@ -354,7 +343,7 @@ impl ClientReplicator {
             [frame.entities[i].fields[0], frame.entities[i].fields[1]]
         });
         // Room for the next view: at most the baseline and every chosen entity.
-        fit_capacity(&mut next_view.entities, base_entities.len() + chosen);
+        snapshot::fit_capacity(&mut next_view.entities, base_entities.len() + chosen);
         let mut passes = 1;
         let bytes = loop {
             updates.clear();

@@ -273,6 +273,37 @@ fn the_receiver_acks_what_it_holds_and_refuses_what_it_cannot_decode() {
 }
 
 #[test]
+fn a_receiver_among_a_growing_crowd_sizes_its_views_to_fit_not_double() {
+    // One entity enters each tick; the server builds against the view acknowledged a 3-tick
+    // round trip ago.
+    let mut rx = Receiver::new(RATE);
+    let mut sent: Vec<View> = Vec::new();
+    for tick in 1..=300u32 {
+        let base = tick.checked_sub(3).filter(|&b| b >= 1);
+        let base_view = base.map(|b| &sent[b as usize - 1]);
+        let entering = [Update {
+            id: tick,
+            kind: EntityKind::Npc,
+            fields: [tick as i32, 0, 0, 0],
+        }];
+        let (snap, view) = encode(tick, RATE, base_view, [0, 0], &[], &entering);
+        rx.receive(&snap).unwrap();
+        sent.push(view);
+    }
+    // Each view held is sized to the largest view with an eighth as headroom: growing by one
+    // entity a tick must not double the buffers that pass from view to view.
+    let largest = sent.iter().map(|v| v.entities.len()).max().unwrap_or(0);
+    let per_view = (largest + largest / 8 + 8) * std::mem::size_of::<EntityRecord>();
+    assert!(
+        rx.view_bytes() <= rx.held() * per_view,
+        "{} bytes of views held in {} views of at most {largest} records (bound {})",
+        rx.view_bytes(),
+        rx.held(),
+        rx.held() * per_view
+    );
+}
+
+#[test]
 fn the_receiver_releases_views_older_than_the_newest_baseline_it_was_sent() {
     // A server that builds against the view acknowledged a 3-tick round trip ago.
     let mut rx = Receiver::new(RATE);
