@@ -46,6 +46,8 @@ pub struct BotOutcome {
     pub sessions: Vec<Session>,
     /// Failed connects and lost sessions, by kind (`ClientError::kind`), each counted.
     pub errors: BTreeMap<String, u64>,
+    /// The last of them in full (what the kind does not say: the transport's own message).
+    pub last_error: Option<String>,
     /// Why its last lost session ended; `Some` if it lost any session before it meant to leave.
     pub disconnected: Option<String>,
     /// Times the server moved it to another server (`Disconnect(Moved)`): not a lost session
@@ -114,6 +116,7 @@ impl BotOutcome {
             connect: Err("not attempted".into()),
             sessions: Vec::new(),
             errors: BTreeMap::new(),
+            last_error: None,
             disconnected: None,
             moves: 0,
             played: Duration::ZERO,
@@ -168,6 +171,7 @@ impl BotOutcome {
 
     pub(crate) fn count_error(&mut self, e: &ClientError) {
         *self.errors.entry(e.kind()).or_insert(0) += 1;
+        self.last_error = Some(e.to_string());
     }
 }
 

@@ -39,7 +39,13 @@ fn before_and_after(result: &SwarmResult) -> Vec<(&BotOutcome, &Session, &Sessio
             };
             assert_eq!(bot.moves, 1, "{}", bot.name);
             assert!(before.lost.is_none(), "{}: {before:?}", bot.name);
-            assert!(bot.errors.is_empty(), "{}: {:?}", bot.name, bot.errors);
+            assert!(
+                bot.errors.is_empty(),
+                "{}: {:?}, the last: {:?}",
+                bot.name,
+                bot.errors,
+                bot.last_error
+            );
             (bot, before, after)
         })
         .collect()
