@@ -505,7 +505,7 @@ impl ClientReplicator {
     }
 }
 
-/// What [`select`] took.
+/// What [`select`] took, and the rule by which it takes a candidate offered in priority order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Selection {
     /// The first `chosen` candidates are those taken, in priority order.
@@ -514,6 +514,21 @@ struct Selection {
     spent: usize,
     /// The chosen candidates' estimates, unscaled.
     estimated: usize,
+}
+
+impl Selection {
+    /// Takes `candidates[i]` (the next in priority order) if its scaled cost fits in `fill`,
+    /// or if it is the client's own entity, moving it to the end of those taken.
+    fn offer(&mut self, candidates: &mut [Candidate], i: usize, fill: usize, scale: f32, own: u32) {
+        let c = candidates[i];
+        let cost = ceil(f32::from(c.cost) * scale);
+        if self.spent + cost <= fill || c.id == own {
+            self.spent += cost;
+            self.estimated += usize::from(c.cost);
+            candidates.swap(self.chosen, i);
+            self.chosen += 1;
+        }
+    }
 }
 
 /// Takes candidates in priority order (highest first, ties by id) while their estimated cost,
@@ -531,7 +546,7 @@ struct Selection {
 fn select(
     candidates: &mut [Candidate],
     total_cost: usize,
-    mut spent: usize,
+    spent: usize,
     fill: usize,
     cost_scale: f32,
     own: u32,
@@ -539,17 +554,22 @@ fn select(
     let cheapest = ceil((CHANGE_COST + SMALL_FIELD_COST) as f32 * cost_scale).max(1);
     let average =
         (total_cost as f32 / candidates.len().max(1) as f32 * cost_scale).max(cheapest as f32);
-    let (mut chosen, mut estimated, mut chunk_end, mut chunk) = (0, 0, 0, 0);
+    let mut taken = Selection {
+        chosen: 0,
+        spent,
+        estimated: 0,
+    };
+    let (mut chunk_end, mut chunk) = (0, 0);
     let len = candidates.len();
     for i in 0..len {
         if i == chunk_end {
-            if i > 0 && spent + cheapest > fill {
+            if i > 0 && taken.spent + cheapest > fill {
                 break;
             }
             // A quarter more than the average says will fit, and a few more; at least twice
             // the last chunk, so that a pass hunting for a cheap record to fill the last few
             // bytes makes a few selections, not one for every few candidates.
-            let room = fill.saturating_sub(spent) as f32;
+            let room = fill.saturating_sub(taken.spent) as f32;
             chunk = ((room / average * 1.25) as usize + 4).max(2 * chunk);
             chunk_end = len.min(i + chunk);
             let rest = &mut candidates[i..];
@@ -558,20 +578,9 @@ fn select(
             }
             rest[..chunk_end - i].sort_unstable_by(by_priority);
         }
-        let c = candidates[i];
-        let cost = ceil(f32::from(c.cost) * cost_scale);
-        if spent + cost <= fill || c.id == own {
-            spent += cost;
-            estimated += usize::from(c.cost);
-            candidates.swap(chosen, i);
-            chosen += 1;
-        }
+        taken.offer(candidates, i, fill, cost_scale, own);
     }
-    Selection {
-        chosen,
-        spent,
-        estimated,
-    }
+    taken
 }
 
 /// `x.ceil() as usize` for the small, non-negative costs here, without `f32::ceil` (a libm
@@ -591,30 +600,35 @@ mod selection_tests {
     use super::*;
     use arena_shared::rng::SplitMix64;
 
-    /// The selection as first written: sort every candidate, then take while they fit.
+    /// The selection as first written: sort every candidate, then offer each in turn.
     fn select_by_sorting_all(
         candidates: &mut [Candidate],
-        mut spent: usize,
+        spent: usize,
         fill: usize,
         cost_scale: f32,
         own: u32,
     ) -> Selection {
         candidates.sort_unstable_by(by_priority);
-        let (mut chosen, mut estimated) = (0, 0);
-        for i in 0..candidates.len() {
-            let c = candidates[i];
-            let cost = (f32::from(c.cost) * cost_scale).ceil() as usize;
-            if spent + cost <= fill || c.id == own {
-                spent += cost;
-                estimated += usize::from(c.cost);
-                candidates.swap(chosen, i);
-                chosen += 1;
-            }
-        }
-        Selection {
-            chosen,
+        let mut taken = Selection {
+            chosen: 0,
             spent,
-            estimated,
+            estimated: 0,
+        };
+        for i in 0..candidates.len() {
+            taken.offer(candidates, i, fill, cost_scale, own);
+        }
+        taken
+    }
+
+    #[test]
+    fn costs_round_up_as_f32_ceil_does() {
+        let mut rng = SplitMix64::new(12);
+        let scales = (0..2000).map(|_| rng.range_f32(0.25, 4.0));
+        for scale in scales.chain([0.25, 0.5, 1.0, 1.5, 4.0]) {
+            for cost in [0u16, 1, 2, 3, 4, 5, 8, 9, 12, 40, 1000] {
+                let x = f32::from(cost) * scale;
+                assert_eq!(ceil(x), x.ceil() as usize, "{cost} x {scale}");
+            }
         }
     }
 
