@@ -90,9 +90,6 @@ pub use crate::runtime::TokioRuntime;
 pub use crate::runtime::{AsyncTimer, AsyncUdpSocket, Runtime, UdpPoller, default_runtime};
 pub use crate::send_stream::{SendStream, StoppedError, WriteError};
 
-#[cfg(test)]
-mod tests;
-
 /// Arena's patch (PATCHES.md): `Proto` is boxed. Each connection's unbounded channel of these
 /// allocates a block of 32 slots when it is made; with the protocol event (a received datagram
 /// and its partial decode) inline, that block was ~10 KiB per connection.
