@@ -4,9 +4,10 @@ use arena_client_sim::connect::Transport;
 use arena_client_sim::swarm::{self, SwarmBehaviour};
 use arena_shared::protocol::codec::FrameReader;
 use arena_shared::protocol::{
-    DisconnectReason, MAX_FRAME_LEN, RejectReason, ServerMsg, close_code,
+    ClientDatagram, DisconnectReason, MAX_FRAME_LEN, RejectReason, ServerMsg, close_code,
 };
 use arena_shared::rng::SplitMix64;
+use arena_shared::snapshot::Ack;
 use wtransport::error::ConnectionError;
 
 use crate::common::{self, TestServer, WAIT};
@@ -143,6 +144,61 @@ async fn garbage_frames_and_datagrams_close_only_that_session() {
     );
     server.sessions_reach(0).await;
     server.players_reach(0).await;
+    server.stop().await;
+}
+
+/// The HTTP/3 datagram header (the session's quarter stream id) is read by the session's own
+/// task, not by wtransport's worker (the patch in `vendor/wtransport`): a datagram naming
+/// another session is dropped and the session plays on; one whose header does not parse ends
+/// the connection with `H3_DATAGRAM_ERROR`, as upstream's worker did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_for_another_session_are_dropped_and_a_broken_header_ends_the_connection() {
+    const H3_DATAGRAM_ERROR: u64 = 0x33;
+    let server = common::start(&[]).await;
+
+    let (mut t, mut reader) = welcomed(&server, "elsewhere").await;
+    // Quarter stream id 1 (session 4; this session is 0), then an acknowledgement that would
+    // count if it reached Arena: dropped before.
+    let ack = ClientDatagram::Ack(Ack { newest: 1, bits: 0 });
+    let mut foreign = vec![0x01];
+    foreign.extend(arena_shared::protocol::codec::encode_client_datagram(&ack));
+    t.conn
+        .quic_connection()
+        .send_datagram(foreign.into())
+        .expect("sent");
+    // The session still reads its datagrams: the same bytes for this session are malformed.
+    let mut own = vec![0x00];
+    own.extend(random_bytes(4, 100));
+    t.conn
+        .quic_connection()
+        .send_datagram(own.into())
+        .expect("sent");
+    assert_eq!(
+        expect_disconnect(&mut t, &mut reader).await,
+        DisconnectReason::MalformedDatagram
+    );
+    assert_eq!(
+        arena_server::stats::Stats::get(&server.stats.datagrams_received),
+        1,
+        "only the datagram for this session reached it (the foreign ack was dropped)"
+    );
+
+    // No quarter stream id at all.
+    let (t, _reader) = welcomed(&server, "headless").await;
+    t.conn
+        .quic_connection()
+        .send_datagram(Vec::new().into())
+        .expect("sent");
+    match tokio::time::timeout(WAIT, t.conn.closed())
+        .await
+        .expect("server closes")
+    {
+        ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.code().into_inner(), H3_DATAGRAM_ERROR)
+        }
+        other => panic!("expected an application close, got {other}"),
+    }
+    server.sessions_reach(0).await;
     server.stop().await;
 }
 

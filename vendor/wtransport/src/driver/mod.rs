@@ -41,7 +41,6 @@ pub struct Driver {
     ready_sessions: BiChannelEndpoint<StreamSession>,
     ready_uni_wt_streams: Mutex<mpsc::Receiver<Box<StreamUniRemoteWT>>>,
     ready_bi_wt_streams: Mutex<mpsc::Receiver<Box<StreamBiRemoteWT>>>,
-    ready_datagrams: Mutex<mpsc::Receiver<Box<Datagram>>>,
     driver_result: SharedResultGet<DriverError>,
 }
 
@@ -55,7 +54,6 @@ impl Driver {
         let ready_sessions = bichannel(1);
         let ready_uni_wt_streams = mpsc::channel(4);
         let ready_bi_wt_streams = mpsc::channel(1);
-        let ready_datagrams = mpsc::channel(1);
         let driver_result = shared_result();
 
         tokio::spawn(
@@ -65,7 +63,6 @@ impl Driver {
                 ready_sessions.0,
                 ready_uni_wt_streams.0,
                 ready_bi_wt_streams.0,
-                ready_datagrams.0,
                 driver_result.0,
             )
             .run()
@@ -78,7 +75,6 @@ impl Driver {
             ready_sessions: ready_sessions.1,
             ready_uni_wt_streams: Mutex::new(ready_uni_wt_streams.1),
             ready_bi_wt_streams: Mutex::new(ready_bi_wt_streams.1),
-            ready_datagrams: Mutex::new(ready_datagrams.1),
             driver_result: driver_result.1,
         }
     }
@@ -173,12 +169,24 @@ impl Driver {
         }
     }
 
+    /// Arena's patch (PATCHES.md): the caller reads its datagram from QUIC itself. Upstream's
+    /// worker task read every datagram and handed it over through a channel, so each one woke
+    /// two tasks (the worker, which then polled its nine branches, and the reader) instead of
+    /// one.
     pub async fn receive_datagram(&self, session_id: SessionId) -> Result<Datagram, DriverError> {
-        let mut lock = self.ready_datagrams.lock().await;
-
         loop {
-            let Some(datagram) = lock.recv().await.map(|datagram| *datagram) else {
+            let Ok(quic_dgram) = self.quic_connection.read_datagram().await else {
                 return Err(self.result().await);
+            };
+
+            let datagram = match Datagram::read(quic_dgram) {
+                Ok(datagram) => datagram,
+                Err(error_code) => {
+                    // As upstream's worker did: a malformed datagram ends the connection.
+                    self.quic_connection
+                        .close(utils::varint_w2q(error_code.to_code()), b"");
+                    return Err(DriverError::Proto(error_code));
+                }
             };
 
             if datagram.session_id() == session_id {
@@ -263,7 +271,6 @@ mod worker {
         ready_sessions: BiChannelEndpoint<StreamSession>,
         ready_uni_wt_streams: mpsc::Sender<Box<StreamUniRemoteWT>>,
         ready_bi_wt_streams: mpsc::Sender<Box<StreamBiRemoteWT>>,
-        ready_datagrams: mpsc::Sender<Box<Datagram>>,
         driver_result: SharedResultSet<DriverError>,
         local_settings_stream: LocalSettingsStream,
         remote_settings_stream: RemoteSettingsStream,
@@ -279,7 +286,6 @@ mod worker {
             ready_sessions: BiChannelEndpoint<StreamSession>,
             ready_uni_wt_streams: mpsc::Sender<Box<StreamUniRemoteWT>>,
             ready_bi_wt_streams: mpsc::Sender<Box<StreamBiRemoteWT>>,
-            ready_datagrams: mpsc::Sender<Box<Datagram>>,
             driver_result: SharedResultSet<DriverError>,
         ) -> Self {
             Self {
@@ -288,7 +294,6 @@ mod worker {
                 ready_sessions,
                 ready_uni_wt_streams,
                 ready_bi_wt_streams,
-                ready_datagrams,
                 driver_result,
                 local_settings_stream: LocalSettingsStream::empty(),
                 remote_settings_stream: RemoteSettingsStream::empty(),
@@ -343,11 +348,6 @@ mod worker {
                     result = Self::accept_bi(&self.quic_connection,
                                              &ready_bi_h3_streams.0,
                                              &self.ready_bi_wt_streams) => {
-                        result?;
-                    }
-
-                    result = Self::accept_datagram(&self.quic_connection,
-                                                   &self.ready_datagrams) => {
                         result?;
                     }
 
@@ -528,35 +528,6 @@ mod worker {
                 }
                 .instrument(debug_span!("Stream", "id={}", stream_id)),
             );
-
-            Ok(())
-        }
-
-        async fn accept_datagram(
-            quic_connection: &quinn::Connection,
-            ready_datagrams: &mpsc::Sender<Box<Datagram>>,
-        ) -> Result<(), DriverError> {
-            let slot = match ready_datagrams.reserve().await {
-                Ok(slot) => slot,
-                Err(mpsc::error::SendError(_)) => return Err(DriverError::NotConnected),
-            };
-
-            let quic_dgram = quic_connection
-                .read_datagram()
-                .await
-                .map_err(|_| DriverError::NotConnected)?;
-
-            let datagram = match Datagram::read(quic_dgram) {
-                Ok(datagram) => datagram,
-                Err(error_code) => return Err(DriverError::Proto(error_code)),
-            };
-
-            trace!(
-                "New incoming datagram (session_id: {})",
-                datagram.session_id()
-            );
-
-            slot.send(Box::new(datagram));
 
             Ok(())
         }
