@@ -176,6 +176,7 @@ def main() -> int:
     ap.add_argument("--server-flag", action="append", default=[], help="extra server flag (repeatable)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--server-bin", type=Path, default=None, help="another arena-server binary (A/B runs)")
     ap.add_argument("--bots-bin", type=Path, default=None, help="another arena-bots binary (A/B runs)")
     ap.add_argument("--bots-flag", action="append", default=[],
                     help="extra arena-bots flag (repeatable), e.g. --bots-flag=--bots-per-endpoint=1")
@@ -185,7 +186,7 @@ def main() -> int:
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "arena-server", "-p", "arena-client-sim"],
                        cwd=ROOT, check=True)
-    server_bin = ROOT / "target/release/arena-server"
+    server_bin = args.server_bin or ROOT / "target/release/arena-server"
     bots_bin = args.bots_bin or ROOT / "target/release/arena-bots"
     http = f"http://127.0.0.1:{args.http_port}"
     budget = 1.0 / args.tick_rate
