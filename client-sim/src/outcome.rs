@@ -170,6 +170,7 @@ impl BotOutcome {
     }
 
     pub(crate) fn count_error(&mut self, e: &ClientError) {
+        tracing::debug!(bot = %self.name, error = %e, "attempt failed");
         *self.errors.entry(e.kind()).or_insert(0) += 1;
         self.last_error = Some(e.to_string());
     }
