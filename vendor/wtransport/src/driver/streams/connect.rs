@@ -9,17 +9,23 @@ use wtransport_proto::varint::VarInt;
 
 use super::session::StreamSession;
 use super::ProtoReadError;
+use super::Replay;
 use crate::driver::DriverError;
 use crate::error::ApplicationClose;
 use std::future::pending;
 
 pub struct ConnectStream {
     stream: Option<StreamSession>,
+    /// Arena's patch: what a dropped read took (the worker's `select!` drops `run`).
+    replay: Replay,
 }
 
 impl ConnectStream {
     pub fn empty() -> Self {
-        Self { stream: None }
+        Self {
+            stream: None,
+            replay: Replay::default(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -37,7 +43,7 @@ impl ConnectStream {
         };
 
         loop {
-            return match stream.read_frame().await {
+            return match stream.read_frame_replayed(&mut self.replay).await {
                 Ok(frame) => {
                     if !matches!(frame.kind(), FrameKind::Data) {
                         debug!("Skipping non-data frame of kind {:?}", frame.kind());

@@ -234,6 +234,60 @@ impl tokio::io::AsyncRead for QuicRecvStream {
     }
 }
 
+/// Arena's patch (PATCHES.md): what a frame read took from a stream, kept outside the read's
+/// future so that a read dropped half-way (the driver's worker reads its control streams
+/// inside a `select!` that re-makes them whenever another branch fires) loses no bytes: the
+/// next read replays them before reading on. Without it, a frame split across packets and
+/// interrupted was parsed from its middle, and the connection closed with
+/// `H3_FRAME_UNEXPECTED` or `H3_EXCESSIVE_LOAD`.
+#[derive(Debug, Default)]
+pub struct Replay {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+/// Reads `replay`'s bytes first, then `inner`, recording what it reads from `inner`.
+struct ReplayReader<'r, R> {
+    replay: &'r mut Replay,
+    inner: &'r mut R,
+}
+
+impl<R: wtransport_proto::bytes::AsyncRead + Unpin> wtransport_proto::bytes::AsyncRead
+    for ReplayReader<'_, R>
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let replay = &mut *this.replay;
+        if replay.at < replay.bytes.len() {
+            let n = buf.len().min(replay.bytes.len() - replay.at);
+            buf[..n].copy_from_slice(&replay.bytes[replay.at..replay.at + n]);
+            replay.at += n;
+            return Poll::Ready(Ok(n));
+        }
+        let n = ready!(Pin::new(&mut *this.inner).poll_read(cx, buf))?;
+        replay.bytes.extend_from_slice(&buf[..n]);
+        replay.at = replay.bytes.len();
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl Replay {
+    /// Before a read: replay from the first byte kept.
+    fn rewind(&mut self) {
+        self.at = 0;
+    }
+
+    /// After a read completed: its bytes were its frame's.
+    fn forget(&mut self) {
+        self.bytes.clear();
+        self.at = 0;
+    }
+}
+
 #[derive(Debug)]
 pub struct Stream<S, P> {
     stream: S,
@@ -414,8 +468,20 @@ pub mod uniremote {
     }
 
     impl StreamUniRemoteH3 {
-        pub async fn read_frame<'a>(&mut self) -> Result<Frame<'a>, ProtoReadError> {
-            self.proto.read_frame_async(&mut self.stream).await
+        /// Arena's patch: upstream's `read_frame`, made safe to drop half-way (see [`Replay`]);
+        /// its one caller, the remote control stream, is read inside the worker's `select!`.
+        pub async fn read_frame_replayed<'a>(
+            &mut self,
+            replay: &mut Replay,
+        ) -> Result<Frame<'a>, ProtoReadError> {
+            replay.rewind();
+            let mut reader = ReplayReader {
+                replay: &mut *replay,
+                inner: &mut self.stream,
+            };
+            let frame = self.proto.read_frame_async(&mut reader).await;
+            replay.forget();
+            frame
         }
 
         pub fn kind(&self) -> StreamKind {
@@ -524,6 +590,21 @@ pub mod session {
     impl StreamSession {
         pub async fn read_frame<'a>(&mut self) -> Result<Frame<'a>, ProtoReadError> {
             self.proto.read_frame_async(&mut self.stream.1).await
+        }
+
+        /// [`Self::read_frame`] that may be dropped half-way (see [`Replay`]).
+        pub async fn read_frame_replayed<'a>(
+            &mut self,
+            replay: &mut Replay,
+        ) -> Result<Frame<'a>, ProtoReadError> {
+            replay.rewind();
+            let mut reader = ReplayReader {
+                replay: &mut *replay,
+                inner: &mut self.stream.1,
+            };
+            let frame = self.proto.read_frame_async(&mut reader).await;
+            replay.forget();
+            frame
         }
 
         pub async fn write_frame(&mut self, frame: Frame<'_>) -> Result<(), ProtoWriteError> {

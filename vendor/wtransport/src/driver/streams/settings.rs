@@ -2,6 +2,7 @@ use crate::driver::streams::unilocal::StreamUniLocalH3;
 use crate::driver::streams::uniremote::StreamUniRemoteH3;
 use crate::driver::streams::ProtoReadError;
 use crate::driver::streams::ProtoWriteError;
+use crate::driver::streams::Replay;
 use crate::driver::DriverError;
 use crate::error::StreamWriteError;
 use crate::VarInt;
@@ -78,6 +79,8 @@ impl LocalSettingsStream {
 pub struct RemoteSettingsStream {
     stream: Option<StreamUniRemoteH3>,
     settings: watch::Sender<Option<Settings>>,
+    /// Arena's patch: what a dropped read took (the worker's `select!` drops `run`).
+    replay: Replay,
 }
 
 impl RemoteSettingsStream {
@@ -85,6 +88,7 @@ impl RemoteSettingsStream {
         Self {
             stream: None,
             settings: watch::channel(None).0,
+            replay: Replay::default(),
         }
     }
 
@@ -130,7 +134,7 @@ impl RemoteSettingsStream {
             return pending().await;
         };
 
-        match stream.read_frame().await {
+        match stream.read_frame_replayed(&mut self.replay).await {
             Ok(frame) => Ok(frame),
             Err(ProtoReadError::H3(error_code)) => Err(DriverError::Proto(error_code)),
             Err(ProtoReadError::IO(io_error)) => match io_error {
