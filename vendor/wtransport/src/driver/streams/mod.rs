@@ -240,11 +240,21 @@ impl tokio::io::AsyncRead for QuicRecvStream {
 /// next read replays them before reading on. Without it, a frame split across packets and
 /// interrupted was parsed from its middle, and the connection closed with
 /// `H3_FRAME_UNEXPECTED` or `H3_EXCESSIVE_LOAD`.
+///
+/// Bounded: a peer can make one read take any number of bytes (upstream's frame reader skips an
+/// unknown frame type's varint and reads on), so past [`REPLAY_LIMIT`] a read stops keeping
+/// them. Such a read, if dropped, loses its bytes as upstream's did.
 #[derive(Debug, Default)]
 pub struct Replay {
     bytes: Vec<u8>,
     at: usize,
+    /// This read took more than [`REPLAY_LIMIT`]: nothing kept, nothing to replay.
+    overflowed: bool,
 }
+
+/// The most a [`Replay`] keeps: a frame of the largest payload wtransport-proto parses (4,096
+/// bytes), its header, and room for unknown frame types before it.
+const REPLAY_LIMIT: usize = 8 * 1024;
 
 /// Reads `replay`'s bytes first, then `inner`, recording what it reads from `inner`.
 struct ReplayReader<'r, R> {
@@ -269,7 +279,14 @@ impl<R: wtransport_proto::bytes::AsyncRead + Unpin> wtransport_proto::bytes::Asy
             return Poll::Ready(Ok(n));
         }
         let n = ready!(Pin::new(&mut *this.inner).poll_read(cx, buf))?;
-        replay.bytes.extend_from_slice(&buf[..n]);
+        if !replay.overflowed {
+            if replay.bytes.len() + n > REPLAY_LIMIT {
+                replay.overflowed = true;
+                replay.bytes = Vec::new();
+            } else {
+                replay.bytes.extend_from_slice(&buf[..n]);
+            }
+        }
         replay.at = replay.bytes.len();
         Poll::Ready(Ok(n))
     }
@@ -285,6 +302,7 @@ impl Replay {
     fn forget(&mut self) {
         self.bytes.clear();
         self.at = 0;
+        self.overflowed = false;
     }
 }
 
