@@ -244,44 +244,12 @@ pub fn client_endpoint(
     } else {
         builder.with_server_certificate_hashes(hashes.iter().cloned())
     };
-    let mut config = config.build();
-    config
-        .quic_config_mut()
-        .transport_config(Arc::new(transport_config(idle_timeout)?));
-    Endpoint::client(config).map_err(|e| ClientError::Connect(e.to_string()))
-}
-
-/// What the server may open toward a bot: HTTP/3's control and QPACK streams (unidirectional);
-/// Arena's server opens no stream of its own.
-const SERVER_UNI_STREAMS: u32 = 4;
-const SERVER_BIDI_STREAMS: u32 = 1;
-/// Snapshots QUIC holds before the bot reads them: many ticks of the largest (a datagram each).
-const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
-/// Acknowledgements QUIC holds before sending: a few bytes each, one a tick.
-const DATAGRAM_SEND_BUFFER: usize = 16 * 1024;
-/// The reliable stream's window each way: the welcome (the map) and game events down, inputs
-/// up; the server's own window is the same.
-pub const STREAM_WINDOW: u32 = 64 * 1024;
-
-/// A bot's QUIC transport: sized for a game client, as the server's is, not quinn's defaults
-/// (100 streams each way whose state is made up front, 1.25 MB windows, a 1 MB datagram
-/// queue), plus its keep-alive and idle timeout.
-fn transport_config(
-    idle_timeout: Duration,
-) -> Result<wtransport::config::QuicTransportConfig, ClientError> {
-    let idle = wtransport::quinn::IdleTimeout::try_from(idle_timeout)
-        .map_err(|e| ClientError::Connect(format!("idle timeout: {e}")))?;
-    let mut t = wtransport::config::QuicTransportConfig::default();
-    t.max_concurrent_bidi_streams(SERVER_BIDI_STREAMS.into())
-        .max_concurrent_uni_streams(SERVER_UNI_STREAMS.into())
-        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
-        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
-        .stream_receive_window(STREAM_WINDOW.into())
-        .receive_window(STREAM_WINDOW.into())
-        .send_window(STREAM_WINDOW.into())
+    let config = config
         .keep_alive_interval(Some(idle_timeout / 3))
-        .max_idle_timeout(Some(idle));
-    Ok(t)
+        .max_idle_timeout(Some(idle_timeout))
+        .map_err(|e| ClientError::Connect(e.to_string()))?
+        .build();
+    Endpoint::client(config).map_err(|e| ClientError::Connect(e.to_string()))
 }
 
 #[cfg(test)]

@@ -390,9 +390,9 @@ async fn flood_of_500_bad_tokens_refused_while_20_bots_keep_95pct_and_rss_within
 /// for a client that is not reading, beyond what QUIC holds), and WhoIs, which is not what is
 /// tested, raised so that every one is answered.
 const DEAF_FLAGS: [&str; 4] = ["--max-send-backlog", "8192", "--max-whois-per-sec", "1000"];
-/// The bots' stream receive window, which the test client keeps: what the server can get into
-/// the stream of a client that reads nothing, before its own backlog starts to grow.
-const CLIENT_STREAM_WINDOW: usize = arena_client_sim::endpoints::STREAM_WINDOW as usize;
+/// quinn's default stream receive window, which the test client keeps: what the server can get
+/// into the stream of a client that reads nothing, before its own backlog starts to grow.
+const CLIENT_STREAM_WINDOW: usize = 1_250_000;
 /// What one connection costs the server whatever it sends: QUIC and TLS state, HTTP/3, the
 /// session task, a player entity, and the transient peak of its handshake. Measured with this
 /// test's clients sending nothing: +2,556 KiB for ten (255 KiB a client) on the 2-core dev
@@ -421,9 +421,8 @@ fn held_per_client_kib(config: &arena_server::Config) -> usize {
 /// is disconnected as a slow consumer (once QUIC's window toward it is full, the names it must
 /// get pile up past `--max-send-backlog`), and meanwhile the server holds no more for each
 /// than its configuration allows ([`held_per_client_kib`]). A server that buffered without
-/// bound would hold what did not fit the window: ~2.6 MB a client (measured with the cap
-/// taken out, when the client's window was quinn's 1.25 MB: +2,637 KiB a client, where this
-/// server stays near 360).
+/// bound would hold what did not fit the window: ~1.5 MB a client (measured with the cap
+/// taken out: +2,637 KiB a client, where this server stays near 360).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_are_disconnected_and_server_memory_stays_bounded() {
     use arena_shared::protocol::codec::encode_client;

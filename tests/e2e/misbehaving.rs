@@ -239,15 +239,14 @@ async fn a_client_flooding_inputs_has_the_excess_dropped_then_is_disconnected() 
 /// in the burst is answered.
 const SLOW_CONSUMER_FLAGS: [&str; 4] =
     ["--max-send-backlog", "4096", "--max-whois-per-sec", "1000"];
-/// The bots' stream receive window, which the test client keeps: what the server can get into
-/// the stream of a client that reads nothing, before its own backlog starts to grow.
-const CLIENT_STREAM_WINDOW: u64 = arena_client_sim::endpoints::STREAM_WINDOW as u64;
+/// quinn's default stream receive window, which the test client keeps: what the server can get
+/// into the stream of a client that reads nothing, before its own backlog starts to grow.
+const CLIENT_STREAM_WINDOW: u64 = 1_250_000;
 /// Pings between two WhoIs in a burst, and the ids each WhoIs asks about (the client's own
 /// entity, repeated: each answer is ~190 bytes of names).
 const PINGS_PER_WHOIS: u32 = 1_000;
 const WHOIS_IDS: usize = 16;
-/// ~3.7 MB: pongs and names enough to fill [`CLIENT_STREAM_WINDOW`] many times over (and
-/// quinn's default window of 1.25 MB three times).
+/// ~3.7 MB: pongs and names enough to fill [`CLIENT_STREAM_WINDOW`] about three times over.
 const BURST_ROUNDS: u32 = 400;
 
 /// What both tests below send in one write: rounds of [`PINGS_PER_WHOIS`] pings and a WhoIs.
