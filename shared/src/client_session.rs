@@ -349,8 +349,9 @@ impl Game {
         if newest && !watching {
             self.clock.on_server_tick(tick, now_ms);
             self.clock.on_input_report(status.late, status.lead, now_ms);
-            if interpolating {
-                self.interp.push(view, now_ms);
+            if interpolating && let Some(shared) = self.receiver.shared(tick) {
+                // The same view, not a copy: a client holds each view once.
+                self.interp.push(shared, now_ms);
             }
         }
         let Some(me) = view.get(self.entity) else {

@@ -8,16 +8,24 @@
 //! at most [`MAX_EXTRAPOLATE_TICKS`], then held; each dry spell counts one underrun.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use glam::Vec2;
 
 use crate::snapshot::View;
 
-/// Snapshots kept: the render tick is at most [`MAX_DELAY_TICKS`] behind the server-tick
+/// Most snapshots kept: the render tick is at most [`MAX_DELAY_TICKS`] behind the server-tick
 /// estimate, which runs a little ahead of the newest snapshot; four more cover the bracketing
 /// snapshot and an estimate running early. (Each view is an entity list: at thousands of bots
-/// in one process, every view kept per bot counts.)
+/// in one process, every view kept per bot counts.) Usually far fewer are kept: each frame
+/// lets go of the views its render tick has passed ([`Interpolator::frame`]).
 pub const BUFFER: usize = MAX_DELAY_TICKS as usize + 4;
+/// How far, in ticks, the render tick may step back and still find the views it was drawn
+/// from: views older than the one bracketing `render tick - KEEP_BEHIND_TICKS` are let go.
+/// The render tick moves back only when the round-trip estimate grows or the delay adapts
+/// upwards (at most [`DELAY_SLEW`] a snapshot), a fraction of a tick at a time; further back
+/// than this, entities are drawn where the oldest view kept has them.
+pub const KEEP_BEHIND_TICKS: f64 = 2.0;
 /// Longest extrapolation past the newest snapshot.
 pub const MAX_EXTRAPOLATE_TICKS: f64 = 3.0;
 /// Most the delay changes per snapshot, ticks.
@@ -28,7 +36,8 @@ pub const MAX_DELAY_TICKS: f64 = 8.0;
 #[derive(Debug, Clone)]
 pub struct Interpolator {
     tick_rate: u16,
-    views: VecDeque<View>,
+    /// The receiver's views, shared: kept here without a copy.
+    views: VecDeque<Arc<View>>,
     delay: f64,
     last_arrival: Option<f64>,
     gap_dev: f64,
@@ -50,7 +59,7 @@ impl Interpolator {
     }
 
     /// A newly reconstructed view arrived at `now_ms`. Older-than-newest views are ignored.
-    pub fn push(&mut self, view: &View, now_ms: f64) {
+    pub fn push(&mut self, view: &Arc<View>, now_ms: f64) {
         if self.views.back().is_some_and(|v| v.tick >= view.tick) {
             return;
         }
@@ -64,22 +73,10 @@ impl Interpolator {
             self.delay += (target - self.delay).clamp(-DELAY_SLEW, DELAY_SLEW);
         }
         self.last_arrival = Some(now_ms);
-        // The oldest view's allocation is reused for the newest: no allocation once full.
-        let mut slot = if self.views.len() == BUFFER {
-            self.views.pop_front().unwrap_or_default()
-        } else {
-            View::default()
-        };
-        slot.tick = view.tick;
-        // Grown to this view's size plus an eighth, not doubled as `clone_from` would: the
-        // views kept are most of a bot's memory, and a doubled slot left half of each unused.
-        slot.entities.clear();
-        if slot.entities.capacity() < view.entities.len() {
-            slot.entities
-                .reserve_exact(view.entities.len() + view.entities.len() / 8);
+        if self.views.len() == BUFFER {
+            self.views.pop_front();
         }
-        slot.entities.extend_from_slice(&view.entities);
-        self.views.push_back(slot);
+        self.views.push_back(Arc::clone(view));
     }
 
     /// Ticks behind the server estimate that entities are shown.
@@ -101,11 +98,17 @@ impl Interpolator {
             let at = rec.pos_at(newest.tick, rate);
             return Some(at + rec.vel() * (ahead / f64::from(rate)) as f32);
         }
-        // The newest view at or before the render tick, and the one after it.
-        let i = self
+        // The newest view at or before the render tick, and the one after it; before the
+        // oldest view kept (the render tick stepped back further than the views let go
+        // allow), where that view has it.
+        let Some(i) = self
             .views
             .iter()
-            .rposition(|v| f64::from(v.tick) <= render_tick)?;
+            .rposition(|v| f64::from(v.tick) <= render_tick)
+        else {
+            let oldest = self.views.front()?;
+            return oldest.get(id).map(|r| r.pos_at(oldest.tick, rate));
+        };
         let (a, b) = (&self.views[i], &self.views[i + 1]);
         let (pa, pb) = (
             a.get(id)?.pos_at(a.tick, rate),
@@ -116,7 +119,9 @@ impl Interpolator {
         Some(pa.lerp(pb, t))
     }
 
-    /// Call once per rendered frame: notes whether the buffer ran dry at `render_tick`.
+    /// Call once per rendered frame: notes whether the buffer ran dry at `render_tick`, and
+    /// lets go of the views no render tick from `render_tick - KEEP_BEHIND_TICKS` on needs
+    /// (those older than the one bracketing it).
     pub fn frame(&mut self, render_tick: f64) {
         let dry = self
             .views
@@ -126,6 +131,20 @@ impl Interpolator {
             self.underruns += 1;
         }
         self.dry = dry;
+        let keep_from = render_tick - KEEP_BEHIND_TICKS;
+        while self.views.len() > 1 && f64::from(self.views[1].tick) <= keep_from {
+            self.views.pop_front();
+        }
+    }
+
+    /// Views held now (at most [`BUFFER`]).
+    pub fn views_held(&self) -> usize {
+        self.views.len()
+    }
+
+    /// The views held, oldest first.
+    pub fn views(&self) -> impl Iterator<Item = &Arc<View>> + '_ {
+        self.views.iter()
     }
 
     /// Ids in the newest view.
@@ -187,7 +206,7 @@ mod tests {
                 if rng.below(10) != 0 {
                     let jitter = 10.0 * f64::from(rng.next_f32());
                     interp.push(
-                        &view(next_tick),
+                        &Arc::new(view(next_tick)),
                         f64::from(next_tick) * TICK_MS + 40.0 + jitter,
                     );
                 }
@@ -218,10 +237,71 @@ mod tests {
     }
 
     #[test]
+    fn views_the_render_tick_has_passed_are_let_go_and_draw_nothing_differently() {
+        let mut rng = SplitMix64::new(9);
+        // `trimmed` is told of every frame and lets go of views; `full` never is, so it keeps
+        // the last BUFFER views: every position asked within KEEP_BEHIND_TICKS behind the
+        // render tick must come out the same from both.
+        let (mut trimmed, mut full) = (Interpolator::new(RATE), Interpolator::new(RATE));
+        let frame_ms = 1000.0 / 60.0;
+        let (mut next_tick, mut now, mut most_held, mut frames) = (0u32, 0.0, 0, 0);
+        while now < 20_000.0 {
+            while f64::from(next_tick) * TICK_MS + 50.0 <= now {
+                if rng.below(10) != 0 {
+                    let at =
+                        f64::from(next_tick) * TICK_MS + 40.0 + 10.0 * f64::from(rng.next_f32());
+                    let v = Arc::new(view(next_tick));
+                    trimmed.push(&v, at);
+                    full.push(&v, at);
+                }
+                next_tick += 1;
+            }
+            // The render tick wanders back and forth a little, as the round-trip estimate does.
+            let wobble = 0.3 * (now / 700.0).sin();
+            let render = now / TICK_MS - trimmed.delay_ticks() - 40.0 / TICK_MS + wobble;
+            trimmed.frame(render);
+            for back in [0.0, 0.5, 1.0, 1.5, KEEP_BEHIND_TICKS] {
+                let r = render - back;
+                assert_eq!(trimmed.position(7, r), full.position(7, r), "at {r}");
+            }
+            if now > 1_000.0 {
+                most_held = most_held.max(trimmed.views_held());
+                frames += 1;
+            }
+            now += frame_ms;
+        }
+        assert!(frames > 1000);
+        eprintln!("most views held: {most_held}");
+        // The render tick is ~3.5 ticks behind the newest view here (delay, latency and
+        // jitter): that, the bracket and KEEP_BEHIND_TICKS, not BUFFER.
+        assert!(
+            most_held <= 8,
+            "{most_held} views held, of {BUFFER} at most"
+        );
+    }
+
+    #[test]
+    fn a_render_tick_behind_every_view_kept_draws_the_oldest() {
+        let mut interp = Interpolator::new(RATE);
+        for t in 10..=16 {
+            interp.push(&Arc::new(view(t)), f64::from(t) * TICK_MS);
+        }
+        interp.frame(15.0);
+        assert_eq!(
+            interp.views_held(),
+            4,
+            "13 brackets 15 - 2, then 14, 15 and 16"
+        );
+        let oldest = view(13).entities[0].pos_at(13, RATE);
+        assert_eq!(interp.position(7, 11.0), Some(oldest));
+        assert_eq!(interp.position(7, 13.0), Some(oldest));
+    }
+
+    #[test]
     fn a_dry_buffer_extrapolates_a_little_then_holds_and_counts_one_underrun() {
         let mut interp = Interpolator::new(RATE);
-        interp.push(&view(10), 0.0);
-        interp.push(&view(11), TICK_MS);
+        interp.push(&Arc::new(view(10)), 0.0);
+        interp.push(&Arc::new(view(11)), TICK_MS);
         let at = |t: f64, i: &Interpolator| i.position(7, t).unwrap();
         let p11 = at(11.0, &interp);
         let p12 = at(12.0, &interp);
@@ -234,7 +314,7 @@ mod tests {
         interp.frame(12.0);
         interp.frame(13.0);
         assert_eq!(interp.underruns(), 1);
-        interp.push(&view(14), 4.0 * TICK_MS);
+        interp.push(&Arc::new(view(14)), 4.0 * TICK_MS);
         interp.frame(13.5);
         interp.frame(14.5);
         assert_eq!(interp.underruns(), 2);

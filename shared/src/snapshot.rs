@@ -18,6 +18,8 @@
 //! Invariant: [`encode`] returns the view the client will compute with [`apply`], bit for bit;
 //! the server stores that view as the next baseline. Both are pure and total.
 
+use std::sync::Arc;
+
 use bitcode::{Decode, Encode};
 use glam::Vec2;
 
@@ -451,10 +453,14 @@ pub fn apply_into(
 /// older than `b`. So views older than the newest baseline seen are released (their memory
 /// reused), and the ring holds about a round trip of views, not [`BASELINE_RING`]. A late
 /// snapshot built against a released view is stale: nothing newer can depend on it.
+///
+/// Views are shared ([`Receiver::shared`]): the interpolation buffer keeps the same views
+/// rather than copies, so a client holds each view once. A released view still shared is let
+/// go, not reused; its memory goes when its last holder lets go of it too.
 #[derive(Debug, Clone)]
 pub struct Receiver {
     tick_rate: u16,
-    ring: Vec<Option<View>>,
+    ring: Vec<Option<Arc<View>>>,
     newest: Option<u32>,
     /// The newest baseline a received snapshot named (0: none yet).
     floor: u32,
@@ -501,10 +507,12 @@ impl Receiver {
         self.ring.iter().flatten().count() + self.spare.len()
     }
 
-    /// Bytes of view records held room for (ring and spares): the receiver's memory.
+    /// Bytes of view records held room for (ring and spares): the receiver's memory (views
+    /// shared with the interpolation buffer included).
     pub fn view_bytes(&self) -> usize {
-        let views = self.ring.iter().flatten().chain(&self.spare);
-        views.map(|v| v.entities.capacity()).sum::<usize>() * std::mem::size_of::<EntityRecord>()
+        let ring = self.ring.iter().flatten().map(|v| v.entities.capacity());
+        let spare = self.spare.iter().map(|v| v.entities.capacity());
+        ring.chain(spare).sum::<usize>() * std::mem::size_of::<EntityRecord>()
     }
 
     fn slot(tick: u32) -> usize {
@@ -513,6 +521,11 @@ impl Receiver {
 
     /// The view at `tick`, if held.
     pub fn view(&self, tick: u32) -> Option<&View> {
+        self.shared(tick).map(|v| &**v)
+    }
+
+    /// The view at `tick`, if held, to keep beside the receiver without a copy.
+    pub fn shared(&self, tick: u32) -> Option<&Arc<View>> {
         self.ring[Self::slot(tick)]
             .as_ref()
             .filter(|v| v.tick == tick)
@@ -542,27 +555,29 @@ impl Receiver {
             return Err(ReceiveError::MissingBaseline(snap.baseline));
         }
         // The slot's old view (a ring ago: too old to be a baseline) lends its allocation,
-        // unless it is this snapshot's baseline; else a released one does.
+        // unless it is this snapshot's baseline or still shared; else a released one does.
         let slot = Self::slot(snap.tick);
-        let mut view = match self.ring[slot].take() {
-            Some(old) if old.tick != snap.baseline => old,
+        let old = match self.ring[slot].take() {
+            Some(old) if old.tick != snap.baseline => Arc::try_unwrap(old).ok(),
             other => {
                 self.ring[slot] = other;
-                self.spare.pop().unwrap_or_default()
+                None
             }
         };
+        let mut view = old.or_else(|| self.spare.pop()).unwrap_or_default();
         let base = match snap.baseline {
             0 => None,
             b => self.view(b),
         };
         apply_into(snap, base, self.tick_rate, &mut view)?;
-        self.ring[slot] = Some(view);
+        self.ring[slot] = Some(Arc::new(view));
         if snap.baseline > self.floor {
             self.floor = snap.baseline;
             for held in &mut self.ring {
                 if held.as_ref().is_some_and(|v| v.tick < self.floor)
                     && let Some(old) = held.take()
                     && self.spare.len() < SPARE_VIEWS
+                    && let Ok(old) = Arc::try_unwrap(old)
                 {
                     self.spare.push(old);
                 }
@@ -571,7 +586,7 @@ impl Receiver {
         if self.newest.is_none_or(|n| snap.tick > n) {
             self.newest = Some(snap.tick);
         }
-        Ok(self.ring[slot].as_ref().unwrap_or_else(|| unreachable!()))
+        Ok(self.ring[slot].as_deref().unwrap_or_else(|| unreachable!()))
     }
 
     /// The acknowledgement to send now (`None` before the first snapshot).

@@ -564,6 +564,30 @@ fn a_session_without_interpolation_keeps_no_views_and_plays_as_any_other() {
 }
 
 #[test]
+fn an_interpolating_session_holds_each_view_once() {
+    let mut s = session(AckTiming::NextFrame);
+    s.connect("tok");
+    s.on_stream(&welcome_bytes(1, false), 0.0);
+    let _ = sent(&mut s, true);
+    let _ = events(&mut s);
+    let here = Vec2::new(100.0, 200.0);
+    for (i, tick) in (3..12u32).enumerate() {
+        let now = 100.0 + 34.0 * i as f64;
+        s.on_datagram(&snapshot(tick, Some(here), 0), now);
+        s.frame(now + 10.0, walk_right);
+    }
+    let interp = s.interp().expect("it interpolates");
+    let newest = interp.views().last().expect("a view");
+    assert_eq!(
+        Some(&**newest),
+        s.latest(),
+        "the newest view is the receiver's"
+    );
+    // The interpolation buffer and the receiver hold the same allocation, not a copy each.
+    assert_eq!(std::sync::Arc::strong_count(newest), 2);
+}
+
+#[test]
 fn a_watching_session_acks_on_receipt_and_keeps_no_clock_prediction_or_interpolation() {
     // Configured to ack at the next frame, but it runs none: the ack leaves on receipt.
     let mut s = session(AckTiming::NextFrame).watch_only();
