@@ -89,8 +89,10 @@ pub async fn run(config: BotConfig) -> BotOutcome {
         let attempt = tokio::time::Instant::now();
         let next = route.next_attempt();
         let resuming = matches!(next, Attempt::Resume { .. });
+        // The attempt and the play loop are awaited boxed: the bot's task then holds room for
+        // the one running, not for the larger of the two all its life (8 KiB a bot unboxed).
         let connected = tokio::select! {
-            c = connect(&config, next, &mut player, origin, &mut out) => Some(c),
+            c = Box::pin(connect(&config, next, &mut player, origin, &mut out)) => Some(c),
             _ = tokio::time::sleep_until(deadline) => None,
             _ = config.stop.cancelled() => None,
         };
@@ -142,14 +144,14 @@ pub async fn run(config: BotConfig) -> BotOutcome {
                 });
                 let ended = {
                     let _open = Held::new(&live.connected);
-                    play(
+                    Box::pin(play(
                         &config,
                         &mut transport,
                         &mut player,
                         origin,
                         &mut out,
                         deadline,
-                    )
+                    ))
                     .await
                 };
                 let played = welcomed.elapsed();

@@ -75,16 +75,16 @@ pub struct BotOutcome {
     pub kills: u64,
     pub deaths: u64,
     /// Round trips in microseconds (pings; an idle bot sends none).
-    pub rtt_us: Histogram<u64>,
+    pub rtt_us: BotHistogram,
     /// Its own position at the first and the last snapshot of its last session.
     pub first_pos: Option<Vec2>,
     pub last_pos: Option<Vec2>,
     /// Sum of the movement directions sent in its last session.
     pub input_sum: Vec2,
     /// Sizes of snapshot datagrams (delta mode) or of whole snapshots (full mode), bytes.
-    pub snapshot_bytes: Histogram<u64>,
+    pub snapshot_bytes: BotHistogram,
     /// Entities in the bot's view, one sample per snapshot.
-    pub in_view: Histogram<u64>,
+    pub in_view: BotHistogram,
     /// Delta snapshots that could not be decoded for want of their baseline.
     pub baseline_misses: u64,
     /// The newest view the bot reconstructed (delta mode), in the session it ended by leaving.
@@ -99,7 +99,7 @@ pub struct BotOutcome {
     /// Times the interpolation buffer ran dry, all sessions together.
     pub interp_underruns: u64,
     /// Error of the server-tick estimate at each snapshot after the warm-up, microseconds.
-    pub clock_error_us: Histogram<u64>,
+    pub clock_error_us: BotHistogram,
     /// The longest time between two whole snapshots, across its sessions: what a stall, a
     /// reconnect or a move to another server cost it in snapshots (zero before its second).
     pub longest_snapshot_gap: Duration,
@@ -176,6 +176,12 @@ impl BotOutcome {
     }
 }
 
+/// A histogram of a bot's own ([`new_bot_histogram`]). Its counters are 32-bit: a bot records
+/// a value a snapshot at most, so no counter nears 2^32 in years of play, and each counter
+/// costs half a 64-bit one's memory. The swarm's merged histograms count in 64 bits
+/// ([`merge`]).
+pub type BotHistogram = Histogram<u32>;
+
 /// Significant figures of every histogram a bot keeps (values within 1%). Each bot keeps
 /// four: ~17 KB a histogram at 2 figures over a fixed range of 1 µs to 60 s, ~140 KB at 3.
 pub const HISTOGRAM_SIGFIG: u8 = 2;
@@ -185,8 +191,22 @@ pub const HISTOGRAM_SIGFIG: u8 = 2;
 /// snapshot ~640), where one bounded for the worst value held ~2,300 counters each from the
 /// start: 78 KB a bot in all, a fifth of its memory. The swarm's merged histograms grow too
 /// ([`crate::report::Report::from_outcomes`]), so a bot's always adds.
-pub fn new_bot_histogram() -> Histogram<u64> {
+pub fn new_bot_histogram() -> BotHistogram {
     Histogram::new(HISTOGRAM_SIGFIG).unwrap_or_else(|_| unreachable!("constant figures are valid"))
+}
+
+/// A swarm's histogram of what its bots recorded: it grows as [`new_bot_histogram`] does,
+/// counting in 64 bits.
+pub fn new_swarm_histogram() -> Histogram<u64> {
+    Histogram::new(HISTOGRAM_SIGFIG).unwrap_or_else(|_| unreachable!("constant figures are valid"))
+}
+
+/// Adds a bot's histogram into a swarm's ([`new_swarm_histogram`]): every value it recorded,
+/// as often as it recorded it (each lands in the bucket it had, the figures being the same).
+pub fn merge(into: &mut Histogram<u64>, from: &BotHistogram) {
+    for v in from.iter_recorded() {
+        let _ = into.record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
+    }
 }
 
 /// The largest value a bot's histogram takes (60 s in microseconds); a larger one counts as it.
@@ -194,7 +214,7 @@ pub const BOT_HISTOGRAM_MAX: u64 = 60_000_000;
 
 /// Records `value` in a bot's histogram ([`new_bot_histogram`]), growing it as far as needed
 /// (`saturating_record` would clamp to its current range instead).
-pub fn record(h: &mut Histogram<u64>, value: u64) {
+pub fn record(h: &mut BotHistogram, value: u64) {
     let _ = h.record(value.min(BOT_HISTOGRAM_MAX));
 }
 
@@ -216,7 +236,7 @@ mod tests {
         assert!(fixed <= 24 * 1024, "{fixed} bytes");
         // A bot's own grow only as far as what it records: round trips up to 300
         // milliseconds, snapshots of a datagram, a few hundred entities in view.
-        let bytes = |h: &Histogram<u64>| h.distinct_values() * std::mem::size_of::<u64>();
+        let bytes = |h: &BotHistogram| h.distinct_values() * std::mem::size_of::<u32>();
         let (mut rtt, mut sizes, mut in_view) = (
             new_bot_histogram(),
             new_bot_histogram(),
@@ -237,5 +257,28 @@ mod tests {
         // And still tell the figures apart within 1%.
         let p50 = rtt.value_at_quantile(0.5);
         assert!((148_500..=151_500).contains(&p50), "RTT p50 {p50}");
+    }
+
+    #[test]
+    fn bots_merged_into_a_swarm_give_what_one_64_bit_histogram_of_everything_gives() {
+        let mut rng = arena_shared::rng::SplitMix64::new(5);
+        let mut swarm = new_swarm_histogram();
+        let mut all = new_swarm_histogram();
+        for bot in 0..50u64 {
+            let mut own = new_bot_histogram();
+            for _ in 0..2_000 {
+                // Round trips of 1 to ~300 ms, some bots far slower than others.
+                let v = 1_000 + u64::from(rng.below(300_000)) * (1 + bot % 3);
+                record(&mut own, v);
+                let _ = all.record(v.min(BOT_HISTOGRAM_MAX));
+            }
+            merge(&mut swarm, &own);
+        }
+        assert_eq!(swarm.len(), all.len());
+        for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(swarm.value_at_quantile(q), all.value_at_quantile(q), "q {q}");
+        }
+        assert_eq!(swarm.max(), all.max());
+        assert_eq!(swarm.min(), all.min());
     }
 }

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::outcome::{BotOutcome, new_bot_histogram, new_rtt_histogram};
+use crate::outcome::{BotOutcome, merge, new_rtt_histogram, new_swarm_histogram};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
@@ -90,21 +90,20 @@ impl Report {
     pub fn from_outcomes(requested: u64, duration_s: f64, bots: &[BotOutcome]) -> Self {
         let connected: Vec<&BotOutcome> = bots.iter().filter(|b| b.connected()).collect();
         // The bots' own histograms grow to what they recorded; these grow with them.
-        let mut rtt = new_bot_histogram();
+        let mut rtt = new_swarm_histogram();
         let mut connect = new_rtt_histogram();
         let mut errors = BTreeMap::new();
-        let (mut sizes, mut in_view) = (new_bot_histogram(), new_bot_histogram());
-        let mut clock = new_bot_histogram();
+        let (mut sizes, mut in_view) = (new_swarm_histogram(), new_swarm_histogram());
+        let mut clock = new_swarm_histogram();
         let mut gaps = new_rtt_histogram();
         for b in bots {
             if b.snapshots > 1 {
                 gaps.saturating_record(b.longest_snapshot_gap.as_micros().max(1) as u64);
             }
-            let _ = clock.add(&b.clock_error_us);
-            let _ = sizes.add(&b.snapshot_bytes);
-            let _ = in_view.add(&b.in_view);
-            // Histograms of equal bounds always add.
-            let _ = rtt.add(&b.rtt_us);
+            merge(&mut clock, &b.clock_error_us);
+            merge(&mut sizes, &b.snapshot_bytes);
+            merge(&mut in_view, &b.in_view);
+            merge(&mut rtt, &b.rtt_us);
             for s in &b.sessions {
                 connect.saturating_record(s.connect.as_micros().max(1) as u64);
             }
