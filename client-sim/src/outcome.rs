@@ -276,7 +276,11 @@ mod tests {
         }
         assert_eq!(swarm.len(), all.len());
         for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
-            assert_eq!(swarm.value_at_quantile(q), all.value_at_quantile(q), "q {q}");
+            assert_eq!(
+                swarm.value_at_quantile(q),
+                all.value_at_quantile(q),
+                "q {q}"
+            );
         }
         assert_eq!(swarm.max(), all.max());
         assert_eq!(swarm.min(), all.min());
