@@ -244,12 +244,34 @@ pub fn client_endpoint(
     } else {
         builder.with_server_certificate_hashes(hashes.iter().cloned())
     };
-    let config = config
-        .keep_alive_interval(Some(idle_timeout / 3))
-        .max_idle_timeout(Some(idle_timeout))
-        .map_err(|e| ClientError::Connect(e.to_string()))?
-        .build();
+    let mut config = config.build();
+    config
+        .quic_config_mut()
+        .transport_config(Arc::new(transport_config(idle_timeout)?));
     Endpoint::client(config).map_err(|e| ClientError::Connect(e.to_string()))
+}
+
+/// Streams the server may open toward a bot: HTTP/3's control stream and QPACK's two
+/// (unidirectional; wtransport's server opens only the first, and with none allowed no bot
+/// gets in), and one to spare; Arena's server opens no stream of its own. quinn makes the
+/// state of every stream a peer may open when the connection starts: its default of 100 each
+/// way cost ~7 KiB a bot.
+const SERVER_UNI_STREAMS: u32 = 4;
+const SERVER_BIDI_STREAMS: u32 = 1;
+
+/// A bot's QUIC transport: quinn's defaults (windows, datagram buffers) but for the streams the
+/// server may open, plus the bots' keep-alive and idle timeout.
+fn transport_config(
+    idle_timeout: Duration,
+) -> Result<wtransport::config::QuicTransportConfig, ClientError> {
+    let idle = wtransport::quinn::IdleTimeout::try_from(idle_timeout)
+        .map_err(|e| ClientError::Connect(format!("idle timeout: {e}")))?;
+    let mut t = wtransport::config::QuicTransportConfig::default();
+    t.max_concurrent_bidi_streams(SERVER_BIDI_STREAMS.into())
+        .max_concurrent_uni_streams(SERVER_UNI_STREAMS.into())
+        .keep_alive_interval(Some(idle_timeout / 3))
+        .max_idle_timeout(Some(idle));
+    Ok(t)
 }
 
 #[cfg(test)]
