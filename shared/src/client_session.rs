@@ -329,7 +329,7 @@ impl Game {
         }
         let newest = self.receiver.latest().is_some_and(|l| l.tick == tick);
         // Borrowed from the ring rather than copied: this runs for every snapshot.
-        let Some(view) = self.receiver.view(tick) else {
+        let Some(view) = self.receiver.shared(tick) else {
             unreachable!("a view just received is held")
         };
         let mut applied = SnapshotApplied {
@@ -349,9 +349,9 @@ impl Game {
         if newest && !watching {
             self.clock.on_server_tick(tick, now_ms);
             self.clock.on_input_report(status.late, status.lead, now_ms);
-            if interpolating && let Some(shared) = self.receiver.shared(tick) {
+            if interpolating {
                 // The same view, not a copy: a client holds each view once.
-                self.interp.push(shared, now_ms);
+                self.interp.push(view, now_ms);
             }
         }
         let Some(me) = view.get(self.entity) else {
