@@ -218,6 +218,60 @@ pub fn encode_into(
     view: &mut View,
     snap: &mut DeltaSnapshot,
 ) {
+    encode_with(
+        tick, tick_rate, baseline, origin, removed, updates, view, snap,
+    );
+}
+
+/// Where [`encode_with`] writes the view the client will have: all of it ([`View`]), or only
+/// what the snapshot makes different from its baseline ([`ViewDelta`]). The calls come in id
+/// order and, together, cover every record of the next view once.
+pub trait ViewSink {
+    /// A new view at `tick`: forget what was written before. `base` records and at most
+    /// `removed` and `updates` changes follow.
+    fn begin(&mut self, tick: u32, base: usize, removed: usize, updates: usize);
+    /// Baseline records the snapshot leaves as they are.
+    fn keep(&mut self, run: &[EntityRecord]);
+    /// A baseline record the snapshot removes.
+    fn remove(&mut self, id: u32);
+    /// A record the snapshot sets: an entity that changed or entered.
+    fn set(&mut self, record: EntityRecord);
+}
+
+impl ViewSink for View {
+    fn begin(&mut self, tick: u32, base: usize, _removed: usize, updates: usize) {
+        self.tick = tick;
+        self.entities.clear();
+        self.entities.reserve(base + updates);
+    }
+
+    fn keep(&mut self, run: &[EntityRecord]) {
+        self.entities.extend_from_slice(run);
+    }
+
+    fn remove(&mut self, _id: u32) {}
+
+    fn set(&mut self, record: EntityRecord) {
+        self.entities.push(record);
+    }
+}
+
+/// [`encode_into`], writing the next view into any [`ViewSink`]: a server that keeps its
+/// unacknowledged views as [`ViewDelta`]s writes only what each snapshot changes.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "encode's arguments and the two buffers it refills"
+)]
+pub fn encode_with(
+    tick: u32,
+    tick_rate: u16,
+    baseline: Option<&View>,
+    origin: [i32; 2],
+    removed: &[u32],
+    updates: &[Update],
+    view: &mut impl ViewSink,
+    snap: &mut DeltaSnapshot,
+) {
     let empty = View::default();
     let base = baseline.unwrap_or(&empty);
     snap.tick = tick;
@@ -233,9 +287,7 @@ pub fn encode_into(
     snap.large.clear();
     push_gaps(removed.iter().copied(), &mut snap.removed);
 
-    view.tick = tick;
-    view.entities.clear();
-    view.entities.reserve(base.entities.len() + updates.len());
+    view.begin(tick, base.entities.len(), removed.len(), updates.len());
     // Few ids change against many that stay: walk the removed and updated ids, and copy the
     // baseline's records between them as whole runs. An id both removed and updated counts
     // as updated; a removed id the baseline lacks removes nothing from the view.
@@ -258,7 +310,7 @@ pub fn encode_into(
             (None, Some(u)) => (u.id, Some(*u)),
         };
         let run = base[bi..].partition_point(|e| e.id < id);
-        view.entities.extend_from_slice(&base[bi..bi + run]);
+        view.keep(&base[bi..bi + run]);
         bi += run;
         let in_base = base.get(bi).filter(|e| e.id == id).copied();
         if in_base.is_some() {
@@ -266,6 +318,9 @@ pub fn encode_into(
         }
         let Some(up) = up else {
             ri += 1;
+            if in_base.is_some() {
+                view.remove(id);
+            }
             continue;
         };
         ui += 1;
@@ -273,7 +328,7 @@ pub fn encode_into(
             Some(rec) => {
                 let predicted = rec.predict(tick, tick_rate);
                 if predicted == up.fields {
-                    view.entities.push(rec);
+                    view.keep(std::slice::from_ref(&base[bi - 1]));
                     continue;
                 }
                 let mut mask = 0u8;
@@ -293,7 +348,7 @@ pub fn encode_into(
                 snap.changed.push(id.wrapping_sub(last_changed));
                 last_changed = id;
                 snap.changed_mask.push(mask);
-                view.entities.push(EntityRecord {
+                view.set(EntityRecord {
                     id,
                     kind: rec.kind,
                     fields: up.fields,
@@ -311,7 +366,7 @@ pub fn encode_into(
                     vx,
                     vy,
                 ]);
-                view.entities.push(EntityRecord {
+                view.set(EntityRecord {
                     id,
                     kind: up.kind,
                     fields: up.fields,
@@ -320,7 +375,7 @@ pub fn encode_into(
             }
         }
     }
-    view.entities.extend_from_slice(&base[bi..]);
+    view.keep(&base[bi..]);
 }
 
 /// Applies a snapshot to the view it names as baseline (`None` for a full snapshot).
@@ -607,3 +662,6 @@ impl Receiver {
 
 #[cfg(test)]
 mod tests;
+mod view_delta;
+
+pub use view_delta::ViewDelta;
