@@ -18,12 +18,32 @@
 //!    priority of those sent; the rest keep theirs, so nothing starves;
 //! 5. encodes the delta, shrinking the selection until it fits, and keeps the resulting view.
 //!
-//! Invariant: the ring holds exactly the views the client computes from what it was sent, so
-//! a snapshot built against an acknowledged view always decodes on the client.
+//! The views it keeps: the acknowledged one whole (the baseline), and each view sent since,
+//! until the client acknowledges it or a newer one, as a [`ViewDelta`] against the baseline:
+//! only the records its snapshot removed or set (~20 of ~300 in view). An acknowledgement
+//! applies its view's delta to the baseline in place and re-expresses the deltas of the views
+//! after it against the new baseline ([`ViewDelta::rebase`]).
+//!
+//! A delta re-expressed so stays small while the views are one chain, each built on the one
+//! before it: the client's acknowledgements come back within a tick (a LAN, a nearby player,
+//! loopback), or now and then a tick late. When they lag steadily by `k` ticks, view `t` is
+//! built on `t - k`, and there are `k` chains of views that share almost no record bit for
+//! bit (the same entity sent at different ticks: equal in what it predicts, not in its
+//! bits); a view re-expressed against a baseline of another chain names most of its records.
+//! Such a view, and a view built before any baseline, is kept whole instead (as every view
+//! was before), and an acknowledgement of a whole view swaps it in as the baseline.
+//!
+//! Kept whole, a client's views were a round trip of full views plus two spares (~5 x 8.4
+//! KiB at 300 in view); with acks within a tick they are now one view and a small delta, and
+//! with acks steadily late they are what they were.
+//!
+//! Invariant: the baseline and the deltas give exactly the views the client computes from
+//! what it was sent, so a snapshot built against an acknowledged view always decodes on the
+//! client.
 
 use arena_shared::protocol::codec::DatagramEncoder;
 use arena_shared::protocol::{InputStatus, ServerDatagram};
-use arena_shared::snapshot::{self, BASELINE_RING, DeltaSnapshot, Update, View};
+use arena_shared::snapshot::{self, BASELINE_RING, DeltaSnapshot, Update, View, ViewDelta};
 use glam::Vec2;
 
 use super::frame::WorldFrame;
@@ -48,11 +68,18 @@ impl RepSettings {
     }
 }
 
-/// Released view allocations a client keeps for reuse. Views alive at once are those from the
-/// acknowledged one to the newest (a round trip's worth of ticks); with these spares the
-/// steady state allocates nothing, and a client holds about (RTT in ticks + 2) views' memory
-/// instead of [`BASELINE_RING`].
+/// Released views' allocations a client keeps for reuse, so that the steady state allocates
+/// nothing.
 const SPARE_VIEWS: usize = 2;
+
+/// A view sent and not yet acknowledged (or superseded).
+#[derive(Debug, Default)]
+struct Sent {
+    /// Its records, all of them when `whole` (`removed` empty), else its changes to the
+    /// baseline.
+    view: ViewDelta,
+    whole: bool,
+}
 
 /// Estimated bytes of one entity in a snapshot; the encoder then checks the real size.
 const ENTER_COST: usize = 9;
@@ -63,6 +90,7 @@ const REMOVE_COST: usize = 2;
 /// Tag, ticks, origin and column lengths.
 const HEADER_COST: usize = 20;
 
+/// An entity of the client's interest set as this tick's build sees it (in [`Scratch`]).
 #[derive(Debug, Clone, Copy)]
 struct Member {
     id: u32,
@@ -70,6 +98,14 @@ struct Member {
     frame_index: u32,
     /// The entity's [`WorldFrame::current_from`] this tick.
     current_from: u32,
+    priority: f32,
+}
+
+/// An entity of the client's interest set as kept from tick to tick: what [`Member`] has that
+/// the next tick does not find again in the frame and the grid.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    id: u32,
     priority: f32,
 }
 
@@ -114,7 +150,8 @@ pub struct Scratch {
     near_bits: Vec<u64>,
     /// By frame index (valid where the bit is set): what the grid said of the entity.
     near_at: Vec<Near>,
-    next_interest: Vec<Member>,
+    /// The interest set of the client being built, this tick.
+    members: Vec<Member>,
     candidates: Vec<Candidate>,
     removed: Vec<u32>,
     updates: Vec<Update>,
@@ -125,12 +162,18 @@ pub struct Scratch {
 
 #[derive(Debug)]
 pub struct ClientReplicator {
-    ring: Vec<View>,
-    acked: Option<u32>,
-    interest: Vec<Member>,
+    /// The newest view the client acknowledged, whole: the baseline of its next snapshot.
+    /// Tick 0 and empty until the first acknowledgement (and after one grew too old).
+    base: View,
+    /// The views sent since, oldest first: the views the client may acknowledge next. None
+    /// older than [`BASELINE_RING`] ticks.
+    sent: Vec<Sent>,
+    /// The interest set, by id, with each member's priority: sized to fit, half a
+    /// [`Member`]'s bytes.
+    interest: Vec<Kept>,
     last_center: Vec2,
     /// Allocations of released views, reused for the next ones (at most [`SPARE_VIEWS`]).
-    spare: Vec<Vec<snapshot::EntityRecord>>,
+    spare: Vec<ViewDelta>,
     /// Real bytes per estimated byte, learned from this client's recent snapshots.
     cost_scale: f32,
 }
@@ -138,8 +181,8 @@ pub struct ClientReplicator {
 impl Default for ClientReplicator {
     fn default() -> Self {
         Self {
-            ring: vec![View::default(); BASELINE_RING],
-            acked: None,
+            base: View::default(),
+            sent: Vec::new(),
             interest: Vec::new(),
             last_center: Vec2::ZERO,
             spare: Vec::new(),
@@ -149,56 +192,108 @@ impl Default for ClientReplicator {
 }
 
 impl ClientReplicator {
-    fn slot(tick: u32) -> usize {
-        tick as usize % BASELINE_RING
+    fn release(spare: &mut Vec<ViewDelta>, view: ViewDelta) {
+        if spare.len() < SPARE_VIEWS {
+            spare.push(view);
+        }
     }
 
-    fn held(&self, tick: u32) -> Option<&View> {
-        let v = &self.ring[Self::slot(tick)];
-        (tick != 0 && v.tick == tick).then_some(v)
-    }
-
-    /// The client says it reconstructed `newest`. Ignored unless that view is held and newer
-    /// than the current baseline; older views are then released (never used again).
+    /// The client says it reconstructed `newest`. Ignored unless that view was sent and not
+    /// yet released, and is newer than the current baseline. It becomes the baseline (its
+    /// delta applied to the old one in place, or, whole, swapped in); the deltas of the views
+    /// after it are re-expressed against it, or made whole; the views before it are released
+    /// (never used again).
     pub fn on_ack(&mut self, newest: u32) {
-        if self.acked.is_some_and(|a| newest <= a) || self.held(newest).is_none() {
+        if self.acked().is_some_and(|a| newest <= a) {
             return;
         }
-        self.acked = Some(newest);
-        for v in &mut self.ring {
-            if v.tick < newest {
-                v.tick = 0;
-                // Give the allocation back rather than keep a ring of full-size buffers: a
-                // client that acknowledges keeps a few views alive, not 32.
-                let mut entities = std::mem::take(&mut v.entities);
-                if entities.capacity() > 0 && self.spare.len() < SPARE_VIEWS {
-                    entities.clear();
-                    self.spare.push(entities);
-                }
+        let Some(i) = self.sent.iter().position(|s| s.view.tick == newest) else {
+            return;
+        };
+        let (upto, newer) = self.sent.split_at_mut(i + 1);
+        let acked = &mut upto[i];
+        // The deltas after it, against it: made whole against the old baseline when it is
+        // whole, else re-expressed.
+        let mut out = self.spare.pop().unwrap_or_default();
+        for s in newer.iter_mut().filter(|s| !s.whole) {
+            if acked.whole {
+                Self::make_whole(s, &self.base, &mut out);
+            } else {
+                s.view.rebase(&self.base, &acked.view, &mut out);
             }
         }
+        if acked.whole {
+            std::mem::swap(&mut self.base.entities, &mut acked.view.set);
+            self.base.tick = newest;
+        } else {
+            acked.view.apply_to(&mut self.base);
+        }
+        // A delta that names more than half the view's records (another chain's: see the
+        // module's comment) costs about what the view does: kept whole.
+        for s in newer.iter_mut() {
+            if !s.whole && 2 * s.view.len() > self.base.entities.len() {
+                Self::make_whole(s, &self.base, &mut out);
+            }
+        }
+        Self::release(&mut self.spare, out);
+        for s in self.sent.drain(..=i) {
+            Self::release(&mut self.spare, s.view);
+        }
+    }
+
+    /// Turns `s`, a delta against `base`, into the whole view, written in `out`'s allocation
+    /// (and `s`'s given back in `out`).
+    fn make_whole(s: &mut Sent, base: &View, out: &mut ViewDelta) {
+        let mut whole = View {
+            tick: 0,
+            entities: std::mem::take(&mut out.set),
+        };
+        snapshot::fit_capacity(&mut whole.entities, base.entities.len() + s.view.set.len());
+        whole.entities.clear();
+        whole.entities.extend_from_slice(&base.entities);
+        s.view.apply_to(&mut whole);
+        out.tick = whole.tick;
+        out.removed.clear();
+        out.set = whole.entities;
+        std::mem::swap(&mut s.view, out);
+        s.whole = true;
     }
 
     pub fn acked(&self) -> Option<u32> {
-        self.acked
+        (self.base.tick != 0).then_some(self.base.tick)
     }
 
-    /// View buffers this client holds memory for (ring slots and spares): its replication
-    /// memory is about this many times its view size.
-    pub fn view_allocations(&self) -> usize {
-        self.ring
-            .iter()
-            .filter(|v| v.entities.capacity() > 0)
-            .count()
-            + self.spare.len()
+    /// The acknowledged view, whole, if any.
+    pub fn baseline(&self) -> Option<&View> {
+        self.acked().map(|_| &self.base)
     }
 
-    /// Bytes of view records this client holds room for (ring slots and spares): its share of
-    /// replication's memory.
+    /// Views held: the baseline (when acknowledged) and those sent since.
+    pub fn views_held(&self) -> usize {
+        usize::from(self.acked().is_some()) + self.sent.len()
+    }
+
+    /// Bytes of the interest set kept between ticks.
+    pub fn interest_bytes(&self) -> usize {
+        self.interest.capacity() * std::mem::size_of::<Kept>()
+    }
+
+    /// Views sent since the baseline that are held whole.
+    pub fn whole_views(&self) -> usize {
+        self.sent.iter().filter(|s| s.whole).count()
+    }
+
+    /// Bytes of view records this client holds room for (the baseline, the views sent since
+    /// and the spares): its share of replication's memory.
     pub fn view_bytes(&self) -> usize {
-        let held = self.ring.iter().map(|v| v.entities.capacity());
-        let spare = self.spare.iter().map(Vec::capacity);
-        held.chain(spare).sum::<usize>() * std::mem::size_of::<snapshot::EntityRecord>()
+        self.base.entities.capacity() * std::mem::size_of::<snapshot::EntityRecord>()
+            + self
+                .sent
+                .iter()
+                .map(|s| &s.view)
+                .chain(&self.spare)
+                .map(ViewDelta::bytes)
+                .sum::<usize>()
     }
 
     /// Builds this tick's snapshot for the client whose own entity is `own`.
@@ -222,6 +317,7 @@ impl ClientReplicator {
         self.last_center = center;
         self.update_interest(scratch, frame, grid, center, own, s);
         let Scratch {
+            members,
             candidates,
             removed,
             updates,
@@ -230,24 +326,35 @@ impl ClientReplicator {
             ..
         } = scratch;
 
-        // This tick's view is written into the slot it will occupy, reusing its allocation.
-        // (The baseline is at least one tick older and less than a ring away: another slot.)
-        let mut next_view = std::mem::take(&mut self.ring[Self::slot(t)]);
-        if next_view.entities.capacity() == 0
-            && let Some(spare) = self.spare.pop()
+        // Views a ring old cannot be acknowledged any more: the client has let them go.
+        while self
+            .sent
+            .first()
+            .is_some_and(|s| t.saturating_sub(s.view.tick) >= BASELINE_RING as u32)
         {
-            next_view.entities = spare;
+            let old = self.sent.remove(0);
+            Self::release(&mut self.spare, old.view);
         }
-
-        // The baseline: the newest acknowledged view still held, if recent enough.
+        // The baseline: the acknowledged view, if recent enough. One a ring old is forgotten
+        // with the views sent against it, and the snapshot is full.
         let base_tick = self
-            .acked
-            .filter(|&a| t.saturating_sub(a) < BASELINE_RING as u32 && self.held(a).is_some());
-        if base_tick.is_none() {
-            self.acked = None;
+            .acked()
+            .filter(|&a| t.saturating_sub(a) < BASELINE_RING as u32);
+        if base_tick.is_none() && self.acked().is_some() {
+            self.base.tick = 0;
+            self.base.entities.clear();
+            for s in self.sent.drain(..) {
+                Self::release(&mut self.spare, s.view);
+            }
         }
-        let base_slot = base_tick.map(Self::slot);
-        let base = base_slot.map(|i| &self.ring[i]);
+        // This tick's view: as its changes to the baseline, or whole when there is none (its
+        // changes to the empty view are all of it).
+        let whole = base_tick.is_none();
+        let mut next = Sent {
+            view: self.spare.pop().unwrap_or_default(),
+            whole,
+        };
+        let base = base_tick.map(|_| &self.base);
 
         // Classify: removed, up to date, or candidate.
         removed.clear();
@@ -258,7 +365,7 @@ impl ClientReplicator {
         // Estimated bytes of all candidates, for the size of the chunks selected below.
         let mut candidates_cost = 0usize;
         let exit = s.exit_radius();
-        for m in &mut self.interest {
+        for m in members.iter_mut() {
             while bi < base_entities.len() && base_entities[bi].id < m.id {
                 removed.push(base_entities[bi].id);
                 bi += 1;
@@ -342,8 +449,13 @@ impl ClientReplicator {
         let origin = own_index.map_or([0, 0], |i| {
             [frame.entities[i].fields[0], frame.entities[i].fields[1]]
         });
-        // Room for the next view: at most the baseline and every chosen entity.
-        snapshot::fit_capacity(&mut next_view.entities, base_entities.len() + chosen);
+        // A whole view is written as a `View` in the delta's record buffer, sized for at most
+        // the baseline and every chosen entity.
+        let mut whole_view = View::default();
+        if whole {
+            whole_view.entities = std::mem::take(&mut next.view.set);
+            snapshot::fit_capacity(&mut whole_view.entities, base_entities.len() + chosen);
+        }
         let mut passes = 1;
         let bytes = loop {
             updates.clear();
@@ -356,16 +468,29 @@ impl ClientReplicator {
                 }
             }));
             updates.sort_unstable_by_key(|u| u.id);
-            snapshot::encode_into(
-                t,
-                s.tick_rate,
-                base,
-                origin,
-                removed,
-                updates,
-                &mut next_view,
-                snap,
-            );
+            if whole {
+                snapshot::encode_with(
+                    t,
+                    s.tick_rate,
+                    base,
+                    origin,
+                    removed,
+                    updates,
+                    &mut whole_view,
+                    snap,
+                );
+            } else {
+                snapshot::encode_with(
+                    t,
+                    s.tick_rate,
+                    base,
+                    origin,
+                    removed,
+                    updates,
+                    &mut next.view,
+                    snap,
+                );
+            }
             // Lent to the datagram for encoding and taken back, allocations and all.
             let datagram = ServerDatagram::Delta(input, std::mem::take(snap));
             let bytes = encoder.encode(&datagram);
@@ -396,23 +521,42 @@ impl ClientReplicator {
 
         // Those sent start accumulating again from zero.
         for c in &candidates[..chosen] {
-            if let Ok(i) = self.interest.binary_search_by_key(&c.id, |m| m.id) {
-                self.interest[i].priority = 0.0;
+            if let Ok(i) = members.binary_search_by_key(&c.id, |m| m.id) {
+                members[i].priority = 0.0;
             }
         }
+        // Kept for the next tick: ids and priorities, in a buffer of this client's own sized to
+        // fit (the members' buffer is shared by all clients).
+        let needed = members.len();
+        if self.interest.capacity() < needed
+            || self.interest.capacity() > 2 * (needed + needed / 8 + 8)
+        {
+            self.interest = Vec::with_capacity(needed + needed / 8 + 8);
+        }
+        self.interest.clear();
+        self.interest.extend(members.iter().map(|m| Kept {
+            id: m.id,
+            priority: m.priority,
+        }));
         let built = Built {
             full: base_tick.is_none(),
-            in_view: self.interest.len(),
+            in_view: members.len(),
             deferred: candidates.len() - chosen,
             encode_passes: passes,
             sent: chosen,
             bytes,
         };
-        self.ring[Self::slot(t)] = next_view;
+        if whole {
+            next.view.tick = t;
+            next.view.removed.clear();
+            next.view.set = whole_view.entities;
+        }
+        self.sent.push(next);
         built
     }
 
-    /// Rebuilds the interest set around `center`, carrying priorities of members that stay.
+    /// Rebuilds the interest set around `center` into `scratch.members`, carrying priorities
+    /// of members that stay.
     fn update_interest(
         &mut self,
         scratch: &mut Scratch,
@@ -429,7 +573,7 @@ impl ClientReplicator {
         let Scratch {
             near_bits,
             near_at,
-            next_interest,
+            members,
             ..
         } = scratch;
         near_bits.clear();
@@ -460,7 +604,7 @@ impl ClientReplicator {
         // Read the bits in order (frame index order is id order) and merge with the old
         // interest as they come: members stay while within the exit radius, newcomers enter
         // within the enter radius.
-        next_interest.clear();
+        members.clear();
         let old = &self.interest;
         let mut oi = 0;
         for (w, &word) in near_bits.iter().enumerate() {
@@ -478,7 +622,7 @@ impl ClientReplicator {
                 }
                 let was = (oi < old.len() && old[oi].id == id).then(|| old[oi].priority);
                 if d2 <= enter2 || was.is_some() || id == own {
-                    next_interest.push(Member {
+                    members.push(Member {
                         id,
                         frame_index: frame_index as u32,
                         current_from,
@@ -487,9 +631,9 @@ impl ClientReplicator {
                 }
             }
         }
-        if next_interest.len() > s.max_view {
+        if members.len() > s.max_view {
             // Keep the nearest (and always the client's own entity).
-            let mut by_distance: Vec<(f32, u32)> = next_interest
+            let mut by_distance: Vec<(f32, u32)> = members
                 .iter()
                 .map(|m| {
                     let d2 = near_at[m.frame_index as usize].d2;
@@ -499,9 +643,8 @@ impl ClientReplicator {
             by_distance.select_nth_unstable_by(s.max_view - 1, |a, b| a.0.total_cmp(&b.0));
             let mut keep: Vec<u32> = by_distance[..s.max_view].iter().map(|x| x.1).collect();
             keep.sort_unstable();
-            next_interest.retain(|m| keep.binary_search(&m.id).is_ok());
+            members.retain(|m| keep.binary_search(&m.id).is_ok());
         }
-        std::mem::swap(&mut self.interest, next_interest);
     }
 }
 
