@@ -202,28 +202,7 @@ pub fn encode(
     (snap, view)
 }
 
-/// [`encode`], writing the client's next view into `view` and the snapshot into `snap`, both
-/// cleared first (their allocations are reused).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "encode's arguments and the two buffers it refills"
-)]
-pub fn encode_into(
-    tick: u32,
-    tick_rate: u16,
-    baseline: Option<&View>,
-    origin: [i32; 2],
-    removed: &[u32],
-    updates: &[Update],
-    view: &mut View,
-    snap: &mut DeltaSnapshot,
-) {
-    encode_with(
-        tick, tick_rate, baseline, origin, removed, updates, view, snap,
-    );
-}
-
-/// Where [`encode_with`] writes the view the client will have: all of it ([`View`]), or only
+/// Where [`encode_into`] writes the view the client will have: all of it ([`View`]), or only
 /// what the snapshot makes different from its baseline ([`ViewDelta`]). The calls come in id
 /// order and, together, cover every record of the next view once.
 pub trait ViewSink {
@@ -256,20 +235,22 @@ impl ViewSink for View {
     }
 }
 
-/// [`encode_into`], writing the next view into any [`ViewSink`]: a server that keeps its
-/// unacknowledged views as [`ViewDelta`]s writes only what each snapshot changes.
+/// [`encode`], writing the client's next view into `view` and the snapshot into `snap`, both
+/// cleared first (their allocations are reused). The view goes to any [`ViewSink`]: a whole
+/// [`View`], or a [`ViewDelta`] for a server that keeps its unacknowledged views as what each
+/// snapshot changed.
 #[expect(
     clippy::too_many_arguments,
     reason = "encode's arguments and the two buffers it refills"
 )]
-pub fn encode_with(
+pub fn encode_into<S: ViewSink + ?Sized>(
     tick: u32,
     tick_rate: u16,
     baseline: Option<&View>,
     origin: [i32; 2],
     removed: &[u32],
     updates: &[Update],
-    view: &mut impl ViewSink,
+    view: &mut S,
     snap: &mut DeltaSnapshot,
 ) {
     let empty = View::default();

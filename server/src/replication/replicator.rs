@@ -43,7 +43,9 @@
 
 use arena_shared::protocol::codec::DatagramEncoder;
 use arena_shared::protocol::{InputStatus, ServerDatagram};
-use arena_shared::snapshot::{self, BASELINE_RING, DeltaSnapshot, Update, View, ViewDelta};
+use arena_shared::snapshot::{
+    self, BASELINE_RING, DeltaSnapshot, Update, View, ViewDelta, ViewSink,
+};
 use glam::Vec2;
 
 use super::frame::WorldFrame;
@@ -468,29 +470,12 @@ impl ClientReplicator {
                 }
             }));
             updates.sort_unstable_by_key(|u| u.id);
-            if whole {
-                snapshot::encode_with(
-                    t,
-                    s.tick_rate,
-                    base,
-                    origin,
-                    removed,
-                    updates,
-                    &mut whole_view,
-                    snap,
-                );
+            let sink: &mut dyn ViewSink = if whole {
+                &mut whole_view
             } else {
-                snapshot::encode_with(
-                    t,
-                    s.tick_rate,
-                    base,
-                    origin,
-                    removed,
-                    updates,
-                    &mut next.view,
-                    snap,
-                );
-            }
+                &mut next.view
+            };
+            snapshot::encode_into(t, s.tick_rate, base, origin, removed, updates, sink, snap);
             // Lent to the datagram for encoding and taken back, allocations and all.
             let datagram = ServerDatagram::Delta(input, std::mem::take(snap));
             let bytes = encoder.encode(&datagram);

@@ -363,7 +363,7 @@ mod tests {
 
     #[test]
     fn encoding_into_a_delta_names_exactly_what_differs_from_the_baseline() {
-        use crate::snapshot::{DeltaSnapshot, Update, encode_into, encode_with};
+        use crate::snapshot::{DeltaSnapshot, Update, encode_into};
         let mut rng = SplitMix64::new(5);
         let mut snap = DeltaSnapshot::default();
         for case in 0..500 {
@@ -400,7 +400,7 @@ mod tests {
                 &mut snap,
             );
             let mut delta = ViewDelta::default();
-            encode_with(
+            encode_into(
                 11,
                 30,
                 Some(&base),
