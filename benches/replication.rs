@@ -6,9 +6,12 @@
 //! - the peers' scenarios (naia, bevy_replicon and lightyear measured the same on this kind of
 //!   machine): `16x16` (16 clients each seeing 16 entities that all change every tick),
 //!   `capacity` (16 clients, 10,000 static + 32 moving), `1000` (1 client, 1,000 changing).
+//! - `arena_1000x10000_lag3`: the first, each snapshot acknowledged 3 ticks after it was built
+//!   (a 100 ms round trip at 30 Hz) instead of at once: the server holds a round trip of views
+//!   and builds on older baselines.
 //!
 //! Each iteration is one whole tick: step the world, build the frame and grid once, build
-//! every client's snapshot, acknowledge it (instant delivery). Bytes are printed once per
+//! every client's snapshot, acknowledge it (instant delivery unless the scenario lags). Bytes are printed once per
 //! scenario after a warm-up: bytes per client per tick and bytes per changed entity in view.
 
 use std::hint::black_box;
@@ -46,6 +49,8 @@ struct Scenario {
     scratch: Scratch,
     rng: SplitMix64,
     tick: u32,
+    /// Ticks between a snapshot and its acknowledgement.
+    ack_lag: u32,
 }
 
 impl Scenario {
@@ -67,6 +72,7 @@ impl Scenario {
             scratch: Scratch::default(),
             rng: SplitMix64::new(7),
             tick: 0,
+            ack_lag: 0,
         }
     }
 
@@ -152,7 +158,9 @@ impl Scenario {
                 MAX_DATAGRAM,
                 Default::default(),
             );
-            client.on_ack(self.tick);
+            if self.tick > self.ack_lag {
+                client.on_ack(self.tick - self.ack_lag);
+            }
             bytes += built.bytes.len();
             sent += built.sent;
             in_view += built.in_view;
@@ -255,6 +263,14 @@ fn bench(c: &mut Criterion) {
     type Make = Box<dyn Fn() -> Scenario>;
     let cases: Vec<(&str, Make)> = vec![
         ("arena_1000x10000", Box::new(arena_1000x10000)),
+        (
+            "arena_1000x10000_lag3",
+            Box::new(|| {
+                let mut s = arena_1000x10000();
+                s.ack_lag = 3;
+                s
+            }),
+        ),
         // 16 clients, each seeing the 16 entities of its own cluster, all changing every tick.
         ("16x16", Box::new(|| clusters(16, 1, 16, Motion::Jitter, 0))),
         // 16 clients in one place among 32 moving entities, 10,000 static ones over the world.

@@ -31,7 +31,9 @@
 //! bit (the same entity sent at different ticks: equal in what it predicts, not in its
 //! bits); a view re-expressed against a baseline of another chain names most of its records.
 //! Such a view, and a view built before any baseline, is kept whole instead (as every view
-//! was before), and an acknowledgement of a whole view swaps it in as the baseline.
+//! was before), and so is a view built while the newest in flight is whole (the chains are
+//! apart until acks come back within a tick again). An acknowledgement of a whole view swaps
+//! it in as the baseline.
 //!
 //! Kept whole, a client's views were a round trip of full views plus two spares (~5 x 8.4
 //! KiB at 300 in view); with acks within a tick they are now one view and a small delta, and
@@ -349,9 +351,12 @@ impl ClientReplicator {
                 Self::release(&mut self.spare, s.view);
             }
         }
-        // This tick's view: as its changes to the baseline, or whole when there is none (its
-        // changes to the empty view are all of it).
-        let whole = base_tick.is_none();
+        // This tick's view: as its changes to the baseline; whole when there is none (its
+        // changes to the empty view are all of it), or when the newest view in flight is
+        // whole: the views are in chains of their own (see the module's comment), and this
+        // one's delta would be made whole at the next acknowledgement, after a re-expression
+        // and a copy that writing it whole now saves.
+        let whole = base_tick.is_none() || self.sent.last().is_some_and(|s| s.whole);
         let mut next = Sent {
             view: self.spare.pop().unwrap_or_default(),
             whole,

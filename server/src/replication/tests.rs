@@ -466,6 +466,12 @@ fn view_memory(world: &mut World, rtt_ticks: u32) -> (ClientReplicator, usize, u
         if frame.tick > 30 {
             sent += built.sent;
             snapshots += 1;
+            // Acks within the tick: every view in flight (the one just built) is a delta.
+            // Acks late: the views are in chains apart, and a view built while the newest in
+            // flight is whole is built whole.
+            let in_flight = server.views_held() - usize::from(server.acked().is_some());
+            let whole = if rtt_ticks == 0 { 0 } else { in_flight };
+            assert_eq!(server.whole_views(), whole, "tick {}", frame.tick);
         }
         if frame.tick > rtt_ticks {
             server.on_ack(frame.tick - rtt_ticks);
@@ -571,8 +577,11 @@ fn the_baseline_is_the_clients_view_whatever_the_round_trip_does() {
             deltas += server.views_held() - server.whole_views();
             // Never more than the baseline's room (kept while none is acknowledged), the
             // views in flight and two spares, each a whole view: a delta that grew as large as
-            // its view (another chain's) is kept whole.
-            largest_view = largest_view.max(built.in_view);
+            // its view (another chain's) is kept whole. A view is sized for at most its
+            // baseline and the records its snapshot set (entities the budget has not yet
+            // removed can outnumber those in view).
+            let baseline = server.baseline().map_or(0, |b| b.entities.len());
+            largest_view = largest_view.max(built.in_view.max(baseline) + built.sent);
             let views = 1 + server.views_held() - usize::from(server.acked().is_some()) + 2;
             let bound = views * (largest_view + largest_view / 8 + 8) * record;
             assert!(
