@@ -374,12 +374,30 @@ pub fn apply(
 /// that grows a little does not double its allocation (`Vec::reserve` doubles, and a doubled
 /// buffer is kept and handed on from view to view for as long as the session lasts), and one
 /// far larger than needed (its owner left a crowd) is given back. The server's views and a
-/// client's [`Receiver`] both size theirs with it.
-pub fn fit_capacity(records: &mut Vec<EntityRecord>, needed: usize) {
-    let target = needed + needed / 8 + 8;
-    if records.capacity() < needed || records.capacity() > 2 * target {
-        *records = Vec::with_capacity(target);
+/// client's [`Receiver`] both size theirs with it, and the server its deltas and interest
+/// sets. For a buffer about to be refilled: one of the wrong size is replaced, its contents
+/// dropped.
+pub fn fit_capacity<T>(buffer: &mut Vec<T>, needed: usize) {
+    let target = fitted(needed);
+    if buffer.capacity() < needed || buffer.capacity() > 2 * target {
+        *buffer = Vec::with_capacity(target);
     }
+}
+
+/// [`fit_capacity`] for a buffer whose contents stay: grown to fit `needed` with the
+/// headroom, or shrunk to that when it holds more than twice it.
+pub fn fit_capacity_keeping<T>(buffer: &mut Vec<T>, needed: usize) {
+    let target = fitted(needed);
+    if buffer.capacity() < needed {
+        buffer.reserve_exact(target - buffer.len());
+    } else if buffer.capacity() > 2 * target {
+        buffer.shrink_to(target);
+    }
+}
+
+/// Room for `needed` items: an eighth more, and a few.
+fn fitted(needed: usize) -> usize {
+    needed + needed / 8 + 8
 }
 
 /// [`apply`] into `view`, reusing its allocation. On error `view` holds no meaningful state.

@@ -517,12 +517,7 @@ impl ClientReplicator {
         }
         // Kept for the next tick: ids and priorities, in a buffer of this client's own sized to
         // fit (the members' buffer is shared by all clients).
-        let needed = members.len();
-        if self.interest.capacity() < needed
-            || self.interest.capacity() > 2 * (needed + needed / 8 + 8)
-        {
-            self.interest = Vec::with_capacity(needed + needed / 8 + 8);
-        }
+        snapshot::fit_capacity(&mut self.interest, members.len());
         self.interest.clear();
         self.interest.extend(members.iter().map(|m| Kept {
             id: m.id,

@@ -17,7 +17,7 @@
 //! not in their bits), so one expressed against the other is about as large as a whole view:
 //! the server then keeps the view whole (`server/src/replication/replicator.rs`).
 
-use super::{EntityRecord, View, ViewSink, fit_capacity};
+use super::{EntityRecord, View, ViewSink, fit_capacity, fit_capacity_keeping};
 
 /// The view at `tick` as the changes it makes to a baseline view.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct ViewDelta {
 impl ViewSink for ViewDelta {
     fn begin(&mut self, tick: u32, _base: usize, removed: usize, updates: usize) {
         self.tick = tick;
-        fit_ids(&mut self.removed, removed);
+        fit_capacity(&mut self.removed, removed);
         fit_capacity(&mut self.set, updates);
         self.removed.clear();
         self.set.clear();
@@ -46,22 +46,6 @@ impl ViewSink for ViewDelta {
 
     fn set(&mut self, record: EntityRecord) {
         self.set.push(record);
-    }
-}
-
-/// [`fit_capacity`] for a list of ids.
-fn fit_ids(ids: &mut Vec<u32>, needed: usize) {
-    let target = needed + needed / 8 + 8;
-    if ids.capacity() < needed || ids.capacity() > 2 * target {
-        *ids = Vec::with_capacity(target);
-    }
-}
-
-/// Gives back a buffer's room beyond twice its length (and an eighth and a few more).
-fn shrink_to_fit<T>(v: &mut Vec<T>) {
-    let target = v.len() + v.len() / 8 + 8;
-    if v.capacity() > 2 * target {
-        v.shrink_to(target);
     }
 }
 
@@ -140,12 +124,7 @@ impl ViewDelta {
         v.truncate(w);
         view.tick = self.tick;
         let needed = w + added;
-        let target = needed + needed / 8 + 8;
-        if v.capacity() < needed {
-            v.reserve_exact(target - w);
-        } else if v.capacity() > 2 * target {
-            v.shrink_to(target);
-        }
+        fit_capacity_keeping(v, needed);
         if added == 0 {
             return;
         }
@@ -202,7 +181,7 @@ impl ViewDelta {
     pub fn rebase(&mut self, base: &View, onto: &ViewDelta, out: &mut ViewDelta) {
         out.tick = self.tick;
         // At most what each names: room for that, not what the buffers held before.
-        fit_ids(&mut out.removed, self.removed.len() + onto.len());
+        fit_capacity(&mut out.removed, self.removed.len() + onto.len());
         fit_capacity(&mut out.set, self.set.len() + onto.len());
         out.removed.clear();
         out.set.clear();
@@ -249,8 +228,9 @@ impl ViewDelta {
         drop(mine);
         // The bound may be far above what was named (two views' worth when both name most
         // records): give back what more than doubles it.
-        shrink_to_fit(&mut out.set);
-        shrink_to_fit(&mut out.removed);
+        let (set, removed) = (out.set.len(), out.removed.len());
+        fit_capacity_keeping(&mut out.set, set);
+        fit_capacity_keeping(&mut out.removed, removed);
         std::mem::swap(self, out);
     }
 }
