@@ -116,10 +116,15 @@ fn main() {
     );
     let built = Stats::get(&stats.snapshots_built).max(1);
     println!(
-        "snapshots: {built} built, {} full, {:.1} entities in view and {:.1} sent per snapshot",
+        "snapshots: {built} built, {} full, {:.1} entities in view, {:.1} sent and {:.1} deferred per snapshot",
         Stats::get(&stats.snapshots_full),
         Stats::get(&stats.entities_in_view) as f64 / built as f64,
         Stats::get(&stats.entities_sent) as f64 / built as f64,
+        Stats::get(&stats.entities_deferred) as f64 / built as f64,
+    );
+    println!(
+        "encode passes per snapshot {:.3}",
+        Stats::get(&stats.encode_passes) as f64 / built as f64,
     );
     println!("{:<12} {:>10} {:>10}", "phase", "mean ms", "p99 ms");
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

@@ -49,6 +49,7 @@ impl EntityRecord {
     /// per tick rounded half away from zero, as the simulation's snapped step does, so a body
     /// moving at constant velocity is predicted exactly. Integer arithmetic only, so both ends
     /// compute the same numbers on every platform.
+    #[inline]
     pub fn predict(&self, tick: u32, tick_rate: u16) -> [i32; FIELDS] {
         let [px, py, vx, vy] = self.fields;
         let ticks = i64::from(tick.saturating_sub(self.tick).min(MAX_PREDICT_TICKS));
