@@ -48,27 +48,41 @@ use crate::game::{JoinAck, JoinRequest, SimCommand};
 use crate::outbox::Outbox;
 use crate::stats::Stats;
 
-/// Bytes read from the stream at a time.
+/// Bytes read from the stream at a time before the session is admitted (the Hello, which
+/// carries a token), into a buffer that lives only while the first frame is read.
 const READ_CHUNK: usize = 1024;
+
+/// Bytes read from the stream at a time while playing, into a buffer the session keeps: a few
+/// ticks of inputs (~30 bytes each); a longer burst takes another read.
+const PLAY_READ_CHUNK: usize = 256;
 
 /// Runs one session from its first packet to its end, in a span naming the peer. `in_flight`
 /// is its place among the handshakes in flight, given back once it is admitted or refused.
 ///
-/// Every step before the play loop, and every way out of it, is awaited boxed: a task's
-/// allocation is as large as the largest state of its future and lasts the whole session,
-/// and those steps (wtransport's request and stream futures, the first read's buffer, the
-/// goodbye) are bigger than the loop itself. Boxed, each holds its memory only while it runs.
-pub async fn run(
+/// A task's allocation is as large as the largest state of its future and lasts the whole
+/// session, so the future is kept small:
+/// - every step before the play loop, and every way out of it, is awaited boxed: those steps
+///   (wtransport's request and stream futures, the first read's buffer, the goodbye) hold
+///   their memory only while they run;
+/// - the play loop is awaited boxed too, and its session is boxed: the loop's own state is
+///   then held once, not beside the larger states of the steps before it;
+/// - what the future captures lives for all of it, whatever state it is in, so the request
+///   (wtransport's `IncomingSession`, ~400 bytes) is captured boxed, and it is a plain `fn`
+///   returning the future, not an `async fn` (whose body would keep a second copy of each
+///   argument).
+pub fn run(
     incoming: IncomingSession,
     in_flight: HandshakeSlot,
     ctx: Arc<NetContext>,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> {
     let remote = incoming.remote_address();
     let span = info_span!("session", %remote, client_id = field::Empty);
+    let incoming = Box::new(incoming);
     async move {
         let deadline = Instant::now() + ctx.config.handshake_timeout;
-        let conn = match tokio::time::timeout_at(deadline, Box::pin(accept(incoming, &ctx))).await {
+        let conn = match tokio::time::timeout_at(deadline, Box::pin(accept(*incoming, &ctx))).await
+        {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
             Err(_) => return debug!("QUIC/HTTP3 handshake timed out"),
@@ -169,7 +183,7 @@ pub async fn run(
             ))
             .await;
             ctx.stats.metrics.session_ended(reason.as_str());
-            slot.end(false).await;
+            Box::pin(slot.end(false)).await;
             return;
         };
         if ack.resumed {
@@ -200,15 +214,13 @@ pub async fn run(
             policy: FramePolicy::new(ctx.config.max_inputs_per_sec, ctx.config.max_whois_per_sec),
             events: Vec::new(),
         };
-        let end = session
-            .play(&shutdown, &slot.seat.superseded, &mut moves)
-            .await;
+        let end =
+            Box::pin(Box::new(session).play(&shutdown, &slot.seat.superseded, &mut moves)).await;
         info!(reason = end.reason, lost = end.lost, "session ended");
         ctx.stats.metrics.session_ended(end.reason);
         Box::pin(slot.end(end.lost)).await;
     }
     .instrument(span)
-    .await
 }
 
 /// Accepts the WebTransport request if its path and origin pass [`request::Rules`]; a
@@ -455,12 +467,12 @@ impl Outcome {
 impl Session {
     /// Runs until the client leaves, misbehaves, or the server shuts down.
     async fn play(
-        mut self,
+        mut self: Box<Self>,
         shutdown: &CancellationToken,
         superseded: &CancellationToken,
         moves: &mut watch::Receiver<Option<Arc<Move>>>,
     ) -> Outcome {
-        let mut buf = vec![0u8; READ_CHUNK];
+        let mut buf = vec![0u8; PLAY_READ_CHUNK];
         // A move published while this session was being admitted is acted on at once.
         let mut moves_open = true;
         if moves.has_changed().unwrap_or(false) {
