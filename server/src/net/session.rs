@@ -726,3 +726,31 @@ mod close_tests {
         assert!(!left(0x105), "H3_FRAME_UNEXPECTED is an error");
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// The size of the future a four-argument function returns, named by the function alone.
+    fn future_size<A, B, C, D, F: Future>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A session's task is allocated once, at its largest state's size, for the whole session:
+    /// a thousand players hold a thousand of them. The steps before play and the play loop are
+    /// boxed (see [`run`]), so a step that grows, or an await left unboxed, fails here rather
+    /// than adding to every player's memory unseen. (It was 3,312 bytes before the boxes.)
+    #[test]
+    fn a_sessions_task_stays_small_whatever_its_steps_hold() {
+        let size = future_size(run);
+        eprintln!("session task future: {size} bytes");
+        assert!(
+            size <= SESSION_TASK_MAX_BYTES,
+            "{size} bytes, more than {SESSION_TASK_MAX_BYTES}"
+        );
+    }
+
+    /// The bound, over the 696 bytes the release build measures (a debug build keeps more
+    /// alive across awaits).
+    const SESSION_TASK_MAX_BYTES: usize = 1024;
+}
