@@ -56,15 +56,17 @@ impl Driver {
         let ready_bi_wt_streams = mpsc::channel(1);
         let driver_result = shared_result();
 
+        // The worker is boxed (Arena's fourth patch, PATCHES.md): its task then holds a pointer
+        // to it, not the worker twice (an `async fn`'s `self` and its moved copy).
         tokio::spawn(
-            worker::Worker::new(
+            Box::new(worker::Worker::new(
                 quic_connection.clone(),
                 ready_settings.0,
                 ready_sessions.0,
                 ready_uni_wt_streams.0,
                 ready_bi_wt_streams.0,
                 driver_result.0,
-            )
+            ))
             .run()
             .instrument(debug_span!("Driver", quic_id = quic_connection.stable_id())),
         );
@@ -303,7 +305,7 @@ mod worker {
             }
         }
 
-        pub async fn run(mut self) {
+        pub async fn run(mut self: Box<Self>) {
             debug!("Started");
 
             let error = self
