@@ -18,6 +18,22 @@ use crate::stats::Stats;
 /// how long the writer may take to flush at the end.
 pub(super) const LINGER: Duration = Duration::from_secs(1);
 
+/// Bytes of a written batch's allocation the writer keeps for the next one. The frames of a
+/// session in play (events, pongs, answers) are a few dozen bytes; the welcome, which carries
+/// the map, is ~800, and a batch that held it would otherwise keep that room (and, swapped
+/// with the queue, so would the queue) for the whole session.
+const KEEP_BATCH_BYTES: usize = 256;
+
+/// Empties a batch QUIC has taken; gives its allocation back when it is over
+/// [`KEEP_BATCH_BYTES`].
+fn written_out(batch: &mut Vec<u8>) {
+    if batch.capacity() > KEEP_BATCH_BYTES {
+        *batch = Vec::new();
+    } else {
+        batch.clear();
+    }
+}
+
 /// Writes frames to the client's stream from its own task, so the session loop never waits on
 /// a slow reader. What it holds is bounded in bytes, by `--max-send-backlog`, and by nothing
 /// else: frames are appended to one buffer, which the task hands to QUIC whole (whose own share
@@ -96,7 +112,7 @@ impl Writer {
                     return;
                 }
                 Stats::add(&task_stats.stream_bytes_sent, batch.len() as u64);
-                batch.clear();
+                written_out(&mut batch);
             }
             let _ = send.finish().await;
         });
@@ -185,3 +201,26 @@ impl Drop for Writer {
 /// The client's reliable stream is backed up past `--max-send-backlog`.
 #[derive(Debug)]
 pub(super) struct Backlogged;
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn a_written_batch_keeps_a_small_allocation_and_gives_back_a_large_one() {
+        let mut small = Vec::with_capacity(100);
+        small.extend_from_slice(&[1; 100]);
+        written_out(&mut small);
+        assert!(small.is_empty());
+        assert_eq!(small.capacity(), 100, "a small batch's room is reused");
+
+        let mut welcome = vec![2u8; 794];
+        written_out(&mut welcome);
+        assert!(welcome.is_empty());
+        assert!(
+            welcome.capacity() <= KEEP_BATCH_BYTES,
+            "a large batch's room is given back, not kept for the session: {}",
+            welcome.capacity()
+        );
+    }
+}
