@@ -12,23 +12,11 @@
 //!    prediction equals the truth, and otherwise need a change. The frame's
 //!    [`WorldFrame::current_from`] settles most of them by the record's tick alone; the rest
 //!    are predicted and compared;
-//! 4. schedules: an entity that starts needing sending is due `WAIT_TICKS` (8) over its gain
-//!    later (gain 1 + closeness + speed/2, in [1, 2.5]: near and fast entities are due sooner)
-//!    and joins the client's waiting list, kept in due order. The client's own entity goes
-//!    first; then the list is taken in order, each entity whose estimated cost still fits the
-//!    byte budget (`min(--client-kbps per tick, max datagram size)`). Those sent leave the
-//!    list; the rest keep their due, so nothing starves (earliest deadline first: a new
-//!    entity is due after every one that waits since `WAIT_TICKS` before it). An entity
-//!    leaves the list without a send when it is up to date again or out of interest;
+//! 4. raises the priority of every entity that needs sending (closer and faster gain more;
+//!    the client's own entity always goes first), takes them in priority order until the byte
+//!    budget (`min(--client-kbps per tick, max datagram size)`) is met, and resets the
+//!    priority of those sent; the rest keep theirs, so nothing starves;
 //! 5. encodes the delta, shrinking the selection until it fits, and keeps the resulting view.
-//!
-//! Why a schedule and not a priority each waiting entity gains every tick (Fiedler's
-//! accumulator, as this was until 2026-11-30): in a fight most of a client's view needs
-//! sending (~160 of ~210 members a tick in `benches/combat.rs`) while a snapshot holds ~22.
-//! An accumulator re-prices every waiting entity every tick (a distance, a cost, a place in
-//! a sort); a due time is set once, when the wait begins, and the list stays in order, so a
-//! tick's work for a waiting entity is only the classification that says it still waits.
-//! The gain is the one of the tick the wait began.
 //!
 //! The views it keeps: the acknowledged one whole (the baseline), and each view sent since,
 //! until the client acknowledges it or a newer one, as a [`ViewDelta`] against the baseline:
@@ -114,10 +102,7 @@ struct Member {
     frame_index: u32,
     /// The entity's [`WorldFrame::current_from`] this tick.
     current_from: u32,
-    /// When it is due, while it waits to be sent ([`Waiting`]); [`NOT_WAITING`] otherwise.
-    due: u32,
-    /// Index of the client's record of it in the baseline; [`NO_RECORD`] when it has none.
-    base: u32,
+    priority: f32,
 }
 
 /// An entity of the client's interest set as kept from tick to tick: what [`Member`] has that
@@ -125,38 +110,7 @@ struct Member {
 #[derive(Debug, Clone, Copy)]
 struct Kept {
     id: u32,
-    due: u32,
-}
-
-/// An entity that needs sending and waits for room in a snapshot, in the client's waiting
-/// list ([`ClientReplicator::waiting`]), which is kept in order of `due` (then id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Waiting {
-    /// When it is due, in sixteenths of a tick ([`DUE_STEPS`]), wrapping: compared by
-    /// [`due_order`].
-    due: u32,
-    id: u32,
-}
-
-/// A member's `due` while it is not waiting (a due that would be 0 is made 1).
-const NOT_WAITING: u32 = 0;
-/// A member's `base` when the baseline has no record of it.
-const NO_RECORD: u32 = u32::MAX;
-/// A due time's steps per tick.
-const DUE_STEPS: u32 = 16;
-/// An entity that starts waiting is due this many ticks later over its gain (1 to 2.5: far
-/// and still to near and fast). See the module's comment, step 4.
-const WAIT_TICKS: f32 = 8.0;
-
-/// A snapshot's selection stops after this many waiting entities did not fit its budget.
-const HUNT: usize = 8;
-
-/// `a` before `b`: earlier due first (serial-number order, RFC 1982: the dues of one client's
-/// waiting list lie within 2^31 steps, ~52 days at 30 Hz, of each other), then lower id.
-fn due_order(a: &Waiting, b: &Waiting) -> std::cmp::Ordering {
-    (a.due.wrapping_sub(b.due) as i32)
-        .cmp(&0)
-        .then(a.id.cmp(&b.id))
+    priority: f32,
 }
 
 /// An entity within the exit radius, as the grid gave it.
@@ -168,14 +122,11 @@ struct Near {
     current_from: u32,
 }
 
-/// An entity chosen for this tick's snapshot.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
+    id: u32,
     frame_index: u32,
-    /// Its place in the members and in the waiting list ([`NO_RECORD`] for the client's own
-    /// entity, which never waits).
-    member: u32,
-    slot: u32,
+    priority: f32,
     cost: u16,
 }
 
@@ -205,14 +156,7 @@ pub struct Scratch {
     near_at: Vec<Near>,
     /// The interest set of the client being built, this tick.
     members: Vec<Member>,
-    /// Those chosen for the snapshot, the client's own entity first, then in due order.
     candidates: Vec<Candidate>,
-    /// Members that started waiting this tick, and ids whose wait ended without a send (up to
-    /// date again, or out of the interest set).
-    fresh: Vec<Waiting>,
-    dropped: Vec<u32>,
-    /// The waiting list being merged with `fresh`, copied back into the client's own.
-    merged: Vec<Waiting>,
     removed: Vec<u32>,
     updates: Vec<Update>,
     /// The snapshot being encoded and the codec's buffers, refilled for each client.
@@ -228,12 +172,9 @@ pub struct ClientReplicator {
     /// The views sent since, oldest first: the views the client may acknowledge next. None
     /// older than [`BASELINE_RING`] ticks.
     sent: Vec<Sent>,
-    /// The interest set, by id, with each member's due time: sized to fit.
+    /// The interest set, by id, with each member's priority: sized to fit, half a
+    /// [`Member`]'s bytes.
     interest: Vec<Kept>,
-    /// The members that need sending and wait, but the client's own entity, one entry each,
-    /// in due order: sized to fit. Invariant: `Waiting { due, id }` is here exactly when
-    /// `interest` has `Kept { id, due }` with `due != NOT_WAITING`.
-    waiting: Vec<Waiting>,
     last_center: Vec2,
     /// Allocations of released views, reused for the next ones (at most [`SPARE_VIEWS`]).
     spare: Vec<ViewDelta>,
@@ -247,7 +188,6 @@ impl Default for ClientReplicator {
             base: View::default(),
             sent: Vec::new(),
             interest: Vec::new(),
-            waiting: Vec::new(),
             last_center: Vec2::ZERO,
             spare: Vec::new(),
             cost_scale: 1.0,
@@ -342,14 +282,6 @@ impl ClientReplicator {
         self.interest.capacity() * std::mem::size_of::<Kept>()
     }
 
-    /// Members waiting to be sent, and the bytes their list holds room for.
-    pub fn waiting(&self) -> (usize, usize) {
-        (
-            self.waiting.len(),
-            self.waiting.capacity() * std::mem::size_of::<Waiting>(),
-        )
-    }
-
     /// Views sent since the baseline that are held whole.
     pub fn whole_views(&self) -> usize {
         self.sent.iter().filter(|s| s.whole).count()
@@ -391,9 +323,6 @@ impl ClientReplicator {
         let Scratch {
             members,
             candidates,
-            fresh,
-            dropped,
-            merged,
             removed,
             updates,
             snap,
@@ -434,67 +363,73 @@ impl ClientReplicator {
         };
         let base = base_tick.map(|_| &self.base);
 
-        // Classify: removed, up to date, or needing to be sent. A member that needs sending
-        // and is not waiting yet starts to, due after `WAIT_TICKS` over its gain.
+        // Classify: removed, up to date, or candidate.
         removed.clear();
-        fresh.clear();
+        candidates.clear();
         let empty: &[snapshot::EntityRecord] = &[];
         let base_entities = base.map_or(empty, |b| b.entities.as_slice());
         let mut bi = 0;
-        let mut needing = 0usize;
-        let mut own_member = None;
+        // Estimated bytes of all candidates, for the size of the chunks selected below.
+        let mut candidates_cost = 0usize;
         let exit = s.exit_radius();
-        let now = t.wrapping_mul(DUE_STEPS);
-        for (mi, m) in members.iter_mut().enumerate() {
+        for m in members.iter_mut() {
             while bi < base_entities.len() && base_entities[bi].id < m.id {
                 removed.push(base_entities[bi].id);
                 bi += 1;
             }
-            m.base = NO_RECORD;
-            if bi < base_entities.len() && base_entities[bi].id == m.id {
+            let fi = m.frame_index as usize;
+            let cost = if bi < base_entities.len() && base_entities[bi].id == m.id {
                 let rec = &base_entities[bi];
-                m.base = bi as u32;
                 bi += 1;
                 // The frame knows since when a record of this entity stays exact: most
                 // members are settled by this one compare, without reading their entry.
-                if rec.tick >= m.current_from
-                    || rec.predict(t, s.tick_rate) == frame.entities[m.frame_index as usize].fields
-                {
-                    if m.due != NOT_WAITING {
-                        dropped.push(m.id);
-                        m.due = NOT_WAITING;
-                    }
+                if rec.tick >= m.current_from {
+                    m.priority = 0.0;
                     continue;
                 }
-            }
-            needing += 1;
-            if m.id == own {
-                // Never waits: it goes first.
-                if m.due != NOT_WAITING {
-                    dropped.push(m.id);
-                    m.due = NOT_WAITING;
+                let predicted = rec.predict(t, s.tick_rate);
+                let e = &frame.entities[fi];
+                if predicted == e.fields {
+                    m.priority = 0.0;
+                    continue;
                 }
-                own_member = Some(mi);
-            } else if m.due == NOT_WAITING {
-                let e = &frame.entities[m.frame_index as usize];
+                CHANGE_COST
+                    + predicted
+                        .iter()
+                        .zip(&e.fields)
+                        .filter(|(p, f)| p != f)
+                        .map(|(p, f)| {
+                            if (f - p).unsigned_abs() < 128 {
+                                SMALL_FIELD_COST
+                            } else {
+                                LARGE_FIELD_COST
+                            }
+                        })
+                        .sum::<usize>()
+            } else {
+                ENTER_COST
+            };
+            let e = &frame.entities[fi];
+            if m.id == own {
+                m.priority = f32::INFINITY;
+            } else {
                 let closeness = 1.0 - (e.pos.distance(center) / exit).min(1.0);
                 let speed = (e.speed / s.max_speed).min(1.0);
-                // Gain in [1, 2.5]: nearer and faster entities are due up to 2.5 times as
-                // soon as far, still ones.
-                let gain = 1.0 + closeness + 0.5 * speed;
-                let wait = (WAIT_TICKS * DUE_STEPS as f32 / gain) as u32;
-                m.due = now.wrapping_add(wait).max(1);
-                fresh.push(Waiting {
-                    due: m.due,
-                    id: m.id,
-                });
+                // Gain in [1, 2.5]: nearer and faster entities are refreshed up to 2.5 times
+                // as often as far, still ones, and nobody's wait grows without bound.
+                m.priority += 1.0 + closeness + 0.5 * speed;
             }
+            candidates_cost += cost;
+            candidates.push(Candidate {
+                id: m.id,
+                frame_index: fi as u32,
+                priority: m.priority,
+                cost: cost as u16,
+            });
         }
         removed.extend(base_entities[bi..].iter().map(|r| r.id));
-        Self::update_waiting(&mut self.waiting, fresh, dropped, merged);
 
-        // Select: the client's own entity, then the waiting list in due order, each if its
-        // estimated cost fits the budget.
+        // Select in priority order within the budget.
         let limit = s.budget_bytes.min(max_datagram);
         let mut spent = HEADER_COST;
         let keep_removed = removed.len().min(limit.saturating_sub(spent) / REMOVE_COST);
@@ -503,71 +438,21 @@ impl ClientReplicator {
         // Aim a little under the limit: estimates are averages, and an overshoot costs a
         // second encoding.
         let fill = limit * 15 / 16;
-        let scale = self.cost_scale;
-        let cost_of = |m: &Member| -> usize {
-            let Some(rec) = base_entities.get(m.base as usize) else {
-                return ENTER_COST;
-            };
-            let predicted = rec.predict(t, s.tick_rate);
-            CHANGE_COST
-                + predicted
-                    .iter()
-                    .zip(&frame.entities[m.frame_index as usize].fields)
-                    .filter(|(p, f)| p != f)
-                    .map(|(p, f)| {
-                        if (f - p).unsigned_abs() < 128 {
-                            SMALL_FIELD_COST
-                        } else {
-                            LARGE_FIELD_COST
-                        }
-                    })
-                    .sum::<usize>()
-        };
-        candidates.clear();
-        let mut estimated = 0usize;
-        if let Some(mi) = own_member {
-            let m = &members[mi];
-            let cost = cost_of(m);
-            spent += ceil(cost as f32 * scale);
-            estimated += cost;
-            candidates.push(Candidate {
-                frame_index: m.frame_index,
-                member: mi as u32,
-                slot: NO_RECORD,
-                cost: cost as u16,
-            });
-        }
-        let cheapest = ceil((CHANGE_COST + SMALL_FIELD_COST) as f32 * scale).max(1);
-        // Entities that do not fit are passed over for a smaller one behind them, until
-        // `HUNT` have not fit: the bytes left are few by then, and the list may be long.
-        let mut tries_left = HUNT;
-        for (slot, w) in self.waiting.iter().enumerate() {
-            if spent + cheapest > fill || tries_left == 0 {
-                break;
-            }
-            let mi = members
-                .binary_search_by_key(&w.id, |m| m.id)
-                .expect("a waiting entity is a member");
-            let m = &members[mi];
-            let cost = cost_of(m);
-            let scaled = ceil(cost as f32 * scale);
-            if spent + scaled <= fill {
-                spent += scaled;
-                estimated += cost;
-                candidates.push(Candidate {
-                    frame_index: m.frame_index,
-                    member: mi as u32,
-                    slot: slot as u32,
-                    cost: cost as u16,
-                });
-            } else {
-                tries_left -= 1;
-            }
-        }
-        let mut chosen = candidates.len();
+        let Selection {
+            mut chosen,
+            estimated,
+            ..
+        } = select(
+            candidates,
+            candidates_cost,
+            spent,
+            fill,
+            self.cost_scale,
+            own,
+        );
 
         // Encode, shrinking the selection if the estimate was short. The first `chosen`
-        // candidates are in the order they were taken, so truncating drops the least urgent.
+        // candidates are in priority order, so truncating drops the least urgent.
         let origin = own_index.map_or([0, 0], |i| {
             [frame.entities[i].fields[0], frame.entities[i].fields[1]]
         });
@@ -614,13 +499,6 @@ impl ClientReplicator {
                 removed.truncate(removed.len() / 2);
             }
         };
-        // The estimate of what was finally sent, for the learning below.
-        if chosen < candidates.len() {
-            estimated = candidates[..chosen]
-                .iter()
-                .map(|c| usize::from(c.cost))
-                .sum();
-        }
 
         // Learn how far the estimates are from bitcode's real sizes for this client's traffic,
         // so that next tick's selection fills the budget in one pass.
@@ -631,30 +509,24 @@ impl ClientReplicator {
             self.cost_scale = (0.7 * self.cost_scale + 0.3 * ratio).clamp(0.25, 4.0);
         }
 
-        // Those sent wait no more: out of the waiting list (their slots are increasing).
-        let sent_slots = candidates[..chosen]
-            .iter()
-            .filter(|c| c.slot != NO_RECORD)
-            .map(|c| c.slot as usize);
-        remove_slots(&mut self.waiting, sent_slots);
-        // Sized to fit when it shrinks a lot (a crowd sent, a fight over).
-        let waiting = self.waiting.len();
-        snapshot::fit_capacity_keeping(&mut self.waiting, waiting);
+        // Those sent start accumulating again from zero.
         for c in &candidates[..chosen] {
-            members[c.member as usize].due = NOT_WAITING;
+            if let Ok(i) = members.binary_search_by_key(&c.id, |m| m.id) {
+                members[i].priority = 0.0;
+            }
         }
-        // Kept for the next tick: ids and dues, in a buffer of this client's own sized to fit
-        // (the members' buffer is shared by all clients).
+        // Kept for the next tick: ids and priorities, in a buffer of this client's own sized to
+        // fit (the members' buffer is shared by all clients).
         snapshot::fit_capacity(&mut self.interest, members.len());
         self.interest.clear();
         self.interest.extend(members.iter().map(|m| Kept {
             id: m.id,
-            due: m.due,
+            priority: m.priority,
         }));
         let built = Built {
             full: base_tick.is_none(),
             in_view: members.len(),
-            deferred: needing - chosen,
+            deferred: candidates.len() - chosen,
             encode_passes: passes,
             sent: chosen,
             bytes,
@@ -687,10 +559,8 @@ impl ClientReplicator {
             near_bits,
             near_at,
             members,
-            dropped,
             ..
         } = scratch;
-        dropped.clear();
         near_bits.clear();
         near_bits.resize(frame.entities.len().div_ceil(64), 0);
         if near_at.len() < frame.entities.len() {
@@ -733,33 +603,19 @@ impl ClientReplicator {
                     current_from,
                 } = near_at[frame_index];
                 while oi < old.len() && old[oi].id < id {
-                    // Out of the interest set: its wait ends.
-                    if old[oi].due != NOT_WAITING {
-                        dropped.push(old[oi].id);
-                    }
                     oi += 1;
                 }
-                let was = (oi < old.len() && old[oi].id == id).then(|| {
-                    oi += 1;
-                    old[oi - 1].due
-                });
+                let was = (oi < old.len() && old[oi].id == id).then(|| old[oi].priority);
                 if d2 <= enter2 || was.is_some() || id == own {
                     members.push(Member {
                         id,
                         frame_index: frame_index as u32,
                         current_from,
-                        due: was.unwrap_or(NOT_WAITING),
-                        base: NO_RECORD,
+                        priority: was.unwrap_or(0.0),
                     });
                 }
             }
         }
-        dropped.extend(
-            old[oi..]
-                .iter()
-                .filter(|k| k.due != NOT_WAITING)
-                .map(|k| k.id),
-        );
         if members.len() > s.max_view {
             // Keep the nearest (and always the client's own entity).
             let mut by_distance: Vec<(f32, u32)> = members
@@ -772,72 +628,87 @@ impl ClientReplicator {
             by_distance.select_nth_unstable_by(s.max_view - 1, |a, b| a.0.total_cmp(&b.0));
             let mut keep: Vec<u32> = by_distance[..s.max_view].iter().map(|x| x.1).collect();
             keep.sort_unstable();
-            members.retain(|m| {
-                let kept = keep.binary_search(&m.id).is_ok();
-                if !kept && m.due != NOT_WAITING {
-                    dropped.push(m.id);
-                }
-                kept
-            });
+            members.retain(|m| keep.binary_search(&m.id).is_ok());
         }
     }
 }
 
-impl ClientReplicator {
-    /// Takes the waits that ended without a send (`dropped`, ids) out of the waiting list and
-    /// merges the new ones (`fresh`) in, in due order.
-    fn update_waiting(
-        waiting: &mut Vec<Waiting>,
-        fresh: &mut [Waiting],
-        dropped: &mut [u32],
-        merged: &mut Vec<Waiting>,
-    ) {
-        if !dropped.is_empty() {
-            dropped.sort_unstable();
-            waiting.retain(|w| dropped.binary_search(&w.id).is_err());
+/// What [`select`] took, and the rule by which it takes a candidate offered in priority order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Selection {
+    /// The first `chosen` candidates are those taken, in priority order.
+    chosen: usize,
+    /// Bytes spent (estimated, scaled), `spent` given included.
+    spent: usize,
+    /// The chosen candidates' estimates, unscaled.
+    estimated: usize,
+}
+
+impl Selection {
+    /// Takes `candidates[i]` (the next in priority order) if its scaled cost fits in `fill`,
+    /// or if it is the client's own entity, moving it to the end of those taken.
+    fn offer(&mut self, candidates: &mut [Candidate], i: usize, fill: usize, scale: f32, own: u32) {
+        let c = candidates[i];
+        let cost = ceil(f32::from(c.cost) * scale);
+        if self.spent + cost <= fill || c.id == own {
+            self.spent += cost;
+            self.estimated += usize::from(c.cost);
+            candidates.swap(self.chosen, i);
+            self.chosen += 1;
         }
-        if fresh.is_empty() {
-            return;
-        }
-        fresh.sort_unstable_by(due_order);
-        merged.clear();
-        merged.reserve(waiting.len() + fresh.len());
-        let (mut i, mut j) = (0, 0);
-        while i < waiting.len() && j < fresh.len() {
-            if due_order(&waiting[i], &fresh[j]).is_le() {
-                merged.push(waiting[i]);
-                i += 1;
-            } else {
-                merged.push(fresh[j]);
-                j += 1;
+    }
+}
+
+/// Takes candidates in priority order (highest first, ties by id) while their estimated cost,
+/// scaled by `cost_scale`, fits in `fill` bytes with `spent` already spent; the client's own
+/// entity always (its priority is infinite, the others' finite: it comes first). Moves those
+/// taken to the front, in that order. `total_cost` is the sum of the
+/// candidates' estimates.
+///
+/// Only the first few can fit: about the budget over their average cost. So the order is found
+/// a chunk at a time: a selection (linear) puts the chunk's candidates ahead of the rest, and
+/// only the chunk is sorted; the next chunk (twice as long at least) only when the budget still
+/// has room after this one.
+/// The result is that of sorting every candidate (`select_by_sorting_all` in the tests): the
+/// order is total, and a chunk's end stops the pass only when not even the cheapest record fits.
+fn select(
+    candidates: &mut [Candidate],
+    total_cost: usize,
+    spent: usize,
+    fill: usize,
+    cost_scale: f32,
+    own: u32,
+) -> Selection {
+    let cheapest = ceil((CHANGE_COST + SMALL_FIELD_COST) as f32 * cost_scale).max(1);
+    let average =
+        (total_cost as f32 / candidates.len().max(1) as f32 * cost_scale).max(cheapest as f32);
+    let mut taken = Selection {
+        chosen: 0,
+        spent,
+        estimated: 0,
+    };
+    let (mut chunk_end, mut chunk) = (0, 0);
+    let len = candidates.len();
+    for i in 0..len {
+        if i == chunk_end {
+            if i > 0 && taken.spent + cheapest > fill {
+                break;
             }
+            // A quarter more than the average says will fit, and a few more; at least twice
+            // the last chunk, so that a pass hunting for a cheap record to fill the last few
+            // bytes makes a few selections, not one for every few candidates.
+            let room = fill.saturating_sub(taken.spent) as f32;
+            chunk = ((room / average * 1.25) as usize + 4).max(2 * chunk);
+            chunk_end = len.min(i + chunk);
+            let rest = &mut candidates[i..];
+            if chunk_end < len {
+                rest.select_nth_unstable_by(chunk_end - i, by_priority);
+            }
+            rest[..chunk_end - i].sort_unstable_by(by_priority);
         }
-        merged.extend_from_slice(&waiting[i..]);
-        merged.extend_from_slice(&fresh[j..]);
-        snapshot::fit_capacity(waiting, merged.len());
-        waiting.clear();
-        waiting.extend_from_slice(merged);
+        taken.offer(candidates, i, fill, cost_scale, own);
     }
-}
-
-/// Removes the entries at `slots` (increasing) from `list`, keeping the others' order.
-fn remove_slots(list: &mut Vec<Waiting>, slots: impl Iterator<Item = usize>) {
-    let mut w = None;
-    let mut r = 0;
-    for slot in slots {
-        let Some(at) = w.as_mut() else {
-            w = Some(slot);
-            r = slot + 1;
-            continue;
-        };
-        list.copy_within(r..slot, *at);
-        *at += slot - r;
-        r = slot + 1;
-    }
-    if let Some(at) = w {
-        list.copy_within(r.., at);
-        list.truncate(at + list.len() - r);
-    }
+    taken
 }
 
 /// `x.ceil() as usize` for the small, non-negative costs here, without `f32::ceil` (a libm
@@ -847,36 +718,35 @@ fn ceil(x: f32) -> usize {
     t + usize::from((t as f32) < x)
 }
 
-#[cfg(test)]
-impl ClientReplicator {
-    /// Panics unless the waiting list is what its invariant says: the interest set's waiting
-    /// members (never the client's own), one entry each, with their dues, in due order.
-    pub(crate) fn check_waiting(&self, own: u32) {
-        let mut want: Vec<Waiting> = self
-            .interest
-            .iter()
-            .filter(|k| k.due != NOT_WAITING)
-            .map(|k| Waiting {
-                due: k.due,
-                id: k.id,
-            })
-            .collect();
-        assert!(
-            want.iter().all(|w| w.id != own),
-            "the client's own entity waits"
-        );
-        want.sort_by(due_order);
-        assert_eq!(
-            self.waiting, want,
-            "the waiting list and the interest set disagree"
-        );
-    }
+/// Highest priority first, then lowest id: a total order.
+fn by_priority(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id))
 }
 
 #[cfg(test)]
-mod waiting_tests {
+mod selection_tests {
     use super::*;
     use arena_shared::rng::SplitMix64;
+
+    /// The selection as first written: sort every candidate, then offer each in turn.
+    fn select_by_sorting_all(
+        candidates: &mut [Candidate],
+        spent: usize,
+        fill: usize,
+        cost_scale: f32,
+        own: u32,
+    ) -> Selection {
+        candidates.sort_unstable_by(by_priority);
+        let mut taken = Selection {
+            chosen: 0,
+            spent,
+            estimated: 0,
+        };
+        for i in 0..candidates.len() {
+            taken.offer(candidates, i, fill, cost_scale, own);
+        }
+        taken
+    }
 
     #[test]
     fn costs_round_up_as_f32_ceil_does() {
@@ -890,66 +760,41 @@ mod waiting_tests {
         }
     }
 
-    /// Dues near the wrap of `u32` and ties, as a long-running server's are.
-    fn random_due(rng: &mut SplitMix64, around: u32) -> u32 {
-        around.wrapping_add(rng.below(64)).wrapping_sub(32).max(1)
-    }
-
     #[test]
-    fn the_waiting_list_stays_in_due_order_through_waits_that_start_end_and_are_sent() {
-        let mut rng = SplitMix64::new(21);
-        let (mut fresh, mut dropped, mut merged) = (Vec::new(), Vec::new(), Vec::new());
-        for case in 0..2000 {
-            let around = [0u32, 1 << 31, u32::MAX - 20, 12_345][rng.below(4) as usize];
-            // A list in order, ids distinct.
-            let mut ids: Vec<u32> = (0..rng.below(60)).map(|k| k * 3 + rng.below(3)).collect();
-            ids.dedup();
-            let mut list: Vec<Waiting> = ids
-                .iter()
-                .map(|&id| Waiting {
-                    due: random_due(&mut rng, around),
-                    id,
+    fn choosing_a_chunk_at_a_time_takes_what_sorting_every_candidate_takes() {
+        let mut rng = SplitMix64::new(11);
+        for case in 0..3000 {
+            let n = rng.below(400) as usize;
+            let own = rng.below(1000);
+            let candidates: Vec<Candidate> = (0..n)
+                .map(|k| {
+                    // Ids distinct; priorities often tied (whole numbers); the client's own
+                    // entity, when it is among them, infinite.
+                    let id = k as u32 * 2 + rng.below(2);
+                    let priority = match rng.below(10) {
+                        _ if id == own => f32::INFINITY,
+                        0..=3 => rng.below(6) as f32,
+                        _ => rng.range_f32(0.0, 50.0),
+                    };
+                    let cost = [3, 4, 5, 8, 9, 12, 40][rng.below(7) as usize];
+                    Candidate {
+                        id,
+                        frame_index: 0,
+                        priority,
+                        cost,
+                    }
                 })
                 .collect();
-            list.sort_by(due_order);
-            // Some waits end, some start (ids not in the list), some entries are sent.
-            dropped.clear();
-            dropped.extend(ids.iter().copied().filter(|_| rng.below(5) == 0));
-            fresh.clear();
-            fresh.extend((0..rng.below(20)).map(|k| Waiting {
-                due: random_due(&mut rng, around),
-                id: 1000 + k,
-            }));
-            let mut want: Vec<Waiting> = list
-                .iter()
-                .copied()
-                .filter(|w| !dropped.contains(&w.id))
-                .chain(fresh.iter().copied())
-                .collect();
-            want.sort_by(due_order);
-            let mut got = list.clone();
-            ClientReplicator::update_waiting(&mut got, &mut fresh, &mut dropped, &mut merged);
-            assert_eq!(got, want, "case {case}: merged");
-
-            let slots: Vec<usize> = (0..got.len()).filter(|_| rng.below(3) == 0).collect();
-            let want: Vec<Waiting> = got
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !slots.contains(i))
-                .map(|(_, w)| *w)
-                .collect();
-            remove_slots(&mut got, slots.iter().copied());
-            assert_eq!(got, want, "case {case}: sent removed");
+            let total = candidates.iter().map(|c| usize::from(c.cost)).sum();
+            let spent = 20 + rng.below(30) as usize;
+            let fill = [0, 60, 250, 1265, 5000][rng.below(5) as usize];
+            let scale = [0.25, 0.8, 1.0, 1.7, 4.0][rng.below(5) as usize];
+            let (mut a, mut b) = (candidates.clone(), candidates);
+            let got = select(&mut a, total, spent, fill, scale, own);
+            let want = select_by_sorting_all(&mut b, spent, fill, scale, own);
+            assert_eq!(got, want, "case {case}");
+            let ids = |v: &[Candidate]| v.iter().map(|c| c.id).collect::<Vec<_>>();
+            assert_eq!(ids(&a[..got.chosen]), ids(&b[..want.chosen]), "case {case}");
         }
-    }
-
-    #[test]
-    fn due_order_is_earliest_first_across_the_wrap_then_by_id() {
-        let w = |due, id| Waiting { due, id };
-        use std::cmp::Ordering::*;
-        assert_eq!(due_order(&w(u32::MAX - 1, 9), &w(3, 1)), Less);
-        assert_eq!(due_order(&w(3, 1), &w(u32::MAX - 1, 9)), Greater);
-        assert_eq!(due_order(&w(5, 1), &w(5, 2)), Less);
-        assert_eq!(due_order(&w(100, 2), &w(7, 1)), Greater);
     }
 }
