@@ -126,6 +126,16 @@ impl WorldFrame {
         self.entities.binary_search_by_key(&id, |e| e.id).ok()
     }
 
+    /// [`Self::index_of`], trying `hint` first (where the entity was last tick: there while
+    /// no entity of a lower id came or went, and then without a search of the frame).
+    pub fn index_of_near(&self, id: u32, hint: usize) -> Option<usize> {
+        if self.entities.get(hint).is_some_and(|e| e.id == id) {
+            Some(hint)
+        } else {
+            self.index_of(id)
+        }
+    }
+
     /// Makes every entity's path start now, so no record counts as current by its tick and
     /// every client compares records in full: the computation the paths stand in for, which
     /// the property tests hold them to.
@@ -143,5 +153,30 @@ fn record(fields: [i32; FIELDS], tick: u32) -> EntityRecord {
         kind: EntityKind::Npc,
         fields,
         tick,
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    #[test]
+    fn an_entity_is_found_whether_the_hint_is_right_stale_or_out_of_the_frame() {
+        let mut frame = WorldFrame::default();
+        let bodies = |ids: &[u32]| {
+            ids.iter()
+                .map(|&id| (id, EntityKind::Npc, Vec2::ZERO, Vec2::ZERO))
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        frame.rebuild(1, 30, bodies(&[3, 5, 8, 13, 21]));
+        for hint in [0, 2, 3, 4, 5, 1000] {
+            assert_eq!(frame.index_of_near(13, hint), Some(3), "hint {hint}");
+            assert_eq!(frame.index_of_near(4, hint), None, "hint {hint}");
+        }
+        // An entity of a lower id gone: 13 moved down one place, its old index now holds 21.
+        frame.rebuild(2, 30, bodies(&[3, 8, 13, 21]));
+        assert_eq!(frame.index_of_near(13, 3), Some(2));
+        assert_eq!(frame.index_of_near(21, 3), Some(3));
     }
 }

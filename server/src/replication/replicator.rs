@@ -176,6 +176,8 @@ pub struct ClientReplicator {
     /// [`Member`]'s bytes.
     interest: Vec<Kept>,
     last_center: Vec2,
+    /// The own entity's index in the last frame that had it.
+    own_at: u32,
     /// Allocations of released views, reused for the next ones (at most [`SPARE_VIEWS`]).
     spare: Vec<ViewDelta>,
     /// Real bytes per estimated byte, learned from this client's recent snapshots.
@@ -189,6 +191,7 @@ impl Default for ClientReplicator {
             sent: Vec::new(),
             interest: Vec::new(),
             last_center: Vec2::ZERO,
+            own_at: 0,
             spare: Vec::new(),
             cost_scale: 1.0,
         }
@@ -316,10 +319,13 @@ impl ClientReplicator {
         input: InputStatus,
     ) -> Built {
         let t = frame.tick;
-        let own_index = frame.index_of(own);
+        let own_index = frame.index_of_near(own, self.own_at as usize);
+        if let Some(i) = own_index {
+            self.own_at = i as u32;
+        }
         let center = own_index.map_or(self.last_center, |i| frame.entities[i].pos);
         self.last_center = center;
-        self.update_interest(scratch, frame, grid, center, own, s);
+        self.update_interest(scratch, frame, grid, center, (own, own_index), s);
         let Scratch {
             members,
             candidates,
@@ -548,7 +554,7 @@ impl ClientReplicator {
         frame: &WorldFrame,
         grid: &Grid,
         center: Vec2,
-        own: u32,
+        (own, own_index): (u32, Option<usize>),
         s: &RepSettings,
     ) {
         let (enter2, exit) = (s.aoi_radius * s.aoi_radius, s.exit_radius());
@@ -578,7 +584,7 @@ impl ClientReplicator {
                 };
             }
         });
-        if let Some(i) = frame.index_of(own) {
+        if let Some(i) = own_index {
             near_bits[i / 64] |= 1 << (i % 64);
             near_at[i] = Near {
                 d2: 0.0,
