@@ -67,6 +67,11 @@ pub struct Stats {
     pub entities_deferred: AtomicU64,
     /// Snapshot encodings, summed: above `snapshots_built` when estimates ran short.
     pub encode_passes: AtomicU64,
+    /// Replication's memory for its clients after the last tick (gauges): the bytes of
+    /// records held for their views (baselines, views in flight, spares) and interest sets,
+    /// and the views in flight held whole (see `replication::replicator`).
+    pub replication_view_bytes: AtomicU64,
+    pub replication_views_whole: AtomicU64,
     pub acks_received: AtomicU64,
     /// Acknowledgements for ticks the server has not reached (ignored).
     pub acks_ignored: AtomicU64,
@@ -143,6 +148,8 @@ impl Stats {
             entities_in_view: AtomicU64::new(0),
             entities_deferred: AtomicU64::new(0),
             encode_passes: AtomicU64::new(0),
+            replication_view_bytes: AtomicU64::new(0),
+            replication_views_whole: AtomicU64::new(0),
             acks_received: AtomicU64::new(0),
             acks_ignored: AtomicU64::new(0),
             whois_answered: AtomicU64::new(0),
@@ -199,6 +206,14 @@ impl Stats {
             Stats::get(&self.udp_recv_buffer) as f64,
         );
         m.set_gauge("arena_server_tick", Stats::get(&self.tick) as f64);
+        m.set_gauge(
+            "arena_replication_view_bytes",
+            Stats::get(&self.replication_view_bytes) as f64,
+        );
+        m.set_gauge(
+            "arena_replication_views_whole",
+            Stats::get(&self.replication_views_whole) as f64,
+        );
         m.set_gauge(
             "arena_tick_duration_max_seconds",
             Stats::get(&self.tick_max_us_recent) as f64 / 1e6,
@@ -349,6 +364,9 @@ pub async fn log_periodically(stats: Arc<Stats>, every: Duration, shutdown: Canc
             in_view_per_snapshot = (now.in_view - prev.in_view) as f64 / snaps,
             deferred_per_snapshot = (now.deferred - prev.deferred) as f64 / snaps,
             encode_passes_per_snapshot = (now.passes - prev.passes) as f64 / snaps,
+            view_kib_per_client =
+                Stats::get(&stats.replication_view_bytes) as f64 / 1024.0 / clients.max(1) as f64,
+            views_whole = Stats::get(&stats.replication_views_whole),
             full_snapshots = now.full - prev.full,
             delta_snapshots = (now.snapshots - prev.snapshots) - (now.full - prev.full),
             dropped_slow_consumer = now.dropped - prev.dropped,
@@ -538,6 +556,14 @@ const GAUGES: &[(&str, &str)] = &[
         "The WebTransport UDP socket's receive buffer as the kernel granted it (--udp-recv-buffer, capped by net.core.rmem_max).",
     ),
     ("arena_server_tick", "The simulation's current tick."),
+    (
+        "arena_replication_view_bytes",
+        "Bytes replication holds for its clients' views (baselines, views in flight as deltas or whole, spares) and interest sets.",
+    ),
+    (
+        "arena_replication_views_whole",
+        "Views in flight held whole rather than as deltas against the baseline (clients whose acknowledgements lag two ticks or more).",
+    ),
     (
         "arena_tick_duration_max_seconds",
         "Longest tick in the last complete window of a few seconds.",

@@ -140,6 +140,16 @@ async fn metrics_parse_and_count_the_bots_that_are_connected() {
         "acks"
     );
     assert!(value(&m, "arena_stream_bytes_received_total", "") > 0.0);
+    // Replication's memory: set once snapshots are built (they are: acks came back), and no
+    // more than a dozen clients among ~60 entities can hold (a whole view of every entity is
+    // under 2 KiB; a client holds its baseline, a few views in flight and two spares).
+    let views = value(&m, "arena_replication_view_bytes", "");
+    assert!(
+        views > 0.0 && views <= f64::from(bots) * 8192.0,
+        "{views} bytes of views for {bots} clients"
+    );
+    let whole = value(&m, "arena_replication_views_whole", "");
+    assert!(whole <= f64::from(bots) * 32.0, "{whole} whole views");
 
     let result = tokio::time::timeout(WAIT, swarm)
         .await

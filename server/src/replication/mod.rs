@@ -22,6 +22,7 @@ pub mod replicator;
 mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use arena_shared::protocol::codec::encode_snapshot_parts;
@@ -159,6 +160,8 @@ struct Tally {
     deferred: usize,
     passes: usize,
     dropped: usize,
+    view_bytes: usize,
+    views_whole: usize,
 }
 
 impl std::ops::Add for Tally {
@@ -172,6 +175,8 @@ impl std::ops::Add for Tally {
             deferred: self.deferred + o.deferred,
             passes: self.passes + o.passes,
             dropped: self.dropped + o.dropped,
+            view_bytes: self.view_bytes + o.view_bytes,
+            views_whole: self.views_whole + o.views_whole,
         }
     }
 }
@@ -206,6 +211,8 @@ fn build_one(
         deferred: built.deferred,
         passes: built.encode_passes,
         dropped: replica.outbox.push(Arc::new(vec![built.bytes])),
+        view_bytes: replica.replicator.view_bytes() + replica.replicator.interest_bytes(),
+        views_whole: replica.replicator.whole_views(),
     }
 }
 
@@ -236,7 +243,8 @@ pub fn replicate(
     }
     let started = Instant::now();
     let rep = &mut *rep;
-    let tally = match rep.mode {
+    let mode = rep.mode;
+    let tally = match mode {
         Mode::Full => {
             rep.full_state.clear();
             rep.full_state
@@ -348,4 +356,10 @@ pub fn replicate(
     Stats::add(&s.entities_deferred, tally.deferred as u64);
     Stats::add(&s.encode_passes, tally.passes as u64);
     Stats::add(&s.replication_us, started.elapsed().as_micros() as u64);
+    if mode == Mode::Delta {
+        s.replication_view_bytes
+            .store(tally.view_bytes as u64, Ordering::Relaxed);
+        s.replication_views_whole
+            .store(tally.views_whole as u64, Ordering::Relaxed);
+    }
 }
