@@ -126,6 +126,8 @@ struct Near {
 struct Candidate {
     id: u32,
     frame_index: u32,
+    /// Its place in the interest set kept for next tick.
+    kept: u32,
     priority: f32,
     cost: u16,
 }
@@ -154,8 +156,11 @@ pub struct Scratch {
     near_bits: Vec<u64>,
     /// By frame index (valid where the bit is set): what the grid said of the entity.
     near_at: Vec<Near>,
-    /// The interest set of the client being built, this tick.
+    /// The interest set of the client being built, gathered when more than `max_view` are
+    /// near (otherwise it is classified as the bitmap is read).
     members: Vec<Member>,
+    /// The interest set to keep, with this tick's priorities, copied into the client's own.
+    kept: Vec<Kept>,
     candidates: Vec<Candidate>,
     removed: Vec<u32>,
     updates: Vec<Update>,
@@ -325,15 +330,17 @@ impl ClientReplicator {
         }
         let center = own_index.map_or(self.last_center, |i| frame.entities[i].pos);
         self.last_center = center;
-        self.update_interest(scratch, frame, grid, center, (own, own_index), s);
+        let near = Self::mark_near(scratch, frame, grid, center, own_index, s);
         let Scratch {
+            near_bits,
+            near_at,
             members,
+            kept,
             candidates,
             removed,
             updates,
             snap,
             encoder,
-            ..
         } = scratch;
 
         // Views a ring old cannot be acknowledged any more: the client has let them go.
@@ -369,71 +376,37 @@ impl ClientReplicator {
         };
         let base = base_tick.map(|_| &self.base);
 
-        // Classify: removed, up to date, or candidate.
-        removed.clear();
-        candidates.clear();
+        // The interest set, in id order, classified as it comes: removed, up to date, or
+        // candidate. Only when more than `max_view` are near are the members gathered first,
+        // to keep the nearest.
         let empty: &[snapshot::EntityRecord] = &[];
         let base_entities = base.map_or(empty, |b| b.entities.as_slice());
-        let mut bi = 0;
-        // Estimated bytes of all candidates, for the size of the chunks selected below.
-        let mut candidates_cost = 0usize;
-        let exit = s.exit_radius();
-        for m in members.iter_mut() {
-            while bi < base_entities.len() && base_entities[bi].id < m.id {
-                removed.push(base_entities[bi].id);
-                bi += 1;
-            }
-            let fi = m.frame_index as usize;
-            let cost = if bi < base_entities.len() && base_entities[bi].id == m.id {
-                let rec = &base_entities[bi];
-                bi += 1;
-                // The frame knows since when a record of this entity stays exact: most
-                // members are settled by this one compare, without reading their entry.
-                if rec.tick >= m.current_from {
-                    m.priority = 0.0;
-                    continue;
-                }
-                let predicted = rec.predict(t, s.tick_rate);
-                let e = &frame.entities[fi];
-                if predicted == e.fields {
-                    m.priority = 0.0;
-                    continue;
-                }
-                CHANGE_COST
-                    + predicted
-                        .iter()
-                        .zip(&e.fields)
-                        .filter(|(p, f)| p != f)
-                        .map(|(p, f)| {
-                            if (f - p).unsigned_abs() < 128 {
-                                SMALL_FIELD_COST
-                            } else {
-                                LARGE_FIELD_COST
-                            }
-                        })
-                        .sum::<usize>()
-            } else {
-                ENTER_COST
-            };
-            let e = &frame.entities[fi];
-            if m.id == own {
-                m.priority = f32::INFINITY;
-            } else {
-                let closeness = 1.0 - (e.pos.distance(center) / exit).min(1.0);
-                let speed = (e.speed / s.max_speed).min(1.0);
-                // Gain in [1, 2.5]: nearer and faster entities are refreshed up to 2.5 times
-                // as often as far, still ones, and nobody's wait grows without bound.
-                m.priority += 1.0 + closeness + 0.5 * speed;
-            }
-            candidates_cost += cost;
-            candidates.push(Candidate {
-                id: m.id,
-                frame_index: fi as u32,
-                priority: m.priority,
-                cost: cost as u16,
-            });
-        }
-        removed.extend(base_entities[bi..].iter().map(|r| r.id));
+        let walk = NearWalk::new(near_bits, near_at, &self.interest, s, own);
+        let mut out = Classified {
+            removed,
+            candidates,
+            kept,
+        };
+        let ctx = ClassifyCtx {
+            base: base_entities,
+            frame,
+            settings: s,
+            own,
+            center,
+        };
+        let candidates_cost = if near <= s.max_view {
+            classify(walk, &ctx, &mut out)
+        } else {
+            members.clear();
+            members.extend(walk);
+            keep_nearest(members, near_at, s.max_view, own);
+            classify(members.iter().copied(), &ctx, &mut out)
+        };
+        let Classified {
+            removed,
+            candidates,
+            kept,
+        } = out;
 
         // Select in priority order within the budget.
         let limit = s.budget_bytes.min(max_datagram);
@@ -517,21 +490,16 @@ impl ClientReplicator {
 
         // Those sent start accumulating again from zero.
         for c in &candidates[..chosen] {
-            if let Ok(i) = members.binary_search_by_key(&c.id, |m| m.id) {
-                members[i].priority = 0.0;
-            }
+            kept[c.kept as usize].priority = 0.0;
         }
         // Kept for the next tick: ids and priorities, in a buffer of this client's own sized to
-        // fit (the members' buffer is shared by all clients).
-        snapshot::fit_capacity(&mut self.interest, members.len());
+        // fit (the scratch's is shared by all clients).
+        snapshot::fit_capacity(&mut self.interest, kept.len());
         self.interest.clear();
-        self.interest.extend(members.iter().map(|m| Kept {
-            id: m.id,
-            priority: m.priority,
-        }));
+        self.interest.extend_from_slice(kept);
         let built = Built {
             full: base_tick.is_none(),
-            in_view: members.len(),
+            in_view: kept.len(),
             deferred: candidates.len() - chosen,
             encode_passes: passes,
             sent: chosen,
@@ -546,32 +514,30 @@ impl ClientReplicator {
         built
     }
 
-    /// Rebuilds the interest set around `center` into `scratch.members`, carrying priorities
-    /// of members that stay.
-    fn update_interest(
-        &mut self,
+    /// Marks in `scratch.near_bits` (by frame index) every entity within the exit radius of
+    /// `center`, and the client's own entity, with what the grid said of each in
+    /// `scratch.near_at`; returns how many.
+    fn mark_near(
         scratch: &mut Scratch,
         frame: &WorldFrame,
         grid: &Grid,
         center: Vec2,
-        (own, own_index): (u32, Option<usize>),
+        own_index: Option<usize>,
         s: &RepSettings,
-    ) {
-        let (enter2, exit) = (s.aoi_radius * s.aoi_radius, s.exit_radius());
+    ) -> usize {
+        let exit = s.exit_radius();
         let exit2 = exit * exit;
-        // Mark what is near in a bitmap over frame indices, then read the bits in order: the
-        // frame is sorted by id, so `near` comes out in id order without a sort.
+        // Mark what is near in a bitmap over frame indices, to be read in order: the frame is
+        // sorted by id, so the members come out in id order without a sort.
         let Scratch {
-            near_bits,
-            near_at,
-            members,
-            ..
+            near_bits, near_at, ..
         } = scratch;
         near_bits.clear();
         near_bits.resize(frame.entities.len().div_ceil(64), 0);
         if near_at.len() < frame.entities.len() {
             near_at.resize(frame.entities.len(), Near::default());
         }
+        let mut count = 0;
         grid.query(center, exit, |item: &Item| {
             let d2 = item.pos.distance_squared(center);
             if d2 <= exit2 {
@@ -582,61 +548,212 @@ impl ClientReplicator {
                     id: item.id,
                     current_from: item.current_from,
                 };
+                count += 1;
             }
         });
         if let Some(i) = own_index {
+            count += usize::from(near_bits[i / 64] & (1 << (i % 64)) == 0);
             near_bits[i / 64] |= 1 << (i % 64);
             near_at[i] = Near {
                 d2: 0.0,
-                id: own,
+                id: frame.entities[i].id,
                 current_from: frame.current_from[i],
             };
         }
-        // Read the bits in order (frame index order is id order) and merge with the old
-        // interest as they come: members stay while within the exit radius, newcomers enter
-        // within the enter radius.
-        members.clear();
-        let old = &self.interest;
-        let mut oi = 0;
-        for (w, &word) in near_bits.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let frame_index = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let Near {
-                    d2,
-                    id,
-                    current_from,
-                } = near_at[frame_index];
-                while oi < old.len() && old[oi].id < id {
-                    oi += 1;
-                }
-                let was = (oi < old.len() && old[oi].id == id).then(|| old[oi].priority);
-                if d2 <= enter2 || was.is_some() || id == own {
-                    members.push(Member {
-                        id,
-                        frame_index: frame_index as u32,
-                        current_from,
-                        priority: was.unwrap_or(0.0),
-                    });
-                }
-            }
-        }
-        if members.len() > s.max_view {
-            // Keep the nearest (and always the client's own entity).
-            let mut by_distance: Vec<(f32, u32)> = members
-                .iter()
-                .map(|m| {
-                    let d2 = near_at[m.frame_index as usize].d2;
-                    (if m.id == own { -1.0 } else { d2 }, m.id)
-                })
-                .collect();
-            by_distance.select_nth_unstable_by(s.max_view - 1, |a, b| a.0.total_cmp(&b.0));
-            let mut keep: Vec<u32> = by_distance[..s.max_view].iter().map(|x| x.1).collect();
-            keep.sort_unstable();
-            members.retain(|m| keep.binary_search(&m.id).is_ok());
+        count
+    }
+}
+
+/// The interest set in id order, from the near bitmap merged with last tick's set as it comes:
+/// members stay while within the exit radius, newcomers enter within the enter radius (and the
+/// client's own entity always); each carries its priority from last tick.
+struct NearWalk<'a> {
+    bits: &'a [u64],
+    word_at: usize,
+    word: u64,
+    near_at: &'a [Near],
+    old: &'a [Kept],
+    oi: usize,
+    enter2: f32,
+    own: u32,
+}
+
+impl<'a> NearWalk<'a> {
+    fn new(
+        bits: &'a [u64],
+        near_at: &'a [Near],
+        old: &'a [Kept],
+        s: &RepSettings,
+        own: u32,
+    ) -> Self {
+        Self {
+            bits,
+            word_at: 0,
+            word: bits.first().copied().unwrap_or(0),
+            near_at,
+            old,
+            oi: 0,
+            enter2: s.aoi_radius * s.aoi_radius,
+            own,
         }
     }
+}
+
+impl Iterator for NearWalk<'_> {
+    type Item = Member;
+
+    fn next(&mut self) -> Option<Member> {
+        loop {
+            while self.word == 0 {
+                self.word_at += 1;
+                self.word = *self.bits.get(self.word_at)?;
+            }
+            let frame_index = self.word_at * 64 + self.word.trailing_zeros() as usize;
+            self.word &= self.word - 1;
+            let Near {
+                d2,
+                id,
+                current_from,
+            } = self.near_at[frame_index];
+            let old = self.old;
+            while self.oi < old.len() && old[self.oi].id < id {
+                self.oi += 1;
+            }
+            let was = (self.oi < old.len() && old[self.oi].id == id).then(|| old[self.oi].priority);
+            if d2 <= self.enter2 || was.is_some() || id == self.own {
+                return Some(Member {
+                    id,
+                    frame_index: frame_index as u32,
+                    current_from,
+                    priority: was.unwrap_or(0.0),
+                });
+            }
+        }
+    }
+}
+
+/// Keeps the `max_view` nearest of `members` (and always the client's own entity), in order.
+fn keep_nearest(members: &mut Vec<Member>, near_at: &[Near], max_view: usize, own: u32) {
+    if members.len() <= max_view {
+        return;
+    }
+    let mut by_distance: Vec<(f32, u32)> = members
+        .iter()
+        .map(|m| {
+            let d2 = near_at[m.frame_index as usize].d2;
+            (if m.id == own { -1.0 } else { d2 }, m.id)
+        })
+        .collect();
+    by_distance.select_nth_unstable_by(max_view - 1, |a, b| a.0.total_cmp(&b.0));
+    let mut keep: Vec<u32> = by_distance[..max_view].iter().map(|x| x.1).collect();
+    keep.sort_unstable();
+    members.retain(|m| keep.binary_search(&m.id).is_ok());
+}
+
+/// What [`classify`] reads: the client's baseline records and this tick's world.
+struct ClassifyCtx<'a> {
+    base: &'a [snapshot::EntityRecord],
+    frame: &'a WorldFrame,
+    settings: &'a RepSettings,
+    own: u32,
+    center: Vec2,
+}
+
+/// What [`classify`] writes, each refilled.
+struct Classified<'a> {
+    /// Baseline records whose entity is no longer a member.
+    removed: &'a mut Vec<u32>,
+    candidates: &'a mut Vec<Candidate>,
+    /// The interest set to keep, with this tick's priorities.
+    kept: &'a mut Vec<Kept>,
+}
+
+/// Classifies `members` (in id order) against the baseline: up to date (priority reset), or a
+/// candidate (priority raised), and baseline records out of interest removed. Returns the
+/// candidates' estimated bytes.
+fn classify(
+    members: impl Iterator<Item = Member>,
+    ctx: &ClassifyCtx,
+    out: &mut Classified,
+) -> usize {
+    let ClassifyCtx {
+        base,
+        frame,
+        settings: s,
+        own,
+        center,
+    } = *ctx;
+    let t = frame.tick;
+    let exit = s.exit_radius();
+    out.removed.clear();
+    out.candidates.clear();
+    out.kept.clear();
+    let mut bi = 0;
+    // Estimated bytes of all candidates, for the size of the chunks selected later.
+    let mut candidates_cost = 0usize;
+    for mut m in members {
+        while bi < base.len() && base[bi].id < m.id {
+            out.removed.push(base[bi].id);
+            bi += 1;
+        }
+        let fi = m.frame_index as usize;
+        let cost = if bi < base.len() && base[bi].id == m.id {
+            let rec = &base[bi];
+            bi += 1;
+            // The frame knows since when a record of this entity stays exact: most members
+            // are settled by this one compare, without reading their entry.
+            let predicted = (rec.tick < m.current_from).then(|| rec.predict(t, s.tick_rate));
+            match predicted {
+                Some(p) if p != frame.entities[fi].fields => {
+                    CHANGE_COST
+                        + p.iter()
+                            .zip(&frame.entities[fi].fields)
+                            .filter(|(p, f)| p != f)
+                            .map(|(p, f)| {
+                                if (f - p).unsigned_abs() < 128 {
+                                    SMALL_FIELD_COST
+                                } else {
+                                    LARGE_FIELD_COST
+                                }
+                            })
+                            .sum::<usize>()
+                }
+                _ => {
+                    out.kept.push(Kept {
+                        id: m.id,
+                        priority: 0.0,
+                    });
+                    continue;
+                }
+            }
+        } else {
+            ENTER_COST
+        };
+        let e = &frame.entities[fi];
+        if m.id == own {
+            m.priority = f32::INFINITY;
+        } else {
+            let closeness = 1.0 - (e.pos.distance(center) / exit).min(1.0);
+            let speed = (e.speed / s.max_speed).min(1.0);
+            // Gain in [1, 2.5]: nearer and faster entities are refreshed up to 2.5 times as
+            // often as far, still ones, and nobody's wait grows without bound.
+            m.priority += 1.0 + closeness + 0.5 * speed;
+        }
+        candidates_cost += cost;
+        out.candidates.push(Candidate {
+            id: m.id,
+            frame_index: fi as u32,
+            kept: out.kept.len() as u32,
+            priority: m.priority,
+            cost: cost as u16,
+        });
+        out.kept.push(Kept {
+            id: m.id,
+            priority: m.priority,
+        });
+    }
+    out.removed.extend(base[bi..].iter().map(|r| r.id));
+    candidates_cost
 }
 
 /// What [`select`] took, and the rule by which it takes a candidate offered in priority order.
@@ -786,6 +903,7 @@ mod selection_tests {
                     Candidate {
                         id,
                         frame_index: 0,
+                        kept: 0,
                         priority,
                         cost,
                     }
