@@ -161,6 +161,8 @@ pub struct Scratch {
     members: Vec<Member>,
     /// The interest set to keep, with this tick's priorities, copied into the client's own.
     kept: Vec<Kept>,
+    /// The candidates' sort keys ([`order_key`]), put in priority order by the selection.
+    order: Vec<u64>,
     candidates: Vec<Candidate>,
     removed: Vec<u32>,
     updates: Vec<Update>,
@@ -336,6 +338,7 @@ impl ClientReplicator {
             near_at,
             members,
             kept,
+            order,
             candidates,
             removed,
             updates,
@@ -417,11 +420,19 @@ impl ClientReplicator {
         // Aim a little under the limit: estimates are averages, and an overshoot costs a
         // second encoding.
         let fill = limit * 15 / 16;
+        order.clear();
+        order.extend(
+            candidates
+                .iter()
+                .enumerate()
+                .map(|(i, c)| order_key(c.priority, i)),
+        );
         let Selection {
             mut chosen,
             estimated,
             ..
         } = select(
+            order,
             candidates,
             candidates_cost,
             spent,
@@ -429,6 +440,12 @@ impl ClientReplicator {
             self.cost_scale,
             own,
         );
+        // Those taken, in priority order.
+        let taken = |chosen: usize| {
+            order[..chosen]
+                .iter()
+                .map(|&k| &candidates[k as u32 as usize])
+        };
 
         // Encode, shrinking the selection if the estimate was short. The first `chosen`
         // candidates are in priority order, so truncating drops the least urgent.
@@ -445,7 +462,7 @@ impl ClientReplicator {
         let mut passes = 1;
         let bytes = loop {
             updates.clear();
-            updates.extend(candidates[..chosen].iter().map(|c| {
+            updates.extend(taken(chosen).map(|c| {
                 let e = &frame.entities[c.frame_index as usize];
                 Update {
                     id: e.id,
@@ -489,8 +506,8 @@ impl ClientReplicator {
         }
 
         // Those sent start accumulating again from zero.
-        for c in &candidates[..chosen] {
-            kept[c.kept as usize].priority = 0.0;
+        for k in &order[..chosen] {
+            kept[candidates[*k as u32 as usize].kept as usize].priority = 0.0;
         }
         // Kept for the next tick: ids and priorities, in a buffer of this client's own sized to
         // fit (the scratch's is shared by all clients).
@@ -768,34 +785,55 @@ struct Selection {
 }
 
 impl Selection {
-    /// Takes `candidates[i]` (the next in priority order) if its scaled cost fits in `fill`,
-    /// or if it is the client's own entity, moving it to the end of those taken.
-    fn offer(&mut self, candidates: &mut [Candidate], i: usize, fill: usize, scale: f32, own: u32) {
-        let c = candidates[i];
+    /// Takes the candidate of `order[i]` (the next in priority order) if its scaled cost fits
+    /// in `fill`, or if it is the client's own entity, moving its key to the end of those
+    /// taken.
+    fn offer(
+        &mut self,
+        order: &mut [u64],
+        candidates: &[Candidate],
+        i: usize,
+        fill: usize,
+        scale: f32,
+        own: u32,
+    ) {
+        let c = &candidates[order[i] as u32 as usize];
         let cost = ceil(f32::from(c.cost) * scale);
         if self.spent + cost <= fill || c.id == own {
             self.spent += cost;
             self.estimated += usize::from(c.cost);
-            candidates.swap(self.chosen, i);
+            order.swap(self.chosen, i);
             self.chosen += 1;
         }
     }
 }
 
-/// Takes candidates in priority order (highest first, ties by id) while their estimated cost,
-/// scaled by `cost_scale`, fits in `fill` bytes with `spent` already spent; the client's own
-/// entity always (its priority is infinite, the others' finite: it comes first). Moves those
-/// taken to the front, in that order. `total_cost` is the sum of the
-/// candidates' estimates.
+/// The sort key of a candidate of priority `priority` at `index` (candidates are in id order):
+/// ascending keys are highest priority first (`f32::total_cmp`'s order, reversed), then lowest
+/// id. A selection compares these as integers, not a float and then an id.
+fn order_key(priority: f32, index: usize) -> u64 {
+    // `total_cmp`'s transform: the bits as a signed integer in the floats' total order.
+    let bits = priority.to_bits() as i32;
+    let total = bits ^ ((((bits >> 31) as u32) >> 1) as i32);
+    let ascending = (total as u32) ^ 0x8000_0000;
+    (u64::from(!ascending) << 32) | index as u64
+}
+
+/// Puts `order` (the keys of `candidates`, [`order_key`]) in priority order as far as needed
+/// and takes candidates in that order while their estimated cost, scaled by `cost_scale`,
+/// fits in `fill` bytes with `spent` already spent; the client's own entity always (its
+/// priority is infinite, the others' finite: it comes first). Moves the keys of those taken
+/// to the front, in that order. `total_cost` is the sum of the candidates' estimates.
 ///
 /// Only the first few can fit: about the budget over their average cost. So the order is found
-/// a chunk at a time: a selection (linear) puts the chunk's candidates ahead of the rest, and
-/// only the chunk is sorted; the next chunk (twice as long at least) only when the budget still
-/// has room after this one.
+/// a chunk at a time: a selection (linear) puts the chunk's keys ahead of the rest, and only
+/// the chunk is sorted; the next chunk (twice as long at least) only when the budget still has
+/// room after this one.
 /// The result is that of sorting every candidate (`select_by_sorting_all` in the tests): the
 /// order is total, and a chunk's end stops the pass only when not even the cheapest record fits.
 fn select(
-    candidates: &mut [Candidate],
+    order: &mut [u64],
+    candidates: &[Candidate],
     total_cost: usize,
     spent: usize,
     fill: usize,
@@ -811,7 +849,7 @@ fn select(
         estimated: 0,
     };
     let (mut chunk_end, mut chunk) = (0, 0);
-    let len = candidates.len();
+    let len = order.len();
     for i in 0..len {
         if i == chunk_end {
             if i > 0 && taken.spent + cheapest > fill {
@@ -823,13 +861,13 @@ fn select(
             let room = fill.saturating_sub(taken.spent) as f32;
             chunk = ((room / average * 1.25) as usize + 4).max(2 * chunk);
             chunk_end = len.min(i + chunk);
-            let rest = &mut candidates[i..];
+            let rest = &mut order[i..];
             if chunk_end < len {
-                rest.select_nth_unstable_by(chunk_end - i, by_priority);
+                rest.select_nth_unstable(chunk_end - i);
             }
-            rest[..chunk_end - i].sort_unstable_by(by_priority);
+            rest[..chunk_end - i].sort_unstable();
         }
-        taken.offer(candidates, i, fill, cost_scale, own);
+        taken.offer(order, candidates, i, fill, cost_scale, own);
     }
     taken
 }
@@ -841,34 +879,77 @@ fn ceil(x: f32) -> usize {
     t + usize::from((t as f32) < x)
 }
 
-/// Highest priority first, then lowest id: a total order.
-fn by_priority(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
-    b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id))
-}
-
 #[cfg(test)]
 mod selection_tests {
     use super::*;
     use arena_shared::rng::SplitMix64;
 
-    /// The selection as first written: sort every candidate, then offer each in turn.
+    /// Highest priority first, then lowest id: a total order.
+    fn by_priority(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+        b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id))
+    }
+
+    /// The selection as first written: sort every candidate by its priority and id (not by
+    /// sort keys), then offer each in turn. Returns the ids taken, in order.
     fn select_by_sorting_all(
-        candidates: &mut [Candidate],
+        candidates: &[Candidate],
         spent: usize,
         fill: usize,
         cost_scale: f32,
         own: u32,
-    ) -> Selection {
-        candidates.sort_unstable_by(by_priority);
+    ) -> (Selection, Vec<u32>) {
+        let mut sorted = candidates.to_vec();
+        sorted.sort_unstable_by(by_priority);
         let mut taken = Selection {
             chosen: 0,
             spent,
             estimated: 0,
         };
-        for i in 0..candidates.len() {
-            taken.offer(candidates, i, fill, cost_scale, own);
+        let mut ids = Vec::new();
+        for c in &sorted {
+            let cost = ceil(f32::from(c.cost) * cost_scale);
+            if taken.spent + cost <= fill || c.id == own {
+                taken.spent += cost;
+                taken.estimated += usize::from(c.cost);
+                taken.chosen += 1;
+                ids.push(c.id);
+            }
         }
-        taken
+        (taken, ids)
+    }
+
+    #[test]
+    fn sort_keys_order_as_total_cmp_then_index() {
+        let mut rng = SplitMix64::new(13);
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            2.5,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            -1.0,
+        ];
+        let mut values = specials.to_vec();
+        for _ in 0..3000 {
+            values.push(f32::from_bits(rng.below(u32::MAX)));
+            values.push(rng.range_f32(0.0, 60.0));
+        }
+        for _ in 0..20_000 {
+            let (i, j) = (
+                rng.below(values.len() as u32) as usize,
+                rng.below(values.len() as u32) as usize,
+            );
+            let (a, b) = (values[i], values[j]);
+            let want = b.total_cmp(&a).then(i.cmp(&j));
+            assert_eq!(
+                order_key(a, i).cmp(&order_key(b, j)),
+                want,
+                "{a} at {i}, {b} at {j}"
+            );
+        }
     }
 
     #[test]
@@ -913,12 +994,19 @@ mod selection_tests {
             let spent = 20 + rng.below(30) as usize;
             let fill = [0, 60, 250, 1265, 5000][rng.below(5) as usize];
             let scale = [0.25, 0.8, 1.0, 1.7, 4.0][rng.below(5) as usize];
-            let (mut a, mut b) = (candidates.clone(), candidates);
-            let got = select(&mut a, total, spent, fill, scale, own);
-            let want = select_by_sorting_all(&mut b, spent, fill, scale, own);
+            let mut order: Vec<u64> = candidates
+                .iter()
+                .enumerate()
+                .map(|(i, c)| order_key(c.priority, i))
+                .collect();
+            let got = select(&mut order, &candidates, total, spent, fill, scale, own);
+            let (want, want_ids) = select_by_sorting_all(&candidates, spent, fill, scale, own);
             assert_eq!(got, want, "case {case}");
-            let ids = |v: &[Candidate]| v.iter().map(|c| c.id).collect::<Vec<_>>();
-            assert_eq!(ids(&a[..got.chosen]), ids(&b[..want.chosen]), "case {case}");
+            let got_ids: Vec<u32> = order[..got.chosen]
+                .iter()
+                .map(|&k| candidates[k as u32 as usize].id)
+                .collect();
+            assert_eq!(got_ids, want_ids, "case {case}");
         }
     }
 }
