@@ -128,7 +128,6 @@ struct Candidate {
     frame_index: u32,
     /// Its place in the interest set kept for next tick.
     kept: u32,
-    priority: f32,
     cost: u16,
 }
 
@@ -388,6 +387,7 @@ impl ClientReplicator {
         let mut out = Classified {
             removed,
             candidates,
+            order,
             kept,
         };
         let ctx = ClassifyCtx {
@@ -408,6 +408,7 @@ impl ClientReplicator {
         let Classified {
             removed,
             candidates,
+            order,
             kept,
         } = out;
 
@@ -420,13 +421,6 @@ impl ClientReplicator {
         // Aim a little under the limit: estimates are averages, and an overshoot costs a
         // second encoding.
         let fill = limit * 15 / 16;
-        order.clear();
-        order.extend(
-            candidates
-                .iter()
-                .enumerate()
-                .map(|(i, c)| order_key(c.priority, i)),
-        );
         let Selection {
             mut chosen,
             estimated,
@@ -447,8 +441,8 @@ impl ClientReplicator {
                 .map(|&k| &candidates[k as u32 as usize])
         };
 
-        // Encode, shrinking the selection if the estimate was short. The first `chosen`
-        // candidates are in priority order, so truncating drops the least urgent.
+        // Encode, shrinking the selection if the estimate was short. Those taken are in
+        // priority order, so truncating drops the least urgent.
         let origin = own_index.map_or([0, 0], |i| {
             [frame.entities[i].fields[0], frame.entities[i].fields[1]]
         });
@@ -681,6 +675,8 @@ struct Classified<'a> {
     /// Baseline records whose entity is no longer a member.
     removed: &'a mut Vec<u32>,
     candidates: &'a mut Vec<Candidate>,
+    /// The candidates' sort keys, by candidate ([`order_key`]).
+    order: &'a mut Vec<u64>,
     /// The interest set to keep, with this tick's priorities.
     kept: &'a mut Vec<Kept>,
 }
@@ -704,6 +700,7 @@ fn classify(
     let exit = s.exit_radius();
     out.removed.clear();
     out.candidates.clear();
+    out.order.clear();
     out.kept.clear();
     let mut bi = 0;
     // Estimated bytes of all candidates, for the size of the chunks selected later.
@@ -757,11 +754,11 @@ fn classify(
             m.priority += 1.0 + closeness + 0.5 * speed;
         }
         candidates_cost += cost;
+        out.order.push(order_key(m.priority, out.candidates.len()));
         out.candidates.push(Candidate {
             id: m.id,
             frame_index: fi as u32,
             kept: out.kept.len() as u32,
-            priority: m.priority,
             cost: cost as u16,
         });
         out.kept.push(Kept {
@@ -776,7 +773,7 @@ fn classify(
 /// What [`select`] took, and the rule by which it takes a candidate offered in priority order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Selection {
-    /// The first `chosen` candidates are those taken, in priority order.
+    /// The first `chosen` keys of the order are those taken, in priority order.
     chosen: usize,
     /// Bytes spent (estimated, scaled), `spent` given included.
     spent: usize,
@@ -884,29 +881,24 @@ mod selection_tests {
     use super::*;
     use arena_shared::rng::SplitMix64;
 
-    /// Highest priority first, then lowest id: a total order.
-    fn by_priority(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
-        b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id))
-    }
-
-    /// The selection as first written: sort every candidate by its priority and id (not by
-    /// sort keys), then offer each in turn. Returns the ids taken, in order.
+    /// The selection as first written: sort every candidate by its priority (highest first)
+    /// and id, not by sort keys, then offer each in turn. Returns the ids taken, in order.
     fn select_by_sorting_all(
-        candidates: &[Candidate],
+        candidates: &[(Candidate, f32)],
         spent: usize,
         fill: usize,
         cost_scale: f32,
         own: u32,
     ) -> (Selection, Vec<u32>) {
         let mut sorted = candidates.to_vec();
-        sorted.sort_unstable_by(by_priority);
+        sorted.sort_unstable_by(|(a, pa), (b, pb)| pb.total_cmp(pa).then(a.id.cmp(&b.id)));
         let mut taken = Selection {
             chosen: 0,
             spent,
             estimated: 0,
         };
         let mut ids = Vec::new();
-        for c in &sorted {
+        for (c, _) in &sorted {
             let cost = ceil(f32::from(c.cost) * cost_scale);
             if taken.spent + cost <= fill || c.id == own {
                 taken.spent += cost;
@@ -970,7 +962,7 @@ mod selection_tests {
         for case in 0..3000 {
             let n = rng.below(400) as usize;
             let own = rng.below(1000);
-            let candidates: Vec<Candidate> = (0..n)
+            let candidates: Vec<(Candidate, f32)> = (0..n)
                 .map(|k| {
                     // Ids distinct; priorities often tied (whole numbers); the client's own
                     // entity, when it is among them, infinite.
@@ -981,30 +973,31 @@ mod selection_tests {
                         _ => rng.range_f32(0.0, 50.0),
                     };
                     let cost = [3, 4, 5, 8, 9, 12, 40][rng.below(7) as usize];
-                    Candidate {
+                    let candidate = Candidate {
                         id,
                         frame_index: 0,
                         kept: 0,
-                        priority,
                         cost,
-                    }
+                    };
+                    (candidate, priority)
                 })
                 .collect();
-            let total = candidates.iter().map(|c| usize::from(c.cost)).sum();
+            let total = candidates.iter().map(|(c, _)| usize::from(c.cost)).sum();
             let spent = 20 + rng.below(30) as usize;
             let fill = [0, 60, 250, 1265, 5000][rng.below(5) as usize];
             let scale = [0.25, 0.8, 1.0, 1.7, 4.0][rng.below(5) as usize];
             let mut order: Vec<u64> = candidates
                 .iter()
                 .enumerate()
-                .map(|(i, c)| order_key(c.priority, i))
+                .map(|(i, (_, priority))| order_key(*priority, i))
                 .collect();
-            let got = select(&mut order, &candidates, total, spent, fill, scale, own);
+            let only: Vec<Candidate> = candidates.iter().map(|(c, _)| *c).collect();
+            let got = select(&mut order, &only, total, spent, fill, scale, own);
             let (want, want_ids) = select_by_sorting_all(&candidates, spent, fill, scale, own);
             assert_eq!(got, want, "case {case}");
             let got_ids: Vec<u32> = order[..got.chosen]
                 .iter()
-                .map(|&k| candidates[k as u32 as usize].id)
+                .map(|&k| only[k as u32 as usize].id)
                 .collect();
             assert_eq!(got_ids, want_ids, "case {case}");
         }
