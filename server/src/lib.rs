@@ -20,6 +20,7 @@
 //! - [`replay`]: reading a run back: re-simulation through [`tick`], `replay verify`, `replay info`.
 //! - [`http`]: the axum side: `/healthz`, `/api/connect` (connect tokens), `/metrics`.
 //! - [`stats`]: counters and gauges the server keeps about itself, read by tests and the log.
+//! - [`memory`]: handing the heap that connections freed back to the kernel (`malloc_trim`).
 //! - [`metrics`]: the Prometheus side of those: histograms, labelled counters, rendering.
 //! - [`handoff`]: live handoff's parts without sockets: the state bundle and its decoder, the
 //!   signed request, the old server's freeze-and-confirm state machine.
@@ -38,6 +39,7 @@ pub mod fleet;
 pub mod game;
 pub mod handoff;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod outbox;

@@ -509,6 +509,11 @@ impl Server {
             ));
         }
         tokio::spawn(metrics_upkeep(self.stats.clone(), shutdown.clone()));
+        tokio::spawn(crate::memory::trim_periodically(
+            self.config.memory_trim_interval,
+            self.stats.clone(),
+            shutdown.clone(),
+        ));
         let rotator = self.rotation.map(|(rotation, not_after, names)| {
             let config = self.config.clone();
             tokio::spawn(net::rotate_identity(

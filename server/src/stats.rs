@@ -27,6 +27,11 @@ pub struct Stats {
     pub lingering: AtomicU64,
     /// The WebTransport socket's receive buffer as the kernel granted it, bytes.
     pub udp_recv_buffer: AtomicU64,
+    /// Heap trims done ([`crate::memory`]), the resident bytes they gave back (an estimate),
+    /// and the last one's time in microseconds.
+    pub memory_trims: AtomicU64,
+    pub memory_trim_released_bytes: AtomicU64,
+    pub memory_trim_last_us: AtomicU64,
     players: watch::Sender<u64>,
     entities: watch::Sender<u64>,
     pub tick: AtomicU64,
@@ -119,6 +124,9 @@ impl Stats {
             agones_sidecar_lost: AtomicU64::new(0),
             lingering: AtomicU64::new(0),
             udp_recv_buffer: AtomicU64::new(0),
+            memory_trims: AtomicU64::new(0),
+            memory_trim_released_bytes: AtomicU64::new(0),
+            memory_trim_last_us: AtomicU64::new(0),
             players: watch::Sender::new(0),
             entities: watch::Sender::new(0),
             tick: AtomicU64::new(0),
@@ -217,6 +225,10 @@ impl Stats {
         m.set_gauge(
             "arena_tick_duration_max_seconds",
             Stats::get(&self.tick_max_us_recent) as f64 / 1e6,
+        );
+        m.set_gauge(
+            "arena_memory_trim_last_seconds",
+            Stats::get(&self.memory_trim_last_us) as f64 / 1e6,
         );
         if let Some(rss) = crate::metrics::resident_bytes() {
             m.set_gauge("process_resident_memory_bytes", rss as f64);
@@ -405,6 +417,16 @@ const COUNTERS: &[Source] = &[
         |s| &s.agones_sidecar_lost,
     ),
     (
+        "arena_memory_trims_total",
+        "Heap trims done (--memory-trim-interval): glibc's malloc_trim, giving freed pages back to the kernel.",
+        |s| &s.memory_trims,
+    ),
+    (
+        "arena_memory_trim_released_bytes_total",
+        "Resident bytes the heap trims gave back (the fall of the resident set across each; an estimate).",
+        |s| &s.memory_trim_released_bytes,
+    ),
+    (
         "arena_datagrams_sent_total",
         "Snapshot datagrams handed to QUIC.",
         |s| &s.datagrams_sent,
@@ -567,6 +589,10 @@ const GAUGES: &[(&str, &str)] = &[
     (
         "arena_tick_duration_max_seconds",
         "Longest tick in the last complete window of a few seconds.",
+    ),
+    (
+        "arena_memory_trim_last_seconds",
+        "Wall time of the last heap trim (--memory-trim-interval; 0 before the first or where glibc's malloc_trim is absent).",
     ),
     (
         "process_resident_memory_bytes",

@@ -87,7 +87,8 @@ fn value(m: &BTreeMap<Series, f64>, name: &str, labels: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_the_bots_that_are_connected() {
-    let server = common::start(&[]).await;
+    // Heap trims every 100 ms: the swarm's seconds of play see a dozen or more.
+    let server = common::start(&["--memory-trim-interval", "100ms"]).await;
     let bots = 12;
     let swarm = tokio::spawn(swarm::run(common::swarm(
         &server,
@@ -159,6 +160,19 @@ async fn metrics_parse_and_count_the_bots_that_are_connected() {
     server.sessions_reach(0).await;
     let m = scrape(&server).await;
     assert_eq!(value(&m, "arena_clients_connected", ""), 0.0);
+    // The heap was trimmed while they played (glibc builds; elsewhere there is no trim), each
+    // trim short on this small world (microseconds; the bound leaves room for a loaded machine).
+    let trims = value(&m, "arena_memory_trims_total", "");
+    let last = value(&m, "arena_memory_trim_last_seconds", "");
+    assert!(value(&m, "arena_memory_trim_released_bytes_total", "") >= 0.0);
+    if arena_server::memory::SUPPORTED {
+        assert!(
+            trims >= 1.0 && last > 0.0 && last < 0.25,
+            "{trims} trims, the last {last} s"
+        );
+    } else {
+        assert_eq!((trims, last), (0.0, 0.0));
+    }
     assert_eq!(
         value(&m, "arena_sessions_closed_total", "reason=\"client_left\""),
         f64::from(bots)

@@ -1,0 +1,117 @@
+//! Handing the heap that connections freed back to the kernel.
+//!
+//! glibc's malloc keeps freed memory in its arenas: only a free region at the top of an arena is
+//! returned by `free` itself. A handshake (rustls, quinn's connection made whole, the session's
+//! first frames) allocates and frees tens of KiB, in the arena of whichever runtime thread ran
+//! it, between the long-lived state of other connections; a player who leaves frees their views
+//! and the transport's state the same way. Those pages stay resident until something calls
+//! `malloc_trim`, which walks every arena and gives back (`MADV_DONTNEED`) each whole free page,
+//! wherever it lies. At 400 bots with 5,000 NPCs, trimming takes ~5 KiB of RSS a client away
+//! (BENCHMARKS.md, "Issue 21: the heap handed back"), for ~0.5-1 ms of one blocking thread's
+//! time a trim.
+//!
+//! Elsewhere (musl, as in the container image, or another OS) there is no such call; musl's
+//! allocator gives freed memory back by itself, and [`trim`] does nothing.
+
+use crate::metrics::resident_bytes;
+use crate::stats::Stats;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+/// Whether [`trim`] can give memory back on this build.
+pub const SUPPORTED: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
+
+/// What one trim did.
+#[derive(Clone, Copy, Debug)]
+pub struct Trimmed {
+    /// Wall time of the call.
+    pub took: Duration,
+    /// How much the resident set fell across the call (other threads keep allocating meanwhile,
+    /// so this is an estimate; 0 where it rose or cannot be read).
+    pub released: u64,
+}
+
+/// Gives every arena's free pages back to the kernel. Blocks for as long as the walk takes
+/// (each arena is locked in turn, so a thread allocating in it waits): run it off the tick
+/// thread and the runtime's workers.
+pub fn trim() -> Trimmed {
+    let before = resident_bytes();
+    let start = Instant::now();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointer and only walks the allocator's own state, under
+    // the allocator's locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let took = start.elapsed();
+    let released = match (before, resident_bytes()) {
+        (Some(b), Some(a)) => b.saturating_sub(a),
+        _ => 0,
+    };
+    Trimmed { took, released }
+}
+
+/// Trims every `interval` on the runtime's blocking pool until `shutdown`, counting each trim and
+/// what it released in `stats`, and keeping the last one's time. Does nothing where [`SUPPORTED`] is false.
+pub async fn trim_periodically(interval: Duration, stats: Arc<Stats>, shutdown: CancellationToken) {
+    if !SUPPORTED || interval.is_zero() {
+        debug!("heap trimming off on this build or by --memory-trim-interval 0");
+        return;
+    }
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once: nothing to give back yet.
+    timer.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        let Ok(done) = tokio::task::spawn_blocking(trim).await else {
+            return;
+        };
+        Stats::add(&stats.memory_trims, 1);
+        Stats::add(&stats.memory_trim_released_bytes, done.released);
+        stats.memory_trim_last_us.store(
+            done.took.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frees 64 MiB of small blocks below one that stays, so `free` alone cannot shrink the
+    /// arena's top: the pages stay resident until a trim gives them back.
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn a_trim_gives_back_what_was_freed_in_the_middle_of_an_arena() {
+        const BLOCK: usize = 4096;
+        const BLOCKS: usize = 16 * 1024; // 64 MiB, each block well under the mmap threshold
+        let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(BLOCKS);
+        for i in 0..BLOCKS {
+            blocks.push(vec![i as u8 | 1; BLOCK]); // written, so resident
+        }
+        // The last block stays: it lies against the arena's top, so what is freed below it is
+        // not given back by `free` itself.
+        let pin = blocks.pop();
+        drop(blocks);
+        let before = resident_bytes().expect("VmRSS");
+        let done = trim();
+        let after = resident_bytes().expect("VmRSS");
+        assert!(
+            before.saturating_sub(after) >= 32 << 20,
+            "a trim released {} KiB of 64 MiB freed (RSS {} -> {} KiB, {:?})",
+            done.released >> 10,
+            before >> 10,
+            after >> 10,
+            done.took,
+        );
+        assert!(done.released >= 32 << 20, "{done:?}");
+        drop(pin);
+    }
+}
