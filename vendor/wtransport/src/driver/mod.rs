@@ -14,7 +14,7 @@ use crate::error::SendDatagramError;
 use crate::stream::OpeningBiStream;
 use crate::stream::OpeningUniStream;
 use crate::SessionId;
-use tokio::sync::mpsc;
+use lean_chan as mpsc;
 use tokio::sync::Mutex;
 use tracing::debug;
 use tracing::debug_span;
@@ -429,7 +429,7 @@ mod worker {
 
             let wt_slot = match ready_uni_wt_streams.clone().reserve_owned().await {
                 Ok(wt_slot) => wt_slot,
-                Err(mpsc::error::SendError(_)) => return Err(DriverError::NotConnected),
+                Err(mpsc::SendError(_)) => return Err(DriverError::NotConnected),
             };
 
             let stream_quic = Stream::accept_uni(quic_connection)
@@ -484,7 +484,7 @@ mod worker {
 
             let wt_slot = match ready_bi_wt_streams.clone().reserve_owned().await {
                 Ok(wt_slot) => wt_slot,
-                Err(mpsc::error::SendError(_)) => return Err(DriverError::NotConnected),
+                Err(mpsc::SendError(_)) => return Err(DriverError::NotConnected),
             };
 
             let stream_quic = Stream::accept_bi(quic_connection)
@@ -641,8 +641,8 @@ mod worker {
 
             match self.ready_settings.try_send(Box::new(settings)) {
                 Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(DriverError::NotConnected),
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(mpsc::TrySendError::Closed(_)) => Err(DriverError::NotConnected),
+                Err(mpsc::TrySendError::Full(_)) => {
                     unreachable!("No more than 1 setting frame can be processed")
                 }
             }

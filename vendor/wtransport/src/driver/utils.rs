@@ -1,7 +1,7 @@
 use crate::StreamId;
 use crate::VarInt;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use lean_chan as mpsc;
 use tokio::sync::watch;
 use tokio::sync::Mutex;
 
@@ -144,8 +144,8 @@ impl<T> BiChannelEndpoint<T> {
         self.sender
             .try_send(Box::new(value))
             .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(value) => TrySendError::Full(*value),
-                mpsc::error::TrySendError::Closed(value) => TrySendError::Closed(*value),
+                mpsc::TrySendError::Full(value) => TrySendError::Full(*value),
+                mpsc::TrySendError::Closed(value) => TrySendError::Closed(*value),
             })
     }
 
