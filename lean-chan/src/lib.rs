@@ -340,7 +340,10 @@ impl<T> OwnedPermit<T> {
     /// Queues `value` in the held slot (dropped if the receiver is gone) and gives the sender
     /// back.
     pub fn send(mut self, value: T) -> Sender<T> {
-        let sender = self.sender.take().expect("a permit holds its sender until it sends");
+        let sender = self
+            .sender
+            .take()
+            .expect("a permit holds its sender until it sends");
         sender.shared.push_reserved(value);
         sender
     }

@@ -38,14 +38,23 @@ fn values_come_out_in_the_order_they_went_in_and_none_after_the_last_sender() {
         tx.try_send(i).unwrap();
     }
     for i in 0..4 {
-        assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Ready(Some(i)));
+        assert_eq!(
+            rx.poll_recv(&mut Context::from_waker(&w)),
+            Poll::Ready(Some(i))
+        );
     }
     assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Pending);
     tx.try_send(9).unwrap();
     drop(tx);
     // Queued values outlive their senders.
-    assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Ready(Some(9)));
-    assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Ready(None));
+    assert_eq!(
+        rx.poll_recv(&mut Context::from_waker(&w)),
+        Poll::Ready(Some(9))
+    );
+    assert_eq!(
+        rx.poll_recv(&mut Context::from_waker(&w)),
+        Poll::Ready(None)
+    );
 }
 
 #[test]
@@ -71,8 +80,14 @@ fn queued_values_and_held_permits_together_never_exceed_the_capacity() {
     assert_eq!(wakes(&woken), 1);
     assert_eq!(poll_once(send.as_mut(), &w2), Poll::Ready(Ok(())));
     assert_eq!(tx.capacity(), 0);
-    assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Ready(Some(1)));
-    assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Ready(Some(3)));
+    assert_eq!(
+        rx.poll_recv(&mut Context::from_waker(&w)),
+        Poll::Ready(Some(1))
+    );
+    assert_eq!(
+        rx.poll_recv(&mut Context::from_waker(&w)),
+        Poll::Ready(Some(3))
+    );
     assert_eq!(tx.capacity(), 2);
 }
 
@@ -93,9 +108,15 @@ fn a_permit_sends_into_its_slot_and_a_receive_wakes_a_waiting_sender() {
     let back = permit.send("a");
     assert_eq!(wakes(&rx_woken), 1, "a sent value wakes the receiver");
     assert_eq!(wakes(&woken), 0, "the slot is still full");
-    assert_eq!(rx.poll_recv(&mut Context::from_waker(&rw)), Poll::Ready(Some("a")));
+    assert_eq!(
+        rx.poll_recv(&mut Context::from_waker(&rw)),
+        Poll::Ready(Some("a"))
+    );
     assert_eq!(wakes(&woken), 1, "a received value makes room");
-    assert!(matches!(poll_once(blocked.as_mut(), &w2), Poll::Ready(Ok(_))));
+    assert!(matches!(
+        poll_once(blocked.as_mut(), &w2),
+        Poll::Ready(Ok(_))
+    ));
     drop(back);
 }
 
@@ -113,7 +134,10 @@ fn a_dropped_wait_holds_no_slot_and_a_waiting_task_is_listed_once() {
     }
     assert_eq!(tx.shared.lock().room_waiters.len(), 1);
     assert_eq!(tx.shared.lock().reserved, 0);
-    assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Ready(Some(0)));
+    assert_eq!(
+        rx.poll_recv(&mut Context::from_waker(&w)),
+        Poll::Ready(Some(0))
+    );
     assert_eq!(tx.capacity(), 1);
     assert!(tx.shared.lock().room_waiters.is_empty());
 }
@@ -134,9 +158,15 @@ fn a_dropped_receiver_fails_sends_wakes_waiters_and_drops_what_was_queued() {
     ));
     assert_eq!(Arc::strong_count(&value), 1, "the queued value was dropped");
     assert!(tx.is_closed());
-    assert!(matches!(tx.try_send(value.clone()), Err(TrySendError::Closed(_))));
+    assert!(matches!(
+        tx.try_send(value.clone()),
+        Err(TrySendError::Closed(_))
+    ));
     let mut send = pin!(tx.send(value.clone()));
-    assert!(matches!(poll_once(send.as_mut(), &w), Poll::Ready(Err(SendError(_)))));
+    assert!(matches!(
+        poll_once(send.as_mut(), &w),
+        Poll::Ready(Err(SendError(_)))
+    ));
 
     let (utx, urx) = unbounded_channel::<u8>();
     drop(urx);
@@ -156,20 +186,30 @@ fn the_last_sender_gone_wakes_the_receiver_and_a_permit_counts_as_a_sender() {
     assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Pending);
     drop(permit);
     assert_eq!(wakes(&woken), 1);
-    assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Ready(None));
+    assert_eq!(
+        rx.poll_recv(&mut Context::from_waker(&w)),
+        Poll::Ready(None)
+    );
 }
 
 #[test]
 fn the_buffer_grows_to_what_waits_and_is_let_go_when_it_empties() {
     let (tx, mut rx) = unbounded_channel::<[u64; 8]>();
     let (_, w) = counter();
-    assert_eq!(rx.buffer_bytes(), 0, "nothing allocated before a value waits");
+    assert_eq!(
+        rx.buffer_bytes(),
+        0,
+        "nothing allocated before a value waits"
+    );
     for i in 0..100 {
         tx.send([i; 8]).unwrap();
     }
     assert!(rx.buffer_bytes() >= 100 * 64);
     for i in 0..100 {
-        assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Ready(Some([i; 8])));
+        assert_eq!(
+            rx.poll_recv(&mut Context::from_waker(&w)),
+            Poll::Ready(Some([i; 8]))
+        );
     }
     assert_eq!(rx.buffer_bytes(), 0, "a large buffer goes once it is empty");
     // A small one stays, so a channel carrying one value at a time allocates once.
@@ -177,7 +217,10 @@ fn the_buffer_grows_to_what_waits_and_is_let_go_when_it_empties() {
     tx.send(1).unwrap();
     let kept = rx.buffer_bytes();
     assert!(kept > 0 && kept <= KEEP_BYTES, "{kept}");
-    assert_eq!(rx.poll_recv(&mut Context::from_waker(&w)), Poll::Ready(Some(1)));
+    assert_eq!(
+        rx.poll_recv(&mut Context::from_waker(&w)),
+        Poll::Ready(Some(1))
+    );
     assert_eq!(rx.buffer_bytes(), kept);
 }
 

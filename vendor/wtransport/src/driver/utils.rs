@@ -1,7 +1,7 @@
 use crate::StreamId;
 use crate::VarInt;
-use std::sync::Arc;
 use lean_chan as mpsc;
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::sync::Mutex;
 
