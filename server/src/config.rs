@@ -234,8 +234,9 @@ pub struct Config {
 
     /// Period of the heap trim: glibc's `malloc_trim`, giving the pages that handshakes and
     /// departed players freed inside malloc's arenas back to the kernel (~5 KiB of RSS a client
-    /// at 400 players; ~1 ms of a blocking thread a trim). 0 turns it off; builds without glibc
-    /// (musl, as in the container image) have no such call and do nothing.
+    /// at 400 players; ~1 ms of a blocking thread a trim). A trim that took longer puts the next
+    /// off to keep trimming under a thousandth of a thread (`memory::TRIM_SHARE`). 0 turns it
+    /// off; builds without glibc (musl, as in the container image) have no such call.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub memory_trim_interval: Duration,
 

@@ -53,21 +53,32 @@ pub fn trim() -> Trimmed {
     Trimmed { took, released }
 }
 
-/// Trims every `interval` on the runtime's blocking pool until `shutdown`, counting each trim and
-/// what it released in `stats`, and keeping the last one's time. Does nothing where [`SUPPORTED`] is false.
+/// The most of one thread's time trimming may take: after a trim that took `t`, the next waits
+/// at least `t / TRIM_SHARE`. A trim walks every arena holding its lock, so its time grows with
+/// the heap (~0.5-1 ms at 400 players, 3-25 ms at 1,000 on two saturated cores), and while it
+/// holds an arena a thread allocating there waits: at 1,000 players a trim every second cost
+/// the tick's workers about a hertz of snapshots (BENCHMARKS.md, "the heap handed back").
+pub const TRIM_SHARE: f64 = 0.001;
+
+/// When the next trim is due: `interval` after this one, or later if this one took more than
+/// [`TRIM_SHARE`] of that.
+pub fn next_trim_after(interval: Duration, took: Duration) -> Duration {
+    interval.max(took.div_f64(TRIM_SHARE))
+}
+
+/// Trims every `interval` (or less often, [`next_trim_after`]) on the runtime's blocking pool
+/// until `shutdown`, counting each trim and what it released in `stats`, and keeping the last
+/// one's time. Does nothing where [`SUPPORTED`] is false.
 pub async fn trim_periodically(interval: Duration, stats: Arc<Stats>, shutdown: CancellationToken) {
     if !SUPPORTED || interval.is_zero() {
         debug!("heap trimming off on this build or by --memory-trim-interval 0");
         return;
     }
-    let mut timer = tokio::time::interval(interval);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick fires at once: nothing to give back yet.
-    timer.tick().await;
+    let mut wait = interval;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = timer.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         let Ok(done) = tokio::task::spawn_blocking(trim).await else {
             return;
@@ -78,12 +89,28 @@ pub async fn trim_periodically(interval: Duration, stats: Arc<Stats>, shutdown: 
             done.took.as_micros() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        wait = next_trim_after(interval, done.took);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slow_trim_delays_the_next_to_keep_its_share_of_a_thread() {
+        let second = Duration::from_secs(1);
+        assert_eq!(next_trim_after(second, Duration::from_micros(500)), second);
+        assert_eq!(next_trim_after(second, Duration::from_millis(1)), second);
+        assert_eq!(
+            next_trim_after(second, Duration::from_millis(20)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            next_trim_after(Duration::from_secs(60), Duration::from_millis(20)),
+            Duration::from_secs(60)
+        );
+    }
 
     /// Frees 64 MiB of small blocks below one that stays, so `free` alone cannot shrink the
     /// arena's top: the pages stay resident until a trim gives them back.
