@@ -262,7 +262,7 @@ pub fn unbounded_channel<T>() -> (UnboundedSender<T>, UnboundedReceiver<T>) {
         UnboundedSender {
             shared: shared.clone(),
         },
-        UnboundedReceiver { shared },
+        Receiver { shared },
     )
 }
 
@@ -363,7 +363,7 @@ impl<T> fmt::Debug for OwnedPermit<T> {
     }
 }
 
-/// The receiving side of a bounded [`channel`].
+/// The receiving side of a [`channel`] or an [`unbounded_channel`].
 pub struct Receiver<T> {
     shared: Arc<Shared<T>>,
 }
@@ -447,49 +447,8 @@ impl<T> fmt::Debug for UnboundedSender<T> {
     }
 }
 
-/// The receiving side of an [`unbounded_channel`].
-pub struct UnboundedReceiver<T> {
-    shared: Arc<Shared<T>>,
-}
-
-impl<T> UnboundedReceiver<T> {
-    /// The next value, or `None` once every sender is gone and nothing is queued.
-    pub async fn recv(&mut self) -> Option<T> {
-        poll_fn(|cx| self.shared.poll_recv(cx)).await
-    }
-
-    /// [`Self::recv`] as a poll.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        self.shared.poll_recv(cx)
-    }
-
-    /// Values queued now.
-    pub fn len(&self) -> usize {
-        self.shared.queued()
-    }
-
-    /// Whether no value is queued now.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Bytes of the queue's buffer now (what the channel holds beyond its fixed state).
-    pub fn buffer_bytes(&self) -> usize {
-        self.shared.buffer_bytes()
-    }
-}
-
-impl<T> Drop for UnboundedReceiver<T> {
-    fn drop(&mut self) {
-        self.shared.drop_receiver();
-    }
-}
-
-impl<T> fmt::Debug for UnboundedReceiver<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UnboundedReceiver").finish_non_exhaustive()
-    }
-}
+/// The receiving side of an [`unbounded_channel`]: the same as a bounded channel's.
+pub type UnboundedReceiver<T> = Receiver<T>;
 
 #[cfg(test)]
 mod tests;
