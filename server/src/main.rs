@@ -26,6 +26,9 @@ fn main() -> std::process::ExitCode {
         EnvFilter::new("info")
     });
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Before the runtime, the tick and the replication workers make their threads: a thread
+    // is given its arena at its first allocation.
+    let arenas = arena_server::memory::limit_arenas(config.malloc_arenas);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -37,6 +40,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Some(n) = arenas {
+        tracing::debug!(arenas = n, "malloc arenas limited");
+    }
     match runtime.block_on(serve(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

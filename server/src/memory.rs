@@ -53,6 +53,41 @@ pub fn trim() -> Trimmed {
     Trimmed { took, released }
 }
 
+/// Limits glibc's malloc to `arenas` arenas (`M_ARENA_MAX`), `0` meaning one per CPU. Call
+/// it before the process makes its threads: a thread takes an arena at its first allocation.
+/// Returns the limit set, or `None` where there is no such call (no glibc).
+///
+/// glibc makes up to eight arenas per CPU, one per thread that allocates while the others'
+/// are locked. The server's threads (the runtime's workers, the tick, the replication workers,
+/// the blocking pool) then each keep connections' blocks in their own arena, with free space
+/// between them that a trim gives back only by whole pages. On two CPUs, one arena per CPU
+/// held 98-104 KiB of RSS a client at 1,000 players against 110-121, and 68-71 against 71-72
+/// at 400; a single arena held 64-66 at 400 but at 1,000, on saturated cores, its one lock
+/// stalled the network threads (the server's UDP queue overflowed): BENCHMARKS.md, "the heap
+/// handed back".
+pub fn limit_arenas(arenas: usize) -> Option<usize> {
+    let n = if arenas == 0 {
+        std::thread::available_parallelism().map_or(1, |c| c.get())
+    } else {
+        arenas
+    };
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let n = i32::try_from(n).unwrap_or(i32::MAX);
+        // SAFETY: `mallopt` takes two integers and changes only the allocator's settings, under
+        // its own lock.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, n) } == 1 {
+            return usize::try_from(n).ok();
+        }
+        None
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = n;
+        None
+    }
+}
+
 /// The most of one thread's time trimming may take: after a trim that took `t`, the next waits
 /// at least `t / TRIM_SHARE`. A trim walks every arena holding its lock, so its time grows with
 /// the heap (~0.5-1 ms at 400 players, 3-25 ms at 1,000 on two saturated cores), and while it
@@ -96,6 +131,19 @@ pub async fn trim_periodically(interval: Duration, stats: Arc<Stats>, shutdown: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arenas_are_limited_to_one_per_cpu_by_default_on_glibc() {
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        // The limit only stops new arenas: the other tests' threads keep theirs.
+        let set = limit_arenas(0);
+        if SUPPORTED {
+            assert_eq!(set, Some(cpus));
+            assert_eq!(limit_arenas(64), Some(64));
+        } else {
+            assert_eq!(set, None);
+        }
+    }
 
     #[test]
     fn a_slow_trim_delays_the_next_to_keep_its_share_of_a_thread() {
