@@ -259,9 +259,9 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
 pub fn unbounded_channel<T>() -> (UnboundedSender<T>, UnboundedReceiver<T>) {
     let shared = Shared::new(usize::MAX);
     (
-        UnboundedSender {
+        UnboundedSender(Sender {
             shared: shared.clone(),
-        },
+        }),
         Receiver { shared },
     )
 }
@@ -407,37 +407,28 @@ impl<T> fmt::Debug for Receiver<T> {
     }
 }
 
-/// The sending side of an [`unbounded_channel`].
-pub struct UnboundedSender<T> {
-    shared: Arc<Shared<T>>,
+/// The sending side of an [`unbounded_channel`]: a bounded channel's sender whose capacity is
+/// never reached, so its sends need not wait.
+pub struct UnboundedSender<T>(Sender<T>);
+
+// By hand: a derive would ask `T: Clone`.
+impl<T> Clone for UnboundedSender<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
 }
 
 impl<T> UnboundedSender<T> {
     /// Queues `value`; it comes back if the receiver is gone.
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
-        self.shared.try_push(value).map_err(|e| match e {
+        self.0.try_send(value).map_err(|e| match e {
             TrySendError::Closed(v) | TrySendError::Full(v) => SendError(v),
         })
     }
 
     /// Whether the receiver is gone.
     pub fn is_closed(&self) -> bool {
-        self.shared.is_closed()
-    }
-}
-
-impl<T> Clone for UnboundedSender<T> {
-    fn clone(&self) -> Self {
-        self.shared.add_sender();
-        Self {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<T> Drop for UnboundedSender<T> {
-    fn drop(&mut self) {
-        self.shared.drop_sender();
+        self.0.is_closed()
     }
 }
 
