@@ -527,3 +527,49 @@ fn an_npc_that_notices_a_player_waits_its_reaction_time_before_its_first_bolt() 
     h.sim.tick();
     assert_eq!(projectiles(&mut h), 1);
 }
+
+/// Removal messages held by the world: (written since it was made, held now).
+fn removals(h: &Harness) -> (usize, usize) {
+    h.sim
+        .world()
+        .removed_components()
+        .iter()
+        .fold((0, 0), |(written, held), (_, messages)| {
+            (
+                written + messages.oldest_message_count() + messages.len(),
+                held + messages.len(),
+            )
+        })
+}
+
+#[test]
+fn what_a_fight_despawns_leaves_nothing_behind_two_ticks_after_it() {
+    // bevy_ecs writes a message for every component of an entity despawned or removed, for
+    // `RemovedComponents` readers, and lets it go only at `World::clear_trackers`. Arena reads
+    // none, but a world never cleared keeps every one for the server's life: 30-44 KB a
+    // second at 200 bots (BENCHMARKS.md), a leak that grew without bound.
+    let mut h = harness(0);
+    let (_, a) = join(&mut h, 1);
+    let from = Vec2::new(1000.0, 1000.0);
+    place(&mut h, a.entity, from);
+    for seq in 1..=90 {
+        let i = shot(&h, seq, Buttons::ALT_FIRE, from, from + Vec2::X, now(&h));
+        input(&h, 1, i);
+        h.sim.tick();
+    }
+    // Fire released (a missing input repeats the last one), then the rockets' flights end.
+    let i = shot(&h, 91, 0, from, from + Vec2::X, now(&h));
+    input(&h, 1, i);
+    for _ in 0..=ROCKET.lifetime_ticks {
+        h.sim.tick();
+    }
+    assert_eq!(projectiles(&mut h), 0);
+    h.sim.tick();
+    h.sim.tick();
+    let (written, held) = removals(&h);
+    assert!(
+        written >= 10,
+        "the rockets despawned, each writing its removals: {written}"
+    );
+    assert_eq!(held, 0, "of {written} removals written");
+}

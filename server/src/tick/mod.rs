@@ -203,6 +203,11 @@ impl Simulation {
             times.0[i] = now - mark;
             mark = now;
         }
+        // bevy_ecs writes a message for each component of every entity despawned, and for
+        // each component removed (`RemovedComponents`), and lets them go only here: a bevy
+        // `App` calls this each frame, a bare `World` must. No system reads them; uncleared,
+        // they grew for the server's life (30-44 KB a second at 200 bots in combat).
+        self.world.clear_trackers();
         times
     }
 
