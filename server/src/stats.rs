@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct Stats {
     sessions: watch::Sender<usize>,
+    /// Sessions' reliable-stream writer tasks alive (`net::writer`): each holds its stream,
+    /// and with it its connection's whole QUIC state, until it ends.
+    stream_writers: watch::Sender<usize>,
     pub sessions_opened: AtomicU64,
     pub sessions_rejected: AtomicU64,
     pub sessions_closed: AtomicU64,
@@ -117,6 +120,7 @@ impl Stats {
     pub fn new(tick_interval: Duration) -> Self {
         let stats = Self {
             sessions: watch::Sender::new(0),
+            stream_writers: watch::Sender::new(0),
             sessions_opened: AtomicU64::new(0),
             sessions_rejected: AtomicU64::new(0),
             sessions_closed: AtomicU64::new(0),
@@ -204,6 +208,7 @@ impl Stats {
         m.set_counter("arena_cert_rotations_total", None, self.cert_rotations());
         m.set_gauge("arena_clients_connected", self.sessions() as f64);
         m.set_gauge("arena_players", self.players() as f64);
+        m.set_gauge("arena_stream_writers", self.stream_writers() as f64);
         m.set_gauge(
             "arena_players_lingering",
             Stats::get(&self.lingering) as f64,
@@ -244,6 +249,25 @@ impl Stats {
     /// A receiver to await a session count (`wait_for(|n| *n == 0)`).
     pub fn watch_sessions(&self) -> watch::Receiver<usize> {
         self.sessions.subscribe()
+    }
+
+    /// Sessions' stream writer tasks alive.
+    pub fn stream_writers(&self) -> usize {
+        *self.stream_writers.borrow()
+    }
+
+    /// A receiver to await a writer count, e.g. zero once every session has ended.
+    pub fn watch_stream_writers(&self) -> watch::Receiver<usize> {
+        self.stream_writers.subscribe()
+    }
+
+    pub(crate) fn writer_started(&self) {
+        self.stream_writers.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn writer_ended(&self) {
+        self.stream_writers
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 
     /// Player entities in the world at the end of the last tick.
@@ -569,6 +593,10 @@ const GAUGES: &[(&str, &str)] = &[
     ),
     ("arena_players", "Player entities in the world."),
     (
+        "arena_stream_writers",
+        "Sessions' reliable-stream writer tasks alive; each holds its connection's QUIC state, so this follows arena_clients_connected back down.",
+    ),
+    (
         "arena_players_lingering",
         "Players whose connection was lost, their entity and seat held for --resume-grace.",
     ),
@@ -622,6 +650,7 @@ mod tests {
             "arena_sessions_closed_total{reason=\"client_left\"} 2",
             "arena_sessions_rejected_total{reason=\"token_forged\"} 1",
             "arena_clients_connected 0",
+            "arena_stream_writers 0",
             "arena_cert_rotations_total 1",
             "arena_tick_duration_seconds_count 1",
             "arena_tick_phase_seconds_count{phase=\"replicate\"} 1",

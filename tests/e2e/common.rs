@@ -190,6 +190,21 @@ impl TestServer {
             .expect("stats live as long as the server");
     }
 
+    /// Waits until `n` sessions' stream writer tasks are alive (each holds its connection's
+    /// QUIC state).
+    pub async fn stream_writers_reach(&self, n: usize) {
+        let mut rx = self.stats.watch_stream_writers();
+        tokio::time::timeout(WAIT, rx.wait_for(|w| *w == n))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "stream writers never reached {n} (now {})",
+                    self.stats.stream_writers()
+                )
+            })
+            .expect("stats live as long as the server");
+    }
+
     /// Waits until the world holds `n` players.
     pub async fn players_reach(&self, n: u64) {
         let mut rx = self.stats.watch_players();

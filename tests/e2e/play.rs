@@ -70,6 +70,9 @@ async fn twenty_bots_play_for_three_seconds() {
 
     server.sessions_reach(0).await;
     server.players_reach(0).await;
+    // Nor anything of their connections: each session's writer task held its stream, and
+    // through it the connection's QUIC state, until its session ended.
+    server.stream_writers_reach(0).await;
     server.stop().await;
 }
 

@@ -82,7 +82,10 @@ impl Writer {
         let pending = Arc::new(Pending::default());
         let shared = pending.clone();
         let task_stats = stats.clone();
+        stats.writer_started();
         let task = tokio::spawn(async move {
+            // Counted down however the task ends: done, failed or aborted.
+            let _alive = WriterAlive(task_stats.clone());
             // The batch being written; swapped with the queue, so the two allocations are
             // reused and neither outgrows the cap.
             let mut batch = Vec::new();
@@ -187,8 +190,23 @@ impl Writer {
     }
 }
 
+/// Counts a writer task down when the task's future is dropped.
+struct WriterAlive(Arc<Stats>);
+
+impl Drop for WriterAlive {
+    fn drop(&mut self) {
+        self.0.writer_ended();
+    }
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
+        // Every session that ends on purpose has `finish`ed the stream (its task is done or
+        // past `LINGER`); one dropped without it ended because its connection did. Either way
+        // nothing more is worth writing, and a task left waiting for frames would hold the
+        // stream, and through it the connection's whole QUIC state (~24 KiB), for the
+        // server's life.
+        self.task.abort();
         if self.dropped > 0 {
             info!(
                 pongs_dropped = self.dropped,
