@@ -239,6 +239,11 @@ pub fn replicate(
     mut rep: ResMut<Replicator>,
 ) {
     if clients.0.is_empty() {
+        // Nobody to build for, and nothing held: the gauges would otherwise keep the last
+        // client's figures for as long as the server stays empty.
+        let s = &stats.0;
+        s.replication_view_bytes.store(0, Ordering::Relaxed);
+        s.replication_views_whole.store(0, Ordering::Relaxed);
         return;
     }
     let started = Instant::now();

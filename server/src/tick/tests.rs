@@ -524,3 +524,27 @@ fn every_link_gets_its_own_replica_so_a_resume_starts_from_a_full_snapshot_and_a
         "nothing from the leave's tick on"
     );
 }
+
+#[test]
+fn replications_gauges_read_nothing_held_once_the_last_client_has_left() {
+    let mut h = harness_with(10, &["--replication", "delta"]);
+    let (_outbox, _ack) = join(&mut h, 7);
+    for _ in 0..3 {
+        h.sim.tick();
+    }
+    let held = || Stats::get(&h.stats.replication_view_bytes);
+    assert!(held() > 0, "a client's views are counted while it plays");
+    h.tx.try_send(SimCommand::Leave {
+        client_id: 7,
+        session: 7,
+    })
+    .unwrap();
+    h.sim.tick();
+    h.sim.tick();
+    assert_eq!(h.stats.players(), 0);
+    assert_eq!(
+        (held(), Stats::get(&h.stats.replication_views_whole)),
+        (0, 0),
+        "nobody is left to hold views for"
+    );
+}
