@@ -1007,13 +1007,31 @@ pub(crate) struct State {
     socket: Arc<dyn AsyncUdpSocket>,
     io_poller: Pin<Box<dyn UdpPoller>>,
     runtime: Arc<dyn Runtime>,
+    /// Arena's patch: the bytes of `buffered_transmit` only, empty otherwise (a transmit is
+    /// assembled in this thread's [`TRANSMIT_BUFFER`]).
     send_buffer: Vec<u8>,
     /// We buffer a transmit when the underlying I/O would block
     buffered_transmit: Option<proto::Transmit>,
 }
 
+std::thread_local! {
+    /// Arena's patch: where a connection driver assembles its next transmit, one buffer per
+    /// thread instead of one per connection. quinn kept a buffer in each connection as large
+    /// as the largest batch it ever sent (a packet of the path's MTU at least), for the
+    /// connection's life; a transmit is assembled and handed to the socket in one turn, so
+    /// only one that has to wait for the socket needs bytes of its own (`State::send_buffer`).
+    static TRANSMIT_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl State {
     fn drive_transmit(&mut self, cx: &mut Context) -> io::Result<bool> {
+        TRANSMIT_BUFFER.with_borrow_mut(|scratch| self.drive_transmit_in(cx, scratch))
+    }
+
+    /// `drive_transmit` with `scratch` to assemble transmits in (Arena's patch: see
+    /// [`TRANSMIT_BUFFER`]); a transmit that must wait for the socket takes its bytes along
+    /// in `send_buffer`.
+    fn drive_transmit_in(&mut self, cx: &mut Context, scratch: &mut Vec<u8>) -> io::Result<bool> {
         let now = self.runtime.now();
         let mut transmits = 0;
 
@@ -1023,22 +1041,20 @@ impl State {
             .min(MAX_TRANSMIT_SEGMENTS);
 
         loop {
-            // Retry the last transmit, or get a new one.
-            let t = match self.buffered_transmit.take() {
-                Some(t) => t,
+            // Retry the last transmit (its bytes in `send_buffer`), or get a new one (in
+            // `scratch`).
+            let (t, kept) = match self.buffered_transmit.take() {
+                Some(t) => (t, true),
                 None => {
-                    self.send_buffer.clear();
-                    self.send_buffer.reserve(self.inner.current_mtu() as usize);
-                    match self
-                        .inner
-                        .poll_transmit(now, max_datagrams, &mut self.send_buffer)
-                    {
+                    scratch.clear();
+                    scratch.reserve(self.inner.current_mtu() as usize);
+                    match self.inner.poll_transmit(now, max_datagrams, scratch) {
                         Some(t) => {
                             transmits += match t.segment_size {
                                 None => 1,
                                 Some(s) => t.size.div_ceil(s), // round up
                             };
-                            t
+                            (t, false)
                         }
                         None => break,
                     }
@@ -1047,15 +1063,17 @@ impl State {
 
             if self.io_poller.as_mut().poll_writable(cx)?.is_pending() {
                 // Retry after a future wakeup
-                self.buffered_transmit = Some(t);
+                self.keep_transmit(t, kept, scratch);
                 return Ok(false);
             }
 
             let len = t.size;
-            let retry = match self
-                .socket
-                .try_send(&udp_transmit(&t, &self.send_buffer[..len]))
-            {
+            let bytes = if kept {
+                &self.send_buffer[..len]
+            } else {
+                &scratch[..len]
+            };
+            let retry = match self.socket.try_send(&udp_transmit(&t, bytes)) {
                 Ok(()) => false,
                 Err(ref e) if e.kind() == io::ErrorKind::WouldBlock => true,
                 Err(e) => return Err(e),
@@ -1065,8 +1083,12 @@ impl State {
                 // `poll_writable` call determines that the socket is indeed not writable and
                 // registers us for a wakeup, or the send succeeds if this really was just a
                 // transient failure.
-                self.buffered_transmit = Some(t);
+                self.keep_transmit(t, kept, scratch);
                 continue;
+            }
+            if kept {
+                // Sent: the connection holds no bytes of its own again.
+                self.send_buffer = Vec::new();
             }
 
             if transmits >= MAX_TRANSMIT_DATAGRAMS {
@@ -1079,6 +1101,15 @@ impl State {
         }
 
         Ok(false)
+    }
+
+    /// Keeps `t` to retry, its bytes copied out of `scratch` unless they are `kept` already.
+    fn keep_transmit(&mut self, t: proto::Transmit, kept: bool, scratch: &[u8]) {
+        if !kept {
+            self.send_buffer.clear();
+            self.send_buffer.extend_from_slice(&scratch[..t.size]);
+        }
+        self.buffered_transmit = Some(t);
     }
 
     fn forward_endpoint_events(&mut self) {
