@@ -1,4 +1,6 @@
-//! Encoding and decoding a full-state snapshot, as the server and every client do each tick.
+//! Encoding and decoding a full-state snapshot, as the server and every client do each tick;
+//! and `delta_apply`: a client rebuilding its view from a delta snapshot and the baseline it
+//! names (`snapshot::apply_into`, what every bot and browser does with each snapshot).
 //!
 //! `cargo bench --bench snapshot_codec`. Results and the machine are in BENCHMARKS.md.
 //! Sizes are printed once per scenario (bytes on the wire matter more than nanoseconds here).
@@ -8,6 +10,7 @@ use std::hint::black_box;
 use arena_shared::protocol::codec::{decode_datagram, encode_snapshot_parts};
 use arena_shared::protocol::{EntityKind, EntityState};
 use arena_shared::rng::SplitMix64;
+use arena_shared::snapshot::{self, EntityRecord, Update, View};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// Entities spread over a 4096 world with velocities like the game's (NPCs up to 200 u/s).
@@ -50,6 +53,86 @@ fn bench(c: &mut Criterion) {
                 for p in parts {
                     black_box(decode_datagram(black_box(p)).ok());
                 }
+            })
+        });
+    }
+    group.finish();
+    delta_apply(c);
+}
+
+/// A baseline of `n` records (every third id, so entities can enter between them) and a
+/// snapshot against it at the next tick that removes `removed`, enters `entered` and changes
+/// `changed` of them: the live game's ~280 in view with ~22 sent a tick.
+fn delta_case(n: u32, removed: u32, entered: u32, changed: u32) -> (View, snapshot::DeltaSnapshot) {
+    let mut rng = SplitMix64::new(7);
+    let base = View {
+        tick: 100,
+        entities: (1..=n)
+            .map(|k| EntityRecord {
+                id: 3 * k,
+                kind: EntityKind::Npc,
+                fields: [
+                    rng.below(65_000) as i32,
+                    rng.below(65_000) as i32,
+                    rng.below(400) as i32 - 200,
+                    rng.below(400) as i32 - 200,
+                ],
+                tick: 100 - rng.below(20),
+            })
+            .collect(),
+    };
+    // Spread over the view: removals and changes of distinct records, entries between them.
+    let step = n / (removed + changed).max(1);
+    let picked: Vec<u32> = (0..removed + changed).map(|k| 3 * (1 + k * step)).collect();
+    let gone: Vec<u32> = picked
+        .iter()
+        .step_by(2)
+        .take(removed as usize)
+        .copied()
+        .collect();
+    let mut updates: Vec<Update> = picked
+        .iter()
+        .filter(|id| !gone.contains(id))
+        .take(changed as usize)
+        .map(|&id| {
+            let r = base.entities[(id / 3 - 1) as usize];
+            Update {
+                id,
+                kind: r.kind,
+                fields: [
+                    r.fields[0] + 40,
+                    r.fields[1] - 300,
+                    r.fields[2] + 1,
+                    r.fields[3],
+                ],
+            }
+        })
+        .collect();
+    updates.extend((0..entered).map(|k| Update {
+        id: 3 * (1 + k * (n / entered.max(1))) + 1,
+        kind: EntityKind::Player,
+        fields: [1000, 2000, 30, -30],
+    }));
+    updates.sort_unstable_by_key(|u| u.id);
+    let (snap, _) = snapshot::encode(101, 30, Some(&base), [0, 0], &gone, &updates);
+    (base, snap)
+}
+
+fn delta_apply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("delta_apply");
+    for (name, n, removed, entered, changed) in
+        [("280x22", 280, 3, 3, 16), ("1000x120", 1000, 10, 10, 100)]
+    {
+        let (base, snap) = delta_case(n, removed, entered, changed);
+        let mut view = View::default();
+        snapshot::apply_into(&snap, Some(&base), 30, &mut view).expect("applies");
+        assert_eq!(view.entities.len() as u32, n - removed + entered);
+        group.throughput(Throughput::Elements(u64::from(n)));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                snapshot::apply_into(black_box(&snap), Some(&base), 30, &mut view)
+                    .expect("applies");
+                black_box(&view);
             })
         });
     }

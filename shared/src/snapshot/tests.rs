@@ -172,6 +172,242 @@ proptest! {
     }
 }
 
+/// What [`apply`] must do, written for clarity rather than speed (the reference
+/// `apply_into`'s run copies are held to): decode and check every id list, then edit a map of
+/// the baseline's records. `None` where the snapshot cannot be applied.
+fn apply_by_the_rule(snap: &DeltaSnapshot, base: &View) -> Option<View> {
+    let ids = |gaps: &[u32]| -> Option<Vec<u32>> {
+        let mut out: Vec<u32> = Vec::new();
+        for &g in gaps {
+            let id = match out.last() {
+                None => g,
+                Some(_) if g == 0 => return None,
+                Some(&p) => p.checked_add(g)?,
+            };
+            out.push(id);
+        }
+        Some(out)
+    };
+    let (removed, entered, changed) = (
+        ids(&snap.removed)?,
+        ids(&snap.entered)?,
+        ids(&snap.changed)?,
+    );
+    if snap.entered_kind.len() != entered.len()
+        || snap.entered_fields.len() != entered.len() * FIELDS
+        || snap.changed_mask.len() != changed.len()
+    {
+        return None;
+    }
+    let had: std::collections::BTreeMap<u32, EntityRecord> =
+        base.entities.iter().map(|r| (r.id, *r)).collect();
+    let mut view = had.clone();
+    for id in &removed {
+        view.remove(id)?;
+    }
+    let (mut small, mut large) = (snap.small.iter(), snap.large.iter());
+    for (id, &mask) in changed.iter().zip(&snap.changed_mask) {
+        // A record of the baseline, not removed by the same snapshot.
+        let rec = *view.get(id)?;
+        let mut fields = rec.predict(snap.tick, RATE);
+        for (f, field) in fields.iter_mut().enumerate() {
+            match (mask >> (2 * f)) & 3 {
+                0 => {}
+                1 => *field = field.wrapping_add(i32::from(*small.next()?)),
+                2 => *field = field.wrapping_add(*large.next()?),
+                _ => return None,
+            }
+        }
+        view.insert(
+            *id,
+            EntityRecord {
+                fields,
+                tick: snap.tick,
+                ..rec
+            },
+        );
+    }
+    for (k, id) in entered.iter().enumerate() {
+        if had.contains_key(id) {
+            return None;
+        }
+        let f = &snap.entered_fields[k * FIELDS..(k + 1) * FIELDS];
+        let fields = [
+            f[0].wrapping_add(snap.origin[0]),
+            f[1].wrapping_add(snap.origin[1]),
+            f[2],
+            f[3],
+        ];
+        let rec = EntityRecord {
+            id: *id,
+            kind: snap.entered_kind[k],
+            fields,
+            tick: snap.tick,
+        };
+        view.insert(*id, rec);
+    }
+    if small.next().is_some() || large.next().is_some() {
+        return None;
+    }
+    Some(View {
+        tick: snap.tick,
+        entities: view.into_values().collect(),
+    })
+}
+
+/// Gap-coded ids back to ids (the encoder's lists are valid).
+fn ids_of(gaps: &[u32]) -> Vec<u32> {
+    gaps.iter()
+        .scan(0u32, |id, &g| {
+            *id = id.wrapping_add(g);
+            Some(*id)
+        })
+        .collect()
+}
+
+/// Changes one thing in a valid snapshot: an id added to or taken from one of its lists
+/// (with its kind, fields or mask), a gap made 0, a value column one short or one long.
+/// Some results are still valid (removing a record the snapshot left alone, entering a new
+/// id), most are not.
+fn mutate(snap: &mut DeltaSnapshot, view: &View, what: u8, pick: u32) {
+    let (mut removed, mut entered, mut changed) = (
+        ids_of(&snap.removed),
+        ids_of(&snap.entered),
+        ids_of(&snap.changed),
+    );
+    // An id of the baseline, or one just past it.
+    let some_id = |pick: u32| match view.entities.len() {
+        0 => pick % 500,
+        n => view.entities[pick as usize % n].id + pick / 7 % 2,
+    };
+    let place = |list: &[u32], id: u32| list.partition_point(|&x| x < id);
+    match what {
+        0 => {}
+        1 => {
+            let id = some_id(pick);
+            let at = place(&removed, id);
+            if removed.get(at) != Some(&id) {
+                removed.insert(at, id);
+            }
+        }
+        2 => {
+            let id = some_id(pick);
+            let at = place(&changed, id);
+            if changed.get(at) != Some(&id) {
+                changed.insert(at, id);
+                snap.changed_mask.insert(at, 0);
+            }
+        }
+        3 => {
+            let id = some_id(pick);
+            let at = place(&entered, id);
+            if entered.get(at) != Some(&id) {
+                entered.insert(at, id);
+                snap.entered_kind.insert(at, EntityKind::Player);
+                let f = at * FIELDS;
+                snap.entered_fields.splice(f..f, [1, 2, 3, 4]);
+            }
+        }
+        4 if !changed.is_empty() => {
+            let at = pick as usize % changed.len();
+            changed.remove(at);
+            snap.changed_mask.remove(at);
+        }
+        5 if !snap.changed_mask.is_empty() => {
+            let at = pick as usize % snap.changed_mask.len();
+            snap.changed_mask[at] |= 3 << (2 * (pick % 4));
+        }
+        6 => match pick % 4 {
+            0 => drop(snap.small.pop()),
+            1 => drop(snap.large.pop()),
+            2 => snap.small.push(1),
+            _ => snap.large.push(1),
+        },
+        _ => {}
+    }
+    for (list, ids) in [
+        (&mut snap.removed, &removed),
+        (&mut snap.entered, &entered),
+        (&mut snap.changed, &changed),
+    ] {
+        list.clear();
+        push_gaps(ids.iter().copied(), list);
+    }
+    if what == 7 {
+        let list = match pick % 3 {
+            0 => &mut snap.removed,
+            1 => &mut snap.entered,
+            _ => &mut snap.changed,
+        };
+        if list.len() > 1 {
+            let at = 1 + pick as usize % (list.len() - 1);
+            list[at] = 0;
+        }
+    }
+}
+
+proptest! {
+    /// `apply` accepts exactly the snapshots the rule accepts and gives the rule's view: on
+    /// valid snapshots and on each with one thing changed ([`mutate`]).
+    #[test]
+    fn apply_gives_what_the_rule_gives_on_valid_snapshots_and_near_misses(
+        (view, edits, new, tick) in scenario(),
+        mutations in proptest::collection::vec((0u8..9, any::<u32>()), 0..3),
+        from_nothing in any::<bool>(),
+    ) {
+        let (removed, updates) = build(&view, &edits, &new, tick);
+        let base = if from_nothing { None } else { Some(&view) };
+        let (removed, updates) = if from_nothing {
+            (Vec::new(), updates.into_iter().filter(|u| view.get(u.id).is_none()).collect())
+        } else {
+            (removed, updates)
+        };
+        let (mut snap, _) = encode(tick, RATE, base, [5, -5], &removed, &updates);
+        let empty = View::default();
+        for &(what, pick) in &mutations {
+            mutate(&mut snap, base.unwrap_or(&empty), what, pick);
+        }
+        let want = apply_by_the_rule(&snap, base.unwrap_or(&empty));
+        prop_assert_eq!(apply(&snap, Some(&view), RATE).ok(), want);
+    }
+}
+
+#[test]
+fn the_largest_id_is_kept_entered_and_changed_like_any_other() {
+    let rec = |id| EntityRecord {
+        id,
+        kind: EntityKind::Npc,
+        fields: [1000, 1000, 0, 0],
+        tick: 100,
+    };
+    let view = View {
+        tick: 100,
+        entities: vec![rec(3), rec(u32::MAX)],
+    };
+    let moved = |id| Update {
+        id,
+        kind: EntityKind::Npc,
+        fields: [1200, 1000, 0, 0],
+    };
+    // Kept while a lower id changes; changed itself; entered into a view that lacks it.
+    for (removed, updates) in [
+        (vec![], vec![moved(3)]),
+        (vec![3], vec![moved(u32::MAX)]),
+        (vec![u32::MAX], vec![moved(3)]),
+    ] {
+        let (snap, promised) = encode(101, RATE, Some(&view), [0, 0], &removed, &updates);
+        assert_eq!(apply(&snap, Some(&view), RATE).unwrap(), promised);
+        assert_eq!(Some(promised), apply_by_the_rule(&snap, &view));
+    }
+    let lower = View {
+        tick: 100,
+        entities: vec![rec(3)],
+    };
+    let (snap, promised) = encode(101, RATE, Some(&lower), [0, 0], &[], &[moved(u32::MAX)]);
+    assert_eq!(apply(&snap, Some(&lower), RATE).unwrap(), promised);
+    assert_eq!(promised.entities.len(), 2);
+}
+
 #[test]
 fn steady_movers_cost_nothing_and_small_errors_cost_bits() {
     let rec = |id| EntityRecord {
