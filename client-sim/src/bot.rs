@@ -350,10 +350,12 @@ async fn play(
 ) -> Result<(), ClientError> {
     let tick_rate = player.session().tick_rate().unwrap_or(1);
     let idle = config.behaviour == Behaviour::Idle;
-    // Frames at twice the tick rate: the clock decides which ticks are due.
-    let mut frame_timer =
-        tokio::time::interval(Duration::from_secs_f64(0.5 / f64::from(tick_rate)));
-    frame_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A frame when the clock says the next input is due (`ClientSession::next_input_due_ms`),
+    // and none between: a bot draws nothing. Before the clock runs, and never further apart
+    // than that, a frame each half tick. (On a fixed timer at twice the tick rate, half the
+    // frames found nothing due, and each wake cost the swarm as much as the frame.)
+    let half_tick = Duration::from_secs_f64(0.5 / f64::from(tick_rate));
+    let frame_at = tokio::time::sleep(Duration::ZERO);
     let mut io = Io {
         imp: (!config.impair.is_none())
             .then(|| Impairment::new(config.impair, config.seed ^ 0x1A9A_1A9A)),
@@ -370,16 +372,22 @@ async fn play(
     // more than the frames did.
     let end = tokio::time::sleep_until(deadline);
     let stopped = config.stop.cancelled();
-    tokio::pin!(end, stopped);
+    tokio::pin!(end, stopped, frame_at);
 
     loop {
         let due = io.next_due();
         tokio::select! {
             _ = &mut end => break,
             _ = &mut stopped => break,
-            _ = frame_timer.tick(), if !idle => {
+            _ = &mut frame_at, if !idle => {
                 player.frame(now_ms(origin), out)?;
                 io.flush(t, player, out).await?;
+                let now = Instant::now();
+                let next = player.session().next_input_due_ms().map_or(now + half_tick, |due| {
+                    // A tenth of a millisecond past the instant, so the tick has come due.
+                    origin + Duration::from_secs_f64((due + 0.1).max(0.0) / 1000.0)
+                });
+                frame_at.as_mut().reset(next.min(now + half_tick * 2));
             }
             _ = tokio::time::sleep_until(due.unwrap_or(deadline)), if due.is_some() => {
                 io.release_due(t, player, origin, out).await?;

@@ -882,6 +882,17 @@ impl ClientSession {
         self.game.as_ref()?.receiver.latest()
     }
 
+    /// When [`Self::frame`] next has an input to send ([`ClockSync::next_due_ms`]): a client
+    /// whose frames are not drawn (a bot) sleeps until then instead of waking on a fixed
+    /// timer. `None` while the clock does not run yet, and while not playing (or watching).
+    pub fn next_input_due_ms(&self) -> Option<f64> {
+        let g = self
+            .game
+            .as_ref()
+            .filter(|_| self.stage == Stage::Playing && !self.watching)?;
+        g.clock.next_due_ms()
+    }
+
     /// The server tick others are drawn at, at `now_ms`.
     pub fn render_tick(&self, now_ms: f64) -> Option<f64> {
         let g = self.game.as_ref()?;

@@ -178,6 +178,28 @@ impl ClockSync {
         (from.max(1) as u32)..(to as u32 + 1)
     }
 
+    /// When [`Self::advance`] makes the next client tick due, if nothing moves the estimate
+    /// before then: what a loop that wakes only to send inputs sleeps until. Between calls to
+    /// `advance` the error it converges on stays the same (the target and the client tick
+    /// both move with time), so the speed, and the instant the tick crosses the next whole
+    /// number, are known. A snapshot or a round trip in between moves it a little; a loop that
+    /// wakes then, or a moment early and finds nothing due, asks again.
+    ///
+    /// `None` until the clock runs (a snapshot and a round trip); the time of the last
+    /// `advance` when the next one jumps (further off than converging allows).
+    pub fn next_due_ms(&self) -> Option<f64> {
+        let c = self.client_tick?;
+        let target = self
+            .target_tick(self.last_now)
+            .filter(|_| self.srtt.is_some())?;
+        let error = target - c;
+        if !(-SNAP_TICKS..=CATCH_UP_TICKS).contains(&error) {
+            return Some(self.last_now);
+        }
+        let speed = 1.0 + (error * 0.05).clamp(-MAX_SKEW, MAX_SKEW);
+        Some(self.last_now + (c.floor() + 1.0 - c) / speed * self.tick_ms)
+    }
+
     /// The client's current simulation tick.
     pub fn client_tick(&self) -> Option<u32> {
         self.client_tick.map(|c| c.max(0.0).floor() as u32)
@@ -290,6 +312,79 @@ mod tests {
         assert!(
             (1.0..8.0).contains(&lead),
             "client runs {lead:.1} ticks ahead"
+        );
+    }
+
+    /// A loop that wakes for each snapshot and, otherwise, only when [`ClockSync::next_due_ms`]
+    /// says (asked again after each frame, not after each snapshot): it sends every tick once,
+    /// in order, on time, and about one frame an input (a loop on a fixed timer at twice the
+    /// tick rate, as the bots had, makes two).
+    #[test]
+    fn a_loop_woken_when_the_next_input_is_due_sends_each_on_time_and_rarely_wakes_for_nothing() {
+        let mut rng = SplitMix64::new(5);
+        let (latency, jitter) = (40.0, 10.0);
+        let delay = |rng: &mut SplitMix64| latency + jitter * f64::from(rng.next_f32());
+        let mut clock = ClockSync::new(RATE);
+        let mut arrivals: Vec<(f64, u32)> = (0..600u32)
+            .map(|tick| (f64::from(tick) * TICK_MS + delay(&mut rng), tick))
+            .collect();
+        arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (mut frames, mut empty, mut late, mut sent) = (0u32, 0u32, 0u32, 0u32);
+        let mut past = 0.0;
+        let mut last: Option<u32> = None;
+        let mut wake = 0.0;
+        let mut next_ping = 0.0;
+        let mut a = 0;
+        while a < arrivals.len() {
+            // The next event: a snapshot's arrival or the frame's wake, whichever is first.
+            let now = arrivals[a].0.min(wake);
+            if now >= next_ping {
+                clock.on_rtt(delay(&mut rng) + delay(&mut rng));
+                next_ping = now + 250.0;
+            }
+            if arrivals[a].0 <= now {
+                clock.on_server_tick(arrivals[a].1, now);
+                a += 1;
+                if clock.next_due_ms().is_some() {
+                    continue;
+                }
+            }
+            // A frame (before the clock runs, a frame each 4 ms).
+            let due: Vec<u32> = clock.advance(now).collect();
+            if let (Some(l), Some(&first)) = (last, due.first()) {
+                assert_eq!(first, l + 1, "no tick skipped or repeated");
+            }
+            last = due.last().copied().or(last);
+            if now >= 2000.0 {
+                frames += 1;
+                empty += u32::from(due.is_empty());
+                for &t in &due {
+                    sent += 1;
+                    late += u32::from(now + delay(&mut rng) > f64::from(t) * TICK_MS);
+                }
+                // How far past its input's tick the client tick is: woken when it came due,
+                // a sliver.
+                let c = clock.client_tick.unwrap();
+                past += if due.is_empty() { 0.0 } else { c - c.floor() };
+            }
+            wake = clock.next_due_ms().map_or(now + 4.0, |d| d.max(now) + 0.01);
+        }
+        assert!(sent > 500, "{sent} inputs sent after the first 2 s");
+        assert_eq!(late, 0, "inputs late");
+        assert!(
+            f64::from(frames) < f64::from(sent) * 1.1,
+            "{frames} frames for {sent} inputs"
+        );
+        let past = past / f64::from(frames - empty);
+        assert!(
+            past < 0.02,
+            "frames {past:.3} ticks after the input came due, on average"
+        );
+        // A snapshot or a round trip that moved the estimate after the wake was set leaves a
+        // frame with nothing due now and then (~6% here).
+        assert!(
+            empty * 10 < frames,
+            "{empty} of {frames} frames sent nothing"
         );
     }
 
