@@ -198,7 +198,9 @@ pub struct Config {
     pub max_rewind: Duration,
 
     /// Snapshots waiting per session to be sent; the oldest is dropped beyond this (the client
-    /// is slow, and a newer snapshot supersedes it).
+    /// is slow, and a newer snapshot supersedes it). Once a session plays, its snapshots go to
+    /// QUIC as they are built (which bounds its own queue the same way); this queue then holds
+    /// only what the session must see to (the connection lost or refusing datagrams).
     #[arg(long, default_value_t = 4)]
     pub outbox_snapshots: usize,
 

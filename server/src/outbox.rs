@@ -3,11 +3,18 @@
 //! newer one supersedes it), and events beyond `--event-queue` are dropped and counted (the
 //! client is not reading; the reliable stream's backlog limit ends it soon after), so a slow
 //! client costs the server a fixed amount of memory and the simulation never waits.
+//!
+//! Once the session plays it attaches a [`DatagramSink`]: a client's own snapshot then goes to
+//! its connection from the replication worker that built it ([`Outbox::deliver`]), and the
+//! session's task is not woken for it (it was, ~30 times a second a client, only to pass the
+//! bytes on). QUIC bounds the datagrams it holds and drops the oldest, as the queue does. What
+//! the sink cannot take for a reason the session must act on (the connection is lost, the peer
+//! refuses datagrams) is queued as before, and the session sees the error when it sends it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use arena_shared::protocol::GameEvent;
 use tokio::sync::Notify;
@@ -17,6 +24,34 @@ pub type SnapshotDatagrams = Arc<Vec<Vec<u8>>>;
 
 /// Pending events per session when no `--event-queue` is given.
 pub use crate::config::DEFAULT_EVENT_CAPACITY;
+
+/// A client's connection as the replication workers send to it (see the module's comment).
+pub trait DatagramSink: Send + Sync + std::fmt::Debug {
+    /// Hands one datagram to the transport.
+    fn send(&self, datagram: &[u8]) -> Result<(), SinkError>;
+    /// The path's largest datagram now, if the connection knows it.
+    fn max_datagram(&self) -> Option<usize>;
+}
+
+/// Why a [`DatagramSink`] did not take a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkError {
+    /// Larger than the path takes now (it shrank under a snapshot built for the old size): the
+    /// snapshot is dropped, and the next one is built for the new size.
+    TooLarge,
+    /// The session must act (the connection is lost, or the peer refuses datagrams).
+    Session,
+}
+
+/// What [`Outbox::deliver`] did with a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Datagrams and bytes handed to the transport now (none when queued).
+    pub datagrams: usize,
+    pub bytes: usize,
+    /// Queued snapshots dropped to make room for it.
+    pub dropped: usize,
+}
 
 #[derive(Debug)]
 pub struct Outbox {
@@ -30,6 +65,8 @@ pub struct Outbox {
     max_datagram: AtomicUsize,
     /// Newest snapshot tick the client acknowledged (0: none yet).
     acked: AtomicU32,
+    /// Set by the session once it plays: where [`Self::deliver`] sends.
+    sink: OnceLock<Box<dyn DatagramSink>>,
 }
 
 impl Outbox {
@@ -42,6 +79,34 @@ impl Outbox {
             notify: Notify::new(),
             max_datagram: AtomicUsize::new(max_datagram),
             acked: AtomicU32::new(0),
+            sink: OnceLock::new(),
+        }
+    }
+
+    /// From now on [`Self::deliver`] sends through `sink` (once: a later call is ignored).
+    pub fn attach(&self, sink: Box<dyn DatagramSink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// One tick's snapshot, a single datagram: sent at once through the attached sink, else
+    /// (none attached, or it says the session must act) queued as [`Self::push`] does.
+    pub fn deliver(&self, datagram: Vec<u8>) -> Delivered {
+        if let Some(sink) = self.sink.get() {
+            match sink.send(&datagram) {
+                Ok(()) => {
+                    return Delivered {
+                        datagrams: 1,
+                        bytes: datagram.len(),
+                        dropped: 0,
+                    };
+                }
+                Err(SinkError::TooLarge) => return Delivered::default(),
+                Err(SinkError::Session) => {}
+            }
+        }
+        Delivered {
+            dropped: self.push(Arc::new(vec![datagram])),
+            ..Delivered::default()
         }
     }
 
@@ -103,7 +168,13 @@ impl Outbox {
         self.notify.notified().await;
     }
 
+    /// The path's largest datagram: the attached sink's word when it has one, else the last
+    /// the session set.
     pub fn max_datagram(&self) -> usize {
+        if let Some(size) = self.sink.get().and_then(|s| s.max_datagram()) {
+            self.max_datagram.store(size, Ordering::Relaxed);
+            return size;
+        }
         self.max_datagram.load(Ordering::Relaxed)
     }
 
@@ -149,6 +220,72 @@ mod tests {
         o.push(snap(1));
         let ready = tokio::time::timeout(std::time::Duration::from_secs(5), o.ready()).await;
         assert!(ready.is_ok(), "the permit from notify_one is kept");
+    }
+
+    /// A connection as a sink: what it took, what it answers next, its path's size.
+    #[derive(Debug, Default)]
+    struct Path {
+        taken: Mutex<Vec<Vec<u8>>>,
+        refuse: Mutex<Option<SinkError>>,
+        max: Option<usize>,
+    }
+
+    impl DatagramSink for Arc<Path> {
+        fn send(&self, datagram: &[u8]) -> Result<(), SinkError> {
+            match *self.refuse.lock().unwrap() {
+                Some(e) => Err(e),
+                None => {
+                    self.taken.lock().unwrap().push(datagram.to_vec());
+                    Ok(())
+                }
+            }
+        }
+
+        fn max_datagram(&self) -> Option<usize> {
+            self.max
+        }
+    }
+
+    /// Whether the session's wait would end now: one poll of [`Outbox::ready`], which takes
+    /// the stored wake-up if there is one.
+    fn woken(o: &Outbox) -> bool {
+        let ready = std::pin::pin!(o.ready());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        ready.poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn an_attached_sink_takes_snapshots_without_the_session_and_hands_back_what_it_must_see() {
+        let o = Outbox::new(2, 1200);
+        // Before the session plays: queued, and the session is woken.
+        assert_eq!(o.deliver(vec![1]), Delivered::default());
+        let path = Arc::new(Path {
+            max: Some(1100),
+            ..Path::default()
+        });
+        o.attach(Box::new(path.clone()));
+        assert_eq!(o.max_datagram(), 1100, "the path's size, from the sink");
+        let got: Vec<u8> = o.drain().iter().map(|s| s[0][0]).collect();
+        assert_eq!(got, [1]);
+        assert!(woken(&o), "the queued snapshot woke the session");
+        // Playing: straight to the connection; nothing queued, nobody woken.
+        let sent = o.deliver(vec![2, 2]);
+        assert_eq!((sent.datagrams, sent.bytes, sent.dropped), (1, 2, 0));
+        assert_eq!(*path.taken.lock().unwrap(), [vec![2, 2]]);
+        assert!(o.drain().is_empty());
+        assert!(!woken(&o), "the session is not woken for a snapshot sent");
+        // Too large for the path now: dropped, the next one is built for the new size.
+        *path.refuse.lock().unwrap() = Some(SinkError::TooLarge);
+        assert_eq!(o.deliver(vec![3]), Delivered::default());
+        assert!(o.drain().is_empty());
+        // The session must act (lost, refused): queued for it, bounded as ever.
+        *path.refuse.lock().unwrap() = Some(SinkError::Session);
+        for tag in 4..=6 {
+            o.deliver(vec![tag]);
+        }
+        let got: Vec<u8> = o.drain().iter().map(|s| s[0][0]).collect();
+        assert_eq!(got, [5, 6]);
+        assert_eq!(path.taken.lock().unwrap().len(), 1);
     }
 
     #[test]

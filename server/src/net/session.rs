@@ -45,7 +45,7 @@ use super::registry::{Ended, RETRY_AFTER_MS, Seat};
 use super::writer::{LINGER, Writer};
 use super::{HandshakeSlot, NetContext, request};
 use crate::game::{JoinAck, JoinRequest, SimCommand};
-use crate::outbox::Outbox;
+use crate::outbox::{DatagramSink, Outbox, SinkError};
 use crate::stats::Stats;
 
 /// Bytes read from the stream at a time before the session is admitted (the Hello, which
@@ -447,6 +447,27 @@ struct Session {
     events: Vec<GameEvent>,
 }
 
+/// The client's connection as the replication workers send to it ([`Outbox::attach`]).
+#[derive(Debug)]
+struct ConnSink(wtransport::connection::DatagramSender);
+
+impl DatagramSink for ConnSink {
+    fn send(&self, datagram: &[u8]) -> Result<(), SinkError> {
+        match self.0.send_datagram(datagram) {
+            Ok(()) => Ok(()),
+            Err(SendDatagramError::TooLarge) => Err(SinkError::TooLarge),
+            // Lost, or refused by the peer: the session's own send finds out and ends it.
+            Err(SendDatagramError::NotConnected | SendDatagramError::UnsupportedByPeer) => {
+                Err(SinkError::Session)
+            }
+        }
+    }
+
+    fn max_datagram(&self) -> Option<usize> {
+        self.0.max_datagram_size()
+    }
+}
+
 /// How a session ended: the `reason` label of `arena_sessions_closed_total`, and whether the
 /// connection was lost (the entity lingers for the grace period) rather than ended on purpose.
 #[derive(Debug, Clone, Copy)]
@@ -473,6 +494,11 @@ impl Session {
         moves: &mut watch::Receiver<Option<Arc<Move>>>,
     ) -> Outcome {
         let mut buf = vec![0u8; PLAY_READ_CHUNK];
+        // From here the replication workers send this client's snapshots themselves; what they
+        // queued before (from the join to now) is sent by the loop's first turn, a tick at most
+        // behind the first sent directly (the client takes snapshots in any order).
+        self.outbox
+            .attach(Box::new(ConnSink(self.conn.datagram_sender())));
         // A move published while this session was being admitted is acted on at once.
         let mut moves_open = true;
         if moves.has_changed().unwrap_or(false) {

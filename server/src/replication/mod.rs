@@ -160,6 +160,9 @@ struct Tally {
     deferred: usize,
     passes: usize,
     dropped: usize,
+    /// Datagrams and bytes handed to the transport by the workers themselves.
+    datagrams: usize,
+    datagram_bytes: usize,
     view_bytes: usize,
     views_whole: usize,
 }
@@ -175,6 +178,8 @@ impl std::ops::Add for Tally {
             deferred: self.deferred + o.deferred,
             passes: self.passes + o.passes,
             dropped: self.dropped + o.dropped,
+            datagrams: self.datagrams + o.datagrams,
+            datagram_bytes: self.datagram_bytes + o.datagram_bytes,
             view_bytes: self.view_bytes + o.view_bytes,
             views_whole: self.views_whole + o.views_whole,
         }
@@ -203,14 +208,18 @@ fn build_one(
         replica.outbox.max_datagram(),
         input,
     );
+    let bytes = built.bytes.len();
+    let delivered = replica.outbox.deliver(built.bytes);
     Tally {
-        bytes: built.bytes.len(),
+        bytes,
         full: usize::from(built.full),
         sent: built.sent,
         in_view: built.in_view,
         deferred: built.deferred,
         passes: built.encode_passes,
-        dropped: replica.outbox.push(Arc::new(vec![built.bytes])),
+        dropped: delivered.dropped,
+        datagrams: delivered.datagrams,
+        datagram_bytes: delivered.bytes,
         view_bytes: replica.replicator.view_bytes() + replica.replicator.interest_bytes(),
         views_whole: replica.replicator.whole_views(),
     }
@@ -353,6 +362,8 @@ pub fn replicate(
     };
     let s = &stats.0;
     Stats::add(&s.snapshots_dropped_slow_consumer, tally.dropped as u64);
+    Stats::add(&s.datagrams_sent, tally.datagrams as u64);
+    Stats::add(&s.datagram_bytes_sent, tally.datagram_bytes as u64);
     Stats::add(&s.snapshots_built, clients.0.len() as u64);
     Stats::add(&s.snapshots_full, tally.full as u64);
     Stats::add(&s.snapshot_bytes, tally.bytes as u64);

@@ -301,6 +301,16 @@ impl Connection {
         self.driver.send_datagram(self.session_id, payload.as_ref())
     }
 
+    /// A handle that sends this session's datagrams from anywhere, as
+    /// [`Self::send_datagram`] does (Arena's patch: the server's replication workers hand each
+    /// snapshot to QUIC without waking the session's task).
+    pub fn datagram_sender(&self) -> DatagramSender {
+        DatagramSender {
+            quic_connection: self.quic_connection.clone(),
+            session_id: self.session_id,
+        }
+    }
+
     /// Closes the connection immediately.
     pub fn close(&self, error_code: VarInt, reason: &[u8]) {
         self.quic_connection.close(varint_w2q(error_code), reason);
@@ -422,5 +432,26 @@ impl Connection {
     #[inline(always)]
     pub fn quic_connection_mut(&mut self) -> &mut quinn::Connection {
         &mut self.quic_connection
+    }
+}
+
+/// Sends a session's datagrams without its [`Connection`] (see [`Connection::datagram_sender`]).
+#[derive(Clone, Debug)]
+pub struct DatagramSender {
+    quic_connection: quinn::Connection,
+    session_id: SessionId,
+}
+
+impl DatagramSender {
+    /// [`Connection::send_datagram`].
+    pub fn send_datagram(&self, payload: &[u8]) -> Result<(), SendDatagramError> {
+        crate::driver::send_datagram_on(&self.quic_connection, self.session_id, payload)
+    }
+
+    /// [`Connection::max_datagram_size`].
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        self.quic_connection
+            .max_datagram_size()
+            .map(|quic_max_size| quic_max_size - Datagram::header_size(self.session_id))
     }
 }

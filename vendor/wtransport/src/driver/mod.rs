@@ -223,22 +223,7 @@ impl Driver {
         session_id: SessionId,
         payload: &[u8],
     ) -> Result<(), SendDatagramError> {
-        let quic_datagram = Datagram::write(session_id, payload).into_quic_bytes();
-
-        match self.quic_connection.send_datagram(quic_datagram) {
-            Ok(()) => Ok(()),
-            Err(quinn::SendDatagramError::UnsupportedByPeer) => {
-                Err(SendDatagramError::UnsupportedByPeer)
-            }
-            Err(quinn::SendDatagramError::Disabled) => {
-                unreachable!()
-            }
-
-            Err(quinn::SendDatagramError::TooLarge) => Err(SendDatagramError::TooLarge),
-            Err(quinn::SendDatagramError::ConnectionLost(_)) => {
-                Err(SendDatagramError::NotConnected)
-            }
-        }
+        send_datagram_on(&self.quic_connection, session_id, payload)
     }
 
     async fn result(&self) -> DriverError {
@@ -652,3 +637,26 @@ mod worker {
 
 pub(crate) mod streams;
 pub(crate) mod utils;
+
+/// Sends `payload` as a datagram of session `session_id` on `quic_connection` (Arena's patch:
+/// shared by the driver and `DatagramSender`, which sends without the driver).
+pub(crate) fn send_datagram_on(
+    quic_connection: &quinn::Connection,
+    session_id: SessionId,
+    payload: &[u8],
+) -> Result<(), SendDatagramError> {
+    let quic_datagram = Datagram::write(session_id, payload).into_quic_bytes();
+
+    match quic_connection.send_datagram(quic_datagram) {
+        Ok(()) => Ok(()),
+        Err(quinn::SendDatagramError::UnsupportedByPeer) => {
+            Err(SendDatagramError::UnsupportedByPeer)
+        }
+        Err(quinn::SendDatagramError::Disabled) => {
+            unreachable!()
+        }
+
+        Err(quinn::SendDatagramError::TooLarge) => Err(SendDatagramError::TooLarge),
+        Err(quinn::SendDatagramError::ConnectionLost(_)) => Err(SendDatagramError::NotConnected),
+    }
+}
