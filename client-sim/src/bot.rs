@@ -351,10 +351,10 @@ async fn play(
     let tick_rate = player.session().tick_rate().unwrap_or(1);
     let idle = config.behaviour == Behaviour::Idle;
     // A frame when the clock says the next input is due (`ClientSession::next_input_due_ms`),
-    // and none between: a bot draws nothing. Before the clock runs, and never further apart
-    // than that, a frame each half tick. (On a fixed timer at twice the tick rate, half the
-    // frames found nothing due, and each wake cost the swarm as much as the frame.)
-    let half_tick = Duration::from_secs_f64(0.5 / f64::from(tick_rate));
+    // and none between: a bot draws nothing. Before the clock runs, a frame each half tick;
+    // never more than a tick apart. (On a fixed timer at twice the tick rate, half the frames
+    // found nothing due, and each wake cost the swarm as much as the frame.)
+    let tick = Duration::from_secs_f64(1.0 / f64::from(tick_rate));
     let frame_at = tokio::time::sleep(Duration::ZERO);
     let mut io = Io {
         imp: (!config.impair.is_none())
@@ -383,11 +383,11 @@ async fn play(
                 player.frame(now_ms(origin), out)?;
                 io.flush(t, player, out).await?;
                 let now = Instant::now();
-                let next = player.session().next_input_due_ms().map_or(now + half_tick, |due| {
+                let next = player.session().next_input_due_ms().map_or(now + tick / 2, |due| {
                     // A tenth of a millisecond past the instant, so the tick has come due.
                     origin + Duration::from_secs_f64((due + 0.1).max(0.0) / 1000.0)
                 });
-                frame_at.as_mut().reset(next.min(now + half_tick * 2));
+                frame_at.as_mut().reset(next.min(now + tick));
             }
             _ = tokio::time::sleep_until(due.unwrap_or(deadline)), if due.is_some() => {
                 io.release_due(t, player, origin, out).await?;

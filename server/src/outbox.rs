@@ -171,11 +171,10 @@ impl Outbox {
     /// The path's largest datagram: the attached sink's word when it has one, else the last
     /// the session set.
     pub fn max_datagram(&self) -> usize {
-        if let Some(size) = self.sink.get().and_then(|s| s.max_datagram()) {
-            self.max_datagram.store(size, Ordering::Relaxed);
-            return size;
-        }
-        self.max_datagram.load(Ordering::Relaxed)
+        self.sink
+            .get()
+            .and_then(|s| s.max_datagram())
+            .unwrap_or_else(|| self.max_datagram.load(Ordering::Relaxed))
     }
 
     pub fn set_max_datagram(&self, size: usize) {

@@ -159,9 +159,7 @@ impl ClockSync {
         let (old, new) = match self.client_tick {
             // Ahead, or behind by less than CATCH_UP_TICKS: converge by running a little slow or
             // fast.
-            Some(c) if (-SNAP_TICKS..=CATCH_UP_TICKS).contains(&(target - (c + elapsed))) => {
-                let error = target - (c + elapsed);
-                let speed = 1.0 + (error * 0.05).clamp(-MAX_SKEW, MAX_SKEW);
+            Some(c) if let Some(speed) = converging_speed(target - (c + elapsed)) => {
                 (c, c + elapsed * speed)
             }
             // Further behind: inputs are arriving late, a large error, so catch up at once (the
@@ -192,11 +190,9 @@ impl ClockSync {
         let target = self
             .target_tick(self.last_now)
             .filter(|_| self.srtt.is_some())?;
-        let error = target - c;
-        if !(-SNAP_TICKS..=CATCH_UP_TICKS).contains(&error) {
+        let Some(speed) = converging_speed(target - c) else {
             return Some(self.last_now);
-        }
-        let speed = 1.0 + (error * 0.05).clamp(-MAX_SKEW, MAX_SKEW);
+        };
         Some(self.last_now + (c.floor() + 1.0 - c) / speed * self.tick_ms)
     }
 
@@ -204,6 +200,15 @@ impl ClockSync {
     pub fn client_tick(&self) -> Option<u32> {
         self.client_tick.map(|c| c.max(0.0).floor() as u32)
     }
+}
+
+/// How fast the client tick runs to close `error` ticks to its target: a little slow when
+/// ahead, a little fast when behind; `None` when the error is too large to converge on (a jump
+/// instead: [`ClockSync::advance`]).
+fn converging_speed(error: f64) -> Option<f64> {
+    (-SNAP_TICKS..=CATCH_UP_TICKS)
+        .contains(&error)
+        .then(|| 1.0 + (error * 0.05).clamp(-MAX_SKEW, MAX_SKEW))
 }
 
 #[cfg(test)]
