@@ -20,6 +20,10 @@ all the others' (the bots'; on a machine running nothing else).
 "Held" means: tick p99 under a third of the tick budget, every bot getting >= 95% of the tick
 rate in snapshots, no failed connects, no disconnects, no reconnects.
 
+On a machine where server and bots must share cores, `--bots-nice 19` lets the bots take only
+what the server leaves, as clients on other machines would: it shows the server's own tick at a
+size. The issue's figures keep the default, equal shares.
+
 Nothing here depends on this machine's size: CPU sets, step sizes and durations are flags, so
 the same command runs on a bigger box, e.g.
 
@@ -194,6 +198,9 @@ def main() -> int:
     ap.add_argument("--bots-bin", type=Path, default=None, help="another arena-bots binary (A/B runs)")
     ap.add_argument("--bots-flag", action="append", default=[],
                     help="extra arena-bots flag (repeatable), e.g. --bots-flag=--bots-per-endpoint=1")
+    ap.add_argument("--bots-nice", type=int, default=0,
+                    help="run the bots at this nice value: 19 lets them take only what the server leaves, "
+                         "as clients on other machines would (the issue's figures use 0: equal shares)")
     args = ap.parse_args()
 
     steps = [int(s) for s in args.steps.split(",") if s]
@@ -229,7 +236,7 @@ def main() -> int:
         name = "arena_tick_duration_seconds"
         floor = {q: quantile(before, after, name, q) * 1e3 for q in (0.5, 0.99)}
         print(f"# capacity: {args.npcs} NPCs at {args.tick_rate} Hz, server cpus {args.server_cpus or 'any'}, "
-              f"bot cpus {args.bot_cpus or 'any'}, {os.cpu_count()} CPUs; idle server RSS {base_rss / 2**20:.1f} MiB; "
+              f"bot cpus {args.bot_cpus or 'any'}, bots nice {args.bots_nice}, {os.cpu_count()} CPUs; idle server RSS {base_rss / 2**20:.1f} MiB; "
               f"idle tick p50 {floor[0.5]:.2f} ms, p99 {floor[0.99]:.2f} ms over {args.idle_secs:.0f} s "
               f"(held needs p99 < {budget / 3 * 1e3:.1f} ms)")
         rows.append({"idle": True, "tick_p50_ms": floor[0.5], "tick_p99_ms": floor[0.99], "server_rss_mib": base_rss / 2**20})
@@ -269,8 +276,10 @@ def run_step(args, n: int, http: str, server_pid: int, bots_bin: Path, budget: f
     ramp_s = n / args.ramp
     duration = ramp_s + args.settle + args.hold + 2.0
     report = work / f"bots-{n}.json"
+    # `nice` and `taskset` exec the bots, so the process measured is the bots'.
+    niced = ["nice", "-n", str(args.bots_nice)] if args.bots_nice else []
     bots = subprocess.Popen(
-        pinned(args.bot_cpus, [
+        niced + pinned(args.bot_cpus, [
             str(bots_bin), "--server", http, "--bots", str(n), "--ramp", str(args.ramp),
             "--duration", f"{duration:.1f}s", "--seed", str(args.seed), "--behaviour", args.behaviour,
             "--report", str(report), "--no-progress", "--log", "error", *args.bots_flag,
