@@ -358,9 +358,7 @@ impl Connection {
     /// Not necessarily the maximum size of received datagrams.
     #[inline(always)]
     pub fn max_datagram_size(&self) -> Option<usize> {
-        self.quic_connection
-            .max_datagram_size()
-            .map(|quic_max_size| quic_max_size - Datagram::header_size(self.session_id))
+        max_datagram_size_on(&self.quic_connection, self.session_id)
     }
 
     /// Current best estimate of this connection's latency (round-trip-time).
@@ -450,8 +448,17 @@ impl DatagramSender {
 
     /// [`Connection::max_datagram_size`].
     pub fn max_datagram_size(&self) -> Option<usize> {
-        self.quic_connection
-            .max_datagram_size()
-            .map(|quic_max_size| quic_max_size - Datagram::header_size(self.session_id))
+        max_datagram_size_on(&self.quic_connection, self.session_id)
     }
+}
+
+/// The largest payload of session `session_id`'s datagrams on `quic_connection` (Arena's
+/// patch: shared by [`Connection`] and [`DatagramSender`]).
+fn max_datagram_size_on(
+    quic_connection: &quinn::Connection,
+    session_id: SessionId,
+) -> Option<usize> {
+    quic_connection
+        .max_datagram_size()
+        .map(|quic_max_size| quic_max_size - Datagram::header_size(session_id))
 }
