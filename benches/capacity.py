@@ -35,6 +35,11 @@ The `replicate` phase per client is the phase's mean wall time a tick over the w
 "replicate at <= 5 us wall per client" target, which the in-process benches only approach (here
 the network threads and the bots share the cores).
 
+Under each row a comment line gives the server's CPU by thread over the same window (names with
+their number dropped: the runtime's workers are the network side, `arena-rep` replication's
+workers, `arena-sim` the simulation) and the replication workers' CPU a client a tick. Set
+beside the phase's wall time, that says how long the workers waited for a core.
+
 Tick percentiles come from the server's histogram (bucket counts at the end of the window minus
 those at its start, interpolated inside a bucket); the maximum is the largest value of the
 server's `arena_tick_duration_max_seconds` gauge (a 5 s window) seen during the window.
@@ -121,6 +126,20 @@ def proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
     return (utime + stime + cutime + cstime) / CLK_TCK
+
+
+def threads_cpu_s(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of a process's live threads, summed by name with its number
+    dropped (`arena-rep-0` and `arena-rep-1` are `arena-rep`)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip().rstrip("0123456789").rstrip("-")
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 def proc_rss(pid: int) -> int:
@@ -250,6 +269,7 @@ def main() -> int:
             row = run_step(args, n, http, server.pid, bots_bin, budget, base_rss, work)
             rows.append(row)
             print(format_row(row), flush=True)
+            print(format_threads(row), flush=True)
             fails_in_row = 0 if row["held"] else fails_in_row + 1
             if args.stop_after_fail and fails_in_row >= args.stop_after_fail:
                 print(f"# stopped: {fails_in_row} step(s) in a row not held", flush=True)
@@ -290,6 +310,7 @@ def run_step(args, n: int, http: str, server_pid: int, bots_bin: Path, budget: f
     time.sleep(args.settle)
     before = scrape(http)
     cpu0, bots_cpu0, t0 = proc_cpu_s(server_pid), proc_cpu_s(bots.pid), time.monotonic()
+    threads0 = threads_cpu_s(server_pid)
     drops0 = udp_drops()
     tick_max, rss, bots_rss, clients_min = 0.0, 0, 0, n
     while time.monotonic() - t0 < args.hold:
@@ -303,6 +324,7 @@ def run_step(args, n: int, http: str, server_pid: int, bots_bin: Path, budget: f
     server_drops, bots_drops = drops_between(drops0, udp_drops(), args.wt_port)
     wall = time.monotonic() - t0
     cpu = (proc_cpu_s(server_pid) - cpu0) / wall * 100
+    threads = {k: (v - threads0.get(k, 0.0)) / wall * 100 for k, v in threads_cpu_s(server_pid).items()}
     bots_cpu = (proc_cpu_s(bots.pid) - bots_cpu0) / wall * 100
     try:
         bots.wait(timeout=duration + 60)
@@ -340,6 +362,10 @@ def run_step(args, n: int, http: str, server_pid: int, bots_bin: Path, budget: f
         "bots_cpu_pct_per_bot": bots_cpu / max(n, 1),
         "bots_rss_per_bot_kib": bots_rss / max(n, 1) / 1024,
         "replicate_us_per_client": phase_mean(before, after, "replicate") * 1e6 / max(n, 1),
+        # The replication workers' CPU a client a tick, beside the phase's wall time above: the
+        # gap is the time they waited for a core.
+        "replicate_cpu_us_per_client": threads.get("arena-rep", 0.0) / 100 * 1e6 / args.tick_rate / max(n, 1),
+        "server_threads_cpu_pct": {k: v for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v >= 0.5},
         "udp_drops_server": server_drops,
         "udp_drops_bots": bots_drops,
         "clients_min": clients_min,
@@ -366,6 +392,14 @@ def format_row(r: dict) -> str:
             f"| {r['down_bytes_per_bot_per_s']:.0f} | {r['snapshots_hz_mean']:.1f} / {r['snapshots_hz_worst']:.1f} "
             f"| {r['corrections']} | {r['udp_drops_server']} / {r['udp_drops_bots']} | {r['bots_cpu_pct']:.0f} | {r['bots_cpu_pct_per_bot']:.3f} "
             f"| {r['bots_rss_per_bot_kib']:.0f} | {r['replicate_us_per_client']:.1f} |")
+
+
+def format_threads(r: dict) -> str:
+    """The server's CPU by thread, for the row above: the network side (`tokio-rt-worker`),
+    replication's workers (`arena-rep`), the simulation (`arena-sim`) and the rest."""
+    parts = ", ".join(f"{k} {v:.1f}%" for k, v in r["server_threads_cpu_pct"].items())
+    return (f"#   {r['bots']} bots: server threads' CPU (% of a core): {parts}; replication workers "
+            f"{r['replicate_cpu_us_per_client']:.1f} us CPU a client a tick")
 
 
 if __name__ == "__main__":
