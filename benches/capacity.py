@@ -121,11 +121,15 @@ def quantile(before, after, name: str, q: float) -> float:
     return prev_le
 
 
+def stat_cpu_s(stat: Path, children: bool) -> float:
+    """User + system CPU seconds from a `stat` file of /proc, with those of reaped children."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15 if children else 13]) / CLK_TCK
+
+
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process and its reaped children."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return (utime + stime + cutime + cstime) / CLK_TCK
+    return stat_cpu_s(Path(f"/proc/{pid}/stat"), children=True)
 
 
 def threads_cpu_s(pid: int) -> dict[str, float]:
@@ -135,10 +139,10 @@ def threads_cpu_s(pid: int) -> dict[str, float]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip().rstrip("0123456789").rstrip("-")
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu = stat_cpu_s(task / "stat", children=False)
         except OSError:
             continue  # the thread ended meanwhile
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+        out[name] = out.get(name, 0.0) + cpu
     return out
 
 
