@@ -422,3 +422,61 @@ async fn a_webtransport_request_needs_the_path_handed_out_and_a_page_of_ours_if_
     assert_eq!((refused("wrong_path"), refused("origin_refused")), (1, 1));
     server.stop().await;
 }
+
+/// A client may advertise any `max_datagram_frame_size` in its QUIC transport parameters. One
+/// too small to hold even WebTransport's session header leaves no room for a snapshot: the
+/// server refuses it as a client without datagrams, with the reason, and goes on serving (the
+/// size was once computed by a subtraction that underflowed: a panic in a checked build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_datagrams_cannot_hold_the_session_header_is_refused_with_the_reason() {
+    let server = common::start(&[]).await;
+    let info = server.connect_info("tiny").await;
+    let hash = {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(server.cert_sha256.as_deref().expect("self-signed"))
+            .expect("base64");
+        wtransport::tls::Sha256Digest::new(<[u8; 32]>::try_from(bytes).expect("a SHA-256"))
+    };
+    // 4 bytes: quinn keeps none of them for a payload (its frame's own header takes them),
+    // and a WebTransport datagram needs its session id in front of the payload.
+    let mut transport = wtransport::config::QuicTransportConfig::default();
+    transport.datagram_receive_buffer_size(Some(4));
+    let mut config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([hash])
+        .build();
+    config
+        .quic_config_mut()
+        .transport_config(std::sync::Arc::new(transport));
+    let endpoint = wtransport::Endpoint::client(config).expect("a client endpoint");
+    let conn = tokio::time::timeout(WAIT, endpoint.connect(&info.url))
+        .await
+        .expect("connect in time")
+        .expect("QUIC and HTTP/3 let the session open");
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .expect("a stream")
+        .await
+        .expect("a stream");
+    let mut t = arena_client_sim::connect::Transport {
+        endpoint: arena_client_sim::endpoints::Lease::own(endpoint),
+        conn,
+        send,
+        recv,
+        handshake_bytes_read: 0,
+    };
+    match t
+        .handshake(&info.token, "tiny", &mut FrameReader::new())
+        .await
+    {
+        Err(ClientError::Rejected { reason, .. }) => {
+            assert_eq!(reason, RejectReason::DatagramsUnsupported)
+        }
+        other => panic!("expected Reject(DatagramsUnsupported), got {other:?}"),
+    }
+    // The server is whole: a client with room for datagrams still gets in.
+    welcome(&server, 2).await;
+    server.stop().await;
+}

@@ -453,12 +453,15 @@ impl DatagramSender {
 }
 
 /// The largest payload of session `session_id`'s datagrams on `quic_connection` (Arena's
-/// patch: shared by [`Connection`] and [`DatagramSender`]).
+/// patch: shared by [`Connection`] and [`DatagramSender`]). `None`, as for a peer without
+/// datagrams, when the peer's `max_datagram_frame_size` leaves no room for the session's
+/// header: upstream subtracted unchecked, so that a peer's transport parameter panicked a
+/// checked build and wrapped to a huge size in a release one.
 fn max_datagram_size_on(
     quic_connection: &quinn::Connection,
     session_id: SessionId,
 ) -> Option<usize> {
     quic_connection
-        .max_datagram_size()
-        .map(|quic_max_size| quic_max_size - Datagram::header_size(session_id))
+        .max_datagram_size()?
+        .checked_sub(Datagram::header_size(session_id))
 }
