@@ -6,7 +6,6 @@
 //! [`Transport`] methods that send `Hello` and read `Welcome` or `Reject` by hand are for the
 //! integration tests, which must also send what no well-behaved client would.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use arena_shared::protocol::codec::{self, FrameReader};
@@ -20,7 +19,7 @@ use serde::Deserialize;
 use wtransport::tls::Sha256Digest;
 use wtransport::{ClientConfig, Connection, RecvStream, SendStream};
 
-use crate::endpoints::{self, EndpointPool, Lease};
+use crate::endpoints::{self, Lease};
 use crate::http::{self, HttpError};
 
 /// Body of the server's `/api/connect`.
@@ -132,7 +131,7 @@ fn url_encode(s: &str) -> String {
 
 /// The certificate hashes to pin: `cert_sha256s` when the server sends it, else `cert_sha256`;
 /// none with a real certificate.
-fn pinned_hashes(info: &ConnectInfo) -> Result<Vec<Sha256Digest>, ClientError> {
+pub(crate) fn pinned_hashes(info: &ConnectInfo) -> Result<Vec<Sha256Digest>, ClientError> {
     let listed: Vec<&String> = if info.cert_sha256s.is_empty() {
         info.cert_sha256.iter().collect()
     } else {
@@ -153,7 +152,7 @@ fn pinned_hashes(info: &ConnectInfo) -> Result<Vec<Sha256Digest>, ClientError> {
 
 /// An open WebTransport session with its one bidirectional stream, before `Hello`.
 pub struct Transport {
-    /// Its own endpoint ([`open`], [`open_from`]) or a place on a shared one ([`open_on`]).
+    /// Its own endpoint ([`open`], [`open_from`]).
     pub endpoint: Lease,
     pub conn: Connection,
     pub send: SendStream,
@@ -194,17 +193,6 @@ pub async fn open_from(
     let hashes = pinned_hashes(info)?;
     let endpoint = endpoints::client_endpoint(builder, &hashes, idle_timeout)?;
     dial(Lease::own(endpoint), &info.url).await
-}
-
-/// [`open`] on an endpoint of `pool`, shared with other bots (each connection still its own).
-pub async fn open_on(
-    pool: &Arc<EndpointPool>,
-    info: &ConnectInfo,
-    idle_timeout: Duration,
-) -> Result<Transport, ClientError> {
-    let hashes = pinned_hashes(info)?;
-    let endpoint = pool.lease(&hashes, idle_timeout)?;
-    dial(endpoint, &info.url).await
 }
 
 /// Connects to `url` through `endpoint` and opens the session's stream.

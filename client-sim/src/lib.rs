@@ -31,6 +31,7 @@ pub mod behaviour;
 pub mod bot;
 pub mod connect;
 pub mod endpoints;
+pub mod flock;
 pub mod gate;
 pub mod http;
 pub mod impair;

@@ -72,8 +72,8 @@ struct Args {
     /// cannot reach.
     #[arg(long)]
     connect_via: Option<std::net::SocketAddr>,
-    /// At most this many bots share one QUIC endpoint (one UDP socket, its receive buffer
-    /// sized for them); every bot is still its own connection. 1: a socket each.
+    /// At most this many bots share one flock: one UDP socket and one task driving their QUIC
+    /// connections; every bot is still its own connection. 1: a socket each.
     #[arg(long, default_value_t = DEFAULT_BOTS_PER_ENDPOINT, value_parser = clap::value_parser!(u32).range(1..))]
     bots_per_endpoint: u32,
     /// QUIC idle timeout of each bot's connection.

@@ -1,6 +1,6 @@
 //! Many bots on one tokio runtime, launched at a steady rate, each playing (and reconnecting
-//! when dropped) until its own deadline: its launch plus the play time. The bots' connections
-//! share QUIC endpoints, a bounded number on each ([`crate::endpoints`]).
+//! when dropped) until its own deadline: its launch plus the play time. The bots' sessions run
+//! on flocks, a bounded number of bots' connections over each socket ([`crate::flock`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::behaviour::{Behaviour, Mix};
 use crate::bot::{self, BotConfig};
-use crate::endpoints::{DEFAULT_BOTS_PER_ENDPOINT, EndpointPool};
+use crate::endpoints::DEFAULT_BOTS_PER_ENDPOINT;
+use crate::flock::Flocks;
 use crate::live::{self, LiveStats};
 use crate::outcome::BotOutcome;
 use crate::report::Report;
@@ -32,7 +33,7 @@ pub struct SwarmConfig {
     pub impair: crate::impair::ImpairConfig,
     /// Dial this WebTransport address instead of the one `/api/connect` names.
     pub connect_via: Option<std::net::SocketAddr>,
-    /// At most this many bots share one QUIC endpoint (one UDP socket); 1: a socket each.
+    /// At most this many bots share one flock (one UDP socket, one task); 1: a socket each.
     pub bots_per_endpoint: u32,
     /// Bind the bots' sockets to this local address (any free port) rather than the wildcard
     /// address: a test's swarm acting as another host.
@@ -104,7 +105,7 @@ impl SwarmBehaviour {
 pub struct SwarmResult {
     pub report: Report,
     pub bots: Vec<BotOutcome>,
-    /// How many endpoints (UDP sockets) the bots' connections went through.
+    /// How many flocks (UDP sockets) the bots' connections went through.
     pub endpoints: usize,
 }
 
@@ -125,7 +126,7 @@ pub async fn run(config: SwarmConfig) -> SwarmResult {
     let progress = config
         .progress
         .then(|| tokio::spawn(live::show(live.clone(), config.bots, progress_done.clone())));
-    let endpoints = EndpointPool::new(config.bots_per_endpoint, config.bind);
+    let flocks = Flocks::new(config.bots_per_endpoint, config.bind);
     let mut set = JoinSet::new();
     let gap = Duration::from_secs_f64(1.0 / config.ramp_per_s.max(0.001));
     let start = tokio::time::Instant::now();
@@ -144,7 +145,7 @@ pub async fn run(config: SwarmConfig) -> SwarmResult {
             idle_timeout: config.idle_timeout,
             impair: config.impair,
             connect_via: config.connect_via,
-            endpoints: endpoints.clone(),
+            flocks: flocks.clone(),
             swarm_start: start,
             live: live.clone(),
             stop: config.stop.clone(),
@@ -158,7 +159,9 @@ pub async fn run(config: SwarmConfig) -> SwarmResult {
         }
     }
     // The bots' close frames leave before the swarm reports (and its process may exit).
-    endpoints.wait_idle(Duration::from_secs(1)).await;
+    if !flocks.wait_idle(Duration::from_secs(1)).await {
+        tracing::debug!("some bots' connections were still closing when the swarm ended");
+    }
     progress_done.cancel();
     if let Some(task) = progress {
         let _ = task.await;
@@ -169,6 +172,6 @@ pub async fn run(config: SwarmConfig) -> SwarmResult {
     SwarmResult {
         report,
         bots,
-        endpoints: endpoints.endpoints(),
+        endpoints: flocks.count(),
     }
 }
