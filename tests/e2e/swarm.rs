@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use arena_client_sim::behaviour::Behaviour;
+use arena_client_sim::impair::ImpairConfig;
 use arena_client_sim::swarm::{self, SwarmBehaviour, SwarmConfig, SwarmResult};
 
 use crate::common::{self, WAIT};
@@ -191,4 +192,46 @@ async fn after_a_restart_every_bot_reconnects_and_not_in_lockstep() {
     );
     second.sessions_reach(0).await;
     second.stop().await;
+}
+
+/// The impairment acts on every bot's own path, both ways, in its flock: with 30 ms added each
+/// way a bot's pings measure a round trip of at least 60 ms, and with a tenth of the datagrams
+/// lost each way it assembles about nine snapshots in ten, yet every bot plays to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impaired_bots_see_the_latency_and_loss_they_were_given_and_play_on() {
+    let server = common::start(&["--npcs", "50"]).await;
+    let bots = 10;
+    let config = SwarmConfig {
+        impair: ImpairConfig {
+            loss: 0.1,
+            latency: Duration::from_millis(30),
+            ..ImpairConfig::default()
+        },
+        ..common::swarm(&server, bots, 4, SwarmBehaviour::Wander, 9)
+    };
+    let swarm = tokio::spawn(swarm::run(config));
+    let result = tokio::time::timeout(WAIT, swarm)
+        .await
+        .expect("swarm ends")
+        .expect("swarm task");
+    let r = &result.report;
+    common::assert_all_played(r, u64::from(bots));
+    assert!(
+        (60.0..200.0).contains(&r.rtt_ms_p50),
+        "round trip p50 {} ms with 30 ms each way\n{}",
+        r.rtt_ms_p50,
+        r.table()
+    );
+    assert!(
+        (20.0..29.5).contains(&r.snapshots_per_bot_hz),
+        "{} snapshots a second with a tenth lost\n{}",
+        r.snapshots_per_bot_hz,
+        r.table()
+    );
+    assert!(
+        r.datagrams_per_bot_hz > r.snapshots_per_bot_hz,
+        "{}",
+        r.table()
+    );
+    server.stop().await;
 }
