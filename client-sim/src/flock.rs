@@ -811,8 +811,8 @@ fn write_unsent(bot: &mut Bot, conn: &mut quinn_proto::Connection) -> Result<(),
     let mut at = 0;
     while at < bot.unsent.len() {
         match stream.write(&bot.unsent[at..]) {
+            Ok(0) | Err(quinn_proto::WriteError::Blocked) => break,
             Ok(n) => at += n,
-            Err(quinn_proto::WriteError::Blocked) => break,
             Err(e) => return Err(ClientError::Closed(format!("writing the stream: {e}"))),
         }
     }
@@ -831,6 +831,11 @@ fn write_all(
     let mut at = 0;
     while at < bytes.len() {
         match stream.write(&bytes[at..]) {
+            Ok(0) => {
+                return Err(ClientError::Connect(
+                    "the server's stream window is shut".into(),
+                ));
+            }
             Ok(n) => at += n,
             Err(e) => return Err(ClientError::Connect(format!("writing the handshake: {e}"))),
         }
