@@ -93,8 +93,10 @@ pub async fn run(config: BotConfig) -> BotOutcome {
         let attempt = tokio::time::Instant::now();
         let next = route.next_attempt();
         let resuming = matches!(next, Attempt::Resume { .. });
+        // The fetch is awaited boxed: the bot's task then holds room for it only while it
+        // runs, not all its life (the task lives for the bot's whole run, thousands of them).
         let info = tokio::select! {
-            i = connect_info(&config, next) => Some(i),
+            i = Box::pin(connect_info(&config, next)) => Some(i),
             _ = tokio::time::sleep_until(deadline) => None,
             _ = config.stop.cancelled() => None,
         };
