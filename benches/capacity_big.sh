@@ -22,7 +22,7 @@ echo "== machine"; date -u; uname -a; nproc; grep -m1 "model name" /proc/cpuinfo
 command -v taskset || echo "no taskset: the CPU lists are ignored"
 # 10,000 bots hold 625 UDP sockets and the server a few descriptors a session.
 ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null; ulimit -n
-# The bots' endpoints ask for 64 KiB of receive buffer a bot (client-sim/src/endpoints.rs);
+# The bots' flocks ask for 64 KiB of receive buffer a bot (client-sim/src/endpoints.rs);
 # the kernel caps the request at rmem_max.
 sysctl -w net.core.rmem_max=4194304 net.core.wmem_max=4194304 2>&1 | head -2
 echo "== capacity"

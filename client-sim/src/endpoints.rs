@@ -86,6 +86,29 @@ pub fn client_endpoint(
     hashes: &[Sha256Digest],
     idle_timeout: Duration,
 ) -> Result<ClientEndpoint, ClientError> {
+    let config = client_config(builder, hashes, idle_timeout)?;
+    Endpoint::client(config).map_err(|e| ClientError::Connect(e.to_string()))
+}
+
+/// The QUIC client configuration of a bot's connection on a flock: as [`client_endpoint`]'s,
+/// without the endpoint.
+pub fn quic_client_config(
+    hashes: &[Sha256Digest],
+    idle_timeout: Duration,
+) -> Result<wtransport::quinn::ClientConfig, ClientError> {
+    let config = client_config(
+        ClientConfig::builder().with_bind_default(),
+        hashes,
+        idle_timeout,
+    )?;
+    Ok(config.quic_config().clone())
+}
+
+fn client_config(
+    builder: ClientConfigBuilder<WantsRootStore>,
+    hashes: &[Sha256Digest],
+    idle_timeout: Duration,
+) -> Result<ClientConfig, ClientError> {
     let config = if hashes.is_empty() {
         builder.with_native_certs()
     } else {
@@ -95,7 +118,7 @@ pub fn client_endpoint(
     config
         .quic_config_mut()
         .transport_config(Arc::new(transport_config(idle_timeout)?));
-    Endpoint::client(config).map_err(|e| ClientError::Connect(e.to_string()))
+    Ok(config)
 }
 
 /// Streams the server may open toward a bot: HTTP/3's control stream and QPACK's two
@@ -103,24 +126,6 @@ pub fn client_endpoint(
 /// gets in), and one to spare; Arena's server opens no stream of its own. quinn makes the
 /// state of every stream a peer may open when the connection starts: its default of 100 each
 /// way cost ~7 KiB a bot.
-/// The QUIC client configuration a bot's connection uses, for a flock's own endpoint.
-pub fn quic_client_config(
-    hashes: &[Sha256Digest],
-    idle_timeout: Duration,
-) -> Result<wtransport::quinn::ClientConfig, ClientError> {
-    let builder = ClientConfig::builder().with_bind_default();
-    let config = if hashes.is_empty() {
-        builder.with_native_certs()
-    } else {
-        builder.with_server_certificate_hashes(hashes.iter().cloned())
-    };
-    let mut config = config.build();
-    config
-        .quic_config_mut()
-        .transport_config(Arc::new(transport_config(idle_timeout)?));
-    Ok(config.quic_config().clone())
-}
-
 const SERVER_UNI_STREAMS: u32 = 4;
 const SERVER_BIDI_STREAMS: u32 = 1;
 

@@ -1,4 +1,4 @@
-//! The swarm's bots share QUIC endpoints, a bounded number on each: the server is reached from
+//! The swarm's bots share sockets, a bounded number a flock: the server is reached from
 //! exactly `ceil(bots / per_endpoint)` UDP sockets, and every bot is still its own connection,
 //! session and player. A counting relay in front of the server sees the sockets.
 
