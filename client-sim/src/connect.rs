@@ -327,20 +327,22 @@ pub fn close_varint(code: u32) -> wtransport::VarInt {
         .expect("WebTransport's application codes are below 2^62")
 }
 
+/// An application close as text: the Arena code when the wire code carries one, otherwise the
+/// code as it came (an HTTP/3 error), then the reason.
+pub(crate) fn close_text(wire: u64, reason: &[u8]) -> String {
+    let code = match arena_shared::protocol::arena_code(wire) {
+        Some(code) => format!("Arena code {code:#x}"),
+        None => format!("code {wire:#x}"),
+    };
+    format!("{code}: {}", String::from_utf8_lossy(reason))
+}
+
 /// What a closed connection says, as an error: the Arena code when the close carries one,
 /// otherwise the code as it came (an HTTP/3 or QUIC error).
 pub fn close_error(e: wtransport::error::ConnectionError) -> ClientError {
     match e {
         wtransport::error::ConnectionError::ApplicationClosed(close) => {
-            let wire = close.code().into_inner();
-            let code = match arena_shared::protocol::arena_code(wire) {
-                Some(code) => format!("Arena code {code:#x}"),
-                None => format!("code {wire:#x}"),
-            };
-            ClientError::Closed(format!(
-                "{code}: {}",
-                String::from_utf8_lossy(close.reason())
-            ))
+            ClientError::Closed(close_text(close.code().into_inner(), close.reason()))
         }
         other => ClientError::Closed(other.to_string()),
     }

@@ -48,6 +48,7 @@ use wtransport::proto::session::{SessionRequest, SessionResponse};
 use wtransport::proto::settings::Settings;
 use wtransport::proto::stream_header::StreamHeader;
 use wtransport::quinn::udp::{RecvMeta, Transmit as UdpTransmit, UdpSockRef, UdpSocketState};
+use wtransport::tls::Sha256Digest;
 
 use crate::connect::{self, ClientError, ConnectInfo, STEP_TIMEOUT};
 use crate::endpoints::RECV_BUFFER_PER_BOT;
@@ -366,6 +367,7 @@ async fn run(
         max_gso,
     };
     let mut endpoint = Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None);
+    let mut configs = Configs::default();
     let mut conns: Vec<Conn> = Vec::new();
     let slot = 1500 * gro;
     let batch = wtransport::quinn::udp::BATCH_SIZE;
@@ -449,7 +451,7 @@ async fn run(
                     if stop.is_none() && !dial.stop.is_cancelled() {
                         stop = Some(dial.stop.clone());
                     }
-                    match dial_one(&mut endpoint, &io, dial, reply) {
+                    match dial_one(&mut endpoint, &mut configs, &io, dial, reply) {
                         Ok(c) => conns.push(c),
                         Err((played, reply)) => drop(reply.send(played)),
                     }
@@ -469,11 +471,12 @@ fn receive(
     response: &mut Vec<u8>,
     pending: &mut VecDeque<(ConnectionHandle, quinn_proto::ConnectionEvent)>,
 ) {
+    // Made once a wake, not once a read: a wake reads until the socket is empty.
+    let mut iovs: Vec<std::io::IoSliceMut> = rbuf
+        .chunks_mut(slot)
+        .map(std::io::IoSliceMut::new)
+        .collect();
     loop {
-        let mut iovs: Vec<std::io::IoSliceMut> = rbuf
-            .chunks_mut(slot)
-            .map(std::io::IoSliceMut::new)
-            .collect();
         let n = match io.socket.try_io(Interest::READABLE, || {
             io.state
                 .recv(UdpSockRef::from(&io.socket), &mut iovs, metas)
@@ -509,17 +512,51 @@ fn receive(
     }
 }
 
+/// The QUIC client configurations a flock's bots have dialled with, by what they pin and their
+/// idle timeout: each made once (a TLS configuration) and shared by the connections that pin
+/// the same, as a swarm's bots all do. A handful at most: one more for each certificate a
+/// server rotated to, or a server a move named.
+#[derive(Default)]
+struct Configs(Vec<(Vec<Sha256Digest>, Duration, quinn_proto::ClientConfig)>);
+
+impl Configs {
+    fn get(
+        &mut self,
+        hashes: Vec<Sha256Digest>,
+        idle_timeout: Duration,
+    ) -> Result<quinn_proto::ClientConfig, ClientError> {
+        if let Some((_, _, config)) = self
+            .0
+            .iter()
+            .find(|(h, t, _)| *h == hashes && *t == idle_timeout)
+        {
+            return Ok(config.clone());
+        }
+        let config = crate::endpoints::quic_client_config(&hashes, idle_timeout)?;
+        // The oldest goes first: bots dial a server's newest certificate.
+        if self.0.len() >= MAX_CONFIGS {
+            self.0.remove(0);
+        }
+        self.0.push((hashes, idle_timeout, config.clone()));
+        Ok(config)
+    }
+}
+
+/// Client configurations a flock keeps ([`Configs`]).
+const MAX_CONFIGS: usize = 4;
+
 /// Starts a bot's connection, or gives its session back at once when it cannot.
 #[allow(clippy::result_large_err)]
 fn dial_one(
     endpoint: &mut Endpoint,
+    configs: &mut Configs,
     io: &Io,
     dial: Box<Dial>,
     reply: oneshot::Sender<Played>,
 ) -> Result<Conn, (Played, oneshot::Sender<Played>)> {
     let started = (|| {
         let hashes = connect::pinned_hashes(&dial.info)?;
-        let config = crate::endpoints::quic_client_config(&hashes, dial.idle_timeout)?;
+        let config = configs.get(hashes, dial.idle_timeout)?;
         let request = SessionRequest::new(&dial.info.url)
             .map_err(|e| ClientError::Connect(format!("bad URL {}: {e:?}", dial.info.url)))?;
         let authority = request.authority();
@@ -855,12 +892,7 @@ fn h3_id(id: StreamId) -> WtStreamId {
 fn lost(e: &ConnectionError, stage: Stage) -> ClientError {
     let text = match e {
         ConnectionError::ApplicationClosed(close) => {
-            let wire = close.error_code.into_inner();
-            let code = match arena_shared::protocol::arena_code(wire) {
-                Some(code) => format!("Arena code {code:#x}"),
-                None => format!("code {wire:#x}"),
-            };
-            format!("{code}: {}", String::from_utf8_lossy(&close.reason))
+            connect::close_text(close.error_code.into_inner(), &close.reason)
         }
         other => other.to_string(),
     };
@@ -1199,6 +1231,25 @@ mod tests {
         );
         let mut buf = whole[..3].to_vec();
         assert!(connect_response(&mut buf, true).is_err());
+    }
+
+    #[test]
+    fn a_flock_makes_a_client_configuration_once_for_what_its_bots_pin() {
+        let hash = |b: u8| vec![Sha256Digest::new([b; 32])];
+        let idle = Duration::from_secs(10);
+        let mut configs = Configs::default();
+        for _ in 0..3 {
+            configs.get(hash(1), idle).unwrap();
+        }
+        assert_eq!(configs.0.len(), 1, "bots pinning the same share one");
+        configs.get(hash(1), idle * 2).unwrap();
+        configs.get(hash(2), idle).unwrap();
+        assert_eq!(configs.0.len(), 3, "another pin or timeout is another");
+        for b in 3..=6 {
+            configs.get(hash(b), idle).unwrap();
+        }
+        assert_eq!(configs.0.len(), MAX_CONFIGS);
+        assert_eq!(configs.0[0].0, hash(3), "the oldest went first");
     }
 
     #[tokio::test]
