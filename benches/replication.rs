@@ -66,6 +66,7 @@ impl Scenario {
                 budget_bytes,
                 max_view: 1024,
                 max_speed: 320.0,
+                rerank_ticks: 2,
             },
             frame: WorldFrame::default(),
             grid: Grid::default(),

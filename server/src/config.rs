@@ -228,6 +228,11 @@ pub struct Config {
     /// its baseline ring (32 views of at most this many entities).
     #[arg(long, default_value_t = 1024)]
     pub max_view: usize,
+    /// A client whose last snapshot left entities waiting (its budget full) re-ranks its
+    /// interest set once in this many ticks; in between it sends the next of the last
+    /// ranking (replication/replicator.rs, "Re-ranking"). 1 re-ranks every tick.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub rerank_ticks: u32,
     /// Threads that build clients' snapshots in parallel each tick (0: one per CPU). Clients
     /// are independent, so the result does not depend on the count; 1 builds them on the
     /// simulation thread.

@@ -235,6 +235,7 @@ pub fn settings(config: &crate::Config) -> RepSettings {
         budget_bytes: per_tick as usize,
         max_view: config.max_view.max(1),
         max_speed: sim::PLAYER.max_speed,
+        rerank_ticks: config.rerank_ticks.max(1),
     }
 }
 

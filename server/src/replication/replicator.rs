@@ -39,6 +39,18 @@
 //! KiB at 300 in view); with acks within a tick they are now one view and a small delta, and
 //! with acks steadily late they are what they were.
 //!
+//! Re-ranking. A client whose budget is full (entities left waiting after its snapshot) walks
+//! its interest set and prices its candidates once in `rerank_ticks` ticks (`--rerank-ticks`,
+//! 2 by default), on ticks staggered by its own id so that half the clients rank each tick.
+//! On the ticks between, it sends the next of its last ranking: the candidates that snapshot
+//! left waiting, with their priorities, plus its own entity when its record is not current;
+//! the interest set is not walked, nothing enters or leaves it, and priorities grow by the
+//! ticks since the ranking at the next one. Where the budget is full a newly changed entity
+//! waits behind entities that waited longer anyway, so what is sent is much the same, for
+//! about half the walks and pricings (BENCHMARKS.md, "Issue 21: re-ranking every other
+//! tick"). A client whose budget is not full ranks every tick: nothing is delayed where
+//! nothing waits. Entering and leaving the interest set may then take a tick longer.
+//!
 //! Invariant: the baseline and the deltas give exactly the views the client computes from
 //! what it was sent, so a snapshot built against an acknowledged view always decodes on the
 //! client.
@@ -64,6 +76,9 @@ pub struct RepSettings {
     pub max_view: usize,
     /// Speeds are scaled by this in the priority gain.
     pub max_speed: f32,
+    /// A client left with entities waiting re-ranks its interest set once in this many ticks
+    /// (`--rerank-ticks`; 1: every tick). See the module's comment, "Re-ranking".
+    pub rerank_ticks: u32,
 }
 
 impl RepSettings {
@@ -85,12 +100,22 @@ struct Sent {
     whole: bool,
 }
 
+/// A candidate left waiting by a client's last snapshot: its place in the client's interest set
+/// and its estimated bytes.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    kept: u16,
+    cost: u8,
+}
+
 /// Estimated bytes of one entity in a snapshot; the encoder then checks the real size.
 const ENTER_COST: usize = 9;
 const CHANGE_COST: usize = 2;
 const SMALL_FIELD_COST: usize = 1;
 const LARGE_FIELD_COST: usize = 3;
 const REMOVE_COST: usize = 2;
+/// The most a changed record's fields are estimated at (every field large).
+const FIELDS_COST_MAX: usize = snapshot::FIELDS * LARGE_FIELD_COST;
 /// Tag, ticks, origin and column lengths.
 const HEADER_COST: usize = 20;
 
@@ -145,6 +170,8 @@ pub struct Built {
     pub sent: usize,
     /// Times the snapshot was encoded before it fit (1 when the estimate was right).
     pub encode_passes: usize,
+    /// The interest set was walked and its candidates priced (not a tick between rankings).
+    pub ranked: bool,
 }
 
 /// Working memory of [`ClientReplicator::build`], shared by every client of a server (they
@@ -188,6 +215,11 @@ pub struct ClientReplicator {
     spare: Vec<ViewDelta>,
     /// Real bytes per estimated byte, learned from this client's recent snapshots.
     cost_scale: f32,
+    /// The candidates the last snapshot left waiting, in id order: what a tick between
+    /// rankings chooses from.
+    waiting: Vec<Waiting>,
+    /// The tick of the last ranking (the interest set walked and every candidate priced).
+    ranked: u32,
 }
 
 impl Default for ClientReplicator {
@@ -200,6 +232,8 @@ impl Default for ClientReplicator {
             own_at: 0,
             spare: Vec::new(),
             cost_scale: 1.0,
+            waiting: Vec::new(),
+            ranked: 0,
         }
     }
 }
@@ -286,9 +320,10 @@ impl ClientReplicator {
         usize::from(self.acked().is_some()) + self.sent.len()
     }
 
-    /// Bytes of the interest set kept between ticks.
+    /// Bytes of the interest set kept between ticks, and of the candidates left waiting.
     pub fn interest_bytes(&self) -> usize {
         self.interest.capacity() * std::mem::size_of::<Kept>()
+            + self.waiting.capacity() * std::mem::size_of::<Waiting>()
     }
 
     /// Views sent since the baseline that are held whole.
@@ -331,19 +366,6 @@ impl ClientReplicator {
         }
         let center = own_index.map_or(self.last_center, |i| frame.entities[i].pos);
         self.last_center = center;
-        let near = Self::mark_near(scratch, frame, grid, center, own_index, s);
-        let Scratch {
-            near_bits,
-            near_at,
-            members,
-            kept,
-            order,
-            candidates,
-            removed,
-            updates,
-            snap,
-            encoder,
-        } = scratch;
 
         // Views a ring old cannot be acknowledged any more: the client has let them go.
         while self
@@ -366,6 +388,33 @@ impl ClientReplicator {
                 Self::release(&mut self.spare, s.view);
             }
         }
+        // Re-ranking: a client whose budget left entities waiting walks its interest set and
+        // prices its candidates once in `rerank_ticks` (staggered by its own id); in between
+        // it takes the next of its last ranking.
+        // A client whose own entity has just died or come back (in the frame and not in the
+        // interest set, or the reverse) ranks: its entity enters or leaves the tick it does.
+        let between = s.rerank_ticks > 1
+            && base_tick.is_some()
+            && !self.waiting.is_empty()
+            && !t.wrapping_add(own).is_multiple_of(s.rerank_ticks)
+            && own_index.is_some() == self.interest.binary_search_by_key(&own, |k| k.id).is_ok();
+        let near = if between {
+            0
+        } else {
+            Self::mark_near(scratch, frame, grid, center, own_index, s)
+        };
+        let Scratch {
+            near_bits,
+            near_at,
+            members,
+            kept,
+            order,
+            candidates,
+            removed,
+            updates,
+            snap,
+            encoder,
+        } = scratch;
         // This tick's view: as its changes to the baseline; whole when there is none (its
         // changes to the empty view are all of it), or when the newest view in flight is
         // whole: the views are in chains of their own (see the module's comment), and this
@@ -396,8 +445,12 @@ impl ClientReplicator {
             settings: s,
             own,
             center,
+            // Priorities grow by the ticks since the last ranking.
+            ticks: t.saturating_sub(self.ranked).clamp(1, s.rerank_ticks) as f32,
         };
-        let candidates_cost = if near <= s.max_view {
+        let candidates_cost = if between {
+            self.next_of_ranking(&ctx, own_index, &mut out)
+        } else if near <= s.max_view {
             classify(walk, &ctx, &mut out)
         } else {
             members.clear();
@@ -405,6 +458,9 @@ impl ClientReplicator {
             keep_nearest(members, near_at, s.max_view, own);
             classify(members.iter().copied(), &ctx, &mut out)
         };
+        if !between {
+            self.ranked = t;
+        }
         let Classified {
             removed,
             candidates,
@@ -434,6 +490,9 @@ impl ClientReplicator {
             self.cost_scale,
             own,
         );
+        if between {
+            chosen = locate_chosen(order, candidates, chosen, frame);
+        }
         // Those taken, in priority order.
         let taken = |chosen: usize| {
             order[..chosen]
@@ -503,6 +562,25 @@ impl ClientReplicator {
         for k in &order[..chosen] {
             kept[candidates[*k as u32 as usize].kept as usize].priority = 0.0;
         }
+        // Those left waiting, for the ticks until the next ranking: the candidates whose
+        // priority was not reset (a candidate's is at least 1). None when the interest set
+        // is too large to index in 16 bits (`--max-view` above 65,535): then every tick ranks.
+        self.waiting.clear();
+        if s.rerank_ticks > 1
+            && chosen < candidates.len()
+            && kept.len() <= usize::from(u16::MAX) + 1
+        {
+            snapshot::fit_capacity(&mut self.waiting, candidates.len() - chosen);
+            self.waiting.extend(
+                candidates
+                    .iter()
+                    .filter(|c| kept[c.kept as usize].priority != 0.0)
+                    .map(|c| Waiting {
+                        kept: c.kept as u16,
+                        cost: c.cost.min(u16::from(u8::MAX)) as u8,
+                    }),
+            );
+        }
         // Kept for the next tick: ids and priorities, in a buffer of this client's own sized to
         // fit (the scratch's is shared by all clients).
         snapshot::fit_capacity(&mut self.interest, kept.len());
@@ -514,6 +592,7 @@ impl ClientReplicator {
             deferred: candidates.len() - chosen,
             encode_passes: passes,
             sent: chosen,
+            ranked: !between,
             bytes,
         };
         if whole {
@@ -523,6 +602,63 @@ impl ClientReplicator {
         }
         self.sent.push(next);
         built
+    }
+
+    /// The candidates of a tick between rankings: those the last snapshot left waiting, with
+    /// the priorities of that ranking, and the client's own entity when its record is not
+    /// current. The interest set is kept as it is and nothing is removed. Frame indices are
+    /// found only for those chosen ([`locate_chosen`]). Returns the candidates' estimated
+    /// bytes.
+    fn next_of_ranking(
+        &self,
+        ctx: &ClassifyCtx,
+        own_index: Option<usize>,
+        out: &mut Classified,
+    ) -> usize {
+        out.removed.clear();
+        out.candidates.clear();
+        out.order.clear();
+        out.kept.clear();
+        out.kept.extend_from_slice(&self.interest);
+        let mut total = 0;
+        for w in &self.waiting {
+            let k = &self.interest[usize::from(w.kept)];
+            out.order.push(order_key(k.priority, out.candidates.len()));
+            out.candidates.push(Candidate {
+                id: k.id,
+                frame_index: u32::MAX,
+                kept: u32::from(w.kept),
+                cost: u16::from(w.cost),
+            });
+            total += usize::from(w.cost);
+        }
+        if let Some(i) = own_index {
+            let e = &ctx.frame.entities[i];
+            let cost = match ctx.base.binary_search_by_key(&ctx.own, |r| r.id) {
+                Ok(b)
+                    if ctx.base[b].predict(ctx.frame.tick, ctx.settings.tick_rate) == e.fields =>
+                {
+                    0
+                }
+                Ok(_) => CHANGE_COST + FIELDS_COST_MAX,
+                Err(_) => ENTER_COST,
+            };
+            // In the interest set: a tick between rankings is only taken when it is, if it
+            // is in the frame.
+            let at = self.interest.binary_search_by_key(&ctx.own, |k| k.id);
+            if let (true, Ok(at)) = (cost > 0, at) {
+                out.order
+                    .push(order_key(f32::INFINITY, out.candidates.len()));
+                out.candidates.push(Candidate {
+                    id: ctx.own,
+                    frame_index: i as u32,
+                    kept: at as u32,
+                    cost: cost as u16,
+                });
+                total += cost;
+            }
+        }
+        total
     }
 
     /// Marks in `scratch.near_bits` (by frame index) every entity within the exit radius of
@@ -645,6 +781,30 @@ impl Iterator for NearWalk<'_> {
     }
 }
 
+/// Finds the frame entries of the first `chosen` candidates of `order` (a tick between
+/// rankings knows their ids only), dropping those no longer in the frame; returns how many are
+/// left, in the same order.
+fn locate_chosen(
+    order: &mut [u64],
+    candidates: &mut [Candidate],
+    chosen: usize,
+    frame: &WorldFrame,
+) -> usize {
+    let mut left = 0;
+    for i in 0..chosen {
+        let c = &mut candidates[order[i] as u32 as usize];
+        if c.frame_index == u32::MAX {
+            match frame.index_of(c.id) {
+                Some(fi) => c.frame_index = fi as u32,
+                None => continue,
+            }
+        }
+        order[left] = order[i];
+        left += 1;
+    }
+    left
+}
+
 /// Keeps the `max_view` nearest of `members` (and always the client's own entity), in order.
 fn keep_nearest(members: &mut Vec<Member>, near_at: &[Near], max_view: usize, own: u32) {
     if members.len() <= max_view {
@@ -670,6 +830,8 @@ struct ClassifyCtx<'a> {
     settings: &'a RepSettings,
     own: u32,
     center: Vec2,
+    /// Ticks of priority gained since the last ranking.
+    ticks: f32,
 }
 
 /// What [`classify`] writes, each refilled.
@@ -697,6 +859,7 @@ fn classify(
         settings: s,
         own,
         center,
+        ticks,
     } = *ctx;
     let t = frame.tick;
     let exit = s.exit_radius();
@@ -753,7 +916,7 @@ fn classify(
             let speed = (e.speed / s.max_speed).min(1.0);
             // Gain in [1, 2.5]: nearer and faster entities are refreshed up to 2.5 times as
             // often as far, still ones, and nobody's wait grows without bound.
-            m.priority += 1.0 + closeness + 0.5 * speed;
+            m.priority += ticks * (1.0 + closeness + 0.5 * speed);
         }
         candidates_cost += cost;
         out.order.push(order_key(m.priority, out.candidates.len()));
