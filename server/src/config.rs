@@ -726,6 +726,21 @@ mod tests {
     }
 
     #[test]
+    fn a_full_budget_re_ranks_every_other_tick_and_at_most_one_in_eight() {
+        assert_eq!(Config::default().rerank_ticks, 2);
+        let c = Config::try_parse_from(["arena-server", "--rerank-ticks", "1"]).unwrap();
+        assert_eq!(c.rerank_ticks, 1);
+        let c = Config::try_parse_from(["arena-server", "--rerank-ticks", "8"]).unwrap();
+        assert_eq!(c.rerank_ticks, 8);
+        for refused in ["0", "9"] {
+            assert!(
+                Config::try_parse_from(["arena-server", "--rerank-ticks", refused]).is_err(),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
     fn the_handoff_spread_is_two_seconds_and_at_most_a_minute() {
         assert_eq!(Config::default().handoff_spread, Duration::from_secs(2));
         let c = Config::try_parse_from(["arena-server", "--handoff-spread", "60s"]).unwrap();
