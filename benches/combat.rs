@@ -116,8 +116,9 @@ fn main() {
     );
     let built = Stats::get(&stats.snapshots_built).max(1);
     println!(
-        "snapshots: {built} built, {} full, {:.1} entities in view, {:.1} sent and {:.1} deferred per snapshot",
+        "snapshots: {built} built, {} full, {} between rankings, {:.1} entities in view, {:.1} sent and {:.1} deferred per snapshot",
         Stats::get(&stats.snapshots_full),
+        Stats::get(&stats.snapshots_between_rankings),
         Stats::get(&stats.entities_in_view) as f64 / built as f64,
         Stats::get(&stats.entities_sent) as f64 / built as f64,
         Stats::get(&stats.entities_deferred) as f64 / built as f64,

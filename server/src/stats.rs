@@ -68,6 +68,9 @@ pub struct Stats {
     pub snapshots_built: AtomicU64,
     /// Snapshots built without a baseline (full).
     pub snapshots_full: AtomicU64,
+    /// Snapshots built between a client's rankings (`--rerank-ticks`): the next of its last
+    /// ranking, its interest set not walked.
+    pub snapshots_between_rankings: AtomicU64,
     pub snapshot_bytes: AtomicU64,
     pub entities_sent: AtomicU64,
     pub entities_in_view: AtomicU64,
@@ -155,6 +158,7 @@ impl Stats {
             replication_us: AtomicU64::new(0),
             snapshots_built: AtomicU64::new(0),
             snapshots_full: AtomicU64::new(0),
+            snapshots_between_rankings: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
             entities_sent: AtomicU64::new(0),
             entities_in_view: AtomicU64::new(0),
@@ -489,6 +493,11 @@ const COUNTERS: &[Source] = &[
         "arena_snapshots_full_total",
         "Snapshots built without a baseline.",
         |s| &s.snapshots_full,
+    ),
+    (
+        "arena_snapshots_between_rankings_total",
+        "Snapshots built between a client's rankings (--rerank-ticks): the next of its last ranking.",
+        |s| &s.snapshots_between_rankings,
     ),
     (
         "arena_snapshot_bytes_total",

@@ -155,6 +155,7 @@ pub fn follow_links(
 struct Tally {
     bytes: usize,
     full: usize,
+    between: usize,
     sent: usize,
     in_view: usize,
     deferred: usize,
@@ -173,6 +174,7 @@ impl std::ops::Add for Tally {
         Tally {
             bytes: self.bytes + o.bytes,
             full: self.full + o.full,
+            between: self.between + o.between,
             sent: self.sent + o.sent,
             in_view: self.in_view + o.in_view,
             deferred: self.deferred + o.deferred,
@@ -213,6 +215,7 @@ fn build_one(
     Tally {
         bytes,
         full: usize::from(built.full),
+        between: usize::from(!built.ranked),
         sent: built.sent,
         in_view: built.in_view,
         deferred: built.deferred,
@@ -367,6 +370,7 @@ pub fn replicate(
     Stats::add(&s.datagram_bytes_sent, tally.datagram_bytes as u64);
     Stats::add(&s.snapshots_built, clients.0.len() as u64);
     Stats::add(&s.snapshots_full, tally.full as u64);
+    Stats::add(&s.snapshots_between_rankings, tally.between as u64);
     Stats::add(&s.snapshot_bytes, tally.bytes as u64);
     Stats::add(&s.entities_sent, tally.sent as u64);
     Stats::add(&s.entities_in_view, tally.in_view as u64);

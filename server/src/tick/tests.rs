@@ -548,3 +548,44 @@ fn replications_gauges_read_nothing_held_once_the_last_client_has_left() {
         "nobody is left to hold views for"
     );
 }
+
+/// Snapshots counted between rankings for a client whose budget is full, acknowledging each
+/// snapshot at once, over `ticks` ticks among 3,000 NPCs on a small map.
+fn snapshots_between_rankings(rerank_ticks: &str, ticks: u32) -> u64 {
+    let mut h = harness_with(
+        3000,
+        &[
+            "--replication",
+            "delta",
+            "--world-size",
+            "1200",
+            "--client-kbps",
+            "16",
+            "--rerank-ticks",
+            rerank_ticks,
+        ],
+    );
+    let (outbox, _ack) = join(&mut h, 7);
+    for _ in 0..ticks {
+        h.sim.tick();
+        outbox.drain();
+        // The tick just built: the clock has moved on to the next.
+        outbox.record_ack(now(&h) - 1);
+    }
+    assert_eq!(
+        Stats::get(&h.stats.snapshots_built),
+        u64::from(ticks) + 1,
+        "one snapshot a tick"
+    );
+    Stats::get(&h.stats.snapshots_between_rankings)
+}
+
+#[test]
+fn a_full_budget_makes_every_other_snapshot_between_rankings_and_the_metric_counts_them() {
+    let between = snapshots_between_rankings("2", 40);
+    assert!(
+        (15..=20).contains(&between),
+        "{between} of 40 between rankings"
+    );
+    assert_eq!(snapshots_between_rankings("1", 40), 0, "ranked every tick");
+}
