@@ -114,10 +114,25 @@ const CHANGE_COST: usize = 2;
 const SMALL_FIELD_COST: usize = 1;
 const LARGE_FIELD_COST: usize = 3;
 const REMOVE_COST: usize = 2;
-/// The most a changed record's fields are estimated at (every field large).
-const FIELDS_COST_MAX: usize = snapshot::FIELDS * LARGE_FIELD_COST;
 /// Tag, ticks, origin and column lengths.
 const HEADER_COST: usize = 20;
+
+/// Estimated bytes of a changed record whose client predicts `predicted` for `fields`.
+fn change_cost(predicted: &[i32; snapshot::FIELDS], fields: &[i32; snapshot::FIELDS]) -> usize {
+    CHANGE_COST
+        + predicted
+            .iter()
+            .zip(fields)
+            .filter(|(p, f)| p != f)
+            .map(|(p, f)| {
+                if (f - p).unsigned_abs() < 128 {
+                    SMALL_FIELD_COST
+                } else {
+                    LARGE_FIELD_COST
+                }
+            })
+            .sum::<usize>()
+}
 
 /// An entity of the client's interest set as this tick's build sees it (in [`Scratch`]).
 #[derive(Debug, Clone, Copy)]
@@ -393,11 +408,14 @@ impl ClientReplicator {
         // it takes the next of its last ranking.
         // A client whose own entity has just died or come back (in the frame and not in the
         // interest set, or the reverse) ranks: its entity enters or leaves the tick it does.
-        let between = s.rerank_ticks > 1
+        let between_tick = s.rerank_ticks > 1
             && base_tick.is_some()
             && !self.waiting.is_empty()
-            && !t.wrapping_add(own).is_multiple_of(s.rerank_ticks)
-            && own_index.is_some() == self.interest.binary_search_by_key(&own, |k| k.id).is_ok();
+            && !t.wrapping_add(own).is_multiple_of(s.rerank_ticks);
+        let own_kept = between_tick
+            .then(|| self.interest.binary_search_by_key(&own, |k| k.id).ok())
+            .flatten();
+        let between = between_tick && own_index.is_some() == own_kept.is_some();
         let near = if between {
             0
         } else {
@@ -449,7 +467,7 @@ impl ClientReplicator {
             ticks: t.saturating_sub(self.ranked).clamp(1, s.rerank_ticks) as f32,
         };
         let candidates_cost = if between {
-            self.next_of_ranking(&ctx, own_index, &mut out)
+            self.next_of_ranking(&ctx, own_index.zip(own_kept), &mut out)
         } else if near <= s.max_view {
             classify(walk, &ctx, &mut out)
         } else {
@@ -605,14 +623,14 @@ impl ClientReplicator {
     }
 
     /// The candidates of a tick between rankings: those the last snapshot left waiting, with
-    /// the priorities of that ranking, and the client's own entity when its record is not
-    /// current. The interest set is kept as it is and nothing is removed. Frame indices are
+    /// the priorities of that ranking, and the client's own entity (`own`: its place in the
+    /// frame and in the interest set, when in both) when its record is not current. The interest set is kept as it is and nothing is removed. Frame indices are
     /// found only for those chosen ([`locate_chosen`]). Returns the candidates' estimated
     /// bytes.
     fn next_of_ranking(
         &self,
         ctx: &ClassifyCtx,
-        own_index: Option<usize>,
+        own: Option<(usize, usize)>,
         out: &mut Classified,
     ) -> usize {
         out.removed.clear();
@@ -632,21 +650,20 @@ impl ClientReplicator {
             });
             total += usize::from(w.cost);
         }
-        if let Some(i) = own_index {
+        if let Some((i, at)) = own {
             let e = &ctx.frame.entities[i];
             let cost = match ctx.base.binary_search_by_key(&ctx.own, |r| r.id) {
-                Ok(b)
-                    if ctx.base[b].predict(ctx.frame.tick, ctx.settings.tick_rate) == e.fields =>
-                {
-                    0
+                Ok(b) => {
+                    let p = ctx.base[b].predict(ctx.frame.tick, ctx.settings.tick_rate);
+                    if p == e.fields {
+                        0
+                    } else {
+                        change_cost(&p, &e.fields)
+                    }
                 }
-                Ok(_) => CHANGE_COST + FIELDS_COST_MAX,
                 Err(_) => ENTER_COST,
             };
-            // In the interest set: a tick between rankings is only taken when it is, if it
-            // is in the frame.
-            let at = self.interest.binary_search_by_key(&ctx.own, |k| k.id);
-            if let (true, Ok(at)) = (cost > 0, at) {
+            if cost > 0 {
                 out.order
                     .push(order_key(f32::INFINITY, out.candidates.len()));
                 out.candidates.push(Candidate {
@@ -884,18 +901,7 @@ fn classify(
             let predicted = (rec.tick < m.current_from).then(|| rec.predict(t, s.tick_rate));
             match predicted {
                 Some(p) if p != frame.entities[fi].fields => {
-                    CHANGE_COST
-                        + p.iter()
-                            .zip(&frame.entities[fi].fields)
-                            .filter(|(p, f)| p != f)
-                            .map(|(p, f)| {
-                                if (f - p).unsigned_abs() < 128 {
-                                    SMALL_FIELD_COST
-                                } else {
-                                    LARGE_FIELD_COST
-                                }
-                            })
-                            .sum::<usize>()
+                    change_cost(&p, &frame.entities[fi].fields)
                 }
                 _ => {
                     out.kept.push(Kept {
