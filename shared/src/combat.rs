@@ -312,6 +312,18 @@ pub fn hitscan(
     targets: impl IntoIterator<Item = (u32, Vec2)>,
 ) -> Option<(u32, f32)> {
     let limit = ray_obstacle(map, origin, dir, range);
+    hitscan_within(origin, dir, limit, targets)
+}
+
+/// [`hitscan`]'s choice among `targets` for a ray whose obstacle limit is known already
+/// (`limit`: [`ray_obstacle`]'s answer), e.g. because the caller gathered the targets along the
+/// ray only that far.
+pub fn hitscan_within(
+    origin: Vec2,
+    dir: Vec2,
+    limit: f32,
+    targets: impl IntoIterator<Item = (u32, Vec2)>,
+) -> Option<(u32, f32)> {
     nearest(origin, dir, HIT_RADIUS, limit, targets)
 }
 

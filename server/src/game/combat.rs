@@ -595,18 +595,13 @@ pub fn fire_rifles(
         Stats::add(&stats.0.shots_fired, 1);
         let origin = motion.0.pos;
         let dir = combat::aim_dir(trigger.aim);
-        let end = origin + dir * RIFLE.range;
-        let (t, f) = combat::rewind_target(
+        let at = combat::rewind_target(
             tick.0,
             trigger.view_tick,
             f32::from(trigger.view_frac) / 256.0,
             combat_settings.max_rewind_ticks,
         );
-        let targets = grid
-            .near_segment(origin, end, slack)
-            .filter(|h| h.id != id.0)
-            .filter_map(|h| lag.0.position_at(h.id, t, f).map(|p| (h.id, p)));
-        if let Some((hit, _)) = combat::hitscan(&map.0, origin, dir, RIFLE.range, targets)
+        if let Some(hit) = rifle_target(&grid, &lag.0, &map.0, origin, dir, id.0, at, slack)
             && let Some(target) = grid.get(hit)
         {
             blows.0.push(Blow {
@@ -619,6 +614,44 @@ pub fn fire_rifles(
     }
     // Shots land in shooter id order (one shot each a tick), after this tick's projectiles.
     blows.0[first..].sort_by_key(|b| b.attacker_id);
+}
+
+/// What a rifle shot from `origin` along `dir` by `shooter` hits, tested against the targets
+/// where `history` has them at `at` (a tick and a fraction): [`combat::hitscan`] over every
+/// entity but the shooter, with only those that could be hit looked up. The ray stops at the
+/// first obstacle, so targets are gathered only that far; the grid gives whole cells near the
+/// ray, and a target whose position now is further than `slack` (its furthest move over the
+/// rewind, plus its radius) from it was out of reach at the rewound time too, so its history
+/// (two searches of a frame) is not read.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a shot's own inputs and the three structures it is tested against"
+)]
+pub fn rifle_target(
+    grid: &HitGrid,
+    history: &combat::History,
+    map: &Map,
+    origin: Vec2,
+    dir: Vec2,
+    shooter: u32,
+    (t, f): (u32, f32),
+    slack: f32,
+) -> Option<u32> {
+    let limit = combat::ray_obstacle(map, origin, dir, RIFLE.range);
+    let end = origin + dir * limit;
+    let ab = end - origin;
+    let len2 = ab.length_squared().max(f32::MIN_POSITIVE);
+    // A unit to spare over the speed bound, for rounding.
+    let reach2 = (slack + 1.0) * (slack + 1.0);
+    let within = |p: Vec2| {
+        let s = ((p - origin).dot(ab) / len2).clamp(0.0, 1.0);
+        (origin + ab * s).distance_squared(p) <= reach2
+    };
+    let targets = grid
+        .near_segment(origin, end, slack)
+        .filter(|h| h.id != shooter && within(h.pos))
+        .filter_map(|h| history.position_at(h.id, t, f).map(|p| (h.id, p)));
+    combat::hitscan_within(origin, dir, limit, targets).map(|(hit, _)| hit)
 }
 
 /// Applies this tick's blows in order: health, and for a kill, death (hidden until respawn),
@@ -822,6 +855,71 @@ mod tests {
             player: id % 2 == 0,
         }));
         g
+    }
+
+    #[test]
+    fn a_rifle_shot_hits_what_testing_every_entity_at_the_rewound_time_hits() {
+        use arena_shared::map::MapParams;
+        // Crowds around random shooters on a map with obstacles: every body moves at most a
+        // player's top speed a tick over a rewind's worth of history. The shot's target from
+        // the gathered few must be the one `hitscan` picks among every entity rewound.
+        let rate = 30.0;
+        let rewind = 10u32;
+        let step = sim::PLAYER.max_speed.max(sim::NPC.max_speed) / rate;
+        let slack = step * rewind as f32 + HIT_RADIUS;
+        let mut rng = SplitMix64::new(21);
+        let (mut shots, mut hits) = (0, 0);
+        for world in 0..40u64 {
+            let map = Map::generate(MapParams {
+                seed: world,
+                width: 2048.0,
+                height: 2048.0,
+                obstacles: 12,
+            });
+            let n = 300u32;
+            let mut pos: Vec<Vec2> = (0..n).map(|_| rng.square(0.0, 2048.0)).collect();
+            let mut vel: Vec<Vec2> = (0..n).map(|_| rng.square(-1.0, 1.0)).collect();
+            let mut history = combat::History::new(rewind + 2);
+            let now = 100 + rewind;
+            for tick in 100..=now {
+                if tick > 100 {
+                    for (p, v) in pos.iter_mut().zip(&mut vel) {
+                        if rng.below(8) == 0 {
+                            *v = rng.square(-1.0, 1.0);
+                        }
+                        // Up to the top speed, and now and then exactly at it.
+                        let len = if rng.below(4) == 0 {
+                            step
+                        } else {
+                            rng.range_f32(0.0, step)
+                        };
+                        *p += v.normalize_or_zero() * len;
+                    }
+                }
+                history.push(tick, (1..=n).map(|id| (id, pos[id as usize - 1])));
+            }
+            let grid = grid_of(
+                &(1..=n)
+                    .map(|id| (id, pos[id as usize - 1]))
+                    .collect::<Vec<_>>(),
+            );
+            for _ in 0..50 {
+                let shooter = 1 + rng.below(n);
+                let origin = pos[shooter as usize - 1];
+                let dir = Vec2::from_angle(rng.range_f32(0.0, std::f32::consts::TAU));
+                let at = (now - rng.below(rewind + 1), rng.range_f32(0.0, 1.0));
+                let every = (1..=n)
+                    .filter(|&id| id != shooter)
+                    .filter_map(|id| history.position_at(id, at.0, at.1).map(|p| (id, p)));
+                let expected = combat::hitscan(&map, origin, dir, RIFLE.range, every);
+                let got = rifle_target(&grid, &history, &map, origin, dir, shooter, at, slack);
+                assert_eq!(got, expected.map(|(id, _)| id), "world {world}");
+                shots += 1;
+                hits += usize::from(got.is_some());
+            }
+        }
+        // Most shots hit something in these crowds, some are stopped short or miss.
+        assert!(hits > shots / 3 && hits < shots, "{hits} of {shots}");
     }
 
     #[test]
