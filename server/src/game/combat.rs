@@ -193,6 +193,10 @@ pub struct HitGrid {
     cells: Vec<Vec<u32>>,
     /// Sorted by id: [`HitGrid::get`] is a binary search.
     items: Vec<Hittable>,
+    /// Items outside the cells' square (put in an edge cell) or not finite: where there are
+    /// any, [`HitGrid::nearest`] cannot bound a cell's distance by its place and searches the
+    /// whole box instead.
+    outside: usize,
 }
 
 impl HitGrid {
@@ -206,7 +210,14 @@ impl HitGrid {
             cols,
             cells: vec![Vec::new(); cols * cols],
             items: Vec::new(),
+            outside: 0,
         }
+    }
+
+    /// Within the cells' square (not put in an edge cell by clamping), and finite.
+    fn covers(&self, p: Vec2) -> bool {
+        let extent = self.cols as f32 * self.cell;
+        p.x >= 0.0 && p.y >= 0.0 && p.x < extent && p.y < extent
     }
 
     fn cell_of(&self, p: Vec2) -> (usize, usize) {
@@ -222,6 +233,7 @@ impl HitGrid {
         self.items.extend(items);
         // Ids order the cells' contents, so every query sees targets in the same order.
         self.items.sort_unstable_by_key(|h| h.id);
+        self.outside = self.items.iter().filter(|h| !self.covers(h.pos)).count();
         for (i, h) in self.items.iter().enumerate() {
             let (x, y) = self.cell_of(h.pos);
             self.cells[y * self.cols + x].push(i as u32);
@@ -278,7 +290,87 @@ impl HitGrid {
     }
 
     /// The nearest item within `range` of `pos` that `keep` accepts (ties: lower id).
+    ///
+    /// Searched ring by ring of cells outward from `pos`'s own, stopping once no cell further
+    /// out can hold anything nearer than the best found, or anything within `range`: a spawn
+    /// point's clearance (800 units) or an NPC's look (400) is mostly settled in the first
+    /// rings, where the whole box is up to 13 x 13 cells. The answer is the box search's
+    /// ([`HitGrid::nearest_in_box`]), which is used where a cell's place does not bound its
+    /// items' distance (`pos` or an item outside the cells' square).
     pub fn nearest(
+        &self,
+        pos: Vec2,
+        range: f32,
+        keep: impl Fn(&Hittable) -> bool,
+    ) -> Option<&Hittable> {
+        if self.outside > 0 || !self.covers(pos) || range.is_nan() || range < 0.0 {
+            return self.nearest_in_box(pos, range, keep);
+        }
+        let (cx, cy) = self.cell_of(pos);
+        // Every cell `r` rings out is at least `r - 1` cells plus the distance from `pos` to
+        // the border of its own cell away.
+        let (fx, fy) = (pos.x - cx as f32 * self.cell, pos.y - cy as f32 * self.cell);
+        let border = fx.min(self.cell - fx).min(fy).min(self.cell - fy).max(0.0);
+        let range2 = range * range;
+        let mut best: Option<(f32, &Hittable)> = None;
+        // The cells the box of `range` around `pos` touches, as the box search has them:
+        // nothing outside it is within range.
+        let (lo, hi) = (
+            self.cell_of(pos - Vec2::splat(range)),
+            self.cell_of(pos + Vec2::splat(range)),
+        );
+        let (lo, hi) = (
+            (lo.0 as isize, lo.1 as isize),
+            (hi.0 as isize, hi.1 as isize),
+        );
+        let (cx, cy) = (cx as isize, cy as isize);
+        for r in 0..=self.cols as isize {
+            if r > 0 {
+                // A hair under the bound, for rounding: a tie further out is still looked at.
+                let bound = ((r - 1) as f32 * self.cell + border) * (1.0 - 1e-5) - 1e-3;
+                if bound > range || best.is_some_and(|(d2, _)| d2 < bound * bound) {
+                    break;
+                }
+            }
+            let (x0, x1, y0, y1) = (cx - r, cx + r, cy - r, cy + r);
+            if x0 < lo.0 && y0 < lo.1 && x1 > hi.0 && y1 > hi.1 {
+                break;
+            }
+            for y in y0.max(lo.1)..=y1.min(hi.1) {
+                let row = y as usize * self.cols;
+                let mut visit = |x: isize| {
+                    for &i in &self.cells[row + x as usize] {
+                        let h = &self.items[i as usize];
+                        if !keep(h) {
+                            continue;
+                        }
+                        let d2 = h.pos.distance_squared(pos);
+                        if d2 <= range2
+                            && best.is_none_or(|(b, bh)| d2 < b || (d2 == b && h.id < bh.id))
+                        {
+                            best = Some((d2, h));
+                        }
+                    }
+                };
+                if y == y0 || y == y1 {
+                    // The ring's top and bottom rows whole.
+                    (x0.max(lo.0)..=x1.min(hi.0)).for_each(&mut visit);
+                } else {
+                    // Between them, its two end cells.
+                    if x0 >= lo.0 {
+                        visit(x0);
+                    }
+                    if x1 <= hi.0 {
+                        visit(x1);
+                    }
+                }
+            }
+        }
+        best.map(|(_, h)| h)
+    }
+
+    /// [`HitGrid::nearest`] by a search of every cell the box around `pos` touches.
+    pub fn nearest_in_box(
         &self,
         pos: Vec2,
         range: f32,
@@ -920,6 +1012,71 @@ mod tests {
         }
         // Most shots hit something in these crowds, some are stopped short or miss.
         assert!(hits > shots / 3 && hits < shots, "{hits} of {shots}");
+    }
+
+    #[test]
+    fn the_ring_search_finds_what_the_box_search_finds() {
+        // Crowds sparse and dense, clustered and on cell borders and corners (ties at equal
+        // distances), queries from anywhere with ranges from under a cell to past the world,
+        // filters that take some or none; and worlds with an item outside the grid's square,
+        // where the box search answers. Each answer must be the box search's, ties included.
+        let mut rng = SplitMix64::new(8);
+        let mut found = 0;
+        for world in 0..300u32 {
+            let size = [512.0, 2048.0, 4096.0][world as usize % 3];
+            let n = [0, 5, 60, 800][world as usize % 4];
+            let mut g = HitGrid::new(size);
+            let cell = HitGrid::CELL;
+            let points: Vec<Vec2> = (0..n)
+                .map(|_| match rng.below(4) {
+                    // On a grid of half cells: many ties and points on cell borders.
+                    0 => Vec2::new(
+                        (rng.below((size / cell * 2.0) as u32) as f32) * cell / 2.0,
+                        (rng.below((size / cell * 2.0) as u32) as f32) * cell / 2.0,
+                    ),
+                    1 => Vec2::splat(size / 2.0) + rng.square(-150.0, 150.0),
+                    _ => rng.square(0.0, size - 0.01),
+                })
+                .collect();
+            let mut items: Vec<(u32, Vec2)> = points
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| (i as u32 * 3 + 1, p))
+                .collect();
+            if world % 10 == 9 {
+                items.push((99_999, Vec2::new(-40.0, size / 2.0)));
+            }
+            g.rebuild(items.iter().map(|&(id, pos)| Hittable {
+                id,
+                entity: Entity::PLACEHOLDER,
+                pos,
+                player: id % 2 == 0,
+            }));
+            for _ in 0..60 {
+                let at = match rng.below(3) {
+                    0 => items
+                        .get(rng.below(items.len().max(1) as u32) as usize)
+                        .map_or(Vec2::ZERO, |i| i.1),
+                    1 => rng.square(-200.0, size + 200.0),
+                    _ => rng.square(0.0, size),
+                };
+                let range = [10.0, 100.0, 400.0, 800.0, 5000.0][rng.below(5) as usize];
+                let m = rng.below(3);
+                let keep = |h: &Hittable| match m {
+                    0 => true,
+                    1 => h.player,
+                    _ => h.id % 7 == 1,
+                };
+                let ring = g.nearest(at, range, keep).map(|h| h.id);
+                let boxed = g.nearest_in_box(at, range, keep).map(|h| h.id);
+                assert_eq!(
+                    ring, boxed,
+                    "world {world} at {at} range {range} filter {m}"
+                );
+                found += usize::from(ring.is_some());
+            }
+        }
+        assert!(found > 5_000, "{found}");
     }
 
     #[test]
