@@ -86,10 +86,20 @@ pub fn new_world(config: &Config, map: Arc<Map>, stats: Arc<Stats>) -> World {
     let mut world = World::new();
     let mut rng = SplitMix64::new(config.seed);
     let mut ids = NetIds::default();
+    // Tick 0 means "no baseline" on the wire; the first tick is 1.
+    let first_tick = 1;
     for _ in 0..config.npcs {
         let pos = map.random_free_point(&mut rng, sim::NPC.radius);
+        let id = ids.allocate();
+        // The NPCs look around in turn, an eighth of them a tick (by id), not all on the same
+        // tick: a look is a search of the grid, and thousands at once made every eighth tick's
+        // `ai` phase several times the others' (BENCHMARKS.md, "Issue 21: the tick's tails").
+        let brain = combat::NpcBrain {
+            next_look: first_tick + id.0 % arena_shared::combat::NPC_LOOK_TICKS,
+            ..Default::default()
+        };
         world.spawn((
-            ids.allocate(),
+            id,
             Kind(EntityKind::Npc),
             Motion(Body {
                 pos,
@@ -101,15 +111,14 @@ pub fn new_world(config: &Config, map: Arc<Map>, stats: Arc<Stats>) -> World {
                 ticks_left: 0,
             },
             combat::Health(arena_shared::combat::NPC_HEALTH),
-            combat::NpcBrain::default(),
+            brain,
         ));
     }
     world.insert_resource(ids);
     world.insert_resource(WorldRng(rng));
     world.insert_resource(Obstacles(ObstacleGrid::new(&map)));
     world.insert_resource(MapRes(map));
-    // Tick 0 means "no baseline" on the wire; the first tick is 1.
-    world.insert_resource(Tick(1));
+    world.insert_resource(Tick(first_tick));
     world.insert_resource(SimSettings {
         dt: config.dt(),
         tick_rate: config.tick_rate,

@@ -407,6 +407,42 @@ fn projectiles(h: &mut Harness) -> usize {
 }
 
 #[test]
+fn npcs_look_around_an_eighth_at_a_time_not_all_on_one_tick() {
+    // 80 NPCs and nobody to chase: each looks once every NPC_LOOK_TICKS ticks, and as many
+    // look on each tick.
+    let mut h = harness(80);
+    let looks = |h: &mut Harness| -> BTreeMap<u32, u32> {
+        let world = h.sim.world_mut();
+        let mut q = world.query::<(&NetId, &NpcBrain)>();
+        q.iter(world).map(|(n, b)| (n.0, b.next_look)).collect()
+    };
+    let mut before = looks(&mut h);
+    let mut looked: BTreeMap<u32, u32> = BTreeMap::new();
+    for _ in 0..3 * combat::NPC_LOOK_TICKS {
+        h.sim.tick();
+        let after = looks(&mut h);
+        let this_tick = after
+            .iter()
+            .filter(|(id, next)| before[*id] != **next)
+            .count();
+        assert_eq!(
+            this_tick,
+            80 / combat::NPC_LOOK_TICKS as usize,
+            "tick {}",
+            now(&h)
+        );
+        for (id, next) in &after {
+            if before[id] != *next {
+                *looked.entry(*id).or_default() += 1;
+            }
+        }
+        before = after;
+    }
+    assert_eq!(looked.len(), 80);
+    assert!(looked.values().all(|&n| n == 3), "{looked:?}");
+}
+
+#[test]
 fn a_player_under_spawn_protection_takes_no_damage_and_no_npc_picks_it_until_it_runs_out() {
     let mut h = harness_with(1, &["--spawn-protection", "500ms"]);
     // The NPC is 180 units from B and 520 from A, beyond the 400 it notices from, and wanders
@@ -478,10 +514,15 @@ fn at_most_npc_max_engaged_npcs_chase_one_player_the_lowest_ids_first() {
         let angle = i as f32 * std::f32::consts::TAU / 8.0;
         let r = 250.0 - 5.0 * i as f32;
         place(&mut h, id, centre + r * Vec2::new(angle.cos(), angle.sin()));
+        // All look on the same tick, the next but one, once the grid has them where they
+        // were placed (NPCs look in turn, by id, an eighth a tick): among those looking at
+        // once, the lowest ids pick first.
+        let e = entity(&mut h, id);
+        let at = now(&h) + 1;
+        h.sim.world_mut().get_mut::<NpcBrain>(e).unwrap().next_look = at;
     }
-    for _ in 0..=combat::NPC_LOOK_TICKS {
-        h.sim.tick();
-    }
+    h.sim.tick();
+    h.sim.tick();
     assert_eq!(chasers_of(&mut h, p.entity), npcs[..2]);
     // One of them dies: another takes its place within a look, never a third at once.
     let first = entity(&mut h, npcs[0]);
