@@ -608,13 +608,13 @@ impl Receiver {
 
     /// The view at `tick`, if held, to keep beside the receiver without a copy.
     pub fn shared(&self, tick: u32) -> Option<&Arc<View>> {
-        let slot = Self::slot(tick);
-        if tick == 0 || self.ticks[slot] != tick {
+        if !self.holds(tick) {
             return None;
         }
-        self.ring[slot].as_ref()
+        self.ring[Self::slot(tick)].as_ref()
     }
 
+    /// A view at `tick` is held (read from the array of ticks, not the views).
     fn holds(&self, tick: u32) -> bool {
         tick != 0 && self.ticks[Self::slot(tick)] == tick
     }

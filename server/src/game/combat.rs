@@ -193,10 +193,6 @@ pub struct HitGrid {
     cells: Vec<Vec<u32>>,
     /// Sorted by id: [`HitGrid::get`] is a binary search.
     items: Vec<Hittable>,
-    /// Items outside the cells' square (put in an edge cell) or not finite: where there are
-    /// any, [`HitGrid::nearest`] cannot bound a cell's distance by its place and searches the
-    /// whole box instead.
-    outside: usize,
 }
 
 impl HitGrid {
@@ -210,14 +206,7 @@ impl HitGrid {
             cols,
             cells: vec![Vec::new(); cols * cols],
             items: Vec::new(),
-            outside: 0,
         }
-    }
-
-    /// Within the cells' square (not put in an edge cell by clamping), and finite.
-    fn covers(&self, p: Vec2) -> bool {
-        let extent = self.cols as f32 * self.cell;
-        p.x >= 0.0 && p.y >= 0.0 && p.x < extent && p.y < extent
     }
 
     fn cell_of(&self, p: Vec2) -> (usize, usize) {
@@ -233,7 +222,6 @@ impl HitGrid {
         self.items.extend(items);
         // Ids order the cells' contents, so every query sees targets in the same order.
         self.items.sort_unstable_by_key(|h| h.id);
-        self.outside = self.items.iter().filter(|h| !self.covers(h.pos)).count();
         for (i, h) in self.items.iter().enumerate() {
             let (x, y) = self.cell_of(h.pos);
             self.cells[y * self.cols + x].push(i as u32);
@@ -295,20 +283,19 @@ impl HitGrid {
     /// out can hold anything nearer than the best found, or anything within `range`: a spawn
     /// point's clearance (800 units) or an NPC's look (400) is mostly settled in the first
     /// rings, where the whole box is up to 13 x 13 cells. The answer is the box search's
-    /// ([`HitGrid::nearest_in_box`]), which is used where a cell's place does not bound its
-    /// items' distance (`pos` or an item outside the cells' square).
+    /// (`nearest_in_box`, kept for the tests), within the same box. The bound holds off the
+    /// grid too: what lies beyond an
+    /// edge is filed in the edge cell and is further from anything than that cell is, and a
+    /// `pos` beyond an edge is further from every cell than its clamped place says.
     pub fn nearest(
         &self,
         pos: Vec2,
         range: f32,
         keep: impl Fn(&Hittable) -> bool,
     ) -> Option<&Hittable> {
-        if self.outside > 0 || !self.covers(pos) || range.is_nan() || range < 0.0 {
-            return self.nearest_in_box(pos, range, keep);
-        }
         let (cx, cy) = self.cell_of(pos);
         // Every cell `r` rings out is at least `r - 1` cells plus the distance from `pos` to
-        // the border of its own cell away.
+        // the border of its own cell away (0 when `pos` is off the grid).
         let (fx, fy) = (pos.x - cx as f32 * self.cell, pos.y - cy as f32 * self.cell);
         let border = fx.min(self.cell - fx).min(fy).min(self.cell - fy).max(0.0);
         let range2 = range * range;
@@ -369,8 +356,10 @@ impl HitGrid {
         best.map(|(_, h)| h)
     }
 
-    /// [`HitGrid::nearest`] by a search of every cell the box around `pos` touches.
-    pub fn nearest_in_box(
+    /// [`HitGrid::nearest`] by a search of every cell the box around `pos` touches: the
+    /// reference the ring search is tested against.
+    #[cfg(test)]
+    fn nearest_in_box(
         &self,
         pos: Vec2,
         range: f32,
@@ -1017,9 +1006,10 @@ mod tests {
     #[test]
     fn the_ring_search_finds_what_the_box_search_finds() {
         // Crowds sparse and dense, clustered and on cell borders and corners (ties at equal
-        // distances), queries from anywhere with ranges from under a cell to past the world,
-        // filters that take some or none; and worlds with an item outside the grid's square,
-        // where the box search answers. Each answer must be the box search's, ties included.
+        // distances), queries from anywhere with ranges from under a cell to past the world
+        // (and a negative one, and NaN), filters that take some or none; queries and items off the
+        // grid (beyond every edge and corner, and a NaN). Each answer must be the box
+        // search's, ties included.
         let mut rng = SplitMix64::new(8);
         let mut found = 0;
         for world in 0..300u32 {
@@ -1043,8 +1033,22 @@ mod tests {
                 .enumerate()
                 .map(|(i, &p)| (i as u32 * 3 + 1, p))
                 .collect();
-            if world % 10 == 9 {
-                items.push((99_999, Vec2::new(-40.0, size / 2.0)));
+            if world % 5 == 4 {
+                // Beyond every edge and corner (filed in the edge cells), and one not finite.
+                for (k, at) in [
+                    Vec2::new(-40.0, size / 2.0),
+                    Vec2::new(size + 30.0, size / 3.0),
+                    Vec2::new(size / 4.0, -90.0),
+                    Vec2::new(size / 2.0, size + 5.0),
+                    Vec2::new(-60.0, -60.0),
+                    Vec2::new(size + 70.0, size + 10.0),
+                    Vec2::NAN,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    items.push((99_000 + k as u32, at));
+                }
             }
             g.rebuild(items.iter().map(|&(id, pos)| Hittable {
                 id,
@@ -1060,7 +1064,8 @@ mod tests {
                     1 => rng.square(-200.0, size + 200.0),
                     _ => rng.square(0.0, size),
                 };
-                let range = [10.0, 100.0, 400.0, 800.0, 5000.0][rng.below(5) as usize];
+                let range =
+                    [10.0, 100.0, 400.0, 800.0, 5000.0, -50.0, f32::NAN][rng.below(7) as usize];
                 let m = rng.below(3);
                 let keep = |h: &Hittable| match m {
                     0 => true,
@@ -1077,6 +1082,16 @@ mod tests {
             }
         }
         assert!(found > 5_000, "{found}");
+        // A negative range reads the one cell its inverted box touches, in both searches.
+        let centre = Vec2::splat(HitGrid::CELL * 2.5);
+        let g = grid_of(&[(1, centre)]);
+        for range in [-50.0, -100.0, f32::NAN] {
+            assert_eq!(
+                g.nearest(centre, range, |_| true).map(|h| h.id),
+                g.nearest_in_box(centre, range, |_| true).map(|h| h.id),
+                "{range}"
+            );
+        }
     }
 
     #[test]

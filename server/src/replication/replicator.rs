@@ -624,9 +624,9 @@ impl ClientReplicator {
 
     /// The candidates of a tick between rankings: those the last snapshot left waiting, with
     /// the priorities of that ranking, and the client's own entity (`own`: its place in the
-    /// frame and in the interest set, when in both) when its record is not current. The interest set is kept as it is and nothing is removed. Frame indices are
-    /// found only for those chosen ([`locate_chosen`]). Returns the candidates' estimated
-    /// bytes.
+    /// frame and in the interest set, when in both) when its record is not current. The
+    /// interest set is kept as it is and nothing is removed. Frame indices are found only for
+    /// those chosen ([`locate_chosen`]). Returns the candidates' estimated bytes.
     fn next_of_ranking(
         &self,
         ctx: &ClassifyCtx,

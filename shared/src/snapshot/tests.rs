@@ -596,8 +596,8 @@ fn ack_from_views(rx: &Receiver) -> Option<Ack> {
 
 #[test]
 fn the_receivers_tick_index_always_says_what_its_views_say() {
-    // Snapshots built against baselines up to six ticks old, delivered lost, late, out of
-    // order and twice; some views kept by a holder (as the interpolation buffer does) so that
+    // Snapshots built against the client's newest view or one of the two before it (when
+    // held), delivered lost, late, out of order and twice; some views kept by a holder (as the interpolation buffer does) so that
     // releasing them cannot reuse them. After every receive, the index of ticks names exactly
     // the views held, and lookups and acknowledgements agree with the views themselves.
     for seed in 0..60u64 {
@@ -607,7 +607,8 @@ fn the_receivers_tick_index_always_says_what_its_views_say() {
         let mut held: Vec<Arc<View>> = Vec::new();
         let mut in_flight: Vec<DeltaSnapshot> = Vec::new();
         for tick in 1..=400u32 {
-            // The server's baseline: a view the client acknowledged, never older than the last.
+            // The server's baseline: the newest view the client acknowledged, or one up to two
+            // ticks before it, when the client still holds it; now and then none (a full one).
             let base = rx
                 .ack()
                 .filter(|_| rng.below(4) != 0)
