@@ -195,6 +195,8 @@ pub struct Built {
 pub struct Scratch {
     /// One bit per frame entity: within the exit radius of the client being built.
     near_bits: Vec<u64>,
+    /// The frame indices of the bits set in `near_bits`, ascending ([`flatten_bits`]).
+    near_list: Vec<u32>,
     /// By frame index (valid where the bit is set): what the grid said of the entity.
     near_at: Vec<Near>,
     /// The interest set of the client being built, gathered when more than `max_view` are
@@ -422,7 +424,8 @@ impl ClientReplicator {
             Self::mark_near(scratch, frame, grid, center, own_index, s)
         };
         let Scratch {
-            near_bits,
+            near_bits: _,
+            near_list,
             near_at,
             members,
             kept,
@@ -450,7 +453,7 @@ impl ClientReplicator {
         // to keep the nearest.
         let empty: &[snapshot::EntityRecord] = &[];
         let base_entities = base.map_or(empty, |b| b.entities.as_slice());
-        let walk = NearWalk::new(near_bits, near_at, &self.interest, s, own);
+        let walk = NearWalk::new(near_list, near_at, &self.interest, s, own);
         let mut out = Classified {
             removed,
             candidates,
@@ -680,7 +683,8 @@ impl ClientReplicator {
 
     /// Marks in `scratch.near_bits` (by frame index) every entity within the exit radius of
     /// `center`, and the client's own entity, with what the grid said of each in
-    /// `scratch.near_at`; returns how many.
+    /// `scratch.near_at`, and lists their frame indices in order in `scratch.near_list`;
+    /// returns how many.
     fn mark_near(
         scratch: &mut Scratch,
         frame: &WorldFrame,
@@ -694,7 +698,10 @@ impl ClientReplicator {
         // Mark what is near in a bitmap over frame indices, to be read in order: the frame is
         // sorted by id, so the members come out in id order without a sort.
         let Scratch {
-            near_bits, near_at, ..
+            near_bits,
+            near_list,
+            near_at,
+            ..
         } = scratch;
         near_bits.clear();
         near_bits.resize(frame.entities.len().div_ceil(64), 0);
@@ -726,17 +733,19 @@ impl ClientReplicator {
                 current_from: frame.current_from[i],
             };
         }
+        flatten_bits(near_bits, count, near_list);
         count
     }
 }
 
-/// The interest set in id order, from the near bitmap merged with last tick's set as it comes:
-/// members stay while within the exit radius, newcomers enter within the enter radius (and the
-/// client's own entity always); each carries its priority from last tick.
+/// The interest set in id order, from the near entities (ascending frame indices, so ascending
+/// ids) merged with last tick's set as it comes: members stay while within the exit radius,
+/// newcomers enter within the enter radius (and the client's own entity always); each carries
+/// its priority from last tick.
 struct NearWalk<'a> {
-    bits: &'a [u64],
-    word_at: usize,
-    word: u64,
+    /// The near frame indices, ascending.
+    list: &'a [u32],
+    at: usize,
     near_at: &'a [Near],
     old: &'a [Kept],
     oi: usize,
@@ -746,16 +755,15 @@ struct NearWalk<'a> {
 
 impl<'a> NearWalk<'a> {
     fn new(
-        bits: &'a [u64],
+        list: &'a [u32],
         near_at: &'a [Near],
         old: &'a [Kept],
         s: &RepSettings,
         own: u32,
     ) -> Self {
         Self {
-            bits,
-            word_at: 0,
-            word: bits.first().copied().unwrap_or(0),
+            list,
+            at: 0,
             near_at,
             old,
             oi: 0,
@@ -770,12 +778,8 @@ impl Iterator for NearWalk<'_> {
 
     fn next(&mut self) -> Option<Member> {
         loop {
-            while self.word == 0 {
-                self.word_at += 1;
-                self.word = *self.bits.get(self.word_at)?;
-            }
-            let frame_index = self.word_at * 64 + self.word.trailing_zeros() as usize;
-            self.word &= self.word - 1;
+            let frame_index = *self.list.get(self.at)? as usize;
+            self.at += 1;
             let Near {
                 d2,
                 id,
@@ -796,6 +800,41 @@ impl Iterator for NearWalk<'_> {
             }
         }
     }
+}
+
+/// Writes into `out` the indices of the bits set in `bits`, ascending; `count` is about how
+/// many (room is made as needed). A word's first four are written whether set or not and the
+/// write position moves on by the word's count: the number of set bits in a word (about two
+/// in a client's near bitmap) is a branch the processor cannot predict, taken once a word
+/// when the bits are read one by one.
+fn flatten_bits(bits: &[u64], count: usize, out: &mut Vec<u32>) {
+    const UNCONDITIONAL: usize = 4;
+    out.clear();
+    out.resize(count + 64, 0);
+    let mut n = 0;
+    for (w, &word) in bits.iter().enumerate() {
+        let base = (w * 64) as u32;
+        let ones = word.count_ones() as usize;
+        if n + 64 > out.len() {
+            out.resize(n + 64, 0);
+        }
+        let mut rest = word;
+        for slot in &mut out[n..n + UNCONDITIONAL] {
+            // `trailing_zeros` of 0 is 64: a slot past the word's count, overwritten later.
+            *slot = base + rest.trailing_zeros();
+            rest &= rest.wrapping_sub(1);
+        }
+        if ones > UNCONDITIONAL {
+            let mut at = n + UNCONDITIONAL;
+            while rest != 0 {
+                out[at] = base + rest.trailing_zeros();
+                rest &= rest - 1;
+                at += 1;
+            }
+        }
+        n += ones;
+    }
+    out.truncate(n);
 }
 
 /// Finds the frame entries of the first `chosen` candidates of `order` (a tick between
@@ -1172,5 +1211,55 @@ mod selection_tests {
                 .collect();
             assert_eq!(got_ids, want_ids, "case {case}");
         }
+    }
+}
+
+#[cfg(test)]
+mod flatten_tests {
+    use super::*;
+    use arena_shared::rng::SplitMix64;
+
+    /// The set bits one by one, as the interest walk read them before.
+    fn one_by_one(bits: &[u64]) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (w, &word) in bits.iter().enumerate() {
+            let mut rest = word;
+            while rest != 0 {
+                out.push((w * 64) as u32 + rest.trailing_zeros());
+                rest &= rest - 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn flattened_bits_are_every_set_bit_ascending_whatever_the_density_and_the_count_given() {
+        let mut rng = SplitMix64::new(21);
+        let mut out = Vec::new();
+        let mut dense_words = 0;
+        for case in 0..3000 {
+            let words = rng.below(40) as usize;
+            // From empty to full, through a client's ~2 bits a word, with words of every
+            // count up to 64 (more than the four written whether set or not).
+            let density = [0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 0.9, 1.0][case % 8];
+            let bits: Vec<u64> = (0..words)
+                .map(|_| {
+                    (0..64).fold(0u64, |word, b| {
+                        word | (u64::from(rng.next_f32() < density) << b)
+                    })
+                })
+                .collect();
+            dense_words += bits.iter().filter(|w| w.count_ones() > 4).count();
+            let expected = one_by_one(&bits);
+            // The count given is a hint for the room made: right, none, or far too many.
+            for count in [expected.len(), 0, expected.len() + 100] {
+                flatten_bits(&bits, count, &mut out);
+                assert_eq!(out, expected, "case {case}, count given {count}");
+            }
+        }
+        assert!(
+            dense_words > 1000,
+            "{dense_words} words of more than four bits"
+        );
     }
 }
