@@ -266,8 +266,7 @@ impl HitGrid {
             (x0..=x1)
                 .filter(move |&x| {
                     let c = Vec2::new(x as f32, y as f32) * cell + half;
-                    let t = ((c - a).dot(ab) / len2).clamp(0.0, 1.0);
-                    (a + ab * t).distance_squared(c) <= reach * reach
+                    segment_distance_squared(a, ab, len2, c) <= reach * reach
                 })
                 .flat_map(move |x| {
                     self.cells[y * cols + x]
@@ -724,15 +723,19 @@ pub fn rifle_target(
     let len2 = ab.length_squared().max(f32::MIN_POSITIVE);
     // A unit to spare over the speed bound, for rounding.
     let reach2 = (slack + 1.0) * (slack + 1.0);
-    let within = |p: Vec2| {
-        let s = ((p - origin).dot(ab) / len2).clamp(0.0, 1.0);
-        (origin + ab * s).distance_squared(p) <= reach2
-    };
+    let within = |p: Vec2| segment_distance_squared(origin, ab, len2, p) <= reach2;
     let targets = grid
         .near_segment(origin, end, slack)
         .filter(|h| h.id != shooter && within(h.pos))
         .filter_map(|h| history.position_at(h.id, t, f).map(|p| (h.id, p)));
     combat::hitscan_within(origin, dir, limit, targets).map(|(hit, _)| hit)
+}
+
+/// The squared distance from `p` to the segment from `a` along `ab` (`len2`: `ab`'s squared
+/// length, kept above zero by the caller, which tests many points against one segment).
+fn segment_distance_squared(a: Vec2, ab: Vec2, len2: f32, p: Vec2) -> f32 {
+    let t = ((p - a).dot(ab) / len2).clamp(0.0, 1.0);
+    (a + ab * t).distance_squared(p)
 }
 
 /// Applies this tick's blows in order: health, and for a kill, death (hidden until respawn),
