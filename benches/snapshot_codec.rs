@@ -58,6 +58,7 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
     delta_apply(c);
+    client_codec(c);
 }
 
 /// A baseline of `n` records (every third id, so entities can enter between them) and a
@@ -136,6 +137,47 @@ fn delta_apply(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+}
+
+/// What a client's codec does with each snapshot it gets and each input it sends: a delta
+/// datagram of the live game's size decoded, an input framed. bitcode's one-shot calls
+/// against the codec's, which keep bitcode's working memory on the thread
+/// (`protocol::codec`'s `BUFFER`).
+fn client_codec(c: &mut Criterion) {
+    use arena_shared::protocol::codec::{self, encode_datagram};
+    use arena_shared::protocol::{Buttons, ClientMsg, Input, InputStatus, ServerDatagram};
+    use arena_shared::quant::{Aim, MoveDir};
+    let (_, snap) = delta_case(280, 3, 3, 16);
+    let bytes = encode_datagram(&ServerDatagram::Delta(InputStatus::default(), snap));
+    eprintln!("client_codec: a delta datagram of {} bytes", bytes.len());
+    let input = ClientMsg::Input(Input {
+        seq: 1234,
+        tick: 5678,
+        movement: MoveDir::from_vec2(glam::Vec2::new(1.0, 0.5)),
+        aim: Aim::from_radians(0.7),
+        buttons: Buttons(Buttons::FIRE),
+        view_tick: 5670,
+        view_frac: 128,
+    });
+    let mut group = c.benchmark_group("client_codec");
+    group.bench_function("decode_delta/one_shot", |b| {
+        b.iter(|| black_box(bitcode::decode::<ServerDatagram>(black_box(&bytes)).ok()))
+    });
+    group.bench_function("decode_delta/codec", |b| {
+        b.iter(|| black_box(decode_datagram(black_box(&bytes)).ok()))
+    });
+    group.bench_function("encode_input/one_shot", |b| {
+        b.iter(|| black_box(bitcode::encode(black_box(&input)).len()))
+    });
+    let mut out = Vec::new();
+    group.bench_function("encode_input/codec", |b| {
+        b.iter(|| {
+            out.clear();
+            codec::encode_client(black_box(&input), &mut out).expect("fits");
+            black_box(&out);
+        })
+    });
     group.finish();
 }
 

@@ -15,6 +15,31 @@ use super::{
 };
 use crate::token::MAX_TOKEN_LEN;
 
+thread_local! {
+    /// bitcode's working memory for the messages of every tick (a client's inputs and
+    /// acknowledgements, the server's snapshots as a client decodes them), kept from call to
+    /// call on each thread: a one-shot call allocates and frees a buffer for every column of
+    /// the message (`cargo bench --bench snapshot_codec`, `client_codec`). One a thread, not
+    /// one a session: a bots' process runs hundreds of sessions on a thread, and a buffer of
+    /// each session's own would be out of cache at each use. It holds what the largest message
+    /// decoded or encoded on the thread needed: at most a frame's [`MAX_FRAME_LEN`] of columns.
+    static BUFFER: std::cell::RefCell<bitcode::Buffer> = std::cell::RefCell::new(bitcode::Buffer::new());
+}
+
+/// `f` with the thread's [`BUFFER`], or with a fresh one where it is taken (a call from
+/// within a call) or gone (a thread's teardown): the same bytes and results either way.
+fn with_buffer<R>(f: impl FnOnce(&mut bitcode::Buffer) -> R) -> R {
+    let mut f = Some(f);
+    let kept = BUFFER.try_with(|b| {
+        let mut b = b.try_borrow_mut().ok()?;
+        Some((f.take().expect("called once"))(&mut b))
+    });
+    match kept {
+        Ok(Some(r)) => r,
+        _ => (f.take().expect("not called"))(&mut bitcode::Buffer::new()),
+    }
+}
+
 /// Bytes of the length prefix in front of every reliable frame.
 pub const FRAME_HEADER_LEN: usize = 4;
 
@@ -103,11 +128,11 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, HelloError> {
 
 /// Appends one framed client message.
 pub fn encode_client(msg: &ClientMsg, out: &mut Vec<u8>) -> Result<(), FrameError> {
-    push_frame(out, &bitcode::encode(msg))
+    with_buffer(|b| push_frame(out, b.encode(msg)))
 }
 
 pub fn decode_client(body: &[u8]) -> Result<ClientMsg, DecodeError> {
-    bitcode::decode(body).map_err(|_| DecodeError::Malformed)
+    with_buffer(|b| b.decode(body)).map_err(|_| DecodeError::Malformed)
 }
 
 /// Appends one framed server message.
@@ -120,11 +145,11 @@ pub fn decode_server(body: &[u8]) -> Result<ServerMsg, DecodeError> {
 }
 
 pub fn encode_client_datagram(msg: &ClientDatagram) -> Vec<u8> {
-    bitcode::encode(msg)
+    with_buffer(|b| b.encode(msg).to_vec())
 }
 
 pub fn decode_client_datagram(bytes: &[u8]) -> Result<ClientDatagram, DecodeError> {
-    bitcode::decode(bytes).map_err(|_| DecodeError::Malformed)
+    with_buffer(|b| b.decode(bytes)).map_err(|_| DecodeError::Malformed)
 }
 
 pub fn encode_datagram(msg: &ServerDatagram) -> Vec<u8> {
@@ -150,7 +175,7 @@ impl DatagramEncoder {
 }
 
 pub fn decode_datagram(bytes: &[u8]) -> Result<ServerDatagram, DecodeError> {
-    bitcode::decode(bytes).map_err(|_| DecodeError::Malformed)
+    with_buffer(|b| b.decode(bytes)).map_err(|_| DecodeError::Malformed)
 }
 
 /// Splits the state of `entities` at `tick` into datagrams of at most `max_size` bytes each.

@@ -519,3 +519,92 @@ fn inputs_outside_their_documented_range_name_their_fault() {
     let names: std::collections::HashSet<_> = InputFault::ALL.iter().map(|f| f.as_str()).collect();
     assert_eq!(names.len(), InputFault::ALL.len());
 }
+
+/// What the one-shot calls give (bitcode without a kept buffer), to hold the kept one to.
+fn one_shot_datagram(bytes: &[u8]) -> Result<ServerDatagram, DecodeError> {
+    bitcode::decode(bytes).map_err(|_| DecodeError::Malformed)
+}
+
+#[test]
+fn the_threads_kept_buffer_gives_what_a_one_shot_call_gives() {
+    // The per-tick messages on one thread's buffer, in every order and size (a `WhoIs` of
+    // up to 300 ids, snapshots of up to 200 entities), with hostile bytes between them:
+    // every encoding is the one-shot call's, byte for byte, and every decoding its result.
+    let mut rng = crate::rng::SplitMix64::new(21);
+    for round in 0..400u32 {
+        let msg = match rng.below(3) {
+            0 => ClientMsg::Input(Input {
+                seq: rng.below(u32::MAX),
+                tick: rng.below(1 << 20),
+                movement: MoveDir {
+                    x: rng.below(255) as i8,
+                    y: rng.below(255) as i8,
+                },
+                aim: Aim(rng.below(65_536) as u16),
+                buttons: Buttons(rng.below(4) as u8),
+                view_tick: rng.below(1 << 20),
+                view_frac: rng.below(256) as u8,
+            }),
+            1 => ClientMsg::Ping(Ping {
+                nonce: rng.below(u32::MAX),
+            }),
+            _ => ClientMsg::WhoIs(WhoIs {
+                entities: (0..rng.below(300)).map(|_| rng.below(1 << 24)).collect(),
+            }),
+        };
+        let mut kept = Vec::new();
+        encode_client(&msg, &mut kept).unwrap();
+        let mut once = Vec::new();
+        push_frame(&mut once, &bitcode::encode(&msg)).unwrap();
+        assert_eq!(kept, once, "round {round}");
+        assert_eq!(decode_client(&one_frame(&kept)), Ok(msg), "round {round}");
+
+        let ack = ClientDatagram::Ack(crate::snapshot::Ack {
+            newest: rng.below(1 << 20),
+            bits: rng.below(u32::MAX),
+        });
+        let bytes = encode_client_datagram(&ack);
+        assert_eq!(bytes, bitcode::encode(&ack), "round {round}");
+        assert_eq!(decode_client_datagram(&bytes), Ok(ack), "round {round}");
+
+        let updates: Vec<crate::snapshot::Update> = (1..=rng.below(200))
+            .map(|k| crate::snapshot::Update {
+                id: 3 * k,
+                kind: EntityKind::Npc,
+                fields: [
+                    rng.below(65_536) as i32,
+                    rng.below(65_536) as i32,
+                    rng.below(400) as i32 - 200,
+                    0,
+                ],
+            })
+            .collect();
+        let (snap, _) = crate::snapshot::encode(round + 1, 30, None, [5, 5], &[], &updates);
+        let datagram = encode_datagram(&ServerDatagram::Delta(Default::default(), snap));
+        assert_eq!(decode_datagram(&datagram), one_shot_datagram(&datagram));
+        // Hostile: cut short, bytes flipped, or noise.
+        let mut bad = datagram.clone();
+        match rng.below(3) {
+            0 => bad.truncate(rng.below(bad.len() as u32) as usize),
+            1 => {
+                let at = rng.below(bad.len() as u32) as usize;
+                bad[at] ^= 1 + rng.below(255) as u8;
+            }
+            _ => bad = (0..rng.below(64)).map(|_| rng.below(256) as u8).collect(),
+        }
+        assert_eq!(
+            decode_datagram(&bad),
+            one_shot_datagram(&bad),
+            "round {round}"
+        );
+        assert_eq!(
+            decode_client(&bad),
+            bitcode::decode::<ClientMsg>(&bad).map_err(|_| DecodeError::Malformed),
+            "round {round}"
+        );
+    }
+    // A call made while the thread's buffer is in use takes a fresh one.
+    let ack = ClientDatagram::Ack(crate::snapshot::Ack { newest: 9, bits: 3 });
+    let nested = with_buffer(|_| encode_client_datagram(&ack));
+    assert_eq!(nested, bitcode::encode(&ack));
+}
