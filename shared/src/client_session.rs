@@ -743,6 +743,7 @@ impl ClientSession {
             && interpolating
         {
             g.interp.frame(r);
+            g.interp.recycle_into(&mut g.receiver);
         }
     }
 

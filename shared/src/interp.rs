@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use glam::Vec2;
 
-use crate::snapshot::View;
+use crate::snapshot::{Receiver, View};
 
 /// Most snapshots kept: the render tick is at most [`MAX_DELAY_TICKS`] behind the server-tick
 /// estimate, which runs a little ahead of the newest snapshot; four more cover the bracketing
@@ -43,7 +43,13 @@ pub struct Interpolator {
     gap_dev: f64,
     dry: bool,
     underruns: u64,
+    /// Views let go of since the last [`Interpolator::recycle_into`], at most [`LET_GO`].
+    let_go: Vec<Arc<View>>,
 }
+
+/// Views let go of that an interpolator keeps for [`Interpolator::recycle_into`]; more are
+/// dropped.
+const LET_GO: usize = 2;
 
 impl Interpolator {
     pub fn new(tick_rate: u16) -> Self {
@@ -55,6 +61,25 @@ impl Interpolator {
             gap_dev: 0.0,
             dry: false,
             underruns: 0,
+            let_go: Vec::new(),
+        }
+    }
+
+    fn let_go(&mut self, view: Option<Arc<View>>) {
+        if let Some(view) = view
+            && self.let_go.len() < LET_GO
+        {
+            self.let_go.push(view);
+        }
+    }
+
+    /// Hands the views let go of since the last call to `receiver` ([`Receiver::recycle`]): a
+    /// view is usually the receiver's and this buffer's at once, and the last to let go of it
+    /// is this buffer, so without this its allocation is freed and the next snapshot's view
+    /// allocated afresh (~280 records, from malloc's slow path, at every snapshot).
+    pub fn recycle_into(&mut self, receiver: &mut Receiver) {
+        for view in self.let_go.drain(..) {
+            receiver.recycle(view);
         }
     }
 
@@ -74,7 +99,8 @@ impl Interpolator {
         }
         self.last_arrival = Some(now_ms);
         if self.views.len() == BUFFER {
-            self.views.pop_front();
+            let old = self.views.pop_front();
+            self.let_go(old);
         }
         self.views.push_back(Arc::clone(view));
     }
@@ -133,7 +159,8 @@ impl Interpolator {
         self.dry = dry;
         let keep_from = render_tick - KEEP_BEHIND_TICKS;
         while self.views.len() > 1 && f64::from(self.views[1].tick) <= keep_from {
-            self.views.pop_front();
+            let old = self.views.pop_front();
+            self.let_go(old);
         }
     }
 
@@ -188,6 +215,30 @@ mod tests {
                 tick,
             }],
         }
+    }
+
+    #[test]
+    fn the_views_let_go_of_go_back_to_the_receiver_and_no_more_are_kept_meanwhile() {
+        let mut interp = Interpolator::new(RATE);
+        let mut rx = Receiver::new(RATE);
+        // Views only this buffer holds, let go of as the render tick passes them.
+        for tick in 1..=20u32 {
+            interp.push(&Arc::new(view(tick)), f64::from(tick) * TICK_MS);
+            interp.frame(f64::from(tick) - 1.5);
+            assert!(interp.let_go.len() <= LET_GO, "tick {tick}");
+        }
+        assert_eq!(interp.let_go.len(), LET_GO);
+        assert_eq!(rx.held(), 0);
+        interp.recycle_into(&mut rx);
+        assert_eq!(rx.held(), LET_GO, "the receiver's spares");
+        assert!(interp.let_go.is_empty());
+        // A full buffer lets go of its oldest on a push, too.
+        let mut full = Interpolator::new(RATE);
+        for tick in 1..=BUFFER as u32 + 1 {
+            full.push(&Arc::new(view(tick)), f64::from(tick) * TICK_MS);
+        }
+        assert_eq!(full.views_held(), BUFFER);
+        assert_eq!(full.let_go.len(), 1);
     }
 
     #[test]

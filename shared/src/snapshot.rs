@@ -589,6 +589,12 @@ impl Receiver {
         self.ring.iter().flatten().count() + self.spare.len()
     }
 
+    /// Released views' allocations kept for the next views.
+    #[cfg(test)]
+    pub(crate) fn spares(&self) -> usize {
+        self.spare.len()
+    }
+
     /// Bytes of view records held room for (ring and spares): the receiver's memory (views
     /// shared with the interpolation buffer included).
     pub fn view_bytes(&self) -> usize {
@@ -655,7 +661,15 @@ impl Receiver {
                 None
             }
         };
-        let mut view = old.or_else(|| self.spare.pop()).unwrap_or_default();
+        // A spare first: it was let go of a few ticks ago, where the slot's old view is a
+        // ring old, out of cache.
+        let mut view = match (self.spare.pop(), old) {
+            (Some(spare), Some(old)) => {
+                self.spare.push(old);
+                spare
+            }
+            (spare, old) => spare.or(old).unwrap_or_default(),
+        };
         let base = match snap.baseline {
             0 => None,
             b => self.view(b),
@@ -683,6 +697,17 @@ impl Receiver {
             self.newest = Some(snap.tick);
         }
         Ok(self.ring[slot].as_deref().unwrap_or_else(|| unreachable!()))
+    }
+
+    /// A view its other holder (the interpolation buffer) has let go of: kept for the next
+    /// snapshot's view when this receiver no longer holds it either and has room among its
+    /// spares, else dropped.
+    pub fn recycle(&mut self, view: Arc<View>) {
+        if self.spare.len() < SPARE_VIEWS
+            && let Ok(view) = Arc::try_unwrap(view)
+        {
+            self.spare.push(view);
+        }
     }
 
     /// The acknowledgement to send now (`None` before the first snapshot).

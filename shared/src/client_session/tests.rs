@@ -588,6 +588,47 @@ fn an_interpolating_session_holds_each_view_once() {
 }
 
 #[test]
+fn the_views_interpolation_lets_go_of_serve_the_next_snapshots() {
+    // Each snapshot against the one before, as the server sends them to a client that
+    // acknowledges every one: the receiver lets go of a view once a newer baseline is named,
+    // while the interpolation buffer still shows it; the buffer lets go of it a few frames
+    // later, and its allocation is a spare for the next snapshot's view.
+    let mut s = session(AckTiming::NextFrame);
+    s.connect("tok");
+    s.on_stream(&welcome_bytes(1, false), 0.0);
+    let _ = sent(&mut s, true);
+    let _ = events(&mut s);
+    let mut base: Option<snapshot::View> = None;
+    for (i, tick) in (3..40u32).enumerate() {
+        let updates = [Update {
+            id: OTHER,
+            kind: EntityKind::Player,
+            fields: [quantize_pos(500.0 + i as f32), quantize_pos(500.0), 0, 0],
+        }];
+        let (snap, view) = snapshot::encode(tick, RATE, base.as_ref(), [0, 0], &[], &updates);
+        base = Some(view);
+        let status = InputStatus {
+            last_seq: 0,
+            late: 0,
+            lead: 3,
+        };
+        let now = 100.0 + 34.0 * i as f64;
+        s.on_datagram(
+            &codec::encode_datagram(&ServerDatagram::Delta(status, snap)),
+            now,
+        );
+        s.frame(now + 10.0, walk_right);
+    }
+    assert_eq!(s.latest(), base.as_ref(), "every snapshot applied");
+    let g = s.game.as_ref().expect("playing");
+    assert!(g.interp.views_held() >= 2, "it interpolates");
+    assert!(
+        g.receiver.spares() >= 1,
+        "the views let go of came back to the receiver"
+    );
+}
+
+#[test]
 fn a_watching_session_acks_on_receipt_and_keeps_no_clock_prediction_or_interpolation() {
     // Configured to ack at the next frame, but it runs none: the ack leaves on receipt.
     let mut s = session(AckTiming::NextFrame).watch_only();

@@ -657,9 +657,55 @@ fn the_receivers_tick_index_always_says_what_its_views_say() {
                 assert_eq!(rx.ack(), ack_from_views(&rx), "seed {seed}");
             }
             if held.len() > 8 {
-                held.drain(..4);
+                // Let go of, as the interpolation buffer does: handed back or dropped.
+                for view in held.drain(..4) {
+                    if rng.below(2) == 0 {
+                        rx.recycle(view);
+                    }
+                }
             }
         }
         assert!(rx.ack().is_some_and(|a| a.bits != 0), "seed {seed}");
     }
+}
+
+#[test]
+fn a_view_its_other_holder_lets_go_of_serves_the_next_snapshot() {
+    let update = |tick: u32| Update {
+        id: 5,
+        kind: EntityKind::Npc,
+        fields: [tick as i32, 0, 0, 0],
+    };
+    let mut rx = Receiver::new(RATE);
+    let mut views: Vec<View> = Vec::new();
+    let receive = |rx: &mut Receiver, tick: u32, views: &mut Vec<View>| {
+        let base = views.last();
+        let (snap, view) = encode(tick, RATE, base, [0, 0], &[], &[update(tick)]);
+        assert_eq!(rx.receive(&snap), Ok(&view));
+        views.push(view);
+    };
+    receive(&mut rx, 1, &mut views);
+    // The interpolation buffer's share of view 1.
+    let other = rx.shared(1).expect("held").clone();
+    let allocation = other.entities.as_ptr();
+    receive(&mut rx, 2, &mut views);
+    // View 1 is now below the newest baseline named: the receiver lets go of it, and cannot
+    // reuse it while it is shared.
+    receive(&mut rx, 3, &mut views);
+    assert!(!rx.holds(1));
+    assert_eq!(rx.held(), 2, "views 2 and 3, no spare");
+    // A view the receiver still holds is not taken from it.
+    rx.recycle(rx.shared(3).expect("held").clone());
+    assert_eq!(rx.held(), 2);
+    assert_eq!(rx.view(3), Some(&views[2]));
+    // Handed back, it is a spare, and the next snapshot's view is written into it.
+    rx.recycle(other);
+    assert_eq!(rx.held(), 3, "views 2 and 3 and a spare");
+    receive(&mut rx, 4, &mut views);
+    assert_eq!(rx.shared(4).expect("held").entities.as_ptr(), allocation);
+    // No more than the receiver's spares are kept.
+    for _ in 0..4 {
+        rx.recycle(Arc::new(views[0].clone()));
+    }
+    assert_eq!(rx.held(), 2 + SPARE_VIEWS, "views 3 and 4 and the spares");
 }
