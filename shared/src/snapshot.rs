@@ -407,6 +407,17 @@ impl<'a> GapIds<'a> {
     }
 }
 
+/// The smaller of two heads of [`GapIds`] (`None`: that list is done). Written out because
+/// the iterator over an array of the three heads was kept on the stack, stored and loaded
+/// again at every id a snapshot names: a quarter of `apply_into`'s samples at 400 bots.
+fn min_head(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
 /// [`apply`] into `view`, reusing its allocation. On error `view` holds no meaningful state.
 ///
 /// The baseline is copied a run at a time: the records below the next id the snapshot names
@@ -446,10 +457,7 @@ pub fn apply_into(
     let mut i = 0;
     loop {
         // The next id the snapshot names, and the baseline's records below it as they are.
-        let next = [removed.head, changed.head, entered.head]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = min_head(min_head(removed.head, changed.head), entered.head);
         let bound = next.unwrap_or(u32::MAX);
         let run = records[i..].iter().take_while(|r| r.id < bound).count();
         out.extend_from_slice(&records[i..i + run]);
