@@ -23,21 +23,17 @@ thread_local! {
     /// one a session: a bots' process runs hundreds of sessions on a thread, and a buffer of
     /// each session's own would be out of cache at each use. It holds what the largest message
     /// decoded or encoded on the thread needed: at most a frame's [`MAX_FRAME_LEN`] of columns.
-    static BUFFER: std::cell::RefCell<bitcode::Buffer> = std::cell::RefCell::new(bitcode::Buffer::new());
+    static BUFFER: std::cell::Cell<bitcode::Buffer> = std::cell::Cell::new(bitcode::Buffer::new());
 }
 
-/// `f` with the thread's [`BUFFER`], or with a fresh one where it is taken (a call from
-/// within a call) or gone (a thread's teardown): the same bytes and results either way.
+/// `f` with the thread's [`BUFFER`], taken out of it for the call and put back after: a call
+/// from within a call finds an empty one in its place, and a thread's teardown none, and each
+/// then works with a fresh buffer. The same bytes and results either way.
 fn with_buffer<R>(f: impl FnOnce(&mut bitcode::Buffer) -> R) -> R {
-    let mut f = Some(f);
-    let kept = BUFFER.try_with(|b| {
-        let mut b = b.try_borrow_mut().ok()?;
-        Some((f.take().expect("called once"))(&mut b))
-    });
-    match kept {
-        Ok(Some(r)) => r,
-        _ => (f.take().expect("not called"))(&mut bitcode::Buffer::new()),
-    }
+    let mut buffer = BUFFER.try_with(std::cell::Cell::take).unwrap_or_default();
+    let result = f(&mut buffer);
+    let _ = BUFFER.try_with(|kept| kept.set(buffer));
+    result
 }
 
 /// Bytes of the length prefix in front of every reliable frame.
