@@ -83,6 +83,7 @@ impl Grid {
 
     /// Calls `f` with every entity in the cells overlapping the square of half-side `radius`
     /// around `center` (a superset of the circle; callers test distance).
+    #[inline(always)]
     pub fn query(&self, center: Vec2, radius: f32, mut f: impl FnMut(&Item)) {
         if self.cols == 0 {
             return;
