@@ -384,26 +384,6 @@ impl ClientReplicator {
         self.build_any(scratch, frame, grid, own, s, max_datagram, input)
     }
 
-    /// [`Self::build`] compiled for any processor of the target, whatever this one has: what
-    /// the tests compare the dispatched build with.
-    #[cfg(test)]
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the tick's shared inputs and this client's own; a struct would only rename them"
-    )]
-    pub(crate) fn build_portable(
-        &mut self,
-        scratch: &mut Scratch,
-        frame: &WorldFrame,
-        grid: &Grid,
-        own: u32,
-        s: &RepSettings,
-        max_datagram: usize,
-        input: InputStatus,
-    ) -> Built {
-        self.build_any(scratch, frame, grid, own, s, max_datagram, input)
-    }
-
     /// [`Self::build_any`] compiled for x86-64-v3 (2013's Haswell and later, AMD's Zen): the
     /// near bitmap's bit counts and indices are one instruction each, where the baseline
     /// x86-64 target computes them in a dozen. Only called where the processor has them.
@@ -427,13 +407,14 @@ impl ClientReplicator {
     }
 
     /// The build, inlined into each of its compilations (with its helpers: the query, the
-    /// bitmap's listing, the walk and the classification).
+    /// bitmap's listing, the walk and the classification). Called directly, it is the portable
+    /// compilation: what the tests compare the dispatched build with.
     #[inline(always)]
     #[expect(
         clippy::too_many_arguments,
         reason = "the tick's shared inputs and this client's own; a struct would only rename them"
     )]
-    fn build_any(
+    pub(super) fn build_any(
         &mut self,
         scratch: &mut Scratch,
         frame: &WorldFrame,

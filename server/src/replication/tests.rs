@@ -982,7 +982,7 @@ fn same_snapshots_with_and_without_paths(
             );
             // Built by the portable compilation: the dispatched one (x86-64-v3 where the
             // processor has it) must give the same bytes.
-            let b = twin.compared.build_portable(
+            let b = twin.compared.build_any(
                 &mut scratch,
                 &compared_frame,
                 &compared_grid,
