@@ -911,7 +911,8 @@ impl Churn {
 }
 
 /// One client of the equivalence test: the replicator that trusts the frame's paths, the one
-/// that compares every record (built by the portable compilation), and the lossy, reordering network of the former.
+/// that compares every record (built by the portable compilation), and the lossy, reordering
+/// network of the former.
 struct Twin {
     own: u32,
     max_datagram: usize,
