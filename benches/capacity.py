@@ -36,9 +36,12 @@ The `replicate` phase per client is the phase's mean wall time a tick over the w
 the network threads and the bots share the cores).
 
 Under each row a comment line gives the server's CPU by thread over the same window (names with
-their number dropped: the runtime's workers are the network side, `arena-rep` replication's
-workers, `arena-sim` the simulation) and the replication workers' CPU a client a tick. Set
-beside the phase's wall time, that says how long the workers waited for a core.
+their number dropped: the runtime's workers are the network side, `arena-sim` the simulation
+with its share of building snapshots) and the CPU that building snapshots took a client a tick,
+from the server's `arena_replication_cpu_microseconds_total` (the simulation thread's and its
+helpers' own clocks). Set beside the phase's wall time, that says how long the builders waited
+for a core. Replication's helper threads (`arena-rep-N`) live for one tick's phase, so they are
+left out of the per-thread list; their CPU is in the server's total and in that figure.
 
 Tick percentiles come from the server's histogram (bucket counts at the end of the window minus
 those at its start, interpolated inside a bucket); the maximum is the largest value of the
@@ -100,6 +103,16 @@ def phase_mean(before, after, phase: str) -> float:
     return total / ticks if ticks > 0 else 0.0
 
 
+def replicate_cpu_us(before, after) -> float:
+    """Mean CPU microseconds building snapshots took a tick between two scrapes, by every
+    thread that built (0 when no tick ran)."""
+    key = '{phase="replicate"}'
+    cpu = after.get(("arena_replication_cpu_microseconds_total", ""), 0.0) - before.get(
+        ("arena_replication_cpu_microseconds_total", ""), 0.0)
+    ticks = after.get(("arena_tick_phase_seconds_count", key), 0.0) - before.get(("arena_tick_phase_seconds_count", key), 0.0)
+    return cpu / ticks if ticks > 0 else 0.0
+
+
 def quantile(before, after, name: str, q: float) -> float:
     """The q-quantile of what a histogram recorded between two scrapes, interpolated linearly
     inside its bucket (the upper edge for the open +Inf bucket)."""
@@ -134,7 +147,7 @@ def proc_cpu_s(pid: int) -> float:
 
 def threads_cpu_s(pid: int) -> dict[str, float]:
     """User + system CPU seconds of a process's live threads, summed by name with its number
-    dropped (`arena-rep-0` and `arena-rep-1` are `arena-rep`)."""
+    dropped (`arena-rep-1` and `arena-rep-2` are `arena-rep`)."""
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -366,10 +379,13 @@ def run_step(args, n: int, http: str, server_pid: int, bots_bin: Path, budget: f
         "bots_cpu_pct_per_bot": bots_cpu / max(n, 1),
         "bots_rss_per_bot_kib": bots_rss / max(n, 1) / 1024,
         "replicate_us_per_client": phase_mean(before, after, "replicate") * 1e6 / max(n, 1),
-        # The replication workers' CPU a client a tick, beside the phase's wall time above: the
-        # gap is the time they waited for a core.
-        "replicate_cpu_us_per_client": threads.get("arena-rep", 0.0) / 100 * 1e6 / args.tick_rate / max(n, 1),
-        "server_threads_cpu_pct": {k: v for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v >= 0.5},
+        # Building snapshots' CPU a client a tick, beside the phase's wall time above: the gap
+        # is the time the builders waited for a core.
+        "replicate_cpu_us_per_client": replicate_cpu_us(before, after) / max(n, 1),
+        # A replication helper lives for one phase: one caught alive would count its whole
+        # CPU time in this window.
+        "server_threads_cpu_pct": {k: v for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
+                                   if v >= 0.5 and k != "arena-rep"},
         "udp_drops_server": server_drops,
         "udp_drops_bots": bots_drops,
         "clients_min": clients_min,
@@ -399,10 +415,11 @@ def format_row(r: dict) -> str:
 
 
 def format_threads(r: dict) -> str:
-    """The server's CPU by thread, for the row above: the network side (`tokio-rt-worker`),
-    replication's workers (`arena-rep`), the simulation (`arena-sim`) and the rest."""
+    """The server's CPU by thread, for the row above: the network side (`tokio-rt-worker`), the
+    simulation with its share of building snapshots (`arena-sim`) and the rest; then what
+    building snapshots took, every builder together."""
     parts = ", ".join(f"{k} {v:.1f}%" for k, v in r["server_threads_cpu_pct"].items())
-    return (f"#   {r['bots']} bots: server threads' CPU (% of a core): {parts}; replication workers "
+    return (f"#   {r['bots']} bots: server threads' CPU (% of a core): {parts}; building snapshots "
             f"{r['replicate_cpu_us_per_client']:.1f} us CPU a client a tick")
 
 

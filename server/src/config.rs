@@ -233,10 +233,12 @@ pub struct Config {
     /// ranking (replication/replicator.rs, "Re-ranking"). 1 re-ranks every tick.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub rerank_ticks: u32,
-    /// Threads that build clients' snapshots in parallel each tick (0: one per CPU). Clients
-    /// are independent, so the result does not depend on the count; 1 builds them on the
-    /// simulation thread.
-    #[arg(long, default_value_t = 0)]
+    /// Threads that build clients' snapshots in parallel each tick, the simulation thread
+    /// included (0: one per CPU; at most 256): the simulation thread builds a share and starts
+    /// a helper thread for each other one. Clients are independent, so the result does not
+    /// depend on the count; 1 builds them on the simulation thread alone.
+    #[arg(long, default_value_t = 0,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=crate::replication::MAX_THREADS as u64))]
     pub replication_threads: usize,
 
     /// Period of the heap trim: glibc's `malloc_trim`, giving the pages that handshakes and
@@ -723,6 +725,15 @@ mod tests {
         .unwrap();
         assert_eq!(c.wt_bind.port(), 0);
         assert_eq!(c.token_ttl, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn replication_threads_are_bounded() {
+        // Each is started every tick: a count that large is a mistake, not a setting.
+        assert_eq!(Config::default().replication_threads, 0, "one per CPU");
+        let c = Config::try_parse_from(["arena-server", "--replication-threads", "256"]).unwrap();
+        assert_eq!(c.replication_threads, 256);
+        assert!(Config::try_parse_from(["arena-server", "--replication-threads", "257"]).is_err());
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct Stats {
     pub tick_us: AtomicU64,
     pub ticks: AtomicU64,
     pub replication_us: AtomicU64,
+    /// CPU time spent building snapshots, by the simulation thread and its helpers together
+    /// (`replicate` above is the phase's wall time).
+    pub replication_cpu_us: AtomicU64,
     pub snapshots_built: AtomicU64,
     /// Snapshots built without a baseline (full).
     pub snapshots_full: AtomicU64,
@@ -156,6 +159,7 @@ impl Stats {
             tick_us: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
             replication_us: AtomicU64::new(0),
+            replication_cpu_us: AtomicU64::new(0),
             snapshots_built: AtomicU64::new(0),
             snapshots_full: AtomicU64::new(0),
             snapshots_between_rankings: AtomicU64::new(0),
@@ -523,6 +527,13 @@ const COUNTERS: &[Source] = &[
         "arena_inputs_late_total",
         "Player ticks whose input had not arrived in time (the previous input was repeated).",
         |s| &s.inputs_late,
+    ),
+    (
+        "arena_replication_cpu_microseconds_total",
+        "CPU time spent building snapshots, by the simulation thread and its helper threads \
+         together (--replication-threads); beside the replicate phase's wall time, it says how \
+         long the builders waited for a core.",
+        |s| &s.replication_cpu_us,
     ),
     (
         "arena_acks_received_total",

@@ -22,14 +22,13 @@ pub mod replicator;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arena_shared::protocol::codec::encode_snapshot_parts;
 use arena_shared::protocol::{EntityState, InputStatus};
 use arena_shared::sim;
 use bevy_ecs::prelude::*;
-use rayon::prelude::*;
 use tokio::sync::broadcast;
 use tracing::warn;
 
@@ -46,9 +45,14 @@ use replicator::RepSettings;
 /// How snapshots are built (`--replication`; the type lives with the other settings).
 pub use crate::config::ReplicationMode as Mode;
 
-/// Below this many clients, snapshots are built on the simulation thread: handing work to the
-/// pool costs more than it saves.
-pub const PARALLEL_MIN_CLIENTS: usize = 16;
+/// A thread that builds snapshots builds at least this many clients' (a tick with fewer than
+/// twice as many clients builds them on the simulation thread alone): starting a helper costs
+/// about what building a few snapshots does.
+pub const MIN_CLIENTS_PER_THREAD: usize = 8;
+
+/// The most threads `--replication-threads` may ask for (the simulation thread and its
+/// helpers).
+pub const MAX_THREADS: usize = 256;
 
 /// Replication's state kept between ticks.
 #[derive(Resource)]
@@ -58,11 +62,12 @@ pub struct Replicator {
     pub world_size: f32,
     pub frame: WorldFrame,
     pub grid: Grid,
-    /// Threads building snapshots; `None` builds them on the simulation thread.
-    pool: Option<rayon::ThreadPool>,
-    /// Working memory for building snapshots, one per worker (clients are split into as many
-    /// contiguous chunks).
+    /// Working memory for building snapshots, one per thread that builds them (the
+    /// simulation thread's first, then its helpers'): clients are split into as many
+    /// contiguous chunks. See [`build_all`].
     scratch: Vec<replicator::Scratch>,
+    /// A helper thread could not be started (the other threads built its chunk): said once.
+    spawn_failed: bool,
     /// Full mode: the encodings of this tick, by maximum datagram size.
     encoded: Vec<(usize, SnapshotDatagrams)>,
     full_state: Vec<EntityState>,
@@ -71,7 +76,8 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    /// `threads`: workers for building snapshots, 0 for one per CPU, 1 for none.
+    /// `threads`: threads building snapshots each tick, the simulation thread included: 0 for
+    /// one per CPU, 1 for the simulation thread alone; at most [`MAX_THREADS`].
     pub fn new(
         mode: Mode,
         settings: RepSettings,
@@ -82,30 +88,18 @@ impl Replicator {
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
-        };
-        let pool = (threads > 1)
-            .then(|| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .thread_name(|i| format!("arena-rep-{i}"))
-                    .build()
-                    .map_err(|e| warn!(error = %e, "no replication threads; building on the simulation thread"))
-                    .ok()
-            })
-            .flatten();
-        let workers = pool
-            .as_ref()
-            .map_or(1, rayon::ThreadPool::current_num_threads);
+        }
+        .clamp(1, MAX_THREADS);
         Self {
             mode,
             settings,
             world_size,
             frame: WorldFrame::default(),
             grid: Grid::default(),
-            pool,
-            scratch: (0..workers)
+            scratch: (0..threads)
                 .map(|_| replicator::Scratch::default())
                 .collect(),
+            spawn_failed: false,
             encoded: Vec::new(),
             full_state: Vec::new(),
             tap,
@@ -166,6 +160,8 @@ struct Tally {
     datagram_bytes: usize,
     view_bytes: usize,
     views_whole: usize,
+    /// CPU time the threads spent building, microseconds.
+    cpu_us: u64,
 }
 
 impl std::ops::Add for Tally {
@@ -184,6 +180,7 @@ impl std::ops::Add for Tally {
             datagram_bytes: self.datagram_bytes + o.datagram_bytes,
             view_bytes: self.view_bytes + o.view_bytes,
             views_whole: self.views_whole + o.views_whole,
+            cpu_us: self.cpu_us + o.cpu_us,
         }
     }
 }
@@ -225,7 +222,123 @@ fn build_one(
         datagram_bytes: delivered.bytes,
         view_bytes: replica.replicator.view_bytes() + replica.replicator.interest_bytes(),
         views_whole: replica.replicator.whole_views(),
+        cpu_us: 0,
     }
+}
+
+/// What every client's build reads: this tick's frame and grid, and the settings.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    frame: &'a WorldFrame,
+    grid: &'a Grid,
+    settings: &'a RepSettings,
+}
+
+/// A client to build for: its replication, its entity's id and its input's status.
+type Work<'a> = (&'a mut Replica, u32, InputStatus);
+
+/// One contiguous run of clients and the working memory it is built with.
+type Chunk<'a, 'b> = (&'b mut [Work<'a>], &'b mut replicator::Scratch);
+
+/// Builds every client's snapshot: in contiguous chunks, one per scratch (clients are
+/// independent, so the split changes nothing in what each is sent). The calling thread (the
+/// simulation's) builds chunks itself while helper threads, started for this tick inside a
+/// scope and ended with it, build the others; each thread takes the next chunk nobody has
+/// taken, so a helper that starts late, or not at all, leaves its chunk to the others. Each
+/// chunk holds at least [`MIN_CLIENTS_PER_THREAD`] clients: fewer clients, fewer helpers.
+///
+/// Helpers are started each tick rather than kept in a pool: a pool's workers took the tick's
+/// work from a simulation thread that then waited idle, and yielded in a spin before they
+/// slept; in the combat bench that was the phase's tail (BENCHMARKS.md, "Issue 21: the
+/// simulation thread builds too"). A start and join costs ~50 us of CPU a tick on the 2-core
+/// VM (0.15% of a core at 30 Hz).
+fn build_all(
+    work: &mut [Work<'_>],
+    scratch: &mut [replicator::Scratch],
+    shared: Shared<'_>,
+    spawn_failed: &mut bool,
+) -> Tally {
+    let threads = builders(work.len(), scratch.len());
+    let chunk = work.len().div_ceil(threads).max(1);
+    let chunks: Vec<std::sync::Mutex<(Chunk, Tally)>> = work
+        .chunks_mut(chunk)
+        .zip(scratch.iter_mut())
+        .map(|c| std::sync::Mutex::new((c, Tally::default())))
+        .collect();
+    let next = AtomicUsize::new(0);
+    // Takes chunks until none is left; returns the CPU time it spent.
+    let take = || {
+        let cpu = thread_cpu_us();
+        while let Some(c) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let mut c = c.lock().unwrap_or_else(|e| e.into_inner());
+            let ((part, scratch), tally) = &mut *c;
+            *tally = part
+                .iter_mut()
+                .fold(Tally::default(), |t, (replica, id, input)| {
+                    t + build_one(
+                        replica,
+                        *id,
+                        *input,
+                        scratch,
+                        shared.frame,
+                        shared.grid,
+                        shared.settings,
+                    )
+                });
+        }
+        thread_cpu_us().saturating_sub(cpu)
+    };
+    let cpu_us = std::thread::scope(|scope| {
+        let mut helpers = Vec::with_capacity(chunks.len().saturating_sub(1));
+        for i in 1..chunks.len() {
+            match std::thread::Builder::new()
+                .name(format!("arena-rep-{i}"))
+                .spawn_scoped(scope, take)
+            {
+                Ok(h) => helpers.push(h),
+                Err(e) => {
+                    if !std::mem::replace(spawn_failed, true) {
+                        warn!(error = %e, "a replication helper thread could not start; the simulation thread builds its clients");
+                    }
+                    break;
+                }
+            }
+        }
+        let own = take();
+        helpers.into_iter().fold(own, |cpu, h| {
+            cpu + h
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    });
+    let tally = chunks
+        .into_iter()
+        .map(|c| c.into_inner().unwrap_or_else(|e| e.into_inner()).1)
+        .fold(Tally::default(), |a, b| a + b);
+    Tally { cpu_us, ..tally }
+}
+
+/// How many threads build `clients` snapshots when `threads` may: each at least
+/// [`MIN_CLIENTS_PER_THREAD`], and at least the simulation thread.
+fn builders(clients: usize, threads: usize) -> usize {
+    (clients / MIN_CLIENTS_PER_THREAD).clamp(1, threads.max(1))
+}
+
+/// The calling thread's CPU time so far, microseconds (0 where it cannot be read).
+fn thread_cpu_us() -> u64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid `timespec` for the call to write, and the clock is one every
+        // Unix the server builds for knows.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000;
+        }
+    }
+    0
 }
 
 /// Settings derived from the config.
@@ -264,6 +377,7 @@ pub fn replicate(
     let mode = rep.mode;
     let tally = match mode {
         Mode::Full => {
+            let cpu = thread_cpu_us();
             rep.full_state.clear();
             rep.full_state
                 .extend(bodies.iter().map(|(id, kind, m)| EntityState {
@@ -291,6 +405,7 @@ pub fn replicate(
                 tally.sent += rep.full_state.len();
                 tally.dropped += link.outbox.push(datagrams);
             }
+            tally.cpu_us = thread_cpu_us().saturating_sub(cpu);
             tally
         }
         Mode::Delta => {
@@ -318,50 +433,23 @@ pub fn replicate(
                 })
                 .collect();
             let Replicator {
-                pool,
                 scratch,
                 frame,
                 grid,
                 settings,
+                spawn_failed,
                 ..
             } = rep;
-            let (frame, grid, settings) = (&*frame, &*grid, &*settings);
-            match pool {
-                Some(pool) if work.len() >= PARALLEL_MIN_CLIENTS => {
-                    // Contiguous chunks, one per worker and its scratch: clients are
-                    // independent, so the split changes nothing in what each is sent.
-                    let chunk = work.len().div_ceil(scratch.len());
-                    pool.install(|| {
-                        work.par_chunks_mut(chunk)
-                            .zip(scratch.par_iter_mut())
-                            .map(|(part, scratch)| {
-                                part.iter_mut().fold(
-                                    Tally::default(),
-                                    |t, (replica, net_id, input)| {
-                                        t + build_one(
-                                            replica, *net_id, *input, scratch, frame, grid,
-                                            settings,
-                                        )
-                                    },
-                                )
-                            })
-                            .reduce(Tally::default, |a, b| a + b)
-                    })
-                }
-                _ => work
-                    .iter_mut()
-                    .fold(Tally::default(), |t, (replica, net_id, input)| {
-                        t + build_one(
-                            replica,
-                            *net_id,
-                            *input,
-                            &mut scratch[0],
-                            frame,
-                            grid,
-                            settings,
-                        )
-                    }),
-            }
+            build_all(
+                &mut work,
+                scratch,
+                Shared {
+                    frame,
+                    grid,
+                    settings,
+                },
+                spawn_failed,
+            )
         }
     };
     let s = &stats.0;
@@ -377,6 +465,7 @@ pub fn replicate(
     Stats::add(&s.entities_deferred, tally.deferred as u64);
     Stats::add(&s.encode_passes, tally.passes as u64);
     Stats::add(&s.replication_us, started.elapsed().as_micros() as u64);
+    Stats::add(&s.replication_cpu_us, tally.cpu_us);
     if mode == Mode::Delta {
         s.replication_view_bytes
             .store(tally.view_bytes as u64, Ordering::Relaxed);

@@ -1046,3 +1046,18 @@ proptest! {
         same_snapshots_with_and_without_paths(seed, entities, size, budget_bytes, max_view, loss)?;
     }
 }
+
+#[test]
+fn each_snapshot_builder_has_its_share_of_clients_and_the_simulation_thread_always_builds() {
+    use super::{MIN_CLIENTS_PER_THREAD as MIN, builders};
+    // Fewer than two threads' worth: the simulation thread alone, helpers or not.
+    assert_eq!(builders(0, 4), 1);
+    assert_eq!(builders(2 * MIN - 1, 4), 1);
+    // A helper for each further share, up to the threads allowed.
+    assert_eq!(builders(2 * MIN, 4), 2);
+    assert_eq!(builders(40, 64), 40 / MIN);
+    assert_eq!(builders(1000, 2), 2);
+    // One thread allowed (or none said): the simulation thread.
+    assert_eq!(builders(1000, 1), 1);
+    assert_eq!(builders(1000, 0), 1);
+}

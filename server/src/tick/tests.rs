@@ -279,16 +279,19 @@ fn the_server_moves_a_player_exactly_as_the_client_predicts() {
 
 #[test]
 fn building_snapshots_in_parallel_sends_every_client_the_same_bytes() {
-    // 40 clients (over PARALLEL_MIN_CLIENTS) among 2,000 NPCs, acknowledging every other tick:
-    // one replication thread and three must queue identical datagrams for every client.
+    // 40 clients among 2,000 NPCs, acknowledging every other tick: the simulation thread
+    // alone, and with helpers in chunks of 14 (3 threads), and of 8 (5 threads: 64 asked for,
+    // MIN_CLIENTS_PER_THREAD each at least) must queue identical datagrams for every client,
+    // each built once a tick; the builders' CPU time is counted.
     let run = |threads: &str| {
         let config = config(&["--npcs", "2000", "--replication-threads", threads]);
         let map = Arc::new(config.map());
         let (tx, rx) = mpsc::channel(1024);
+        let stats = Arc::new(Stats::default());
         let mut h = Harness {
-            sim: Simulation::new(&config, map, rx, Arc::new(Stats::default()), None),
+            sim: Simulation::new(&config, map, rx, stats.clone(), None),
             tx,
-            stats: Arc::new(Stats::default()),
+            stats: stats.clone(),
         };
         let clients: Vec<_> = (1..=40).map(|id| join(&mut h, id).0).collect();
         let mut sent = Vec::new();
@@ -304,14 +307,21 @@ fn building_snapshots_in_parallel_sends_every_client_the_same_bytes() {
                 }
             }
         }
+        let cpu = Stats::get(&stats.replication_cpu_us);
+        assert!(
+            cpu > 0,
+            "{threads} threads: the builders' CPU time is counted"
+        );
         sent
     };
     let one = run("1");
     assert!(one.len() >= 40 * 39, "{} snapshots", one.len());
-    assert!(
-        one == run("3"),
-        "parallel replication changed what clients are sent"
-    );
+    for threads in ["3", "64"] {
+        assert!(
+            one == run(threads),
+            "{threads} threads changed what clients are sent"
+        );
+    }
 }
 
 #[test]
