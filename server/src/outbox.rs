@@ -53,6 +53,9 @@ pub struct Delivered {
     pub dropped: usize,
 }
 
+/// [`Outbox::max_datagram`] asks the attached sink once in this many calls.
+pub const MAX_DATAGRAM_ASK_EVERY: u32 = 32;
+
 #[derive(Debug)]
 pub struct Outbox {
     queue: Mutex<VecDeque<SnapshotDatagrams>>,
@@ -61,8 +64,11 @@ pub struct Outbox {
     event_capacity: usize,
     notify: Notify,
     /// The connection's current maximum datagram size, kept fresh by the session task so the
-    /// simulation sizes snapshots for this path.
+    /// simulation sizes snapshots for this path; once a sink is attached, the sink's last
+    /// answer ([`Self::max_datagram`]).
     max_datagram: AtomicUsize,
+    /// Calls of [`Self::max_datagram`] since the sink was last asked (0: ask at the next).
+    max_asks: AtomicU32,
     /// Newest snapshot tick the client acknowledged (0: none yet).
     acked: AtomicU32,
     /// Set by the session once it plays: where [`Self::deliver`] sends.
@@ -78,6 +84,7 @@ impl Outbox {
             event_capacity: DEFAULT_EVENT_CAPACITY,
             notify: Notify::new(),
             max_datagram: AtomicUsize::new(max_datagram),
+            max_asks: AtomicU32::new(0),
             acked: AtomicU32::new(0),
             sink: OnceLock::new(),
         }
@@ -100,7 +107,11 @@ impl Outbox {
                         dropped: 0,
                     };
                 }
-                Err(SinkError::TooLarge) => return Delivered::default(),
+                Err(SinkError::TooLarge) => {
+                    // The path shrank: its size is asked again before the next snapshot.
+                    self.max_asks.store(0, Ordering::Relaxed);
+                    return Delivered::default();
+                }
                 Err(SinkError::Session) => {}
             }
         }
@@ -169,12 +180,22 @@ impl Outbox {
     }
 
     /// The path's largest datagram: the attached sink's word when it has one, else the last
-    /// the session set.
+    /// the session set. The sink is asked once in [`MAX_DATAGRAM_ASK_EVERY`] calls (a call a
+    /// tick: about a second) and at the first call after it refused a datagram as too large;
+    /// in between, its last answer is kept. Asking takes the connection's lock, which its
+    /// driver holds while it handles packets; the path's size grows by MTU discovery now and
+    /// then and shrinks rarely, and a shrink is seen at the next snapshot either way.
     pub fn max_datagram(&self) -> usize {
-        self.sink
-            .get()
-            .and_then(|s| s.max_datagram())
-            .unwrap_or_else(|| self.max_datagram.load(Ordering::Relaxed))
+        if let Some(sink) = self.sink.get()
+            && self
+                .max_asks
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(MAX_DATAGRAM_ASK_EVERY)
+            && let Some(max) = sink.max_datagram()
+        {
+            self.max_datagram.store(max, Ordering::Relaxed);
+        }
+        self.max_datagram.load(Ordering::Relaxed)
     }
 
     pub fn set_max_datagram(&self, size: usize) {
@@ -221,12 +242,14 @@ mod tests {
         assert!(ready.is_ok(), "the permit from notify_one is kept");
     }
 
-    /// A connection as a sink: what it took, what it answers next, its path's size.
+    /// A connection as a sink: what it took, what it answers next, its path's size and how
+    /// often it was asked.
     #[derive(Debug, Default)]
     struct Path {
         taken: Mutex<Vec<Vec<u8>>>,
         refuse: Mutex<Option<SinkError>>,
-        max: Option<usize>,
+        max: Mutex<Option<usize>>,
+        asked: AtomicU32,
     }
 
     impl DatagramSink for Arc<Path> {
@@ -241,7 +264,8 @@ mod tests {
         }
 
         fn max_datagram(&self) -> Option<usize> {
-            self.max
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            *self.max.lock().unwrap()
         }
     }
 
@@ -259,7 +283,7 @@ mod tests {
         // Before the session plays: queued, and the session is woken.
         assert_eq!(o.deliver(vec![1]), Delivered::default());
         let path = Arc::new(Path {
-            max: Some(1100),
+            max: Mutex::new(Some(1100)),
             ..Path::default()
         });
         o.attach(Box::new(path.clone()));
@@ -285,6 +309,37 @@ mod tests {
         let got: Vec<u8> = o.drain().iter().map(|s| s[0][0]).collect();
         assert_eq!(got, [5, 6]);
         assert_eq!(path.taken.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_path_size_is_asked_once_a_second_of_ticks_and_after_a_datagram_too_large() {
+        let o = Outbox::new(2, 1200);
+        assert_eq!(o.max_datagram(), 1200, "no sink: the session's word");
+        let path = Arc::new(Path {
+            max: Mutex::new(Some(1100)),
+            ..Path::default()
+        });
+        o.attach(Box::new(path.clone()));
+        assert_eq!(o.max_datagram(), 1100, "asked at once");
+        // It grew (MTU discovery): seen within MAX_DATAGRAM_ASK_EVERY calls, and the sink is
+        // asked once in as many.
+        *path.max.lock().unwrap() = Some(1400);
+        let every = MAX_DATAGRAM_ASK_EVERY as usize;
+        let sizes: Vec<usize> = (0..every).map(|_| o.max_datagram()).collect();
+        assert_eq!(sizes[..every - 1], vec![1100; every - 1]);
+        assert_eq!(sizes[every - 1], 1400);
+        assert_eq!(path.asked.load(Ordering::Relaxed), 2);
+        // It shrank under a snapshot: the next call asks.
+        *path.max.lock().unwrap() = Some(900);
+        *path.refuse.lock().unwrap() = Some(SinkError::TooLarge);
+        assert_eq!(o.deliver(vec![0; 1000]), Delivered::default());
+        assert_eq!(o.max_datagram(), 900, "asked again after the refusal");
+        assert_eq!(path.asked.load(Ordering::Relaxed), 3);
+        // A peer that stops saying (datagrams refused): the last size stands.
+        *path.max.lock().unwrap() = None;
+        *path.refuse.lock().unwrap() = Some(SinkError::TooLarge);
+        o.deliver(vec![0; 1000]);
+        assert_eq!(o.max_datagram(), 900);
     }
 
     #[test]
