@@ -238,7 +238,7 @@ pub struct Config {
     /// a helper thread for each other one. Clients are independent, so the result does not
     /// depend on the count; 1 builds them on the simulation thread alone.
     #[arg(long, default_value_t = 0,
-        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=crate::replication::MAX_THREADS as u64))]
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_REPLICATION_THREADS as u64))]
     pub replication_threads: usize,
 
     /// Period of the heap trim: glibc's `malloc_trim`, giving the pages that handshakes and
@@ -494,6 +494,10 @@ pub enum ReplicationMode {
     /// The full state of every entity to every client every tick.
     Full,
 }
+
+/// The most threads `--replication-threads` may ask for (the simulation thread and its
+/// helpers, each started every tick).
+pub const MAX_REPLICATION_THREADS: usize = 256;
 
 /// Game events waiting per session for its reliable stream (`--event-queue`).
 pub const DEFAULT_EVENT_CAPACITY: usize = 256;

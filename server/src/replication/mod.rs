@@ -52,7 +52,7 @@ pub const MIN_CLIENTS_PER_THREAD: usize = 8;
 
 /// The most threads `--replication-threads` may ask for (the simulation thread and its
 /// helpers).
-pub const MAX_THREADS: usize = 256;
+pub use crate::config::MAX_REPLICATION_THREADS as MAX_THREADS;
 
 /// Replication's state kept between ticks.
 #[derive(Resource)]
