@@ -191,6 +191,9 @@ pub struct HitGrid {
     cell: f32,
     cols: usize,
     cells: Vec<Vec<u32>>,
+    /// The players of each cell alone: what an NPC looking for a target searches
+    /// ([`HitGrid::nearest_player`]), without stepping over the NPCs around it.
+    player_cells: Vec<Vec<u32>>,
     /// Sorted by id: [`HitGrid::get`] is a binary search.
     items: Vec<Hittable>,
 }
@@ -205,6 +208,7 @@ impl HitGrid {
             cell: Self::CELL,
             cols,
             cells: vec![Vec::new(); cols * cols],
+            player_cells: vec![Vec::new(); cols * cols],
             items: Vec::new(),
         }
     }
@@ -215,7 +219,7 @@ impl HitGrid {
     }
 
     pub fn rebuild(&mut self, items: impl Iterator<Item = Hittable>) {
-        for c in &mut self.cells {
+        for c in self.cells.iter_mut().chain(&mut self.player_cells) {
             c.clear();
         }
         self.items.clear();
@@ -225,6 +229,9 @@ impl HitGrid {
         for (i, h) in self.items.iter().enumerate() {
             let (x, y) = self.cell_of(h.pos);
             self.cells[y * self.cols + x].push(i as u32);
+            if h.player {
+                self.player_cells[y * self.cols + x].push(i as u32);
+            }
         }
     }
 
@@ -292,6 +299,29 @@ impl HitGrid {
         range: f32,
         keep: impl Fn(&Hittable) -> bool,
     ) -> Option<&Hittable> {
+        self.nearest_in(&self.cells, pos, range, keep)
+    }
+
+    /// [`HitGrid::nearest`] among the players alone: the same answer as `nearest` with
+    /// `keep` asked only of players, searched through the cells' players (an NPC's look, where
+    /// most of what lies around are other NPCs).
+    pub fn nearest_player(
+        &self,
+        pos: Vec2,
+        range: f32,
+        keep: impl Fn(&Hittable) -> bool,
+    ) -> Option<&Hittable> {
+        self.nearest_in(&self.player_cells, pos, range, keep)
+    }
+
+    /// The ring search of [`HitGrid::nearest`] over `cells` (the grid's, or its players').
+    fn nearest_in<'a>(
+        &'a self,
+        cells: &[Vec<u32>],
+        pos: Vec2,
+        range: f32,
+        keep: impl Fn(&Hittable) -> bool,
+    ) -> Option<&'a Hittable> {
         let (cx, cy) = self.cell_of(pos);
         // Every cell `r` rings out is at least `r - 1` cells plus the distance from `pos` to
         // the border of its own cell away (0 when `pos` is off the grid).
@@ -325,7 +355,7 @@ impl HitGrid {
             for y in y0.max(lo.1)..=y1.min(hi.1) {
                 let row = y as usize * self.cols;
                 let mut visit = |x: isize| {
-                    for &i in &self.cells[row + x as usize] {
+                    for &i in &cells[row + x as usize] {
                         let h = &self.items[i as usize];
                         if !keep(h) {
                             continue;
@@ -491,8 +521,8 @@ pub fn npc_ai(
             continue;
         };
         let max = combat_settings.npc_max_engaged;
-        let picked = grid.nearest(motion.0.pos, NPC_NOTICE_RANGE, |h| {
-            h.player && !is_protected(h.id) && engaged.get(&h.id).copied().unwrap_or(0) < max
+        let picked = grid.nearest_player(motion.0.pos, NPC_NOTICE_RANGE, |h| {
+            !is_protected(h.id) && engaged.get(&h.id).copied().unwrap_or(0) < max
         });
         if let Some(h) = picked {
             *engaged.entry(h.id).or_default() += 1;
@@ -1014,7 +1044,7 @@ mod tests {
         // grid (beyond every edge and corner, and a NaN). Each answer must be the box
         // search's, ties included.
         let mut rng = SplitMix64::new(8);
-        let mut found = 0;
+        let (mut found, mut found_players) = (0, 0);
         for world in 0..300u32 {
             let size = [512.0, 2048.0, 4096.0][world as usize % 3];
             let n = [0, 5, 60, 800][world as usize % 4];
@@ -1082,9 +1112,20 @@ mod tests {
                     "world {world} at {at} range {range} filter {m}"
                 );
                 found += usize::from(ring.is_some());
+                // Among the players alone, through their own cells.
+                let player = g.nearest_player(at, range, keep).map(|h| h.id);
+                let boxed = g
+                    .nearest_in_box(at, range, |h| h.player && keep(h))
+                    .map(|h| h.id);
+                assert_eq!(
+                    player, boxed,
+                    "players: world {world} at {at} range {range} filter {m}"
+                );
+                found_players += usize::from(player.is_some());
             }
         }
         assert!(found > 5_000, "{found}");
+        assert!(found_players > 3_000, "{found_players}");
         // A negative range reads the one cell its inverted box touches, in both searches.
         let centre = Vec2::splat(HitGrid::CELL * 2.5);
         let g = grid_of(&[(1, centre)]);
