@@ -50,10 +50,6 @@ pub use crate::config::ReplicationMode as Mode;
 /// about what building a few snapshots does.
 pub const MIN_CLIENTS_PER_THREAD: usize = 8;
 
-/// The most threads `--replication-threads` may ask for (the simulation thread and its
-/// helpers).
-pub use crate::config::MAX_REPLICATION_THREADS as MAX_THREADS;
-
 /// Replication's state kept between ticks.
 #[derive(Resource)]
 pub struct Replicator {
@@ -77,7 +73,8 @@ pub struct Replicator {
 
 impl Replicator {
     /// `threads`: threads building snapshots each tick, the simulation thread included: 0 for
-    /// one per CPU, 1 for the simulation thread alone; at most [`MAX_THREADS`].
+    /// one per CPU, 1 for the simulation thread alone; at most
+    /// [`crate::config::MAX_REPLICATION_THREADS`].
     pub fn new(
         mode: Mode,
         settings: RepSettings,
@@ -89,7 +86,7 @@ impl Replicator {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         }
-        .clamp(1, MAX_THREADS);
+        .clamp(1, crate::config::MAX_REPLICATION_THREADS);
         Self {
             mode,
             settings,
@@ -298,7 +295,7 @@ fn build_all(
                 Ok(h) => helpers.push(h),
                 Err(e) => {
                     if !std::mem::replace(spawn_failed, true) {
-                        warn!(error = %e, "a replication helper thread could not start; the simulation thread builds its clients");
+                        warn!(error = %e, "a replication helper thread could not start; the threads already building take its clients");
                     }
                     break;
                 }
