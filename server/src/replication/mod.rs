@@ -62,8 +62,8 @@ pub struct Replicator {
     /// simulation thread's first, then its helpers'): clients are split into as many
     /// contiguous chunks. See [`build_all`].
     scratch: Vec<replicator::Scratch>,
-    /// A helper thread could not be started (the other threads built its chunk): said once.
-    spawn_failed: bool,
+    /// How helper threads start, and whether one could not.
+    helpers: Helpers,
     /// Full mode: the encodings of this tick, by maximum datagram size.
     encoded: Vec<(usize, SnapshotDatagrams)>,
     full_state: Vec<EntityState>,
@@ -96,11 +96,36 @@ impl Replicator {
             scratch: (0..threads)
                 .map(|_| replicator::Scratch::default())
                 .collect(),
-            spawn_failed: false,
+            helpers: Helpers::default(),
             encoded: Vec::new(),
             full_state: Vec::new(),
             tap,
         }
+    }
+}
+
+/// How [`build_all`]'s helper threads start, and whether one could not.
+#[derive(Debug, Default)]
+struct Helpers {
+    /// Their stack size; `None`: the platform's default. Only the tests set it, to one no
+    /// thread can have, so that the operating system refuses each helper as it would when out
+    /// of threads or memory ([`Replicator::set_helper_stack`]).
+    stack: Option<usize>,
+    /// A helper could not be started (the other threads built its chunk): said once.
+    failed: bool,
+}
+
+impl Replicator {
+    /// Starts each helper thread with a stack of `bytes` (tests: see [`Helpers::stack`]).
+    #[cfg(test)]
+    pub(crate) fn set_helper_stack(&mut self, bytes: usize) {
+        self.helpers.stack = Some(bytes);
+    }
+
+    /// Whether a helper thread could not be started since the server began.
+    #[cfg(test)]
+    pub(crate) fn helper_failed(&self) -> bool {
+        self.helpers.failed
     }
 }
 
@@ -253,7 +278,7 @@ fn build_all(
     work: &mut [Work<'_>],
     scratch: &mut [replicator::Scratch],
     shared: Shared<'_>,
-    spawn_failed: &mut bool,
+    start: &mut Helpers,
 ) -> Tally {
     let threads = builders(work.len(), scratch.len());
     let chunk = work.len().div_ceil(threads).max(1);
@@ -288,13 +313,14 @@ fn build_all(
     let cpu_us = std::thread::scope(|scope| {
         let mut helpers = Vec::with_capacity(chunks.len().saturating_sub(1));
         for i in 1..chunks.len() {
-            match std::thread::Builder::new()
-                .name(format!("arena-rep-{i}"))
-                .spawn_scoped(scope, take)
-            {
+            let mut builder = std::thread::Builder::new().name(format!("arena-rep-{i}"));
+            if let Some(bytes) = start.stack {
+                builder = builder.stack_size(bytes);
+            }
+            match builder.spawn_scoped(scope, take) {
                 Ok(h) => helpers.push(h),
                 Err(e) => {
-                    if !std::mem::replace(spawn_failed, true) {
+                    if !std::mem::replace(&mut start.failed, true) {
                         warn!(error = %e, "a replication helper thread could not start; the threads already building take its clients");
                     }
                     break;
@@ -434,7 +460,7 @@ pub fn replicate(
                 frame,
                 grid,
                 settings,
-                spawn_failed,
+                helpers,
                 ..
             } = rep;
             build_all(
@@ -445,7 +471,7 @@ pub fn replicate(
                     grid,
                     settings,
                 },
-                spawn_failed,
+                helpers,
             )
         }
     };

@@ -278,12 +278,15 @@ fn the_server_moves_a_player_exactly_as_the_client_predicts() {
 }
 
 #[test]
-fn building_snapshots_in_parallel_sends_every_client_the_same_bytes() {
+fn building_snapshots_in_parallel_sends_every_client_the_same_bytes_even_when_helpers_cannot_start()
+{
     // 40 clients among 2,000 NPCs, acknowledging every other tick: the simulation thread
     // alone, and with helpers in chunks of 14 (3 threads), and of 8 (5 threads: 64 asked for,
     // MIN_CLIENTS_PER_THREAD each at least) must queue identical datagrams for every client,
-    // each built once a tick; the builders' CPU time is counted.
-    let run = |threads: &str| {
+    // each built once a tick; the builders' CPU time is counted. And with 3 threads whose
+    // helpers the operating system refuses to start (a stack no thread can have), the
+    // simulation thread builds every chunk itself, with the same bytes.
+    let run = |threads: &str, helpers_start: bool| {
         let config = config(&["--npcs", "2000", "--replication-threads", threads]);
         let map = Arc::new(config.map());
         let (tx, rx) = mpsc::channel(1024);
@@ -293,6 +296,12 @@ fn building_snapshots_in_parallel_sends_every_client_the_same_bytes() {
             tx,
             stats: stats.clone(),
         };
+        if !helpers_start {
+            h.sim
+                .world_mut()
+                .resource_mut::<crate::replication::Replicator>()
+                .set_helper_stack(1 << 60);
+        }
         let clients: Vec<_> = (1..=40).map(|id| join(&mut h, id).0).collect();
         let mut sent = Vec::new();
         for tick in 0..40 {
@@ -312,16 +321,30 @@ fn building_snapshots_in_parallel_sends_every_client_the_same_bytes() {
             cpu > 0,
             "{threads} threads: the builders' CPU time is counted"
         );
+        let failed = h
+            .sim
+            .world()
+            .resource::<crate::replication::Replicator>()
+            .helper_failed();
+        assert_eq!(
+            failed,
+            threads != "1" && !helpers_start,
+            "{threads} threads: a helper's failed start is noted, and only then"
+        );
         sent
     };
-    let one = run("1");
+    let one = run("1", true);
     assert!(one.len() >= 40 * 39, "{} snapshots", one.len());
     for threads in ["3", "64"] {
         assert!(
-            one == run(threads),
+            one == run(threads, true),
             "{threads} threads changed what clients are sent"
         );
     }
+    assert!(
+        one == run("3", false),
+        "helpers that could not start left clients unbuilt or built twice"
+    );
 }
 
 #[test]
