@@ -20,22 +20,25 @@
 //!
 //! Inputs timed to the snapshots. A QUIC receiver acknowledges a packet that needs it within
 //! its `max_ack_delay` ([`ACK_DELAY_MS`], RFC 9000's default, which quinn keeps and does not
-//! let a server change), on the next packet it sends if one leaves by then, else in a packet
-//! of its own. The server sends a client one packet a tick, its snapshot, so an input that
-//! arrives just after the snapshot left is acknowledged by a packet carrying nothing else,
-//! 25 ms later and 8 ms before the next snapshot could have carried it. With the client tick
-//! a whole number of ticks ahead, every input left as a snapshot arrived and so arrived just
-//! after it: ~30% more packets both ways (92 UDP datagrams a second a bot at 200 bots against
-//! 73 with the inputs timed), and the inputs handled while the server builds its snapshots
-//! (BENCHMARKS.md, "inputs timed to the snapshots"). The estimate puts server tick `k` where
-//! snapshot `k` leaves (its earliest arrival less a one-way delay), so an input for tick `T`
-//! arrives `x` ticks of the server's before snapshot `T - x` would leave, where `x` is the
+//! let a peer change), on the next packet it sends if one leaves by then, else in a packet of
+//! its own. Each side sends one packet a tick: the server a snapshot, the client an input
+//! (with its snapshot acknowledgement). Both acknowledgements ride those packets only if an
+//! input arrives less than 25 ms before the snapshot leaves (else the server acknowledges it
+//! alone) and more than a tick less 25 ms before it (8.3 ms at 30 Hz; else the snapshot
+//! reaches the client more than 25 ms before its next input, and the client acknowledges it
+//! alone). With the client tick a whole number of ticks ahead, as on loopback, each input
+//! left just before a snapshot arrived, and the client sent an acknowledgement of its own
+//! 25 ms later, 8 ms before its next input: a bot sent 57 packets a second at 100 bots for
+//! 30 inputs (35 with the inputs timed; BENCHMARKS.md, "inputs timed to the snapshots"), and
+//! the inputs arrived while the server built its snapshots. The estimate puts server tick `k`
+//! where snapshot `k` leaves (its earliest arrival less a one-way delay), so an input for
+//! tick `T` arrives `x` ticks of the server's before snapshot `T - x` leaves, where `x` is the
 //! lead less the one-way delay: its part of a tick is how long before the next snapshot the
 //! input arrives. [`ClockSync::lead_ticks`] raises `x` to the next point where that part is
 //! [`INPUT_EARLY_MS`]'s first figure when it is outside that window: at 30 Hz by 0.24 of a
 //! tick on average over every lead (8 ms; at most 0.7, 23 ms), never lowered. At tick rates
-//! whose tick is no longer than [`ACK_DELAY_MS`] the next snapshot always carries the
-//! acknowledgement, and the lead is left as it is.
+//! whose tick is no longer than [`ACK_DELAY_MS`] each side's next packet always leaves in
+//! time, and the lead is left as it is.
 
 use std::collections::VecDeque;
 
@@ -51,11 +54,11 @@ pub const BASE_MARGIN_TICKS: f64 = 2.0;
 /// (RFC 9000's default `max_ack_delay`; quinn's, fixed): see the module's comment.
 pub const ACK_DELAY_MS: f64 = 25.0;
 /// How long before the server's first snapshot of a tick leaves an input is timed to arrive,
-/// in milliseconds: early enough that an input sent a few ms late, or read a few ms late by a
-/// busy server, is still in before its client's snapshot leaves (snapshots leave over the
-/// few ms their building takes); late enough that the acknowledgement can wait for it. With
-/// 200 bots on loopback a bot's packets fell from 92 a second to 73 with this window, and to
-/// 83 with 5-15 ms (BENCHMARKS.md, "inputs timed to the snapshots").
+/// in milliseconds (see the module's comment): more than a tick less [`ACK_DELAY_MS`] (8.3
+/// ms at 30 Hz), with room for an input sent a few ms late; less than [`ACK_DELAY_MS`], with
+/// room for the snapshots that leave a few ms after the first (they are built in turn). With
+/// 200 bots on loopback the packets fell from 92 a second a bot (both ways) to 73 with this
+/// window, and to 83 with 5-15 ms (BENCHMARKS.md, "inputs timed to the snapshots").
 pub const INPUT_EARLY_MS: (f64, f64) = (10.0, 20.0);
 /// How long the max filter remembers a server-tick sample.
 pub const WINDOW_MS: f64 = 1000.0;
@@ -475,8 +478,9 @@ mod tests {
 
     /// A server whose snapshots leave 2-10 ms into each tick, over paths from loopback to 150
     /// ms with jitter: every input the client's clock makes due arrives before its tick, and
-    /// 10-20 ms before the server's next snapshot leaves, so that snapshot carries the server's
-    /// acknowledgement of it (within QUIC's 25 ms); the lead is never below the untimed one,
+    /// 10-20 ms before the server's next snapshot leaves, so that the snapshot carries the
+    /// server's acknowledgement of it and the next input the client's of the snapshot (each
+    /// within QUIC's 25 ms); the lead is never below the untimed one,
     /// nor more than 0.7 of a tick above it. At 60 Hz the lead is the untimed one.
     #[test]
     fn inputs_arrive_shortly_before_a_snapshot_leaves() {
