@@ -540,6 +540,20 @@ impl Connection {
         self.0.state.lock("local_ip").inner.local_ip()
     }
 
+    /// Arena's patch: while `corked`, bytes written to a send stream do not wake the
+    /// connection's driver; they leave with the next packet it sends for another reason (an
+    /// application datagram, which always wakes it, an acknowledgement, a timer, a finished or
+    /// reset stream). Uncorking wakes it. A server that sends a datagram to the peer every tick
+    /// corks the connection so that what its tick writes to streams shares the datagram's
+    /// packet instead of taking one of its own.
+    pub fn set_stream_cork(&self, corked: bool) {
+        let mut state = self.0.state.lock("set_stream_cork");
+        state.corked = corked;
+        if !corked {
+            state.wake();
+        }
+    }
+
     /// Current best estimate of this connection's latency (round-trip-time)
     pub fn rtt(&self) -> Duration {
         self.0.state.lock("rtt").inner.rtt()
@@ -926,6 +940,7 @@ impl ConnectionRef {
                 runtime,
                 send_buffer: Vec::new(),
                 buffered_transmit: None,
+                corked: false,
             }),
             shared: Shared::default(),
         }))
@@ -1010,6 +1025,8 @@ pub(crate) struct State {
     /// Arena's patch: the bytes of `buffered_transmit` only, empty otherwise (a transmit is
     /// assembled in this thread's [`TRANSMIT_BUFFER`]).
     send_buffer: Vec<u8>,
+    /// Arena's patch: stream writes leave the driver asleep ([`Connection::set_stream_cork`]).
+    pub(crate) corked: bool,
     /// We buffer a transmit when the underlying I/O would block
     buffered_transmit: Option<proto::Transmit>,
 }

@@ -162,7 +162,10 @@ impl SendStream {
             }
         };
 
-        conn.wake();
+        // Arena's patch: a corked connection sends the bytes with its next packet.
+        if !conn.corked {
+            conn.wake();
+        }
         Poll::Ready(Ok(result))
     }
 
