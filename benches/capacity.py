@@ -277,7 +277,7 @@ def main() -> int:
               f"(held needs p99 < {budget / 3 * 1e3:.1f} ms)")
         rows.append({"idle": True, "tick_p50_ms": floor[0.5], "tick_p99_ms": floor[0.99], "server_rss_mib": base_rss / 2**20})
         header = ("| bots | held | tick p50 ms | tick p99 ms | tick max ms | server CPU % | CPU %/client | RSS MiB "
-                  "| RSS/client KiB | down B/bot/s | snapshots Hz mean / worst | corrections | UDP drops server / bots "
+                  "| RSS/client KiB | down B/bot/s | packets/bot/s down / up | snapshots Hz mean / worst | corrections | UDP drops server / bots "
                   "| bots CPU % | CPU %/bot | bots RSS/bot KiB | replicate us/client |")
         print(header)
         print("|" + "---|" * (header.count("|") - 1))
@@ -372,6 +372,9 @@ def run_step(args, n: int, http: str, server_pid: int, bots_bin: Path, budget: f
         "server_rss_mib": rss / 2**20,
         "rss_per_client_kib": (rss - base_rss) / max(n, 1) / 1024,
         "down_bytes_per_bot_per_s": rep.get("down_bytes_per_bot_per_s", 0.0),
+        # UDP datagrams a bot read and sent a second (QUIC packets, the handshake's included).
+        "packets_down_per_bot_hz": rep.get("packets_down_per_bot_hz", 0.0),
+        "packets_up_per_bot_hz": rep.get("packets_up_per_bot_hz", 0.0),
         "snapshots_hz_mean": rep.get("snapshots_per_bot_hz", 0.0),
         "snapshots_hz_worst": worst,
         "corrections": rep.get("prediction_corrections", 0),
@@ -409,7 +412,8 @@ def format_row(r: dict) -> str:
     return (f"| {r['bots']} | {held} | {r['tick_p50_ms']:.2f} | {r['tick_p99_ms']:.2f} | {r['tick_max_ms']:.1f} "
             f"| {r['server_cpu_pct']:.0f} | {r['server_cpu_pct_per_client']:.3f} | {r['server_rss_mib']:.0f} "
             f"| {r['rss_per_client_kib']:.1f} "
-            f"| {r['down_bytes_per_bot_per_s']:.0f} | {r['snapshots_hz_mean']:.1f} / {r['snapshots_hz_worst']:.1f} "
+            f"| {r['down_bytes_per_bot_per_s']:.0f} | {r['packets_down_per_bot_hz']:.1f} / {r['packets_up_per_bot_hz']:.1f} "
+            f"| {r['snapshots_hz_mean']:.1f} / {r['snapshots_hz_worst']:.1f} "
             f"| {r['corrections']} | {r['udp_drops_server']} / {r['udp_drops_bots']} | {r['bots_cpu_pct']:.0f} | {r['bots_cpu_pct_per_bot']:.3f} "
             f"| {r['bots_rss_per_bot_kib']:.0f} | {r['replicate_us_per_client']:.1f} |")
 

@@ -680,7 +680,7 @@ fn leave(
     ended: Result<(), ClientError>,
 ) {
     let Bot {
-        dial,
+        mut dial,
         reply,
         welcome,
         ..
@@ -688,6 +688,10 @@ fn leave(
     let code = quinn_proto::VarInt::from_u64(arena_shared::protocol::close_code(CLOSE_CLIENT_LEFT))
         .expect("WebTransport's application codes are below 2^62");
     conn.close(now, code, Bytes::from_static(b"bot done"));
+    // The connection's packets so far (its close, sent after this, is not counted).
+    let stats = conn.stats();
+    dial.out.packets_down += stats.udp_rx.datagrams;
+    dial.out.packets_up += stats.udp_tx.datagrams;
     let ended = match welcome {
         Some((welcome, welcomed)) => {
             dial.live.connected.fetch_sub(1, Relaxed);

@@ -63,6 +63,10 @@ pub struct BotOutcome {
     pub datagrams: u64,
     pub down_bytes: u64,
     pub up_bytes: u64,
+    /// UDP datagrams (QUIC packets, coalesced ones counted once) the bot's connections read
+    /// and sent, handshakes included: what each side's kernel and QUIC stack handle.
+    pub packets_down: u64,
+    pub packets_up: u64,
     pub inputs_sent: u64,
     /// Inputs sent with the fire button held (a chaser that sees someone).
     pub fire_inputs: u64,
@@ -125,6 +129,8 @@ impl BotOutcome {
             snapshots: 0,
             datagrams: 0,
             down_bytes: 0,
+            packets_down: 0,
+            packets_up: 0,
             up_bytes: 0,
             inputs_sent: 0,
             fire_inputs: 0,

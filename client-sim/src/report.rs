@@ -42,6 +42,13 @@ pub struct Report {
     pub snapshots_per_bot_hz_min: f64,
     pub down_bytes_per_bot_per_s: f64,
     pub up_bytes_per_bot_per_s: f64,
+    /// UDP datagrams a connected bot read and sent a second (QUIC packets; a snapshot takes
+    /// one, an input with its acknowledgement one): the per-packet work on both sides (0 when
+    /// reading an older report).
+    #[serde(default)]
+    pub packets_down_per_bot_hz: f64,
+    #[serde(default)]
+    pub packets_up_per_bot_hz: f64,
     pub rtt_ms_p50: f64,
     pub rtt_ms_p99: f64,
     /// From `GET /api/connect` to `Welcome`, every successful connect.
@@ -150,6 +157,8 @@ impl Report {
                 .unwrap_or(0.0),
             down_bytes_per_bot_per_s: per_bot(&|b| b.down_bytes),
             up_bytes_per_bot_per_s: per_bot(&|b| b.up_bytes),
+            packets_down_per_bot_hz: per_bot(&|b| b.packets_down),
+            packets_up_per_bot_hz: per_bot(&|b| b.packets_up),
             rtt_ms_p50: ms(&rtt, 0.5),
             rtt_ms_p99: ms(&rtt, 0.99),
             connect_ms_p50: ms(&connect, 0.5),
@@ -182,7 +191,7 @@ impl Report {
     /// A table a person reads at the end of a run.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let rows: [(&str, String); 22] = [
+        let rows: [(&str, String); 23] = [
             (
                 "bots connected",
                 format!("{} / {}", self.bots_connected, self.bots_requested),
@@ -211,6 +220,13 @@ impl Report {
             (
                 "down / bot",
                 format!("{:.1} kB/s", self.down_bytes_per_bot_per_s / 1000.0),
+            ),
+            (
+                "packets / bot",
+                format!(
+                    "{:.1} down, {:.1} up a second",
+                    self.packets_down_per_bot_hz, self.packets_up_per_bot_hz
+                ),
             ),
             (
                 "up / bot",
@@ -305,6 +321,8 @@ mod tests {
             "snapshots_per_bot_hz_min",
             "down_bytes_per_bot_per_s",
             "up_bytes_per_bot_per_s",
+            "packets_down_per_bot_hz",
+            "packets_up_per_bot_hz",
             "rtt_ms_p50",
             "rtt_ms_p99",
             "connect_ms_p50",
