@@ -461,6 +461,8 @@ async fn reap_lingering(ctx: Arc<NetContext>) {
 }
 
 #[cfg(test)]
+mod cork_tests;
+#[cfg(test)]
 mod tests {
     use super::UsedTokens;
 

@@ -499,6 +499,12 @@ impl Session {
         // behind the first sent directly (the client takes snapshots in any order).
         self.outbox
             .attach(Box::new(ConnSink(self.conn.datagram_sender())));
+        // A snapshot leaves every tick from here, so what the session writes to the stream
+        // (events, pongs, names) waits for it and shares its packet, rather than taking a
+        // packet of its own a few milliseconds earlier (and the client's acknowledgement of
+        // it, one more). At most a tick late; sooner if the client's next packet comes first.
+        // Uncorked for the goodbye.
+        self.conn.quic_connection().set_stream_cork(true);
         // A move published while this session was being admitted is acted on at once.
         let mut moves_open = true;
         if moves.has_changed().unwrap_or(false) {
@@ -732,6 +738,7 @@ impl Session {
 
     /// Sends `goodbye`, then closes with its reason's code.
     async fn goodbye(mut self, goodbye: Disconnect, message: &str) {
+        self.conn.quic_connection().set_stream_cork(false);
         let code = goodbye.reason.code();
         let _ = self.writer.send(&ServerMsg::Disconnect(goodbye));
         close(&self.conn, self.writer, code, message).await;
