@@ -632,6 +632,12 @@ impl Bot {
             next = next.min(self.step_deadline);
         } else if !self.dial.idle {
             next = next.min(self.frame_at);
+        } else if let Some(due) = self.dial.player.session().ack_due_ms() {
+            // Its held acknowledgement (a tenth of a millisecond past it).
+            next = next.min(
+                std_instant(self.dial.origin)
+                    + Duration::from_secs_f64((due + 0.1).max(0.0) / 1000.0),
+            );
         }
         if let Some(due) = self.imp.as_ref().and_then(Impaired::next_due) {
             next = next.min(std_instant(due));
@@ -734,6 +740,13 @@ fn turn(
         })));
     }
     if let Err(e) = release_due(bot, conn) {
+        return Some(Err(e));
+    }
+    if bot.stage == Stage::Playing
+        && bot.dial.idle
+        && bot.dial.player.release_ack(now_ms(bot.dial.origin))
+        && let Err(e) = flush(bot, conn)
+    {
         return Some(Err(e));
     }
     if bot.stage == Stage::Playing && !bot.dial.idle && bot.frame_at <= now {

@@ -7,12 +7,12 @@
 //!
 //! The session's settings for a bot: acknowledgements leave with the next input
 //! ([`AckTiming::WithNextInput`], one packet up per tick), no names are asked for, and an idle
-//! bot only watches ([`ClientSession::watch_only`]: acks on receipt, no frames, no clock,
-//! prediction or interpolation to keep), as before the session existed. Only a chaser
-//! interpolates: it aims where its interpolation draws its target, while a wanderer never looks
-//! at anyone, so its session keeps no views ([`ClientSession::without_interpolation`]; twelve
-//! views of everything in sight were a third of a bot's memory) and interpolation underruns
-//! are the chasers'.
+//! bot only watches ([`ClientSession::watch_only`]: acks half a tick after a snapshot, no
+//! frames, no clock, prediction or interpolation to keep), as before the session existed. Only
+//! a chaser interpolates: it aims where its interpolation draws its target, while a wanderer
+//! never looks at anyone, so its session keeps no views
+//! ([`ClientSession::without_interpolation`]; twelve views of everything in sight were a third
+//! of a bot's memory) and interpolation underruns are the chasers'.
 //!
 //! What the figures mean, unchanged by the move onto the session:
 //! - A snapshot counts when the bot has it whole: a delta snapshot (one datagram) when it was
@@ -189,6 +189,11 @@ impl Player {
     ) -> Result<(), ClientError> {
         frame(&mut self.session, now_ms, out, controls);
         self.after_frame(out)
+    }
+
+    /// An idle bot's held acknowledgement, sent if due ([`ClientSession::release_ack`]).
+    pub fn release_ack(&mut self, now_ms: f64) -> bool {
+        self.session.release_ack(now_ms)
     }
 
     /// Bytes to send, swapped into `buf` (see [`ClientSession::swap_transmit`]).

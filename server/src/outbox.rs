@@ -10,13 +10,18 @@
 //! bytes on). QUIC bounds the datagrams it holds and drops the oldest, as the queue does. What
 //! the sink cannot take for a reason the session must act on (the connection is lost, the peer
 //! refuses datagrams) is queued as before, and the session sees the error when it sends it.
+//!
+//! It also holds the newest ping the client asked to have answered in a snapshot
+//! ([`Outbox::ping`]): the replication worker that builds the client's next snapshot takes
+//! it, with how long it waited ([`Outbox::take_pong`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
-use arena_shared::protocol::GameEvent;
+use arena_shared::protocol::{GameEvent, SnapshotPong};
 use tokio::sync::Notify;
 
 /// One tick's snapshot for one client: the datagrams to send, in order.
@@ -73,6 +78,22 @@ pub struct Outbox {
     acked: AtomicU32,
     /// Set by the session once it plays: where [`Self::deliver`] sends.
     sink: OnceLock<Box<dyn DatagramSink>>,
+    /// The newest ping to answer in a snapshot, and when it was read (microseconds on
+    /// `clock`). Only the newest: a client that floods pings holds one.
+    ping: Mutex<Option<(u32, u64)>>,
+    /// Set after a ping is stored: every build asks, and only one in ~8 finds one, so the
+    /// others take no lock.
+    ping_waiting: AtomicBool,
+    clock: Clock,
+}
+
+/// Where an outbox reads the time a ping waited.
+#[derive(Debug)]
+enum Clock {
+    /// Real time, counted from the outbox's making.
+    Real(Instant),
+    /// A harness's virtual clock, in microseconds (`game::virtual_play`).
+    Virtual(Arc<AtomicU64>),
 }
 
 impl Outbox {
@@ -87,7 +108,50 @@ impl Outbox {
             max_asks: AtomicU32::new(0),
             acked: AtomicU32::new(0),
             sink: OnceLock::new(),
+            ping: Mutex::new(None),
+            ping_waiting: AtomicBool::new(false),
+            clock: Clock::Real(Instant::now()),
         }
+    }
+
+    /// The same outbox measuring how long a ping waits on `clock` (microseconds), not in
+    /// real time.
+    pub fn with_clock(mut self, clock: Arc<AtomicU64>) -> Self {
+        self.clock = Clock::Virtual(clock);
+        self
+    }
+
+    fn now_us(&self) -> u64 {
+        match &self.clock {
+            Clock::Real(epoch) => u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Clock::Virtual(us) => us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A ping to answer in the client's next snapshot, read now. It replaces one still
+    /// waiting (that one goes unanswered, as if lost: the client pings again).
+    pub fn ping(&self, nonce: u32) {
+        let now = self.now_us();
+        *self.ping.lock().unwrap_or_else(|e| e.into_inner()) = Some((nonce, now));
+        self.ping_waiting.store(true, Ordering::Release);
+    }
+
+    /// The answer to the waiting ping, if any, for a snapshot built now: its nonce and how
+    /// long it waited. Taken once.
+    pub fn take_pong(&self) -> Option<SnapshotPong> {
+        // A plain load first: most builds find nothing. A ping stored after the flag is
+        // cleared sets it again, and is taken now or at the next build.
+        if !self.ping_waiting.load(Ordering::Relaxed)
+            || !self.ping_waiting.swap(false, Ordering::Acquire)
+        {
+            return None;
+        }
+        let (nonce, at) = self.ping.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let held = self.now_us().saturating_sub(at);
+        Some(SnapshotPong {
+            nonce,
+            held_us: u32::try_from(held).unwrap_or(u32::MAX),
+        })
     }
 
     /// From now on [`Self::deliver`] sends through `sink` (once: a later call is ignored).
@@ -221,6 +285,26 @@ mod tests {
 
     fn snap(tag: u8) -> SnapshotDatagrams {
         Arc::new(vec![vec![tag]])
+    }
+
+    #[test]
+    fn the_newest_ping_is_answered_once_with_how_long_it_waited() {
+        let clock = Arc::new(AtomicU64::new(1_000));
+        let o = Outbox::new(2, 1200).with_clock(clock.clone());
+        assert_eq!(o.take_pong(), None, "no ping, no answer");
+        o.ping(7);
+        clock.store(1_500, Ordering::Relaxed);
+        o.ping(8);
+        clock.store(21_500, Ordering::Relaxed);
+        assert_eq!(
+            o.take_pong(),
+            Some(SnapshotPong {
+                nonce: 8,
+                held_us: 20_000
+            }),
+            "the newest, held from when it was read"
+        );
+        assert_eq!(o.take_pong(), None, "answered once");
     }
 
     #[test]

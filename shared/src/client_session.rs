@@ -34,7 +34,7 @@ use std::collections::{HashMap, VecDeque};
 
 use glam::Vec2;
 
-use crate::clock::ClockSync;
+use crate::clock::{self, ClockSync};
 use crate::combat::{RIFLE, ROCKET};
 use crate::interp::Interpolator;
 use crate::map::Map;
@@ -75,8 +75,9 @@ pub const ACK_WAIT_FRAMES: u8 = 2;
 /// its next input, so the two leave in one QUIC packet (one packet up per tick instead of two,
 /// for thousands of bots and for the server); the browser sends it at its next frame, the
 /// soonest the page can; an idle bot, which runs no frames ([`ClientSession::watch_only`]),
-/// sends it on receipt. The ack only chooses the server's next baseline, so the timing costs
-/// bytes, never correctness.
+/// holds it half a tick, so that it reaches the server shortly before the next snapshot
+/// leaves and that snapshot's packet carries the server's QUIC acknowledgement of it. The ack
+/// only chooses the server's next baseline, so the timing costs bytes, never correctness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckTiming {
     /// With the datagram's own call (clients that run no frames).
@@ -248,6 +249,8 @@ struct Game {
     next_ping_ms: f64,
     /// An acknowledgement is due, and frames it has waited.
     ack_due: Option<u8>,
+    /// A watching session's acknowledgement, held until then (ms).
+    watch_ack_at: Option<f64>,
     last_frame_ms: Option<f64>,
     /// Between its death and its respawn the session holds fire (the server would ignore it).
     dead: bool,
@@ -279,6 +282,7 @@ impl Game {
             nonce: 0,
             next_ping_ms: 0.0,
             ack_due: None,
+            watch_ack_at: None,
             last_frame_ms: None,
             dead: false,
             rifle_ready: 0,
@@ -304,6 +308,15 @@ impl Game {
             .as_ref()
             .map(|p| p.body().pos)
             .or(self.server_body.map(|b| b.pos))
+    }
+
+    /// The answer to ping `nonce`, which the server held `held_ms` before answering: the
+    /// round trip, if the ping is one this session sent and has not had answered.
+    fn on_pong(&mut self, nonce: u32, held_ms: f64, now_ms: f64) -> Option<f64> {
+        let sent = self.pings.remove(&nonce)?;
+        let rtt_ms = (now_ms - sent - held_ms).max(0.0);
+        self.clock.on_rtt(rtt_ms);
+        Some(rtt_ms)
     }
 
     /// `watching`: the session runs no frames ([`ClientSession::watch_only`]), so the clock,
@@ -466,10 +479,13 @@ impl ClientSession {
     }
 
     /// A session that only watches: it runs no frames ([`ClientSession::frame`] does nothing,
-    /// so it sends no inputs and no pings) and acknowledges each snapshot on receipt, whatever
-    /// the config's [`AckTiming`]. Per snapshot it keeps the views and the own entity
-    /// ([`SnapshotApplied::me`]) and skips the clock, the interpolator and the predictor that
-    /// only frames use: an idle bot is one, and a load test runs thousands of them.
+    /// so it sends no inputs and no pings) and acknowledges snapshots half a tick after one
+    /// arrives (on receipt at tick rates whose tick is no longer than QUIC's 25 ms
+    /// acknowledgement delay), whatever the config's [`AckTiming`]: its driver calls
+    /// [`ClientSession::release_ack`] at [`ClientSession::ack_due_ms`]. Per snapshot it keeps
+    /// the views and the own entity ([`SnapshotApplied::me`]) and skips the clock, the
+    /// interpolator and the predictor that only frames use: an idle bot is one, and a load
+    /// test runs thousands of them.
     #[must_use]
     pub fn watch_only(mut self) -> Self {
         self.watching = true;
@@ -569,9 +585,7 @@ impl ClientSession {
             // next one, to the server named in `moved_to`.
             (ServerMsg::Disconnect(d), _) => self.end(Event::Disconnected(d)),
             (ServerMsg::Pong(p), Some(g)) => {
-                if let Some(sent) = g.pings.remove(&p.nonce) {
-                    let rtt_ms = (now_ms - sent).max(0.0);
-                    g.clock.on_rtt(rtt_ms);
+                if let Some(rtt_ms) = g.on_pong(p.nonce, 0.0, now_ms) {
                     self.events.push_back(Event::Pong { rtt_ms });
                 }
             }
@@ -628,6 +642,13 @@ impl ClientSession {
         };
         match codec::decode_datagram(bytes) {
             Ok(ServerDatagram::Delta(status, snap)) => {
+                // A sample whatever becomes of the snapshot (late, or not decodable against
+                // what this client holds): the round trip is the same.
+                if let Some(p) = status.pong
+                    && let Some(rtt_ms) = g.on_pong(p.nonce, f64::from(p.held_us) / 1000.0, now_ms)
+                {
+                    self.events.push_back(Event::Pong { rtt_ms });
+                }
                 let event = g.on_delta(
                     status,
                     &snap,
@@ -637,7 +658,20 @@ impl ClientSession {
                     self.interpolating,
                 );
                 self.events.push_back(event);
-                if self.config.ack == AckTiming::OnReceipt || self.watching {
+                if self.watching {
+                    // Held half a tick, where a tick is longer than QUIC's acknowledgement
+                    // delay: the acknowledgement then arrives shortly before the next
+                    // snapshot leaves, which carries the server's QUIC acknowledgement of
+                    // it; sent on receipt, it arrived just after a snapshot had left and the
+                    // server acknowledged it in a packet of its own, 25 ms later. It carries
+                    // the client's QUIC acknowledgement of this snapshot either way.
+                    let tick_ms = 1000.0 / f64::from(g.tick_rate);
+                    if tick_ms > clock::ACK_DELAY_MS {
+                        g.watch_ack_at.get_or_insert(now_ms + tick_ms / 2.0);
+                    } else {
+                        self.send_ack();
+                    }
+                } else if self.config.ack == AckTiming::OnReceipt {
                     self.send_ack();
                 }
             }
@@ -667,6 +701,26 @@ impl ClientSession {
     fn end(&mut self, event: Event) {
         self.stage = Stage::Ended;
         self.events.push_back(event);
+    }
+
+    /// When a watching session's held acknowledgement is due ([`ClientSession::watch_only`]),
+    /// if it holds one.
+    pub fn ack_due_ms(&self) -> Option<f64> {
+        self.game.as_ref()?.watch_ack_at
+    }
+
+    /// Sends a watching session's held acknowledgement, if it is due at `now_ms`; whether it
+    /// was.
+    pub fn release_ack(&mut self, now_ms: f64) -> bool {
+        let Some(g) = &mut self.game else {
+            return false;
+        };
+        if !g.watch_ack_at.is_some_and(|at| at <= now_ms) {
+            return false;
+        }
+        g.watch_ack_at = None;
+        self.send_ack();
+        true
     }
 
     fn send_ack(&mut self) {
@@ -726,7 +780,11 @@ impl ClientSession {
                 g.pings.clear();
             }
             g.pings.insert(g.nonce, now_ms);
-            let ping = ClientMsg::Ping(Ping { nonce: g.nonce });
+            // Answered in the next snapshot, with how long the server held it: the answer
+            // rides the snapshot's packet instead of one of its own (and the client's
+            // acknowledgement of it, one more). A server in full-state mode answers on the
+            // stream.
+            let ping = ClientMsg::SnapshotPing(Ping { nonce: g.nonce });
             // A ping always fits a frame.
             let _ = codec::encode_client(&ping, &mut self.out.stream);
         }

@@ -11,7 +11,7 @@ use arena_server::ServerError;
 use arena_server::net::identity::IdentityError;
 use arena_server::stats::Stats;
 use arena_shared::protocol::codec::FrameReader;
-use arena_shared::protocol::{ClientMsg, Ping, ServerMsg};
+use arena_shared::protocol::{ClientMsg, Ping};
 
 use crate::common::{self, TestServer, WAIT};
 
@@ -47,16 +47,7 @@ async fn ping(t: &mut Transport, reader: &mut FrameReader, nonce: u32) {
     t.send_msg(&ClientMsg::Ping(Ping { nonce }))
         .await
         .expect("stream open");
-    loop {
-        match tokio::time::timeout(WAIT, t.read_msg(reader))
-            .await
-            .expect("a pong in time")
-        {
-            Ok((ServerMsg::Pong(p), _)) if p.nonce == nonce => return,
-            Ok((ServerMsg::Pong(_) | ServerMsg::Event(_), _)) => {}
-            other => panic!("expected a pong, got {other:?}"),
-        }
-    }
+    common::pong_on_stream(t, reader, nonce).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

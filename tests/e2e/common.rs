@@ -12,7 +12,7 @@ use arena_server::replication::frame::WorldFrame;
 use arena_server::stats::Stats;
 use arena_server::{Config, Server, ServerError};
 use arena_shared::protocol::codec::{FrameReader, decode_datagram};
-use arena_shared::protocol::{ServerDatagram, Welcome};
+use arena_shared::protocol::{ServerDatagram, ServerMsg, Welcome};
 use arena_shared::token::{self, Claims};
 use clap::Parser;
 use tokio::task::JoinHandle;
@@ -37,6 +37,17 @@ pub fn swarm(
         // No progress line, no impairment, a fresh stop token and counters.
         ..Default::default()
     }
+}
+
+/// Runs `config`'s swarm against `server` to its end, once the server counts `sessions`
+/// sessions.
+pub async fn play_out(server: &TestServer, config: SwarmConfig, sessions: usize) -> SwarmResult {
+    let swarm = tokio::spawn(arena_client_sim::swarm::run(config));
+    server.sessions_reach(sessions).await;
+    tokio::time::timeout(WAIT, swarm)
+        .await
+        .expect("swarm ends")
+        .expect("swarm task")
 }
 
 /// Waits until the bots of a swarm have received `n` `Welcome`s in all (every session of
@@ -235,6 +246,20 @@ impl TestServer {
             .map_or(0, |v| v.parse::<f64>().expect("a numeric sample") as u64)
     }
 
+    /// Waits until the metric series `series` counts at least `n` (checked every 10 ms: the
+    /// counters have no watch).
+    pub async fn metric_reaches(&self, series: &str, n: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.metric(series) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} never reached {n} (now {})",
+                self.metric(series)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A token signed with the server's own secret, for claims a test chooses.
     pub fn mint(&self, client_id: u64, expires_in_ms: i64) -> String {
         let now = SystemTime::now()
@@ -280,6 +305,23 @@ impl TestServer {
             t,
             reader,
             welcome,
+        }
+    }
+}
+
+/// Reads the stream until the `Pong` for `nonce`, past game events; returns the nonces of the
+/// other pongs read on the way. Anything else fails the test.
+pub async fn pong_on_stream(t: &mut Transport, reader: &mut FrameReader, nonce: u32) -> Vec<u32> {
+    let mut others = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, t.read_msg(reader))
+            .await
+            .expect("a pong in time")
+        {
+            Ok((ServerMsg::Pong(p), _)) if p.nonce == nonce => return others,
+            Ok((ServerMsg::Pong(p), _)) => others.push(p.nonce),
+            Ok((ServerMsg::Event(_), _)) => {}
+            other => panic!("expected pong {nonce}, got {other:?}"),
         }
     }
 }

@@ -99,6 +99,11 @@ async fn metrics_parse_and_count_the_bots_that_are_connected() {
     )));
     server.sessions_reach(bots as usize).await;
     server.players_reach(u64::from(bots)).await;
+    // A bot acknowledges snapshots with its inputs, which begin once its first ping is
+    // answered (in a snapshot): a tick or two after it joins.
+    server
+        .metric_reaches("arena_datagrams_received_total", 1)
+        .await;
 
     let m = scrape(&server).await;
     assert_eq!(value(&m, "arena_clients_connected", ""), f64::from(bots));

@@ -2,8 +2,10 @@
 //! their inputs push them, and leave without leaving anything behind.
 
 use arena_client_sim::swarm::{self, SwarmBehaviour, heading};
-use arena_shared::protocol::codec::FrameReader;
-use arena_shared::protocol::{DisconnectReason, ServerMsg};
+use std::time::Duration;
+
+use arena_shared::protocol::codec::{FrameReader, decode_datagram};
+use arena_shared::protocol::{ClientMsg, DisconnectReason, Ping, ServerDatagram, ServerMsg};
 
 use crate::common::{self, WAIT};
 
@@ -160,4 +162,84 @@ async fn a_real_certificate_from_pem_files_is_served_and_no_hash_is_handed_out()
 fn base64_sha256(bytes: &[u8; 32]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A snapshot ping is answered in the client's next snapshot, with how long the server held
+/// it (a part of the round trip the client measures), and not on the stream; a server in
+/// full-state mode, whose snapshots carry no status, answers it on the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_ping_is_answered_in_a_snapshot_or_on_the_stream_in_full_mode() {
+    let server = common::start(&[]).await;
+    let common::Joined {
+        mut t, mut reader, ..
+    } = server.join("pinger").await;
+    let sent = std::time::Instant::now();
+    t.send_msg(&ClientMsg::SnapshotPing(Ping { nonce: 41 }))
+        .await
+        .expect("stream open");
+    // Answered on the stream after anything the server wrote there for the snapshot ping.
+    t.send_msg(&ClientMsg::Ping(Ping { nonce: 42 }))
+        .await
+        .expect("stream open");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let pong = loop {
+        let d = tokio::time::timeout_at(deadline, t.conn.receive_datagram())
+            .await
+            .expect("an answer in time")
+            .expect("connection open");
+        if let Ok(ServerDatagram::Delta(status, _)) = decode_datagram(&d.payload())
+            && let Some(pong) = status.pong
+        {
+            break pong;
+        }
+    };
+    let round_trip = sent.elapsed();
+    assert_eq!(pong.nonce, 41);
+    assert!(
+        Duration::from_micros(pong.held_us.into()) <= round_trip,
+        "held {} us, within a round trip of {round_trip:?}",
+        pong.held_us
+    );
+    let others = common::pong_on_stream(&mut t, &mut reader, 42).await;
+    assert!(
+        others.is_empty(),
+        "only the stream ping's pong: also {others:?}"
+    );
+    server.stop().await;
+
+    let full = common::start(&["--replication", "full"]).await;
+    let common::Joined {
+        mut t, mut reader, ..
+    } = full.join("pinger").await;
+    t.send_msg(&ClientMsg::SnapshotPing(Ping { nonce: 43 }))
+        .await
+        .expect("stream open");
+    common::pong_on_stream(&mut t, &mut reader, 43).await;
+    full.stop().await;
+}
+
+/// Idle bots (watch-only sessions) acknowledge their snapshots half a tick after each arrives:
+/// the server gets the acknowledgements, and its QUIC acknowledgement of each rides its next
+/// snapshot instead of a packet of its own (on receipt, a bot read two packets a snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_bots_acknowledge_snapshots_and_read_about_one_packet_each() {
+    let server = common::start(&[]).await;
+    let idle = SwarmBehaviour::Mix("idle=1".parse().expect("a mix"));
+    let bots = 5;
+    let config = common::swarm(&server, bots, 3, idle, 3);
+    let result = common::play_out(&server, config, bots as usize).await;
+    let r = &result.report;
+    common::assert_all_played(r, u64::from(bots));
+    // Each bot's acknowledgements reached the server: most of its ~90 snapshots'.
+    let acks = server.metric("arena_datagrams_received_total");
+    assert!(acks >= u64::from(bots) * 60, "{acks} acknowledgements");
+    // A snapshot a packet, and the handshake's few over three seconds; two a snapshot when
+    // the server acknowledged each acknowledgement alone.
+    assert!(
+        r.packets_down_per_bot_hz < 1.5 * r.snapshots_per_bot_hz,
+        "{:.1} packets a second for {:.1} snapshots",
+        r.packets_down_per_bot_hz,
+        r.snapshots_per_bot_hz
+    );
+    server.stop().await;
 }

@@ -49,12 +49,7 @@ async fn fifty_bots_ramp_in_at_25_a_second_and_play_their_behaviours() {
         SwarmBehaviour::default(),
         5,
     ));
-    let swarm = tokio::spawn(swarm::run(config));
-    server.sessions_reach(BOTS as usize).await;
-    let result = tokio::time::timeout(WAIT, swarm)
-        .await
-        .expect("swarm ends")
-        .expect("swarm task");
+    let result = common::play_out(&server, config, BOTS as usize).await;
 
     let r = &result.report;
     common::assert_all_played(r, u64::from(BOTS));

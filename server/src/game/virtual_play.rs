@@ -3,10 +3,10 @@
 //! The server side is the real [`Simulation`] (its inbox and a session's outbox), reached
 //! through the same messages and bytes the server's network session handles: the `Hello`,
 //! inputs and pings framed on the stream, acknowledgements as datagrams, the `Welcome`, pongs
-//! and events framed back, snapshots as datagrams. The client side is the shared crate's
-//! [`ClientSession`], the one client wiring; this file adds only the IO and the behaviour (a
-//! random walk). Between them, a seeded path with latency, jitter and
-//! datagram loss (the stream is delayed, never lost, kept in order).
+//! and events framed back, snapshots (with the answers to snapshot pings) as datagrams. The
+//! client side is the shared crate's [`ClientSession`], the one client wiring; this file adds
+//! only the IO and the behaviour (a random walk). Between them, a seeded path with latency,
+//! jitter and datagram loss (the stream is delayed, never lost, kept in order).
 //!
 //! It can also record what reached the client and what the client did ([`record`], a
 //! [`Transcript`]), so that other drivers of the same session (the bots' player, the browser
@@ -262,7 +262,9 @@ fn run(
     server
         .world_mut()
         .insert_resource(NameDirectory(names.clone()));
-    let outbox = Arc::new(Outbox::new(64, 1200));
+    // The outbox times a snapshot ping's wait on the harness's clock.
+    let clock = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let outbox = Arc::new(Outbox::new(64, 1200).with_clock(clock.clone()));
     // The other player: joined before the client, never sends anything; its outbox only
     // fills (bounded, oldest dropped) and its join's reply is kept so the join stands.
     let other_outbox = Arc::new(Outbox::new(4, 1200));
@@ -328,6 +330,7 @@ fn run(
     }
     ship(&mut up, &mut rng, now_us, hello);
     while now_us < end_us {
+        clock.store(now_us, std::sync::atomic::Ordering::Relaxed);
         let now_ms = now_us as f64 / 1000.0;
         // Server: handle what arrived, run due ticks, ship snapshots.
         for bytes in up.due(now_us) {
@@ -366,6 +369,7 @@ fn run(
                                 codec::encode_server(&ServerMsg::Pong(pong), &mut frame).unwrap();
                                 send(&mut down, &mut rng, now_us, Bytes::Stream(frame));
                             }
+                            ClientMsg::SnapshotPing(p) => outbox.ping(p.nonce),
                             ClientMsg::WhoIs(who) => {
                                 let mut frame = Vec::new();
                                 let answer = ServerMsg::Names(names.lookup(&who.entities));

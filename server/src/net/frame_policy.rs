@@ -37,6 +37,9 @@ pub enum Verdict {
     Forward(Input),
     /// Answer with a pong carrying `nonce`, best-effort.
     Pong { nonce: u32 },
+    /// Answer `nonce` in the client's next snapshot (a pong on the stream where snapshots
+    /// carry no status). Only the newest waits: a flood of them holds nothing.
+    SnapshotPong { nonce: u32 },
     /// Answer with the names of these entities; the client must get them.
     Names(Vec<u32>),
     /// Leave the frame out and count it.
@@ -103,6 +106,7 @@ impl FramePolicy {
         match codec::decode_client(body) {
             Ok(ClientMsg::Input(input)) => self.input(input, now_s),
             Ok(ClientMsg::Ping(ping)) => Verdict::Pong { nonce: ping.nonce },
+            Ok(ClientMsg::SnapshotPing(ping)) => Verdict::SnapshotPong { nonce: ping.nonce },
             Ok(ClientMsg::WhoIs(who)) => {
                 if who.entities.len() > MAX_WHOIS {
                     return Verdict::Close((
@@ -297,6 +301,8 @@ mod tests {
         for nonce in 0..1_000 {
             let v = p.frame(&body(&ClientMsg::Ping(Ping { nonce })), 0.0);
             assert_eq!(v, Verdict::Pong { nonce });
+            let v = p.frame(&body(&ClientMsg::SnapshotPing(Ping { nonce })), 0.0);
+            assert_eq!(v, Verdict::SnapshotPong { nonce });
         }
     }
 

@@ -44,6 +44,7 @@ use super::mover::Move;
 use super::registry::{Ended, RETRY_AFTER_MS, Seat};
 use super::writer::{LINGER, Writer};
 use super::{HandshakeSlot, NetContext, request};
+use crate::config::ReplicationMode;
 use crate::game::{JoinAck, JoinRequest, SimCommand};
 use crate::outbox::{DatagramSink, Outbox, SinkError};
 use crate::stats::Stats;
@@ -601,7 +602,14 @@ impl Session {
                         Stats::add(&stats.inputs_dropped_inbox_full, 1);
                     }
                 }
-                Verdict::Pong { nonce } => {
+                // Answered in the next snapshot where snapshots say how inputs were used
+                // (the delta mode); where they do not, on the stream.
+                Verdict::SnapshotPong { nonce }
+                    if self.ctx.config.replication == ReplicationMode::Delta =>
+                {
+                    self.outbox.ping(nonce);
+                }
+                Verdict::Pong { nonce } | Verdict::SnapshotPong { nonce } => {
                     let server_tick = stats.tick.load(Ordering::Relaxed) as u32;
                     self.writer
                         .send_best_effort(&ServerMsg::Pong(Pong { nonce, server_tick }));

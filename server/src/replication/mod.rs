@@ -220,6 +220,12 @@ fn build_one(
     if let Some(acked) = replica.outbox.acked() {
         replica.replicator.on_ack(acked);
     }
+    // The answer to the client's newest snapshot ping, timed as late as the build allows:
+    // the snapshot leaves microseconds after it is encoded.
+    let input = InputStatus {
+        pong: replica.outbox.take_pong(),
+        ..input
+    };
     let built = replica.replicator.build(
         scratch,
         frame,
@@ -451,6 +457,7 @@ pub fn replicate(
                         last_seq: b.last_seq,
                         late: b.late,
                         lead: b.lead,
+                        pong: None,
                     });
                     (replica.into_inner(), net_id.0, input)
                 })

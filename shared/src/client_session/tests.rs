@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::protocol::codec::{decode_client, decode_client_datagram, decode_hello};
-use crate::protocol::{DisconnectReason, Pong};
+use crate::protocol::{DisconnectReason, Pong, SnapshotPong};
 use crate::quant::quantize_pos;
 use crate::snapshot::{self, Ack, Update};
 
@@ -67,7 +67,7 @@ impl Sent {
         self.msgs
             .iter()
             .filter_map(|m| match m {
-                ClientMsg::Ping(p) => Some(p.nonce),
+                ClientMsg::SnapshotPing(p) => Some(p.nonce),
                 _ => None,
             })
             .collect()
@@ -100,6 +100,16 @@ fn events(s: &mut ClientSession) -> Vec<Event> {
 /// A full (baseline 0) delta snapshot at `tick`: the own entity at `me` (if shown, standing
 /// still) and another player.
 fn snapshot(tick: u32, me: Option<Vec2>, last_seq: u32) -> Vec<u8> {
+    snapshot_answering(tick, me, last_seq, None)
+}
+
+/// [`snapshot`], answering a snapshot ping with `pong`.
+fn snapshot_answering(
+    tick: u32,
+    me: Option<Vec2>,
+    last_seq: u32,
+    pong: Option<SnapshotPong>,
+) -> Vec<u8> {
     let at = |p: Vec2| [quantize_pos(p.x), quantize_pos(p.y), 0, 0];
     let mut updates = Vec::new();
     if let Some(p) = me {
@@ -119,6 +129,7 @@ fn snapshot(tick: u32, me: Option<Vec2>, last_seq: u32) -> Vec<u8> {
         last_seq,
         late: 0,
         lead: 3,
+        pong,
     };
     codec::encode_datagram(&ServerDatagram::Delta(status, snap))
 }
@@ -129,6 +140,15 @@ fn walk_right(_: &ClientSession, _: u32) -> Controls {
         aim: Vec2::X,
         ..Controls::default()
     }
+}
+
+/// `s` connected and welcomed, what it sent and raised so far taken.
+fn welcomed(mut s: ClientSession) -> ClientSession {
+    s.connect("tok");
+    s.on_stream(&welcome_bytes(1, false), 0.0);
+    let _ = sent(&mut s, true);
+    let _ = events(&mut s);
+    s
 }
 
 /// A welcomed session whose clock runs: a round trip measured and a snapshot (without the
@@ -360,12 +380,39 @@ fn each_ack_timing_sends_the_ack_when_it_says() {
 }
 
 #[test]
+fn a_ping_answered_in_a_snapshot_measures_the_round_trip_less_the_servers_hold() {
+    let mut s = welcomed(session(AckTiming::NextFrame));
+    s.frame(0.0, walk_right);
+    assert_eq!(sent(&mut s, false).pings(), [1], "a snapshot ping");
+    let pongs = |s: &mut ClientSession| -> Vec<Event> {
+        events(s)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Pong { .. }))
+            .collect()
+    };
+    // Sent at 0, read back at 60 ms in a snapshot that says the server held it 25 ms.
+    let held = SnapshotPong {
+        nonce: 1,
+        held_us: 25_000,
+    };
+    s.on_datagram(&snapshot_answering(3, None, 0, Some(held)), 60.0);
+    assert_eq!(pongs(&mut s), [Event::Pong { rtt_ms: 35.0 }]);
+    assert_eq!(s.clock().unwrap().rtt_ms(), Some(35.0));
+    // The same answer again (a duplicated datagram), or one to a ping never sent, measures
+    // nothing.
+    s.on_datagram(&snapshot_answering(4, None, 0, Some(held)), 90.0);
+    let stray = SnapshotPong {
+        nonce: 2,
+        held_us: 0,
+    };
+    s.on_datagram(&snapshot_answering(5, None, 0, Some(stray)), 120.0);
+    assert!(pongs(&mut s).is_empty());
+    assert_eq!(s.clock().unwrap().rtt_ms(), Some(35.0));
+}
+
+#[test]
 fn pings_go_out_every_interval_and_pongs_measure_the_round_trip() {
-    let mut s = session(AckTiming::NextFrame);
-    s.connect("tok");
-    s.on_stream(&welcome_bytes(1, false), 0.0);
-    let _ = sent(&mut s, true);
-    let _ = events(&mut s);
+    let mut s = welcomed(session(AckTiming::NextFrame));
     let mut nonces = Vec::new();
     for now in (0..1000).step_by(10) {
         s.frame(f64::from(now), walk_right);
@@ -534,11 +581,7 @@ fn unnamed_players_in_view_are_asked_about_once_per_retry_interval() {
 fn a_session_without_interpolation_keeps_no_views_and_plays_as_any_other() {
     let here = Vec2::new(100.0, 200.0);
     let play = |s: ClientSession| {
-        let mut s = s;
-        s.connect("tok");
-        s.on_stream(&welcome_bytes(1, false), 0.0);
-        let _ = sent(&mut s, true);
-        let _ = events(&mut s);
+        let mut s = welcomed(s);
         for (i, tick) in (3..8u32).enumerate() {
             let now = 100.0 + 34.0 * i as f64;
             s.on_datagram(&snapshot(tick, Some(here), 0), now);
@@ -565,11 +608,7 @@ fn a_session_without_interpolation_keeps_no_views_and_plays_as_any_other() {
 
 #[test]
 fn an_interpolating_session_holds_each_view_once() {
-    let mut s = session(AckTiming::NextFrame);
-    s.connect("tok");
-    s.on_stream(&welcome_bytes(1, false), 0.0);
-    let _ = sent(&mut s, true);
-    let _ = events(&mut s);
+    let mut s = welcomed(session(AckTiming::NextFrame));
     let here = Vec2::new(100.0, 200.0);
     for (i, tick) in (3..12u32).enumerate() {
         let now = 100.0 + 34.0 * i as f64;
@@ -593,11 +632,7 @@ fn the_views_interpolation_lets_go_of_serve_the_next_snapshots() {
     // acknowledges every one: the receiver lets go of a view once a newer baseline is named,
     // while the interpolation buffer still shows it; the buffer lets go of it a few frames
     // later, and its allocation is a spare for the next snapshot's view.
-    let mut s = session(AckTiming::NextFrame);
-    s.connect("tok");
-    s.on_stream(&welcome_bytes(1, false), 0.0);
-    let _ = sent(&mut s, true);
-    let _ = events(&mut s);
+    let mut s = welcomed(session(AckTiming::NextFrame));
     let mut base: Option<snapshot::View> = None;
     for (i, tick) in (3..40u32).enumerate() {
         let updates = [Update {
@@ -611,6 +646,7 @@ fn the_views_interpolation_lets_go_of_serve_the_next_snapshots() {
             last_seq: 0,
             late: 0,
             lead: 3,
+            pong: None,
         };
         let now = 100.0 + 34.0 * i as f64;
         s.on_datagram(
@@ -629,18 +665,24 @@ fn the_views_interpolation_lets_go_of_serve_the_next_snapshots() {
 }
 
 #[test]
-fn a_watching_session_acks_on_receipt_and_keeps_no_clock_prediction_or_interpolation() {
-    // Configured to ack at the next frame, but it runs none: the ack leaves on receipt.
-    let mut s = session(AckTiming::NextFrame).watch_only();
-    s.connect("tok");
-    s.on_stream(&welcome_bytes(1, false), 0.0);
-    let _ = sent(&mut s, true);
-    let _ = events(&mut s);
+fn a_watching_session_acks_half_a_tick_after_a_snapshot_and_keeps_no_clock_prediction_or_interpolation()
+ {
+    // Configured to ack at the next frame, but it runs none: the ack is held half a tick
+    // after the snapshot (the next one, arriving meanwhile, is acknowledged with it), then
+    // released by the driver.
+    let mut s = welcomed(session(AckTiming::NextFrame).watch_only());
     let here = Vec2::new(100.0, 200.0);
     s.on_datagram(&snapshot(3, Some(here), 0), 100.0);
+    assert!(sent(&mut s, false).acks.is_empty(), "held");
+    let due = s.ack_due_ms().expect("an ack held");
+    assert!((due - (100.0 + 1000.0 / 60.0)).abs() < 1e-9, "due at {due}");
+    s.release_ack(due - 1.0);
+    assert!(sent(&mut s, false).acks.is_empty(), "not yet due");
+    s.release_ack(due);
     let out = sent(&mut s, false);
     assert_eq!(out.acks.len(), 1);
     assert_eq!(out.acks[0].newest, 3);
+    assert_eq!(s.ack_due_ms(), None, "released once");
     let [Event::SnapshotApplied(applied)] = events(&mut s)[..] else {
         panic!("one snapshot applied")
     };
@@ -670,6 +712,31 @@ fn a_watching_session_acks_on_receipt_and_keeps_no_clock_prediction_or_interpola
     assert!(s.predictor().is_some());
     assert!(s.clock().unwrap().server_tick(100.0).is_some());
     assert!(sent(&mut s, true).acks.is_empty());
+}
+
+#[test]
+fn a_watching_session_at_a_tick_no_longer_than_quics_ack_delay_acks_on_receipt() {
+    let mut s = session(AckTiming::NextFrame).watch_only();
+    s.connect("tok");
+    let mut welcome = Vec::new();
+    codec::encode_server(
+        &ServerMsg::Welcome(Welcome {
+            client_id: 1,
+            entity: ME,
+            tick_rate: 60,
+            server_tick: 1,
+            map: Map::open(1000.0, 1000.0),
+            resume_token: ResumeToken([1; 16]),
+            resumed: false,
+        }),
+        &mut welcome,
+    )
+    .unwrap();
+    s.on_stream(&welcome, 0.0);
+    let _ = sent(&mut s, true);
+    s.on_datagram(&snapshot(3, None, 0), 100.0);
+    assert_eq!(sent(&mut s, false).acks.len(), 1, "on receipt at 60 Hz");
+    assert_eq!(s.ack_due_ms(), None);
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::snapshot::{Ack, DeltaSnapshot};
 /// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts). 8: the
 /// QUIC close codes moved out of HTTP/3's error space (see [`close_code`]). 9: `Disconnect`
 /// carries where a moved player goes ([`MovedTo`], [`DisconnectReason::Moved`]).
-pub const PROTOCOL_VERSION: u16 = 9;
+pub const PROTOCOL_VERSION: u16 = 10;
 
 /// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
 /// from "an Arena client of another version".
@@ -78,8 +78,13 @@ impl std::fmt::Debug for ResumeToken {
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum ClientMsg {
     Input(Input),
+    /// Answered on the stream with a [`ServerMsg::Pong`], after every frame sent before it.
     Ping(Ping),
     WhoIs(WhoIs),
+    /// Answered in the next snapshot ([`InputStatus::pong`]) with how long the server held
+    /// it, so the answer costs no packet of its own; on the stream as a [`ServerMsg::Pong`]
+    /// where snapshots carry no status (`--replication full`). What the client session sends.
+    SnapshotPing(Ping),
 }
 
 /// Asks for the names of players the client sees in its snapshots (which carry ids only, to
@@ -177,8 +182,18 @@ impl InputFault {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub struct Ping {
-    /// Echoed in the `Pong`, so the client can match them up.
+    /// Echoed in the `Pong` (or the [`SnapshotPong`]), so the client can match them up.
     pub nonce: u32,
+}
+
+/// The answer to a [`ClientMsg::SnapshotPing`], in a snapshot: its nonce, and how long the
+/// server held the ping before the snapshot left (microseconds, from when the ping was read
+/// to when the snapshot was built). The round trip is the time from sending the ping to
+/// reading the snapshot, less `held_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct SnapshotPong {
+    pub nonce: u32,
+    pub held_us: u32,
 }
 
 /// Server → client, on the reliable stream.
@@ -506,6 +521,9 @@ pub struct InputStatus {
     pub late: u32,
     /// How many ticks before its tick the newest input arrived (negative: after), clamped.
     pub lead: i8,
+    /// The answer to the newest [`ClientMsg::SnapshotPing`] read since the last snapshot, if
+    /// any (only the newest is answered).
+    pub pong: Option<SnapshotPong>,
 }
 
 /// Client → server, as one QUIC datagram each.

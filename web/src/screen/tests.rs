@@ -280,6 +280,7 @@ impl TinyServer {
             last_seq: self.last.seq,
             late: self.late,
             lead: 2,
+            pong: None,
         };
         let bytes = codec::encode_datagram(&ServerDatagram::Delta(status, snap));
         self.down_datagrams
@@ -295,13 +296,17 @@ impl TinyServer {
                     ClientMsg::Input(i) => {
                         self.inputs.entry(i.tick).or_insert(i);
                     }
-                    ClientMsg::Ping(p) => self.down_stream.push_back((
-                        now_ms + self.latency_ms,
-                        frame_of(&ServerMsg::Pong(Pong {
-                            nonce: p.nonce,
-                            server_tick: self.tick,
-                        })),
-                    )),
+                    // Answered on the stream, as a server whose snapshots carry no status
+                    // answers a snapshot ping.
+                    ClientMsg::Ping(p) | ClientMsg::SnapshotPing(p) => {
+                        self.down_stream.push_back((
+                            now_ms + self.latency_ms,
+                            frame_of(&ServerMsg::Pong(Pong {
+                                nonce: p.nonce,
+                                server_tick: self.tick,
+                            })),
+                        ))
+                    }
                     ClientMsg::WhoIs(who) => {
                         let names = who
                             .entities

@@ -41,6 +41,7 @@ fn every_client_msg() -> Vec<ClientMsg> {
             view_frac: 128,
         }),
         ClientMsg::Ping(Ping { nonce: 77 }),
+        ClientMsg::SnapshotPing(Ping { nonce: 78 }),
         ClientMsg::WhoIs(WhoIs {
             entities: vec![4, 9, 4_000_000],
         }),
@@ -198,6 +199,7 @@ fn every_message_round_trips() {
         last_seq: 4,
         late: 1,
         lead: -2,
+        pong: None,
     };
     let delta = ServerDatagram::Delta(status, delta);
     assert_eq!(decode_datagram(&encode_datagram(&delta)), Ok(delta));
@@ -387,6 +389,7 @@ fn golden_bytes() {
         last_seq: 9,
         late: 2,
         lead: 3,
+        pong: None,
     };
     let hex: String = encode_datagram(&ServerDatagram::Delta(status, delta))
         .iter()
@@ -469,8 +472,8 @@ fn a_moved_to_past_its_bounds_is_not_well_formed() {
 }
 
 const GOLDEN_INPUT: &str = "0f00000000040902d2048140409c0102cd0480";
-const GOLDEN_HELLO: &str = "1300000041524e41090003746f6b03616e610109070000";
-const GOLDEN_DELTA: &str = "000409040203040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
+const GOLDEN_HELLO: &str = "1300000041524e410a0003746f6b03616e610109070000";
+const GOLDEN_DELTA: &str = "00040904020300040a0409040000010405010407010104007000000020000000d0ffffff00000000010401010502030100";
 const GOLDEN_ACK: &str = "040a0403";
 const GOLDEN_MOVED: &str = "300000000209016d02bc02010f68747470733a2f2f623a343433332f01086147467a61413d3d0d687474703a2f2f623a38303830";
 
@@ -532,7 +535,7 @@ fn the_threads_kept_buffer_gives_what_a_one_shot_call_gives() {
     // every encoding is the one-shot call's, byte for byte, and every decoding its result.
     let mut rng = crate::rng::SplitMix64::new(21);
     for round in 0..400u32 {
-        let msg = match rng.below(3) {
+        let msg = match rng.below(4) {
             0 => ClientMsg::Input(Input {
                 seq: rng.below(u32::MAX),
                 tick: rng.below(1 << 20),
@@ -546,6 +549,9 @@ fn the_threads_kept_buffer_gives_what_a_one_shot_call_gives() {
                 view_frac: rng.below(256) as u8,
             }),
             1 => ClientMsg::Ping(Ping {
+                nonce: rng.below(u32::MAX),
+            }),
+            2 => ClientMsg::SnapshotPing(Ping {
                 nonce: rng.below(u32::MAX),
             }),
             _ => ClientMsg::WhoIs(WhoIs {
@@ -580,7 +586,17 @@ fn the_threads_kept_buffer_gives_what_a_one_shot_call_gives() {
             })
             .collect();
         let (snap, _) = crate::snapshot::encode(round + 1, 30, None, [5, 5], &[], &updates);
-        let datagram = encode_datagram(&ServerDatagram::Delta(Default::default(), snap));
+        // Every other one answers a snapshot ping.
+        let status = crate::protocol::InputStatus {
+            pong: round
+                .is_multiple_of(2)
+                .then_some(crate::protocol::SnapshotPong {
+                    nonce: rng.below(u32::MAX),
+                    held_us: rng.below(u32::MAX),
+                }),
+            ..Default::default()
+        };
+        let datagram = encode_datagram(&ServerDatagram::Delta(status, snap));
         assert_eq!(decode_datagram(&datagram), one_shot_datagram(&datagram));
         // Hostile: cut short, bytes flipped, or noise.
         let mut bad = datagram.clone();
