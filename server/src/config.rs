@@ -395,7 +395,8 @@ pub struct Config {
     #[arg(long, default_value_t = 300)]
     pub replay_keyframe_ticks: u32,
     /// Records waiting for the replay writer; beyond this the tick drops them (counted, and the
-    /// file gets a Gap record) rather than wait.
+    /// file gets a Gap record) rather than wait. A tick's records are handed over together at
+    /// its end, or early once it has made this many.
     #[arg(long, default_value_t = 65_536)]
     pub replay_queue: usize,
     /// A new replay file once the current one is this large (at the next keyframe).

@@ -328,22 +328,23 @@ pub fn movement(
 
 /// At a keyframe tick (`--replay-keyframe-ticks`, and the first tick recorded), records the
 /// world: what clients would see, and the whole state a re-simulation starts from
-/// (`super::state`). An exclusive system: it reads every component there is.
+/// (`super::state`). Then hands the tick's records to the writer ([`Recorder::flush`]): the
+/// last system that records. An exclusive system: it reads every component there is.
 pub fn record_keyframe(world: &mut World) {
     let tick = world.resource::<Tick>().0;
     let due = world
         .get_resource_mut::<Recorder>()
         .is_some_and(|mut r| r.keyframe_due(tick));
-    if !due {
-        return;
-    }
-    let (entities, state) = super::state::capture(world);
+    let keyframe = due.then(|| super::state::capture(world));
     if let Some(mut r) = world.get_resource_mut::<Recorder>() {
-        r.record(Record::Keyframe {
-            tick,
-            entities,
-            state,
-        });
+        if let Some((entities, state)) = keyframe {
+            r.record(Record::Keyframe {
+                tick,
+                entities,
+                state,
+            });
+        }
+        r.flush();
     }
 }
 

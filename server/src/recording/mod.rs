@@ -1,9 +1,16 @@
 //! Recording a run to `--replay-dir` (format: `arena_shared::replay`), off the tick thread.
 //!
-//! The simulation's systems hand records to a [`Recorder`] (a resource), which passes them
-//! through a bounded channel (`--replay-queue`) to a writer thread. The tick never waits: a
-//! record that finds the channel full is dropped and counted, and the next record that gets
-//! through is preceded by a `Gap` saying how many were lost. The writer appends framed records
+//! The simulation's systems hand records to a [`Recorder`] (a resource), which keeps a tick's
+//! records and passes them at the tick's end, in one message ([`Recorder::flush`], from the
+//! keyframe system), through a channel bounded in records (`--replay-queue`,
+//! [`record_channel`]) to a writer thread. The tick never waits: a record that finds the
+//! channel full is dropped and counted, and the next record that gets through is preceded by a
+//! `Gap` saying how many were lost. Handed over one at a time as they were made, the records
+//! woke the writer for nearly each one (it writes one faster than the tick makes the next, so
+//! it was asleep again): at 400 players, ~120 futex calls a tick on the simulation thread, in
+//! its receive phase, and as many wake-ups of the writer; now one of each a tick. Records held
+//! at most: a tick's (`--replay-queue`: a tick that makes more hands them over early), those
+//! waiting in the channel (as many), and the batch the writer is writing. The writer appends framed records
 //! to the current file and starts a new file (header, then the keyframe that triggered it)
 //! when the current one is over `--replay-rotate-mb` or `--replay-rotate-secs` old, so every
 //! file starts from a full world. Files are flushed at every keyframe and when the run ends.
@@ -28,7 +35,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,10 +50,63 @@ use crate::config::Config;
 use crate::stats::Stats;
 pub use args::{sim_args, validate_sim_args};
 
+/// The sending end of a channel of records, handed over in batches, with at most `bound`
+/// records waiting in it ([`record_channel`]).
+pub(crate) struct RecordSender {
+    tx: SyncSender<Vec<Record>>,
+    waiting: Arc<AtomicUsize>,
+    bound: usize,
+}
+
+/// The receiving end: the writer's, or a re-simulation's, which compares the records with
+/// the file.
+pub(crate) struct RecordReceiver {
+    rx: Receiver<Vec<Record>>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// A channel that holds at most `bound` records (at least one), in batches.
+pub(crate) fn record_channel(bound: usize) -> (RecordSender, RecordReceiver) {
+    let bound = bound.max(1);
+    // A batch holds at least one record, so `bound` batches is never the limit.
+    let (tx, rx) = sync_channel(bound);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    (
+        RecordSender {
+            tx,
+            waiting: waiting.clone(),
+            bound,
+        },
+        RecordReceiver { rx, waiting },
+    )
+}
+
+impl RecordReceiver {
+    /// The next batch, waiting for one; `None` once the sender is gone and nothing is left.
+    pub(crate) fn recv(&self) -> Option<Vec<Record>> {
+        let batch = self.rx.recv().ok()?;
+        self.waiting.fetch_sub(batch.len(), Ordering::AcqRel);
+        Some(batch)
+    }
+
+    /// Every record waiting now, in order.
+    pub(crate) fn drain(&self) -> Vec<Record> {
+        let mut all = Vec::new();
+        for batch in self.rx.try_iter() {
+            self.waiting.fetch_sub(batch.len(), Ordering::AcqRel);
+            all.extend(batch);
+        }
+        all
+    }
+}
+
 /// The simulation's end of the recording.
 #[derive(Resource)]
 pub struct Recorder {
-    tx: SyncSender<Record>,
+    tx: RecordSender,
+    /// This tick's records, not yet handed to the channel; at most the channel's bound (a
+    /// tick that makes more hands them over early).
+    pending: Vec<Record>,
     /// Records dropped since the last one that got through.
     lost: u64,
     /// A keyframe every this many ticks.
@@ -143,13 +203,14 @@ impl Recorder {
     /// A recorder that hands its records to `tx` (the writer's channel, or a re-simulation's
     /// own, which compares them with the file).
     pub(crate) fn to(
-        tx: SyncSender<Record>,
+        tx: RecordSender,
         keyframe_ticks: u32,
         first_keyframe: bool,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
             tx,
+            pending: Vec::new(),
             lost: 0,
             keyframe_ticks,
             first_keyframe,
@@ -174,52 +235,91 @@ impl Recorder {
         std::mem::take(&mut self.first_keyframe) || tick.is_multiple_of(self.keyframe_ticks)
     }
 
-    /// Hands a record to the writer, or counts it lost if the writer is behind.
+    /// Keeps a record for the writer, handed over at the tick's end ([`Recorder::flush`]), or
+    /// now with those kept before it if the tick has made as many as the channel holds.
     pub fn record(&mut self, record: Record) {
-        if self.lost > 0 {
-            let gap = Record::Gap {
-                tick: record.tick(),
-                dropped: self.lost,
-            };
-            match self.tx.try_send(gap) {
+        if self.pending.len() >= self.tx.bound {
+            self.flush();
+        }
+        self.pending.push(record);
+    }
+
+    /// Hands the records kept to the writer, in order and in one message; those that find
+    /// its channel full are counted lost, and the next that gets through is preceded by a
+    /// `Gap`. Called at the end of every tick, and when the recorder is dropped.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let lost_before = self.lost;
+        let mut room = self
+            .tx
+            .bound
+            .saturating_sub(self.tx.waiting.load(Ordering::Acquire));
+        let mut batch = Vec::with_capacity(self.pending.len() + 1);
+        let mut records = 0;
+        let mut pending = std::mem::take(&mut self.pending);
+        for record in pending.drain(..) {
+            if self.lost > 0 && room > 0 {
+                batch.push(Record::Gap {
+                    tick: record.tick(),
+                    dropped: self.lost,
+                });
+                room -= 1;
+                self.lost = 0;
+            }
+            if room == 0 {
+                self.lost += 1;
+                Stats::add(&self.stats.replay_dropped, 1);
+                continue;
+            }
+            batch.push(record);
+            room -= 1;
+            records += 1;
+        }
+        // The allocation is kept for the next tick.
+        self.pending = pending;
+        if !batch.is_empty() {
+            let len = batch.len();
+            // Counted before it is sent, so that the writer never takes more off than is on.
+            self.tx.waiting.fetch_add(len, Ordering::AcqRel);
+            match self.tx.tx.try_send(batch) {
                 Ok(()) => {
-                    self.lost = 0;
-                    self.sent();
+                    Stats::add(&self.stats.replay_records, records);
                     if let Some(files) = &self.files {
-                        files.lost.store(0, Ordering::Release);
+                        files.sent.fetch_add(len as u64, Ordering::Release);
                     }
                 }
-                Err(_) => {
-                    self.lose();
-                    return;
+                // Not while the count of records waiting is kept (a batch holds at least one),
+                // but if so, the batch is lost as the records that found no room were.
+                Err(TrySendError::Full(batch)) => {
+                    self.tx.waiting.fetch_sub(len, Ordering::AcqRel);
+                    let gap = match batch.first() {
+                        Some(Record::Gap { dropped, .. }) => *dropped,
+                        _ => 0,
+                    };
+                    self.lost += gap + records;
+                    Stats::add(&self.stats.replay_dropped, records);
+                }
+                // The writer stopped (a disk error, logged there): nothing more is recorded.
+                Err(TrySendError::Disconnected(_)) => {
+                    self.tx.waiting.fetch_sub(len, Ordering::AcqRel);
                 }
             }
         }
-        match self.tx.try_send(record) {
-            Ok(()) => {
-                Stats::add(&self.stats.replay_records, 1);
-                self.sent();
-            }
-            Err(TrySendError::Full(_)) => self.lose(),
-            // The writer stopped (a disk error, logged there): nothing more is recorded.
-            Err(TrySendError::Disconnected(_)) => {}
-        }
-    }
-
-    /// One more record is on its way to the writer (one uncontended add per record; the
-    /// count of records owed a `Gap` is stored only when it changes).
-    fn sent(&self) {
-        if let Some(files) = &self.files {
-            files.sent.fetch_add(1, Ordering::Release);
-        }
-    }
-
-    fn lose(&mut self) {
-        self.lost += 1;
-        Stats::add(&self.stats.replay_dropped, 1);
-        if let Some(files) = &self.files {
+        // A handoff now owes the run a `Gap` for these (stored only when it changes).
+        if self.lost != lost_before
+            && let Some(files) = &self.files
+        {
             files.lost.store(self.lost, Ordering::Release);
         }
+    }
+}
+
+impl Drop for Recorder {
+    /// A simulation that stops mid-tick still hands over what it recorded.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -258,7 +358,7 @@ pub fn start(
             sim_args: sim_args(config),
         },
     };
-    let (tx, rx) = sync_channel(config.replay_queue.max(1));
+    let (tx, rx) = record_channel(config.replay_queue);
     let writer_stats = stats.clone();
     let files = Arc::new(match continues {
         Some(c) => RunFiles::new(c.run_start_unix_ms, c.first_file),
@@ -271,6 +371,7 @@ pub fn start(
     Ok((
         Recorder {
             tx,
+            pending: Vec::new(),
             lost: continues.map_or(0, |c| c.lost),
             keyframe_ticks: config.replay_keyframe_ticks.max(1),
             first_keyframe: true,
@@ -350,7 +451,7 @@ pub fn run_ids(dir: &Path) -> std::io::Result<Vec<String>> {
 }
 
 fn write_loop(
-    rx: Receiver<Record>,
+    rx: RecordReceiver,
     settings: WriterSettings,
     stats: Arc<Stats>,
     files: Arc<RunFiles>,
@@ -374,7 +475,7 @@ fn write_loop(
         }
     }
     let _stopped = Stopped(&files);
-    while let Ok(record) = rx.recv() {
+    for record in std::iter::from_fn(|| rx.recv()).flatten() {
         let _written = Written(&files);
         let due = current.as_ref().is_none_or(|c| {
             matches!(record, Record::Keyframe { .. })
@@ -428,17 +529,10 @@ mod tests {
 
     use super::*;
 
-    fn recorder(capacity: usize) -> (Recorder, Receiver<Record>, Arc<Stats>) {
-        let (tx, rx) = sync_channel(capacity);
+    fn recorder(capacity: usize) -> (Recorder, RecordReceiver, Arc<Stats>) {
+        let (tx, rx) = record_channel(capacity);
         let stats = Arc::new(Stats::default());
-        let r = Recorder {
-            tx,
-            lost: 0,
-            keyframe_ticks: 300,
-            first_keyframe: true,
-            stats: stats.clone(),
-            files: None,
-        };
+        let r = Recorder::to(tx, 300, true, stats.clone());
         (r, rx, stats)
     }
 
@@ -464,15 +558,17 @@ mod tests {
         for t in 1..=5 {
             r.record(leave(t));
         }
+        r.flush();
         assert_eq!(
             Stats::get(&stats.replay_dropped),
             3,
             "the tick never waited"
         );
-        let got: Vec<Record> = rx.try_iter().collect();
+        let got = rx.drain();
         assert_eq!(got, [leave(1), leave(2)]);
         r.record(leave(6));
-        let got: Vec<Record> = rx.try_iter().collect();
+        r.flush();
+        let got = rx.drain();
         assert_eq!(
             got,
             [
@@ -481,6 +577,54 @@ mod tests {
                     dropped: 3
                 },
                 leave(6)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_ticks_records_reach_the_writer_together_at_its_end_and_never_more_than_the_bound_wait() {
+        let (mut r, rx, stats) = recorder(4);
+        for t in 1..=3 {
+            r.record(leave(t));
+        }
+        assert_eq!(rx.drain(), [], "kept until the tick's end");
+        r.flush();
+        assert_eq!(rx.drain(), [leave(1), leave(2), leave(3)]);
+        // A tick that makes more than the channel holds hands them over as it goes: the
+        // fifth record hands over the first four, which the channel takes.
+        for t in 4..=8 {
+            r.record(leave(t));
+        }
+        assert_eq!(r.pending, [leave(8)]);
+        assert_eq!(rx.drain(), [leave(4), leave(5), leave(6), leave(7)]);
+        // The bound counts records waiting, whatever the batches: two ticks of three (the
+        // first with the 8 kept above) with the writer not reading leave room for one of the
+        // second's.
+        for t in [9, 10] {
+            r.record(leave(t));
+        }
+        r.flush();
+        for t in [11, 12, 13] {
+            r.record(leave(t));
+        }
+        r.flush();
+        assert_eq!(Stats::get(&stats.replay_dropped), 2);
+        assert_eq!(
+            rx.drain(),
+            [leave(8), leave(9), leave(10), leave(11)],
+            "four waiting at most"
+        );
+        // A recorder dropped mid-tick hands over what it kept, after the gap it owes.
+        r.record(leave(14));
+        drop(r);
+        assert_eq!(
+            rx.drain(),
+            [
+                Record::Gap {
+                    tick: 14,
+                    dropped: 2
+                },
+                leave(14)
             ]
         );
     }
@@ -505,23 +649,19 @@ mod tests {
 
     /// A writer thread for `files` and the recorder that feeds it.
     fn writing(dir: &Path, files: &Arc<RunFiles>, lost: u64) -> (Recorder, JoinHandle<()>) {
-        let (tx, rx) = sync_channel(1024);
+        let (tx, rx) = record_channel(1024);
         let stats = Arc::new(Stats::default());
         let writer = std::thread::spawn({
             let (settings, stats, files) = (settings(dir), stats.clone(), files.clone());
             move || write_loop(rx, settings, stats, files)
         });
-        let recorder = Recorder {
-            tx,
-            lost,
-            keyframe_ticks: 10,
-            first_keyframe: true,
-            stats,
-            files: Some(files.clone()),
-        };
+        let mut recorder = Recorder::to(tx, 10, true, stats);
+        recorder.lost = lost;
+        recorder.files = Some(files.clone());
         (recorder, writer)
     }
 
+    /// Records of `ticks`, handed over at each one's end as the simulation does.
     fn ticks(r: &mut Recorder, ticks: std::ops::RangeInclusive<u32>) {
         for t in ticks {
             if r.keyframe_due(t) {
@@ -529,6 +669,7 @@ mod tests {
             } else {
                 r.record(leave(t));
             }
+            r.flush();
         }
     }
 
@@ -607,16 +748,10 @@ mod tests {
     async fn a_writer_behind_gives_no_number_and_records_lost_before_a_handoff_open_the_next_file_with_a_gap()
      {
         // A writer that never catches up (nothing reads its channel): no continuation.
-        let (tx, _rx) = sync_channel(1);
+        let (tx, _rx) = record_channel(1);
         let files = Arc::new(RunFiles::new(5, 1));
-        let mut r = Recorder {
-            tx,
-            lost: 0,
-            keyframe_ticks: 10,
-            first_keyframe: false,
-            stats: Arc::new(Stats::default()),
-            files: Some(files.clone()),
-        };
+        let mut r = Recorder::to(tx, 10, false, Arc::new(Stats::default()));
+        r.files = Some(files.clone());
         ticks(&mut r, 1..=3);
         assert!(!files.caught_up());
         assert_eq!(files.hand_over(Duration::from_millis(20)).await, None);
@@ -678,18 +813,19 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let settings = settings(&dir);
-        let (tx, rx) = sync_channel(1024);
+        let (tx, rx) = record_channel(1024);
         let stats = Arc::new(Stats::default());
         let run_files = Arc::new(RunFiles::new(1_700_000_000_000, 1));
         let writer = std::thread::spawn({
             let (stats, run_files) = (stats.clone(), run_files.clone());
             move || write_loop(rx, settings, stats, run_files)
         });
+        let mut r = Recorder::to(tx, 10, false, stats.clone());
         for t in 1..=60 {
-            let record = if t % 20 == 1 { keyframe(t) } else { leave(t) };
-            tx.send(record).unwrap();
+            r.record(if t % 20 == 1 { keyframe(t) } else { leave(t) });
+            r.flush();
         }
-        drop(tx);
+        drop(r);
         writer.join().unwrap();
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()

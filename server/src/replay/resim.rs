@@ -4,14 +4,13 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
 
 use arena_shared::replay::{self, FORMAT_VERSION, Header, Record};
 
 use crate::config::Config;
 use crate::game::{JoinRequest, SimCommand};
 use crate::outbox::Outbox;
-use crate::recording::{Recorder, validate_sim_args};
+use crate::recording::{RecordReceiver, Recorder, record_channel, validate_sim_args};
 use crate::stats::Stats;
 use crate::tick::Simulation;
 /// What `replay verify` found.
@@ -173,7 +172,7 @@ pub struct Replayer {
     tick: u32,
     sim: Simulation,
     inbox: tokio::sync::mpsc::Sender<SimCommand>,
-    out: Receiver<Record>,
+    out: RecordReceiver,
     /// The session number the re-simulation gave each client's current session.
     sessions: std::collections::HashMap<u64, u64>,
     pub config: Config,
@@ -194,7 +193,7 @@ const MAX_TICK_RECORDS: usize = 1 << 16;
 type Fresh = (
     Simulation,
     tokio::sync::mpsc::Sender<SimCommand>,
-    Receiver<Record>,
+    RecordReceiver,
 );
 
 fn fresh_sim(config: &Config, first_keyframe: bool) -> Fresh {
@@ -211,7 +210,7 @@ fn fresh_sim(config: &Config, first_keyframe: bool) -> Fresh {
     sim.without_replication();
     // `step` drains it every tick: it needs room for one tick's records, which the recording
     // itself could not exceed without a gap (the live recorder's queue is as long).
-    let (out_tx, out) = sync_channel(config.replay_queue.clamp(1, MAX_TICK_RECORDS));
+    let (out_tx, out) = record_channel(config.replay_queue.clamp(1, MAX_TICK_RECORDS));
     sim.set_recorder(Recorder::to(
         out_tx,
         config.replay_keyframe_ticks.max(1),
@@ -450,7 +449,7 @@ impl Replayer {
         Ok(Stepped {
             tick,
             recorded: start..self.next,
-            replayed: self.out.try_iter().collect(),
+            replayed: self.out.drain(),
         })
     }
 }

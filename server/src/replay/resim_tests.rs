@@ -133,7 +133,7 @@ fn record_brawl() -> Vec<Record> {
             .unwrap();
         }
         sim.tick();
-        records.extend(out.try_iter());
+        records.extend(out.drain());
     }
     records
 }
