@@ -19,7 +19,8 @@ use crate::snapshot::{Ack, DeltaSnapshot};
 
 /// Bumped whenever a byte on the wire changes meaning (a new bitcode version counts). 8: the
 /// QUIC close codes moved out of HTTP/3's error space (see [`close_code`]). 9: `Disconnect`
-/// carries where a moved player goes ([`MovedTo`], [`DisconnectReason::Moved`]).
+/// carries where a moved player goes ([`MovedTo`], [`DisconnectReason::Moved`]). 10: a ping
+/// answered in the snapshot ([`ClientMsg::SnapshotPing`], [`InputStatus::pong`]).
 pub const PROTOCOL_VERSION: u16 = 10;
 
 /// First bytes of a client's `Hello` frame: lets the server tell "not an Arena client" apart
