@@ -25,6 +25,7 @@ pub mod mover;
 pub mod registry;
 pub mod request;
 pub mod session;
+mod wake_gate;
 mod writer;
 
 use std::collections::{BTreeSet, HashMap};

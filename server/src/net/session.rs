@@ -42,6 +42,7 @@ use super::admission::{Arrival, Gate, Refusal};
 use super::frame_policy::{self, Close, Datagram, Dropped, FramePolicy, Verdict};
 use super::mover::Move;
 use super::registry::{Ended, RETRY_AFTER_MS, Seat};
+use super::wake_gate::WakeGate;
 use super::writer::{LINGER, Writer};
 use super::{HandshakeSlot, NetContext, request};
 use crate::config::ReplicationMode;
@@ -486,6 +487,37 @@ impl Outcome {
     }
 }
 
+/// Why a playing session ends other than by its client: what [`control`] waits for.
+enum Control {
+    Shutdown,
+    Superseded,
+    Moved(Arc<Move>),
+}
+
+/// Resolves when the server shuts down, the session is superseded (resumed on another
+/// connection) or a move is published.
+async fn control(
+    shutdown: &CancellationToken,
+    superseded: &CancellationToken,
+    moves: &mut watch::Receiver<Option<Arc<Move>>>,
+) -> Control {
+    let mut moves_open = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Control::Shutdown,
+            changed = moves.changed(), if moves_open => {
+                // The mover is gone (the server was made without one kept): nothing moves.
+                moves_open = changed.is_ok();
+                let pending = moves.borrow_and_update().clone();
+                if let Some(to) = pending {
+                    return Control::Moved(to);
+                }
+            }
+            _ = superseded.cancelled() => return Control::Superseded,
+        }
+    }
+}
+
 impl Session {
     /// Runs until the client leaves, misbehaves, or the server shuts down.
     async fn play(
@@ -507,28 +539,23 @@ impl Session {
         // Uncorked for the goodbye.
         self.conn.quic_connection().set_stream_cork(true);
         // A move published while this session was being admitted is acted on at once.
-        let mut moves_open = true;
         if moves.has_changed().unwrap_or(false) {
             let pending = moves.borrow_and_update().clone();
             if let Some(to) = pending {
                 return Box::pin(self.moved(&to)).await;
             }
         }
+        // The rare reasons to end, one future for the session's life, polled only when one of
+        // them woke the task (the loop wakes a few times a tick for the others).
+        let mut control = WakeGate::new(control(shutdown, superseded, moves));
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => {
-                    return Box::pin(self.disconnect(DisconnectReason::ServerShutdown, "server shutting down")).await;
-                }
-                changed = moves.changed(), if moves_open => {
-                    // The mover is gone (the server was made without one kept): nothing moves.
-                    moves_open = changed.is_ok();
-                    let pending = moves.borrow_and_update().clone();
-                    if let Some(to) = pending {
-                        return Box::pin(self.moved(&to)).await;
-                    }
-                }
-                _ = superseded.cancelled() => {
-                    return Box::pin(self.disconnect(DisconnectReason::Superseded, "this session was resumed on another connection")).await;
+                end = &mut control => {
+                    return match end {
+                        Control::Shutdown => Box::pin(self.disconnect(DisconnectReason::ServerShutdown, "server shutting down")).await,
+                        Control::Superseded => Box::pin(self.disconnect(DisconnectReason::Superseded, "this session was resumed on another connection")).await,
+                        Control::Moved(to) => Box::pin(self.moved(&to)).await,
+                    };
                 }
                 _ = self.outbox.ready() => {
                     if let Err(outcome) = self.send_snapshots() {
