@@ -81,9 +81,9 @@ async fn a_corked_connections_stream_bytes_leave_with_its_next_datagram() {
     // Uncorked: a packet for each write and each datagram, 60. Corked: one a round (34-36
     // read here), plus a write carried out early when the client's acknowledgement arrives
     // while it waits (quinn acknowledges every second packet at once: at most one round in
-    // two), and an MTU probe or two.
+    // two), and an MTU probe or two (46 read once on a loaded machine): at most 47.
     assert!(
-        packets <= u64::from(ROUNDS) * 3 / 2,
+        packets <= u64::from(ROUNDS) * 3 / 2 + 3,
         "{packets} packets for {ROUNDS} writes and {ROUNDS} datagrams"
     );
 
