@@ -5,8 +5,8 @@
 //! client costs the server a fixed amount of memory and the simulation never waits.
 //!
 //! Once the session plays it attaches a [`DatagramSink`]: a client's own snapshot then goes to
-//! its connection from the replication worker that built it ([`Outbox::deliver`]), and the
-//! session's task is not woken for it (it was, ~30 times a second a client, only to pass the
+//! its connection from the task the simulation posts each tick's snapshots to
+//! ([`Outbox::deliver`], `replication::post`), and the session's task is not woken for it (it was, ~30 times a second a client, only to pass the
 //! bytes on). QUIC bounds the datagrams it holds and drops the oldest, as the queue does. What
 //! the sink cannot take for a reason the session must act on (the connection is lost, the peer
 //! refuses datagrams) is queued as before, and the session sees the error when it sends it.
@@ -30,7 +30,7 @@ pub type SnapshotDatagrams = Arc<Vec<Vec<u8>>>;
 /// Pending events per session when no `--event-queue` is given.
 pub use crate::config::DEFAULT_EVENT_CAPACITY;
 
-/// A client's connection as the replication workers send to it (see the module's comment).
+/// A client's connection as replication sends to it (see the module's comment).
 pub trait DatagramSink: Send + Sync + std::fmt::Debug {
     /// Hands one datagram to the transport.
     fn send(&self, datagram: &[u8]) -> Result<(), SinkError>;

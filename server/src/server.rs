@@ -371,6 +371,11 @@ impl Server {
                 sim
             }
         };
+        // Each tick's snapshots go to their connections from a task of this runtime, once the
+        // tick is done (`replication::post`).
+        sim.world_mut()
+            .resource_mut::<crate::replication::Replicator>()
+            .post_on(&tokio::runtime::Handle::current(), self.stats.clone());
         let freezer = sim.freezer();
         let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let names = Arc::new(crate::game::names::Names::default());

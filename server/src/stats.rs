@@ -52,6 +52,9 @@ pub struct Stats {
     /// Ticks a player's input had not arrived for (the last one was repeated).
     pub inputs_late: AtomicU64,
     pub snapshots_dropped_slow_consumer: AtomicU64,
+    /// Snapshots of a tick still waiting for the network side when the next tick's came
+    /// (`replication::post`).
+    pub snapshots_superseded_unsent: AtomicU64,
     pub datagrams_sent: AtomicU64,
     pub datagram_bytes_sent: AtomicU64,
     pub datagrams_received: AtomicU64,
@@ -148,6 +151,7 @@ impl Stats {
             inputs_unknown_buttons: AtomicU64::new(0),
             inputs_late: AtomicU64::new(0),
             snapshots_dropped_slow_consumer: AtomicU64::new(0),
+            snapshots_superseded_unsent: AtomicU64::new(0),
             datagrams_sent: AtomicU64::new(0),
             datagram_bytes_sent: AtomicU64::new(0),
             datagrams_received: AtomicU64::new(0),
@@ -512,6 +516,11 @@ const COUNTERS: &[Source] = &[
         "arena_snapshots_dropped_slow_consumer_total",
         "Snapshots dropped from a full outbox (the client's datagrams could not keep up).",
         |s| &s.snapshots_dropped_slow_consumer,
+    ),
+    (
+        "arena_snapshots_superseded_unsent_total",
+        "Snapshots dropped unsent because the next tick's came first (the network side was a tick behind).",
+        |s| &s.snapshots_superseded_unsent,
     ),
     (
         "arena_entities_sent_total",

@@ -449,7 +449,7 @@ struct Session {
     events: Vec<GameEvent>,
 }
 
-/// The client's connection as the replication workers send to it ([`Outbox::attach`]).
+/// The client's connection as replication sends to it ([`Outbox::attach`], `replication::post`).
 #[derive(Debug)]
 struct ConnSink(wtransport::connection::DatagramSender);
 
@@ -527,7 +527,7 @@ impl Session {
         moves: &mut watch::Receiver<Option<Arc<Move>>>,
     ) -> Outcome {
         let mut buf = vec![0u8; PLAY_READ_CHUNK];
-        // From here the replication workers send this client's snapshots themselves; what they
+        // From here replication sends this client's snapshots itself; what they
         // queued before (from the join to now) is sent by the loop's first turn, a tick at most
         // behind the first sent directly (the client takes snapshots in any order).
         self.outbox

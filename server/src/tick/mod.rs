@@ -203,6 +203,11 @@ impl Simulation {
             times.0[i] = now - mark;
             mark = now;
         }
+        // The tick is done: its snapshots go to the network side now, not while it was still
+        // running (`replication::post`). Not a phase, so not in the tick's time: what it
+        // costs is a lock and a wake-up, and what it wakes competes with nothing the tick
+        // has left to do.
+        replication::post_snapshots(&mut self.world);
         // bevy_ecs writes a message for each component of every entity despawned, and for
         // each component removed (`RemovedComponents`), and lets them go only here: a bevy
         // `App` calls this each frame, a bare `World` must. No system reads them; uncleared,
