@@ -155,11 +155,17 @@ mod tests {
             .expect("a current-thread runtime")
     }
 
-    #[test]
-    fn each_snapshot_posted_reaches_its_connection_in_order_and_is_counted() {
+    /// A post on a paused runtime, and the counters it keeps.
+    fn paused_post() -> (tokio::runtime::Runtime, Arc<Stats>, SnapshotPost) {
         let rt = paused_runtime();
         let stats = Arc::new(Stats::default());
         let post = SnapshotPost::start(rt.handle(), stats.clone());
+        (rt, stats, post)
+    }
+
+    #[test]
+    fn each_snapshot_posted_reaches_its_connection_in_order_and_is_counted() {
+        let (rt, stats, post) = paused_post();
         let (a, mut a_rx) = client();
         let (b, mut b_rx) = client();
         assert_eq!(
@@ -179,9 +185,7 @@ mod tests {
 
     #[test]
     fn a_batch_still_waiting_when_the_next_comes_is_dropped_not_queued() {
-        let rt = paused_runtime();
-        let stats = Arc::new(Stats::default());
-        let post = SnapshotPost::start(rt.handle(), stats.clone());
+        let (rt, stats, post) = paused_post();
         let (a, mut a_rx) = client();
         let (b, mut b_rx) = client();
         // The runtime is not running: the first tick's batch still waits when the second's
