@@ -89,8 +89,11 @@ pub async fn run(config: BotConfig) -> BotOutcome {
             return out;
         }
     };
+    // When the next attempt is due: the end of the wait before it, if it waited.
+    let mut next_due = None;
     loop {
         let attempt = tokio::time::Instant::now();
+        let due = next_due.take().unwrap_or(attempt).min(attempt);
         let next = route.next_attempt();
         let resuming = matches!(next, Attempt::Resume { .. });
         // The fetch is awaited boxed: the bot's task then holds room for it only while it
@@ -120,6 +123,7 @@ pub async fn run(config: BotConfig) -> BotOutcome {
                         deadline,
                         stop: config.stop.clone(),
                         attempt,
+                        due,
                         swarm_start: config.swarm_start,
                     })
                     .await;
@@ -204,8 +208,10 @@ pub async fn run(config: BotConfig) -> BotOutcome {
             break;
         }
         let _waiting = Held::new(&live.retrying);
+        let wake = tokio::time::Instant::now() + delay;
+        next_due = Some(wake);
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = config.stop.cancelled() => break,
         }
     }
@@ -230,7 +236,7 @@ pub(crate) fn welcomed(
     out: &mut BotOutcome,
     live: &LiveStats,
     welcome: &Welcomed,
-    attempt: tokio::time::Instant,
+    (attempt, due): (tokio::time::Instant, tokio::time::Instant),
     welcomed: tokio::time::Instant,
     swarm_start: tokio::time::Instant,
 ) {
@@ -247,6 +253,7 @@ pub(crate) fn welcomed(
     out.sessions.push(Session {
         welcomed_at: welcomed.saturating_duration_since(swarm_start),
         connect,
+        due_at: due.saturating_duration_since(swarm_start),
         played: Duration::ZERO,
         lost: None,
         entity: welcome.entity,

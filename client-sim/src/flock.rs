@@ -85,6 +85,8 @@ pub struct Dial {
     /// When this attempt began (its `GET /api/connect`): the session's connect time counts
     /// from it.
     pub attempt: tokio::time::Instant,
+    /// When this attempt was due ([`crate::outcome::Session::due_at`]).
+    pub due: tokio::time::Instant,
     /// The swarm's start: a session's `welcomed_at` counts from it.
     pub swarm_start: tokio::time::Instant,
 }
@@ -1137,6 +1139,7 @@ fn read_game(
                 out,
                 live,
                 attempt,
+                due,
                 swarm_start,
                 ..
             } = &mut *bot.dial;
@@ -1146,7 +1149,14 @@ fn read_game(
             {
                 let welcomed = tokio::time::Instant::now();
                 live.connected.fetch_add(1, Relaxed);
-                crate::bot::welcomed(out, live, &welcome, *attempt, welcomed, *swarm_start);
+                crate::bot::welcomed(
+                    out,
+                    live,
+                    &welcome,
+                    (*attempt, *due),
+                    welcomed,
+                    *swarm_start,
+                );
                 bot.welcome = Some((welcome, welcomed));
                 bot.stage = Stage::Playing;
                 bot.frame_at = now;

@@ -19,6 +19,10 @@ pub struct Session {
     pub welcomed_at: Duration,
     /// From the start of the attempt (`GET /api/connect`) to the `Welcome`.
     pub connect: Duration,
+    /// When its attempt was due, counted from the swarm's start: the end of the bot's wait
+    /// before it (what the drain's hint and the backoff decided), or its start where it did
+    /// not wait. Its start can be later, by as long as the bot's runtime took to wake it.
+    pub due_at: Duration,
     pub played: Duration,
     /// Why it ended before the bot meant to leave, if it did.
     pub lost: Option<String>,

@@ -353,6 +353,7 @@ mod tests {
         Session {
             welcomed_at: Duration::from_millis(at_ms),
             connect: Duration::from_millis(connect_ms),
+            due_at: Duration::from_millis(at_ms.saturating_sub(connect_ms)),
             played: Duration::from_secs(played_s),
             lost: lost.map(String::from),
             entity: 1,
