@@ -6,10 +6,11 @@
 //!
 //! Once the session plays it attaches a [`DatagramSink`]: a client's own snapshot then goes to
 //! its connection from the task the simulation posts each tick's snapshots to
-//! ([`Outbox::deliver`], `replication::post`), and the session's task is not woken for it (it was, ~30 times a second a client, only to pass the
-//! bytes on). QUIC bounds the datagrams it holds and drops the oldest, as the queue does. What
-//! the sink cannot take for a reason the session must act on (the connection is lost, the peer
-//! refuses datagrams) is queued as before, and the session sees the error when it sends it.
+//! ([`Outbox::deliver`], `replication::post`), and the session's task is not woken for it (it
+//! was, ~30 times a second a client, only to pass the bytes on). QUIC bounds the datagrams it
+//! holds and drops the oldest, as the queue does. What the sink cannot take for a reason the
+//! session must act on (the connection is lost, the peer refuses datagrams) is queued as
+//! before, and the session sees the error when it sends it.
 //!
 //! It also holds the newest ping the client asked to have answered in a snapshot
 //! ([`Outbox::ping`]): the replication worker that builds the client's next snapshot takes

@@ -527,7 +527,7 @@ impl Session {
         moves: &mut watch::Receiver<Option<Arc<Move>>>,
     ) -> Outcome {
         let mut buf = vec![0u8; PLAY_READ_CHUNK];
-        // From here replication sends this client's snapshots itself; what they
+        // From here replication sends this client's snapshots itself; what it
         // queued before (from the join to now) is sent by the loop's first turn, a tick at most
         // behind the first sent directly (the client takes snapshots in any order).
         self.outbox

@@ -4,11 +4,11 @@
 //! ([`crate::outbox::Outbox::deliver`]), and each hand-off woke that connection's driver. So
 //! from the first client built, the runtime's workers were sending while the simulation thread
 //! and its helpers were still building: on the 2-core machine they took the same cores, and
-//! the `replicate` phase's wall was ~1.5x what its builders' CPU needed (BENCHMARKS.md,
-//! "Issue 21: a tick's snapshots posted after the tick").
+//! at 400 bots the `replicate` phase ran ~1.9x as long as it does now (BENCHMARKS.md, "Issue
+//! 21: a tick's snapshots posted after the tick").
 //!
-//! Now the builders keep each snapshot on its [`super::Replica`]; the tick's last system
-//! ([`super::post_snapshots`]) hands them all to one task on the runtime ([`SnapshotPost`]),
+//! Now the builders keep each snapshot on its [`super::Replica`]; once the tick's phases are
+//! done, [`super::post_snapshots`] hands them all to one task on the runtime ([`SnapshotPost`]),
 //! which gives each to its connection in the order they were built. The simulation wakes one
 //! task a tick instead of a driver a client, and the sends follow the tick instead of
 //! competing with it. A snapshot leaves later by what was left of the phase after it was
