@@ -154,8 +154,10 @@ struct Kept {
 }
 
 /// An entity within the exit radius, as the grid gave it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Near {
+    /// Index in the frame.
+    index: u32,
     /// Squared distance to the client.
     d2: f32,
     id: u32,
@@ -195,10 +197,13 @@ pub struct Built {
 pub struct Scratch {
     /// One bit per frame entity: within the exit radius of the client being built.
     near_bits: Vec<u64>,
-    /// The frame indices of the bits set in `near_bits`, ascending ([`flatten_bits`]).
-    near_list: Vec<u32>,
-    /// By frame index (valid where the bit is set): what the grid said of the entity.
-    near_at: Vec<Near>,
+    /// By word of `near_bits`: the bits set in the words before it ([`order_by_index`]).
+    rank_base: Vec<u32>,
+    /// The entities within the exit radius as the grid's query found them, in cell order
+    /// (sized to the frame: only the first few are written).
+    found: Vec<Near>,
+    /// The same, in frame order (so in id order): what the interest walk reads.
+    near: Vec<Near>,
     /// The interest set of the client being built, gathered when more than `max_view` are
     /// near (otherwise it is classified as the bitmap is read).
     members: Vec<Member>,
@@ -473,8 +478,9 @@ impl ClientReplicator {
         };
         let Scratch {
             near_bits: _,
-            near_list,
-            near_at,
+            rank_base: _,
+            found: _,
+            near: near_entities,
             members,
             kept,
             order,
@@ -501,7 +507,7 @@ impl ClientReplicator {
         // to keep the nearest.
         let empty: &[snapshot::EntityRecord] = &[];
         let base_entities = base.map_or(empty, |b| b.entities.as_slice());
-        let walk = NearWalk::new(near_list, near_at, &self.interest, s, own);
+        let walk = NearWalk::new(near_entities, &self.interest, s, own);
         let mut out = Classified {
             removed,
             candidates,
@@ -524,7 +530,7 @@ impl ClientReplicator {
         } else {
             members.clear();
             members.extend(walk);
-            keep_nearest(members, near_at, s.max_view, own);
+            keep_nearest(members, frame, center, s.max_view, own);
             classify(members.iter().copied(), &ctx, &mut out)
         };
         if !between {
@@ -729,10 +735,15 @@ impl ClientReplicator {
         total
     }
 
-    /// Marks in `scratch.near_bits` (by frame index) every entity within the exit radius of
-    /// `center`, and the client's own entity, with what the grid said of each in
-    /// `scratch.near_at`, and lists their frame indices in order in `scratch.near_list`;
-    /// returns how many.
+    /// Finds every entity within the exit radius of `center`, and the client's own entity,
+    /// with what the grid said of each, and lists them in frame order (so in id order) in
+    /// `scratch.near`; returns how many.
+    ///
+    /// The query writes what it finds one after another, in cell order, and marks each in a
+    /// bitmap over frame indices; each then goes to its place in frame order, its rank among
+    /// the bits set ([`order_by_index`]). So the walk reads the near entities in order from one
+    /// short list, where a table by frame index (a cache line an entity, anywhere in a frame's
+    /// worth of them) was read at random, and the bitmap is never listed.
     #[inline(always)]
     fn mark_near(
         scratch: &mut Scratch,
@@ -744,45 +755,49 @@ impl ClientReplicator {
     ) -> usize {
         let exit = s.exit_radius();
         let exit2 = exit * exit;
-        // Mark what is near in a bitmap over frame indices, to be read in order: the frame is
-        // sorted by id, so the members come out in id order without a sort.
         let Scratch {
             near_bits,
-            near_list,
-            near_at,
+            rank_base,
+            found,
+            near,
             ..
         } = scratch;
         near_bits.clear();
         near_bits.resize(frame.entities.len().div_ceil(64), 0);
-        if near_at.len() < frame.entities.len() {
-            near_at.resize(frame.entities.len(), Near::default());
+        // Room for every entity of the frame: each is in one cell, found at most once.
+        if found.len() < frame.entities.len() {
+            found.resize(frame.entities.len(), Near::default());
         }
         let mut count = 0;
         // Without a branch on the distance: about half the entities a query tests are
-        // within it, a branch the processor cannot predict. Each entity is in one cell, so an
-        // entry written for one out of reach is never read (its bit stays clear).
+        // within it, a branch the processor cannot predict. Each is written at the end of the
+        // list, which moves on only past those within (and their bits only are set).
         grid.query(center, exit, |item: &Item| {
             let d2 = item.pos.distance_squared(center);
             let within = d2 <= exit2;
             let i = item.index as usize;
             near_bits[i / 64] |= u64::from(within) << (i % 64);
-            near_at[i] = Near {
+            found[count] = Near {
+                index: item.index,
                 d2,
                 id: item.id,
                 current_from: item.current_from,
             };
             count += usize::from(within);
         });
-        if let Some(i) = own_index {
-            count += usize::from(near_bits[i / 64] & (1 << (i % 64)) == 0);
+        if let Some(i) = own_index
+            && near_bits[i / 64] & (1 << (i % 64)) == 0
+        {
             near_bits[i / 64] |= 1 << (i % 64);
-            near_at[i] = Near {
+            found[count] = Near {
+                index: i as u32,
                 d2: 0.0,
                 id: frame.entities[i].id,
                 current_from: frame.current_from[i],
             };
+            count += 1;
         }
-        flatten_bits(near_bits, count, near_list);
+        order_by_index(near_bits, rank_base, &found[..count], near);
         count
     }
 }
@@ -792,10 +807,9 @@ impl ClientReplicator {
 /// newcomers enter within the enter radius (and the client's own entity always); each carries
 /// its priority from last tick.
 struct NearWalk<'a> {
-    /// The near frame indices, ascending.
-    list: &'a [u32],
+    /// The near entities, in frame order.
+    list: &'a [Near],
     at: usize,
-    near_at: &'a [Near],
     old: &'a [Kept],
     oi: usize,
     enter2: f32,
@@ -803,17 +817,10 @@ struct NearWalk<'a> {
 }
 
 impl<'a> NearWalk<'a> {
-    fn new(
-        list: &'a [u32],
-        near_at: &'a [Near],
-        old: &'a [Kept],
-        s: &RepSettings,
-        own: u32,
-    ) -> Self {
+    fn new(list: &'a [Near], old: &'a [Kept], s: &RepSettings, own: u32) -> Self {
         Self {
             list,
             at: 0,
-            near_at,
             old,
             oi: 0,
             enter2: s.aoi_radius * s.aoi_radius,
@@ -828,13 +835,13 @@ impl Iterator for NearWalk<'_> {
     #[inline(always)]
     fn next(&mut self) -> Option<Member> {
         loop {
-            let frame_index = *self.list.get(self.at)? as usize;
-            self.at += 1;
             let Near {
+                index: frame_index,
                 d2,
                 id,
                 current_from,
-            } = self.near_at[frame_index];
+            } = *self.list.get(self.at)?;
+            self.at += 1;
             let old = self.old;
             while self.oi < old.len() && old[self.oi].id < id {
                 self.oi += 1;
@@ -843,7 +850,7 @@ impl Iterator for NearWalk<'_> {
             if d2 <= self.enter2 || was.is_some() || id == self.own {
                 return Some(Member {
                     id,
-                    frame_index: frame_index as u32,
+                    frame_index,
                     current_from,
                     priority: was.unwrap_or(0.0),
                 });
@@ -852,40 +859,27 @@ impl Iterator for NearWalk<'_> {
     }
 }
 
-/// Writes into `out` the indices of the bits set in `bits`, ascending; `count` is about how
-/// many (room is made as needed). A word's first four are written whether set or not and the
-/// write position moves on by the word's count: the number of set bits in a word (about two
-/// in a client's near bitmap) is a branch the processor cannot predict, taken once a word
-/// when the bits are read one by one.
+/// Writes `found` into `out` in ascending frame index. Their indices are distinct and are the
+/// bits set in `bits`, no other: each goes to its rank, the number of bits set below its own,
+/// from the count of the words before its own (`rank_base`, refilled) and a count in its
+/// word. A sort of what a client's query finds (a couple of hundred) without comparisons.
 #[inline(always)]
-fn flatten_bits(bits: &[u64], count: usize, out: &mut Vec<u32>) {
-    const UNCONDITIONAL: usize = 4;
+fn order_by_index(bits: &[u64], rank_base: &mut Vec<u32>, found: &[Near], out: &mut Vec<Near>) {
+    rank_base.clear();
+    let mut below = 0;
+    rank_base.extend(bits.iter().map(|word| {
+        let base = below;
+        below += word.count_ones();
+        base
+    }));
+    debug_assert_eq!(below as usize, found.len());
     out.clear();
-    out.resize(count + 64, 0);
-    let mut n = 0;
-    for (w, &word) in bits.iter().enumerate() {
-        let base = (w * 64) as u32;
-        let ones = word.count_ones() as usize;
-        if n + 64 > out.len() {
-            out.resize(n + 64, 0);
-        }
-        let mut rest = word;
-        for slot in &mut out[n..n + UNCONDITIONAL] {
-            // `trailing_zeros` of 0 is 64: a slot past the word's count, overwritten later.
-            *slot = base + rest.trailing_zeros();
-            rest &= rest.wrapping_sub(1);
-        }
-        if ones > UNCONDITIONAL {
-            let mut at = n + UNCONDITIONAL;
-            while rest != 0 {
-                out[at] = base + rest.trailing_zeros();
-                rest &= rest - 1;
-                at += 1;
-            }
-        }
-        n += ones;
+    out.resize(found.len(), Near::default());
+    for n in found {
+        let i = n.index as usize;
+        let rank = rank_base[i / 64] + (bits[i / 64] & ((1 << (i % 64)) - 1)).count_ones();
+        out[rank as usize] = *n;
     }
-    out.truncate(n);
 }
 
 /// Finds the frame entries of the first `chosen` candidates of `order` (a tick between
@@ -913,14 +907,23 @@ fn locate_chosen(
 }
 
 /// Keeps the `max_view` nearest of `members` (and always the client's own entity), in order.
-fn keep_nearest(members: &mut Vec<Member>, near_at: &[Near], max_view: usize, own: u32) {
+/// Their distances are the query's: the same arithmetic on the same positions.
+fn keep_nearest(
+    members: &mut Vec<Member>,
+    frame: &WorldFrame,
+    center: Vec2,
+    max_view: usize,
+    own: u32,
+) {
     if members.len() <= max_view {
         return;
     }
     let mut by_distance: Vec<(f32, u32)> = members
         .iter()
         .map(|m| {
-            let d2 = near_at[m.frame_index as usize].d2;
+            let d2 = frame.entities[m.frame_index as usize]
+                .pos
+                .distance_squared(center);
             (if m.id == own { -1.0 } else { d2 }, m.id)
         })
         .collect();
@@ -1279,51 +1282,44 @@ mod selection_tests {
 }
 
 #[cfg(test)]
-mod flatten_tests {
+mod order_tests {
     use super::*;
     use arena_shared::rng::SplitMix64;
 
-    /// The set bits one by one, as the interest walk read them before.
-    fn one_by_one(bits: &[u64]) -> Vec<u32> {
-        let mut out = Vec::new();
-        for (w, &word) in bits.iter().enumerate() {
-            let mut rest = word;
-            while rest != 0 {
-                out.push((w * 64) as u32 + rest.trailing_zeros());
-                rest &= rest - 1;
-            }
-        }
-        out
-    }
-
     #[test]
-    fn flattened_bits_are_every_set_bit_ascending_whatever_the_density_and_the_count_given() {
+    fn entities_found_in_any_order_come_out_in_frame_order_whatever_the_density() {
         let mut rng = SplitMix64::new(21);
-        let mut out = Vec::new();
+        let (mut rank_base, mut out) = (Vec::new(), Vec::new());
         let mut dense_words = 0;
         for case in 0..3000 {
             let words = rng.below(40) as usize;
-            // From empty to full, through a client's ~2 bits a word, with words of every
-            // count up to 64 (more than the four written whether set or not).
+            // From none to every index, through a client's ~2 a word of its bitmap, with
+            // every index of a word (its first and its last) found now and then.
             let density = [0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 0.9, 1.0][case % 8];
-            let bits: Vec<u64> = (0..words)
-                .map(|_| {
-                    (0..64).fold(0u64, |word, b| {
-                        word | (u64::from(rng.next_f32() < density) << b)
-                    })
-                })
-                .collect();
-            dense_words += bits.iter().filter(|w| w.count_ones() > 4).count();
-            let expected = one_by_one(&bits);
-            // The count given is a hint for the room made: right, none, or far too many.
-            for count in [expected.len(), 0, expected.len() + 100] {
-                flatten_bits(&bits, count, &mut out);
-                assert_eq!(out, expected, "case {case}, count given {count}");
+            let mut found = Vec::new();
+            for i in 0..words * 64 {
+                if rng.next_f32() < density {
+                    found.push(Near {
+                        index: i as u32,
+                        d2: rng.next_f32(),
+                        id: rng.below(u32::MAX),
+                        current_from: rng.below(100),
+                    });
+                }
             }
+            let expected = found.clone();
+            let mut bits = vec![0u64; words];
+            for n in &found {
+                bits[n.index as usize / 64] |= 1 << (n.index % 64);
+            }
+            dense_words += bits.iter().filter(|w| w.count_ones() > 32).count();
+            // In the order a query finds them: any.
+            for i in (1..found.len()).rev() {
+                found.swap(i, rng.below(i as u32 + 1) as usize);
+            }
+            order_by_index(&bits, &mut rank_base, &found, &mut out);
+            assert_eq!(out, expected, "case {case}");
         }
-        assert!(
-            dense_words > 1000,
-            "{dense_words} words of more than four bits"
-        );
+        assert!(dense_words > 1000, "{dense_words} words more than half set");
     }
 }
