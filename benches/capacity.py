@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Capacity benchmark: how many bots one Arena server process holds.
 
-Starts a release server, then for each step runs an `arena-bots` swarm of that size, waits
+Starts a server built with the production profile (Cargo.toml), then for each step runs an `arena-bots` swarm of that size, waits
 until every bot is connected, measures a steady window by scraping `/metrics` and reading
 /proc, and prints one row per step:
 
@@ -241,10 +241,11 @@ def main() -> int:
 
     steps = [int(s) for s in args.steps.split(",") if s]
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "arena-server", "-p", "arena-client-sim"],
-                       cwd=ROOT, check=True)
-    server_bin = args.server_bin or ROOT / "target/release/arena-server"
-    bots_bin = args.bots_bin or ROOT / "target/release/arena-bots"
+        # The production profile, as a deployment builds it (Cargo.toml).
+        subprocess.run(["cargo", "build", "--profile", "production", "-q", "-p", "arena-server",
+                        "-p", "arena-client-sim"], cwd=ROOT, check=True)
+    server_bin = args.server_bin or ROOT / "target/production/arena-server"
+    bots_bin = args.bots_bin or ROOT / "target/production/arena-bots"
     http = f"http://127.0.0.1:{args.http_port}"
     budget = 1.0 / args.tick_rate
     work = Path(tempfile.mkdtemp(prefix="arena-capacity-"))

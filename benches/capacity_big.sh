@@ -4,17 +4,17 @@
 # cannot build: release binaries are built here, stripped (debug info would not travel within
 # a 64 MiB tree) and copied beside the script's tree, e.g.
 #
-#   cargo build --release -p arena-server -p arena-client-sim
-#   mkdir -p .dev && strip -o .dev/arena-server target/release/arena-server \
-#     && strip -o .dev/arena-bots target/release/arena-bots
+#   cargo build --profile production -p arena-server -p arena-client-sim
+#   mkdir -p .dev && strip -o .dev/arena-server target/production/arena-server \
+#     && strip -o .dev/arena-bots target/production/arena-bots
 #   BIN=.dev OUT=/some/dir bash benches/capacity_big.sh
 #
-# Environment: BIN (folder of the two binaries, default target/release), OUT (where the
+# Environment: BIN (folder of the two binaries, default target/production), OUT (where the
 # table, the JSON rows, the bots' reports and the server log's tail go, default
 # ./capacity-out), STEPS, RAMP (connections a second), SCPU and BCPU (taskset lists),
 # CAP_TIMEOUT (seconds for the whole run). About 5-7 minutes with the defaults.
 set -u
-BIN=${BIN:-target/release}
+BIN=${BIN:-target/production}
 OUT=${OUT:-capacity-out}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/device.log") 2>&1

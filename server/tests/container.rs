@@ -620,7 +620,7 @@ fn shipped_containerfile_builds_in_two_stages_and_runs_the_server_as_non_root() 
         "protobuf-compiler",
         "libprotobuf-dev",
         "rustup target add wasm32-unknown-unknown",
-        "cargo build --release -p arena-server --features agones --locked",
+        "cargo build --profile production -p arena-server --features agones --locked",
     ] {
         assert!(runs.contains(needed), "the build stage runs {needed:?}");
     }
