@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Capacity benchmark: how many bots one Arena server process holds.
 
-Starts a server built with the production profile (Cargo.toml), then for each step runs an `arena-bots` swarm of that size, waits
-until every bot is connected, measures a steady window by scraping `/metrics` and reading
-/proc, and prints one row per step:
+Starts a server built with the production profile (Cargo.toml), then for each step runs an
+`arena-bots` swarm of that size, waits until every bot is connected, measures a steady window
+by scraping `/metrics` and reading /proc, and prints one row per step:
 
   bots held?, server tick p50/p99/max, server CPU % and CPU % per client, server RSS and RSS
   per client, downstream bytes per bot per second, snapshot rate seen by bots (mean and worst

@@ -205,7 +205,7 @@ pub struct Scratch {
     /// The same, in frame order (so in id order): what the interest walk reads.
     near: Vec<Near>,
     /// The interest set of the client being built, gathered when more than `max_view` are
-    /// near (otherwise it is classified as the bitmap is read).
+    /// near (otherwise it is classified as the near list is read).
     members: Vec<Member>,
     /// The interest set to keep, with this tick's priorities, copied into the client's own.
     kept: Vec<Kept>,
@@ -390,8 +390,8 @@ impl ClientReplicator {
     }
 
     /// [`Self::build_any`] compiled for x86-64-v3 (2013's Haswell and later, AMD's Zen): the
-    /// near bitmap's bit counts and indices are one instruction each, where the baseline
-    /// x86-64 target computes them in a dozen. Only called where the processor has them.
+    /// near bitmap's bit counts (an entity's rank) are one instruction each, where the
+    /// baseline x86-64 target computes them in a dozen. Only called where the processor has them.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,bmi1,bmi2,fma,lzcnt,popcnt")]
     #[expect(
@@ -412,7 +412,7 @@ impl ClientReplicator {
     }
 
     /// The build, inlined into each of its compilations (with its helpers: the query, the
-    /// bitmap's listing, the walk and the classification). Called directly, it is the portable
+    /// near entities' ordering, the walk and the classification). Called directly, it is the portable
     /// compilation: what the tests compare the dispatched build with.
     #[inline(always)]
     #[expect(
