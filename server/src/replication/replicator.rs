@@ -555,6 +555,7 @@ impl ClientReplicator {
         let Selection {
             mut chosen,
             estimated,
+            mut in_order,
             ..
         } = select(
             order,
@@ -568,15 +569,9 @@ impl ClientReplicator {
         if between {
             chosen = locate_chosen(order, candidates, chosen, frame);
         }
-        // Those taken, in priority order.
-        let taken = |chosen: usize| {
-            order[..chosen]
-                .iter()
-                .map(|&k| &candidates[k as u32 as usize])
-        };
 
-        // Encode, shrinking the selection if the estimate was short. Those taken are in
-        // priority order, so truncating drops the least urgent.
+        // Encode, shrinking the selection if the estimate was short. Those taken are then put
+        // in priority order (if they are not), so truncating drops the least urgent.
         let origin = own_index.map_or([0, 0], |i| {
             [frame.entities[i].fields[0], frame.entities[i].fields[1]]
         });
@@ -590,7 +585,8 @@ impl ClientReplicator {
         let mut passes = 1;
         let bytes = loop {
             updates.clear();
-            updates.extend(taken(chosen).map(|c| {
+            updates.extend(order[..chosen].iter().map(|&k| {
+                let c = &candidates[k as u32 as usize];
                 let e = &frame.entities[c.frame_index as usize];
                 Update {
                     id: e.id,
@@ -616,6 +612,10 @@ impl ClientReplicator {
             }
             passes += 1;
             if chosen > 1 {
+                if !in_order {
+                    order[..chosen].sort_unstable();
+                    in_order = true;
+                }
                 // Shrink in proportion to the excess, at least by one.
                 let keep = chosen * limit / bytes.len();
                 chosen = keep.clamp(1, chosen - 1);
@@ -1050,12 +1050,17 @@ fn classify(
 /// What [`select`] took, and the rule by which it takes a candidate offered in priority order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Selection {
-    /// The first `chosen` keys of the order are those taken, in priority order.
+    /// The first `chosen` keys of the order are those taken: in priority order when
+    /// `in_order`, else every candidate, in no particular order.
     chosen: usize,
     /// Bytes spent (estimated, scaled), `spent` given included.
     spent: usize,
     /// The chosen candidates' estimates, unscaled.
     estimated: usize,
+    /// Those taken are in priority order. When every candidate fits, none is put in order:
+    /// what is taken does not depend on it, and only an encoding over the limit, which
+    /// drops the least urgent, needs it.
+    in_order: bool,
 }
 
 impl Selection {
@@ -1099,8 +1104,12 @@ fn order_key(priority: f32, index: usize) -> u64 {
 /// priority is infinite, the others' finite: it comes first). Moves the keys of those taken
 /// to the front, in that order. `total_cost` is the sum of the candidates' estimates.
 ///
-/// Only the first few can fit: about the budget over their average cost. So the order is found
-/// a chunk at a time: a selection (linear) puts the chunk's keys ahead of the rest, and only
+/// When every candidate fits (a budget not full, as most clients' are in a quiet area; known
+/// from `total_cost` alone, [`all_fit_bound`]), all are taken and none is put in order
+/// (`in_order` false): what a pass in priority order would take does not depend on the order.
+///
+/// Otherwise only the first few can fit: about the budget over their average cost. So the
+/// order is found a chunk at a time: a selection (linear) puts the chunk's keys ahead of the rest, and only
 /// the chunk is sorted; the next chunk (twice as long at least) only when the budget still has
 /// room after this one.
 /// The result is that of sorting every candidate (`select_by_sorting_all` in the tests): the
@@ -1114,6 +1123,21 @@ fn select(
     cost_scale: f32,
     own: u32,
 ) -> Selection {
+    if spent + all_fit_bound(total_cost, candidates.len(), cost_scale) <= fill {
+        // The pass below would take every one, in whatever order they came.
+        let (scaled, estimated) = candidates.iter().fold((0, 0), |(scaled, estimated), c| {
+            (
+                scaled + ceil(f32::from(c.cost) * cost_scale),
+                estimated + usize::from(c.cost),
+            )
+        });
+        return Selection {
+            chosen: candidates.len(),
+            spent: spent + scaled,
+            estimated,
+            in_order: false,
+        };
+    }
     let cheapest = ceil((CHANGE_COST + SMALL_FIELD_COST) as f32 * cost_scale).max(1);
     let average =
         (total_cost as f32 / candidates.len().max(1) as f32 * cost_scale).max(cheapest as f32);
@@ -1121,6 +1145,7 @@ fn select(
         chosen: 0,
         spent,
         estimated: 0,
+        in_order: true,
     };
     let (mut chunk_end, mut chunk) = (0, 0);
     let len = order.len();
@@ -1144,6 +1169,13 @@ fn select(
         taken.offer(order, candidates, i, fill, cost_scale, own);
     }
     taken
+}
+
+/// A bound on the sum of `n` candidates' scaled costs (each `ceil(cost * scale)`, as
+/// [`Selection::offer`] takes them) whose estimates sum to `total`, found without reading them:
+/// each rounds up by less than one, and the product's rounding is far inside the 1/1000 added.
+fn all_fit_bound(total: usize, n: usize, scale: f32) -> usize {
+    ceil(total as f32 * scale * 1.001) + n
 }
 
 /// `x.ceil() as usize` for the small, non-negative costs here, without `f32::ceil` (a libm
@@ -1173,6 +1205,7 @@ mod selection_tests {
             chosen: 0,
             spent,
             estimated: 0,
+            in_order: true,
         };
         let mut ids = Vec::new();
         for (c, _) in &sorted {
@@ -1236,6 +1269,9 @@ mod selection_tests {
     #[test]
     fn choosing_a_chunk_at_a_time_takes_what_sorting_every_candidate_takes() {
         let mut rng = SplitMix64::new(11);
+        // Cases where every candidate was taken without being put in order, and where some
+        // were left: both kinds must be common.
+        let (mut all_unordered, mut some_left) = (0, 0);
         for case in 0..3000 {
             let n = rng.below(400) as usize;
             let own = rng.below(1000);
@@ -1271,13 +1307,29 @@ mod selection_tests {
             let only: Vec<Candidate> = candidates.iter().map(|(c, _)| *c).collect();
             let got = select(&mut order, &only, total, spent, fill, scale, own);
             let (want, want_ids) = select_by_sorting_all(&candidates, spent, fill, scale, own);
-            assert_eq!(got, want, "case {case}");
+            assert_eq!(
+                (got.chosen, got.spent, got.estimated),
+                (want.chosen, want.spent, want.estimated),
+                "case {case}"
+            );
+            if !got.in_order {
+                // Taken without an order only when all are taken; in order, they are the
+                // same as sorting takes.
+                assert_eq!(got.chosen, n, "case {case}");
+                order[..got.chosen].sort_unstable();
+                all_unordered += 1;
+            }
+            some_left += usize::from(got.chosen < n);
             let got_ids: Vec<u32> = order[..got.chosen]
                 .iter()
                 .map(|&k| only[k as u32 as usize].id)
                 .collect();
             assert_eq!(got_ids, want_ids, "case {case}");
         }
+        assert!(
+            all_unordered > 300 && some_left > 300,
+            "{all_unordered} cases took all unordered, {some_left} left some"
+        );
     }
 }
 

@@ -364,6 +364,80 @@ fn an_entity_is_only_sent_inside_the_radius_enters_within_a_tick_and_leaves_afte
     );
 }
 
+/// A snapshot whose candidates all seem to fit (the selection then takes them without putting
+/// them in priority order) but whose encoding is over the limit is cut to the most urgent: on a
+/// first snapshot, where every entity enters and the client's own is not moving, the nearest.
+#[test]
+fn a_snapshot_found_over_its_limit_keeps_the_nearest_even_when_all_seemed_to_fit() {
+    let center = Vec2::splat(2000.0);
+    let mut world = World::new(0, 4000.0, center, 17);
+    world.turn_one_in = u32::MAX;
+    // All faster than `max_speed`, so that priority is nearness alone (speed's part is the
+    // same for all), and fast enough that velocities take 32 bits: a record costs about twice
+    // the 9 bytes estimated. Ids in no relation to distance.
+    let mut rng = SplitMix64::new(18);
+    let n = 24;
+    let mut ids: Vec<u32> = (2..2 + n).collect();
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, rng.below(i as u32 + 1) as usize);
+    }
+    for (k, id) in ids.iter().enumerate() {
+        let angle = rng.range_f32(0.0, std::f32::consts::TAU);
+        let d = 100.0 + 100.0 * k as f32 + rng.range_f32(0.0, 50.0);
+        let pos = center + d * Vec2::new(angle.cos(), angle.sin());
+        let heading = rng.range_f32(0.0, std::f32::consts::TAU);
+        world
+            .bodies
+            .push((*id, pos, 2500.0 * Vec2::new(heading.cos(), heading.sin())));
+    }
+    // A budget the estimate says all fit in, the client's own entity included: header and
+    // records (20 + 9 a record), with a byte a record for rounding, under 15/16 of it.
+    let records = n as usize + 1;
+    let s = RepSettings {
+        aoi_radius: 3000.0,
+        ..settings((20 + 10 * records + 1) * 16 / 15 + 1)
+    };
+    let (mut frame, mut grid) = (WorldFrame::default(), Grid::default());
+    world.step(&mut frame);
+    grid.rebuild(&frame, world.size, s.aoi_radius / 2.0);
+    let mut server = ClientReplicator::default();
+    let built = own_snapshot(&mut server, &mut Scratch::default(), &frame, &grid, &s);
+    assert!(
+        built.encode_passes > 1,
+        "the encoding was not over its limit"
+    );
+    assert!(built.bytes.len() <= s.budget_bytes);
+    let view = Receiver::new(RATE)
+        .receive(&delta(&built.bytes))
+        .unwrap()
+        .clone();
+    let sent: Vec<u32> = view
+        .entities
+        .iter()
+        .map(|r| r.id)
+        .filter(|&id| id != OWN)
+        .collect();
+    assert!(
+        !sent.is_empty() && sent.len() < n as usize,
+        "{} sent",
+        sent.len()
+    );
+    // The nearest `sent.len()` where the frame has them.
+    let mut by_distance: Vec<(f32, u32)> = ids
+        .iter()
+        .map(|&id| {
+            let pos = frame.entities[frame.index_of(id).unwrap()].pos;
+            (pos.distance(center), id)
+        })
+        .collect();
+    by_distance.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let mut nearest: Vec<u32> = by_distance[..sent.len()].iter().map(|x| x.1).collect();
+    nearest.sort_unstable();
+    let mut got = sent.clone();
+    got.sort_unstable();
+    assert_eq!(got, nearest);
+}
+
 /// 10,000 entities crowded into one client's view at the default budget (64 kbps at 30 Hz =
 /// 266 bytes a snapshot): no snapshot goes over budget, and once the crowd has entered, no
 /// entity's record stays wrong on the client for more than `MAX_STALE` ticks.
