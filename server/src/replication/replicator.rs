@@ -1109,9 +1109,9 @@ fn order_key(priority: f32, index: usize) -> u64 {
 /// (`in_order` false): what a pass in priority order would take does not depend on the order.
 ///
 /// Otherwise only the first few can fit: about the budget over their average cost. So the
-/// order is found a chunk at a time: a selection (linear) puts the chunk's keys ahead of the rest, and only
-/// the chunk is sorted; the next chunk (twice as long at least) only when the budget still has
-/// room after this one.
+/// order is found a chunk at a time: a selection (linear) puts the chunk's keys ahead of the
+/// rest, and only the chunk is sorted; the next chunk (twice as long at least) only when the
+/// budget still has room after this one.
 /// The result is that of sorting every candidate (`select_by_sorting_all` in the tests): the
 /// order is total, and a chunk's end stops the pass only when not even the cheapest record fits.
 fn select(
