@@ -1125,16 +1125,14 @@ fn select(
 ) -> Selection {
     if spent + all_fit_bound(total_cost, candidates.len(), cost_scale) <= fill {
         // The pass below would take every one, in whatever order they came.
-        let (scaled, estimated) = candidates.iter().fold((0, 0), |(scaled, estimated), c| {
-            (
-                scaled + ceil(f32::from(c.cost) * cost_scale),
-                estimated + usize::from(c.cost),
-            )
-        });
+        let scaled: usize = candidates
+            .iter()
+            .map(|c| ceil(f32::from(c.cost) * cost_scale))
+            .sum();
         return Selection {
             chosen: candidates.len(),
             spent: spent + scaled,
-            estimated,
+            estimated: total_cost,
             in_order: false,
         };
     }
