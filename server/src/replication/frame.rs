@@ -19,7 +19,7 @@
 
 use arena_shared::protocol::EntityKind;
 use arena_shared::quant::{quantize_pos, quantize_vel};
-use arena_shared::snapshot::{EntityRecord, FIELDS, MAX_PREDICT_TICKS};
+use arena_shared::snapshot::{EntityRecord, FIELDS, MAX_PREDICT_TICKS, fit_capacity};
 use glam::Vec2;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,6 +47,16 @@ pub struct WorldFrame {
     /// The previous frame's entities and path starts, to continue the paths from.
     prev_entities: Vec<FrameEntity>,
     prev_path_start: Vec<u32>,
+    /// Where an id lies in `entities`, found once a tick for every client's lookups
+    /// ([`Self::index_of`]): the ids from the first's are cut into buckets of `1 << by_id_shift`
+    /// consecutive ids, at most two an entity, and `by_id[b]` is the index of the first entity
+    /// whose bucket is `b` or later (one more entry, the frame's length, closes the last). An
+    /// id is then looked for among the few entities of its bucket, not by a binary search of
+    /// the whole frame: ~13 dependent reads of a 5,000-entity frame, most of them out of the
+    /// first-level cache (BENCHMARKS.md, "Issue 21: an id found in its bucket").
+    by_id: Vec<u32>,
+    by_id_base: u32,
+    by_id_shift: u32,
 }
 
 impl WorldFrame {
@@ -120,10 +130,50 @@ impl WorldFrame {
                 start
             });
         }
+        self.index_ids();
     }
 
+    /// The index of entity `id` in the frame, if there: a read of its bucket's bounds and a
+    /// search among that bucket's entities (one or two, unless the ids are far from even).
     pub fn index_of(&self, id: u32) -> Option<usize> {
-        self.entities.binary_search_by_key(&id, |e| e.id).ok()
+        // Made by `rebuild` for these entities (the closing entry is their count).
+        if self.by_id.last().map(|&n| n as usize) != Some(self.entities.len()) {
+            return self.entities.binary_search_by_key(&id, |e| e.id).ok();
+        }
+        let b = (id.checked_sub(self.by_id_base)? >> self.by_id_shift) as usize;
+        let (lo, hi) = (
+            *self.by_id.get(b)? as usize,
+            *self.by_id.get(b + 1)? as usize,
+        );
+        self.entities[lo..hi]
+            .binary_search_by_key(&id, |e| e.id)
+            .ok()
+            .map(|i| lo + i)
+    }
+
+    /// Refills [`Self::by_id`] for the entities as they are now (sorted by id): the narrowest
+    /// buckets that number at most two an entity.
+    fn index_ids(&mut self) {
+        self.by_id.clear();
+        let (Some(first), Some(last)) = (self.entities.first(), self.entities.last()) else {
+            return;
+        };
+        let (base, span) = (first.id, u64::from(last.id - first.id));
+        let most = 2 * self.entities.len() as u64;
+        let mut shift = 0;
+        while (span >> shift) + 1 > most {
+            shift += 1;
+        }
+        self.by_id_base = base;
+        self.by_id_shift = shift;
+        fit_capacity(&mut self.by_id, (span >> shift) as usize + 2);
+        for (i, e) in self.entities.iter().enumerate() {
+            let bucket = ((e.id - base) >> shift) as usize;
+            while self.by_id.len() <= bucket {
+                self.by_id.push(i as u32);
+            }
+        }
+        self.by_id.push(self.entities.len() as u32);
     }
 
     /// [`Self::index_of`], trying `hint` first (where the entity was last tick: there while
@@ -178,5 +228,58 @@ mod index_tests {
         frame.rebuild(2, 30, bodies(&[3, 8, 13, 21]));
         assert_eq!(frame.index_of_near(13, 3), Some(2));
         assert_eq!(frame.index_of_near(21, 3), Some(3));
+    }
+
+    /// The buckets find every id where a search of the whole frame does, and nothing else:
+    /// ids dense, sparse, in clumps far apart, at both ends of `u32`, one or none.
+    #[test]
+    fn the_id_index_finds_what_a_search_of_the_frame_finds() {
+        let mut rng = arena_shared::rng::SplitMix64::new(21);
+        let mut frame = WorldFrame::default();
+        for round in 0..400u32 {
+            let n = rng.below(300) as usize;
+            let mut ids: Vec<u32> = match round % 4 {
+                // Dense, with a few holes.
+                0 => (1..).filter(|_| rng.below(8) != 0).take(n).collect(),
+                // Spread over all of u32.
+                1 => (0..n).map(|_| rng.next_u64() as u32).collect(),
+                // Two clumps far apart: old survivors and the newest ids.
+                2 => (0..n)
+                    .map(|i| {
+                        let clump = if i % 2 == 0 { 10 } else { u32::MAX - 5_000 };
+                        clump + rng.below(5_000)
+                    })
+                    .collect(),
+                // The ends of the range.
+                _ => (0..n)
+                    .map(|_| match rng.below(3) {
+                        0 => rng.below(4),
+                        1 => u32::MAX - rng.below(4),
+                        _ => rng.below(1_000),
+                    })
+                    .collect(),
+            };
+            ids.sort_unstable();
+            ids.dedup();
+            frame.rebuild(
+                round + 1,
+                30,
+                ids.iter()
+                    .map(|&id| (id, EntityKind::Npc, Vec2::ZERO, Vec2::ZERO)),
+            );
+            assert!(frame.by_id.len() <= 2 * ids.len() + 1, "round {round}");
+            let probes = ids
+                .iter()
+                .flat_map(|&id| [id, id.wrapping_sub(1), id.wrapping_add(1)])
+                .chain([0, 1, u32::MAX, u32::MAX - 1])
+                .chain((0..50).map(|_| rng.next_u64() as u32));
+            for id in probes {
+                assert_eq!(
+                    frame.index_of(id),
+                    ids.binary_search(&id).ok(),
+                    "round {round}, id {id}"
+                );
+            }
+        }
     }
 }

@@ -242,6 +242,9 @@ pub struct ClientReplicator {
     waiting: Vec<Waiting>,
     /// The tick of the last ranking (the interest set walked and every candidate priced).
     ranked: u32,
+    /// The own entity's place in `interest` when the last ranking kept it (else anything): a
+    /// tick between rankings looks there first, not by a search of a set out of cache.
+    own_kept: u32,
 }
 
 impl Default for ClientReplicator {
@@ -256,6 +259,7 @@ impl Default for ClientReplicator {
             cost_scale: 1.0,
             waiting: Vec::new(),
             ranked: 0,
+            own_kept: 0,
         }
     }
 }
@@ -468,7 +472,14 @@ impl ClientReplicator {
             && !self.waiting.is_empty()
             && !t.wrapping_add(own).is_multiple_of(s.rerank_ticks);
         let own_kept = between_tick
-            .then(|| self.interest.binary_search_by_key(&own, |k| k.id).ok())
+            .then(|| {
+                let hint = self.own_kept as usize;
+                if self.interest.get(hint).is_some_and(|k| k.id == own) {
+                    Some(hint)
+                } else {
+                    self.interest.binary_search_by_key(&own, |k| k.id).ok()
+                }
+            })
             .flatten();
         let between = between_tick && own_index.is_some() == own_kept.is_some();
         let near = if between {
@@ -661,6 +672,12 @@ impl ClientReplicator {
         snapshot::fit_capacity(&mut self.interest, kept.len());
         self.interest.clear();
         self.interest.extend_from_slice(kept);
+        if !between {
+            // Searched while the set is in cache, for the ticks until the next ranking.
+            self.own_kept = kept
+                .binary_search_by_key(&own, |k| k.id)
+                .map_or(u32::MAX, |i| i as u32);
+        }
         let built = Built {
             full: base_tick.is_none(),
             in_view: kept.len(),
