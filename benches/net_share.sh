@@ -14,15 +14,10 @@ BIN=$1
 BOTS=$2
 TAG=$3
 OUT=${OUT:-/tmp}
-"$BIN" --wt-bind 127.0.0.1:14433 --http-bind 127.0.0.1:18080 --npcs 5000 --max-clients 1200 \
-    --log warn > "$OUT/net-share-$TAG.log" 2>&1 &
-SP=$!
-trap 'kill $SP $BP 2> /dev/null' EXIT
-sleep 3
-"$BOTS" --server http://127.0.0.1:18080 --bots 400 --ramp 200 --duration 32s --no-progress \
-    --log error > /dev/null 2>&1 &
-BP=$!
-sleep 12
+SP= BP=
+trap 'kill $SP $BP 2> /dev/null; wait $SP 2> /dev/null' EXIT
+. "$(dirname "$0")/share_start.sh"
+start_server_and_bots net-share
 # Per thread: name, voluntary context switches, CPU ticks (threads that come and go skipped).
 threads() {
     for t in /proc/$SP/task/*; do

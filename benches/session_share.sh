@@ -15,14 +15,8 @@ BIN=$1
 BOTS=$2
 TAG=$3
 OUT=${OUT:-/tmp}
-"$BIN" --wt-bind 127.0.0.1:14433 --http-bind 127.0.0.1:18080 --npcs 5000 --max-clients 1200 \
-    --log warn > "$OUT/session-share-$TAG.log" 2>&1 &
-SP=$!
-sleep 3
-"$BOTS" --server http://127.0.0.1:18080 --bots 400 --ramp 200 --duration 32s --no-progress \
-    --log error > /dev/null 2>&1 &
-BP=$!
-sleep 12
+. "$(dirname "$0")/share_start.sh"
+start_server_and_bots session-share
 T0=$(awk '{print $14+$15}' "/proc/$SP/stat")
 B0=$(awk '{print $14+$15}' "/proc/$BP/stat")
 perf record -F 300 --call-graph dwarf,16384 -o "$OUT/session-share-$TAG.perf" -p "$SP" \
