@@ -672,8 +672,9 @@ impl ClientReplicator {
         snapshot::fit_capacity(&mut self.interest, kept.len());
         self.interest.clear();
         self.interest.extend_from_slice(kept);
-        if !between {
-            // Searched while the set is in cache, for the ticks until the next ranking.
+        if !between && !self.waiting.is_empty() {
+            // Searched while the set is in cache, for the ticks until the next ranking (only a
+            // client that left candidates waiting has such ticks).
             self.own_kept = kept
                 .binary_search_by_key(&own, |k| k.id)
                 .map_or(u32::MAX, |i| i as u32);
