@@ -234,8 +234,9 @@ pub struct Config {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub rerank_ticks: u32,
     /// Threads that build clients' snapshots in parallel each tick, the simulation thread
-    /// included (0: one per CPU; at most 256): the simulation thread builds a share and starts
-    /// a helper thread for each other one. Clients are independent, so the result does not
+    /// included (0: one per CPU and one more, since the runtime's workers share those cores;
+    /// at most 256): the simulation thread builds a share and starts a helper thread for each
+    /// other one. Clients are independent, so the result does not
     /// depend on the count; 1 builds them on the simulation thread alone.
     #[arg(long, default_value_t = 0,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_REPLICATION_THREADS as u64))]
@@ -735,7 +736,11 @@ mod tests {
     #[test]
     fn replication_threads_are_bounded() {
         // Each is started every tick: a count that large is a mistake, not a setting.
-        assert_eq!(Config::default().replication_threads, 0, "one per CPU");
+        assert_eq!(
+            Config::default().replication_threads,
+            0,
+            "one per CPU and one more"
+        );
         let c = Config::try_parse_from(["arena-server", "--replication-threads", "256"]).unwrap();
         assert_eq!(c.replication_threads, 256);
         assert!(Config::try_parse_from(["arena-server", "--replication-threads", "257"]).is_err());

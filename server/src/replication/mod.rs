@@ -51,6 +51,27 @@ pub use crate::config::ReplicationMode as Mode;
 /// about what building a few snapshots does.
 pub const MIN_CLIENTS_PER_THREAD: usize = 8;
 
+/// Builders beyond one per CPU when `--replication-threads` is 0. The builders are the tick's
+/// critical path, and while they build, the runtime's workers (one per CPU) receive the
+/// clients' packets on the same cores: the scheduler shares a core by thread, so one builder
+/// more than the CPUs gives the phase a larger share while both want the cores, and costs a
+/// helper's start (~50 us of CPU) a tick. On two CPUs with 1,000 bots on the same cores, the
+/// phase's wall fell from ~7.0 to ~5.6 us a client and the tick's p99 from ~16 to ~11 ms
+/// (BENCHMARKS.md, "one builder more than the CPUs"). The chunks a builder takes are small,
+/// so a builder the scheduler leaves waiting holds back no more than its chunk.
+pub const EXTRA_BUILDERS: usize = 1;
+
+/// The builders `--replication-threads` asks for: `threads`, or for 0 one per CPU of `cpus`
+/// plus [`EXTRA_BUILDERS`]; at least 1 and at most
+/// [`crate::config::MAX_REPLICATION_THREADS`].
+fn builder_threads(threads: usize, cpus: usize) -> usize {
+    match threads {
+        0 => cpus + EXTRA_BUILDERS,
+        n => n,
+    }
+    .clamp(1, crate::config::MAX_REPLICATION_THREADS)
+}
+
 /// Replication's state kept between ticks.
 #[derive(Resource)]
 pub struct Replicator {
@@ -80,7 +101,7 @@ pub struct Replicator {
 
 impl Replicator {
     /// `threads`: threads building snapshots each tick, the simulation thread included: 0 for
-    /// one per CPU, 1 for the simulation thread alone; at most
+    /// one per CPU and [`EXTRA_BUILDERS`] more, 1 for the simulation thread alone; at most
     /// [`crate::config::MAX_REPLICATION_THREADS`].
     pub fn new(
         mode: Mode,
@@ -89,11 +110,8 @@ impl Replicator {
         threads: usize,
         tap: Option<broadcast::Sender<Arc<WorldFrame>>>,
     ) -> Self {
-        let threads = match threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        }
-        .clamp(1, crate::config::MAX_REPLICATION_THREADS);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = builder_threads(threads, cpus);
         Self {
             mode,
             settings,

@@ -1135,3 +1135,18 @@ fn each_snapshot_builder_has_its_share_of_clients_and_the_simulation_thread_alwa
     assert_eq!(builders(1000, 1), 1);
     assert_eq!(builders(1000, 0), 1);
 }
+
+#[test]
+fn builders_by_default_are_one_per_cpu_and_one_more_and_a_count_given_is_kept_in_bounds() {
+    use super::builder_threads;
+    use crate::config::MAX_REPLICATION_THREADS as MAX;
+    // 0: one per CPU, and one more (the runtime's workers share those cores).
+    assert_eq!(builder_threads(0, 1), 2);
+    assert_eq!(builder_threads(0, 2), 3);
+    assert_eq!(builder_threads(0, 16), 17);
+    assert_eq!(builder_threads(0, MAX), MAX);
+    // A count given is taken as it is, within bounds.
+    assert_eq!(builder_threads(1, 16), 1);
+    assert_eq!(builder_threads(2, 2), 2);
+    assert_eq!(builder_threads(MAX + 1, 2), MAX);
+}
