@@ -56,9 +56,10 @@ pub const MIN_CLIENTS_PER_THREAD: usize = 8;
 /// clients' packets on the same cores: the scheduler shares a core by thread, so one builder
 /// more than the CPUs gives the phase a larger share while both want the cores, and costs a
 /// helper's start (~50 us of CPU) a tick. On two CPUs with 1,000 bots on the same cores, the
-/// phase's wall fell from ~7.0 to ~5.6 us a client and the tick's p99 from ~16 to ~11 ms
-/// (BENCHMARKS.md, "one builder more than the CPUs"). The chunks a builder takes are small,
-/// so a builder the scheduler leaves waiting holds back no more than its chunk.
+/// phase's wall fell from ~7.0 to ~5.6-6.1 us a client and the tick's p99 from ~16 to ~11 ms;
+/// with nothing else running it reads ~1.02x (BENCHMARKS.md, "one builder more than the
+/// CPUs"). The chunks a builder takes are small, so a builder the scheduler leaves waiting
+/// holds back no more than its chunk.
 pub const EXTRA_BUILDERS: usize = 1;
 
 /// The builders `--replication-threads` asks for: `threads`, or for 0 one per CPU of `cpus`
