@@ -236,8 +236,8 @@ pub struct Config {
     /// Threads that build clients' snapshots in parallel each tick, the simulation thread
     /// included (0: one per CPU and one more, since the runtime's workers share those cores;
     /// at most 256): the simulation thread builds a share and starts a helper thread for each
-    /// other one. Clients are independent, so the result does not
-    /// depend on the count; 1 builds them on the simulation thread alone.
+    /// other one. Clients are independent, so the result does not depend on the count; 1
+    /// builds them on the simulation thread alone.
     #[arg(long, default_value_t = 0,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_REPLICATION_THREADS as u64))]
     pub replication_threads: usize,
