@@ -213,6 +213,8 @@ pub struct Scratch {
     order: Vec<u64>,
     candidates: Vec<Candidate>,
     removed: Vec<u32>,
+    /// One bit a candidate: chosen for this snapshot.
+    chosen_bits: Vec<u64>,
     updates: Vec<Update>,
     /// The snapshot being encoded and the codec's buffers, refilled for each client.
     snap: DeltaSnapshot,
@@ -497,6 +499,7 @@ impl ClientReplicator {
             order,
             candidates,
             removed,
+            chosen_bits,
             updates,
             snap,
             encoder,
@@ -595,17 +598,30 @@ impl ClientReplicator {
         }
         let mut passes = 1;
         let bytes = loop {
+            // The encoder takes the updates in id order, as the candidates are: those chosen
+            // are marked by their place among the candidates and read in that order, not
+            // sorted.
+            chosen_bits.clear();
+            chosen_bits.resize(candidates.len().div_ceil(64), 0);
+            for &k in &order[..chosen] {
+                let i = k as u32 as usize;
+                chosen_bits[i / 64] |= 1 << (i % 64);
+            }
             updates.clear();
-            updates.extend(order[..chosen].iter().map(|&k| {
-                let c = &candidates[k as u32 as usize];
-                let e = &frame.entities[c.frame_index as usize];
-                Update {
-                    id: e.id,
-                    kind: e.kind,
-                    fields: e.fields,
+            for (w, &word) in chosen_bits.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let c = &candidates[w * 64 + bits.trailing_zeros() as usize];
+                    bits &= bits - 1;
+                    let e = &frame.entities[c.frame_index as usize];
+                    updates.push(Update {
+                        id: e.id,
+                        kind: e.kind,
+                        fields: e.fields,
+                    });
                 }
-            }));
-            updates.sort_unstable_by_key(|u| u.id);
+            }
+            debug_assert!(updates.is_sorted_by_key(|u| u.id), "candidates in id order");
             let sink: &mut dyn ViewSink = if whole {
                 &mut whole_view
             } else {
@@ -699,9 +715,10 @@ impl ClientReplicator {
 
     /// The candidates of a tick between rankings: those the last snapshot left waiting, with
     /// the priorities of that ranking, and the client's own entity (`own`: its place in the
-    /// frame and in the interest set, when in both) when its record is not current. The
-    /// interest set is kept as it is and nothing is removed. Frame indices are found only for
-    /// those chosen ([`locate_chosen`]). Returns the candidates' estimated bytes.
+    /// frame and in the interest set, when in both) when its record is not current, all in id
+    /// order. The interest set is kept as it is and nothing is removed. Frame indices are
+    /// found only for those chosen ([`locate_chosen`]). Returns the candidates' estimated
+    /// bytes.
     fn next_of_ranking(
         &self,
         ctx: &ClassifyCtx,
@@ -713,42 +730,48 @@ impl ClientReplicator {
         out.order.clear();
         out.kept.clear();
         out.kept.extend_from_slice(&self.interest);
-        let mut total = 0;
-        for w in &self.waiting {
-            let k = &self.interest[usize::from(w.kept)];
-            out.order.push(order_key(k.priority, out.candidates.len()));
-            out.candidates.push(Candidate {
-                id: k.id,
-                frame_index: u32::MAX,
-                kept: u32::from(w.kept),
-                cost: u16::from(w.cost),
-            });
-            total += usize::from(w.cost);
-        }
-        if let Some((i, at)) = own {
+        // The own entity's candidate, when its record is not current: put among the waiting
+        // at its id's place.
+        let mut own_candidate = own.and_then(|(i, at)| {
             let e = &ctx.frame.entities[i];
             let cost = match ctx.base.binary_search_by_key(&ctx.own, |r| r.id) {
                 Ok(b) => {
                     let p = ctx.base[b].predict(ctx.frame.tick, ctx.settings.tick_rate);
                     if p == e.fields {
-                        0
-                    } else {
-                        change_cost(&p, &e.fields)
+                        return None;
                     }
+                    change_cost(&p, &e.fields)
                 }
                 Err(_) => ENTER_COST,
             };
-            if cost > 0 {
-                out.order
-                    .push(order_key(f32::INFINITY, out.candidates.len()));
-                out.candidates.push(Candidate {
-                    id: ctx.own,
-                    frame_index: i as u32,
-                    kept: at as u32,
-                    cost: cost as u16,
-                });
-                total += cost;
+            Some(Candidate {
+                id: ctx.own,
+                frame_index: i as u32,
+                kept: at as u32,
+                cost: cost as u16,
+            })
+        });
+        let mut total = 0;
+        let mut push = |out: &mut Classified, c: Candidate, priority: f32| {
+            out.order.push(order_key(priority, out.candidates.len()));
+            out.candidates.push(c);
+            total += usize::from(c.cost);
+        };
+        for w in &self.waiting {
+            let k = &self.interest[usize::from(w.kept)];
+            if let Some(c) = own_candidate.take_if(|c| c.id < k.id) {
+                push(out, c, f32::INFINITY);
             }
+            let c = Candidate {
+                id: k.id,
+                frame_index: u32::MAX,
+                kept: u32::from(w.kept),
+                cost: u16::from(w.cost),
+            };
+            push(out, c, k.priority);
+        }
+        if let Some(c) = own_candidate {
+            push(out, c, f32::INFINITY);
         }
         total
     }
@@ -1127,11 +1150,19 @@ fn order_key(priority: f32, index: usize) -> u64 {
 /// (`in_order` false): what a pass in priority order would take does not depend on the order.
 ///
 /// Otherwise only the first few can fit: about the budget over their average cost. So the
-/// order is found a chunk at a time: a selection (linear) puts the chunk's keys ahead of the
-/// rest, and only the chunk is sorted; the next chunk (twice as long at least) only when the
-/// budget still has room after this one.
+/// order is found in two steps. First a chunk of about that many: a selection (linear) puts
+/// its keys ahead of the rest, only the chunk is sorted, and its candidates are offered in
+/// order. Then, while the budget still has room for the cheapest record, the rest are
+/// filtered to those whose cost fits in the room left (the room only shrinks, so no other
+/// can ever be taken: typically the few small changes a nearly full budget still takes), and
+/// only those are sorted and offered. The filter compares each candidate's estimate with the
+/// largest that fits ([`largest_fitting`]), where ordering the whole rest, chunk after chunk,
+/// each twice the last (a selection and a longer sort each time, as this did before), cost
+/// more than the first chunk (BENCHMARKS.md, "Issue 21: the hunt for the last bytes filtered
+/// by cost").
 /// The result is that of sorting every candidate (`select_by_sorting_all` in the tests): the
-/// order is total, and a chunk's end stops the pass only when not even the cheapest record fits.
+/// order is total, and the client's own entity (infinite priority, so in the first chunk) is
+/// the only one taken over the budget.
 fn select(
     order: &mut [u64],
     candidates: &[Candidate],
@@ -1163,28 +1194,57 @@ fn select(
         estimated: 0,
         in_order: true,
     };
-    let (mut chunk_end, mut chunk) = (0, 0);
     let len = order.len();
-    for i in 0..len {
-        if i == chunk_end {
-            if i > 0 && taken.spent + cheapest > fill {
-                break;
-            }
-            // A quarter more than the average says will fit, and a few more; at least twice
-            // the last chunk, so that a pass hunting for a cheap record to fill the last few
-            // bytes makes a few selections, not one for every few candidates.
-            let room = fill.saturating_sub(taken.spent) as f32;
-            chunk = ((room / average * 1.25) as usize + 4).max(2 * chunk);
-            chunk_end = len.min(i + chunk);
-            let rest = &mut order[i..];
-            if chunk_end < len {
-                rest.select_nth_unstable(chunk_end - i);
-            }
-            rest[..chunk_end - i].sort_unstable();
+    // A quarter more than the average says will fit, and a few more.
+    let room = fill.saturating_sub(spent) as f32;
+    let first = len.min((room / average * 1.25) as usize + 4);
+    if first < len {
+        order.select_nth_unstable(first);
+    }
+    order[..first].sort_unstable();
+    for i in 0..first {
+        taken.offer(order, candidates, i, fill, cost_scale, own);
+    }
+    if first == len || taken.spent + cheapest > fill {
+        return taken;
+    }
+    // The hunt for the last bytes: only a candidate whose cost fits in the room left now can
+    // be taken later.
+    let room = fill - taken.spent;
+    let most = largest_fitting(room, cost_scale);
+    let rest = &mut order[first..];
+    let mut fits = 0;
+    for j in 0..rest.len() {
+        let c = &candidates[rest[j] as u32 as usize];
+        if c.cost <= most || c.id == own {
+            rest.swap(fits, j);
+            fits += 1;
+        }
+    }
+    rest[..fits].sort_unstable();
+    for i in first..first + fits {
+        if taken.spent + cheapest > fill {
+            break;
         }
         taken.offer(order, candidates, i, fill, cost_scale, own);
     }
     taken
+}
+
+/// The largest estimate whose scaled cost (`ceil(cost * scale)`, as [`Selection::offer`]
+/// takes it) fits in `room`: an estimate fits exactly when it is at most this, since the
+/// scaled cost never falls as the estimate grows (a positive scale; the product and the
+/// rounding up are both monotonic). So a filter compares integers, without the product.
+fn largest_fitting(room: usize, scale: f32) -> u16 {
+    let fits = |cost: u16| ceil(f32::from(cost) * scale) <= room;
+    let mut most = (room as f32 / scale).min(f32::from(u16::MAX)) as u16;
+    while most > 0 && !fits(most) {
+        most -= 1;
+    }
+    while most < u16::MAX && fits(most + 1) {
+        most += 1;
+    }
+    most
 }
 
 /// A bound on the sum of `n` candidates' scaled costs (each `ceil(cost * scale)`, as
@@ -1278,6 +1338,22 @@ mod selection_tests {
             for cost in [0u16, 1, 2, 3, 4, 5, 8, 9, 12, 40, 1000] {
                 let x = f32::from(cost) * scale;
                 assert_eq!(ceil(x), x.ceil() as usize, "{cost} x {scale}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_largest_fitting_estimate_is_where_the_scaled_cost_passes_the_room() {
+        for scale in [0.25, 0.3, 0.8, 1.0, 1.0001, 1.7, 3.3, 4.0] {
+            for room in 0..600 {
+                let most = largest_fitting(room, scale);
+                for cost in 0..=700u16 {
+                    assert_eq!(
+                        cost <= most,
+                        ceil(f32::from(cost) * scale) <= room,
+                        "cost {cost}, scale {scale}, room {room}"
+                    );
+                }
             }
         }
     }
