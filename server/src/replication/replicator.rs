@@ -1209,14 +1209,15 @@ fn select(
         return taken;
     }
     // The hunt for the last bytes: only a candidate whose cost fits in the room left now can
-    // be taken later.
+    // be taken later. (The own entity, the one taken over the budget, came first, in the
+    // chunk.)
     let room = fill - taken.spent;
     let most = largest_fitting(room, cost_scale);
     let rest = &mut order[first..];
     let mut fits = 0;
     for j in 0..rest.len() {
         let c = &candidates[rest[j] as u32 as usize];
-        if c.cost <= most || c.id == own {
+        if c.cost <= most {
             rest.swap(fits, j);
             fits += 1;
         }
