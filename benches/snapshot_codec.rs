@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
     delta_apply(c);
     client_codec(c);
+    server_codec(c);
 }
 
 /// A baseline of `n` records (every third id, so entities can enter between them) and a
@@ -178,6 +179,36 @@ fn client_codec(c: &mut Criterion) {
             black_box(&out);
         })
     });
+    group.finish();
+}
+
+/// What the server does with each snapshot it builds: the delta datagram encoded, by bitcode's
+/// derived encoder (its working memory kept, as the server kept it before) and by the
+/// server's own writer of the same bytes (`protocol::codec`'s `delta_writer`). `280x22` is the
+/// combat world's client (~280 in view, ~22 sent), `190x5` the replication bench's arena
+/// client (~190 in view, ~5 sent).
+fn server_codec(c: &mut Criterion) {
+    use arena_shared::protocol::codec::DatagramEncoder;
+    use arena_shared::protocol::{InputStatus, ServerDatagram};
+    let mut group = c.benchmark_group("server_codec");
+    for (name, n, removed, entered, changed) in [("280x22", 280, 3, 3, 16), ("190x5", 190, 0, 1, 4)]
+    {
+        let (_, snap) = delta_case(n, removed, entered, changed);
+        let input = InputStatus::default();
+        let datagram = ServerDatagram::Delta(input, snap.clone());
+        let mut buffer = bitcode::Buffer::new();
+        let mut encoder = DatagramEncoder::default();
+        assert_eq!(
+            buffer.encode(&datagram),
+            encoder.encode_delta(&input, &snap)
+        );
+        group.bench_function(format!("encode_delta/bitcode/{name}"), |b| {
+            b.iter(|| black_box(buffer.encode(black_box(&datagram)).to_vec()))
+        });
+        group.bench_function(format!("encode_delta/writer/{name}"), |b| {
+            b.iter(|| black_box(encoder.encode_delta(&input, black_box(&snap))))
+        });
+    }
     group.finish();
 }
 

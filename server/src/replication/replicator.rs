@@ -55,8 +55,8 @@
 //! what it was sent, so a snapshot built against an acknowledged view always decodes on the
 //! client.
 
+use arena_shared::protocol::InputStatus;
 use arena_shared::protocol::codec::DatagramEncoder;
-use arena_shared::protocol::{InputStatus, ServerDatagram};
 use arena_shared::snapshot::{
     self, BASELINE_RING, DeltaSnapshot, Update, View, ViewDelta, ViewSink,
 };
@@ -628,12 +628,7 @@ impl ClientReplicator {
                 &mut next.view
             };
             snapshot::encode_into(t, s.tick_rate, base, origin, removed, updates, sink, snap);
-            // Lent to the datagram for encoding and taken back, allocations and all.
-            let datagram = ServerDatagram::Delta(input, std::mem::take(snap));
-            let bytes = encoder.encode(&datagram);
-            if let ServerDatagram::Delta(_, lent) = datagram {
-                *snap = lent;
-            }
+            let bytes = encoder.encode_delta(&input, snap);
             if bytes.len() <= limit || (chosen <= 1 && removed.is_empty()) {
                 break bytes;
             }

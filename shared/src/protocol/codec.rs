@@ -1,7 +1,9 @@
 //! The one module that turns protocol messages into bytes and back.
 //!
 //! Codec: bitcode (derive mode), pinned to an exact version in the workspace manifest because
-//! its format may change between versions; the golden tests below catch such a change.
+//! its format may change between versions; the golden tests below catch such a change. The
+//! server's delta snapshots are written by [`delta_writer`], the same bytes without bitcode's
+//! encoders.
 //!
 //! Reliable frames: `u32` little-endian body length, then the body. Bodies longer than
 //! [`MAX_FRAME_LEN`] are refused from the header alone. Decoding is total: every byte string
@@ -10,9 +12,12 @@
 use bitcode::{Decode, Encode};
 
 use super::{
-    ClientDatagram, ClientMsg, EntityState, HELLO_MAGIC, Hello, MAX_FRAME_LEN, MAX_NAME_LEN,
-    PROTOCOL_VERSION, ResumeToken, ServerDatagram, ServerMsg, Snapshot,
+    ClientDatagram, ClientMsg, EntityState, HELLO_MAGIC, Hello, InputStatus, MAX_FRAME_LEN,
+    MAX_NAME_LEN, PROTOCOL_VERSION, ResumeToken, ServerDatagram, ServerMsg, Snapshot,
 };
+use crate::snapshot::DeltaSnapshot;
+
+mod delta_writer;
 use crate::token::MAX_TOKEN_LEN;
 
 thread_local! {
@@ -148,14 +153,29 @@ pub fn decode_client_datagram(bytes: &[u8]) -> Result<ClientDatagram, DecodeErro
     with_buffer(|b| b.decode(bytes)).map_err(|_| DecodeError::Malformed)
 }
 
+/// A server datagram's bytes. A delta snapshot is written by [`delta_writer`], the same bytes
+/// as bitcode's and cheaper; anything else by bitcode.
 pub fn encode_datagram(msg: &ServerDatagram) -> Vec<u8> {
-    bitcode::encode(msg)
+    match msg {
+        ServerDatagram::Delta(input, snap) => {
+            let mut out = Vec::new();
+            let n = delta_writer::write_delta(input, snap, &mut out);
+            out.truncate(n);
+            out
+        }
+        ServerDatagram::Snapshot(_) => bitcode::encode(msg),
+    }
 }
 
-/// [`encode_datagram`] keeping the encoder's working memory between calls: the server encodes
-/// one snapshot per client per tick, and a fresh encoder allocates for every column.
+/// [`encode_datagram`] keeping its working memory between calls: the server encodes one
+/// snapshot per client per tick.
 #[derive(Default)]
-pub struct DatagramEncoder(bitcode::Buffer);
+pub struct DatagramEncoder {
+    /// Where a delta is written, copied out at its end (a snapshot is a few dozen to a
+    /// datagram's bytes, and each is queued until sent: its own allocation is its size).
+    out: Vec<u8>,
+    bitcode: bitcode::Buffer,
+}
 
 impl std::fmt::Debug for DatagramEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,7 +186,16 @@ impl std::fmt::Debug for DatagramEncoder {
 impl DatagramEncoder {
     /// The same bytes as [`encode_datagram`].
     pub fn encode(&mut self, msg: &ServerDatagram) -> Vec<u8> {
-        self.0.encode(msg).to_vec()
+        match msg {
+            ServerDatagram::Delta(input, snap) => self.encode_delta(input, snap),
+            ServerDatagram::Snapshot(_) => self.bitcode.encode(msg).to_vec(),
+        }
+    }
+
+    /// The bytes of `ServerDatagram::Delta(*input, snap)`, without the datagram made.
+    pub fn encode_delta(&mut self, input: &InputStatus, snap: &DeltaSnapshot) -> Vec<u8> {
+        let n = delta_writer::write_delta(input, snap, &mut self.out);
+        self.out[..n].to_vec()
     }
 }
 
