@@ -16,9 +16,9 @@ use super::{
     MAX_NAME_LEN, PROTOCOL_VERSION, ResumeToken, ServerDatagram, ServerMsg, Snapshot,
 };
 use crate::snapshot::DeltaSnapshot;
+use crate::token::MAX_TOKEN_LEN;
 
 mod delta_writer;
-use crate::token::MAX_TOKEN_LEN;
 
 thread_local! {
     /// bitcode's working memory for the messages of every tick (a client's inputs and
