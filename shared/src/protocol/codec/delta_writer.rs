@@ -115,8 +115,9 @@ pub(super) fn write_delta(input: &InputStatus, snap: &DeltaSnapshot, buf: &mut V
     o.at
 }
 
-/// The datagram being written into a buffer sized beforehand to its bound: every write is a
-/// store, none a check of capacity.
+/// The datagram being written into a buffer sized beforehand to its bound: no write checks the
+/// capacity or grows the buffer (each is still an index into the slice, which the bound keeps
+/// inside it).
 struct Out<'a> {
     buf: &'a mut [u8],
     at: usize,
